@@ -1,0 +1,66 @@
+// Package accel runs ONNX models. Backend opens a Session for a model file; a Session
+// runs it on named tensors. The ONNX Runtime backend (ort.go) is the one real
+// implementation; callers depend on these interfaces so that node and api never touch
+// cgo types.
+package accel
+
+import (
+	"context"
+	"errors"
+
+	"github.com/layermesh/layermesh/accel/tensor"
+)
+
+// Errors callers match with errors.Is.
+var (
+	ErrProviderUnavailable = errors.New("execution provider unavailable")
+	ErrInvalidModel        = errors.New("invalid model")
+	ErrInputMismatch       = errors.New("input does not match model")
+	ErrSessionClosed       = errors.New("session closed")
+)
+
+// Provider names an ONNX Runtime execution provider.
+type Provider string
+
+// Execution providers. Auto picks the best one that loads: TensorRT, then CUDA, then CPU.
+const (
+	ProviderAuto     Provider = "auto"
+	ProviderCPU      Provider = "cpu"
+	ProviderCUDA     Provider = "cuda"
+	ProviderTensorRT Provider = "tensorrt"
+)
+
+// TensorInfo describes one model input or output. A dim of -1 is dynamic (symbolic
+// or unknown).
+type TensorInfo struct {
+	Name  string
+	DType tensor.DType
+	Shape []int64
+}
+
+// SessionOptions tune one session.
+type SessionOptions struct {
+	// IntraOpThreads is ONNX Runtime's intra-op thread count; 0 means the backend default.
+	IntraOpThreads int
+	// PoolSize is how many ORT sessions serve concurrent Run calls; 0 means 1.
+	PoolSize int
+}
+
+// Backend opens sessions. It is safe for concurrent use.
+type Backend interface {
+	// Open loads the model at path. External-data files resolve against path's folder.
+	Open(ctx context.Context, path string, opts SessionOptions) (Session, error)
+	// Provider is the execution provider this backend actually uses.
+	Provider() Provider
+	Close() error
+}
+
+// Session runs one loaded model. Run is safe for concurrent use.
+type Session interface {
+	Inputs() []TensorInfo
+	Outputs() []TensorInfo
+	// Run validates inputs against Inputs() and returns the requested outputs (all
+	// outputs when names is empty), in the order asked.
+	Run(ctx context.Context, inputs []tensor.Tensor, names []string) ([]tensor.Tensor, error)
+	Close() error
+}
