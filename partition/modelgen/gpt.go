@@ -1,0 +1,215 @@
+package modelgen
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/layermesh/layermesh/partition/onnxpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// GPTConfig describes a GPT-2-style decoder.
+type GPTConfig struct {
+	Layers  int    // number of transformer blocks
+	Dim     int    // model width (d_model)
+	Heads   int    // attention heads; must divide Dim
+	Vocab   int    // token vocabulary size
+	Context int    // maximum sequence length (rows of the position table)
+	Seed    int64  // seeds every weight
+	Name    string // graph name; "gpt" when empty
+}
+
+// Presets. GPT2Small has the shape of OpenAI's GPT-2 small (124M parameters,
+// about 500 MB in float32); GPTLarge has GPT-2 medium's shape (about 355M
+// parameters, 1.4 GB) and is what split and scale tests use.
+var (
+	GPTTiny   = GPTConfig{Layers: 2, Dim: 32, Heads: 2, Vocab: 97, Context: 16, Seed: 1, Name: "gpt-tiny"}
+	GPT2Small = GPTConfig{Layers: 12, Dim: 768, Heads: 12, Vocab: 50257, Context: 1024, Seed: 1, Name: "gpt2-small"}
+	GPTLarge  = GPTConfig{Layers: 24, Dim: 1024, Heads: 16, Vocab: 50257, Context: 1024, Seed: 1, Name: "gpt-large"}
+)
+
+// GPT tensor names shared by the builder and ReferenceGPT, and useful to the
+// partitioner's tests: TokenEmbedding is read both by the first Gather and by
+// the LM head's Gemm (the tied weight).
+const (
+	GPTInput       = "input_ids"
+	GPTOutput      = "logits"
+	TokenEmbedding = "wte"
+	PosEmbedding   = "wpe"
+)
+
+// layerNormEpsilon is GPT-2's LayerNorm epsilon.
+const layerNormEpsilon = 1e-5
+
+// Validate reports whether the configuration describes a buildable model.
+func (c GPTConfig) Validate() error {
+	switch {
+	case c.Layers < 1, c.Dim < 1, c.Heads < 1, c.Vocab < 1, c.Context < 1:
+		return fmt.Errorf("%w: gpt layers, dim, heads, vocab and context must be positive: %+v", ErrInvalidConfig, c)
+	case c.Dim%c.Heads != 0:
+		return fmt.Errorf("%w: gpt dim %d not divisible by heads %d", ErrInvalidConfig, c.Dim, c.Heads)
+	}
+	return nil
+}
+
+// Params returns the number of float32 parameters the model holds.
+func (c GPTConfig) Params() int64 {
+	d, l := int64(c.Dim), int64(c.Layers)
+	perBlock := 2*2*d + (d*3*d + 3*d) + (d*d + d) + (d*4*d + 4*d) + (4*d*d + d)
+	return int64(c.Vocab)*d + int64(c.Context)*d + l*perBlock + 2*d
+}
+
+// gptWeightNames returns the initializer names of block i, so the builder
+// and the reference read the same tensors.
+type gptBlockNames struct {
+	ln1Scale, ln1Bias, qkvW, qkvB, projW, projB, ln2Scale, ln2Bias, fcW, fcB, fc2W, fc2B string
+}
+
+func gptBlock(i int) gptBlockNames {
+	p := "block" + itoa(i) + "/"
+	return gptBlockNames{
+		ln1Scale: p + "ln1/scale", ln1Bias: p + "ln1/bias",
+		qkvW: p + "attn/qkv/weight", qkvB: p + "attn/qkv/bias",
+		projW: p + "attn/proj/weight", projB: p + "attn/proj/bias",
+		ln2Scale: p + "ln2/scale", ln2Bias: p + "ln2/bias",
+		fcW: p + "mlp/fc/weight", fcB: p + "mlp/fc/bias",
+		fc2W: p + "mlp/proj/weight", fc2B: p + "mlp/proj/bias",
+	}
+}
+
+const (
+	lnfScale = "ln_f/scale"
+	lnfBias  = "ln_f/bias"
+)
+
+// GPT builds a GPT-2-style decoder: token and position embeddings, cfg.Layers
+// pre-LayerNorm blocks (causal multi-head attention and a GELU MLP, each with
+// a residual add), a final LayerNorm and an LM head tied to the token
+// embedding. Input "input_ids" int64 [batch, seq]; output "logits" float32
+// [batch, seq, vocab]. Opset 17, IR 8.
+//
+// Each block derives its causal mask from its own input's shape, so the only
+// tensor that flows from one block to the next is the hidden state: a
+// pipeline cut between blocks carries [batch, seq, dim] and nothing else.
+func GPT(cfg GPTConfig) (*onnxpb.ModelProto, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	name := cfg.Name
+	if name == "" {
+		name = "gpt"
+	}
+	d, hd := int64(cfg.Dim), int64(cfg.Dim/cfg.Heads)
+	g := newGraphBuilder(name, cfg.Seed)
+	g.graph.Input = []*onnxpb.ValueInfoProto{valueInfo(GPTInput, elemInt64, "batch", "seq")}
+	g.graph.Output = []*onnxpb.ValueInfoProto{valueInfo(GPTOutput, elemFloat, "batch", "seq", int64(cfg.Vocab))}
+
+	const std = 0.02
+	// GPT-2 scales the projections that feed the residual stream by
+	// 1/sqrt(2*layers) so the stream's variance does not grow with depth.
+	residStd := float32(std / math.Sqrt(2*float64(cfg.Layers)))
+
+	wte := g.uniformWeight(TokenEmbedding, []int64{int64(cfg.Vocab), d}, std, 0)
+	wpe := g.uniformWeight(PosEmbedding, []int64{int64(cfg.Context), d}, std/2, 0)
+
+	axis0 := g.constInt64("const/axes0", []int64{1}, 0)
+	zero := g.constInt64("const/zero", nil, 0)
+	one := g.constInt64("const/one", nil, 1)
+	splitQKV := g.constInt64("const/split_qkv", []int64{3}, d, d, d)
+	headsShape := g.constInt64("const/heads_shape", []int64{4}, 0, 0, int64(cfg.Heads), hd)
+	mergeShape := g.constInt64("const/merge_shape", []int64{3}, 0, 0, d)
+	scale := g.constFloat("const/attn_scale", nil, float32(1/math.Sqrt(float64(hd))))
+	sqrt2 := g.constFloat("const/sqrt2", nil, float32(math.Sqrt2))
+	fOne := g.constFloat("const/one_f", nil, 1)
+	fHalf := g.constFloat("const/half", nil, 0.5)
+	flatShape := g.constInt64("const/flat_shape", []int64{2}, -1, d)
+	vocabDim := g.constInt64("const/vocab_dim", []int64{1}, int64(cfg.Vocab))
+	negInf := &onnxpb.AttributeProto{Name: proto.String("value"), Type: onnxpb.AttributeProto_TENSOR.Enum(),
+		T: floatTensor("", []int64{1}, []float32{float32(math.Inf(-1))})}
+
+	// Embeddings: positions 0..seq-1 come from the input's own shape.
+	tok := g.op1("Gather", "embed/tokens", []string{wte, GPTInput})
+	seqLen := g.op1("Shape", "embed/seq_len", []string{GPTInput}, attrInt("start", 1), attrInt("end", 2))
+	seqScalar := g.op1("Squeeze", "embed/seq_scalar", []string{seqLen, axis0})
+	positions := g.op1("Range", "embed/positions", []string{zero, seqScalar, one})
+	pos := g.op1("Gather", "embed/pos", []string{wpe, positions})
+	x := g.op1("Add", "embed/sum", []string{tok, pos})
+
+	layerNorm := func(name, in, scale, bias string) string {
+		return g.op1("LayerNormalization", name, []string{in, scale, bias},
+			attrInt("axis", -1), attrFloat("epsilon", layerNormEpsilon))
+	}
+	linear := func(name, in, w, b string) string {
+		mm := g.op1("MatMul", name+"/matmul", []string{in, w})
+		return g.op1("Add", name, []string{mm, b})
+	}
+
+	for i := 0; i < cfg.Layers; i++ {
+		n := gptBlock(i)
+		p := "block" + itoa(i) + "/"
+		g.uniformWeight(n.ln1Scale, []int64{d}, 0.1, 1)
+		g.uniformWeight(n.ln1Bias, []int64{d}, std, 0)
+		g.uniformWeight(n.qkvW, []int64{d, 3 * d}, std, 0)
+		g.uniformWeight(n.qkvB, []int64{3 * d}, std, 0)
+		g.uniformWeight(n.projW, []int64{d, d}, residStd, 0)
+		g.uniformWeight(n.projB, []int64{d}, std, 0)
+		g.uniformWeight(n.ln2Scale, []int64{d}, 0.1, 1)
+		g.uniformWeight(n.ln2Bias, []int64{d}, std, 0)
+		g.uniformWeight(n.fcW, []int64{d, 4 * d}, std, 0)
+		g.uniformWeight(n.fcB, []int64{4 * d}, std, 0)
+		g.uniformWeight(n.fc2W, []int64{4 * d, d}, residStd, 0)
+		g.uniformWeight(n.fc2B, []int64{d}, std, 0)
+
+		// Causal mask [seq, seq]: -inf strictly above the diagonal, 0 elsewhere.
+		s := g.op1("Shape", p+"mask/seq_len", []string{x}, attrInt("start", 1), attrInt("end", 2))
+		sq := g.op1("Concat", p+"mask/shape", []string{s, s}, attrInt("axis", 0))
+		full := g.op1("ConstantOfShape", p+"mask/fill", []string{sq}, negInf)
+		mask := g.op1("Trilu", p+"mask", []string{full, one}, attrInt("upper", 1))
+
+		h := layerNorm(p+"ln1", x, n.ln1Scale, n.ln1Bias)
+		qkv := linear(p+"attn/qkv", h, n.qkvW, n.qkvB)
+		parts := g.node("Split", p+"attn/split", []string{qkv, splitQKV}, 3, attrInt("axis", 2))
+		heads := func(name, in string, perm ...int64) string {
+			r := g.op1("Reshape", name+"/reshape", []string{in, headsShape})
+			return g.op1("Transpose", name, []string{r}, attrInts("perm", perm...))
+		}
+		q := heads(p+"attn/q", parts[0], 0, 2, 1, 3)  // [b, H, s, hd]
+		kT := heads(p+"attn/k", parts[1], 0, 2, 3, 1) // [b, H, hd, s]
+		v := heads(p+"attn/v", parts[2], 0, 2, 1, 3)  // [b, H, s, hd]
+		scores := g.op1("MatMul", p+"attn/scores", []string{q, kT})
+		scaled := g.op1("Mul", p+"attn/scaled", []string{scores, scale})
+		masked := g.op1("Add", p+"attn/masked", []string{scaled, mask})
+		probs := g.op1("Softmax", p+"attn/probs", []string{masked}, attrInt("axis", -1))
+		ctx := g.op1("MatMul", p+"attn/context", []string{probs, v})
+		merged := g.op1("Transpose", p+"attn/merge", []string{ctx}, attrInts("perm", 0, 2, 1, 3))
+		flat := g.op1("Reshape", p+"attn/merge/reshape", []string{merged, mergeShape})
+		attn := linear(p+"attn/proj", flat, n.projW, n.projB)
+		x = g.op1("Add", p+"attn/residual", []string{x, attn})
+
+		h2 := layerNorm(p+"ln2", x, n.ln2Scale, n.ln2Bias)
+		fc := linear(p+"mlp/fc", h2, n.fcW, n.fcB)
+		// GELU as 0.5*x*(1+erf(x/sqrt2)): the Gelu operator only exists from opset 20.
+		div := g.op1("Div", p+"mlp/gelu/div", []string{fc, sqrt2})
+		erf := g.op1("Erf", p+"mlp/gelu/erf", []string{div})
+		plus := g.op1("Add", p+"mlp/gelu/add", []string{erf, fOne})
+		mul := g.op1("Mul", p+"mlp/gelu/mul", []string{fc, plus})
+		gelu := g.op1("Mul", p+"mlp/gelu", []string{mul, fHalf})
+		mlp := linear(p+"mlp/proj", gelu, n.fc2W, n.fc2B)
+		x = g.op1("Add", p+"mlp/residual", []string{x, mlp})
+	}
+
+	g.uniformWeight(lnfScale, []int64{d}, 0.1, 1)
+	g.uniformWeight(lnfBias, []int64{d}, std, 0)
+	hf := layerNorm("ln_f", x, lnfScale, lnfBias)
+	// LM head: Gemm with transB=1 reads the token embedding itself, so one
+	// initializer feeds both ends of the graph and no transposed copy exists.
+	flat := g.op1("Reshape", "lm_head/flatten", []string{hf, flatShape})
+	scores := g.op1("Gemm", "lm_head", []string{flat, wte}, attrInt("transB", 1))
+	batchSeq := g.op1("Shape", "lm_head/batch_seq", []string{hf}, attrInt("start", 0), attrInt("end", 2))
+	outShape := g.op1("Concat", "lm_head/out_shape", []string{batchSeq, vocabDim}, attrInt("axis", 0))
+	g.op1("Reshape", GPTOutput, []string{scores, outShape})
+
+	doc := fmt.Sprintf("GPT-2-style decoder: layers=%d dim=%d heads=%d vocab=%d context=%d seed=%d",
+		cfg.Layers, cfg.Dim, cfg.Heads, cfg.Vocab, cfg.Context, cfg.Seed)
+	return g.model(doc), nil
+}
