@@ -16,10 +16,16 @@ import (
 // graph itself needs some room beside the weights.
 const externalThreshold = 1800 << 20
 
+// inlineLimit keeps small tensors (shape constants, axes, scalars) inside
+// the .onnx file when writing external data: ONNX Runtime's shape inference
+// reads such constants while loading and refuses external ones. ONNX's own
+// converter uses the same 1 KiB threshold.
+const inlineLimit = 1024
+
 // WriteOptions controls how WriteFile lays a model out on disk.
 type WriteOptions struct {
-	// ExternalData writes every initializer's bytes into path+".data" and
-	// leaves only their location in the .onnx file. Forced on when the
+	// ExternalData writes the bytes of every initializer of 1 KiB or more
+	// into path+".data" and leaves only their location in the .onnx file. Forced on when the
 	// weights exceed about 1.8 GiB.
 	ExternalData bool
 }
@@ -69,7 +75,7 @@ func writeExternal(m *onnxpb.ModelProto, path string) error {
 				RawData: t.RawData,
 			}
 			stripped[i] = c
-			if len(t.RawData) == 0 {
+			if len(t.RawData) < inlineLimit {
 				continue
 			}
 			if _, err := w.Write(t.RawData); err != nil {

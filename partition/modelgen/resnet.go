@@ -1,0 +1,127 @@
+package modelgen
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/layermesh/layermesh/partition/onnxpb"
+)
+
+// ResNetConfig describes a ResNet-style CNN of basic blocks (two 3x3 convs
+// with a residual skip). Stage s has Blocks[s] blocks and Width<<s channels;
+// every stage after the first halves the spatial size in its first block,
+// whose skip is then a strided 1x1 projection.
+type ResNetConfig struct {
+	Width     int    // channels of the stem and the first stage
+	Blocks    []int  // blocks per stage
+	ImageSize int    // input height and width
+	Classes   int    // logits per image
+	Stem      int    // stem downsampling: 1 (3x3 conv) or 4 (7x7/2 conv + 3x3/2 max pool, as ResNet-18)
+	Seed      int64  // seeds every weight
+	Name      string // graph name; "resnet" when empty
+}
+
+// ResNet presets: ResNetTiny is for unit tests (milliseconds per image);
+// ResNetMedium has ResNet-18's layout (11.7M parameters, 224x224 input).
+var (
+	ResNetTiny   = ResNetConfig{Width: 8, Blocks: []int{1, 1}, ImageSize: 16, Classes: 10, Stem: 1, Seed: 1, Name: "resnet-tiny"}
+	ResNetMedium = ResNetConfig{Width: 64, Blocks: []int{2, 2, 2, 2}, ImageSize: 224, Classes: 1000, Stem: 4, Seed: 1, Name: "resnet-medium"}
+)
+
+// ResNet graph input and output names.
+const (
+	ResNetInput  = "image"
+	ResNetOutput = "logits"
+)
+
+// Validate reports whether the configuration describes a buildable model.
+func (c ResNetConfig) Validate() error {
+	if c.Width < 1 || len(c.Blocks) == 0 || c.ImageSize < 1 || c.Classes < 1 {
+		return fmt.Errorf("%w: resnet width, blocks, image size and classes must be positive: %+v", ErrInvalidConfig, c)
+	}
+	if c.Stem != 1 && c.Stem != 4 {
+		return fmt.Errorf("%w: resnet stem must be 1 or 4, got %d", ErrInvalidConfig, c.Stem)
+	}
+	for _, b := range c.Blocks {
+		if b < 1 {
+			return fmt.Errorf("%w: resnet stage with %d blocks", ErrInvalidConfig, b)
+		}
+	}
+	return nil
+}
+
+// ResNet builds the CNN: input "image" float32 [batch, 3, H, W], output
+// "logits" float32 [batch, classes]. Conv, BatchNormalization (kept unfolded,
+// as exported vision models usually have it) and Relu; GlobalAveragePool,
+// Flatten and a Gemm head. Opset 17, IR 8.
+func ResNet(cfg ResNetConfig) (*onnxpb.ModelProto, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	name := cfg.Name
+	if name == "" {
+		name = "resnet"
+	}
+	g := newGraphBuilder(name, cfg.Seed)
+	size := int64(cfg.ImageSize)
+	g.graph.Input = []*onnxpb.ValueInfoProto{valueInfo(ResNetInput, elemFloat, "batch", 3, size, size)}
+	g.graph.Output = []*onnxpb.ValueInfoProto{valueInfo(ResNetOutput, elemFloat, "batch", int64(cfg.Classes))}
+
+	// convBN is Conv (no bias, as BN follows) + BatchNormalization, with He
+	// initialisation so activations keep their scale through depth.
+	convBN := func(name, in string, cin, cout, k, stride int64) string {
+		std := float32(math.Sqrt(2 / float64(cin*k*k)))
+		w := g.uniformWeight(name+"/conv/weight", []int64{cout, cin, k, k}, std, 0)
+		pad := k / 2
+		c := g.op1("Conv", name+"/conv", []string{in, w},
+			attrInts("kernel_shape", k, k), attrInts("strides", stride, stride), attrInts("pads", pad, pad, pad, pad))
+		scale := g.uniformWeight(name+"/bn/scale", []int64{cout}, 0.1, 1)
+		bias := g.uniformWeight(name+"/bn/bias", []int64{cout}, 0.05, 0)
+		mean := g.uniformWeight(name+"/bn/mean", []int64{cout}, 0.05, 0)
+		variance := g.uniformWeight(name+"/bn/var", []int64{cout}, 0.1, 1)
+		return g.op1("BatchNormalization", name+"/bn", []string{c, scale, bias, mean, variance}, attrFloat("epsilon", 1e-5))
+	}
+
+	var x string
+	width := int64(cfg.Width)
+	if cfg.Stem == 4 {
+		x = convBN("stem", ResNetInput, 3, width, 7, 2)
+		x = g.op1("Relu", "stem/relu", []string{x})
+		x = g.op1("MaxPool", "stem/pool", []string{x},
+			attrInts("kernel_shape", 3, 3), attrInts("strides", 2, 2), attrInts("pads", 1, 1, 1, 1))
+	} else {
+		x = convBN("stem", ResNetInput, 3, width, 3, 1)
+		x = g.op1("Relu", "stem/relu", []string{x})
+	}
+
+	cin := width
+	for s, n := range cfg.Blocks {
+		cout := width << s
+		for b := 0; b < n; b++ {
+			p := "stage" + itoa(s) + "/block" + itoa(b)
+			stride := int64(1)
+			if s > 0 && b == 0 {
+				stride = 2
+			}
+			h := convBN(p+"/a", x, cin, cout, 3, stride)
+			h = g.op1("Relu", p+"/a/relu", []string{h})
+			h = convBN(p+"/b", h, cout, cout, 3, 1)
+			skip := x
+			if stride != 1 || cin != cout {
+				skip = convBN(p+"/proj", x, cin, cout, 1, stride)
+			}
+			sum := g.op1("Add", p+"/residual", []string{h, skip})
+			x = g.op1("Relu", p+"/relu", []string{sum})
+			cin = cout
+		}
+	}
+	pooled := g.op1("GlobalAveragePool", "head/pool", []string{x})
+	flat := g.op1("Flatten", "head/flatten", []string{pooled}, attrInt("axis", 1))
+	fcW := g.uniformWeight("head/fc/weight", []int64{int64(cfg.Classes), cin}, float32(1/math.Sqrt(float64(cin))), 0)
+	fcB := g.uniformWeight("head/fc/bias", []int64{int64(cfg.Classes)}, 0.01, 0)
+	g.op1("Gemm", ResNetOutput, []string{flat, fcW, fcB}, attrInt("transB", 1))
+
+	doc := fmt.Sprintf("ResNet-style CNN: width=%d blocks=%v image=%d classes=%d stem=%d seed=%d",
+		cfg.Width, cfg.Blocks, cfg.ImageSize, cfg.Classes, cfg.Stem, cfg.Seed)
+	return g.model(doc), nil
+}
