@@ -17,6 +17,19 @@ var (
 	ErrInvalidModel        = errors.New("invalid model")
 	ErrInputMismatch       = errors.New("input does not match model")
 	ErrSessionClosed       = errors.New("session closed")
+
+	// ErrShapeMismatch and ErrDTypeMismatch refine ErrInputMismatch; errors that carry
+	// them also match ErrInputMismatch.
+	ErrShapeMismatch = errors.New("shape mismatch")
+	ErrDTypeMismatch = errors.New("dtype mismatch")
+	// ErrUnsupportedOutput is returned when a requested output is not a tensor of a
+	// tensor.DType (a sequence, map, empty optional, complex or float8 tensor).
+	ErrUnsupportedOutput = errors.New("unsupported output type")
+	// ErrUnsupportedInput marks a model input that is not a tensor of a tensor.DType;
+	// such a model opens, but cannot be run.
+	ErrUnsupportedInput = errors.New("unsupported input type")
+	// ErrLibraryNotFound means no ONNX Runtime shared library was found.
+	ErrLibraryNotFound = errors.New("onnx runtime library not found")
 )
 
 // Provider names an ONNX Runtime execution provider.

@@ -1,0 +1,229 @@
+package accel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/layermesh/layermesh/partition/onnxpb"
+)
+
+// libraryRelPath is where `make setup` puts the ONNX Runtime library, relative to the
+// repository root.
+const libraryRelPath = "third_party/onnxruntime/current/libonnxruntime.so.1"
+
+// ORTConfig configures the ONNX Runtime backend.
+type ORTConfig struct {
+	// LibraryPath is the ONNX Runtime shared library; "" means DefaultLibraryPath.
+	LibraryPath string
+	// Provider is the execution provider; "" means ProviderAuto.
+	Provider Provider
+	// IntraOpThreads is the default intra-op thread count of each session; 0 means
+	// the number of cores.
+	IntraOpThreads int
+	// Logger receives the backend's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultLibraryPath finds the ONNX Runtime library: $ORT_LIB if set, else
+// third_party/onnxruntime/current/libonnxruntime.so.1 in the working directory or any
+// directory above it, else the same path under the executable's parent directory (a
+// binary in bin/ of a checkout).
+func DefaultLibraryPath() (string, error) {
+	if p := os.Getenv("ORT_LIB"); p != "" {
+		return p, nil
+	}
+	var tried []string
+	if wd, err := os.Getwd(); err == nil {
+		for dir := wd; ; dir = filepath.Dir(dir) {
+			p := filepath.Join(dir, libraryRelPath)
+			if fileExists(p) {
+				return p, nil
+			}
+			if parent := filepath.Dir(dir); parent == dir {
+				break
+			}
+		}
+		tried = append(tried, libraryRelPath+" above "+wd)
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(filepath.Dir(exe)), libraryRelPath)
+		if fileExists(p) {
+			return p, nil
+		}
+		tried = append(tried, p)
+	}
+	return "", fmt.Errorf("%w: ORT_LIB is unset and none of %q exists (run make setup, or set ORT_LIB / --ort-lib)", ErrLibraryNotFound, tried)
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
+
+// The ONNX Runtime library and its environment are process-wide: a process can load
+// one library once. runtimeState records which.
+var runtimeState struct {
+	mu      sync.Mutex
+	path    string
+	version string
+	err     error
+	probed  map[Provider]error // provider probe results, cached across backends
+}
+
+// loadRuntime loads the library at path once per process.
+func loadRuntime(path string) (string, error) {
+	runtimeState.mu.Lock()
+	defer runtimeState.mu.Unlock()
+	if runtimeState.path != "" {
+		if runtimeState.path != path {
+			return "", fmt.Errorf("onnx runtime already loaded from %s; cannot also load %s", runtimeState.path, path)
+		}
+		return runtimeState.version, runtimeState.err
+	}
+	if !fileExists(path) {
+		return "", fmt.Errorf("%w: %s does not exist", ErrLibraryNotFound, path)
+	}
+	runtimeState.path = path
+	runtimeState.version, runtimeState.err = loadLibrary(path)
+	if runtimeState.err != nil {
+		runtimeState.err = fmt.Errorf("load onnx runtime %s: %w", path, runtimeState.err)
+	}
+	runtimeState.probed = map[Provider]error{}
+	return runtimeState.version, runtimeState.err
+}
+
+// ORT is the ONNX Runtime backend.
+type ORT struct {
+	provider Provider
+	threads  int
+	log      *slog.Logger
+}
+
+// NewORT loads ONNX Runtime (once per process) and settles the execution provider:
+// auto takes the first of TensorRT, CUDA, CPU that can create a session; an explicit
+// GPU provider that cannot is an error wrapping ErrProviderUnavailable.
+func NewORT(cfg ORTConfig) (Backend, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "accel")
+	path := cfg.LibraryPath
+	if path == "" {
+		p, err := DefaultLibraryPath()
+		if err != nil {
+			return nil, err
+		}
+		path = p
+	}
+	version, err := loadRuntime(path)
+	if err != nil {
+		return nil, err
+	}
+	threads := cfg.IntraOpThreads
+	if threads <= 0 {
+		threads = runtime.NumCPU()
+	}
+	o := &ORT{threads: threads, log: log}
+	switch p := cfg.Provider; p {
+	case ProviderAuto, "":
+		for _, cand := range []Provider{ProviderTensorRT, ProviderCUDA} {
+			err := probeProvider(cand)
+			if err == nil {
+				o.provider = cand
+				break
+			}
+			log.Info("execution provider not usable", "provider", cand, "reason", err)
+		}
+		if o.provider == "" {
+			o.provider = ProviderCPU
+		}
+	case ProviderCPU:
+		o.provider = ProviderCPU
+	case ProviderCUDA, ProviderTensorRT:
+		if err := probeProvider(p); err != nil {
+			return nil, err
+		}
+		o.provider = p
+	default:
+		return nil, fmt.Errorf("%w: unknown provider %q (want auto, cpu, cuda or tensorrt)", ErrProviderUnavailable, p)
+	}
+	log.Info("onnx runtime ready", "library", path, "version", version, "provider", o.provider, "intra_op_threads", threads)
+	return o, nil
+}
+
+// probeProvider creates a session for a one-node model with provider p. Appending a
+// GPU provider fails when its library (libonnxruntime_providers_cuda.so, CUDA, cuDNN,
+// TensorRT) is missing; creating the session fails when no device answers.
+func probeProvider(p Provider) error {
+	runtimeState.mu.Lock()
+	defer runtimeState.mu.Unlock()
+	if err, ok := runtimeState.probed[p]; ok {
+		return err
+	}
+	model, err := probeModel()
+	if err == nil {
+		var s *ortSession
+		s, err = newOrtSession("", model, 1, p)
+		if err == nil {
+			s.release()
+		} else if !errors.Is(err, ErrProviderUnavailable) {
+			err = fmt.Errorf("%w: %s: %w", ErrProviderUnavailable, p, err)
+		}
+	}
+	runtimeState.probed[p] = err
+	return err
+}
+
+// probeModel is y = Identity(x) on a float32 [1] tensor.
+func probeModel() ([]byte, error) {
+	tensorType := func(name string) *onnxpb.ValueInfoProto {
+		return &onnxpb.ValueInfoProto{
+			Name: proto.String(name),
+			Type: &onnxpb.TypeProto{Value: &onnxpb.TypeProto_TensorType{TensorType: &onnxpb.TypeProto_Tensor{
+				ElemType: proto.Int32(int32(onnxpb.TensorProto_FLOAT)),
+				Shape:    &onnxpb.TensorShapeProto{Dim: []*onnxpb.TensorShapeProto_Dimension{{Value: &onnxpb.TensorShapeProto_Dimension_DimValue{DimValue: 1}}}},
+			}}},
+		}
+	}
+	m := &onnxpb.ModelProto{
+		IrVersion:   proto.Int64(8),
+		OpsetImport: []*onnxpb.OperatorSetIdProto{{Domain: proto.String(""), Version: proto.Int64(17)}},
+		Graph: &onnxpb.GraphProto{
+			Name:   proto.String("probe"),
+			Node:   []*onnxpb.NodeProto{{OpType: proto.String("Identity"), Input: []string{"x"}, Output: []string{"y"}}},
+			Input:  []*onnxpb.ValueInfoProto{tensorType("x")},
+			Output: []*onnxpb.ValueInfoProto{tensorType("y")},
+		},
+	}
+	return proto.Marshal(m)
+}
+
+// Provider is the execution provider this backend's sessions use.
+func (o *ORT) Provider() Provider { return o.provider }
+
+// Close releases nothing: the ONNX Runtime environment lives for the process, and each
+// Session is closed by its owner.
+func (o *ORT) Close() error { return nil }
+
+// Open loads the model at path into opts.PoolSize sessions (at least one).
+func (o *ORT) Open(ctx context.Context, path string, opts SessionOptions) (Session, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if opts.PoolSize < 0 || opts.IntraOpThreads < 0 {
+		return nil, fmt.Errorf("open %s: negative pool size or thread count", path)
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("open model: %w", err)
+	}
+	return openPool(ctx, o, path, opts)
+}

@@ -1,0 +1,344 @@
+package accel
+
+// This file is the only one that touches cgo types. The backend talks to ONNX Runtime's
+// C API (version 24, the one onnxruntime_go v1.27.0 is built against) through the small
+// shim in ort_shim.c instead of through onnxruntime_go's Value types, because those
+// cannot carry what conformance needs: onnxruntime_go v1.27.0 rejects rank-0 tensors
+// (Shape.Validate), copies only one byte per element of an ORT-allocated float16 or
+// bfloat16 output, and refuses zero-element custom-typed tensors. The header in
+// include/ is onnxruntime_go v1.27.0's copy of onnxruntime_c_api.h (MIT, Microsoft).
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/include -O2
+#cgo LDFLAGS: -ldl
+#include <stdlib.h>
+#include "ort_shim.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"github.com/layermesh/layermesh/accel/tensor"
+)
+
+// ortError is an error status from ONNX Runtime.
+type ortError struct {
+	code int
+	msg  string
+}
+
+func (e *ortError) Error() string { return e.msg }
+
+// statusErr converts and releases an OrtStatus; nil stays nil.
+func statusErr(st *C.OrtStatus) error {
+	if st == nil {
+		return nil
+	}
+	e := &ortError{code: int(C.lm_status_code(st)), msg: C.GoString(C.lm_status_message(st))}
+	C.lm_status_release(st)
+	return e
+}
+
+// loadLibrary opens the ONNX Runtime library at path and creates the environment.
+func loadLibrary(path string) (version string, err error) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	if msg := C.lm_load(cpath); msg != nil {
+		defer C.free(unsafe.Pointer(msg))
+		return "", errors.New(C.GoString(msg))
+	}
+	return C.GoString(C.lm_version()), nil
+}
+
+// providerCode maps a concrete provider to the shim's code.
+func providerCode(p Provider) C.int {
+	switch p {
+	case ProviderCUDA:
+		return C.LM_PROVIDER_CUDA
+	case ProviderTensorRT:
+		return C.LM_PROVIDER_TENSORRT
+	default:
+		return C.LM_PROVIDER_CPU
+	}
+}
+
+// ortSession is one ORT session. Its methods are not safe for concurrent use; the
+// pool hands each one to a single Run at a time.
+type ortSession struct {
+	s *C.OrtSession
+}
+
+// newOrtSession creates a session from a model path, or from model bytes when path is
+// empty (used by the provider probe).
+func newOrtSession(path string, model []byte, threads int, p Provider) (*ortSession, error) {
+	var opts *C.OrtSessionOptions
+	if err := statusErr(C.lm_session_options(C.int(threads), providerCode(p), &opts)); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrProviderUnavailable, p, err)
+	}
+	defer C.lm_session_options_release(opts)
+	var s *C.OrtSession
+	var st *C.OrtStatus
+	if path != "" {
+		cpath := C.CString(path)
+		defer C.free(unsafe.Pointer(cpath))
+		st = C.lm_session_create(cpath, opts, &s)
+	} else {
+		var pin runtime.Pinner
+		pin.Pin(&model[0])
+		st = C.lm_session_create_bytes(unsafe.Pointer(&model[0]), C.size_t(len(model)), opts, &s)
+		pin.Unpin()
+	}
+	if err := statusErr(st); err != nil {
+		return nil, err
+	}
+	return &ortSession{s: s}, nil
+}
+
+func (s *ortSession) release() {
+	if s.s != nil {
+		C.lm_session_release(s.s)
+		s.s = nil
+	}
+}
+
+// ioInfo is what ORT reports about one input or output.
+type ioInfo struct {
+	TensorInfo
+	isTensor bool
+	kind     string // ONNX value kind for messages: tensor, sequence, map, optional...
+}
+
+var onnxTypeNames = map[int]string{0: "unknown", 1: "tensor", 2: "sequence", 3: "map", 4: "opaque", 5: "sparse tensor", 6: "optional"}
+
+func (s *ortSession) ioInfos(output bool) ([]ioInfo, error) {
+	isOut := C.int(0)
+	if output {
+		isOut = 1
+	}
+	var n C.size_t
+	if err := statusErr(C.lm_io_count(s.s, isOut, &n)); err != nil {
+		return nil, err
+	}
+	infos := make([]ioInfo, int(n))
+	for i := range infos {
+		var name *C.char
+		var onnxType, elem, optTensor C.int
+		var dims *C.int64_t
+		var rank C.size_t
+		st := C.lm_io_info(s.s, isOut, C.size_t(i), &name, &onnxType, &elem, &dims, &rank, &optTensor)
+		if name != nil {
+			infos[i].Name = C.GoString(name)
+			C.free(unsafe.Pointer(name))
+		}
+		if dims != nil {
+			infos[i].Shape = append([]int64{}, unsafe.Slice((*int64)(unsafe.Pointer(dims)), int(rank))...)
+			C.free(unsafe.Pointer(dims))
+		}
+		if err := statusErr(st); err != nil {
+			return nil, err
+		}
+		infos[i].isTensor = onnxType == C.ONNX_TYPE_TENSOR || optTensor != 0
+		infos[i].kind = onnxTypeNames[int(onnxType)]
+		if optTensor != 0 {
+			infos[i].kind = "optional tensor"
+		}
+		if infos[i].isTensor {
+			infos[i].DType = tensor.DType(elem)
+			if infos[i].Shape == nil {
+				infos[i].Shape = []int64{}
+			}
+		}
+	}
+	return infos, nil
+}
+
+// cValues holds the C-side inputs of one run and releases them together.
+type cValues struct {
+	vals   []*C.OrtValue
+	cstrs  []*C.char
+	pinner runtime.Pinner
+}
+
+func (c *cValues) release() {
+	for _, v := range c.vals {
+		if v != nil {
+			C.lm_value_release(v)
+		}
+	}
+	for _, s := range c.cstrs {
+		C.free(unsafe.Pointer(s))
+	}
+	c.pinner.Unpin()
+}
+
+// add wraps t (already validated) as an OrtValue. Numeric data is pinned and used in
+// place, not copied; it must not change until release.
+func (c *cValues) add(t *tensor.Tensor) error {
+	var v *C.OrtValue
+	var shapePtr *C.int64_t
+	shape := append([]int64(nil), t.Shape...)
+	if len(shape) > 0 {
+		c.pinner.Pin(&shape[0])
+		shapePtr = (*C.int64_t)(unsafe.Pointer(&shape[0]))
+	}
+	rank := C.size_t(len(shape))
+	var err error
+	switch {
+	case t.DType == tensor.String:
+		err = statusErr(C.lm_tensor_alloc(shapePtr, rank, C.int(t.DType), &v))
+		if err == nil && len(t.Strings) > 0 {
+			ptrs := (*[1 << 30]*C.char)(C.malloc(C.size_t(len(t.Strings)) * C.size_t(unsafe.Sizeof(uintptr(0)))))[:len(t.Strings):len(t.Strings)]
+			c.cstrs = append(c.cstrs, (*C.char)(unsafe.Pointer(&ptrs[0])))
+			for i, s := range t.Strings {
+				ptrs[i] = C.CString(s)
+				c.cstrs = append(c.cstrs, ptrs[i])
+			}
+			err = statusErr(C.lm_tensor_fill_strings(v, &ptrs[0], C.size_t(len(ptrs))))
+		}
+	case len(t.Data) == 0:
+		err = statusErr(C.lm_tensor_alloc(shapePtr, rank, C.int(t.DType), &v))
+	default:
+		c.pinner.Pin(&t.Data[0])
+		err = statusErr(C.lm_tensor_with_data(unsafe.Pointer(&t.Data[0]), C.size_t(len(t.Data)), shapePtr, rank, C.int(t.DType), &v))
+	}
+	if v != nil {
+		c.vals = append(c.vals, v)
+	}
+	if err != nil {
+		return fmt.Errorf("input %q: %w", t.Name, err)
+	}
+	return nil
+}
+
+// runOptions lets a context cancel a run in flight.
+type runOptions struct {
+	ro *C.OrtRunOptions
+}
+
+func newRunOptions() (*runOptions, error) {
+	var ro *C.OrtRunOptions
+	if err := statusErr(C.lm_run_options(&ro)); err != nil {
+		return nil, err
+	}
+	return &runOptions{ro: ro}, nil
+}
+
+func (r *runOptions) terminate() { _ = statusErr(C.lm_run_terminate(r.ro)) }
+func (r *runOptions) release()   { C.lm_run_options_release(r.ro) }
+
+// run executes the session; outputs come back as Go tensors named after outNames.
+func (s *ortSession) run(ro *runOptions, inNames []string, in *cValues, outNames []string) ([]tensor.Tensor, error) {
+	cnames := make([]*C.char, 0, len(inNames)+len(outNames))
+	defer func() {
+		for _, p := range cnames {
+			C.free(unsafe.Pointer(p))
+		}
+	}()
+	// The name and value arrays live in C memory: cgo forbids passing Go memory that
+	// holds Go pointers to C.
+	ptrSize := C.size_t(unsafe.Sizeof(uintptr(0)))
+	arr := func(n int) unsafe.Pointer {
+		if n == 0 {
+			n = 1
+		}
+		return C.calloc(C.size_t(n), ptrSize)
+	}
+	inNameArr, inValArr, outNameArr, outValArr := arr(len(inNames)), arr(len(inNames)), arr(len(outNames)), arr(len(outNames))
+	defer C.free(inNameArr)
+	defer C.free(inValArr)
+	defer C.free(outNameArr)
+	defer C.free(outValArr)
+	inN := unsafe.Slice((**C.char)(inNameArr), len(inNames))
+	inV := unsafe.Slice((**C.OrtValue)(inValArr), len(inNames))
+	outN := unsafe.Slice((**C.char)(outNameArr), len(outNames))
+	outV := unsafe.Slice((**C.OrtValue)(outValArr), len(outNames))
+	for i, n := range inNames {
+		inN[i] = C.CString(n)
+		cnames = append(cnames, inN[i])
+		inV[i] = in.vals[i]
+	}
+	for i, n := range outNames {
+		outN[i] = C.CString(n)
+		cnames = append(cnames, outN[i])
+	}
+	st := C.lm_run(s.s, ro.ro, (**C.char)(inNameArr), (**C.OrtValue)(inValArr), C.size_t(len(inNames)),
+		(**C.char)(outNameArr), C.size_t(len(outNames)), (**C.OrtValue)(outValArr))
+	defer func() {
+		for _, v := range outV {
+			if v != nil {
+				C.lm_value_release(v)
+			}
+		}
+	}()
+	if err := statusErr(st); err != nil {
+		return nil, err
+	}
+	out := make([]tensor.Tensor, len(outNames))
+	for i, v := range outV {
+		t, err := goTensor(v, outNames[i])
+		if err != nil {
+			return nil, err
+		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+// goTensor copies an ORT output value into a tensor.Tensor.
+func goTensor(v *C.OrtValue, name string) (tensor.Tensor, error) {
+	var hasValue, onnxType, elem C.int
+	var dims *C.int64_t
+	var rank, nbytes C.size_t
+	var data unsafe.Pointer
+	st := C.lm_value_describe(v, &hasValue, &onnxType, &elem, &dims, &rank, &data, &nbytes)
+	t := tensor.Tensor{Name: name, DType: tensor.DType(elem), Shape: []int64{}}
+	if dims != nil {
+		t.Shape = append(t.Shape, unsafe.Slice((*int64)(unsafe.Pointer(dims)), int(rank))...)
+		C.free(unsafe.Pointer(dims))
+	}
+	if err := statusErr(st); err != nil {
+		return tensor.Tensor{}, fmt.Errorf("output %q: %w", name, err)
+	}
+	if hasValue == 0 {
+		return tensor.Tensor{}, fmt.Errorf("%w: output %q is an empty optional", ErrUnsupportedOutput, name)
+	}
+	if onnxType != C.ONNX_TYPE_TENSOR {
+		return tensor.Tensor{}, fmt.Errorf("%w: output %q is a %s", ErrUnsupportedOutput, name, onnxTypeNames[int(onnxType)])
+	}
+	if !t.DType.Valid() {
+		return tensor.Tensor{}, fmt.Errorf("%w: output %q has element type %d", ErrUnsupportedOutput, name, int(elem))
+	}
+	n, err := tensor.NumElements(t.Shape)
+	if err != nil {
+		return tensor.Tensor{}, fmt.Errorf("output %q: %w", name, err)
+	}
+	if t.DType == tensor.String {
+		var buf *C.char
+		var offs *C.size_t
+		st := C.lm_string_contents(v, C.size_t(n), &buf, &offs)
+		defer C.free(unsafe.Pointer(buf))
+		defer C.free(unsafe.Pointer(offs))
+		if err := statusErr(st); err != nil {
+			return tensor.Tensor{}, fmt.Errorf("output %q: %w", name, err)
+		}
+		o := unsafe.Slice((*C.size_t)(offs), int(n)+1)
+		t.Strings = make([]string, n)
+		for i := range t.Strings {
+			t.Strings[i] = C.GoStringN((*C.char)(unsafe.Add(unsafe.Pointer(buf), o[i])), C.int(o[i+1]-o[i]))
+		}
+		return t, nil
+	}
+	want := n * int64(t.DType.Size())
+	if int64(nbytes) != want {
+		return tensor.Tensor{}, fmt.Errorf("output %q: ORT reports %d bytes for %v of %s, want %d", name, nbytes, t.Shape, t.DType, want)
+	}
+	t.Data = make([]byte, want)
+	if want > 0 {
+		copy(t.Data, unsafe.Slice((*byte)(data), int(want)))
+	}
+	return t, nil
+}

@@ -1,0 +1,240 @@
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ort_shim.h"
+
+static const OrtApiBase *api_base;
+static const OrtApi *api;
+static OrtEnv *env;
+static OrtAllocator *allocator;
+
+static char *dup_message(const char *prefix, const char *msg) {
+  size_t n = strlen(prefix) + strlen(msg) + 3;
+  char *out = malloc(n);
+  if (out) snprintf(out, n, "%s: %s", prefix, msg);
+  return out;
+}
+
+char *lm_load(const char *path) {
+  void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    const char *e = dlerror();
+    return dup_message("dlopen", e ? e : "unknown error");
+  }
+  typedef const OrtApiBase *(*get_base_fn)(void);
+  get_base_fn get_base = (get_base_fn)dlsym(lib, "OrtGetApiBase");
+  if (!get_base) {
+    dlclose(lib);
+    return dup_message("dlsym OrtGetApiBase", "symbol missing (not an ONNX Runtime library?)");
+  }
+  api_base = get_base();
+  api = api_base->GetApi(ORT_API_VERSION);
+  if (!api) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "library version %s does not provide C API %d",
+             api_base->GetVersionString(), ORT_API_VERSION);
+    dlclose(lib);
+    return strdup(msg);
+  }
+  OrtStatus *st = api->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "layermesh", &env);
+  if (st) {
+    char *out = dup_message("CreateEnv", api->GetErrorMessage(st));
+    api->ReleaseStatus(st);
+    return out;
+  }
+  st = api->GetAllocatorWithDefaultOptions(&allocator);
+  if (st) {
+    char *out = dup_message("GetAllocatorWithDefaultOptions", api->GetErrorMessage(st));
+    api->ReleaseStatus(st);
+    return out;
+  }
+  return NULL;
+}
+
+const char *lm_version(void) { return api_base ? api_base->GetVersionString() : ""; }
+
+const char *lm_status_message(OrtStatus *st) { return api->GetErrorMessage(st); }
+int lm_status_code(OrtStatus *st) { return (int)api->GetErrorCode(st); }
+void lm_status_release(OrtStatus *st) { api->ReleaseStatus(st); }
+
+OrtStatus *lm_session_options(int intra_threads, int provider, OrtSessionOptions **out) {
+  OrtSessionOptions *o = NULL;
+  OrtStatus *st = api->CreateSessionOptions(&o);
+  if (st) return st;
+  if (intra_threads > 0 && (st = api->SetIntraOpNumThreads(o, intra_threads))) goto fail;
+  if ((st = api->SetInterOpNumThreads(o, 1))) goto fail;
+  if (provider == LM_PROVIDER_TENSORRT) {
+    OrtTensorRTProviderOptionsV2 *trt = NULL;
+    if ((st = api->CreateTensorRTProviderOptions(&trt))) goto fail;
+    st = api->SessionOptionsAppendExecutionProvider_TensorRT_V2(o, trt);
+    api->ReleaseTensorRTProviderOptions(trt);
+    if (st) goto fail;
+  }
+  // TensorRT sessions also get CUDA so that nodes TensorRT rejects still run on the GPU.
+  if (provider == LM_PROVIDER_CUDA || provider == LM_PROVIDER_TENSORRT) {
+    OrtCUDAProviderOptionsV2 *cuda = NULL;
+    if ((st = api->CreateCUDAProviderOptions(&cuda))) goto fail;
+    st = api->SessionOptionsAppendExecutionProvider_CUDA_V2(o, cuda);
+    api->ReleaseCUDAProviderOptions(cuda);
+    if (st) goto fail;
+  }
+  *out = o;
+  return NULL;
+fail:
+  api->ReleaseSessionOptions(o);
+  return st;
+}
+
+void lm_session_options_release(OrtSessionOptions *o) { api->ReleaseSessionOptions(o); }
+
+OrtStatus *lm_session_create(const char *path, OrtSessionOptions *o, OrtSession **out) {
+  return api->CreateSession(env, path, o, out);
+}
+
+OrtStatus *lm_session_create_bytes(const void *data, size_t len, OrtSessionOptions *o,
+                                   OrtSession **out) {
+  return api->CreateSessionFromArray(env, data, len, o, out);
+}
+
+void lm_session_release(OrtSession *s) { api->ReleaseSession(s); }
+
+OrtStatus *lm_io_count(OrtSession *s, int is_output, size_t *out) {
+  return is_output ? api->SessionGetOutputCount(s, out) : api->SessionGetInputCount(s, out);
+}
+
+OrtStatus *lm_io_info(OrtSession *s, int is_output, size_t idx, char **name, int *onnx_type,
+                      int *elem_type, int64_t **dims, size_t *rank, int *optional_tensor) {
+  char *ort_name = NULL;
+  OrtTypeInfo *ti = NULL, *contained = NULL;
+  OrtStatus *st;
+  *name = NULL;
+  *dims = NULL;
+  *rank = 0;
+  *elem_type = 0;
+  *optional_tensor = 0;
+  st = is_output ? api->SessionGetOutputName(s, idx, allocator, &ort_name)
+                 : api->SessionGetInputName(s, idx, allocator, &ort_name);
+  if (st) return st;
+  *name = strdup(ort_name);
+  OrtStatus *free_st = api->AllocatorFree(allocator, ort_name);
+  if (free_st) api->ReleaseStatus(free_st);
+  st = is_output ? api->SessionGetOutputTypeInfo(s, idx, &ti)
+                 : api->SessionGetInputTypeInfo(s, idx, &ti);
+  if (st) return st;
+  enum ONNXType t;
+  if ((st = api->GetOnnxTypeFromTypeInfo(ti, &t))) goto done;
+  *onnx_type = (int)t;
+  const OrtTypeInfo *tensor_ti = ti;
+  if (t == ONNX_TYPE_OPTIONAL) {
+    // An optional tensor takes (and yields) a plain tensor value when present, so it
+    // is described by the tensor it holds.
+    const OrtOptionalTypeInfo *oti = NULL;
+    if ((st = api->CastTypeInfoToOptionalTypeInfo(ti, &oti))) goto done;
+    if ((st = api->GetOptionalContainedTypeInfo(oti, &contained))) goto done;
+    enum ONNXType ct;
+    if ((st = api->GetOnnxTypeFromTypeInfo(contained, &ct))) goto done;
+    if (ct != ONNX_TYPE_TENSOR) goto done;
+    *optional_tensor = 1;
+    tensor_ti = contained;
+  } else if (t != ONNX_TYPE_TENSOR) {
+    goto done;
+  }
+  const OrtTensorTypeAndShapeInfo *tsi = NULL;
+  if ((st = api->CastTypeInfoToTensorInfo(tensor_ti, &tsi))) goto done;
+  ONNXTensorElementDataType et;
+  if ((st = api->GetTensorElementType(tsi, &et))) goto done;
+  *elem_type = (int)et;
+  size_t n = 0;
+  if ((st = api->GetDimensionsCount(tsi, &n))) goto done;
+  *rank = n;
+  if (n > 0) {
+    *dims = malloc(n * sizeof(int64_t));
+    st = api->GetDimensions(tsi, *dims, n);
+  }
+done:
+  if (contained) api->ReleaseTypeInfo(contained);
+  api->ReleaseTypeInfo(ti);
+  return st;
+}
+
+OrtStatus *lm_tensor_with_data(void *data, size_t len, const int64_t *shape, size_t rank,
+                               int elem_type, OrtValue **out) {
+  OrtMemoryInfo *mi = NULL;
+  OrtStatus *st = api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &mi);
+  if (st) return st;
+  st = api->CreateTensorWithDataAsOrtValue(mi, data, len, shape, rank,
+                                           (ONNXTensorElementDataType)elem_type, out);
+  api->ReleaseMemoryInfo(mi);
+  return st;
+}
+
+OrtStatus *lm_tensor_alloc(const int64_t *shape, size_t rank, int elem_type, OrtValue **out) {
+  return api->CreateTensorAsOrtValue(allocator, shape, rank, (ONNXTensorElementDataType)elem_type,
+                                     out);
+}
+
+OrtStatus *lm_tensor_fill_strings(OrtValue *v, const char *const *s, size_t n) {
+  return api->FillStringTensor(v, s, n);
+}
+
+void lm_value_release(OrtValue *v) { api->ReleaseValue(v); }
+
+OrtStatus *lm_run_options(OrtRunOptions **out) { return api->CreateRunOptions(out); }
+OrtStatus *lm_run_terminate(OrtRunOptions *o) { return api->RunOptionsSetTerminate(o); }
+void lm_run_options_release(OrtRunOptions *o) { api->ReleaseRunOptions(o); }
+
+OrtStatus *lm_run(OrtSession *s, OrtRunOptions *ro, const char *const *in_names,
+                  const OrtValue *const *in_vals, size_t n_in, const char *const *out_names,
+                  size_t n_out, OrtValue **out_vals) {
+  return api->Run(s, ro, in_names, in_vals, n_in, out_names, n_out, out_vals);
+}
+
+OrtStatus *lm_value_describe(const OrtValue *v, int *has_value, int *onnx_type, int *elem_type,
+                             int64_t **dims, size_t *rank, void **data, size_t *nbytes) {
+  OrtStatus *st;
+  *dims = NULL;
+  *rank = 0;
+  *data = NULL;
+  *nbytes = 0;
+  *elem_type = 0;
+  *onnx_type = 0;
+  if ((st = api->HasValue(v, has_value))) return st;
+  if (!*has_value) return NULL;
+  enum ONNXType t;
+  if ((st = api->GetValueType(v, &t))) return st;
+  *onnx_type = (int)t;
+  if (t != ONNX_TYPE_TENSOR) return NULL;
+  OrtTensorTypeAndShapeInfo *tsi = NULL;
+  if ((st = api->GetTensorTypeAndShape(v, &tsi))) return st;
+  ONNXTensorElementDataType et;
+  size_t n = 0;
+  if ((st = api->GetTensorElementType(tsi, &et))) goto done;
+  *elem_type = (int)et;
+  if ((st = api->GetDimensionsCount(tsi, &n))) goto done;
+  *rank = n;
+  if (n > 0) {
+    *dims = malloc(n * sizeof(int64_t));
+    if ((st = api->GetDimensions(tsi, *dims, n))) goto done;
+  }
+  if (et != ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING) {
+    if ((st = api->GetTensorSizeInBytes(v, nbytes))) goto done;
+    if (*nbytes > 0) st = api->GetTensorMutableData((OrtValue *)v, data);
+  }
+done:
+  api->ReleaseTensorTypeAndShapeInfo(tsi);
+  return st;
+}
+
+OrtStatus *lm_string_contents(const OrtValue *v, size_t n, char **buf, size_t **offsets) {
+  size_t total = 0;
+  OrtStatus *st;
+  *buf = NULL;
+  *offsets = malloc((n + 1) * sizeof(size_t));
+  if ((st = api->GetStringTensorDataLength(v, &total))) return st;
+  *buf = malloc(total + 1);
+  if (n > 0 && (st = api->GetStringTensorContent(v, *buf, total, *offsets, n))) return st;
+  (*offsets)[n] = total;
+  return NULL;
+}

@@ -1,0 +1,59 @@
+// The C side of the ONNX Runtime backend. cgo cannot call through the function
+// pointers of ORT's OrtApi table, so each call the backend needs has a small wrapper
+// here. Every wrapper returns an OrtStatus* (NULL on success) that Go turns into an
+// error with lm_status_message and releases with lm_status_release.
+#ifndef LAYERMESH_ORT_SHIM_H
+#define LAYERMESH_ORT_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "onnxruntime_c_api.h"
+
+// Provider codes passed from Go.
+enum { LM_PROVIDER_CPU = 0, LM_PROVIDER_CUDA = 1, LM_PROVIDER_TENSORRT = 2 };
+
+// lm_load opens the shared library, gets API version ORT_API_VERSION and creates the
+// process-wide environment. It returns NULL or a malloc'd message.
+char *lm_load(const char *path);
+const char *lm_version(void);
+
+const char *lm_status_message(OrtStatus *st);
+int lm_status_code(OrtStatus *st);
+void lm_status_release(OrtStatus *st);
+
+OrtStatus *lm_session_options(int intra_threads, int provider, OrtSessionOptions **out);
+void lm_session_options_release(OrtSessionOptions *o);
+OrtStatus *lm_session_create(const char *path, OrtSessionOptions *o, OrtSession **out);
+OrtStatus *lm_session_create_bytes(const void *data, size_t len, OrtSessionOptions *o, OrtSession **out);
+void lm_session_release(OrtSession *s);
+
+// lm_io_info describes input (is_output == 0) or output idx of a session. name and
+// dims are malloc'd and owned by the caller. For an optional holding a tensor,
+// optional_tensor is 1 and elem_type and dims describe the tensor.
+OrtStatus *lm_io_count(OrtSession *s, int is_output, size_t *out);
+OrtStatus *lm_io_info(OrtSession *s, int is_output, size_t idx, char **name, int *onnx_type,
+                      int *elem_type, int64_t **dims, size_t *rank, int *optional_tensor);
+
+OrtStatus *lm_tensor_with_data(void *data, size_t len, const int64_t *shape, size_t rank,
+                               int elem_type, OrtValue **out);
+OrtStatus *lm_tensor_alloc(const int64_t *shape, size_t rank, int elem_type, OrtValue **out);
+OrtStatus *lm_tensor_fill_strings(OrtValue *v, const char *const *s, size_t n);
+void lm_value_release(OrtValue *v);
+
+OrtStatus *lm_run_options(OrtRunOptions **out);
+OrtStatus *lm_run_terminate(OrtRunOptions *o);
+void lm_run_options_release(OrtRunOptions *o);
+OrtStatus *lm_run(OrtSession *s, OrtRunOptions *ro, const char *const *in_names,
+                  const OrtValue *const *in_vals, size_t n_in, const char *const *out_names,
+                  size_t n_out, OrtValue **out_vals);
+
+// lm_value_describe reports what an output value is. onnx_type is ONNX_TYPE_*; for a
+// tensor, elem_type, dims (malloc'd, caller frees) and the data pointer are set.
+// has_value is 0 for an empty optional.
+OrtStatus *lm_value_describe(const OrtValue *v, int *has_value, int *onnx_type, int *elem_type,
+                             int64_t **dims, size_t *rank, void **data, size_t *nbytes);
+// lm_string_contents copies a string tensor's n elements into one malloc'd buffer
+// (*buf) with n+1 offsets (*offsets, malloc'd).
+OrtStatus *lm_string_contents(const OrtValue *v, size_t n, char **buf, size_t **offsets);
+
+#endif
