@@ -39,7 +39,14 @@ func int64Rows(t *testing.T, in tensor.Tensor) [][]int64 {
 // TestGPTMatchesReference is issue 2's check 3: ONNX Runtime's logits for the
 // tiny GPT equal an independent plain-Go forward pass of the same weights.
 func TestGPTMatchesReference(t *testing.T) {
-	cfg := GPTTiny
+	// The second configuration has more heads and layers, so a mistake in
+	// splitting or merging heads cannot hide behind a 2-head model.
+	for _, cfg := range []GPTConfig{GPTTiny, {Layers: 3, Dim: 48, Heads: 4, Vocab: 50, Context: 8, Seed: 9, Name: "gpt-4head"}} {
+		t.Run(cfg.Name, func(t *testing.T) { checkGPTAgainstReference(t, cfg) })
+	}
+}
+
+func checkGPTAgainstReference(t *testing.T, cfg GPTConfig) {
 	m, err := GPT(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -68,14 +68,16 @@ func ResNet(cfg ResNetConfig) (*onnxpb.ModelProto, error) {
 	g.graph.Output = []*onnxpb.ValueInfoProto{valueInfo(ResNetOutput, elemFloat, "batch", int64(cfg.Classes))}
 
 	// convBN is Conv (no bias, as BN follows) + BatchNormalization, with He
-	// initialisation so activations keep their scale through depth.
-	convBN := func(name, in string, cin, cout, k, stride int64) string {
+	// initialisation so activations keep their scale through depth. gamma
+	// centres the BN scale: the last BN of a residual branch gets 0.5 so the
+	// sums of branch and skip do not grow stage after stage.
+	convBN := func(name, in string, cin, cout, k, stride int64, gamma float32) string {
 		std := float32(math.Sqrt(2 / float64(cin*k*k)))
 		w := g.uniformWeight(name+"/conv/weight", []int64{cout, cin, k, k}, std, 0)
 		pad := k / 2
 		c := g.op1("Conv", name+"/conv", []string{in, w},
 			attrInts("kernel_shape", k, k), attrInts("strides", stride, stride), attrInts("pads", pad, pad, pad, pad))
-		scale := g.uniformWeight(name+"/bn/scale", []int64{cout}, 0.1, 1)
+		scale := g.uniformWeight(name+"/bn/scale", []int64{cout}, 0.1*gamma, gamma)
 		bias := g.uniformWeight(name+"/bn/bias", []int64{cout}, 0.05, 0)
 		mean := g.uniformWeight(name+"/bn/mean", []int64{cout}, 0.05, 0)
 		variance := g.uniformWeight(name+"/bn/var", []int64{cout}, 0.1, 1)
@@ -85,12 +87,12 @@ func ResNet(cfg ResNetConfig) (*onnxpb.ModelProto, error) {
 	var x string
 	width := int64(cfg.Width)
 	if cfg.Stem == 4 {
-		x = convBN("stem", ResNetInput, 3, width, 7, 2)
+		x = convBN("stem", ResNetInput, 3, width, 7, 2, 1)
 		x = g.op1("Relu", "stem/relu", []string{x})
 		x = g.op1("MaxPool", "stem/pool", []string{x},
 			attrInts("kernel_shape", 3, 3), attrInts("strides", 2, 2), attrInts("pads", 1, 1, 1, 1))
 	} else {
-		x = convBN("stem", ResNetInput, 3, width, 3, 1)
+		x = convBN("stem", ResNetInput, 3, width, 3, 1, 1)
 		x = g.op1("Relu", "stem/relu", []string{x})
 	}
 
@@ -103,12 +105,12 @@ func ResNet(cfg ResNetConfig) (*onnxpb.ModelProto, error) {
 			if s > 0 && b == 0 {
 				stride = 2
 			}
-			h := convBN(p+"/a", x, cin, cout, 3, stride)
+			h := convBN(p+"/a", x, cin, cout, 3, stride, 1)
 			h = g.op1("Relu", p+"/a/relu", []string{h})
-			h = convBN(p+"/b", h, cout, cout, 3, 1)
+			h = convBN(p+"/b", h, cout, cout, 3, 1, 0.5)
 			skip := x
 			if stride != 1 || cin != cout {
-				skip = convBN(p+"/proj", x, cin, cout, 1, stride)
+				skip = convBN(p+"/proj", x, cin, cout, 1, stride, 0.5)
 			}
 			sum := g.op1("Add", p+"/residual", []string{h, skip})
 			x = g.op1("Relu", p+"/relu", []string{sum})

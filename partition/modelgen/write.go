@@ -131,7 +131,11 @@ func writeAtomic(path string, fill func(*bufio.Writer) error) error {
 	}
 	tmp := f.Name()
 	w := bufio.NewWriterSize(f, 1<<20)
-	err = fill(w)
+	// CreateTemp makes the file private; a model is ordinary readable data.
+	err = f.Chmod(0o644)
+	if err == nil {
+		err = fill(w)
+	}
 	if err == nil {
 		err = w.Flush()
 	}
