@@ -1,0 +1,511 @@
+package partition
+
+import (
+	"container/heap"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/partition/onnxpb"
+)
+
+// ValueKind says where a tensor comes from.
+type ValueKind int
+
+// Value kinds.
+const (
+	// KindActivation is produced by a compute node.
+	KindActivation ValueKind = iota
+	// KindGraphInput is fed by the caller.
+	KindGraphInput
+	// KindWeight is an initializer or the output of a Constant node.
+	KindWeight
+)
+
+// Value is one named tensor of the graph as the analysis sees it.
+type Value struct {
+	Name  string
+	Kind  ValueKind
+	DType tensor.DType // 0 when unknown
+	// Shape is bound to the analysis input shapes: nil when the rank is unknown, -1 for
+	// a dim that could not be inferred.
+	Shape []int64
+	// Dynamic marks the dims that follow the model's symbolic input dims (they change
+	// when the input shape does); those stay symbolic in stage models.
+	Dynamic []bool
+	// Bytes is the tensor's size under the bound shapes (an estimate when a dim is
+	// unknown).
+	Bytes int64
+	// Producer is the position in Graph.Nodes of the node that produces it, or -1.
+	Producer int
+	// Consumers are the positions of the compute nodes that read it, ascending.
+	Consumers []int
+}
+
+// Node is one compute node in topological order. Constant nodes are not compute
+// nodes: their outputs are weights.
+type Node struct {
+	// Position is the node's index in Graph.Nodes.
+	Position int
+	Proto    *onnxpb.NodeProto
+	Name     string
+	OpType   string
+	// Inputs are the distinct tensors the node reads, including the outer tensors its
+	// subgraphs read, weights included.
+	Inputs []string
+	// Outputs are the tensors it produces.
+	Outputs []string
+	// Weights are indices into Graph.Weights of the weights it reads.
+	Weights []int
+	// ParamBytes is the size of the weights it reads.
+	ParamBytes int64
+	// FLOPs estimates its arithmetic under the bound input shapes.
+	FLOPs int64
+	// OutputBytes is the size of its outputs under the bound input shapes.
+	OutputBytes int64
+}
+
+// Weight is an initializer or a Constant node's value.
+type Weight struct {
+	Name  string
+	Bytes int64
+	// Initializer is set for initializers; Constant for Constant nodes.
+	Initializer *onnxpb.TensorProto
+	Constant    *onnxpb.NodeProto
+	// Users are the positions of the compute nodes that read it, ascending.
+	Users []int
+}
+
+// Cut is the boundary before Graph.Nodes[Position].
+type Cut struct {
+	Position int
+	// Crossing are the activations and graph inputs produced before the cut and read
+	// after it, sorted by name. Weights never cross.
+	Crossing []string
+	// Bytes is the total size of Crossing.
+	Bytes int64
+	// Valid is false where a stage boundary cannot go (Reason says why).
+	Valid  bool
+	Reason string
+}
+
+// Graph is the analysis of a model: a topological order of its compute nodes, every
+// tensor's type and size, the weights, and the cut points.
+type Graph struct {
+	Model  *Model
+	Nodes  []Node
+	Values map[string]*Value
+	// Weights in first-use order.
+	Weights []Weight
+	// Cuts has len(Nodes)+1 entries; Cuts[0] and Cuts[len(Nodes)] are the ends of the
+	// graph and never valid stage boundaries.
+	Cuts []Cut
+	// Inputs and Outputs are the graph's input names (initializers excluded) and
+	// output names.
+	Inputs  []string
+	Outputs []string
+	// InputShapes are the bound input shapes used for sizes and FLOPs.
+	InputShapes map[string][]int64
+	// ParamBytes is the size of all weights, each counted once.
+	ParamBytes int64
+	// FLOPs is the sum over nodes.
+	FLOPs int64
+}
+
+// AnalyzeOptions tune Analyze.
+type AnalyzeOptions struct {
+	// InputShapes binds graph inputs to concrete shapes. Inputs not named bind their
+	// symbolic dims to DefaultDim.
+	InputShapes map[string][]int64
+	// DefaultDim is the size given to symbolic dims not bound otherwise; 0 means 1.
+	DefaultDim int64
+	// Measured are exact types of intermediate tensors (MeasureValues obtains them
+	// from ONNX Runtime); they override inference.
+	Measured map[string]MeasuredValue
+}
+
+// MeasuredValue is the observed dtype and shape of a tensor.
+type MeasuredValue struct {
+	DType tensor.DType
+	Shape []int64
+}
+
+// Analyze sorts m's graph, infers tensor shapes under inputShapes (symbolic dims not
+// given are bound to 1), and finds the cut points.
+func Analyze(m *Model, inputShapes map[string][]int64) (*Graph, error) {
+	return AnalyzeWith(m, AnalyzeOptions{InputShapes: inputShapes})
+}
+
+// AnalyzeWith is Analyze with options.
+func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
+	gp := m.Proto.GetGraph()
+	if gp == nil {
+		return nil, fmt.Errorf("%w: no graph", ErrNotONNX)
+	}
+	g := &Graph{Model: m, Values: map[string]*Value{}, InputShapes: map[string][]int64{}}
+
+	// Weights: initializers, then Constant nodes.
+	weightIdx := map[string]int{}
+	for _, t := range gp.GetInitializer() {
+		if _, dup := weightIdx[t.GetName()]; dup || t.GetName() == "" {
+			return nil, fmt.Errorf("%w: initializer %q", ErrDuplicateOutput, t.GetName())
+		}
+		b, _ := tensorDataBytes(t)
+		weightIdx[t.GetName()] = len(g.Weights)
+		g.Weights = append(g.Weights, Weight{Name: t.GetName(), Bytes: b, Initializer: t})
+	}
+	for _, sp := range gp.GetSparseInitializer() {
+		// Sparse initializers are rare; they are kept whole in every stage that reads them.
+		name := sp.GetValues().GetName()
+		b, _ := tensorDataBytes(sp.GetValues())
+		ib, _ := tensorDataBytes(sp.GetIndices())
+		weightIdx[name] = len(g.Weights)
+		g.Weights = append(g.Weights, Weight{Name: name, Bytes: b + ib})
+	}
+	isInput := map[string]bool{}
+	for _, vi := range gp.GetInput() {
+		if _, ok := weightIdx[vi.GetName()]; ok {
+			// An input with an initializer of the same name is a weight with a default
+			// (IR < 4 style); treat it as a weight.
+			continue
+		}
+		if isInput[vi.GetName()] {
+			return nil, fmt.Errorf("%w: graph input %q", ErrDuplicateOutput, vi.GetName())
+		}
+		isInput[vi.GetName()] = true
+		g.Inputs = append(g.Inputs, vi.GetName())
+	}
+	var compute []*onnxpb.NodeProto
+	producedBy := map[string]int{} // name -> index into compute
+	for _, n := range gp.GetNode() {
+		if isConstantNode(n) {
+			if len(n.GetOutput()) != 1 || n.GetOutput()[0] == "" {
+				return nil, fmt.Errorf("%w: Constant node %q needs exactly one output", ErrNotONNX, n.GetName())
+			}
+			name := n.GetOutput()[0]
+			if _, dup := weightIdx[name]; dup || isInput[name] {
+				return nil, fmt.Errorf("%w: %q", ErrDuplicateOutput, name)
+			}
+			weightIdx[name] = len(g.Weights)
+			g.Weights = append(g.Weights, Weight{Name: name, Bytes: constantBytes(n), Constant: n})
+			continue
+		}
+		compute = append(compute, n)
+	}
+	for i, n := range compute {
+		for _, o := range n.GetOutput() {
+			if o == "" {
+				continue
+			}
+			_, w := weightIdx[o]
+			_, p := producedBy[o]
+			if w || p || isInput[o] {
+				return nil, fmt.Errorf("%w: %q (node %q)", ErrDuplicateOutput, o, nodeLabel(n, i))
+			}
+			producedBy[o] = i
+		}
+	}
+
+	// Dependencies, with subgraph captures as inputs.
+	inputsOf := make([][]string, len(compute))
+	succ := make([][]int, len(compute))
+	indeg := make([]int, len(compute))
+	for i, n := range compute {
+		seen := map[string]bool{}
+		var ins []string
+		add := func(name string) {
+			if name == "" || seen[name] {
+				return
+			}
+			seen[name] = true
+			ins = append(ins, name)
+		}
+		for _, in := range n.GetInput() {
+			add(in)
+		}
+		for _, c := range subgraphCaptures(n) {
+			add(c)
+		}
+		inputsOf[i] = ins
+		for _, in := range ins {
+			if p, ok := producedBy[in]; ok {
+				if p == i {
+					return nil, fmt.Errorf("%w: node %q reads its own output %q", ErrCycle, nodeLabel(n, i), in)
+				}
+				succ[p] = append(succ[p], i)
+				indeg[i]++
+				continue
+			}
+			if _, ok := weightIdx[in]; ok || isInput[in] {
+				continue
+			}
+			return nil, fmt.Errorf("%w: node %q (%s) reads %q, which is no graph input, initializer or node output", ErrDanglingInput, nodeLabel(n, i), n.GetOpType(), in)
+		}
+	}
+
+	// Kahn's algorithm, always taking the ready node that came first in the file, so
+	// an already sorted graph keeps its order (exporters put related nodes together).
+	order := make([]int, 0, len(compute))
+	ready := &intHeap{}
+	for i := range compute {
+		if indeg[i] == 0 {
+			heap.Push(ready, i)
+		}
+	}
+	for ready.Len() > 0 {
+		i := heap.Pop(ready).(int)
+		order = append(order, i)
+		for _, s := range succ[i] {
+			indeg[s]--
+			if indeg[s] == 0 {
+				heap.Push(ready, s)
+			}
+		}
+	}
+	if len(order) != len(compute) {
+		var stuck []string
+		for i := range compute {
+			if indeg[i] > 0 {
+				stuck = append(stuck, nodeLabel(compute[i], i))
+				if len(stuck) == 5 {
+					break
+				}
+			}
+		}
+		return nil, fmt.Errorf("%w: %d of %d nodes are on or behind a cycle (e.g. %s)", ErrCycle, len(compute)-len(order), len(compute), strings.Join(stuck, ", "))
+	}
+
+	// Nodes and values.
+	g.Nodes = make([]Node, len(order))
+	for pos, i := range order {
+		n := compute[i]
+		g.Nodes[pos] = Node{Position: pos, Proto: n, Name: n.GetName(), OpType: n.GetOpType(), Inputs: inputsOf[i]}
+		for _, o := range n.GetOutput() {
+			if o != "" {
+				g.Nodes[pos].Outputs = append(g.Nodes[pos].Outputs, o)
+			}
+		}
+	}
+	for _, name := range g.Inputs {
+		g.Values[name] = &Value{Name: name, Kind: KindGraphInput, Producer: -1}
+	}
+	for _, w := range g.Weights {
+		g.Values[w.Name] = &Value{Name: w.Name, Kind: KindWeight, Producer: -1}
+	}
+	for pos := range g.Nodes {
+		for _, o := range g.Nodes[pos].Outputs {
+			g.Values[o] = &Value{Name: o, Kind: KindActivation, Producer: pos}
+		}
+	}
+	for pos := range g.Nodes {
+		nd := &g.Nodes[pos]
+		for _, in := range nd.Inputs {
+			v := g.Values[in]
+			v.Consumers = append(v.Consumers, pos)
+			if wi, ok := weightIdx[in]; ok {
+				nd.Weights = append(nd.Weights, wi)
+				nd.ParamBytes += g.Weights[wi].Bytes
+				g.Weights[wi].Users = append(g.Weights[wi].Users, pos)
+			}
+		}
+	}
+	for _, o := range gp.GetOutput() {
+		g.Outputs = append(g.Outputs, o.GetName())
+		if _, ok := g.Values[o.GetName()]; !ok {
+			return nil, fmt.Errorf("%w: graph output %q is produced by nothing", ErrDanglingInput, o.GetName())
+		}
+	}
+	for _, w := range g.Weights {
+		g.ParamBytes += w.Bytes
+	}
+
+	if err := g.inferShapes(opts); err != nil {
+		return nil, err
+	}
+	for pos := range g.Nodes {
+		g.FLOPs += g.Nodes[pos].FLOPs
+	}
+	g.findCuts()
+	return g, nil
+}
+
+// findCuts computes the crossing tensors of every cut. A tensor produced at position
+// p (graph inputs: before 0) and last read at position l crosses cuts p+1..l.
+func (g *Graph) findCuts() {
+	n := len(g.Nodes)
+	g.Cuts = make([]Cut, n+1)
+	for i := range g.Cuts {
+		g.Cuts[i].Position = i
+		g.Cuts[i].Valid = i > 0 && i < n
+	}
+	if n > 0 {
+		g.Cuts[0].Reason = "start of graph"
+		g.Cuts[n].Reason = "end of graph"
+	}
+	names := make([]string, 0, len(g.Values))
+	for name, v := range g.Values {
+		if v.Kind != KindWeight && len(v.Consumers) > 0 {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		v := g.Values[name]
+		last := v.Consumers[len(v.Consumers)-1]
+		for c := v.Producer + 1; c <= last; c++ {
+			if c == 0 {
+				continue
+			}
+			cut := &g.Cuts[c]
+			cut.Crossing = append(cut.Crossing, name)
+			cut.Bytes += v.Bytes
+			if v.DType == 0 && cut.Valid {
+				cut.Valid = false
+				cut.Reason = fmt.Sprintf("type of crossing tensor %q unknown", name)
+			}
+		}
+	}
+}
+
+// ValidCuts returns the positions of the valid cut points.
+func (g *Graph) ValidCuts() []int {
+	var out []int
+	for _, c := range g.Cuts {
+		if c.Valid {
+			out = append(out, c.Position)
+		}
+	}
+	return out
+}
+
+func isConstantNode(n *onnxpb.NodeProto) bool {
+	return n.GetOpType() == "Constant" && (n.GetDomain() == "" || n.GetDomain() == "ai.onnx") && len(n.GetInput()) == 0
+}
+
+// constantBytes is the size of a Constant node's value.
+func constantBytes(n *onnxpb.NodeProto) int64 {
+	for _, a := range n.GetAttribute() {
+		switch a.GetName() {
+		case "value":
+			b, _ := tensorDataBytes(a.GetT())
+			return b
+		case "sparse_value":
+			b, _ := tensorDataBytes(a.GetSparseTensor().GetValues())
+			ib, _ := tensorDataBytes(a.GetSparseTensor().GetIndices())
+			return b + ib
+		case "value_floats":
+			return int64(4 * len(a.GetFloats()))
+		case "value_ints":
+			return int64(8 * len(a.GetInts()))
+		case "value_float":
+			return 4
+		case "value_int":
+			return 8
+		case "value_string":
+			return int64(len(a.GetS()))
+		case "value_strings":
+			var s int64
+			for _, x := range a.GetStrings() {
+				s += int64(len(x))
+			}
+			return s
+		}
+	}
+	return 0
+}
+
+// subgraphCaptures returns the outer-scope names the subgraphs of n read: names used
+// inside a body that the body does not define itself.
+func subgraphCaptures(n *onnxpb.NodeProto) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, a := range n.GetAttribute() {
+		var bodies []*onnxpb.GraphProto
+		if a.GetG() != nil {
+			bodies = append(bodies, a.GetG())
+		}
+		bodies = append(bodies, a.GetGraphs()...)
+		for _, b := range bodies {
+			for _, c := range graphCaptures(b, map[string]bool{}) {
+				if !seen[c] {
+					seen[c] = true
+					out = append(out, c)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// graphCaptures returns names read in g (and nested bodies) that are defined neither
+// in g nor in the enclosing scopes listed in defined.
+func graphCaptures(g *onnxpb.GraphProto, outer map[string]bool) []string {
+	defined := map[string]bool{}
+	for k := range outer {
+		defined[k] = true
+	}
+	for _, vi := range g.GetInput() {
+		defined[vi.GetName()] = true
+	}
+	for _, t := range g.GetInitializer() {
+		defined[t.GetName()] = true
+	}
+	for _, sp := range g.GetSparseInitializer() {
+		defined[sp.GetValues().GetName()] = true
+	}
+	for _, n := range g.GetNode() {
+		for _, o := range n.GetOutput() {
+			defined[o] = true
+		}
+	}
+	var out []string
+	seen := map[string]bool{}
+	use := func(name string) {
+		if name != "" && !defined[name] && !seen[name] {
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	for _, n := range g.GetNode() {
+		for _, in := range n.GetInput() {
+			use(in)
+		}
+		for _, a := range n.GetAttribute() {
+			var bodies []*onnxpb.GraphProto
+			if a.GetG() != nil {
+				bodies = append(bodies, a.GetG())
+			}
+			bodies = append(bodies, a.GetGraphs()...)
+			for _, b := range bodies {
+				for _, c := range graphCaptures(b, defined) {
+					use(c)
+				}
+			}
+		}
+	}
+	for _, o := range g.GetOutput() {
+		use(o.GetName())
+	}
+	return out
+}
+
+func nodeLabel(n *onnxpb.NodeProto, i int) string {
+	if n.GetName() != "" {
+		return n.GetName()
+	}
+	return fmt.Sprintf("#%d %s", i, n.GetOpType())
+}
+
+type intHeap []int
+
+func (h intHeap) Len() int           { return len(h) }
+func (h intHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h intHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *intHeap) Push(x any)        { *h = append(*h, x.(int)) }
+func (h *intHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
