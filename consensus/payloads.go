@@ -1,0 +1,247 @@
+package consensus
+
+import (
+	"fmt"
+	"time"
+)
+
+// UpsertMember creates a member or replaces its record. The Voter flag is kept
+// from the existing record: only the leader's voter manager changes it.
+type UpsertMember struct {
+	Member Member `json:"member"`
+}
+
+// SetMemberState changes a member's state; At is when the proposer observed it.
+type SetMemberState struct {
+	ID    string      `json:"id"`
+	State MemberState `json:"state"`
+	At    time.Time   `json:"at"`
+}
+
+// RemoveMember deletes a member record.
+type RemoveMember struct {
+	ID string `json:"id"`
+}
+
+// PutModel creates or replaces one model version.
+type PutModel struct {
+	Model Model `json:"model"`
+}
+
+// DeleteModel deletes one model version, or every version when Version is
+// empty, together with their placements.
+type DeleteModel struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+// SetPlacement replaces a model version's placement if the committed epoch
+// equals ExpectedEpoch (0 when there is none yet), a compare-and-set that keeps
+// two planners from overwriting each other. The committed epoch becomes
+// ExpectedEpoch+1; Placement.Epoch is ignored.
+type SetPlacement struct {
+	Placement     Placement `json:"placement"`
+	ExpectedEpoch uint64    `json:"expected_epoch"`
+}
+
+// PutToken stores a hashed API token.
+type PutToken struct {
+	Token Token `json:"token"`
+}
+
+// RevokeToken marks a token revoked.
+type RevokeToken struct {
+	ID string    `json:"id"`
+	At time.Time `json:"at"`
+}
+
+// SetConfig replaces the cluster config.
+type SetConfig struct {
+	Config ClusterConfig `json:"config"`
+}
+
+// CatalogMode says what CatalogPut requires of the key's current presence.
+type CatalogMode string
+
+// Catalogue write modes.
+const (
+	CatalogUpsert   CatalogMode = ""         // write whatever is there
+	CatalogRegister CatalogMode = "register" // fail with ErrExists when present
+	CatalogUpdate   CatalogMode = "update"   // fail with ErrNotFound when absent
+)
+
+// CatalogPut writes one key of the small key/value catalogue.
+type CatalogPut struct {
+	Key   string      `json:"key"`
+	Value string      `json:"value"`
+	Mode  CatalogMode `json:"mode"`
+}
+
+// CommandType implements Payload.
+func (UpsertMember) CommandType() CommandType { return CmdUpsertMember }
+
+// CommandType implements Payload.
+func (SetMemberState) CommandType() CommandType { return CmdSetMemberState }
+
+// CommandType implements Payload.
+func (RemoveMember) CommandType() CommandType { return CmdRemoveMember }
+
+// CommandType implements Payload.
+func (PutModel) CommandType() CommandType { return CmdPutModel }
+
+// CommandType implements Payload.
+func (DeleteModel) CommandType() CommandType { return CmdDeleteModel }
+
+// CommandType implements Payload.
+func (SetPlacement) CommandType() CommandType { return CmdSetPlacement }
+
+// CommandType implements Payload.
+func (PutToken) CommandType() CommandType { return CmdPutToken }
+
+// CommandType implements Payload.
+func (RevokeToken) CommandType() CommandType { return CmdRevokeToken }
+
+// CommandType implements Payload.
+func (SetConfig) CommandType() CommandType { return CmdSetConfig }
+
+// CommandType implements Payload.
+func (CatalogPut) CommandType() CommandType { return CmdCatalogPut }
+
+func (p UpsertMember) apply(st *ClusterState) (uint64, error) {
+	m := p.Member.Clone()
+	if m.ID == "" {
+		return 0, fmt.Errorf("%w: member without id", ErrInvalidCommand)
+	}
+	if m.State == "" {
+		m.State = MemberAlive
+	}
+	if !m.State.valid() {
+		return 0, fmt.Errorf("%w: member state %q", ErrInvalidCommand, m.State)
+	}
+	if old, ok := st.Members[m.ID]; ok {
+		m.Voter = old.Voter
+	} else {
+		m.Voter = false
+	}
+	st.Members[m.ID] = m
+	return 0, nil
+}
+
+func (p SetMemberState) apply(st *ClusterState) (uint64, error) {
+	if !p.State.valid() {
+		return 0, fmt.Errorf("%w: member state %q", ErrInvalidCommand, p.State)
+	}
+	m, ok := st.Members[p.ID]
+	if !ok {
+		return 0, fmt.Errorf("%w: member %s", ErrNotFound, p.ID)
+	}
+	if m.State != p.State {
+		m.State = p.State
+		m.StateSince = p.At
+	}
+	st.Members[p.ID] = m
+	return 0, nil
+}
+
+func (p RemoveMember) apply(st *ClusterState) (uint64, error) {
+	if _, ok := st.Members[p.ID]; !ok {
+		return 0, fmt.Errorf("%w: member %s", ErrNotFound, p.ID)
+	}
+	delete(st.Members, p.ID)
+	return 0, nil
+}
+
+func (p PutModel) apply(st *ClusterState) (uint64, error) {
+	if p.Model.Name == "" || p.Model.Version == "" {
+		return 0, fmt.Errorf("%w: model needs a name and a version", ErrInvalidCommand)
+	}
+	st.Models[ModelKey(p.Model.Name, p.Model.Version)] = p.Model.Clone()
+	return 0, nil
+}
+
+func (p DeleteModel) apply(st *ClusterState) (uint64, error) {
+	found := false
+	for k, m := range st.Models {
+		if m.Name == p.Name && (p.Version == "" || m.Version == p.Version) {
+			delete(st.Models, k)
+			delete(st.Placements, k)
+			found = true
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("%w: model %s version %q", ErrNotFound, p.Name, p.Version)
+	}
+	return 0, nil
+}
+
+func (p SetPlacement) apply(st *ClusterState) (uint64, error) {
+	pl := p.Placement.Clone()
+	key := ModelKey(pl.Model, pl.Version)
+	if _, ok := st.Models[key]; !ok {
+		return 0, fmt.Errorf("%w: model %s", ErrNotFound, key)
+	}
+	var current uint64
+	if old, ok := st.Placements[key]; ok {
+		current = old.Epoch
+	}
+	if current != p.ExpectedEpoch {
+		return 0, fmt.Errorf("%w: %s is at epoch %d, expected %d", ErrEpochMismatch, key, current, p.ExpectedEpoch)
+	}
+	pl.Epoch = current + 1
+	st.Placements[key] = pl
+	return pl.Epoch, nil
+}
+
+func (p PutToken) apply(st *ClusterState) (uint64, error) {
+	if p.Token.ID == "" || p.Token.Hash == "" {
+		return 0, fmt.Errorf("%w: token needs an id and a hash", ErrInvalidCommand)
+	}
+	if p.Token.Scope != ScopeAdmin && p.Token.Scope != ScopeInfer {
+		return 0, fmt.Errorf("%w: token scope %q", ErrInvalidCommand, p.Token.Scope)
+	}
+	st.Tokens[p.Token.ID] = p.Token
+	return 0, nil
+}
+
+func (p RevokeToken) apply(st *ClusterState) (uint64, error) {
+	t, ok := st.Tokens[p.ID]
+	if !ok {
+		return 0, fmt.Errorf("%w: token %s", ErrNotFound, p.ID)
+	}
+	if !t.Revoked {
+		t.Revoked = true
+		t.RevokedAt = p.At
+	}
+	st.Tokens[p.ID] = t
+	return 0, nil
+}
+
+func (p SetConfig) apply(st *ClusterState) (uint64, error) {
+	if p.Config.ReplicationFactor < 0 || p.Config.DeadNodeTimeout < 0 {
+		return 0, fmt.Errorf("%w: negative config value", ErrInvalidCommand)
+	}
+	st.Config = p.Config
+	return 0, nil
+}
+
+func (p CatalogPut) apply(st *ClusterState) (uint64, error) {
+	if p.Key == "" {
+		return 0, fmt.Errorf("%w: empty catalogue key", ErrInvalidCommand)
+	}
+	_, present := st.Catalog[p.Key]
+	switch p.Mode {
+	case CatalogUpsert:
+	case CatalogRegister:
+		if present {
+			return 0, fmt.Errorf("%w: catalogue key %q", ErrExists, p.Key)
+		}
+	case CatalogUpdate:
+		if !present {
+			return 0, fmt.Errorf("%w: catalogue key %q", ErrNotFound, p.Key)
+		}
+	default:
+		return 0, fmt.Errorf("%w: catalogue mode %q", ErrInvalidCommand, p.Mode)
+	}
+	st.Catalog[p.Key] = p.Value
+	return 0, nil
+}

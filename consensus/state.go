@@ -1,0 +1,220 @@
+package consensus
+
+import (
+	"maps"
+	"slices"
+	"time"
+)
+
+// MemberState is a member's health and lifecycle as the node layer reports it.
+type MemberState string
+
+// Member states. The node layer sets alive/suspect/dead from memberlist,
+// draining and left from admin actions; the leader sets removed once a member
+// has been dead past the dead-node timeout and was taken out of the Raft
+// configuration.
+const (
+	MemberAlive    MemberState = "alive"
+	MemberSuspect  MemberState = "suspect"
+	MemberDead     MemberState = "dead"
+	MemberDraining MemberState = "draining"
+	MemberLeft     MemberState = "left"
+	MemberRemoved  MemberState = "removed"
+)
+
+func (s MemberState) valid() bool {
+	switch s {
+	case MemberAlive, MemberSuspect, MemberDead, MemberDraining, MemberLeft, MemberRemoved:
+		return true
+	}
+	return false
+}
+
+// Capacity is what a node offers to the planner.
+type Capacity struct {
+	MemBudget int64   `json:"mem_budget"` // bytes the node may use for stages
+	Cores     int     `json:"cores"`
+	Speed     float64 `json:"speed"` // measured speed score, higher is faster
+}
+
+// Member is one node of the cluster as recorded in Raft.
+type Member struct {
+	ID         string      `json:"id"` // libp2p peer id, also the Raft server id and address
+	Name       string      `json:"name"`
+	Addrs      []string    `json:"addrs"` // libp2p multiaddrs
+	HTTPAddr   string      `json:"http_addr"`
+	Capacity   Capacity    `json:"capacity"`
+	State      MemberState `json:"state"`
+	StateSince time.Time   `json:"state_since"` // set by the proposer, never by the FSM
+	Voter      bool        `json:"voter"`       // mirrors the Raft configuration, written by the leader
+}
+
+// TensorSpec describes one input or output of a model or stage.
+type TensorSpec struct {
+	Name  string  `json:"name"`
+	DType int32   `json:"dtype"` // ONNX TensorProto data type number
+	Shape []int64 `json:"shape"` // -1 for a dynamic dimension
+}
+
+// Signature is a model's input/output contract.
+type Signature struct {
+	Inputs  []TensorSpec `json:"inputs"`
+	Outputs []TensorSpec `json:"outputs"`
+}
+
+// StageManifest describes one pipeline stage's ONNX file.
+type StageManifest struct {
+	Index      int      `json:"index"`
+	SHA256     string   `json:"sha256"` // hex, the blob id
+	Size       int64    `json:"size"`
+	Inputs     []string `json:"inputs"`
+	Outputs    []string `json:"outputs"`
+	ParamBytes int64    `json:"param_bytes"`
+}
+
+// Model is one version of a deployed model.
+type Model struct {
+	Name         string          `json:"name"`
+	Version      string          `json:"version"`
+	SourceSHA256 string          `json:"source_sha256"` // hex, the blob id of the uploaded ONNX file
+	SourceSize   int64           `json:"source_size"`
+	Signature    Signature       `json:"signature"`
+	Stages       []StageManifest `json:"stages"`
+	Created      time.Time       `json:"created"`
+}
+
+// ModelKey identifies a model version in ClusterState.Models and Placements.
+func ModelKey(name, version string) string { return name + "@" + version }
+
+// Placement maps each stage of one model version to the nodes serving it.
+type Placement struct {
+	Model   string     `json:"model"`
+	Version string     `json:"version"`
+	Stages  [][]string `json:"stages"` // Stages[i] = replica node ids of stage i
+	Epoch   uint64     `json:"epoch"`  // bumped by every committed SetPlacement
+}
+
+// ClusterConfig holds cluster-wide settings.
+type ClusterConfig struct {
+	ClusterID         string        `json:"cluster_id"`
+	ReplicationFactor int           `json:"replication_factor"`
+	DeadNodeTimeout   time.Duration `json:"dead_node_timeout"` // 0: Config.DeadNodeTimeout applies
+}
+
+// TokenScope is what an API token allows.
+type TokenScope string
+
+// Token scopes.
+const (
+	ScopeAdmin TokenScope = "admin"
+	ScopeInfer TokenScope = "infer"
+)
+
+// Token is an API token; only its sha256 hash is stored.
+type Token struct {
+	ID        string     `json:"id"`
+	Hash      string     `json:"hash"` // hex sha256 of the secret
+	Scope     TokenScope `json:"scope"`
+	Created   time.Time  `json:"created"`
+	Revoked   bool       `json:"revoked"`
+	RevokedAt time.Time  `json:"revoked_at"`
+}
+
+// ClusterState is the whole replicated state. Values handed out by Store are
+// private copies; change the cluster only through Store.Apply.
+type ClusterState struct {
+	Config     ClusterConfig        `json:"config"`
+	Members    map[string]Member    `json:"members"`    // by peer id
+	Models     map[string]Model     `json:"models"`     // by ModelKey(name, version)
+	Placements map[string]Placement `json:"placements"` // by ModelKey(name, version)
+	Tokens     map[string]Token     `json:"tokens"`     // by token id
+	Catalog    map[string]string    `json:"catalog"`    // small key/value catalogue for annotations
+	// Index is the Raft log index of the last applied entry that changed or
+	// could have changed this state.
+	Index uint64 `json:"index"`
+}
+
+// NewClusterState returns an empty state with every map allocated.
+func NewClusterState() *ClusterState {
+	return &ClusterState{
+		Members:    map[string]Member{},
+		Models:     map[string]Model{},
+		Placements: map[string]Placement{},
+		Tokens:     map[string]Token{},
+		Catalog:    map[string]string{},
+	}
+}
+
+// Clone returns a deep copy that shares no memory with s.
+func (s *ClusterState) Clone() *ClusterState {
+	if s == nil {
+		return nil
+	}
+	c := &ClusterState{Config: s.Config, Index: s.Index}
+	c.Members = make(map[string]Member, len(s.Members))
+	for k, m := range s.Members {
+		c.Members[k] = m.Clone()
+	}
+	c.Models = make(map[string]Model, len(s.Models))
+	for k, m := range s.Models {
+		c.Models[k] = m.Clone()
+	}
+	c.Placements = make(map[string]Placement, len(s.Placements))
+	for k, p := range s.Placements {
+		c.Placements[k] = p.Clone()
+	}
+	c.Tokens = maps.Clone(s.Tokens)
+	if c.Tokens == nil {
+		c.Tokens = map[string]Token{}
+	}
+	c.Catalog = maps.Clone(s.Catalog)
+	if c.Catalog == nil {
+		c.Catalog = map[string]string{}
+	}
+	return c
+}
+
+// Clone returns a deep copy of m.
+func (m Member) Clone() Member {
+	m.Addrs = slices.Clone(m.Addrs)
+	return m
+}
+
+// Clone returns a deep copy of m.
+func (m Model) Clone() Model {
+	m.Signature = Signature{Inputs: cloneSpecs(m.Signature.Inputs), Outputs: cloneSpecs(m.Signature.Outputs)}
+	if m.Stages != nil {
+		st := make([]StageManifest, len(m.Stages))
+		for i, s := range m.Stages {
+			s.Inputs = slices.Clone(s.Inputs)
+			s.Outputs = slices.Clone(s.Outputs)
+			st[i] = s
+		}
+		m.Stages = st
+	}
+	return m
+}
+
+func cloneSpecs(in []TensorSpec) []TensorSpec {
+	if in == nil {
+		return nil
+	}
+	out := make([]TensorSpec, len(in))
+	for i, t := range in {
+		t.Shape = slices.Clone(t.Shape)
+		out[i] = t
+	}
+	return out
+}
+
+// Clone returns a deep copy of p.
+func (p Placement) Clone() Placement {
+	if p.Stages != nil {
+		st := make([][]string, len(p.Stages))
+		for i, r := range p.Stages {
+			st[i] = slices.Clone(r)
+		}
+		p.Stages = st
+	}
+	return p
+}
