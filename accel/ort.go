@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 
 	"google.golang.org/protobuf/proto"
@@ -124,6 +125,7 @@ func NewORT(cfg ORTConfig) (Backend, error) {
 		}
 		path = p
 	}
+	ortLog.CompareAndSwap(nil, log.With("component", "onnxruntime"))
 	version, err := loadRuntime(path)
 	if err != nil {
 		return nil, err
@@ -171,15 +173,45 @@ func probeProvider(p Provider) error {
 	}
 	model, err := probeModel()
 	if err == nil {
+		takeLastORTError()
 		var s *ortSession
 		s, err = newOrtSession("", model, 1, p)
 		if err == nil {
 			s.release()
-		} else if !errors.Is(err, ErrProviderUnavailable) {
-			err = fmt.Errorf("%w: %s: %w", ErrProviderUnavailable, p, err)
+		} else {
+			if !errors.Is(err, ErrProviderUnavailable) {
+				err = fmt.Errorf("%w: %s: %w", ErrProviderUnavailable, p, err)
+			}
+			err = explainProvider(err, p, takeLastORTError())
 		}
 	}
 	runtimeState.probed[p] = err
+	return err
+}
+
+// providerLibraries are the ORT plugin libraries a GPU provider loads from the folder
+// of libonnxruntime.so; each in turn needs its vendor libraries (CUDA, cuDNN, TensorRT).
+var providerLibraries = map[Provider][]string{
+	ProviderCUDA:     {"libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"},
+	ProviderTensorRT: {"libonnxruntime_providers_shared.so", "libonnxruntime_providers_tensorrt.so", "libonnxruntime_providers_cuda.so"},
+}
+
+// explainProvider adds what ORT logged and which provider libraries are missing to a
+// provider failure, so that the operator learns what to install.
+func explainProvider(err error, p Provider, logged string) error {
+	dir := filepath.Dir(runtimeState.path)
+	var missing []string
+	for _, lib := range providerLibraries[p] {
+		if !fileExists(filepath.Join(dir, lib)) {
+			missing = append(missing, lib)
+		}
+	}
+	if len(missing) > 0 {
+		err = fmt.Errorf("%w; missing %s in %s: the ONNX Runtime library there is a CPU-only build, point --ort-lib/ORT_LIB at a GPU build of ONNX Runtime", err, strings.Join(missing, ", "), dir)
+	}
+	if logged = strings.TrimSpace(logged); logged != "" {
+		err = fmt.Errorf("%w (onnxruntime: %s)", err, logged)
+	}
 	return err
 }
 

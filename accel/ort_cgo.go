@@ -17,9 +17,13 @@ package accel
 import "C"
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/layermesh/layermesh/accel/tensor"
@@ -41,6 +45,48 @@ func statusErr(st *C.OrtStatus) error {
 	e := &ortError{code: int(C.lm_status_code(st)), msg: C.GoString(C.lm_status_message(st))}
 	C.lm_status_release(st)
 	return e
+}
+
+// ortLog receives ONNX Runtime's own log lines (component=onnxruntime). lastORTError
+// keeps the latest error line: ORT often returns a terse status ("Failed to load
+// shared library") and logs the useful part (which file, why) separately.
+var (
+	ortLog       atomic.Pointer[slog.Logger]
+	lastORTError struct {
+		sync.Mutex
+		msg string
+	}
+)
+
+//export lmGoLog
+func lmGoLog(severity C.int, category, location, message *C.char) {
+	msg := C.GoString(message)
+	level := slog.LevelInfo
+	switch {
+	case severity >= C.ORT_LOGGING_LEVEL_ERROR:
+		level = slog.LevelError
+		lastORTError.Lock()
+		lastORTError.msg = msg
+		lastORTError.Unlock()
+	case severity == C.ORT_LOGGING_LEVEL_WARNING:
+		level = slog.LevelWarn
+	case severity <= C.ORT_LOGGING_LEVEL_VERBOSE:
+		level = slog.LevelDebug
+	}
+	log := ortLog.Load()
+	if log == nil {
+		log = slog.Default().With("component", "onnxruntime")
+	}
+	log.Log(context.Background(), level, msg, "category", C.GoString(category), "at", C.GoString(location))
+}
+
+// takeLastORTError returns and clears the latest error ORT logged.
+func takeLastORTError() string {
+	lastORTError.Lock()
+	defer lastORTError.Unlock()
+	m := lastORTError.msg
+	lastORTError.msg = ""
+	return m
 }
 
 // loadLibrary opens the ONNX Runtime library at path and creates the environment.

@@ -146,6 +146,11 @@ func (p *ortPool) Run(ctx context.Context, inputs []tensor.Tensor, names []strin
 		}
 	}
 
+	// A context that has already ended must win over a free session: select picks
+	// among ready cases at random.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("run %s: %w", p.path, err)
+	}
 	var s *ortSession
 	select {
 	case <-p.closed:

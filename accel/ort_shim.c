@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "ort_shim.h"
+#include "_cgo_export.h"
 
 static const OrtApiBase *api_base;
 static const OrtApi *api;
@@ -15,6 +16,15 @@ static char *dup_message(const char *prefix, const char *msg) {
   char *out = malloc(n);
   if (out) snprintf(out, n, "%s: %s", prefix, msg);
   return out;
+}
+
+// log_to_go hands ORT's log lines to Go's slog instead of ORT's coloured stderr.
+static void ORT_API_CALL log_to_go(void *param, OrtLoggingLevel severity, const char *category,
+                                   const char *logid, const char *code_location,
+                                   const char *message) {
+  (void)param;
+  (void)logid;
+  lmGoLog((int)severity, (char *)category, (char *)code_location, (char *)message);
 }
 
 char *lm_load(const char *path) {
@@ -38,7 +48,8 @@ char *lm_load(const char *path) {
     dlclose(lib);
     return strdup(msg);
   }
-  OrtStatus *st = api->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "layermesh", &env);
+  OrtStatus *st = api->CreateEnvWithCustomLogger(log_to_go, NULL, ORT_LOGGING_LEVEL_WARNING,
+                                                 "layermesh", &env);
   if (st) {
     char *out = dup_message("CreateEnv", api->GetErrorMessage(st));
     api->ReleaseStatus(st);

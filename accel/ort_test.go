@@ -1,0 +1,236 @@
+package accel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/layermesh/layermesh/accel/tensor"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// newCPU is the backend the tests share; ORT itself is loaded once per process.
+func newCPU(t testing.TB) Backend {
+	t.Helper()
+	b, err := NewORT(ORTConfig{Provider: ProviderCPU, IntraOpThreads: 1, Logger: quietLogger()})
+	if err != nil {
+		t.Fatalf("NewORT: %v", err)
+	}
+	return b
+}
+
+func open(t testing.TB, b Backend, path string, opts SessionOptions) Session {
+	t.Helper()
+	s, err := b.Open(context.Background(), path, opts)
+	if err != nil {
+		t.Fatalf("Open %s: %v", path, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestDefaultLibraryPath(t *testing.T) {
+	t.Setenv("ORT_LIB", "")
+	p, err := DefaultLibraryPath()
+	if err != nil {
+		t.Fatalf("walking up from the package folder must find the library of make setup: %v", err)
+	}
+	if !strings.HasSuffix(p, libraryRelPath) {
+		t.Fatalf("found %s", p)
+	}
+	t.Setenv("ORT_LIB", "/elsewhere/libonnxruntime.so")
+	if p, _ := DefaultLibraryPath(); p != "/elsewhere/libonnxruntime.so" {
+		t.Fatalf("ORT_LIB must win, got %s", p)
+	}
+}
+
+func TestNewORTLibraryErrors(t *testing.T) {
+	newCPU(t) // make sure the real library is the one loaded
+	_, err := NewORT(ORTConfig{LibraryPath: "/nonexistent/libonnxruntime.so.1", Logger: quietLogger()})
+	if err == nil || !strings.Contains(err.Error(), "already loaded") {
+		t.Fatalf("a second, different library must be refused while one is loaded, got %v", err)
+	}
+	if _, err := NewORT(ORTConfig{Provider: "vulkan", Logger: quietLogger()}); !errors.Is(err, ErrProviderUnavailable) {
+		t.Fatalf("unknown provider: got %v", err)
+	}
+}
+
+// TestProviderSelection checks what this machine offers: the ORT library of make
+// setup is a CPU build, so explicit GPU providers must fail with a message that says
+// why, and auto must fall back to the CPU and log that choice.
+func TestProviderSelection(t *testing.T) {
+	var gpuErrs []error
+	for _, p := range []Provider{ProviderCUDA, ProviderTensorRT} {
+		b, err := NewORT(ORTConfig{Provider: p, Logger: quietLogger()})
+		if err == nil {
+			if b.Provider() != p {
+				t.Fatalf("asked for %s, got %s", p, b.Provider())
+			}
+			t.Logf("%s is available on this machine", p)
+			continue
+		}
+		gpuErrs = append(gpuErrs, err)
+		if !errors.Is(err, ErrProviderUnavailable) {
+			t.Fatalf("%s: error does not wrap ErrProviderUnavailable: %v", p, err)
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, string(p)) || len(msg) < len(string(p))+40 {
+			t.Fatalf("%s: the error must name the provider and say why: %q", p, msg)
+		}
+		for _, lib := range providerLibraries[p] {
+			if !fileExists(filepath.Join(filepath.Dir(runtimeState.path), lib)) && !strings.Contains(msg, lib) {
+				t.Fatalf("%s: %s is missing but the error does not say so: %q", p, lib, msg)
+			}
+		}
+		t.Logf("%s unavailable: %s", p, msg)
+	}
+	var logs bytes.Buffer
+	b, err := NewORT(ORTConfig{Provider: ProviderAuto, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("auto must always load: %v", err)
+	}
+	if len(gpuErrs) == 2 && b.Provider() != ProviderCPU {
+		t.Fatalf("no GPU provider loads, yet auto picked %s", b.Provider())
+	}
+	if want := "provider=" + string(b.Provider()); !strings.Contains(logs.String(), want) || !strings.Contains(logs.String(), "component=accel") {
+		t.Fatalf("auto must log its choice (%s) with component=accel; logs:\n%s", want, logs.String())
+	}
+	// The pick must actually run a model.
+	s := open(t, b, addModel(t), SessionOptions{})
+	if _, err := s.Run(context.Background(), addInputs(1), nil); err != nil {
+		t.Fatalf("run on %s: %v", b.Provider(), err)
+	}
+}
+
+func addInputs(k float32) []tensor.Tensor {
+	x := []float32{1, 2, 3, 4, 5, 6}
+	y := []float32{10 * k, 20 * k, 30 * k, 40 * k, 50 * k, 60 * k}
+	return []tensor.Tensor{tensor.FromFloat32("x", []int64{2, 3}, x), tensor.FromFloat32("y", []int64{2, 3}, y)}
+}
+
+func TestRunAdd(t *testing.T) {
+	s := open(t, newCPU(t), addModel(t), SessionOptions{})
+	out, err := s.Run(context.Background(), addInputs(1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 1 || out[0].Name != "z" || out[0].DType != tensor.Float32 || fmt.Sprint(out[0].Shape) != "[2 3]" {
+		t.Fatalf("got %+v", out)
+	}
+	got, _ := out[0].Float32s()
+	want := []float32{11, 22, 33, 44, 55, 66}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("z = %v, want %v", got, want)
+	}
+}
+
+func TestMetadataAndMatMul(t *testing.T) {
+	s := open(t, newCPU(t), matMulModel(t), SessionOptions{})
+	if got := fmt.Sprint(s.Inputs()); got != "[{a float32 [-1 2]} {b float32 [2 2]}]" {
+		t.Fatalf("Inputs() = %s", got)
+	}
+	if got := fmt.Sprint(s.Outputs()); got != "[{c float32 [-1 2]} {d float32 [-1 2]}]" {
+		t.Fatalf("Outputs() = %s", got)
+	}
+	a := tensor.FromFloat32("a", []int64{3, 2}, []float32{1, 2, 3, 4, 5, 6})
+	b := tensor.FromFloat32("b", []int64{2, 2}, []float32{1, 0.5, -1, 2})
+	// Outputs come back in the order asked, not the model's.
+	out, err := s.Run(context.Background(), []tensor.Tensor{b, a}, []string{"d", "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Row r of a times b: [a0 - a1, 0.5 a0 + 2 a1].
+	want := []float64{-1, 4.5, -1, 9.5, -1, 14.5}
+	c, _ := out[1].Float64s()
+	d, _ := out[0].Float64s()
+	for i := range want {
+		if c[i] != want[i] || d[i] != -want[i] {
+			t.Fatalf("c = %v, d = %v, want c = %v and d = -c", c, d, want)
+		}
+	}
+	if out[0].Name != "d" || out[1].Name != "c" || fmt.Sprint(out[1].Shape) != "[3 2]" {
+		t.Fatalf("names/shapes: %s %v, %s %v", out[0].Name, out[0].Shape, out[1].Name, out[1].Shape)
+	}
+}
+
+// TestEveryDType round-trips every tensor.DType through Identity, as a [2 3] tensor,
+// a scalar and a zero-sized [0 3] tensor.
+func TestEveryDType(t *testing.T) {
+	b := newCPU(t)
+	dtypes := []tensor.DType{tensor.Float32, tensor.Uint8, tensor.Int8, tensor.Uint16, tensor.Int16, tensor.Int32,
+		tensor.Int64, tensor.String, tensor.Bool, tensor.Float16, tensor.Float64, tensor.Uint32, tensor.Uint64, tensor.BFloat16}
+	shapes := []struct {
+		name  string
+		model []int64
+		data  []int64
+	}{
+		{"matrix", []int64{2, 3}, []int64{2, 3}},
+		{"scalar", nil, []int64{}},
+		{"zero-sized", []int64{-1, 3}, []int64{0, 3}},
+	}
+	for _, d := range dtypes {
+		for _, sh := range shapes {
+			t.Run(d.String()+"/"+sh.name, func(t *testing.T) {
+				s := open(t, b, identityModel(t, d, sh.model...), SessionOptions{})
+				n, _ := tensor.NumElements(sh.data)
+				in := tensor.Tensor{Name: "x", DType: d, Shape: sh.data}
+				if d == tensor.String {
+					for i := range n {
+						in.Strings = append(in.Strings, fmt.Sprintf("s%d-é", i))
+					}
+				} else {
+					in.Data = make([]byte, n*int64(d.Size()))
+					for i := range in.Data {
+						in.Data[i] = byte(7*i + 1)
+					}
+					if d == tensor.Bool {
+						for i := range in.Data {
+							in.Data[i] = byte(i % 2)
+						}
+					}
+				}
+				out, err := s.Run(context.Background(), []tensor.Tensor{in}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := out[0]
+				if got.DType != d || fmt.Sprint(got.Shape) != fmt.Sprint(sh.data) {
+					t.Fatalf("got %s %v, want %s %v", got.DType, got.Shape, d, sh.data)
+				}
+				if !bytes.Equal(got.Data, in.Data) || fmt.Sprint(got.Strings) != fmt.Sprint(in.Strings) {
+					t.Fatalf("data changed: got %v %q, want %v %q", got.Data, got.Strings, in.Data, in.Strings)
+				}
+			})
+		}
+	}
+}
+
+func TestSequenceOutputUnsupported(t *testing.T) {
+	s := open(t, newCPU(t), sequenceModel(t), SessionOptions{})
+	x := tensor.FromFloat32("x", []int64{2}, []float32{1, 2})
+	if _, err := s.Run(context.Background(), []tensor.Tensor{x}, nil); !errors.Is(err, ErrUnsupportedOutput) {
+		t.Fatalf("all outputs of a model with a sequence output: got %v, want ErrUnsupportedOutput", err)
+	}
+	if _, err := s.Run(context.Background(), []tensor.Tensor{x}, []string{"s"}); !errors.Is(err, ErrUnsupportedOutput) || !strings.Contains(err.Error(), "sequence") {
+		t.Fatalf("sequence output: got %v", err)
+	}
+	out, err := s.Run(context.Background(), []tensor.Tensor{x}, []string{"y"})
+	if err != nil {
+		t.Fatalf("the tensor output must still run: %v", err)
+	}
+	if v, _ := out[0].Float32s(); fmt.Sprint(v) != "[1 2]" {
+		t.Fatalf("y = %v", v)
+	}
+}
