@@ -1,0 +1,109 @@
+package wire
+
+import "time"
+
+// ErrorBody is the JSON body of every error the API returns.
+type ErrorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// TensorMetadata describes one model input or output. A dim of -1 is dynamic.
+type TensorMetadata struct {
+	Name     string  `json:"name"`
+	Datatype string  `json:"datatype"`
+	Shape    []int64 `json:"shape"`
+}
+
+// ModelMetadata is the KServe v2 model metadata response.
+type ModelMetadata struct {
+	Name     string           `json:"name"`
+	Versions []string         `json:"versions,omitempty"`
+	Platform string           `json:"platform"`
+	Inputs   []TensorMetadata `json:"inputs"`
+	Outputs  []TensorMetadata `json:"outputs"`
+}
+
+// ServerMetadata is the KServe v2 server metadata response (GET /v2).
+type ServerMetadata struct {
+	Name       string   `json:"name"`
+	Version    string   `json:"version"`
+	Extensions []string `json:"extensions"`
+}
+
+// ReadyCheck is one layer of the node's readiness.
+type ReadyCheck struct {
+	Layer  string `json:"layer"`
+	Ready  bool   `json:"ready"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Readiness is the body of GET /v2/health/ready and /v2/health/live.
+type Readiness struct {
+	Ready  bool         `json:"ready"`
+	Checks []ReadyCheck `json:"checks,omitempty"`
+}
+
+// ModelReadiness is the body of GET /v2/models/{name}/ready.
+type ModelReadiness struct {
+	Name    string `json:"name"`
+	Version string `json:"version,omitempty"`
+	Ready   bool   `json:"ready"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+// ModelStatus is an admin view of one deployed model (GET /v1/models/{name}).
+type ModelStatus struct {
+	Name     string    `json:"name"`
+	Version  string    `json:"version"`
+	SHA256   string    `json:"sha256"`
+	Size     int64     `json:"size"`
+	Source   string    `json:"source"` // "model-dir" or "upload"
+	Ready    bool      `json:"ready"`
+	Reason   string    `json:"reason,omitempty"`
+	LoadedAt time.Time `json:"loaded_at,omitzero"`
+	// Stages is the plan: one entry per pipeline stage with the nodes serving it.
+	Stages []StageStatus `json:"stages"`
+	// Inputs and Outputs are the model's signature.
+	Inputs  []TensorMetadata `json:"inputs"`
+	Outputs []TensorMetadata `json:"outputs"`
+}
+
+// StageStatus is one pipeline stage of a model and the nodes that serve it.
+type StageStatus struct {
+	Index    int      `json:"index"`
+	Replicas []string `json:"replicas"`
+	Ready    bool     `json:"ready"`
+}
+
+// ModelList is the body of GET /v1/models.
+type ModelList struct {
+	Models []ModelStatus `json:"models"`
+}
+
+// NodeStatus is an admin view of one node.
+type NodeStatus struct {
+	Name     string   `json:"name"`
+	HTTPAddr string   `json:"http_addr"`
+	State    string   `json:"state"` // alive, suspect, dead, draining, left
+	Accel    string   `json:"accel"`
+	Cores    int      `json:"cores"`
+	MemTotal uint64   `json:"mem_total"`
+	Models   []string `json:"models"`
+}
+
+// NodeList is the body of GET /v1/nodes.
+type NodeList struct {
+	Nodes []NodeStatus `json:"nodes"`
+}
+
+// ClusterStatus is the body of GET /v1/cluster.
+type ClusterStatus struct {
+	// Mode is "single-node" or "cluster".
+	Mode    string       `json:"mode"`
+	Leader  string       `json:"leader,omitempty"`
+	Term    uint64       `json:"term,omitempty"`
+	Self    string       `json:"self"`
+	Version string       `json:"version"`
+	Nodes   []NodeStatus `json:"nodes"`
+}

@@ -1,0 +1,335 @@
+// Package node owns a running layermesh node and wires its parts together: the
+// accel backend and the models loaded into it, the token store, and the HTTP API,
+// whose service interfaces (api.ModelService, api.HealthService, api.ClusterService,
+// api.TokenVerifier) *Node implements.
+//
+// For now a node runs alone ("single-node mode"): it serves the models of --model-dir
+// and those uploaded to it. The cluster parts (membership, Raft state, placement,
+// stage runtime, request router) are added beside the model registry here; the
+// cluster settings are already carried in Config.Cluster so that flags and config
+// files need not change when they land.
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/api"
+)
+
+// Errors of the node's own making.
+var (
+	ErrConfig = errors.New("invalid node config")
+)
+
+// Version is the software version the node reports (set at link time with
+// -ldflags "-X github.com/layermesh/layermesh/node.Version=...").
+var Version = "dev"
+
+// Files and folders inside the data dir.
+const (
+	adminTokenFile = "admin.token" // the admin token, mode 0600, created at first start
+	httpAddrFile   = "http.addr"   // the bound HTTP address, for harnesses and scripts
+	modelStoreDir  = "models"      // uploaded models, one <name>.onnx each
+	uploadTempDir  = "tmp"         // uploads in progress; same filesystem for an atomic rename
+)
+
+// shutdownHTTPTimeout bounds how long in-flight requests may finish once the node
+// stops; a GPT-2-small forward pass takes well under a second on a laptop.
+const shutdownHTTPTimeout = 10 * time.Second
+
+// ClusterConfig holds the cluster settings. They are accepted and kept so that
+// configuration is stable, but this build of the node does not join a cluster yet:
+// New logs a warning when any is set.
+type ClusterConfig struct {
+	Listen            []string // libp2p multiaddrs
+	GossipPort        int
+	Join              []string
+	Bootstrap         bool
+	BootstrapExpect   int
+	ClusterSecretFile string
+	MDNS              bool
+	DHT               bool
+	MemBudgetBytes    int64
+}
+
+// configured reports whether any setting asks for cluster behaviour.
+func (c ClusterConfig) configured() bool {
+	return len(c.Join) > 0 || c.Bootstrap || c.BootstrapExpect > 0 || c.ClusterSecretFile != "" || c.DHT
+}
+
+// Config configures a node.
+type Config struct {
+	// Name identifies the node; "" means the host name.
+	Name string
+	// DataDir holds the node's state: admin token, uploaded models, http.addr.
+	DataDir string
+	// ModelDir, when set, is a folder whose *.onnx files are served at start, each
+	// under its file name without .onnx, version "1".
+	ModelDir string
+	// HTTPAddr is the API's listen address (host:port; port 0 picks a free one).
+	HTTPAddr string
+	// TLSCertFile and TLSKeyFile, when both set, serve the API over TLS.
+	TLSCertFile string
+	TLSKeyFile  string
+	// Backend runs the models. The caller owns it and closes it after Run returns.
+	Backend accel.Backend
+	// IntraOpThreads per session; 0 means the backend's default.
+	IntraOpThreads int
+	// SessionPool is the number of ORT sessions per model (concurrent runs); 0 means 1.
+	SessionPool int
+	// MaxBodyBytes and MaxModelBytes bound inference bodies and uploads; 0 means the
+	// api package defaults.
+	MaxBodyBytes  int64
+	MaxModelBytes int64
+	// RequireInferToken gates inference behind a token.
+	RequireInferToken bool
+	Cluster           ClusterConfig
+	Logger            *slog.Logger
+}
+
+// Node is one running layermesh node.
+type Node struct {
+	cfg     Config
+	name    string
+	log     *slog.Logger
+	backend accel.Backend
+	tokens  *tokenStore
+	reg     *prometheus.Registry
+	api     *api.Server
+	ln      net.Listener
+	http    *http.Server
+	tls     bool
+
+	// modelsLoaded turns true once the models found at start are loaded (or failed).
+	modelsLoaded atomic.Bool
+
+	mu     sync.RWMutex      // guards models and failed
+	models map[string]*model // loaded models by name
+	failed map[string]string // models found at start that failed to load, with why
+
+	uploadMu sync.Mutex // serialises the swap step of uploads and deletes of one node
+}
+
+// Compile-time proof that Node serves the API's interfaces.
+var (
+	_ api.ModelService   = (*Node)(nil)
+	_ api.HealthService  = (*Node)(nil)
+	_ api.ClusterService = (*Node)(nil)
+	_ api.TokenVerifier  = (*Node)(nil)
+)
+
+// New prepares a node: data dir, admin token, metrics and the HTTP listener. The
+// listener is bound here, so the address is known (Addr) before Run, and Run can
+// answer liveness before any model has loaded.
+func New(cfg Config) (*Node, error) {
+	if cfg.DataDir == "" {
+		return nil, fmt.Errorf("%w: DataDir is required", ErrConfig)
+	}
+	if cfg.Backend == nil {
+		return nil, fmt.Errorf("%w: Backend is required", ErrConfig)
+	}
+	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+		return nil, fmt.Errorf("%w: TLS needs both a certificate and a key", ErrConfig)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	name := cfg.Name
+	if name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("%w: no Name and no host name: %w", ErrConfig, err)
+		}
+		name = h
+	}
+	n := &Node{
+		cfg:     cfg,
+		name:    name,
+		log:     log.With("component", "node", "node", name),
+		backend: cfg.Backend,
+		reg:     prometheus.NewRegistry(),
+		models:  make(map[string]*model),
+		failed:  make(map[string]string),
+	}
+	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, modelStoreDir), filepath.Join(cfg.DataDir, uploadTempDir)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("node: data dir: %w", err)
+		}
+	}
+	// Half-written uploads of a previous run are garbage; nothing refers to them.
+	if err := clearDir(filepath.Join(cfg.DataDir, uploadTempDir)); err != nil {
+		return nil, fmt.Errorf("node: clear upload dir: %w", err)
+	}
+	tokens, err := openTokenStore(filepath.Join(cfg.DataDir, adminTokenFile))
+	if err != nil {
+		return nil, err
+	}
+	n.tokens = tokens
+	if cfg.Cluster.configured() {
+		n.log.Warn("cluster settings given, but this build runs single-node: they are kept and not used")
+	}
+	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	n.api, err = api.New(api.Config{
+		Models:            n,
+		Health:            n,
+		Cluster:           n,
+		Tokens:            n,
+		RequireInferToken: cfg.RequireInferToken,
+		MaxBodyBytes:      cfg.MaxBodyBytes,
+		MaxModelBytes:     cfg.MaxModelBytes,
+		Version:           Version,
+		Registry:          n.reg,
+		Logger:            log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("node: TLS: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		n.tls = true
+	}
+	n.http = n.api.HTTPServer(tlsConfig)
+	addr := cfg.HTTPAddr
+	if addr == "" {
+		addr = "127.0.0.1:8000"
+	}
+	n.ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("node: HTTP listener: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(cfg.DataDir, httpAddrFile), []byte(n.ln.Addr().String()+"\n"), 0o600); err != nil {
+		n.ln.Close()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	return n, nil
+}
+
+// Name is the node's name.
+func (n *Node) Name() string { return n.name }
+
+// Addr is the bound HTTP address (host:port).
+func (n *Node) Addr() string { return n.ln.Addr().String() }
+
+// URL is the API's base URL.
+func (n *Node) URL() string {
+	if n.tls {
+		return "https://" + n.Addr()
+	}
+	return "http://" + n.Addr()
+}
+
+// Handler is the node's HTTP API, for in-process tests and benchmarks.
+func (n *Node) Handler() http.Handler { return n.api.Handler() }
+
+// Registry is the node's metrics registry; components register their series on it.
+func (n *Node) Registry() *prometheus.Registry { return n.reg }
+
+// Run serves until ctx is cancelled, then shuts down. HTTP comes up first so that
+// liveness answers (and readiness says "loading") while models load.
+func (n *Node) Run(ctx context.Context) error {
+	serveErr := make(chan error, 1)
+	go func() {
+		var err error
+		if n.tls {
+			err = n.http.ServeTLS(n.ln, "", "")
+		} else {
+			err = n.http.Serve(n.ln)
+		}
+		serveErr <- err
+	}()
+	n.log.Info("http api listening", "url", n.URL())
+
+	n.loadAtStart(ctx)
+	n.modelsLoaded.Store(true)
+	n.log.Info("node ready", "models", len(n.modelNames()))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("node: http server: %w", err)
+	}
+	n.shutdown()
+	return err
+}
+
+// shutdown stops the node in an order that loses no answered work:
+//  1. stop taking HTTP requests and let those in flight finish (bounded), because
+//     they hold model sessions;
+//  2. close the model sessions, now idle;
+//  3. remove http.addr, so a harness never dials a dead node's address.
+//
+// The backend is the caller's to close, after this.
+func (n *Node) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownHTTPTimeout)
+	defer cancel()
+	if err := n.http.Shutdown(ctx); err != nil {
+		n.log.Warn("http shutdown did not drain in time; closing connections", "err", err)
+		_ = n.http.Close()
+	}
+	n.mu.Lock()
+	models := n.models
+	n.models = make(map[string]*model)
+	n.mu.Unlock()
+	for _, m := range models {
+		m.close(n.log)
+	}
+	_ = os.Remove(filepath.Join(n.cfg.DataDir, httpAddrFile))
+	n.log.Info("node stopped")
+}
+
+// writeFileAtomic writes data to path through a temp file and a rename, so a reader
+// never sees half a file.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func clearDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}

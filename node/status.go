@@ -1,0 +1,111 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+
+	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/api/wire"
+)
+
+// modeSingleNode is what /v1/cluster reports until the node joins a cluster.
+const modeSingleNode = "single-node"
+
+// Ready reports the node's readiness layer by layer: the backend, the models found
+// at start, and the cluster (which a single node does not need).
+func (n *Node) Ready(ctx context.Context) []wire.ReadyCheck {
+	checks := []wire.ReadyCheck{
+		{Layer: "backend", Ready: true, Reason: "onnx runtime, provider " + string(n.backend.Provider())},
+	}
+	if n.modelsLoaded.Load() {
+		n.mu.RLock()
+		loaded, failed := len(n.models), len(n.failed)
+		n.mu.RUnlock()
+		reason := fmt.Sprintf("%d loaded", loaded)
+		if failed > 0 {
+			reason += fmt.Sprintf(", %d failed to load (see /v1/models)", failed)
+		}
+		checks = append(checks, wire.ReadyCheck{Layer: "models", Ready: true, Reason: reason})
+	} else {
+		checks = append(checks, wire.ReadyCheck{Layer: "models", Ready: false, Reason: "loading the models found at start"})
+	}
+	checks = append(checks, wire.ReadyCheck{Layer: "cluster", Ready: true, Reason: modeSingleNode + " mode"})
+	return checks
+}
+
+func (n *Node) self() wire.NodeStatus {
+	return wire.NodeStatus{
+		Name: n.name, HTTPAddr: n.Addr(), State: "alive", Accel: string(n.backend.Provider()),
+		Cores: runtime.NumCPU(), Models: n.modelNames(),
+	}
+}
+
+// Cluster reports single-node mode: the node is its own and only member.
+func (n *Node) Cluster(ctx context.Context) (wire.ClusterStatus, error) {
+	return wire.ClusterStatus{Mode: modeSingleNode, Self: n.name, Version: Version, Nodes: []wire.NodeStatus{n.self()}}, nil
+}
+
+// Nodes lists this node only.
+func (n *Node) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
+	return []wire.NodeStatus{n.self()}, nil
+}
+
+// DrainNode has nowhere to move stages to outside a cluster.
+func (n *Node) DrainNode(ctx context.Context, name string) error {
+	return fmt.Errorf("%w: draining %s needs other nodes to take its stages", api.ErrNotClusterMode, name)
+}
+
+// RemoveNode has no cluster to remove a node from.
+func (n *Node) RemoveNode(ctx context.Context, name string) error {
+	return fmt.Errorf("%w: there is no cluster to remove %s from", api.ErrNotClusterMode, name)
+}
+
+// VerifyToken checks a bearer token against the admin token.
+func (n *Node) VerifyToken(ctx context.Context, token string) (api.Scope, error) {
+	return n.tokens.verify(token)
+}
+
+// tokenStore holds the sha256 of the admin token; the plain token stays only in the
+// file the operator reads. Later the Raft state holds hashed admin and infer tokens.
+type tokenStore struct {
+	adminHash [sha256.Size]byte
+}
+
+// openTokenStore reads the admin token file, creating it with a fresh random token
+// (mode 0600) at first start, as k3s leaves its node-token on the server.
+func openTokenStore(path string) (*tokenStore, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		raw := make([]byte, 32)
+		if _, err := rand.Read(raw); err != nil {
+			return nil, fmt.Errorf("node: admin token: %w", err)
+		}
+		b = []byte(hex.EncodeToString(raw) + "\n")
+		if err := writeFileAtomic(path, b, 0o600); err != nil {
+			return nil, fmt.Errorf("node: admin token: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("node: admin token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return nil, fmt.Errorf("%w: %s is empty", ErrConfig, path)
+	}
+	return &tokenStore{adminHash: sha256.Sum256([]byte(tok))}, nil
+}
+
+func (s *tokenStore) verify(token string) (api.Scope, error) {
+	h := sha256.Sum256([]byte(token))
+	if subtle.ConstantTimeCompare(h[:], s.adminHash[:]) == 1 {
+		return api.ScopeAdmin, nil
+	}
+	return "", fmt.Errorf("%w: token not recognised", api.ErrUnauthorized)
+}
