@@ -113,7 +113,7 @@ func GPT(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	wpe := g.uniformWeight(PosEmbedding, []int64{int64(cfg.Context), d}, std/2, 0)
 
 	axis0 := g.constInt64("const/axes0", []int64{1}, 0)
-	zero := g.constInt64("const/zero", nil, 0)
+	zeros1 := g.constInt64("const/zeros1", []int64{1}, 0)
 	one := g.constInt64("const/one", nil, 1)
 	splitQKV := g.constInt64("const/split_qkv", []int64{3}, d, d, d)
 	headsShape := g.constInt64("const/heads_shape", []int64{4}, 0, 0, int64(cfg.Heads), hd)
@@ -127,21 +127,28 @@ func GPT(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	negInf := &onnxpb.AttributeProto{Name: proto.String("value"), Type: onnxpb.AttributeProto_TENSOR.Enum(),
 		T: floatTensor("", []int64{1}, []float32{float32(math.Inf(-1))})}
 
-	// Embeddings: positions 0..seq-1 come from the input's own shape.
-	tok := g.op1("Gather", "embed/tokens", []string{wte, GPTInput})
-	seqLen := g.op1("Shape", "embed/seq_len", []string{GPTInput}, attrInt("start", 1), attrInt("end", 2))
-	seqScalar := g.op1("Squeeze", "embed/seq_scalar", []string{seqLen, axis0})
-	positions := g.op1("Range", "embed/positions", []string{zero, seqScalar, one})
-	pos := g.op1("Gather", "embed/pos", []string{wpe, positions})
-	x := g.op1("Add", "embed/sum", []string{tok, pos})
+	// f and i64 record an activation's shape in value_info; every shape is
+	// in terms of the symbolic "batch" and "seq" of the input.
+	f := func(name string, dims ...any) string { return g.typed(name, elemFloat, dims...) }
+	i64 := func(name string, dims ...any) string { return g.typed(name, elemInt64, dims...) }
+	bsd := []any{"batch", "seq", d}
+
+	// Embeddings: the position rows 0..seq-1 are the first seq rows of the
+	// table, sliced by the input's own length. (Not Range+Gather: ONNX
+	// Runtime 1.30 returns no value for a Range output that is also a graph
+	// output, which a pipeline cut right after it would make it.)
+	tok := f(g.op1("Gather", "embed/tokens", []string{wte, GPTInput}), bsd...)
+	seqLen := i64(g.op1("Shape", "embed/seq_len", []string{GPTInput}, attrInt("start", 1), attrInt("end", 2)), 1)
+	pos := f(g.op1("Slice", "embed/pos", []string{wpe, zeros1, seqLen, axis0}), "seq", d)
+	x := f(g.op1("Add", "embed/sum", []string{tok, pos}), bsd...)
 
 	layerNorm := func(name, in, scale, bias string) string {
-		return g.op1("LayerNormalization", name, []string{in, scale, bias},
-			attrInt("axis", -1), attrFloat("epsilon", layerNormEpsilon))
+		return f(g.op1("LayerNormalization", name, []string{in, scale, bias},
+			attrInt("axis", -1), attrFloat("epsilon", layerNormEpsilon)), bsd...)
 	}
-	linear := func(name, in, w, b string) string {
-		mm := g.op1("MatMul", name+"/matmul", []string{in, w})
-		return g.op1("Add", name, []string{mm, b})
+	linear := func(name, in, w, b string, width int64) string {
+		mm := f(g.op1("MatMul", name+"/matmul", []string{in, w}), "batch", "seq", width)
+		return f(g.op1("Add", name, []string{mm, b}), "batch", "seq", width)
 	}
 
 	for i := 0; i < cfg.Layers; i++ {
@@ -161,41 +168,44 @@ func GPT(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 		g.uniformWeight(n.fc2B, []int64{d}, std, 0)
 
 		// Causal mask [seq, seq]: -inf strictly above the diagonal, 0 elsewhere.
-		s := g.op1("Shape", p+"mask/seq_len", []string{x}, attrInt("start", 1), attrInt("end", 2))
-		sq := g.op1("Concat", p+"mask/shape", []string{s, s}, attrInt("axis", 0))
-		full := g.op1("ConstantOfShape", p+"mask/fill", []string{sq}, negInf)
-		mask := g.op1("Trilu", p+"mask", []string{full, one}, attrInt("upper", 1))
+		s := i64(g.op1("Shape", p+"mask/seq_len", []string{x}, attrInt("start", 1), attrInt("end", 2)), 1)
+		sq := i64(g.op1("Concat", p+"mask/shape", []string{s, s}, attrInt("axis", 0)), 2)
+		full := f(g.op1("ConstantOfShape", p+"mask/fill", []string{sq}, negInf), "seq", "seq")
+		mask := f(g.op1("Trilu", p+"mask", []string{full, one}, attrInt("upper", 1)), "seq", "seq")
 
 		h := layerNorm(p+"ln1", x, n.ln1Scale, n.ln1Bias)
-		qkv := linear(p+"attn/qkv", h, n.qkvW, n.qkvB)
+		qkv := linear(p+"attn/qkv", h, n.qkvW, n.qkvB, 3*d)
 		parts := g.node("Split", p+"attn/split", []string{qkv, splitQKV}, 3, attrInt("axis", 2))
-		heads := func(name, in string, perm ...int64) string {
-			r := g.op1("Reshape", name+"/reshape", []string{in, headsShape})
-			return g.op1("Transpose", name, []string{r}, attrInts("perm", perm...))
+		heads := func(name, in string, perm []int64, dims ...any) string {
+			f(in, bsd...)
+			r := f(g.op1("Reshape", name+"/reshape", []string{in, headsShape}), "batch", "seq", int64(cfg.Heads), hd)
+			return f(g.op1("Transpose", name, []string{r}, attrInts("perm", perm...)), dims...)
 		}
-		q := heads(p+"attn/q", parts[0], 0, 2, 1, 3)  // [b, H, s, hd]
-		kT := heads(p+"attn/k", parts[1], 0, 2, 3, 1) // [b, H, hd, s]
-		v := heads(p+"attn/v", parts[2], 0, 2, 1, 3)  // [b, H, s, hd]
-		scores := g.op1("MatMul", p+"attn/scores", []string{q, kT})
-		scaled := g.op1("Mul", p+"attn/scaled", []string{scores, scale})
-		masked := g.op1("Add", p+"attn/masked", []string{scaled, mask})
-		probs := g.op1("Softmax", p+"attn/probs", []string{masked}, attrInt("axis", -1))
-		ctx := g.op1("MatMul", p+"attn/context", []string{probs, v})
-		merged := g.op1("Transpose", p+"attn/merge", []string{ctx}, attrInts("perm", 0, 2, 1, 3))
-		flat := g.op1("Reshape", p+"attn/merge/reshape", []string{merged, mergeShape})
-		attn := linear(p+"attn/proj", flat, n.projW, n.projB)
-		x = g.op1("Add", p+"attn/residual", []string{x, attn})
+		q := heads(p+"attn/q", parts[0], []int64{0, 2, 1, 3}, "batch", int64(cfg.Heads), "seq", hd)
+		kT := heads(p+"attn/k", parts[1], []int64{0, 2, 3, 1}, "batch", int64(cfg.Heads), hd, "seq")
+		v := heads(p+"attn/v", parts[2], []int64{0, 2, 1, 3}, "batch", int64(cfg.Heads), "seq", hd)
+		bhss := []any{"batch", int64(cfg.Heads), "seq", "seq"}
+		scores := f(g.op1("MatMul", p+"attn/scores", []string{q, kT}), bhss...)
+		scaled := f(g.op1("Mul", p+"attn/scaled", []string{scores, scale}), bhss...)
+		masked := f(g.op1("Add", p+"attn/masked", []string{scaled, mask}), bhss...)
+		probs := f(g.op1("Softmax", p+"attn/probs", []string{masked}, attrInt("axis", -1)), bhss...)
+		ctx := f(g.op1("MatMul", p+"attn/context", []string{probs, v}), "batch", int64(cfg.Heads), "seq", hd)
+		merged := f(g.op1("Transpose", p+"attn/merge", []string{ctx}, attrInts("perm", 0, 2, 1, 3)), "batch", "seq", int64(cfg.Heads), hd)
+		flat := f(g.op1("Reshape", p+"attn/merge/reshape", []string{merged, mergeShape}), bsd...)
+		attn := linear(p+"attn/proj", flat, n.projW, n.projB, d)
+		x = f(g.op1("Add", p+"attn/residual", []string{x, attn}), bsd...)
 
 		h2 := layerNorm(p+"ln2", x, n.ln2Scale, n.ln2Bias)
-		fc := linear(p+"mlp/fc", h2, n.fcW, n.fcB)
+		fc := linear(p+"mlp/fc", h2, n.fcW, n.fcB, 4*d)
 		// GELU as 0.5*x*(1+erf(x/sqrt2)): the Gelu operator only exists from opset 20.
-		div := g.op1("Div", p+"mlp/gelu/div", []string{fc, sqrt2})
-		erf := g.op1("Erf", p+"mlp/gelu/erf", []string{div})
-		plus := g.op1("Add", p+"mlp/gelu/add", []string{erf, fOne})
-		mul := g.op1("Mul", p+"mlp/gelu/mul", []string{fc, plus})
-		gelu := g.op1("Mul", p+"mlp/gelu", []string{mul, fHalf})
-		mlp := linear(p+"mlp/proj", gelu, n.fc2W, n.fc2B)
-		x = g.op1("Add", p+"mlp/residual", []string{x, mlp})
+		wide := []any{"batch", "seq", 4 * d}
+		div := f(g.op1("Div", p+"mlp/gelu/div", []string{fc, sqrt2}), wide...)
+		erf := f(g.op1("Erf", p+"mlp/gelu/erf", []string{div}), wide...)
+		plus := f(g.op1("Add", p+"mlp/gelu/add", []string{erf, fOne}), wide...)
+		mul := f(g.op1("Mul", p+"mlp/gelu/mul", []string{fc, plus}), wide...)
+		gelu := f(g.op1("Mul", p+"mlp/gelu", []string{mul, fHalf}), wide...)
+		mlp := linear(p+"mlp/proj", gelu, n.fc2W, n.fc2B, d)
+		x = f(g.op1("Add", p+"mlp/residual", []string{x, mlp}), bsd...)
 	}
 
 	g.uniformWeight(lnfScale, []int64{d}, 0.1, 1)
@@ -203,10 +213,10 @@ func GPT(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	hf := layerNorm("ln_f", x, lnfScale, lnfBias)
 	// LM head: Gemm with transB=1 reads the token embedding itself, so one
 	// initializer feeds both ends of the graph and no transposed copy exists.
-	flat := g.op1("Reshape", "lm_head/flatten", []string{hf, flatShape})
-	scores := g.op1("Gemm", "lm_head", []string{flat, wte}, attrInt("transB", 1))
-	batchSeq := g.op1("Shape", "lm_head/batch_seq", []string{hf}, attrInt("start", 0), attrInt("end", 2))
-	outShape := g.op1("Concat", "lm_head/out_shape", []string{batchSeq, vocabDim}, attrInt("axis", 0))
+	flat := f(g.op1("Reshape", "lm_head/flatten", []string{hf, flatShape}), "batch*seq", d)
+	scores := f(g.op1("Gemm", "lm_head", []string{flat, wte}, attrInt("transB", 1)), "batch*seq", int64(cfg.Vocab))
+	batchSeq := i64(g.op1("Shape", "lm_head/batch_seq", []string{hf}, attrInt("start", 0), attrInt("end", 2)), 2)
+	outShape := i64(g.op1("Concat", "lm_head/out_shape", []string{batchSeq, vocabDim}, attrInt("axis", 0)), 3)
 	g.op1("Reshape", GPTOutput, []string{scores, outShape})
 
 	doc := fmt.Sprintf("GPT-2-style decoder: layers=%d dim=%d heads=%d vocab=%d context=%d seed=%d",

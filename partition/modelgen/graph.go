@@ -74,6 +74,14 @@ func (g *graphBuilder) op1(op, name string, inputs []string, attrs ...*onnxpb.At
 	return g.node(op, name, inputs, 1, attrs...)[0]
 }
 
+// typed records the type and shape of an intermediate tensor in the graph's
+// value_info, so a reader (the partitioner's cost model) knows the size of
+// every activation without running shape inference. It returns name.
+func (g *graphBuilder) typed(name string, elem int32, dims ...any) string {
+	g.graph.ValueInfo = append(g.graph.ValueInfo, valueInfo(name, elem, dims...))
+	return name
+}
+
 // addInit registers an initializer and returns its name.
 func (g *graphBuilder) addInit(t *onnxpb.TensorProto) string {
 	g.graph.Initializer = append(g.graph.Initializer, t)

@@ -65,13 +65,13 @@ func LSTM(cfg LSTMConfig) (*onnxpb.ModelProto, error) {
 		w := g.uniformWeight(p+"/W", []int64{1, 4 * h, in}, std, 0)
 		r := g.uniformWeight(p+"/R", []int64{1, 4 * h, h}, std, 0)
 		b := g.uniformWeight(p+"/B", []int64{1, 8 * h}, std, 0)
-		y := g.op1("LSTM", p, []string{x, w, r, b}, attrInt("hidden_size", h))
-		x = g.op1("Squeeze", p+"/squeeze", []string{y, dirAxis})
+		y := g.typed(g.op1("LSTM", p, []string{x, w, r, b}, attrInt("hidden_size", h)), elemFloat, "seq", 1, "batch", h)
+		x = g.typed(g.op1("Squeeze", p+"/squeeze", []string{y, dirAxis}), elemFloat, "seq", "batch", h)
 		in = h
 	}
 	headW := g.uniformWeight("head/weight", []int64{h, int64(cfg.Outputs)}, float32(1/math.Sqrt(float64(h))), 0)
 	headB := g.uniformWeight("head/bias", []int64{int64(cfg.Outputs)}, 0.01, 0)
-	mm := g.op1("MatMul", "head/matmul", []string{x, headW})
+	mm := g.typed(g.op1("MatMul", "head/matmul", []string{x, headW}), elemFloat, "seq", "batch", int64(cfg.Outputs))
 	g.op1("Add", LSTMOutput, []string{mm, headB})
 
 	doc := fmt.Sprintf("stacked LSTM: layers=%d features=%d hidden=%d outputs=%d seed=%d",

@@ -217,6 +217,105 @@ func TestWriteExternalData(t *testing.T) {
 	}
 }
 
+// TestWriteAutoExternal: past the size limit WriteFile switches to external
+// data on its own (the real limit, 1.8 GiB, is lowered here).
+func TestWriteAutoExternal(t *testing.T) {
+	m, err := GPT(GPTTiny)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := mustWrite(t, m, WriteOptions{ExternalAbove: 4*GPTTiny.Params() + 1<<20})
+	if _, err := os.Stat(small + ".data"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("model under the limit: %s.data exists or cannot be checked (%v)", small, err)
+	}
+	big := mustWrite(t, m, WriteOptions{ExternalAbove: 1000})
+	if _, err := os.Stat(big + ".data"); err != nil {
+		t.Fatalf("model over the limit: %v", err)
+	}
+	in, err := GPTTiny.ExampleInputs(1, 4, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := runORT(t, small, in, []string{GPTOutput})
+	b, _ := runORT(t, big, in, []string{GPTOutput})
+	if !slices.Equal(a[0], b[0]) {
+		t.Fatal("automatically external model gives other logits than the inline one")
+	}
+}
+
+// TestValueInfoShapes checks every recorded activation shape against ONNX
+// Runtime: all value_info tensors become extra graph outputs, and the shapes
+// ORT produces must equal the declared ones with batch and seq filled in. It
+// also checks that no activation lacks a record.
+func TestValueInfoShapes(t *testing.T) {
+	cases := []struct {
+		kind       string
+		batch, seq int64
+	}{
+		{"gpt-tiny", 2, 5},
+		{"resnet-tiny", 2, 0},
+		{"resnet-medium", 1, 0},
+		{"lstm-tiny", 3, 4},
+	}
+	for _, tc := range cases {
+		t.Run(tc.kind, func(t *testing.T) {
+			m, cfg, err := Generate(tc.kind, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			graph := m.GetGraph()
+			declared := make(map[string]*onnxpb.ValueInfoProto)
+			for _, vi := range graph.GetValueInfo() {
+				if declared[vi.GetName()] != nil {
+					t.Fatalf("value_info for %s recorded twice", vi.GetName())
+				}
+				declared[vi.GetName()] = vi
+			}
+			for _, n := range graph.GetNode() {
+				for _, out := range n.GetOutput() {
+					if declared[out] == nil && out != cfg.OutputNames()[0] {
+						t.Errorf("%s (output of %s) has no value_info", out, n.GetName())
+					}
+				}
+			}
+			probe := proto.Clone(m).(*onnxpb.ModelProto)
+			var names []string
+			for _, vi := range graph.GetValueInfo() {
+				probe.Graph.Output = append(probe.Graph.Output, vi)
+				names = append(names, vi.GetName())
+			}
+			path := mustWrite(t, probe, WriteOptions{})
+			in, err := cfg.ExampleInputs(int(tc.batch), int(tc.seq), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			outs := runORTTensors(t, path, in, names)
+			for i, out := range outs {
+				tt := declared[names[i]].GetType().GetTensorType()
+				var want []int64
+				for _, d := range tt.GetShape().GetDim() {
+					switch d.GetDimParam() {
+					case "":
+						want = append(want, d.GetDimValue())
+					case "batch":
+						want = append(want, tc.batch)
+					case "seq":
+						want = append(want, tc.seq)
+					case "batch*seq":
+						want = append(want, tc.batch*tc.seq)
+					default:
+						t.Fatalf("%s: unexpected dim %q", names[i], d.GetDimParam())
+					}
+				}
+				if int32(out.DType) != tt.GetElemType() || !slices.Equal(out.Shape, want) {
+					t.Errorf("%s: ORT gives %v %v, value_info says %v %v", names[i], out.DType, out.Shape, tt.GetElemType(), want)
+				}
+			}
+			t.Logf("%s: %d activation shapes match ORT", tc.kind, len(outs))
+		})
+	}
+}
+
 // checkFinite fails on NaN/Inf and on an output whose values are all equal,
 // which would say the weights never reached the output.
 func checkFinite(t *testing.T, name string, vals []float32) {

@@ -37,9 +37,9 @@ func ortBackend(t *testing.T) accel.Backend {
 	return backend
 }
 
-// runORT runs the model file on the inputs and returns the named outputs as
-// float32 values with their shapes.
-func runORT(t *testing.T, path string, inputs []tensor.Tensor, outputs []string) ([][]float32, [][]int64) {
+// runORTTensors runs the model file on the inputs and returns the named
+// outputs.
+func runORTTensors(t *testing.T, path string, inputs []tensor.Tensor, outputs []string) []tensor.Tensor {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -52,6 +52,15 @@ func runORT(t *testing.T, path string, inputs []tensor.Tensor, outputs []string)
 	if err != nil {
 		t.Fatalf("run %s: %v", path, err)
 	}
+	return outs
+}
+
+// runORT runs the model file on the inputs and returns the named outputs as
+// float32 values with their shapes.
+func runORT(t *testing.T, path string, inputs []tensor.Tensor, outputs []string) ([][]float32, [][]int64) {
+	t.Helper()
+	outs := runORTTensors(t, path, inputs, outputs)
+	var err error
 	data := make([][]float32, len(outs))
 	shapes := make([][]int64, len(outs))
 	for i, o := range outs {

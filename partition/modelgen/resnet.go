@@ -67,33 +67,41 @@ func ResNet(cfg ResNetConfig) (*onnxpb.ModelProto, error) {
 	g.graph.Input = []*onnxpb.ValueInfoProto{valueInfo(ResNetInput, elemFloat, "batch", 3, size, size)}
 	g.graph.Output = []*onnxpb.ValueInfoProto{valueInfo(ResNetOutput, elemFloat, "batch", int64(cfg.Classes))}
 
+	// Activations are square; side is their height and width, tracked so
+	// every activation's shape goes into value_info.
+	f := func(name string, c, side int64) string { return g.typed(name, elemFloat, "batch", c, side, side) }
 	// convBN is Conv (no bias, as BN follows) + BatchNormalization, with He
 	// initialisation so activations keep their scale through depth. gamma
 	// centres the BN scale: the last BN of a residual branch gets 0.5 so the
-	// sums of branch and skip do not grow stage after stage.
-	convBN := func(name, in string, cin, cout, k, stride int64, gamma float32) string {
+	// sums of branch and skip do not grow stage after stage. It returns the
+	// output and its side.
+	convBN := func(name, in string, side, cin, cout, k, stride int64, gamma float32) (string, int64) {
 		std := float32(math.Sqrt(2 / float64(cin*k*k)))
 		w := g.uniformWeight(name+"/conv/weight", []int64{cout, cin, k, k}, std, 0)
 		pad := k / 2
-		c := g.op1("Conv", name+"/conv", []string{in, w},
-			attrInts("kernel_shape", k, k), attrInts("strides", stride, stride), attrInts("pads", pad, pad, pad, pad))
+		out := (side+2*pad-k)/stride + 1
+		c := f(g.op1("Conv", name+"/conv", []string{in, w},
+			attrInts("kernel_shape", k, k), attrInts("strides", stride, stride), attrInts("pads", pad, pad, pad, pad)), cout, out)
 		scale := g.uniformWeight(name+"/bn/scale", []int64{cout}, 0.1*gamma, gamma)
 		bias := g.uniformWeight(name+"/bn/bias", []int64{cout}, 0.05, 0)
 		mean := g.uniformWeight(name+"/bn/mean", []int64{cout}, 0.05, 0)
 		variance := g.uniformWeight(name+"/bn/var", []int64{cout}, 0.1, 1)
-		return g.op1("BatchNormalization", name+"/bn", []string{c, scale, bias, mean, variance}, attrFloat("epsilon", 1e-5))
+		bn := g.op1("BatchNormalization", name+"/bn", []string{c, scale, bias, mean, variance}, attrFloat("epsilon", 1e-5))
+		return f(bn, cout, out), out
 	}
 
 	var x string
 	width := int64(cfg.Width)
+	side := size
 	if cfg.Stem == 4 {
-		x = convBN("stem", ResNetInput, 3, width, 7, 2, 1)
-		x = g.op1("Relu", "stem/relu", []string{x})
-		x = g.op1("MaxPool", "stem/pool", []string{x},
-			attrInts("kernel_shape", 3, 3), attrInts("strides", 2, 2), attrInts("pads", 1, 1, 1, 1))
+		x, side = convBN("stem", ResNetInput, side, 3, width, 7, 2, 1)
+		x = f(g.op1("Relu", "stem/relu", []string{x}), width, side)
+		side = (side+2-3)/2 + 1
+		x = f(g.op1("MaxPool", "stem/pool", []string{x},
+			attrInts("kernel_shape", 3, 3), attrInts("strides", 2, 2), attrInts("pads", 1, 1, 1, 1)), width, side)
 	} else {
-		x = convBN("stem", ResNetInput, 3, width, 3, 1, 1)
-		x = g.op1("Relu", "stem/relu", []string{x})
+		x, side = convBN("stem", ResNetInput, side, 3, width, 3, 1, 1)
+		x = f(g.op1("Relu", "stem/relu", []string{x}), width, side)
 	}
 
 	cin := width
@@ -105,20 +113,20 @@ func ResNet(cfg ResNetConfig) (*onnxpb.ModelProto, error) {
 			if s > 0 && b == 0 {
 				stride = 2
 			}
-			h := convBN(p+"/a", x, cin, cout, 3, stride, 1)
-			h = g.op1("Relu", p+"/a/relu", []string{h})
-			h = convBN(p+"/b", h, cout, cout, 3, 1, 0.5)
+			h, out := convBN(p+"/a", x, side, cin, cout, 3, stride, 1)
+			h = f(g.op1("Relu", p+"/a/relu", []string{h}), cout, out)
+			h, _ = convBN(p+"/b", h, out, cout, cout, 3, 1, 0.5)
 			skip := x
 			if stride != 1 || cin != cout {
-				skip = convBN(p+"/proj", x, cin, cout, 1, stride, 0.5)
+				skip, _ = convBN(p+"/proj", x, side, cin, cout, 1, stride, 0.5)
 			}
-			sum := g.op1("Add", p+"/residual", []string{h, skip})
-			x = g.op1("Relu", p+"/relu", []string{sum})
-			cin = cout
+			sum := f(g.op1("Add", p+"/residual", []string{h, skip}), cout, out)
+			x = f(g.op1("Relu", p+"/relu", []string{sum}), cout, out)
+			cin, side = cout, out
 		}
 	}
-	pooled := g.op1("GlobalAveragePool", "head/pool", []string{x})
-	flat := g.op1("Flatten", "head/flatten", []string{pooled}, attrInt("axis", 1))
+	pooled := g.typed(g.op1("GlobalAveragePool", "head/pool", []string{x}), elemFloat, "batch", cin, 1, 1)
+	flat := g.typed(g.op1("Flatten", "head/flatten", []string{pooled}, attrInt("axis", 1)), elemFloat, "batch", cin)
 	fcW := g.uniformWeight("head/fc/weight", []int64{int64(cfg.Classes), cin}, float32(1/math.Sqrt(float64(cin))), 0)
 	fcB := g.uniformWeight("head/fc/bias", []int64{int64(cfg.Classes)}, 0.01, 0)
 	g.op1("Gemm", ResNetOutput, []string{flat, fcW, fcB}, attrInt("transB", 1))

@@ -28,6 +28,10 @@ type WriteOptions struct {
 	// into path+".data" and leaves only their location in the .onnx file. Forced on when the
 	// weights exceed about 1.8 GiB.
 	ExternalData bool
+	// ExternalAbove is the initializer byte total above which external data
+	// is used even when ExternalData is false; 0 means about 1.8 GiB, which
+	// keeps the .onnx protobuf under its 2 GiB limit.
+	ExternalAbove int64
 }
 
 // WriteFile serializes m to path. Models whose weights exceed about 1.8 GiB
@@ -39,7 +43,11 @@ func WriteFile(m *onnxpb.ModelProto, path string) error {
 // WriteFileWith serializes m to path with explicit options. With external
 // data, m is left unchanged: the written copy points at path+".data".
 func WriteFileWith(m *onnxpb.ModelProto, path string, opts WriteOptions) error {
-	if !opts.ExternalData && initializerBytes(m) <= externalThreshold {
+	limit := opts.ExternalAbove
+	if limit <= 0 {
+		limit = externalThreshold
+	}
+	if !opts.ExternalData && initializerBytes(m) <= limit {
 		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 		if err != nil {
 			return fmt.Errorf("modelgen: marshal %s: %w", path, err)
