@@ -27,6 +27,9 @@ type Model struct {
 	Dir string
 	// FileSize is the size of the .onnx file itself (external data not included).
 	FileSize int64
+	// shell is the encoded ModelProto without its graph (ir_version, opsets,
+	// producer, metadata, functions, unknown fields): every stage file starts with it.
+	shell []byte
 }
 
 // Field numbers of onnx.proto this loader walks by hand, so that the bulk of the
@@ -108,7 +111,7 @@ func Parse(data []byte, dir string) (*Model, error) {
 		return nil, fmt.Errorf("%w: ir_version missing", ErrNotONNX)
 	}
 	mp.Graph = graph
-	m := &Model{Proto: mp, Dir: dir, FileSize: int64(len(data))}
+	m := &Model{Proto: mp, Dir: dir, FileSize: int64(len(data)), shell: rest}
 	if err := m.checkExternal(); err != nil {
 		return nil, err
 	}
