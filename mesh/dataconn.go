@@ -1,0 +1,333 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// The data connection: direct TCP + crypto/tls 1.3, certificate signed by the libp2p
+// identity key (libp2p's TLS scheme, so the peer id is verified the same way), and no
+// multiplexer. Each exchange starts with one kind byte from the client; the server
+// answers, and the connection returns to the client's pool.
+const (
+	kindStage     byte = 'S'
+	kindBlob      byte = 'B'
+	kindPing      byte = 'P'
+	kindBandwidth byte = 'W'
+
+	dataALPN         = "layermesh-data/1"
+	dataBufSize      = 256 << 10
+	dataHandshakeTTL = 10 * time.Second
+	dataIdleTimeout  = 5 * time.Minute
+	maxIdlePerPeer   = 8
+)
+
+// bufferedConn puts a 256 KiB buffer under TLS so its 16 KiB records leave in few
+// system calls. Writes are buffered only once the handshake is done (the handshake
+// waits for answers), and every exchange ends with flush.
+type bufferedConn struct {
+	net.Conn
+	r         *bufio.Reader
+	w         *bufio.Writer
+	buffering bool
+}
+
+func newBufferedConn(c net.Conn) *bufferedConn {
+	return &bufferedConn{Conn: c, r: bufio.NewReaderSize(c, dataBufSize), w: bufio.NewWriterSize(c, dataBufSize)}
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *bufferedConn) Write(p []byte) (int, error) {
+	if !c.buffering {
+		return c.Conn.Write(p)
+	}
+	return c.w.Write(p)
+}
+
+// dataConn is one established data connection.
+type dataConn struct {
+	peer peer.ID
+	raw  *bufferedConn
+	tls  *tls.Conn
+}
+
+func (d *dataConn) Read(p []byte) (int, error)  { return d.tls.Read(p) }
+func (d *dataConn) Write(p []byte) (int, error) { return d.tls.Write(p) }
+
+// flush pushes everything TLS has written into the socket.
+func (d *dataConn) flush() error { return d.raw.w.Flush() }
+
+func (d *dataConn) SetDeadline(t time.Time) error     { return d.raw.SetDeadline(t) }
+func (d *dataConn) SetReadDeadline(t time.Time) error { return d.raw.SetReadDeadline(t) }
+func (d *dataConn) Close() error                      { return d.raw.Close() }
+
+func (m *Mesh) tlsConfig(remote peer.ID) (*tls.Config, <-chan crypto.PubKey) {
+	cfg, keyCh := m.ident.ConfigForPeer(remote)
+	cfg.NextProtos = []string{dataALPN}
+	cfg.MinVersion = tls.VersionTLS13
+	cfg.SessionTicketsDisabled = true
+	return cfg, keyCh
+}
+
+func peerFromKeyCh(keyCh <-chan crypto.PubKey) (peer.ID, error) {
+	select {
+	case k, ok := <-keyCh:
+		if !ok || k == nil {
+			return "", errors.New("mesh: data conn: no peer key")
+		}
+		return peer.IDFromPublicKey(k)
+	default:
+		return "", errors.New("mesh: data conn: peer key not verified")
+	}
+}
+
+func (m *Mesh) startData() error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(m.dataHost(), strconv.Itoa(m.cfg.DataPort)))
+	if err != nil {
+		return fmt.Errorf("mesh: data listener: %w", err)
+	}
+	m.dataLn = ln
+	m.dataPort = ln.Addr().(*net.TCPAddr).Port
+	m.pool = &connPool{m: m, idle: make(map[peer.ID][]*dataConn), live: make(map[*dataConn]bool)}
+	m.goRun(m.acceptData)
+	return nil
+}
+
+func (m *Mesh) acceptData(ctx context.Context) {
+	var conns sync.WaitGroup
+	defer conns.Wait()
+	for {
+		c, err := m.dataLn.Accept()
+		if err != nil {
+			if ctx.Err() == nil {
+				m.log.Warn("data listener stopped", "err", err)
+			}
+			return
+		}
+		conns.Add(1)
+		go func() {
+			defer conns.Done()
+			m.serveData(ctx, c)
+		}()
+	}
+}
+
+// serveData authenticates one inbound data connection, refuses it explicitly if the
+// peer is not admitted, and then serves exchanges until the peer hangs up, goes idle,
+// or the mesh closes.
+func (m *Mesh) serveData(ctx context.Context, c net.Conn) {
+	raw := newBufferedConn(c)
+	defer raw.Close()
+	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
+	defer stop()
+	cfg, keyCh := m.tlsConfig("")
+	t := tls.Server(raw, cfg)
+	_ = raw.SetDeadline(time.Now().Add(dataHandshakeTTL))
+	if err := t.HandshakeContext(ctx); err != nil {
+		m.log.Debug("data conn handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+		return
+	}
+	p, err := peerFromKeyCh(keyCh)
+	if err != nil {
+		m.log.Warn("data conn refused", "remote", c.RemoteAddr().String(), "err", err)
+		return
+	}
+	raw.buffering = true
+	d := &dataConn{peer: p, raw: raw, tls: t}
+	log := m.log.With("peer", p.String())
+	if !m.isAdmitted(p) {
+		log.Warn("data conn refused: peer not admitted")
+		_ = writeErrorFrame(d, CodeNotAdmitted, "refused: not a member of this cluster")
+		_ = d.flush()
+		return
+	}
+	if _, err := d.Write([]byte{statusOK}); err != nil || d.flush() != nil {
+		return
+	}
+	for {
+		_ = raw.SetDeadline(time.Now().Add(dataIdleTimeout))
+		var kind [1]byte
+		if _, err := io.ReadFull(d, kind[:]); err != nil {
+			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
+				log.Debug("data conn closed", "err", err)
+			}
+			return
+		}
+		_ = raw.SetDeadline(time.Time{})
+		var err error
+		switch kind[0] {
+		case kindStage:
+			err = m.serveStage(ctx, d, p, true)
+		case kindBlob:
+			err = m.serveBlobChunk(ctx, d)
+		case kindPing:
+			err = servePing(d)
+		case kindBandwidth:
+			err = serveBandwidth(d)
+		default:
+			err = fmt.Errorf("%w: unknown exchange kind %d", ErrMalformedFrame, kind[0])
+		}
+		if err == nil {
+			err = d.flush()
+		}
+		if err != nil {
+			log.Warn("data conn cut off", "err", err)
+			return
+		}
+	}
+}
+
+// connPool keeps idle data connections per peer. A connection is taken for one
+// exchange and given back only if the exchange completed cleanly.
+type connPool struct {
+	m      *Mesh
+	mu     sync.Mutex
+	idle   map[peer.ID][]*dataConn
+	live   map[*dataConn]bool
+	closed bool
+}
+
+func (cp *connPool) get(ctx context.Context, p peer.ID) (*dataConn, error) {
+	cp.mu.Lock()
+	if cp.closed {
+		cp.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if list := cp.idle[p]; len(list) > 0 {
+		d := list[len(list)-1]
+		cp.idle[p] = list[:len(list)-1]
+		cp.mu.Unlock()
+		return d, nil
+	}
+	cp.mu.Unlock()
+	d, err := cp.m.dialData(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.closed {
+		_ = d.Close()
+		return nil, ErrClosed
+	}
+	cp.live[d] = true
+	return d, nil
+}
+
+func (cp *connPool) put(d *dataConn) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.closed || len(cp.idle[d.peer]) >= maxIdlePerPeer {
+		delete(cp.live, d)
+		_ = d.Close()
+		return
+	}
+	cp.idle[d.peer] = append(cp.idle[d.peer], d)
+}
+
+func (cp *connPool) discard(d *dataConn) {
+	cp.mu.Lock()
+	delete(cp.live, d)
+	cp.mu.Unlock()
+	_ = d.Close()
+}
+
+func (cp *connPool) closeAll() {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	cp.closed = true
+	for d := range cp.live {
+		_ = d.Close()
+	}
+	cp.live = nil
+	cp.idle = nil
+}
+
+// dataAddr finds where p's data listener is: from the join handshake, else from its
+// memberlist metadata, at the IP we reach it on.
+func (m *Mesh) dataAddr(p peer.ID) (string, error) {
+	if r, ok := m.peerRecord(p); ok && r.dataPort != 0 && r.ip != "" {
+		return net.JoinHostPort(r.ip, strconv.Itoa(r.dataPort)), nil
+	}
+	if mem, ok := m.Member(p); ok && mem.Meta.DataPort != 0 {
+		host, _, err := net.SplitHostPort(mem.GossipAddr)
+		if err == nil {
+			return net.JoinHostPort(host, strconv.Itoa(mem.Meta.DataPort)), nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s", ErrNoDataAddr, p)
+}
+
+func (m *Mesh) dialData(ctx context.Context, p peer.ID) (*dataConn, error) {
+	addr, err := m.dataAddr(p)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, dataHandshakeTTL)
+	defer cancel()
+	var dialer net.Dialer
+	c, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: data conn to %s at %s: %w", ErrUnreachable, p, addr, err)
+	}
+	raw := newBufferedConn(c)
+	cfg, _ := m.tlsConfig(p)
+	t := tls.Client(raw, cfg)
+	if d, ok := ctx.Deadline(); ok {
+		_ = raw.SetDeadline(d)
+	}
+	if err := t.HandshakeContext(ctx); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("mesh: data conn to %s: tls: %w", p, err)
+	}
+	raw.buffering = true
+	d := &dataConn{peer: p, raw: raw, tls: t}
+	if err := readResponseStatus(d, p); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	_ = raw.SetDeadline(time.Time{})
+	return d, nil
+}
+
+// exchange runs fn on a pooled data connection to p. The connection is closed when ctx
+// ends first (that is how a caller's giving up reaches the server) and returns to the
+// pool only after a clean exchange.
+func (m *Mesh) exchange(ctx context.Context, p peer.ID, fn func(d *dataConn) error) error {
+	d, err := m.pool.get(ctx, p)
+	if err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = d.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = d.Close() })
+	err = fn(d)
+	if !stop() {
+		m.pool.discard(d)
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return ctxErr
+		}
+		return err
+	}
+	var remote *RemoteError
+	if err != nil && !errors.As(err, &remote) {
+		m.pool.discard(d)
+		return err
+	}
+	_ = d.SetDeadline(time.Time{})
+	m.pool.put(d)
+	return err
+}

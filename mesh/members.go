@@ -1,0 +1,279 @@
+package mesh
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+const (
+	metaUpdateTimeout = 5 * time.Second
+	subscriberBuffer  = 1024
+	suspectPoll       = 250 * time.Millisecond
+)
+
+func encodeMeta(meta *NodeMeta) ([]byte, error) {
+	raw, err := json.Marshal(meta)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: encode metadata: %w", err)
+	}
+	if len(raw) > MaxMetaBytes {
+		return nil, fmt.Errorf("%w: %d bytes encoded, limit %d", ErrMetaTooLarge, len(raw), MaxMetaBytes)
+	}
+	return raw, nil
+}
+
+func decodeMeta(raw []byte) (NodeMeta, error) {
+	var meta NodeMeta
+	if len(raw) == 0 {
+		return meta, nil
+	}
+	if len(raw) > MaxMetaBytes {
+		return meta, fmt.Errorf("%w: %d bytes of metadata", ErrMetaTooLarge, len(raw))
+	}
+	if err := json.Unmarshal(raw, &meta); err != nil {
+		return meta, fmt.Errorf("%w: metadata: %w", ErrMalformedFrame, err)
+	}
+	return meta, nil
+}
+
+func (m *Mesh) startGossip() error {
+	var mc *memberlist.Config
+	if m.cfg.FastGossip {
+		mc = memberlist.DefaultLocalConfig()
+	} else {
+		mc = memberlist.DefaultLANConfig()
+	}
+	mc.Name = m.id.String()
+	mc.BindAddr = m.cfg.GossipBindAddr
+	mc.BindPort = m.cfg.GossipPort
+	mc.AdvertisePort = m.cfg.GossipPort
+	mc.SecretKey = deriveKey(m.cfg.Secret, m.cfg.ClusterID, keyGossip)
+	mc.GossipVerifyIncoming = true
+	mc.GossipVerifyOutgoing = true
+	mc.Delegate = &gossipDelegate{m: m}
+	mc.Events = &eventDelegate{m: m}
+	mc.Logger = log.New(&slogWriter{log: m.log.With("subsystem", "memberlist")}, "", 0)
+	// Peer ids are unforgeable, so a restarted node (same id, new port) may take over
+	// its dead entry at once instead of being refused as a name conflict.
+	mc.DeadNodeReclaimTime = time.Second
+	list, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("mesh: memberlist: %w", err)
+	}
+	m.list = list
+	m.goRun(m.watchSuspects)
+	return nil
+}
+
+// gossipDelegate serves our metadata to memberlist; we use no user messages.
+type gossipDelegate struct{ m *Mesh }
+
+func (d *gossipDelegate) NodeMeta(limit int) []byte {
+	d.m.metaMu.Lock()
+	defer d.m.metaMu.Unlock()
+	if len(d.m.metaRaw) > limit {
+		// UpdateMeta refuses oversized metadata, so this only guards memberlist's panic.
+		return nil
+	}
+	return d.m.metaRaw
+}
+func (d *gossipDelegate) NotifyMsg([]byte)                           {}
+func (d *gossipDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *gossipDelegate) LocalState(join bool) []byte                { return nil }
+func (d *gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// eventDelegate turns memberlist callbacks into MemberEvents. memberlist calls it with
+// its own locks held, so it only converts and hands off.
+type eventDelegate struct{ m *Mesh }
+
+func (e *eventDelegate) NotifyJoin(n *memberlist.Node) { e.m.emit(MemberJoin, n) }
+func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	if n.State == memberlist.StateDead {
+		e.m.emit(MemberDead, n)
+		return
+	}
+	e.m.emit(MemberLeave, n)
+}
+func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.m.emit(MemberUpdate, n) }
+
+func (m *Mesh) toMember(n *memberlist.Node) Member {
+	mem := Member{
+		GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
+		State:      memberState(n.State),
+	}
+	if id, err := peer.Decode(n.Name); err == nil {
+		mem.PeerID = id
+	}
+	meta, err := decodeMeta(n.Meta)
+	if err != nil {
+		m.log.Warn("member metadata unreadable", "member", n.Name, "err", err)
+	}
+	mem.Meta = meta
+	return mem
+}
+
+func memberState(s memberlist.NodeStateType) MemberState {
+	switch s {
+	case memberlist.StateSuspect:
+		return StateSuspect
+	case memberlist.StateDead:
+		return StateDead
+	case memberlist.StateLeft:
+		return StateLeft
+	}
+	return StateAlive
+}
+
+func (m *Mesh) emit(t MemberEventType, n *memberlist.Node) {
+	ev := MemberEvent{Type: t, Member: m.toMember(n)}
+	m.log.Debug("member event", "event", t.String(), "member", shortID(ev.Member.PeerID), "state", ev.Member.State.String())
+	m.subsMu.Lock()
+	defer m.subsMu.Unlock()
+	for _, ch := range m.subs {
+		select {
+		case ch <- ev:
+		default:
+			m.log.Warn("member event dropped: subscriber not keeping up", "event", t.String())
+		}
+	}
+}
+
+// watchSuspects polls memberlist for members turning suspect, because memberlist has no
+// callback for that transition.
+func (m *Mesh) watchSuspects(ctx context.Context) {
+	suspect := make(map[string]bool)
+	t := time.NewTicker(suspectPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := make(map[string]bool)
+		for _, n := range m.list.Members() {
+			if n.State != memberlist.StateSuspect {
+				continue
+			}
+			now[n.Name] = true
+			if !suspect[n.Name] {
+				m.emit(MemberSuspect, n)
+			}
+		}
+		suspect = now
+	}
+}
+
+// Subscribe delivers member events until cancel is called or the mesh closes. Events a
+// subscriber does not drain (more than 1024 behind) are dropped with a warning rather
+// than stall failure detection.
+func (m *Mesh) Subscribe() (<-chan MemberEvent, func()) {
+	ch := make(chan MemberEvent, subscriberBuffer)
+	m.subsMu.Lock()
+	id := m.nextSub
+	m.nextSub++
+	if m.closed.Load() {
+		close(ch)
+	} else {
+		m.subs[id] = ch
+	}
+	m.subsMu.Unlock()
+	return ch, func() {
+		m.subsMu.Lock()
+		defer m.subsMu.Unlock()
+		if c, ok := m.subs[id]; ok {
+			delete(m.subs, id)
+			close(c)
+		}
+	}
+}
+
+// Members lists the members memberlist considers alive or suspect, this node included.
+func (m *Mesh) Members() []Member {
+	if m.list == nil {
+		return nil
+	}
+	var out []Member
+	for _, n := range m.list.Members() {
+		out = append(out, m.toMember(n))
+	}
+	return out
+}
+
+// Member returns one member by peer id.
+func (m *Mesh) Member(p peer.ID) (Member, bool) {
+	for _, mem := range m.Members() {
+		if mem.PeerID == p {
+			return mem, true
+		}
+	}
+	return Member{}, false
+}
+
+func (m *Mesh) memberAlive(p peer.ID) bool {
+	mem, ok := m.Member(p)
+	return ok && mem.State == StateAlive
+}
+
+// Meta returns this node's current metadata.
+func (m *Mesh) Meta() NodeMeta {
+	m.metaMu.Lock()
+	defer m.metaMu.Unlock()
+	return m.meta
+}
+
+// UpdateMeta changes this node's metadata and gossips it. If the result would not fit
+// memberlist's 512-byte limit the change is refused with ErrMetaTooLarge and the old
+// metadata stays.
+func (m *Mesh) UpdateMeta(fn func(*NodeMeta)) error {
+	m.metaMu.Lock()
+	next := m.meta
+	next.Addrs = append([]string(nil), m.meta.Addrs...)
+	next.Accels = append([]string(nil), m.meta.Accels...)
+	next.Stages = append([]StageRef(nil), m.meta.Stages...)
+	fn(&next)
+	next.PeerID = m.id.String()
+	next.DataPort = m.dataPort
+	raw, err := encodeMeta(&next)
+	if err != nil {
+		m.metaMu.Unlock()
+		return err
+	}
+	m.meta, m.metaRaw = next, raw
+	m.metaMu.Unlock()
+	if err := m.list.UpdateNode(metaUpdateTimeout); err != nil {
+		return fmt.Errorf("mesh: broadcast metadata: %w", err)
+	}
+	return nil
+}
+
+// slogWriter bridges memberlist's standard logger into slog, mapping its "[LEVEL]"
+// prefixes to slog levels.
+type slogWriter struct{ log *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	level := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
+		if rest, ok := strings.CutPrefix(line, prefix); ok {
+			level, line = l, strings.TrimSpace(rest)
+			break
+		}
+	}
+	w.log.Log(context.Background(), level, line)
+	return len(p), nil
+}
+
+var _ io.Writer = (*slogWriter)(nil)

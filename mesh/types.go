@@ -1,0 +1,185 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// NodeMeta is what a node tells every other member about itself. It travels in
+// memberlist's node metadata, which is capped at 512 bytes, so the JSON keys are short
+// and stages are packed into one string each (see StageRef.MarshalText).
+type NodeMeta struct {
+	Name      string     `json:"n,omitempty"`
+	PeerID    string     `json:"p,omitempty"`
+	Addrs     []string   `json:"a,omitempty"` // libp2p multiaddrs without the /p2p/ suffix
+	DataPort  int        `json:"d,omitempty"` // port of the direct data listener
+	HTTPAddr  string     `json:"h,omitempty"`
+	MemBudget int64      `json:"mb,omitempty"` // bytes this node may use for stages
+	FreeMem   int64      `json:"mf,omitempty"` // bytes free right now
+	Cores     int        `json:"c,omitempty"`
+	Accels    []string   `json:"x,omitempty"` // accelerator kinds: "cpu", "cuda", ...
+	Speed     float64    `json:"s,omitempty"` // measured speed score (GFLOP/s of a matmul)
+	Load      int        `json:"l,omitempty"` // requests in flight
+	Stages    []StageRef `json:"st,omitempty"`
+}
+
+// MaxMetaBytes is memberlist's limit on encoded node metadata.
+const MaxMetaBytes = 512
+
+// StageRef names one stage of one model version that a node serves.
+type StageRef struct {
+	Model   string
+	Version string
+	Stage   int
+	Ready   bool
+}
+
+// MarshalText packs a StageRef as "R|stage|version|model" (R is 1 when ready, 0 when
+// loading); the model comes last so its name may contain any character.
+func (s StageRef) MarshalText() ([]byte, error) {
+	if strings.Contains(s.Version, "|") {
+		return nil, fmt.Errorf("%w: version %q contains '|'", ErrConfig, s.Version)
+	}
+	r := "0"
+	if s.Ready {
+		r = "1"
+	}
+	return []byte(r + "|" + strconv.Itoa(s.Stage) + "|" + s.Version + "|" + s.Model), nil
+}
+
+// UnmarshalText reverses MarshalText.
+func (s *StageRef) UnmarshalText(b []byte) error {
+	parts := strings.SplitN(string(b), "|", 4)
+	if len(parts) != 4 || (parts[0] != "0" && parts[0] != "1") {
+		return fmt.Errorf("%w: stage ref %q", ErrMalformedFrame, b)
+	}
+	n, err := strconv.Atoi(parts[1])
+	if err != nil || n < 0 {
+		return fmt.Errorf("%w: stage ref %q", ErrMalformedFrame, b)
+	}
+	*s = StageRef{Ready: parts[0] == "1", Stage: n, Version: parts[2], Model: parts[3]}
+	return nil
+}
+
+// MemberState is a member's health as memberlist sees it.
+type MemberState int
+
+// Member states.
+const (
+	StateAlive MemberState = iota
+	StateSuspect
+	StateDead
+	StateLeft
+)
+
+func (s MemberState) String() string {
+	switch s {
+	case StateAlive:
+		return "alive"
+	case StateSuspect:
+		return "suspect"
+	case StateDead:
+		return "dead"
+	case StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// Member is one node known to memberlist.
+type Member struct {
+	PeerID     peer.ID
+	GossipAddr string // host:port of its memberlist listener
+	State      MemberState
+	Meta       NodeMeta
+}
+
+// MemberEventType says what happened to a member.
+type MemberEventType int
+
+// Member event types.
+const (
+	MemberJoin MemberEventType = iota
+	MemberLeave
+	MemberUpdate
+	MemberSuspect
+	MemberDead
+)
+
+func (t MemberEventType) String() string {
+	switch t {
+	case MemberJoin:
+		return "join"
+	case MemberLeave:
+		return "leave"
+	case MemberUpdate:
+		return "update"
+	case MemberSuspect:
+		return "suspect"
+	case MemberDead:
+		return "dead"
+	}
+	return "unknown"
+}
+
+// MemberEvent is delivered to subscribers when a member changes.
+type MemberEvent struct {
+	Type   MemberEventType
+	Member Member
+}
+
+// StageRequest asks a peer to run one stage of a model version on the given tensors.
+type StageRequest struct {
+	RequestID string
+	Model     string
+	Version   string
+	Stage     int
+	// Deadline is when the caller stops waiting; the server cancels the handler then.
+	Deadline time.Time
+	Tensors  []tensor.Tensor
+	// Outputs names the tensors wanted back; empty means all of the stage's outputs.
+	Outputs []string
+}
+
+// StageHandler runs a stage request; it must honour ctx, which is cancelled when the
+// caller gives up or the deadline passes.
+type StageHandler func(ctx context.Context, req *StageRequest) ([]tensor.Tensor, error)
+
+// LinkStats is what the link probes last measured toward one peer.
+type LinkStats struct {
+	RTT       time.Duration
+	Bandwidth float64 // bytes per second of a bulk transfer toward the peer
+	Updated   time.Time
+}
+
+// Causes Diagnose reports when a peer cannot be reached or admitted.
+const (
+	CauseSecretMismatch  = "secret mismatch"
+	CauseClusterMismatch = "different cluster id"
+	CausePortClosed      = "port closed"
+	CauseUnreachable     = "unreachable"
+	CauseMDNSBlocked     = "mDNS blocked"
+	CauseNotDiscovered   = "not discovered"
+	CauseRateLimited     = "rate limited"
+)
+
+// PeerDiagnosis is Diagnose's answer for one peer.
+type PeerDiagnosis struct {
+	Target     string        // what was asked about (address, peer id or node name)
+	PeerID     peer.ID       // empty when it could not be learned
+	Name       string        // node name from metadata, if a member
+	Discovered bool          // known to memberlist or found by a discovery mechanism
+	Reachable  bool          // a libp2p connection could be made
+	Admitted   bool          // the join handshake succeeded (or it is a member)
+	State      string        // memberlist state when a member
+	RTT        time.Duration // zero when unknown
+	Bandwidth  float64       // bytes/s, zero when unknown
+	Cause      string        // one of the Cause constants, empty when all is well
+	Detail     string        // the underlying error text
+}
