@@ -472,7 +472,12 @@ func retryable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false
 	}
-	return !errors.Is(err, accel.ErrInputMismatch) && !errors.Is(err, ErrUnknownModel)
+	for _, final := range []error{accel.ErrInputMismatch, accel.ErrShapeMismatch, accel.ErrDTypeMismatch, ErrUnknownModel} {
+		if errors.Is(err, final) {
+			return false
+		}
+	}
+	return true
 }
 
 // checkStageOutputs rejects a response that lacks an expected tensor or carries an
