@@ -238,3 +238,11 @@ func BenchmarkORTRun(b *testing.B) {
 		}
 	}
 }
+
+func TestStringWithNULRefused(t *testing.T) {
+	s := open(t, newCPU(t), identityModel(t, tensor.String, 1), SessionOptions{})
+	in := tensor.Tensor{Name: "x", DType: tensor.String, Shape: []int64{1}, Strings: []string{"a\x00b"}}
+	if _, err := s.Run(context.Background(), []tensor.Tensor{in}, nil); !errors.Is(err, ErrInputMismatch) || !strings.Contains(err.Error(), "NUL") {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -248,6 +248,12 @@ func checkInput(want ioInfo, t *tensor.Tensor) error {
 			return fmt.Errorf("%w: %w: input %q: expected %s, got %v (dim %d)", ErrInputMismatch, ErrShapeMismatch, t.Name, dimsString(want.Shape), t.Shape, i)
 		}
 	}
+	// ORT copies strings as C strings: an embedded NUL would silently cut one short.
+	for i, s := range t.Strings {
+		if strings.IndexByte(s, 0) >= 0 {
+			return fmt.Errorf("%w: input %q: string element %d contains a NUL byte", ErrInputMismatch, t.Name, i)
+		}
+	}
 	// Validate checks that the element count does not overflow and that the data is
 	// exactly as long as the shape says, neither shorter nor longer.
 	if err := t.Validate(); err != nil {

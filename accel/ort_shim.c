@@ -10,6 +10,7 @@ static const OrtApiBase *api_base;
 static const OrtApi *api;
 static OrtEnv *env;
 static OrtAllocator *allocator;
+static OrtMemoryInfo *cpu_memory;
 
 static char *dup_message(const char *prefix, const char *msg) {
   size_t n = strlen(prefix) + strlen(msg) + 3;
@@ -52,6 +53,12 @@ char *lm_load(const char *path) {
                                                  "layermesh", &env);
   if (st) {
     char *out = dup_message("CreateEnv", api->GetErrorMessage(st));
+    api->ReleaseStatus(st);
+    return out;
+  }
+  st = api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &cpu_memory);
+  if (st) {
+    char *out = dup_message("CreateCpuMemoryInfo", api->GetErrorMessage(st));
     api->ReleaseStatus(st);
     return out;
   }
@@ -172,13 +179,8 @@ done:
 
 OrtStatus *lm_tensor_with_data(void *data, size_t len, const int64_t *shape, size_t rank,
                                int elem_type, OrtValue **out) {
-  OrtMemoryInfo *mi = NULL;
-  OrtStatus *st = api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &mi);
-  if (st) return st;
-  st = api->CreateTensorWithDataAsOrtValue(mi, data, len, shape, rank,
-                                           (ONNXTensorElementDataType)elem_type, out);
-  api->ReleaseMemoryInfo(mi);
-  return st;
+  return api->CreateTensorWithDataAsOrtValue(cpu_memory, data, len, shape, rank,
+                                            (ONNXTensorElementDataType)elem_type, out);
 }
 
 OrtStatus *lm_tensor_alloc(const int64_t *shape, size_t rank, int elem_type, OrtValue **out) {
