@@ -216,7 +216,9 @@ func (s *Server) jsonMuxErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h, pattern := mux.Handler(r)
 		if pattern != "" {
-			h.ServeHTTP(w, r)
+			// Through the mux again: Handler finds the route but does not set the
+			// request's path values; ServeHTTP does.
+			mux.ServeHTTP(w, r)
 			return
 		}
 		rec := httptest.NewRecorder()

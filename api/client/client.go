@@ -1,0 +1,345 @@
+// Package client is the Go client of layermesh's HTTP API, used by meshctl and the
+// system tests: KServe v2 inference (JSON and the binary tensor data extension),
+// metadata and health, streamed model uploads with progress, and the admin calls.
+// Failed calls return *Error, which carries the API's stable error code.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/layermesh/layermesh/api/wire"
+)
+
+// Error is a refusal from the API: the HTTP status and the catalogue's code.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Code)
+}
+
+// ErrBadResponse means the server answered with something the client cannot read.
+var ErrBadResponse = errors.New("unreadable response")
+
+// IsCode reports whether err is an API refusal with the given code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Client calls one node's API. It is safe for concurrent use.
+type Client struct {
+	base  string
+	token string
+	hc    *http.Client
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithToken sends token as a bearer token on every call.
+func WithToken(token string) Option { return func(c *Client) { c.token = strings.TrimSpace(token) } }
+
+// WithHTTPClient uses hc (for TLS settings, timeouts or a test transport).
+func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+
+// New returns a client for addr: a URL ("http://host:port") or host:port, which
+// means http.
+func New(addr string, opts ...Option) (*Client, error) {
+	if addr == "" {
+		return nil, errors.New("client: empty address")
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	u, err := url.Parse(addr)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("client: bad address %q", addr)
+	}
+	c := &Client{base: strings.TrimRight(u.String(), "/"), hc: http.DefaultClient}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// BaseURL is the API's base URL.
+func (c *Client) BaseURL() string { return c.base }
+
+// do sends a request and returns the response when its status is wanted; otherwise
+// it decodes the error body into *Error and closes the response.
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, size int64, hdr http.Header, want ...int) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.ContentLength = size
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range want {
+		if resp.StatusCode == w {
+			return resp, nil
+		}
+	}
+	defer resp.Body.Close()
+	return nil, decodeError(resp)
+}
+
+func decodeError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var eb wire.ErrorBody
+	if err := json.Unmarshal(b, &eb); err != nil || eb.Code == "" {
+		return &Error{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Message: strings.TrimSpace(string(b))}
+	}
+	return &Error{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+}
+
+// getJSON GETs path into v, accepting the given statuses (200 when none).
+func (c *Client) getJSON(ctx context.Context, path string, v any, want ...int) (int, error) {
+	if len(want) == 0 {
+		want = []int{http.StatusOK}
+	}
+	resp, err := c.do(ctx, http.MethodGet, path, nil, 0, nil, want...)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return resp.StatusCode, fmt.Errorf("%w: %s: %w", ErrBadResponse, path, err)
+	}
+	return resp.StatusCode, nil
+}
+
+func modelPath(name, version string) string {
+	p := "/v2/models/" + url.PathEscape(name)
+	if version != "" {
+		p += "/versions/" + url.PathEscape(version)
+	}
+	return p
+}
+
+// Live reports whether the node answers at all.
+func (c *Client) Live(ctx context.Context) error {
+	var r wire.Readiness
+	_, err := c.getJSON(ctx, "/v2/health/live", &r)
+	return err
+}
+
+// Ready returns the node's readiness, layer by layer; a node that is not ready is
+// not an error.
+func (c *Client) Ready(ctx context.Context) (wire.Readiness, error) {
+	var r wire.Readiness
+	_, err := c.getJSON(ctx, "/v2/health/ready", &r, http.StatusOK, http.StatusServiceUnavailable)
+	return r, err
+}
+
+// ServerMetadata is GET /v2.
+func (c *Client) ServerMetadata(ctx context.Context) (wire.ServerMetadata, error) {
+	var m wire.ServerMetadata
+	_, err := c.getJSON(ctx, "/v2", &m)
+	return m, err
+}
+
+// ModelMetadata is GET /v2/models/{name}[/versions/{version}].
+func (c *Client) ModelMetadata(ctx context.Context, name, version string) (wire.ModelMetadata, error) {
+	var m wire.ModelMetadata
+	_, err := c.getJSON(ctx, modelPath(name, version), &m)
+	return m, err
+}
+
+// ModelReady is GET /v2/models/{name}[/versions/{version}]/ready.
+func (c *Client) ModelReady(ctx context.Context, name, version string) (wire.ModelReadiness, error) {
+	var m wire.ModelReadiness
+	_, err := c.getJSON(ctx, modelPath(name, version)+"/ready", &m, http.StatusOK, http.StatusServiceUnavailable)
+	return m, err
+}
+
+// InferOptions tune one inference call.
+type InferOptions struct {
+	// Version of the model; "" means the latest.
+	Version string
+	// BinaryInputs sends the inputs with the binary tensor data extension.
+	BinaryInputs bool
+}
+
+// Infer runs model on req. Outputs come back in binary where req asks for it
+// (OutputRequest.Binary or Request.BinaryOutputs); the response's tensors then slice
+// one buffer holding the whole body.
+func (c *Client) Infer(ctx context.Context, model string, req *wire.Request, opts InferOptions) (*wire.Response, error) {
+	header, chunks, err := wire.EncodeRequest(req, opts.BinaryInputs)
+	if err != nil {
+		return nil, err
+	}
+	readers := make([]io.Reader, 0, 1+len(chunks))
+	readers = append(readers, bytes.NewReader(header))
+	size := int64(len(header))
+	for _, ch := range chunks {
+		readers = append(readers, bytes.NewReader(ch))
+		size += int64(len(ch))
+	}
+	hdr := http.Header{}
+	if len(chunks) > 0 {
+		hdr.Set(wire.HeaderContentLength, strconv.Itoa(len(header)))
+		hdr.Set("Content-Type", wire.ContentTypeBinary)
+	} else {
+		hdr.Set("Content-Type", "application/json")
+	}
+	resp, err := c.do(ctx, http.MethodPost, modelPath(model, opts.Version)+"/infer", io.MultiReader(readers...), size, hdr, http.StatusOK)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var body []byte
+	if resp.ContentLength >= 0 {
+		body = make([]byte, resp.ContentLength)
+		_, err = io.ReadFull(resp.Body, body)
+	} else {
+		body, err = io.ReadAll(resp.Body)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading inference response: %w", err)
+	}
+	headerLen, err := wire.ParseHeaderLength(resp.Header.Get(wire.HeaderContentLength))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadResponse, err)
+	}
+	out, err := wire.DecodeResponse(body, headerLen)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadResponse, err)
+	}
+	return out, nil
+}
+
+// UploadOptions tune a model upload.
+type UploadOptions struct {
+	// Stages and Replicas are the deploy's plan; 0 lets the cluster choose.
+	Stages   int
+	Replicas int
+	// Progress, when set, is called as bytes go out (sent so far, total; total is -1
+	// when unknown).
+	Progress func(sent, total int64)
+}
+
+// UploadModel streams an ONNX model to PUT /v1/models/{name}. size is the model's
+// length (-1 if unknown; a known size lets the node refuse an oversized model at
+// once).
+func (c *Client) UploadModel(ctx context.Context, name string, r io.Reader, size int64, opts UploadOptions) (wire.ModelStatus, error) {
+	q := url.Values{}
+	if opts.Stages > 0 {
+		q.Set("stages", strconv.Itoa(opts.Stages))
+	}
+	if opts.Replicas > 0 {
+		q.Set("replicas", strconv.Itoa(opts.Replicas))
+	}
+	path := "/v1/models/" + url.PathEscape(name)
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	if opts.Progress != nil {
+		r = &progressReader{r: r, total: size, fn: opts.Progress}
+	}
+	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
+	resp, err := c.do(ctx, http.MethodPut, path, r, size, hdr, http.StatusCreated, http.StatusOK)
+	if err != nil {
+		return wire.ModelStatus{}, err
+	}
+	defer resp.Body.Close()
+	var st wire.ModelStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return wire.ModelStatus{}, fmt.Errorf("%w: %w", ErrBadResponse, err)
+	}
+	return st, nil
+}
+
+type progressReader struct {
+	r     io.Reader
+	sent  int64
+	total int64
+	fn    func(sent, total int64)
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.sent += int64(n)
+		p.fn(p.sent, p.total)
+	}
+	return n, err
+}
+
+// DeleteModel is DELETE /v1/models/{name}.
+func (c *Client) DeleteModel(ctx context.Context, name string) error {
+	resp, err := c.do(ctx, http.MethodDelete, "/v1/models/"+url.PathEscape(name), nil, 0, nil, http.StatusNoContent, http.StatusOK)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// Models is GET /v1/models.
+func (c *Client) Models(ctx context.Context) ([]wire.ModelStatus, error) {
+	var l wire.ModelList
+	_, err := c.getJSON(ctx, "/v1/models", &l)
+	return l.Models, err
+}
+
+// Model is GET /v1/models/{name}: status and plan.
+func (c *Client) Model(ctx context.Context, name string) (wire.ModelStatus, error) {
+	var st wire.ModelStatus
+	_, err := c.getJSON(ctx, "/v1/models/"+url.PathEscape(name), &st)
+	return st, err
+}
+
+// Cluster is GET /v1/cluster.
+func (c *Client) Cluster(ctx context.Context) (wire.ClusterStatus, error) {
+	var st wire.ClusterStatus
+	_, err := c.getJSON(ctx, "/v1/cluster", &st)
+	return st, err
+}
+
+// Nodes is GET /v1/nodes.
+func (c *Client) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
+	var l wire.NodeList
+	_, err := c.getJSON(ctx, "/v1/nodes", &l)
+	return l.Nodes, err
+}
+
+// DrainNode is POST /v1/nodes/{name}/drain.
+func (c *Client) DrainNode(ctx context.Context, name string) error {
+	resp, err := c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/drain", nil, 0, nil, http.StatusNoContent, http.StatusOK, http.StatusAccepted)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// RemoveNode is DELETE /v1/nodes/{name}.
+func (c *Client) RemoveNode(ctx context.Context, name string) error {
+	resp, err := c.do(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(name), nil, 0, nil, http.StatusNoContent, http.StatusOK)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
