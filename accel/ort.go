@@ -70,7 +70,8 @@ func fileExists(p string) bool {
 }
 
 // The ONNX Runtime library and its environment are process-wide: a process can load
-// one library once. runtimeState records which.
+// one library once. runtimeState records which. Lock order: runtimeState.mu, then
+// lastORTError (probeProvider reads ORT's log while holding runtimeState.mu).
 var runtimeState struct {
 	mu      sync.Mutex
 	path    string

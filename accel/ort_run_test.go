@@ -138,11 +138,10 @@ func TestRunCancelledMidway(t *testing.T) {
 	start = time.Now()
 	_, err := s.Run(ctx, []tensor.Tensor{x}, nil)
 	took := time.Since(start)
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("got %v, want an error wrapping context.Canceled", err)
-	}
-	if took > full/2 {
-		t.Fatalf("cancelled run took %v of a full %v: ORT was not told to stop", took, full)
+	// A run ORT finished would return outputs and no error; the terminate flag's
+	// message shows that ORT itself stopped, not just the wait around it.
+	if !errors.Is(err, context.Canceled) || !strings.Contains(strings.ToLower(err.Error()), "terminate") {
+		t.Fatalf("got %v, want an error wrapping context.Canceled from ORT's terminate flag", err)
 	}
 	t.Logf("full run %v, cancelled after %v returned in %v", full, full/10, took)
 	if _, err := s.Run(context.Background(), []tensor.Tensor{x}, nil); err != nil {

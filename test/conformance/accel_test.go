@@ -20,7 +20,7 @@ const minPasses = 800
 
 // TestAccelConformance runs every ONNX backend node test through the ONNX Runtime
 // backend, one session per case, and compares each output with the expected .pb.
-// Every case that does not pass must be listed in knownFailures with its reason; a
+// Every case that does not pass must be listed in KnownFailures with its reason; a
 // listed case that passes is reported too, so the list stays true.
 func TestAccelConformance(t *testing.T) {
 	dir := os.Getenv("ONNX_NODE_TESTS")
@@ -42,7 +42,7 @@ func TestAccelConformance(t *testing.T) {
 	var unexpected, stale []string
 	for _, c := range cases {
 		err := runCase(b, c)
-		reason, known := knownFailures[c.Name]
+		reason, known := KnownFailures[c.Name]
 		switch {
 		case err == nil && known:
 			passed++
@@ -61,7 +61,7 @@ func TestAccelConformance(t *testing.T) {
 		t.Errorf("unexpected failure: %s", u)
 	}
 	for _, s := range stale {
-		t.Errorf("known failure now passes, remove it from knownFailures: %s", s)
+		t.Errorf("known failure now passes, remove it from KnownFailures: %s", s)
 	}
 	if passed < minPasses {
 		t.Errorf("%d passes, want at least %d", passed, minPasses)
