@@ -6,13 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/partition/onnxpb"
 )
 
 func TestMain(m *testing.M) {
@@ -232,5 +235,51 @@ func TestSequenceOutputUnsupported(t *testing.T) {
 	}
 	if v, _ := out[0].Float32s(); fmt.Sprint(v) != "[1 2]" {
 		t.Fatalf("y = %v", v)
+	}
+}
+
+// TestExternalData opens a model whose weight lives in a separate file named relative
+// to the model, from a different working directory: ORT must resolve it against the
+// model's folder.
+func TestExternalData(t *testing.T) {
+	dir := t.TempDir()
+	w := tensor.FromFloat32("w", []int64{2}, []float32{10, 20})
+	if err := os.WriteFile(filepath.Join(dir, "weights.bin"), w.Data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	entry := func(k, v string) *onnxpb.StringStringEntryProto {
+		return &onnxpb.StringStringEntryProto{Key: proto.String(k), Value: proto.String(v)}
+	}
+	g := &onnxpb.GraphProto{
+		Name: proto.String("ext"),
+		Initializer: []*onnxpb.TensorProto{{
+			Name: proto.String("w"), DataType: proto.Int32(int32(tensor.Float32)), Dims: []int64{2},
+			DataLocation: onnxpb.TensorProto_EXTERNAL.Enum(),
+			ExternalData: []*onnxpb.StringStringEntryProto{entry("location", "weights.bin"), entry("offset", "0"), entry("length", "8")},
+		}},
+		Node:   []*onnxpb.NodeProto{node("Add", []string{"x", "w"}, []string{"y"})},
+		Input:  []*onnxpb.ValueInfoProto{valueInfo("x", tensor.Float32, 2)},
+		Output: []*onnxpb.ValueInfoProto{valueInfo("y", tensor.Float32, 2)},
+	}
+	b, err := proto.Marshal(&onnxpb.ModelProto{
+		IrVersion:   proto.Int64(8),
+		OpsetImport: []*onnxpb.OperatorSetIdProto{{Domain: proto.String(""), Version: proto.Int64(17)}},
+		Graph:       g,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "model.onnx")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir())
+	s := open(t, newCPU(t), path, SessionOptions{})
+	out, err := s.Run(context.Background(), []tensor.Tensor{tensor.FromFloat32("x", []int64{2}, []float32{1, 2})}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if y, _ := out[0].Float32s(); fmt.Sprint(y) != "[11 22]" {
+		t.Fatalf("y = %v, want [11 22]", y)
 	}
 }
