@@ -27,14 +27,23 @@ func main() {
 	name := flag.String("name", "echonode", "node name")
 	httpAddr := flag.String("http", "127.0.0.1:0", "HTTP listen address")
 	listen := flag.String("listen", "/ip4/127.0.0.1/tcp/0", "TCP listen multiaddr (/ip4/A/tcp/P)")
-	flag.String("join", "", "ignored: seed address")
-	flag.Bool("bootstrap", false, "ignored")
+	join := flag.String("join", "", "seed address, only logged")
+	bootstrap := flag.Bool("bootstrap", false, "write cluster.secret and admin.token, as a bootstrapping meshnode does")
 	flag.String("cluster-secret-file", "", "ignored")
 	flag.Bool("no-mdns", false, "ignored")
 	flag.String("log-format", "text", "ignored")
 	ignoreTerm := flag.Bool("ignore-sigterm", false, "keep running on SIGTERM (tests the harness's kill after grace)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "echonode", "name", *name)
+	log.Info("starting", "join", *join, "args", strings.Join(os.Args[1:], " "))
+	if *bootstrap {
+		for _, f := range []string{"cluster.secret", "admin.token"} {
+			if err := writeAtomic(filepath.Join(*dataDir, f), fmt.Sprintf("%s-of-%s", f, *name)); err != nil {
+				log.Error("bootstrap", "err", err)
+				os.Exit(1)
+			}
+		}
+	}
 	if err := run(*dataDir, *httpAddr, *listen, *ignoreTerm, log); err != nil {
 		log.Error("exit", "err", err)
 		os.Exit(1)

@@ -1,0 +1,339 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ErrNodeStart is returned when a node does not come up (no address file, not ready).
+var ErrNodeStart = errors.New("harness: node did not start")
+
+// Files a meshnode leaves in its data dir that the harness reads.
+const (
+	// HTTPAddrFile holds the bound HTTP host:port.
+	HTTPAddrFile = "http.addr"
+	// P2PAddrFile holds the bound libp2p listen multiaddr; the other nodes join it.
+	P2PAddrFile = "p2p.addr"
+	// SecretFile is the cluster secret the bootstrap node creates.
+	SecretFile = "cluster.secret"
+	// AdminTokenFile is the admin token the bootstrap node creates.
+	AdminTokenFile = "admin.token"
+)
+
+// ClusterOptions configures a cluster of node processes.
+type ClusterOptions struct {
+	// Binary is the node executable; empty means MeshnodeBinary.
+	Binary string
+	// Flags, when set, returns node n's flags instead of DefaultFlags; it may call
+	// DefaultFlags and append.
+	Flags func(c *Cluster, n *Node) []string
+	// Env is added to each node's environment.
+	Env []string
+	// Network, when set, runs node i inside namespace i, listening on its test address;
+	// the test reaches it through a loopback forwarder.
+	Network *Network
+	// StartTimeout bounds each node's start (address file written); default 60 s.
+	StartTimeout time.Duration
+	// StopGrace is how long Stop and Restart wait after SIGTERM; default 15 s.
+	StopGrace time.Duration
+}
+
+// Node is one node process of a Cluster.
+type Node struct {
+	*Proc
+	Index   int
+	Name    string
+	DataDir string
+
+	// HTTPListen and P2PListen are what the node is told to listen on. They start with
+	// port 0 and are pinned to the bound ports after the first start, so that a
+	// restarted node comes back on the addresses its peers and clients know, as a real
+	// device's would.
+	HTTPListen string
+	P2PListen  string
+
+	httpAddr string // bound, as the node sees it
+	p2pAddr  string
+	client   string // reachable from the test: httpAddr, or its forwarder in a namespace
+}
+
+// Cluster is a set of node processes started by one test: node 0 bootstraps, the others
+// join it with its cluster secret.
+type Cluster struct {
+	t     testing.TB
+	opts  ClusterOptions
+	dir   string
+	Nodes []*Node
+}
+
+// NewCluster prepares n nodes without starting them.
+func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
+	t.Helper()
+	if opts.Binary == "" {
+		opts.Binary = MeshnodeBinary(t)
+	}
+	if opts.StartTimeout <= 0 {
+		opts.StartTimeout = 60 * time.Second
+	}
+	if opts.StopGrace <= 0 {
+		opts.StopGrace = 15 * time.Second
+	}
+	if opts.Network != nil && opts.Network.Len() < n {
+		t.Fatalf("harness: %d nodes on a network of %d namespaces", n, opts.Network.Len())
+	}
+	c := &Cluster{t: t, opts: opts, dir: t.TempDir()}
+	for i := 0; i < n; i++ {
+		host := "127.0.0.1"
+		netns := ""
+		if opts.Network != nil {
+			host = opts.Network.IP(i).String()
+			netns = opts.Network.NS(i)
+		}
+		name := "node" + strconv.Itoa(i)
+		node := &Node{
+			Index:      i,
+			Name:       name,
+			DataDir:    filepath.Join(c.dir, name),
+			HTTPListen: net.JoinHostPort(host, "0"),
+			P2PListen:  "/ip4/" + host + "/tcp/0",
+		}
+		if err := os.MkdirAll(node.DataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		// Args are filled in at each start, since the pinned ports change them once.
+		node.Proc = NewProc(t, ProcSpec{Name: name, Path: opts.Binary, Env: opts.Env, Netns: netns, LogDir: c.dir})
+		c.Nodes = append(c.Nodes, node)
+	}
+	return c
+}
+
+// StartCluster starts n nodes, node 0 first, and waits until all are ready.
+func StartCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
+	t.Helper()
+	c := NewCluster(t, n, opts)
+	for i := range c.Nodes {
+		if err := c.Start(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.StartTimeout)
+	defer cancel()
+	for i := range c.Nodes {
+		if err := c.WaitReady(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// Len returns the number of nodes.
+func (c *Cluster) Len() int { return len(c.Nodes) }
+
+// Node returns node i.
+func (c *Cluster) Node(i int) *Node { return c.Nodes[i] }
+
+// SecretPath is the cluster secret the joining nodes are given: a copy of the one node
+// 0 created, kept outside every data dir so that any node can be wiped and rejoin.
+func (c *Cluster) SecretPath() string { return filepath.Join(c.dir, SecretFile) }
+
+// DefaultFlags are meshnode's flags for node n: its data dir, name, addresses (pinned
+// after the first start), no mDNS (tests of different engineers share the machine's
+// loopback), JSON logs; node 0 bootstraps, the others join node 0.
+func (c *Cluster) DefaultFlags(n *Node) []string {
+	flags := []string{
+		"--data-dir", n.DataDir,
+		"--name", n.Name,
+		"--http", n.HTTPListen,
+		"--listen", n.P2PListen,
+		"--no-mdns",
+		"--log-format", "json",
+	}
+	if n.Index == 0 {
+		return append(flags, "--bootstrap")
+	}
+	return append(flags, "--join", c.Nodes[0].p2pAddr, "--cluster-secret-file", c.SecretPath())
+}
+
+// Start starts node i and waits until it has written its addresses (not until ready).
+// A joining node waits for node 0's addresses and secret first.
+func (c *Cluster) Start(i int) error {
+	n := c.Nodes[i]
+	if i > 0 {
+		if err := c.awaitSeed(); err != nil {
+			return err
+		}
+	}
+	// Stale address files would be read as this run's before the node rewrites them.
+	for _, f := range []string{HTTPAddrFile, P2PAddrFile} {
+		if err := os.Remove(filepath.Join(n.DataDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	flags := c.DefaultFlags(n)
+	if c.opts.Flags != nil {
+		flags = c.opts.Flags(c, n)
+	}
+	n.spec.Args = flags
+	if err := n.Start(); err != nil {
+		return err
+	}
+	return c.readAddrs(n)
+}
+
+// awaitSeed waits for node 0's libp2p address and copies its secret for the joiners.
+func (c *Cluster) awaitSeed() error {
+	seed := c.Nodes[0]
+	if seed.p2pAddr == "" {
+		return fmt.Errorf("%w: node 0 has not written %s; it must be started first", ErrNodeStart, P2PAddrFile)
+	}
+	if _, err := os.Stat(c.SecretPath()); err == nil {
+		return nil
+	}
+	var secret []byte
+	err := Poll(c.opts.StartTimeout, 20*time.Millisecond, func() error {
+		var err error
+		secret, err = os.ReadFile(filepath.Join(seed.DataDir, SecretFile))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("%w: node 0 wrote no cluster secret: %w", ErrNodeStart, err)
+	}
+	return os.WriteFile(c.SecretPath(), secret, 0o600)
+}
+
+// readAddrs waits for the node's address files, pins its ports for later restarts and,
+// in a namespace, sets up the loopback forwarder the test reaches it through.
+func (c *Cluster) readAddrs(n *Node) error {
+	done, waitErr := n.Exited()
+	read := func(name string) (string, error) {
+		var v string
+		err := Poll(c.opts.StartTimeout, 20*time.Millisecond, func() error {
+			select {
+			case <-done:
+				return fmt.Errorf("%w: %s exited: %v", ErrNodeStart, n.Name, waitErr())
+			default:
+			}
+			b, err := os.ReadFile(filepath.Join(n.DataDir, name))
+			if err != nil {
+				return fmt.Errorf("%w: %s wrote no %s: %w", ErrNodeStart, n.Name, name, err)
+			}
+			v = strings.TrimSpace(string(b))
+			return nil
+		})
+		return v, err
+	}
+	httpAddr, err := read(HTTPAddrFile)
+	if err != nil {
+		return err
+	}
+	p2pAddr, err := read(P2PAddrFile)
+	if err != nil {
+		return err
+	}
+	n.httpAddr, n.p2pAddr = httpAddr, p2pAddr
+	n.HTTPListen = httpAddr
+	if port := multiaddrTCPPort(p2pAddr); port != "" {
+		n.P2PListen = strings.TrimSuffix(n.P2PListen, "/tcp/0") + "/tcp/" + port
+	}
+	if n.client == "" || c.opts.Network == nil {
+		n.client = httpAddr
+		if c.opts.Network != nil {
+			n.client = c.opts.Network.Forward(c.t, httpAddr)
+		}
+	}
+	return nil
+}
+
+// multiaddrTCPPort returns the port after /tcp/ in a multiaddr, "" if none.
+func multiaddrTCPPort(ma string) string {
+	parts := strings.Split(ma, "/")
+	for i := 0; i+1 < len(parts); i++ {
+		if parts[i] == "tcp" {
+			return parts[i+1]
+		}
+	}
+	return ""
+}
+
+// HTTPAddr returns the host:port at which the test reaches node i's HTTP API.
+func (c *Cluster) HTTPAddr(i int) string { return c.Nodes[i].client }
+
+// HTTPAddrs returns the HTTP addresses of all nodes, in order.
+func (c *Cluster) HTTPAddrs() []string {
+	out := make([]string, len(c.Nodes))
+	for i := range c.Nodes {
+		out[i] = c.HTTPAddr(i)
+	}
+	return out
+}
+
+// URL returns http://<node i>/path.
+func (c *Cluster) URL(i int, path string) string { return "http://" + c.HTTPAddr(i) + path }
+
+// P2PAddr returns node i's libp2p multiaddr as the node wrote it.
+func (c *Cluster) P2PAddr(i int) string { return c.Nodes[i].p2pAddr }
+
+// AdminToken returns the admin token node 0 created.
+func (c *Cluster) AdminToken() (string, error) {
+	b, err := os.ReadFile(filepath.Join(c.Nodes[0].DataDir, AdminTokenFile))
+	return strings.TrimSpace(string(b)), err
+}
+
+// Kill sends SIGKILL to node i and waits for it to die.
+func (c *Cluster) Kill(i int) error { return c.Nodes[i].Kill() }
+
+// Stop shuts node i down with SIGTERM, killing it after the grace period.
+func (c *Cluster) Stop(i int) error { return c.Nodes[i].Stop(c.opts.StopGrace) }
+
+// Pause freezes node i with SIGSTOP.
+func (c *Cluster) Pause(i int) error { return c.Nodes[i].Pause() }
+
+// Resume continues node i with SIGCONT.
+func (c *Cluster) Resume(i int) error { return c.Nodes[i].Resume() }
+
+// Restart starts node i again on the same data dir, flags and ports, stopping it first
+// if it still runs, and waits until it has written its addresses.
+func (c *Cluster) Restart(i int) error {
+	if err := c.Stop(i); err != nil && !errors.Is(err, ErrExitTimeout) {
+		return err
+	}
+	return c.Start(i)
+}
+
+// WaitReady polls node i's GET /v2/health/ready until it answers 200 or ctx ends.
+func (c *Cluster) WaitReady(ctx context.Context, i int) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	var last error
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL(i, "/v2/health/ready"), nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("ready answered %s", resp.Status)
+		}
+		last = err
+		if !c.Nodes[i].Running() {
+			return fmt.Errorf("%w: %s exited while waiting for ready", ErrNodeStart, c.Nodes[i].Name)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s not ready: %w (last: %v)", ErrNodeStart, c.Nodes[i].Name, ctx.Err(), last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,111 @@
+package harness
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func echoCluster(t *testing.T, n int, nw *Network) *Cluster {
+	t.Helper()
+	return StartCluster(t, n, ClusterOptions{Binary: echonode(t), Network: nw, StartTimeout: 20 * time.Second, StopGrace: 5 * time.Second})
+}
+
+// checkClusterMechanics kills, restarts, pauses and stops nodes of an echonode cluster
+// and checks each through the addresses the harness hands out.
+func checkClusterMechanics(t *testing.T, c *Cluster) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	short := &http.Client{Timeout: 300 * time.Millisecond}
+	for i := 0; i < c.Len(); i++ {
+		n, pid, err := boots(client, c.HTTPAddr(i))
+		if err != nil || n != 1 || pid != c.Node(i).Pid() {
+			t.Fatalf("node %d: boots=%d pid=%d (want 1, %d) err=%v", i, n, pid, c.Node(i).Pid(), err)
+		}
+	}
+	if tok, err := c.AdminToken(); err != nil || tok == "" {
+		t.Fatalf("admin token: %q, %v", tok, err)
+	}
+	// The joiners were given node 0's libp2p address and a copy of its secret.
+	log := c.Node(1).LogTail(logTail)
+	if !strings.Contains(log, "--join "+c.P2PAddr(0)) || !strings.Contains(log, "--cluster-secret-file "+c.SecretPath()) {
+		t.Fatalf("node 1 was not told to join node 0 (%s):\n%s", c.P2PAddr(0), log)
+	}
+
+	addr := c.HTTPAddr(1)
+	if err := c.Kill(1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	if err := c.WaitReady(ctx, 1); err == nil {
+		t.Fatal("WaitReady succeeded on a killed node")
+	}
+	cancel()
+	if err := c.Restart(1); err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr(1) != addr {
+		t.Fatalf("restarted node moved from %s to %s; its port should be pinned", addr, c.HTTPAddr(1))
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := boots(client, addr); err != nil || n != 2 {
+		t.Fatalf("restarted node: boots=%d err=%v, want 2 (same data dir)", n, err)
+	}
+
+	if err := c.Pause(2); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := boots(short, c.HTTPAddr(2)); err == nil {
+		t.Fatal("paused node answered")
+	}
+	if err := c.Resume(2); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := boots(client, c.HTTPAddr(2)); err != nil {
+		t.Fatalf("resumed node: %v", err)
+	}
+	if err := c.Stop(0); err != nil {
+		t.Fatal(err)
+	}
+	if c.Node(0).Running() {
+		t.Fatal("node 0 runs after Stop")
+	}
+}
+
+func TestClusterLoopback(t *testing.T) {
+	c := echoCluster(t, 3, nil)
+	for i := 0; i < c.Len(); i++ {
+		if !strings.HasPrefix(c.HTTPAddr(i), "127.0.0.1:") {
+			t.Fatalf("node %d at %s, want loopback", i, c.HTTPAddr(i))
+		}
+	}
+	checkClusterMechanics(t, c)
+}
+
+func TestClusterInNamespaces(t *testing.T) {
+	nw := NewNetwork(t, 3)
+	c := echoCluster(t, 3, nw)
+	if !strings.HasPrefix(c.P2PAddr(0), "/ip4/"+nw.IP(0).String()+"/tcp/") {
+		t.Fatalf("node 0 listens on %s, want its namespace address %s", c.P2PAddr(0), nw.IP(0))
+	}
+	checkClusterMechanics(t, c)
+	// A partition that includes the client cuts the test off from a node, through the
+	// very forwarder the harness handed out.
+	if err := nw.Partition([]int{2}, []int{0, 1, ClientNS}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := boots(&http.Client{Timeout: 500 * time.Millisecond}, c.HTTPAddr(2)); err == nil {
+		t.Fatal("node 2 answered across a partition from the client")
+	}
+	if err := nw.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := boots(&http.Client{Timeout: 5 * time.Second}, c.HTTPAddr(2)); err != nil {
+		t.Fatalf("after heal: %v", err)
+	}
+}
