@@ -15,6 +15,11 @@ package modelgen
 
 import "errors"
 
+// MaxWeightBytes caps the float32 weights a configuration may ask for, so a
+// typo on a command line (a dim of 76800 for 768) fails at once instead of
+// exhausting memory. 16 GiB is far above anything an edge mesh serves.
+const MaxWeightBytes = 16 << 30
+
 // Sentinel errors returned (wrapped) by this package.
 var (
 	// ErrInvalidConfig means a configuration cannot describe a valid model

@@ -49,10 +49,14 @@ func (c GPTConfig) Validate() error {
 	case c.Dim%c.Heads != 0:
 		return fmt.Errorf("%w: gpt dim %d not divisible by heads %d", ErrInvalidConfig, c.Dim, c.Heads)
 	}
-	return nil
+	if err := checkBounds("gpt", "layers", c.Layers, 1<<16, "dim", c.Dim, 1<<20, "vocab", c.Vocab, 1<<24, "context", c.Context, 1<<24); err != nil {
+		return err
+	}
+	return checkSize(c.Params())
 }
 
-// Params returns the number of float32 parameters the model holds.
+// Params returns the number of float32 parameters the model holds (the
+// tied token table counted once).
 func (c GPTConfig) Params() int64 {
 	d, l := int64(c.Dim), int64(c.Layers)
 	perBlock := 2*2*d + (d*3*d + 3*d) + (d*d + d) + (d*4*d + 4*d) + (4*d*d + d)

@@ -2,6 +2,7 @@ package modelgen
 
 import (
 	"encoding/binary"
+	"fmt"
 	"hash/fnv"
 	"math"
 	"unsafe"
@@ -162,6 +163,27 @@ func attrFloat(name string, v float32) *onnxpb.AttributeProto {
 
 func attrInts(name string, v ...int64) *onnxpb.AttributeProto {
 	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_INTS.Enum(), Ints: v}
+}
+
+// checkBounds rejects any field above its bound. The bounds are far past any
+// real model and keep Params from overflowing int64 before checkSize sees it.
+func checkBounds(kind string, fields ...any) error {
+	for i := 0; i+2 < len(fields); i += 3 {
+		name, v, limit := fields[i].(string), fields[i+1].(int), fields[i+2].(int)
+		if v > limit {
+			return fmt.Errorf("%w: %s %s %d exceeds %d", ErrInvalidConfig, kind, name, v, limit)
+		}
+	}
+	return nil
+}
+
+// checkSize rejects a parameter count whose weights exceed MaxWeightBytes
+// (or whose computation overflowed).
+func checkSize(params int64) error {
+	if params <= 0 || params > MaxWeightBytes/4 {
+		return fmt.Errorf("%w: %d parameters exceed the %d GiB limit on weights", ErrInvalidConfig, params, MaxWeightBytes>>30)
+	}
+	return nil
 }
 
 func product(dims []int64) int64 {

@@ -36,7 +36,21 @@ func (c LSTMConfig) Validate() error {
 	if c.Layers < 1 || c.Features < 1 || c.Hidden < 1 || c.Outputs < 1 {
 		return fmt.Errorf("%w: lstm layers, features, hidden and outputs must be positive: %+v", ErrInvalidConfig, c)
 	}
-	return nil
+	if err := checkBounds("lstm", "layers", c.Layers, 1<<16, "features", c.Features, 1<<24, "hidden", c.Hidden, 1<<20, "outputs", c.Outputs, 1<<24); err != nil {
+		return err
+	}
+	return checkSize(c.Params())
+}
+
+// Params returns the number of float32 parameters the model holds.
+func (c LSTMConfig) Params() int64 {
+	h, in := int64(c.Hidden), int64(c.Features)
+	var n int64
+	for l := 0; l < c.Layers; l++ {
+		n += 4*h*in + 4*h*h + 8*h
+		in = h
+	}
+	return n + h*int64(c.Outputs) + int64(c.Outputs)
 }
 
 // LSTM builds the stacked LSTM: input "sequence" float32 [seq, batch,

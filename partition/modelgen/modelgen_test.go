@@ -134,26 +134,36 @@ func TestGPTTiedEmbedding(t *testing.T) {
 	}
 }
 
-// TestParams checks Params against the initializers the builder writes.
+// TestParams checks Params against the initializers the builders write.
 func TestParams(t *testing.T) {
-	for _, cfg := range []GPTConfig{GPTTiny, {Layers: 3, Dim: 48, Heads: 4, Vocab: 50, Context: 8, Seed: 2}} {
-		m, err := GPT(cfg)
+	configs := []Config{
+		GPTTiny, GPTConfig{Layers: 3, Dim: 48, Heads: 4, Vocab: 50, Context: 8, Seed: 2},
+		ResNetTiny, ResNetMedium, ResNetConfig{Width: 4, Blocks: []int{2, 1, 3}, ImageSize: 8, Classes: 3, Stem: 1},
+		LSTMTiny, LSTMMedium,
+	}
+	for _, cfg := range configs {
+		m, err := cfg.Build()
 		if err != nil {
 			t.Fatal(err)
 		}
 		var floats int64
 		for _, init := range m.GetGraph().GetInitializer() {
-			if init.GetDataType() == elemFloat && init.GetName() != "" && !isConst(init.GetName()) {
+			if init.GetDataType() == elemFloat && !isConst(init.GetName()) {
 				floats += product(init.GetDims())
 			}
 		}
-		if floats != cfg.Params() {
-			t.Errorf("%+v: initializers hold %d floats, Params says %d", cfg, floats, cfg.Params())
+		params := cfg.(interface{ Params() int64 }).Params()
+		if floats != params {
+			t.Errorf("%+v: initializers hold %d floats, Params says %d", cfg, floats, params)
 		}
 	}
-	// GPT-2 small has 124,439,808 parameters (wte, wpe, 12 blocks, ln_f).
+	// GPT-2 small has 124,439,808 parameters (wte, wpe, 12 blocks, ln_f);
+	// ResNet-18 has 11,689,512 plus 9,600 batch-norm statistics.
 	if got := GPT2Small.Params(); got != 124439808 {
 		t.Errorf("GPT2Small.Params() = %d, want 124439808", got)
+	}
+	if got := ResNetMedium.Params(); got != 11689512+9600 {
+		t.Errorf("ResNetMedium.Params() = %d, want %d", got, 11689512+9600)
 	}
 }
 
@@ -397,6 +407,11 @@ func TestLookup(t *testing.T) {
 	}
 	badBuilds := []Config{
 		GPTConfig{Layers: 1, Dim: 30, Heads: 4, Vocab: 10, Context: 4},
+		GPTConfig{Layers: 12, Dim: 76800, Heads: 12, Vocab: 50257, Context: 1024},
+		GPTConfig{Layers: 1 << 40, Dim: 1 << 20, Heads: 1, Vocab: 1, Context: 1},
+		LSTMConfig{Layers: 4, Features: 8, Hidden: 1 << 20, Outputs: 1},
+		ResNetConfig{Width: 1 << 18, Blocks: []int{1, 1, 1, 1}, ImageSize: 8, Classes: 2, Stem: 1},
+		ResNetConfig{Width: 8, Blocks: slices.Repeat([]int{1}, 40), ImageSize: 8, Classes: 2, Stem: 1},
 		GPTConfig{Layers: 0, Dim: 32, Heads: 4, Vocab: 10, Context: 4},
 		ResNetConfig{Width: 8, Blocks: []int{1}, ImageSize: 8, Classes: 2, Stem: 3},
 		LSTMConfig{Layers: 1, Features: 0, Hidden: 4, Outputs: 1},

@@ -43,11 +43,41 @@ func (c ResNetConfig) Validate() error {
 		return fmt.Errorf("%w: resnet stem must be 1 or 4, got %d", ErrInvalidConfig, c.Stem)
 	}
 	for _, b := range c.Blocks {
-		if b < 1 {
+		if err := checkBounds("resnet", "blocks per stage", b, 1<<10); b < 1 || err != nil {
 			return fmt.Errorf("%w: resnet stage with %d blocks", ErrInvalidConfig, b)
 		}
 	}
-	return nil
+	if err := checkBounds("resnet", "stages", len(c.Blocks), 24, "image size", c.ImageSize, 1<<14, "classes", c.Classes, 1<<24); err != nil {
+		return err
+	}
+	// The widest stage has Width<<(stages-1) channels.
+	if err := checkBounds("resnet", "width (for this many stages)", c.Width, (1<<20)>>(len(c.Blocks)-1)); err != nil {
+		return err
+	}
+	return checkSize(c.Params())
+}
+
+// Params returns the number of float32 parameters the model holds (batch
+// norm statistics included).
+func (c ResNetConfig) Params() int64 {
+	convBN := func(cin, cout, k int64) int64 { return cout*cin*k*k + 4*cout }
+	w := int64(c.Width)
+	n := convBN(3, w, 3)
+	if c.Stem == 4 {
+		n = convBN(3, w, 7)
+	}
+	cin := w
+	for s, blocks := range c.Blocks {
+		cout := w << s
+		for b := 0; b < blocks; b++ {
+			n += convBN(cin, cout, 3) + convBN(cout, cout, 3)
+			if s > 0 && b == 0 || cin != cout {
+				n += convBN(cin, cout, 1)
+			}
+			cin = cout
+		}
+	}
+	return n + int64(c.Classes)*cin + int64(c.Classes)
 }
 
 // ResNet builds the CNN: input "image" float32 [batch, 3, H, W], output
