@@ -22,6 +22,8 @@ type Config interface {
 	ExampleInputs(batch, seq int, seed int64) ([]tensor.Tensor, error)
 	// OutputNames lists the graph outputs in order.
 	OutputNames() []string
+	// Params is the number of float32 weights the model holds.
+	Params() int64
 }
 
 // Build implements Config.

@@ -63,8 +63,8 @@ func (c GPTConfig) Params() int64 {
 	return int64(c.Vocab)*d + int64(c.Context)*d + l*perBlock + 2*d
 }
 
-// gptWeightNames returns the initializer names of block i, so the builder
-// and the reference read the same tensors.
+// gptBlockNames holds the initializer names of one block; gptBlock gives
+// them for block i, so the builder and the reference read the same tensors.
 type gptBlockNames struct {
 	ln1Scale, ln1Bias, qkvW, qkvB, projW, projB, ln2Scale, ln2Bias, fcW, fcB, fc2W, fc2B string
 }
@@ -81,6 +81,7 @@ func gptBlock(i int) gptBlockNames {
 	}
 }
 
+// Final LayerNorm weights.
 const (
 	lnfScale = "ln_f/scale"
 	lnfBias  = "ln_f/bias"

@@ -152,7 +152,7 @@ func TestParams(t *testing.T) {
 				floats += product(init.GetDims())
 			}
 		}
-		params := cfg.(interface{ Params() int64 }).Params()
+		params := cfg.Params()
 		if floats != params {
 			t.Errorf("%+v: initializers hold %d floats, Params says %d", cfg, floats, params)
 		}
