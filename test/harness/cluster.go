@@ -213,23 +213,8 @@ func (c *Cluster) awaitSeed() error {
 // readAddrs waits for the node's address files, pins its ports for later restarts and,
 // in a namespace, sets up the loopback forwarder the test reaches it through.
 func (c *Cluster) readAddrs(n *Node) error {
-	done, waitErr := n.Exited()
 	read := func(name string) (string, error) {
-		var v string
-		err := Poll(c.opts.StartTimeout, 20*time.Millisecond, func() error {
-			select {
-			case <-done:
-				return fmt.Errorf("%w: %s exited: %v", ErrNodeStart, n.Name, waitErr())
-			default:
-			}
-			b, err := os.ReadFile(filepath.Join(n.DataDir, name))
-			if err != nil {
-				return fmt.Errorf("%w: %s wrote no %s: %w", ErrNodeStart, n.Name, name, err)
-			}
-			v = strings.TrimSpace(string(b))
-			return nil
-		})
-		return v, err
+		return ReadAddrFile(n.Proc, filepath.Join(n.DataDir, name), c.opts.StartTimeout)
 	}
 	httpAddr, err := read(HTTPAddrFile)
 	if err != nil {
@@ -251,6 +236,27 @@ func (c *Cluster) readAddrs(n *Node) error {
 		}
 	}
 	return nil
+}
+
+// ReadAddrFile waits up to timeout for the file at path (an address a process writes
+// once it listens) and returns its trimmed content; it gives up at once if p exits.
+func ReadAddrFile(p *Proc, path string, timeout time.Duration) (string, error) {
+	done, waitErr := p.Exited()
+	var v string
+	err := Poll(timeout, 20*time.Millisecond, func() error {
+		select {
+		case <-done:
+			return fmt.Errorf("%w: %s exited: %v", ErrNodeStart, p.Name(), waitErr())
+		default:
+		}
+		b, err := os.ReadFile(path)
+		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+			return fmt.Errorf("%w: %s wrote no %s: %v", ErrNodeStart, p.Name(), filepath.Base(path), err)
+		}
+		v = strings.TrimSpace(string(b))
+		return nil
+	})
+	return v, err
 }
 
 // multiaddrTCPPort returns the port after /tcp/ in a multiaddr, "" if none.
