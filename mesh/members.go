@@ -64,7 +64,7 @@ func (m *Mesh) startGossip() error {
 	mc.GossipVerifyOutgoing = true
 	mc.Delegate = &gossipDelegate{m: m}
 	mc.Events = &eventDelegate{m: m}
-	mc.Logger = log.New(&slogWriter{log: m.log.With("subsystem", "memberlist")}, "", 0)
+	mc.Logger = log.New(&slogWriter{log: m.log.With("subsystem", "memberlist"), suspect: m.suspectByName}, "", 0)
 	// Peer ids are unforgeable, so a restarted node (same id, new port) may take over
 	// its dead entry at once instead of being refused as a name conflict.
 	mc.DeadNodeReclaimTime = time.Second
@@ -73,7 +73,6 @@ func (m *Mesh) startGossip() error {
 		return fmt.Errorf("mesh: memberlist: %w", err)
 	}
 	m.list = list
-	m.goRun(m.watchSuspects)
 	return nil
 }
 
@@ -99,19 +98,23 @@ func (d *gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
 type eventDelegate struct{ m *Mesh }
 
 func (e *eventDelegate) NotifyJoin(n *memberlist.Node) { e.m.emit(MemberJoin, n) }
+
+// NotifyLeave covers both a graceful leave and a death. memberlist's Node.State is not
+// kept up to date in callbacks, so a leaving node says so in its metadata first
+// (Leave sets NodeMeta.Leaving) and everything else counts as dead.
 func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
-	if n.State == memberlist.StateDead {
-		e.m.emit(MemberDead, n)
+	if meta, err := decodeMeta(n.Meta); err == nil && meta.Leaving {
+		e.m.emit(MemberLeave, n)
 		return
 	}
-	e.m.emit(MemberLeave, n)
+	e.m.emit(MemberDead, n)
 }
 func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.m.emit(MemberUpdate, n) }
 
-func (m *Mesh) toMember(n *memberlist.Node) Member {
+func (m *Mesh) toMember(n *memberlist.Node, state MemberState) Member {
 	mem := Member{
 		GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
-		State:      memberState(n.State),
+		State:      state,
 	}
 	if id, err := peer.Decode(n.Name); err == nil {
 		mem.PeerID = id
@@ -124,20 +127,17 @@ func (m *Mesh) toMember(n *memberlist.Node) Member {
 	return mem
 }
 
-func memberState(s memberlist.NodeStateType) MemberState {
-	switch s {
-	case memberlist.StateSuspect:
-		return StateSuspect
-	case memberlist.StateDead:
-		return StateDead
-	case memberlist.StateLeft:
-		return StateLeft
-	}
-	return StateAlive
-}
-
 func (m *Mesh) emit(t MemberEventType, n *memberlist.Node) {
-	ev := MemberEvent{Type: t, Member: m.toMember(n)}
+	state := StateAlive
+	switch t {
+	case MemberSuspect:
+		state = StateSuspect
+	case MemberDead:
+		state = StateDead
+	case MemberLeave:
+		state = StateLeft
+	}
+	ev := MemberEvent{Type: t, Member: m.toMember(n, state)}
 	m.log.Debug("member event", "event", t.String(), "member", shortID(ev.Member.PeerID), "state", ev.Member.State.String())
 	m.subsMu.Lock()
 	defer m.subsMu.Unlock()
@@ -147,32 +147,6 @@ func (m *Mesh) emit(t MemberEventType, n *memberlist.Node) {
 		default:
 			m.log.Warn("member event dropped: subscriber not keeping up", "event", t.String())
 		}
-	}
-}
-
-// watchSuspects polls memberlist for members turning suspect, because memberlist has no
-// callback for that transition.
-func (m *Mesh) watchSuspects(ctx context.Context) {
-	suspect := make(map[string]bool)
-	t := time.NewTicker(suspectPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := make(map[string]bool)
-		for _, n := range m.list.Members() {
-			if n.State != memberlist.StateSuspect {
-				continue
-			}
-			now[n.Name] = true
-			if !suspect[n.Name] {
-				m.emit(MemberSuspect, n)
-			}
-		}
-		suspect = now
 	}
 }
 
@@ -200,16 +174,32 @@ func (m *Mesh) Subscribe() (<-chan MemberEvent, func()) {
 	}
 }
 
-// Members lists the members memberlist considers alive or suspect, this node included.
+// Members lists the members memberlist has not declared dead or left, this node
+// included. Their State is StateAlive: memberlist does not expose suspicion through its
+// API, only through the MemberSuspect events this node derives from its own probes.
 func (m *Mesh) Members() []Member {
 	if m.list == nil {
 		return nil
 	}
 	var out []Member
 	for _, n := range m.list.Members() {
-		out = append(out, m.toMember(n))
+		out = append(out, m.toMember(n, StateAlive))
 	}
 	return out
+}
+
+// suspectByName emits MemberSuspect for the member memberlist just reported, in its
+// log, as failing this node's probes; memberlist has no callback for suspicion.
+func (m *Mesh) suspectByName(name string) {
+	if m.list == nil {
+		return
+	}
+	for _, n := range m.list.Members() {
+		if n.Name == name {
+			m.emit(MemberSuspect, n)
+			return
+		}
+	}
 }
 
 // Member returns one member by peer id.
@@ -261,7 +251,12 @@ func (m *Mesh) UpdateMeta(fn func(*NodeMeta)) error {
 
 // slogWriter bridges memberlist's standard logger into slog, mapping its "[LEVEL]"
 // prefixes to slog levels.
-type slogWriter struct{ log *slog.Logger }
+// It also watches for the one line that reports a suspicion, memberlist's only signal
+// of it.
+type slogWriter struct {
+	log     *slog.Logger
+	suspect func(name string)
+}
 
 func (w *slogWriter) Write(p []byte) (int, error) {
 	line := string(bytes.TrimSpace(p))
@@ -270,6 +265,11 @@ func (w *slogWriter) Write(p []byte) (int, error) {
 		if rest, ok := strings.CutPrefix(line, prefix); ok {
 			level, line = l, strings.TrimSpace(rest)
 			break
+		}
+	}
+	if rest, ok := strings.CutPrefix(line, "memberlist: Suspect "); ok && w.suspect != nil {
+		if name, ok := strings.CutSuffix(rest, " has failed, no acks received"); ok {
+			w.suspect(name)
 		}
 	}
 	w.log.Log(context.Background(), level, line)

@@ -236,9 +236,13 @@ func (m *Mesh) Close() error {
 }
 
 // Leave announces a graceful departure to the other members, then the caller closes.
+// The metadata is marked first so others report a leave, not a death.
 func (m *Mesh) Leave(timeout time.Duration) error {
 	if m.list == nil {
 		return ErrClosed
+	}
+	if err := m.UpdateMeta(func(meta *NodeMeta) { meta.Leaving = true }); err != nil {
+		m.log.Warn("could not mark metadata as leaving", "err", err)
 	}
 	return m.list.Leave(timeout)
 }

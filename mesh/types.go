@@ -27,6 +27,7 @@ type NodeMeta struct {
 	Speed     float64    `json:"s,omitempty"` // measured speed score (GFLOP/s of a matmul)
 	Load      int        `json:"l,omitempty"` // requests in flight
 	Stages    []StageRef `json:"st,omitempty"`
+	Leaving   bool       `json:"lv,omitempty"` // set by Leave just before a graceful exit
 }
 
 // MaxMetaBytes is memberlist's limit on encoded node metadata.

@@ -1,0 +1,109 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// Process-wide singletons of go-libp2p and its dependencies, started once on
+		// first use and never stopped; they are not per-host goroutines.
+		goleak.IgnoreTopFunction("github.com/libp2p/go-libp2p/p2p/transport/tcpreuse.(*sampledConn).peek"),
+		goleak.IgnoreAnyFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"),
+		goleak.IgnoreAnyFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.IgnoreAnyFunction("github.com/libp2p/go-libp2p/p2p/host/resource-manager.(*resourceManager).background"),
+	)
+}
+
+var testSecret = []byte("0123456789abcdef0123456789abcdef")
+
+// testLogger writes to the test log only when LAYERMESH_TEST_LOG is set; mesh logs are
+// loud and the tests assert on behaviour, not on log lines.
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("LAYERMESH_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// testConfig is a loopback-only config with fast failure detection.
+func testConfig(t testing.TB, dir string) Config {
+	return Config{
+		DataDir:        dir,
+		ListenAddrs:    []string{"/ip4/127.0.0.1/tcp/0"},
+		GossipBindAddr: "127.0.0.1",
+		ClusterID:      "test-cluster",
+		Secret:         testSecret,
+		Logger:         testLogger(t),
+		FastGossip:     true,
+		ProbeInterval:  -1,
+	}
+}
+
+func startMesh(t testing.TB, cfg Config) *Mesh {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("mesh.New: %v", err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	return m
+}
+
+// eventually polls fn until it returns nil or total passes, then fails with fn's error.
+func eventually(t testing.TB, total, every time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v: %v", total, err)
+		}
+		time.Sleep(every)
+	}
+}
+
+func aliveSet(m *Mesh) map[peer.ID]bool {
+	out := make(map[peer.ID]bool)
+	for _, mem := range m.Members() {
+		if mem.State == StateAlive {
+			out[mem.PeerID] = true
+		}
+	}
+	return out
+}
+
+// allSeeAll reports an error unless every mesh sees exactly the given ids alive.
+func allSeeAll(ms []*Mesh) error {
+	for _, m := range ms {
+		alive := aliveSet(m)
+		for _, o := range ms {
+			if !alive[o.ID()] {
+				return fmt.Errorf("node %s does not see %s alive (sees %d)", shortID(m.ID()), shortID(o.ID()), len(alive))
+			}
+		}
+	}
+	return nil
+}

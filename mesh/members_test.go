@@ -1,0 +1,176 @@
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+// seedForms gives node i's seed address in a different accepted form each time, so
+// all three forms are exercised: full multiaddr, multiaddr without /p2p/, host:port.
+func seedForms(m *Mesh, i int) string {
+	full := m.Addrs()[0]
+	bare := strings.Split(full, "/p2p/")[0]
+	switch i % 3 {
+	case 0:
+		return full
+	case 1:
+		return bare
+	}
+	a, _ := ma.NewMultiaddr(bare)
+	na, _ := manet.ToNetAddr(a)
+	return na.String()
+}
+
+func TestSeedsDiscoveryKillRestart(t *testing.T) {
+	const n = 5
+	dirs := make([]string, n)
+	ms := make([]*Mesh, n)
+	for i := range n {
+		dirs[i] = t.TempDir()
+		cfg := testConfig(t, dirs[i])
+		if i > 0 {
+			cfg.Join = []string{seedForms(ms[0], i)}
+		}
+		ms[i] = startMesh(t, cfg)
+	}
+	eventually(t, 30*time.Second, 200*time.Millisecond, func() error { return allSeeAll(ms) })
+
+	// Every member's metadata carries its peer id, addresses and data port.
+	for _, mem := range ms[1].Members() {
+		if mem.Meta.PeerID != mem.PeerID.String() || len(mem.Meta.Addrs) == 0 || mem.Meta.DataPort == 0 {
+			t.Fatalf("incomplete metadata for %s: %+v", mem.PeerID, mem.Meta)
+		}
+	}
+
+	events, cancel := ms[1].Subscribe()
+	defer cancel()
+	victim := ms[4]
+	victimID := victim.ID()
+	if err := victim.Close(); err != nil { // no graceful leave: a crash as far as gossip knows
+		t.Fatalf("close: %v", err)
+	}
+	var suspected bool
+	deadline := time.After(30 * time.Second)
+wait:
+	for {
+		select {
+		case ev := <-events:
+			if ev.Member.PeerID != victimID {
+				continue
+			}
+			switch ev.Type {
+			case MemberSuspect:
+				suspected = true
+			case MemberDead:
+				break wait
+			case MemberLeave:
+				t.Fatalf("killed node reported as a graceful leave")
+			}
+		case <-deadline:
+			t.Fatalf("killed node %s not reported dead within 30s", shortID(victimID))
+		}
+	}
+	t.Logf("killed node reported dead (suspect event seen first: %v)", suspected)
+
+	// Restart on the same data dir: same peer id, back among the living.
+	cfg := testConfig(t, dirs[4])
+	cfg.Join = []string{ms[2].Addrs()[0]}
+	ms[4] = startMesh(t, cfg)
+	if ms[4].ID() != victimID {
+		t.Fatalf("restarted node has peer id %s, want %s", ms[4].ID(), victimID)
+	}
+	eventually(t, 30*time.Second, 200*time.Millisecond, func() error { return allSeeAll(ms) })
+}
+
+func TestUpdateMetaGossips(t *testing.T) {
+	a := startMesh(t, testConfig(t, t.TempDir()))
+	cfg := testConfig(t, t.TempDir())
+	cfg.Join = []string{a.Addrs()[0]}
+	b := startMesh(t, cfg)
+	eventually(t, 20*time.Second, 100*time.Millisecond, func() error { return allSeeAll([]*Mesh{a, b}) })
+	err := b.UpdateMeta(func(meta *NodeMeta) {
+		meta.Load = 7
+		meta.Stages = []StageRef{{Model: "gpt|x", Version: "3", Stage: 1, Ready: true}}
+	})
+	if err != nil {
+		t.Fatalf("UpdateMeta: %v", err)
+	}
+	eventually(t, 20*time.Second, 100*time.Millisecond, func() error {
+		mem, ok := a.Member(b.ID())
+		if !ok || mem.Meta.Load != 7 || len(mem.Meta.Stages) != 1 || mem.Meta.Stages[0] != (StageRef{Model: "gpt|x", Version: "3", Stage: 1, Ready: true}) {
+			return fmt.Errorf("metadata not propagated: %+v", mem.Meta)
+		}
+		return nil
+	})
+	err = b.UpdateMeta(func(meta *NodeMeta) { meta.HTTPAddr = strings.Repeat("x", 600) })
+	if !errors.Is(err, ErrMetaTooLarge) {
+		t.Fatalf("oversized metadata: got %v, want ErrMetaTooLarge", err)
+	}
+	if b.Meta().HTTPAddr != "" {
+		t.Fatalf("refused metadata change was applied")
+	}
+}
+
+// loopbackMulticast makes sure lo carries multicast, which Linux leaves off by default.
+// mDNS in these tests must stay on loopback, so it needs the flag; setting it needs
+// root (CAP_NET_ADMIN). Without it the test fails loudly rather than skip.
+func loopbackMulticast(t *testing.T) {
+	t.Helper()
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatalf("no loopback interface: %v", err)
+	}
+	if lo.Flags&net.FlagMulticast != 0 {
+		return
+	}
+	out, err := exec.Command("ip", "link", "set", "lo", "multicast", "on").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mDNS test needs multicast on lo and it is off; `ip link set lo multicast on` failed (needs root): %v: %s", err, out)
+	}
+	t.Log("enabled multicast on lo (ip link set lo multicast on)")
+}
+
+func TestMDNSDiscovery(t *testing.T) {
+	loopbackMulticast(t)
+	const n = 5
+	ms := make([]*Mesh, n)
+	for i := range n {
+		cfg := testConfig(t, t.TempDir())
+		cfg.MDNS = true
+		cfg.MDNSInterfaces = []string{"lo"}
+		ms[i] = startMesh(t, cfg)
+	}
+	// A node of another cluster on the same loopback must not be found.
+	other := testConfig(t, t.TempDir())
+	other.ClusterID = "other-cluster"
+	other.MDNS = true
+	other.MDNSInterfaces = []string{"lo"}
+	stranger := startMesh(t, other)
+
+	eventually(t, 40*time.Second, 200*time.Millisecond, func() error { return allSeeAll(ms) })
+	for _, m := range ms {
+		if aliveSet(m)[stranger.ID()] {
+			t.Fatalf("node of another cluster joined through mDNS")
+		}
+	}
+	found := 0
+	for _, m := range ms {
+		if m.anyFoundBy(SourceMDNS) {
+			found++
+		}
+	}
+	if found == 0 {
+		t.Fatalf("members joined but none through mDNS")
+	}
+	if len(aliveSet(stranger)) != 1 {
+		t.Fatalf("stranger sees %d members, want only itself", len(aliveSet(stranger)))
+	}
+}
