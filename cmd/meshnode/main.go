@@ -1,0 +1,120 @@
+// Command meshnode is the layermesh node daemon. It reads its configuration (flags >
+// LAYERMESH_* environment > YAML --config file > defaults), loads ONNX Runtime, and
+// runs a node that serves models over the KServe v2 HTTP API until SIGINT or
+// SIGTERM.
+//
+// This build runs single-node: cluster flags are accepted and kept, and the node says
+// so in its log and at /v1/cluster.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/node"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main with its outcome as an exit code: 0 clean stop, 1 failure, 2 usage.
+func run(args []string, stdout, stderr io.Writer) int {
+	// Signals first, so that a SIGTERM during a slow start still stops us cleanly:
+	// every step below takes ctx.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	cfg, err := loadConfig(args, os.Getenv, stderr)
+	if err != nil {
+		if errors.Is(err, errUsage) {
+			fmt.Fprintln(stderr, "meshnode:", err)
+			return 2
+		}
+		fmt.Fprintln(stderr, "meshnode:", err)
+		return 1
+	}
+	if cfg.Version {
+		fmt.Fprintln(stdout, "meshnode", node.Version)
+		return 0
+	}
+
+	log := newLogger(cfg, stderr)
+	slog.SetDefault(log)
+
+	// ONNX Runtime is a dlopen and, for auto, a probe of the GPU providers: it comes
+	// before the listener because the node is built around it, and it is quick.
+	backend, err := accel.NewORT(accel.ORTConfig{
+		LibraryPath:    cfg.ORTLib,
+		Provider:       accel.Provider(cfg.Accel),
+		IntraOpThreads: cfg.Threads,
+		Logger:         log,
+	})
+	if err != nil {
+		log.Error("onnx runtime", "err", err)
+		return 1
+	}
+	// Closed last: the node closes its sessions on the way out of Run, and sessions
+	// must go before the runtime that made them.
+	defer backend.Close()
+
+	// New binds the HTTP listener (and writes <data-dir>/http.addr), so liveness
+	// answers from the moment Run starts, before any model has loaded.
+	n, err := node.New(node.Config{
+		Name:              cfg.Name,
+		DataDir:           cfg.DataDir,
+		ModelDir:          cfg.ModelDir,
+		HTTPAddr:          cfg.HTTP,
+		TLSCertFile:       cfg.TLSCert,
+		TLSKeyFile:        cfg.TLSKey,
+		Backend:           backend,
+		IntraOpThreads:    cfg.Threads,
+		SessionPool:       cfg.SessionPool,
+		MaxBodyBytes:      int64(cfg.MaxBody),
+		MaxModelBytes:     int64(cfg.MaxModelSize),
+		RequireInferToken: cfg.RequireInferToken,
+		Cluster: node.ClusterConfig{
+			Listen:            cfg.Listen,
+			GossipPort:        cfg.GossipPort,
+			Join:              cfg.Join,
+			Bootstrap:         cfg.Bootstrap,
+			BootstrapExpect:   cfg.BootstrapExpect,
+			ClusterSecretFile: cfg.ClusterSecretFile,
+			MDNS:              !cfg.NoMDNS,
+			DHT:               cfg.DHT,
+			MemBudgetBytes:    int64(cfg.MemBudget),
+		},
+		Logger: log,
+	})
+	if err != nil {
+		log.Error("starting node", "err", err)
+		return 1
+	}
+	log.Info("meshnode starting", "version", node.Version, "name", n.Name(), "http", n.URL(), "data_dir", cfg.DataDir)
+
+	// Run serves until a signal, then shuts down in order (HTTP drained first, then
+	// model sessions); see node.Run.
+	if err := n.Run(ctx); err != nil {
+		log.Error("node stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // checked in config.check
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(h)
+}
