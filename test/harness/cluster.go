@@ -242,21 +242,21 @@ func (c *Cluster) readAddrs(n *Node) error {
 // once it listens) and returns its trimmed content; it gives up at once if p exits.
 func ReadAddrFile(p *Proc, path string, timeout time.Duration) (string, error) {
 	done, waitErr := p.Exited()
-	var v string
-	err := Poll(timeout, 20*time.Millisecond, func() error {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := os.ReadFile(path)
+		if v := strings.TrimSpace(string(b)); err == nil && v != "" {
+			return v, nil
+		}
 		select {
 		case <-done:
-			return fmt.Errorf("%w: %s exited: %v", ErrNodeStart, p.Name(), waitErr())
-		default:
+			return "", fmt.Errorf("%w: %s exited before writing %s: %v", ErrNodeStart, p.Name(), filepath.Base(path), waitErr())
+		case <-time.After(20 * time.Millisecond):
 		}
-		b, err := os.ReadFile(path)
-		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
-			return fmt.Errorf("%w: %s wrote no %s: %v", ErrNodeStart, p.Name(), filepath.Base(path), err)
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("%w: %s wrote no %s within %v: %v", ErrNodeStart, p.Name(), filepath.Base(path), timeout, err)
 		}
-		v = strings.TrimSpace(string(b))
-		return nil
-	})
-	return v, err
+	}
 }
 
 // multiaddrTCPPort returns the port after /tcp/ in a multiaddr, "" if none.

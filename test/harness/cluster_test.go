@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -107,5 +108,15 @@ func TestClusterInNamespaces(t *testing.T) {
 	}
 	if _, _, err := boots(&http.Client{Timeout: 5 * time.Second}, c.HTTPAddr(2)); err != nil {
 		t.Fatalf("after heal: %v", err)
+	}
+}
+
+func TestReadAddrFileGivesUpWhenTheProcessDies(t *testing.T) {
+	dir := t.TempDir()
+	// echonode refuses to start without a data dir: it exits at once, writing nothing.
+	p := StartProc(t, ProcSpec{Name: "dies", Path: echonode(t), Args: []string{"--http", "127.0.0.1:0"}})
+	start := time.Now()
+	if _, err := ReadAddrFile(p, dir+"/http.addr", 30*time.Second); !errors.Is(err, ErrNodeStart) || time.Since(start) > 10*time.Second {
+		t.Fatalf("ReadAddrFile on a process that died: %v after %v; want ErrNodeStart at once", err, time.Since(start))
 	}
 }
