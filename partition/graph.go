@@ -152,6 +152,7 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 			return nil, fmt.Errorf("%w: initializer %q", ErrDuplicateOutput, t.GetName())
 		}
 		b, _ := tensorDataBytes(t)
+		b = min(b, maxSize)
 		weightIdx[t.GetName()] = len(g.Weights)
 		g.Weights = append(g.Weights, Weight{Name: t.GetName(), Bytes: b, Initializer: t})
 	}
@@ -161,7 +162,7 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 		b, _ := tensorDataBytes(sp.GetValues())
 		ib, _ := tensorDataBytes(sp.GetIndices())
 		weightIdx[name] = len(g.Weights)
-		g.Weights = append(g.Weights, Weight{Name: name, Bytes: b + ib})
+		g.Weights = append(g.Weights, Weight{Name: name, Bytes: min(b+ib, maxSize)})
 	}
 	isInput := map[string]bool{}
 	for _, vi := range gp.GetInput() {
@@ -188,7 +189,7 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 				return nil, fmt.Errorf("%w: %q", ErrDuplicateOutput, name)
 			}
 			weightIdx[name] = len(g.Weights)
-			g.Weights = append(g.Weights, Weight{Name: name, Bytes: constantBytes(n), Constant: n})
+			g.Weights = append(g.Weights, Weight{Name: name, Bytes: min(constantBytes(n), maxSize), Constant: n})
 			continue
 		}
 		compute = append(compute, n)

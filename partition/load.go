@@ -42,6 +42,14 @@ const (
 	externalLocationPrefix = "location"
 )
 
+// modelFieldTypes are ModelProto's fields and their wire types.
+var modelFieldTypes = map[protowire.Number]protowire.Type{
+	1: protowire.VarintType, 2: protowire.BytesType, 3: protowire.BytesType,
+	4: protowire.BytesType, 5: protowire.VarintType, 6: protowire.BytesType,
+	7: protowire.BytesType, 8: protowire.BytesType, 14: protowire.BytesType,
+	20: protowire.BytesType, 25: protowire.BytesType,
+}
+
 // Load reads and decodes the ONNX model at path. External-data files are resolved
 // against the model's folder and checked, but not read: extraction streams them.
 func Load(path string) (*Model, error) {
@@ -69,6 +77,11 @@ func Parse(data []byte, dir string) (*Model, error) {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return nil, wireError(n, "model")
+		}
+		if want, known := modelFieldTypes[num]; (len(b) == len(data) && (!known || want != typ)) || typ == protowire.StartGroupType {
+			// Any file parses as a few protobuf fields by accident; an ONNX model
+			// starts with one of ModelProto's own fields and never uses groups.
+			return nil, fmt.Errorf("%w: does not start like an ONNX ModelProto (field %d, wire type %d)", ErrNotONNX, num, typ)
 		}
 		if num == fieldModelGraph && typ == protowire.BytesType {
 			v, m := protowire.ConsumeBytes(b[n:])

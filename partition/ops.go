@@ -110,7 +110,7 @@ func elementwiseVals(op string, ins []*vinfo) []int64 {
 		return nil
 	}
 	a, b := ins[0].val, ins[1].val
-	if len(a) != len(b) && len(a) != 1 && len(b) != 1 {
+	if len(a) == 0 || len(b) == 0 || len(a) != len(b) && len(a) != 1 && len(b) != 1 {
 		return nil
 	}
 	n := max(len(a), len(b))
@@ -465,7 +465,7 @@ func inferNode(n *onnxpb.NodeProto, ins []*vinfo, opset int64) []*vinfo {
 	case "Range":
 		s, l, d := in(ins, 0), in(ins, 1), in(ins, 2)
 		out := &vinfo{dtype: s.dtype, shape: []int64{-1}}
-		if s.val != nil && l.val != nil && d.val != nil && len(d.val) == 1 && d.val[0] != 0 {
+		if len(s.val) == 1 && len(l.val) == 1 && len(d.val) == 1 && d.val[0] != 0 {
 			cnt := (l.val[0] - s.val[0] + d.val[0] - 1) / d.val[0]
 			if d.val[0] < 0 {
 				cnt = (s.val[0] - l.val[0] - d.val[0] - 1) / -d.val[0]
@@ -607,10 +607,17 @@ func convShape(n *onnxpb.NodeProto, x, w []int64, transpose bool) []int64 {
 			continue
 		}
 		ek := dil[i]*(k[i]-1) + 1
+		if strides[i] <= 0 {
+			out = append(out, -1)
+			continue
+		}
 		var o int64
 		switch {
 		case transpose:
-			outPad := attrIntsOr(n, "output_padding", make([]int64, sp))
+			outPad := attrIntsOr(n, "output_padding", nil)
+			if len(outPad) != sp {
+				outPad = make([]int64, sp)
+			}
 			o = strides[i]*(in-1) + outPad[i] + ek - pads[i] - pads[i+sp]
 		case autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER":
 			o = (in + strides[i] - 1) / strides[i]
@@ -642,6 +649,10 @@ func poolShape(n *onnxpb.NodeProto, x, k []int64) []int64 {
 			continue
 		}
 		ek := dil[i]*(k[i]-1) + 1
+		if strides[i] <= 0 {
+			out = append(out, -1)
+			continue
+		}
 		var o int64
 		switch {
 		case autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER":
@@ -844,7 +855,7 @@ func nodeFLOPs(nd *Node, env map[string]*vinfo, fallback int64) int64 {
 	var outElems int64
 	for _, o := range nd.Outputs {
 		if v := env[o]; v.known() {
-			outElems += v.numel()
+			outElems = min(outElems+v.numel(), maxSize)
 		}
 	}
 	if outElems == 0 && fallback > 0 {

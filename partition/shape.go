@@ -32,9 +32,25 @@ func (v *vinfo) numel() int64 {
 	}
 	n := int64(1)
 	for _, d := range v.shape {
-		n *= d
+		n = satMul(n, d)
 	}
 	return n
+}
+
+// maxSize caps any size or FLOP count: 256 Ti, beyond any real tensor, and low enough
+// that sums over a graph of up to 32768 nodes cannot overflow int64.
+const maxSize = 1 << 48
+
+// satMul multiplies non-negative sizes, saturating at maxSize instead of
+// overflowing: a hostile or broken model must not turn a size negative.
+func satMul(a, b int64) int64 {
+	if a <= 0 || b <= 0 {
+		return 0
+	}
+	if a > maxSize/b {
+		return maxSize
+	}
+	return a * b
 }
 
 // inferShapes runs shape inference twice: once with the symbolic input dims bound as
@@ -153,7 +169,7 @@ func (g *Graph) inferShapes(opts AnalyzeOptions) error {
 			v.Bytes = valueBytes(v, largestIn)
 			nd.OutputBytes += v.Bytes
 		}
-		nd.FLOPs = nodeFLOPs(nd, passA, largestIn)
+		nd.FLOPs = min(max(nodeFLOPs(nd, passA, largestIn), 0), maxSize)
 	}
 	return nil
 }
@@ -171,9 +187,9 @@ func valueBytes(v *Value, fallback int64) int64 {
 		if d < 0 {
 			return fallback
 		}
-		n *= d
+		n = satMul(n, d)
 	}
-	return n * size
+	return satMul(n, size)
 }
 
 // inferPass infers every tensor's dtype, shape and (for small integer tensors) value.
