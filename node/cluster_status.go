@@ -1,0 +1,102 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/consensus"
+)
+
+// Ready reports the cluster layer's readiness: a leader is known and this node's member
+// record is committed.
+func (c *Cluster) Ready(ctx context.Context) []wire.ReadyCheck {
+	check := wire.ReadyCheck{Layer: "cluster", Ready: true}
+	switch {
+	case c.store.Leader() == "":
+		check.Ready, check.Reason = false, "no raft leader known"
+	default:
+		if _, ok := c.store.State().Members[c.self]; !ok {
+			check.Ready, check.Reason = false, "joining: member record not committed yet"
+		}
+	}
+	return []wire.ReadyCheck{check}
+}
+
+// Cluster describes the cluster as this node sees it.
+func (c *Cluster) Cluster(ctx context.Context) (wire.ClusterStatus, error) {
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		return wire.ClusterStatus{}, err
+	}
+	st := c.store.State()
+	leader := c.store.Leader()
+	if m, ok := st.Members[leader]; ok && m.Name != "" {
+		leader = m.Name
+	}
+	return wire.ClusterStatus{Mode: "cluster", Leader: leader, Term: c.store.Stats().Term, Self: c.opts.Name, Nodes: nodes}, nil
+}
+
+// Nodes lists the members recorded in Raft with the stages each serves.
+func (c *Cluster) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
+	st := c.store.State()
+	live := c.liveMembers()
+	var out []wire.NodeStatus
+	for _, id := range slices.Sorted(maps.Keys(st.Members)) {
+		m := st.Members[id]
+		ns := wire.NodeStatus{Name: m.Name, HTTPAddr: m.HTTPAddr, State: string(m.State), Cores: m.Capacity.Cores,
+			MemTotal: uint64(max(m.Capacity.MemBudget, 0))}
+		if meta, ok := live[id]; ok {
+			if len(meta.Accels) > 0 {
+				ns.Accel = meta.Accels[0]
+			}
+			for _, s := range meta.Stages {
+				state := "loading"
+				if s.Ready {
+					state = "ready"
+				}
+				ns.Models = append(ns.Models, fmt.Sprintf("%s@%s/stage%d (%s)", s.Model, s.Version, s.Stage, state))
+			}
+		}
+		out = append(out, ns)
+	}
+	return out, nil
+}
+
+// memberByName finds a member's peer id by name (or by id).
+func (c *Cluster) memberByName(name string) (string, error) {
+	for id, m := range c.store.State().Members {
+		if m.Name == name || id == name {
+			return id, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s", api.ErrNodeNotFound, name)
+}
+
+// DrainNode marks the node draining: it gets no new stages and the leader moves its
+// stages elsewhere; the node unloads each once a replacement is ready.
+func (c *Cluster) DrainNode(ctx context.Context, name string) error {
+	id, err := c.memberByName(name)
+	if err != nil {
+		return err
+	}
+	return c.applyRetrying(ctx, consensus.NewCommand(consensus.SetMemberState{ID: id, State: consensus.MemberDraining, At: nowUTC()}))
+}
+
+// RemoveNode takes the node out of the Raft configuration and records it as left.
+func (c *Cluster) RemoveNode(ctx context.Context, name string) error {
+	id, err := c.memberByName(name)
+	if err != nil {
+		return err
+	}
+	if err := c.applyRetrying(ctx, consensus.NewCommand(consensus.SetMemberState{ID: id, State: consensus.MemberLeft, At: nowUTC()})); err != nil {
+		return err
+	}
+	return c.store.RemoveNode(ctx, id)
+}
+
+func nowUTC() time.Time { return time.Now().UTC() }

@@ -1,0 +1,224 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/layermesh/layermesh/consensus"
+	"github.com/layermesh/layermesh/mesh"
+)
+
+// missingGrace is how long a member recorded alive may be absent from memberlist before
+// the leader records it dead. memberlist itself has already waited out its suspicion
+// timeout by then; the grace covers a leader whose own memberlist is still converging
+// (just started, just elected), which would otherwise declare healthy nodes dead and
+// move their stages for nothing.
+const missingGrace = 2 * time.Second
+
+// controller is the leader's placement loop state. It lives on every node but acts only
+// while the node leads.
+type controller struct {
+	mu        sync.Mutex
+	missing   map[string]time.Time // member id -> first seen absent from memberlist
+	errs      map[string]string    // model key -> why it could not be placed
+	leadSince time.Time
+}
+
+// placementError is the last reason the controller could not place the model, if any.
+func (c *Cluster) placementError(key string) string {
+	c.ctrl.mu.Lock()
+	defer c.ctrl.mu.Unlock()
+	return c.ctrl.errs[key]
+}
+
+// leaderLoop reconciles member states and placements whenever the Raft state or the
+// membership changes, and every second, while this node leads.
+func (c *Cluster) leaderLoop(ctx context.Context) {
+	changes, stopWatch := c.store.Watch()
+	defer stopWatch()
+	events, stopEvents := c.mesh.Subscribe()
+	defer stopEvents()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		if c.store.IsLeader() {
+			c.ctrl.mu.Lock()
+			if c.ctrl.leadSince.IsZero() {
+				c.ctrl.leadSince = time.Now()
+			}
+			c.ctrl.mu.Unlock()
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			c.reconcileMembers(rctx)
+			c.reconcilePlacements(rctx)
+			cancel()
+		} else {
+			c.ctrl.mu.Lock()
+			c.ctrl.leadSince = time.Time{}
+			clear(c.ctrl.missing)
+			c.ctrl.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+		case <-events:
+		case <-tick.C:
+		}
+	}
+}
+
+// reconcileMembers records memberlist's view of liveness in Raft: a member gone from
+// memberlist for missingGrace becomes dead, a dead one seen again becomes alive.
+// Draining, left and removed are admin decisions and stay.
+func (c *Cluster) reconcileMembers(ctx context.Context) {
+	st := c.store.State()
+	live := c.liveMembers()
+	now := time.Now()
+	for id, m := range st.Members {
+		_, isLive := live[id]
+		c.ctrl.mu.Lock()
+		if isLive || id == c.self {
+			delete(c.ctrl.missing, id)
+		} else if _, ok := c.ctrl.missing[id]; !ok {
+			c.ctrl.missing[id] = now
+		}
+		since, absent := c.ctrl.missing[id]
+		leadFor := now.Sub(c.ctrl.leadSince)
+		c.ctrl.mu.Unlock()
+		var next consensus.MemberState
+		switch {
+		case (isLive || id == c.self) && (m.State == consensus.MemberDead || m.State == consensus.MemberSuspect):
+			next = consensus.MemberAlive
+		case absent && now.Sub(since) >= missingGrace && leadFor >= missingGrace &&
+			(m.State == consensus.MemberAlive || m.State == consensus.MemberSuspect || m.State == consensus.MemberDraining):
+			next = consensus.MemberDead
+		default:
+			continue
+		}
+		if _, err := c.store.Apply(ctx, consensus.NewCommand(consensus.SetMemberState{ID: id, State: next, At: now})); err != nil {
+			c.log.Warn("recording member state", "peer", id, "state", next, "err", err)
+			continue
+		}
+		c.log.Info("member state recorded", "peer", id, "name", m.Name, "state", next)
+	}
+}
+
+// reconcilePlacements places every model version whose committed placement differs
+// from what Place computes now, and drops versions superseded by a ready newer one.
+func (c *Cluster) reconcilePlacements(ctx context.Context) {
+	st := c.store.State()
+	live := c.liveMembers()
+	keys := slices.Sorted(maps.Keys(st.Models))
+	for _, key := range keys {
+		m := st.Models[key]
+		if len(m.Stages) == 0 {
+			continue
+		}
+		req := c.placementRequest(st, key, m, live)
+		res, err := Place(req)
+		c.ctrl.mu.Lock()
+		if err != nil {
+			if c.ctrl.errs[key] != err.Error() {
+				c.log.Error("cannot place model", "model", key, "err", err)
+			}
+			c.ctrl.errs[key] = err.Error()
+		} else {
+			delete(c.ctrl.errs, key)
+		}
+		c.ctrl.mu.Unlock()
+		if err != nil {
+			continue
+		}
+		prev, placed := st.Placements[key]
+		if placed && slices.EqualFunc(prev.Stages, res.Replicas, slices.Equal) {
+			continue
+		}
+		cmd := consensus.NewCommand(consensus.SetPlacement{
+			Placement:     consensus.Placement{Model: m.Name, Version: m.Version, Stages: res.Replicas},
+			ExpectedEpoch: prev.Epoch,
+		})
+		r, err := c.store.Apply(ctx, cmd)
+		if err != nil {
+			if !errors.Is(err, consensus.ErrEpochMismatch) {
+				c.log.Warn("committing placement", "model", key, "err", err)
+			}
+			continue
+		}
+		c.log.Info("placement committed", "model", key, "epoch", r.Epoch, "stages", res.Replicas,
+			"moved", res.Moved, "warnings", res.Warnings)
+		st = c.store.State()
+	}
+	c.dropSuperseded(ctx, st, live)
+}
+
+// placementRequest builds Place's input from the Raft state and memberlist.
+func (c *Cluster) placementRequest(st *consensus.ClusterState, key string, m consensus.Model, live map[string]mesh.NodeMeta) PlacementRequest {
+	info := deployAnnotation(st, m)
+	used := usedBytes(st, key)
+	req := PlacementRequest{Replicas: info.replicas(c.opts.Replicas)}
+	for k := range m.Stages {
+		req.Stages = append(req.Stages, PlacementStage{
+			MemBytes: info.memBytes(m, k), Cost: info.cost(m, k), Blob: m.Stages[k].SHA256,
+		})
+	}
+	c.suspectMu.Lock()
+	suspect := maps.Clone(c.suspect)
+	c.suspectMu.Unlock()
+	for id, mem := range st.Members {
+		pm := PlacementMember{ID: id, MemBudget: mem.Capacity.MemBudget, Used: used[id], Speed: mem.Capacity.Speed,
+			Blobs: make(map[string]bool)}
+		meta, isLive := live[id]
+		switch {
+		case mem.State == consensus.MemberDraining:
+			pm.State = MemberDraining
+		case mem.State != consensus.MemberAlive && mem.State != consensus.MemberSuspect:
+			pm.State = MemberDead
+		case !isLive && id != c.self:
+			// Recorded alive but gone from memberlist: keep what it has until it is
+			// recorded dead, give it nothing new.
+			pm.State = MemberSuspect
+		case suspect[id] || mem.State == consensus.MemberSuspect:
+			pm.State = MemberSuspect
+		default:
+			pm.State = MemberAlive
+		}
+		for k := range m.Stages {
+			if metaServes(meta, StageKey{Model: m.Name, Version: m.Version, Stage: k}) || id == info.Cutter {
+				pm.Blobs[m.Stages[k].SHA256] = true
+			}
+		}
+		req.Members = append(req.Members, pm)
+	}
+	slices.SortFunc(req.Members, func(a, b PlacementMember) int { return cmpStrings(a.ID, b.ID) })
+	if pl, ok := st.Placements[key]; ok && len(pl.Stages) == len(m.Stages) {
+		req.Previous = pl.Stages
+	}
+	return req
+}
+
+// dropSuperseded deletes the older versions of a model once a newer version serves:
+// a redeploy replaces the model without a moment where neither version answers.
+func (c *Cluster) dropSuperseded(ctx context.Context, st *consensus.ClusterState, live map[string]mesh.NodeMeta) {
+	newestReady := make(map[string]int)
+	for _, m := range st.Models {
+		if v := versionNumber(m.Version); v > newestReady[m.Name] && c.modelReady(st, m, live) {
+			newestReady[m.Name] = v
+		}
+	}
+	for _, m := range st.Models {
+		if v := versionNumber(m.Version); v < newestReady[m.Name] {
+			cmd := consensus.NewCommand(consensus.DeleteModel{Name: m.Name, Version: m.Version})
+			if _, err := c.store.Apply(ctx, cmd); err != nil {
+				c.log.Warn("dropping superseded version", "model", m.Name, "version", m.Version, "err", err)
+				continue
+			}
+			c.log.Info("superseded version dropped", "model", m.Name, "version", m.Version,
+				"by", strconv.Itoa(newestReady[m.Name]))
+		}
+	}
+}
