@@ -332,7 +332,8 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 }
 
 // findCuts computes the crossing tensors of every cut. A tensor produced at position
-// p (graph inputs: before 0) and last read at position l crosses cuts p+1..l.
+// p (graph inputs: -1) and last read at position l crosses cuts p+1..l; Cuts[0] thus
+// lists the graph inputs the first stage receives.
 func (g *Graph) findCuts() {
 	n := len(g.Nodes)
 	g.Cuts = make([]Cut, n+1)
@@ -355,9 +356,6 @@ func (g *Graph) findCuts() {
 		v := g.Values[name]
 		last := v.Consumers[len(v.Consumers)-1]
 		for c := v.Producer + 1; c <= last; c++ {
-			if c == 0 {
-				continue
-			}
 			cut := &g.Cuts[c]
 			cut.Crossing = append(cut.Crossing, name)
 			cut.Bytes += v.Bytes

@@ -286,21 +286,3 @@ func (m *Model) checkExternal() error {
 	}
 	return nil
 }
-
-// readExternal reads an external tensor's bytes.
-func (m *Model) readExternal(t *onnxpb.TensorProto) ([]byte, error) {
-	ref, err := m.external(t)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(ref.path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrExternalData, err)
-	}
-	defer f.Close()
-	buf := make([]byte, ref.length)
-	if _, err := f.ReadAt(buf, ref.offset); err != nil {
-		return nil, fmt.Errorf("%w: tensor %q: %w", ErrExternalData, t.GetName(), err)
-	}
-	return buf, nil
-}

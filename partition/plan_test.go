@@ -1,0 +1,350 @@
+package partition
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/partition/modelgen"
+)
+
+// randomGraph builds an analysed graph directly: n nodes in a random DAG over one
+// graph input, each reading 1-3 earlier tensors and 0-2 weights from a shared pool
+// (so weights are tied across distant nodes), with random sizes and FLOPs, and a few
+// cut points ruled out.
+func randomGraph(r *rand.Rand, n int) *Graph {
+	g := &Graph{Values: map[string]*Value{}, InputShapes: map[string][]int64{}}
+	g.Inputs = []string{"x"}
+	g.Values["x"] = &Value{Name: "x", Kind: KindGraphInput, DType: tensor.Float32, Bytes: int64(1 + r.IntN(100)), Producer: -1}
+	nw := 1 + r.IntN(n)
+	for i := 0; i < nw; i++ {
+		name := fmt.Sprintf("w%d", i)
+		g.Weights = append(g.Weights, Weight{Name: name, Bytes: int64(1 + r.IntN(1000))})
+		g.Values[name] = &Value{Name: name, Kind: KindWeight, Producer: -1}
+	}
+	avail := []string{"x"}
+	for pos := 0; pos < n; pos++ {
+		nd := Node{Position: pos, OpType: "Op", Name: fmt.Sprintf("n%d", pos), FLOPs: int64(r.IntN(10000))}
+		seen := map[string]bool{}
+		for k := 0; k < 1+r.IntN(3); k++ {
+			// Prefer recent tensors, as real graphs do, but reach back sometimes.
+			var in string
+			if r.IntN(3) == 0 {
+				in = avail[r.IntN(len(avail))]
+			} else {
+				in = avail[max(0, len(avail)-1-r.IntN(2))]
+			}
+			if !seen[in] {
+				seen[in] = true
+				nd.Inputs = append(nd.Inputs, in)
+			}
+		}
+		for k := 0; k < r.IntN(3); k++ {
+			wi := r.IntN(nw)
+			name := g.Weights[wi].Name
+			if !seen[name] {
+				seen[name] = true
+				nd.Inputs = append(nd.Inputs, name)
+				nd.Weights = append(nd.Weights, wi)
+				nd.ParamBytes += g.Weights[wi].Bytes
+			}
+		}
+		out := fmt.Sprintf("t%d", pos)
+		nd.Outputs = []string{out}
+		nd.OutputBytes = int64(1 + r.IntN(200))
+		g.Values[out] = &Value{Name: out, Kind: KindActivation, DType: tensor.Float32, Bytes: nd.OutputBytes, Producer: pos}
+		for _, in := range nd.Inputs {
+			g.Values[in].Consumers = append(g.Values[in].Consumers, pos)
+		}
+		g.Nodes = append(g.Nodes, nd)
+		avail = append(avail, out)
+	}
+	for _, w := range g.Weights {
+		g.ParamBytes += w.Bytes
+	}
+	g.Outputs = []string{fmt.Sprintf("t%d", n-1)}
+	g.findCuts()
+	for c := 1; c < n; c++ {
+		if r.IntN(5) == 0 {
+			g.Cuts[c].Valid = false
+		}
+	}
+	return g
+}
+
+// naiveStage recomputes a stage's memory and time from scratch, independently of the
+// planner's incremental sums.
+func naiveStage(g *Graph, devices []Device, bw func(i, j int) float64, k, a, b int) (mem int64, secs float64) {
+	used := map[int]bool{}
+	var params, work, flops int64
+	for pos := a; pos < b; pos++ {
+		nd := g.Nodes[pos]
+		for _, wi := range nd.Weights {
+			if !used[wi] {
+				used[wi] = true
+				params += g.Weights[wi].Bytes
+			}
+		}
+		w := nd.OutputBytes
+		for _, in := range nd.Inputs {
+			if g.Values[in].Kind != KindWeight {
+				w += g.Values[in].Bytes
+			}
+		}
+		work = max(work, w)
+		flops += nd.FLOPs
+	}
+	secs = float64(flops) / devices[k].Speed
+	if b < len(g.Nodes) {
+		secs += float64(g.Cuts[b].Bytes) / bw(k, k+1)
+	}
+	return params + g.Cuts[a].Bytes + work, secs
+}
+
+// bruteForce tries every choice of k-1 valid cuts and returns the best bottleneck
+// (+Inf when nothing fits).
+func bruteForce(g *Graph, devices []Device, bw func(i, j int) float64, k int) float64 {
+	valid := g.ValidCuts()
+	best := math.Inf(1)
+	var rec func(start, stage int, bounds []int)
+	rec = func(start, stage int, bounds []int) {
+		if stage == k-1 {
+			bounds = append(bounds, len(g.Nodes))
+			worst := 0.0
+			for j := 0; j < k; j++ {
+				mem, secs := naiveStage(g, devices, bw, j, bounds[j], bounds[j+1])
+				if mem > devices[j].MemBudget {
+					return
+				}
+				worst = math.Max(worst, secs)
+			}
+			best = math.Min(best, worst)
+			return
+		}
+		for i := start; i < len(valid); i++ {
+			if valid[i] > bounds[len(bounds)-1] {
+				rec(i+1, stage+1, append(append([]int(nil), bounds...), valid[i]))
+			}
+		}
+	}
+	rec(0, 0, []int{0})
+	return best
+}
+
+func TestPlanMatchesBruteForce(t *testing.T) {
+	r := rand.New(rand.NewPCG(42, 7))
+	feasible, infeasible := 0, 0
+	for iter := 0; iter < 400; iter++ {
+		n := 1 + r.IntN(9)
+		g := randomGraph(r, n)
+		nd := 1 + r.IntN(4)
+		devices := make([]Device, nd)
+		var total int64
+		for _, w := range g.Weights {
+			total += w.Bytes
+		}
+		for i := range devices {
+			devices[i] = Device{Name: fmt.Sprintf("d%d", i), MemBudget: int64(r.IntN(int(total)+600)) + 100, Speed: 0.5 + 4*r.Float64()}
+		}
+		bwm := make([][]float64, nd)
+		for i := range bwm {
+			bwm[i] = make([]float64, nd)
+			for j := range bwm[i] {
+				bwm[i][j] = 1 + 100*r.Float64()
+			}
+		}
+		bw := func(i, j int) float64 { return bwm[i][j] }
+		maxK := min(nd, len(g.ValidCuts())+1)
+		for k := 0; k <= maxK; k++ {
+			var want float64
+			if k == 0 {
+				want = math.Inf(1)
+				for kk := 1; kk <= maxK; kk++ {
+					want = math.Min(want, bruteForce(g, devices, bw, kk))
+				}
+			} else {
+				want = bruteForce(g, devices, bw, k)
+			}
+			p, err := Plan(g, devices, PlanOptions{Stages: k, LinkBandwidth: bw})
+			if math.IsInf(want, 1) {
+				infeasible++
+				if !errors.Is(err, ErrDoesNotFit) {
+					t.Fatalf("iter %d k=%d: brute force finds no fit, planner says %v", iter, k, err)
+				}
+				continue
+			}
+			feasible++
+			if err != nil {
+				t.Fatalf("iter %d k=%d: brute force finds %g, planner: %v", iter, k, want, err)
+			}
+			if math.Abs(p.Bottleneck-want) > 1e-9*math.Max(1, want) {
+				t.Fatalf("iter %d k=%d: planner bottleneck %g, brute force %g (cuts %v)", iter, k, p.Bottleneck, want, p.Cuts())
+			}
+			// The plan itself is what it claims: contiguous, on valid cuts, fitting.
+			worst := 0.0
+			for j, s := range p.Stages {
+				mem, secs := naiveStage(g, devices, bw, j, s.Start, s.End)
+				if mem != s.MemoryBytes || mem > devices[j].MemBudget || math.Abs(secs-s.Seconds) > 1e-9*math.Max(1, secs) {
+					t.Fatalf("iter %d k=%d stage %d: reports mem %d secs %g, recomputed %d %g, budget %d", iter, k, j, s.MemoryBytes, s.Seconds, mem, secs, devices[j].MemBudget)
+				}
+				if j > 0 && !g.Cuts[s.Start].Valid {
+					t.Fatalf("iter %d: stage %d starts at invalid cut %d", iter, j, s.Start)
+				}
+				worst = math.Max(worst, secs)
+			}
+			if err := g.checkPlan(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Logf("%d feasible and %d infeasible cases agree with brute force", feasible, infeasible)
+	if feasible < 100 || infeasible < 20 {
+		t.Fatalf("random cases do not cover both outcomes: %d feasible, %d infeasible", feasible, infeasible)
+	}
+}
+
+// TestHeterogeneousBudgets: budgets summing to just above the model's size, none able
+// to hold it alone, still give a plan in which every stage fits; budgets too small
+// give ErrDoesNotFit saying by how much.
+func TestHeterogeneousBudgets(t *testing.T) {
+	cfg := modelgen.ResNetMedium
+	cfg.ImageSize = 32
+	path := writeGenerated(t, cfg, t.TempDir())
+	m, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := Analyze(m, map[string][]int64{modelgen.ResNetInput: {1, 3, 32, 32}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Budgets cut to measure: split the weights about 45/35/20 at valid cuts, give
+	// each device 2% more than that stage needs. Their sum is then just above the
+	// model's size and no single budget holds the model.
+	P := g.ParamBytes
+	var bounds []int
+	var cum int64
+	for pos, nd := range g.Nodes {
+		cum += nd.ParamBytes
+		frac := float64(cum) / float64(P)
+		if pos+1 < len(g.Nodes) && g.Cuts[pos+1].Valid && ((len(bounds) == 0 && frac >= 0.45) || (len(bounds) == 1 && frac >= 0.8)) {
+			bounds = append(bounds, pos+1)
+		}
+	}
+	bounds = append(append([]int{0}, bounds...), len(g.Nodes))
+	if len(bounds) != 4 {
+		t.Fatalf("no 45/35/20 split found: %v", bounds)
+	}
+	var devices []Device
+	var sum int64
+	for i := 0; i < 3; i++ {
+		mem, _ := naiveStage(g, UniformDevices(3, 0, 1), func(int, int) float64 { return 1 }, i, bounds[i], bounds[i+1])
+		b := mem + mem/50
+		devices = append(devices, Device{Name: fmt.Sprintf("dev%d", i), MemBudget: b, Speed: float64(1 + i)})
+		sum += b
+		if b >= P {
+			t.Fatalf("budget %d (%d) holds the whole model (%d)", i, b, P)
+		}
+	}
+	if float64(sum) > 1.1*float64(P) {
+		t.Fatalf("budgets sum to %d, not just above the weights (%d)", sum, P)
+	}
+	t.Logf("weights %s, budgets %s + %s + %s = %s", FormatBytes(P), FormatBytes(devices[0].MemBudget), FormatBytes(devices[1].MemBudget), FormatBytes(devices[2].MemBudget), FormatBytes(sum))
+	p, err := Plan(g, devices, PlanOptions{Stages: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	man, err := Extract(m, g, p, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range p.Stages {
+		// Check the written stage file, not only the planner's arithmetic.
+		sm, err := Load(filepath.Join(dir, man.Stages[i].File))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var weights int64
+		for _, init := range sm.Proto.GetGraph().GetInitializer() {
+			b, _ := tensorDataBytes(init)
+			weights += b
+		}
+		t.Logf("stage %d nodes [%d,%d): weights %s (file), memory %s, budget %s", i, s.Start, s.End, FormatBytes(weights), FormatBytes(s.MemoryBytes), FormatBytes(s.Device.MemBudget))
+		if weights != s.ParamBytes || s.MemoryBytes > s.Device.MemBudget {
+			t.Errorf("stage %d: file weights %d, plan says %d; memory %d over budget %d", i, weights, s.ParamBytes, s.MemoryBytes, s.Device.MemBudget)
+		}
+	}
+	be := ortBackend(t)
+	inputs, err := cfg.ExampleInputs(1, 0, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Verify(t.Context(), be, path, man, dir, inputs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Outputs[0].MaxRelToScale > chainTolerance {
+		t.Errorf("chain differs: %+v", rep.Outputs[0])
+	}
+
+	// Too small: three budgets of 30% each cannot hold the weights.
+	small := UniformDevices(3, int64(0.3*float64(P)), 1)
+	_, err = Plan(g, small, PlanOptions{Stages: 3})
+	if !errors.Is(err, ErrDoesNotFit) || !strings.Contains(err.Error(), "more bytes") {
+		t.Fatalf("small budgets: %v", err)
+	}
+	t.Log(err)
+	_, err = Plan(g, small, PlanOptions{})
+	if !errors.Is(err, ErrDoesNotFit) {
+		t.Fatalf("small budgets, auto: %v", err)
+	}
+}
+
+// TestAutoStages: auto picks one stage when one fast device holds everything and the
+// links are slow, and more when memory forces it.
+func TestAutoStages(t *testing.T) {
+	m, err := Parse(marshal(t, chainModel(6, 256)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := Analyze(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := func(int, int) float64 { return 1 }
+	p, err := Plan(g, UniformDevices(3, 1<<30, 1e6), PlanOptions{LinkBandwidth: slow})
+	if err != nil || len(p.Stages) != 1 {
+		t.Fatalf("slow links: %v %+v", err, p)
+	}
+	fast := func(int, int) float64 { return 1e15 }
+	p, err = Plan(g, UniformDevices(3, 1<<30, 1), PlanOptions{LinkBandwidth: fast})
+	if err != nil || len(p.Stages) != 3 {
+		t.Fatalf("fast links, equal devices: want 3 stages: %v %+v", err, p)
+	}
+	tight := UniformDevices(3, g.ParamBytes*6/10+4096, 1e6)
+	p, err = Plan(g, tight, PlanOptions{LinkBandwidth: slow})
+	if err != nil || len(p.Stages) < 2 {
+		t.Fatalf("tight memory: want 2+ stages: %v %+v", err, p)
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{"2GiB": 2 << 30, "1.5G": 3 << 29, "512MB": 512e6, "300M": 300 << 20, "1024": 1024, "4 KiB": 4096} {
+		got, err := ParseBytes(in)
+		if err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "GiB", "-1G", "1XB", "1e400"} {
+		if _, err := ParseBytes(bad); err == nil {
+			t.Errorf("ParseBytes(%q) accepted", bad)
+		}
+	}
+}
+
