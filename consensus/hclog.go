@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -49,7 +50,16 @@ func (b *hclogBridge) Log(level hclog.Level, msg string, args ...any) {
 		attrs = append(attrs, "subsystem", b.name)
 	}
 	attrs = append(attrs, b.implied...)
-	attrs = append(attrs, args...)
+	for _, a := range args {
+		// hclog.Fmt values are deferred Sprintf calls; slog would print the
+		// raw slice.
+		if f, ok := a.(hclog.Format); ok && len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				a = fmt.Sprintf(format, f[1:]...)
+			}
+		}
+		attrs = append(attrs, a)
+	}
 	b.logger.Log(context.Background(), slogLevel(level), msg, attrs...)
 }
 
