@@ -281,3 +281,13 @@ func Float32ToBFloat16(f float32) uint16 {
 	}
 	return uint16((x + 0x7fff + (x>>16)&1) >> 16)
 }
+
+// TensorFromJSON builds a tensor from a KServe datatype, a shape and JSON data (flat
+// or nested arrays), with the same checks the server applies to a request.
+func TensorFromJSON(name, datatype string, shape []int64, data []byte) (tensor.Tensor, error) {
+	if !json.Valid(data) {
+		return tensor.Tensor{}, fmt.Errorf("tensor %q: %w: data is not JSON", name, ErrBadJSON)
+	}
+	var none []byte
+	return decodeTensor(name, shape, datatype, nil, data, &none)
+}

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/layermesh/layermesh/partition/modelgen"
+)
+
+// runGenModel writes one of modelgen's deterministic models. The options of a kind
+// become its flags (gpt: --layers --dim --heads --vocab --context --seed).
+func runGenModel(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return usagef("want a KIND first (one of %s), then its flags", strings.Join(modelgen.Kinds(), ", "))
+	}
+	kind := args[0]
+	keys, err := modelgen.OptionKeys(kind)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	fs := flag.NewFlagSet("gen-model "+kind, flag.ContinueOnError)
+	vals := make(map[string]*int, len(keys))
+	for _, k := range keys {
+		vals[k] = fs.Int(k, 0, k+" (default: the preset's)")
+	}
+	out := fs.String("o", "", "output file (.onnx)")
+	external := fs.Bool("external-data", false, "store the weights in FILE.onnx.data (forced above about 1.8 GiB)")
+	asJSON := fs.Bool("json", false, "print JSON instead of text")
+	pos, err := parseArgs(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("unexpected arguments %q", pos)
+	}
+	if *out == "" {
+		return usagef("give the output file with -o FILE.onnx")
+	}
+	opts := map[string]int{}
+	fs.Visit(func(f *flag.Flag) {
+		if v, ok := vals[f.Name]; ok {
+			opts[f.Name] = *v
+		}
+	})
+	start := time.Now()
+	m, cfg, err := modelgen.Generate(kind, opts)
+	if err != nil {
+		return err
+	}
+	if err := modelgen.WriteFileWith(m, *out, modelgen.WriteOptions{ExternalData: *external}); err != nil {
+		return err
+	}
+	fi, err := os.Stat(*out)
+	if err != nil {
+		return err
+	}
+	took := time.Since(start)
+	if *asJSON {
+		return printJSON(stdout, map[string]any{
+			"file": *out, "kind": kind, "options": opts, "params": cfg.Params(), "bytes": fi.Size(),
+			"outputs": cfg.OutputNames(), "seconds": took.Seconds(),
+		})
+	}
+	fmt.Fprintf(stdout, "wrote %s: %s, %d parameters, %s, in %s\n", *out, kind, cfg.Params(), humanBytes(fi.Size()), took.Round(time.Millisecond))
+	return nil
+}

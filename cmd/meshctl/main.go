@@ -1,0 +1,219 @@
+// Command meshctl is layermesh's admin CLI, a client of the HTTP API of any node:
+// inference, models, status, deploy and undeploy, and offline tools (gen-model).
+//
+// Every command takes --addr (env LAYERMESH_ADDR), --token / --token-file (env
+// LAYERMESH_TOKEN, LAYERMESH_TOKEN_FILE) and --json. Output is a human table by
+// default. Exit codes: 0 success, 1 the command failed, 2 the command line is wrong.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/layermesh/layermesh/api/client"
+)
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = "dev"
+
+// errUsage marks a wrong command line; main exits 2 for it.
+var errUsage = errors.New("usage")
+
+func usagef(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+// command is one subcommand.
+type command struct {
+	summary string
+	run     func(ctx context.Context, args []string, stdout io.Writer) error
+}
+
+// commands is filled in init so that command functions may print the list.
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"infer":     {"run a model: infer MODEL --input NAME=VALUES|@file.json|@file.npy", runInfer},
+		"models":    {"list the models and their readiness", runModels},
+		"model":     {"show one model: status, plan and signature", runModel},
+		"status":    {"node and cluster status, readiness and models", runStatus},
+		"nodes":     {"list the nodes", runNodes},
+		"deploy":    {"upload and deploy a model: deploy FILE.onnx --name NAME", runDeploy},
+		"undeploy":  {"remove a model: undeploy NAME", runUndeploy},
+		"gen-model": {"write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", runGenModel},
+		"version":   {"print the client's and the node's version", runVersion},
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printUsage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "meshctl: unknown command %q\n\n", args[0])
+		printUsage(stderr)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := cmd.run(ctx, args[1:], stdout)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "meshctl %s: %v\n", args[0], err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "meshctl %s: %v\n", args[0], describe(err))
+		return 1
+	}
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: meshctl COMMAND [flags]   (meshctl COMMAND -h for its flags)")
+	fmt.Fprintln(w)
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, n := range names {
+		fmt.Fprintf(tw, "  %s\t%s\n", n, commands[n].summary)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\ncommon flags: --addr (LAYERMESH_ADDR), --token (LAYERMESH_TOKEN), --token-file (LAYERMESH_TOKEN_FILE), --json")
+}
+
+// describe adds a hint to the errors people hit first.
+func describe(err error) error {
+	var e *client.Error
+	if errors.As(err, &e) && e.Code == "unauthorized" {
+		return fmt.Errorf("%w\n  hint: pass the admin token with --token-file <data-dir>/admin.token or LAYERMESH_TOKEN", err)
+	}
+	return err
+}
+
+// common are the flags every command that talks to a node takes.
+type common struct {
+	addr      string
+	token     string
+	tokenFile string
+	json      bool
+	timeout   time.Duration
+}
+
+func addCommon(fs *flag.FlagSet) *common {
+	c := &common{}
+	addr := os.Getenv("LAYERMESH_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:8000"
+	}
+	fs.StringVar(&c.addr, "addr", addr, "node API address, host:port or URL (env LAYERMESH_ADDR)")
+	fs.StringVar(&c.token, "token", "", "API token (env LAYERMESH_TOKEN)")
+	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the API token, e.g. <data-dir>/admin.token (env LAYERMESH_TOKEN_FILE)")
+	fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
+	fs.DurationVar(&c.timeout, "timeout", 0, "give up after this long (0: no limit)")
+	return c
+}
+
+// client builds the API client; the token comes from --token, --token-file,
+// LAYERMESH_TOKEN or LAYERMESH_TOKEN_FILE, in that order.
+func (c *common) client() (*client.Client, error) {
+	tok := c.token
+	file := c.tokenFile
+	if tok == "" && file == "" {
+		tok = os.Getenv("LAYERMESH_TOKEN")
+		if tok == "" {
+			file = os.Getenv("LAYERMESH_TOKEN_FILE")
+		}
+	}
+	if tok == "" && file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("token file: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	return client.New(c.addr, client.WithToken(tok))
+}
+
+func (c *common) context(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.timeout > 0 {
+		return context.WithTimeout(ctx, c.timeout)
+	}
+	return context.WithCancel(ctx)
+}
+
+// parseArgs parses flags that may come before, between or after positional
+// arguments (Go's flag package stops at the first positional one).
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(os.Stderr)
+				fs.PrintDefaults()
+				return nil, err
+			}
+			return nil, usagef("%v", err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+}
+
+// humanBytes prints a byte count the way people read them.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
