@@ -517,13 +517,39 @@ func inferNode(n *onnxpb.NodeProto, ins []*vinfo, opset int64) []*vinfo {
 		return []*vinfo{{dtype: tensor.Int64, shape: []int64{int64(len(x.shape)), -1}}}
 	case "TopK":
 		return []*vinfo{{dtype: x.dtype}, {dtype: tensor.Int64}}
+	case "If":
+		// Both branches must produce the same types; take the then-branch's.
+		for _, a := range n.GetAttribute() {
+			if a.GetName() != "then_branch" {
+				continue
+			}
+			var outs []*vinfo
+			for _, o := range a.GetG().GetOutput() {
+				v := fromValueInfo(o, nil)
+				if v == nil {
+					v = &vinfo{}
+				}
+				outs = append(outs, v)
+			}
+			return outs
+		}
 	}
-	if len(n.GetOutput()) > 0 && x.dtype != 0 {
-		// Unknown op: assume the first output keeps the first input's dtype, the most
-		// common case; its shape stays unknown.
+	if dtypeKeepingOps[op] {
+		// Shape rules not written for these; their first output keeps the data
+		// input's dtype, so at least a cut after them has a type.
 		return []*vinfo{{dtype: x.dtype}}
 	}
 	return nil
+}
+
+// dtypeKeepingOps produce their first output in the dtype of their first input.
+var dtypeKeepingOps = map[string]bool{
+	"Resize": true, "Upsample": true, "DepthToSpace": true, "SpaceToDepth": true,
+	"ReverseSequence": true, "ScatterND": true, "ScatterElements": true, "Scatter": true,
+	"GatherElements": true, "GatherND": true, "Trilu": true, "Compress": true,
+	"Einsum": true, "RoiAlign": true, "MaxRoiPool": true, "MaxUnpool": true,
+	"GridSample": true, "AffineGrid": true, "Col2Im": true, "CenterCropPad": true,
+	"QuickGelu": true, "BiasAdd": true, "BiasSplitGelu": true,
 }
 
 func tensorIntsAttr(n *onnxpb.NodeProto) ([]int64, bool) {

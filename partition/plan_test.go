@@ -347,4 +347,3 @@ func TestParseBytes(t *testing.T) {
 		}
 	}
 }
-
