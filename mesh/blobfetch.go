@@ -250,7 +250,7 @@ func (m *Mesh) serveBlobChunk(ctx context.Context, d *dataConn) error {
 	_ = d.SetDeadline(time.Now().Add(headerReadTimeout))
 	req, err := readBlobRequest(d)
 	if err != nil {
-		_ = writeErrorFrame(d, CodeMalformed, err.Error())
+		cutOff(d, err)
 		return err
 	}
 	hash := hex.EncodeToString(req.hash[:])

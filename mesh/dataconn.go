@@ -169,7 +169,7 @@ func (m *Mesh) serveData(ctx context.Context, c net.Conn) {
 		var err error
 		switch kind[0] {
 		case kindStage:
-			err = m.serveStage(ctx, d, p, true)
+			err = m.serveStage(ctx, d, p)
 		case kindBlob:
 			err = m.serveBlobChunk(ctx, d)
 		case kindPing:
@@ -179,8 +179,12 @@ func (m *Mesh) serveData(ctx context.Context, c net.Conn) {
 		default:
 			err = fmt.Errorf("%w: unknown exchange kind %d", ErrMalformedFrame, kind[0])
 		}
-		if err == nil {
-			err = d.flush()
+		// Flush even after a failure: the error frame explaining it is in the buffer.
+		if err != nil {
+			_ = d.SetDeadline(time.Now().Add(time.Second))
+		}
+		if ferr := d.flush(); err == nil {
+			err = ferr
 		}
 		if err != nil {
 			log.Warn("data conn cut off", "err", err)
@@ -315,6 +319,7 @@ func (m *Mesh) exchange(ctx context.Context, p peer.ID, fn func(d *dataConn) err
 	}
 	stop := context.AfterFunc(ctx, func() { _ = d.Close() })
 	err = fn(d)
+	err = deadlineError(ctx, err)
 	if !stop() {
 		m.pool.discard(d)
 		if ctxErr := ctx.Err(); ctxErr != nil {
@@ -329,5 +334,17 @@ func (m *Mesh) exchange(ctx context.Context, p peer.ID, fn func(d *dataConn) err
 	}
 	_ = d.SetDeadline(time.Time{})
 	m.pool.put(d)
+	return err
+}
+
+// deadlineError reports a socket timeout as the context's deadline: the socket deadline
+// is the context's, and its timer may fire a moment before the context's own.
+func deadlineError(ctx context.Context, err error) error {
+	if err == nil || !isTimeout(err) {
+		return err
+	}
+	if _, ok := ctx.Deadline(); ok {
+		return fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+	}
 	return err
 }

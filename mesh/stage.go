@@ -13,8 +13,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
+// headerReadTimeout bounds reading a request header; a var so tests can shorten it.
+var headerReadTimeout = 10 * time.Second
+
 const (
-	headerReadTimeout = 10 * time.Second
 	// stageReadTimeout bounds reading one request's tensors when it carries no
 	// deadline, so a slow-loris peer cannot hold a handler slot forever.
 	stageReadTimeout = 2 * time.Minute
@@ -41,7 +43,7 @@ func (m *Mesh) handleStageStream(s network.Stream) {
 		_ = s.Close()
 		return
 	}
-	if err := m.serveStage(m.ctx, s, p, false); err != nil {
+	if err := m.serveStage(m.ctx, s, p); err != nil {
 		m.log.Warn("stage stream cut off", "peer", p.String(), "err", err)
 		_ = s.Reset()
 		return
@@ -58,11 +60,11 @@ type stageConn interface {
 
 // serveStage reads one request, runs the handler, writes the response. A returned error
 // means the connection is no longer usable (malformed frame, I/O failure).
-func (m *Mesh) serveStage(ctx context.Context, c stageConn, p peer.ID, halfDuplex bool) error {
+func (m *Mesh) serveStage(ctx context.Context, c stageConn, p peer.ID) error {
 	_ = c.SetDeadline(time.Now().Add(headerReadTimeout))
 	req, err := readStageHeader(c)
 	if err != nil {
-		_ = writeErrorFrame(c, CodeMalformed, err.Error())
+		cutOff(c, err)
 		return err
 	}
 	readBy := time.Now().Add(stageReadTimeout)
@@ -72,11 +74,11 @@ func (m *Mesh) serveStage(ctx context.Context, c stageConn, p peer.ID, halfDuple
 	_ = c.SetDeadline(readBy)
 	req.Tensors, err = tensor.Decode(c, tensor.Limits{MaxTensors: maxOutputs, MaxBytes: m.cfg.MaxTensorBytes})
 	if err != nil {
-		_ = writeErrorFrame(c, CodeMalformed, err.Error())
+		cutOff(c, err)
 		return fmt.Errorf("%w: request %s: %w", ErrMalformedFrame, req.RequestID, err)
 	}
 	_ = c.SetDeadline(time.Time{})
-	out, herr := m.runStage(ctx, c, req, halfDuplex)
+	out, herr := m.runStage(ctx, c, req)
 	if herr != nil {
 		m.log.Debug("stage request failed", "peer", p.String(), "request", req.RequestID, "model", req.Model, "stage", req.Stage, "err", herr)
 		return writeErrorFrame(c, codeOf(herr), herr.Error())
@@ -88,12 +90,19 @@ func (m *Mesh) serveStage(ctx context.Context, c stageConn, p peer.ID, halfDuple
 	return err
 }
 
+// cutOff tells a peer why its frame is being dropped, with a fresh short deadline since
+// the read that failed may have used up the old one. The caller then closes.
+func cutOff(c stageConn, err error) {
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	_ = writeErrorFrame(c, CodeMalformed, err.Error())
+}
+
 // runStage runs the handler with a context that ends at the request's deadline or when
-// the caller gives up. The caller gives up by closing the connection (data conn) or
-// resetting the stream (libp2p); a watcher reading the otherwise idle connection sees
-// that and cancels. On a libp2p stream the caller half-closes after its request, so a
-// clean EOF there is not a cancellation (halfDuplex).
-func (m *Mesh) runStage(ctx context.Context, c stageConn, req *StageRequest, halfDuplex bool) ([]tensor.Tensor, error) {
+// the caller gives up. The caller sends nothing while it waits, and gives up by closing
+// the connection (data conn) or resetting the stream (libp2p); a watcher reading the
+// otherwise idle connection sees that and cancels. (The caller does not half-close a
+// stream after its request: yamux reports no reset once a read side has seen EOF.)
+func (m *Mesh) runStage(ctx context.Context, c stageConn, req *StageRequest) ([]tensor.Tensor, error) {
 	if !req.Deadline.IsZero() && !time.Now().Before(req.Deadline) {
 		return nil, fmt.Errorf("%w: arrived after its deadline", ErrDeadline)
 	}
@@ -119,7 +128,6 @@ func (m *Mesh) runStage(ctx context.Context, c stageConn, req *StageRequest, hal
 		case n > 0:
 			watchErr = errWatcherData
 			cancel()
-		case halfDuplex && errors.Is(err, io.EOF):
 		case isTimeout(err):
 		default:
 			cancel()
@@ -220,9 +228,6 @@ func (m *Mesh) callStageStream(ctx context.Context, p peer.ID, req *StageRequest
 		if _, err := tensor.Encode(s, req.Tensors); err != nil {
 			return nil, err
 		}
-		if err := s.CloseWrite(); err != nil {
-			return nil, err
-		}
 		if err := readResponseStatus(s, p); err != nil {
 			return nil, err
 		}
@@ -230,6 +235,7 @@ func (m *Mesh) callStageStream(ctx context.Context, p peer.ID, req *StageRequest
 	}()
 	if err != nil {
 		_ = s.Reset()
+		err = deadlineError(ctx, err)
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
