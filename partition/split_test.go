@@ -147,3 +147,15 @@ func TestSplitGPTTiny(t *testing.T) {
 	}
 	checkSplits(t, path, map[string][]int64{inputs[0].Name: inputs[0].Shape}, inputs, []int{2, 3, 4})
 }
+
+// TestSplitGPT2Small splits the 12 x 768 GPT (125M parameters, about 500 MB) into 2,
+// 3 and 4 stages. Four tokens keep ONNX Runtime's share short; session loads dominate.
+func TestSplitGPT2Small(t *testing.T) {
+	cfg := modelgen.GPT2Small
+	path := writeGenerated(t, cfg, t.TempDir())
+	inputs, err := cfg.ExampleInputs(1, 4, 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSplits(t, path, map[string][]int64{inputs[0].Name: inputs[0].Shape}, inputs, []int{2, 3, 4})
+}
