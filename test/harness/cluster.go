@@ -317,10 +317,16 @@ func (c *Cluster) Restart(i int) error {
 
 // WaitReady polls node i's GET /v2/health/ready until it answers 200 or ctx ends.
 func (c *Cluster) WaitReady(ctx context.Context, i int) error {
+	return WaitHTTPReady(ctx, c.HTTPAddr(i), c.Nodes[i].Proc)
+}
+
+// WaitHTTPReady polls GET http://addr/v2/health/ready until it answers 200, ctx ends, or
+// p (when not nil) exits.
+func WaitHTTPReady(ctx context.Context, addr string, p *Proc) error {
 	client := &http.Client{Timeout: 2 * time.Second}
 	var last error
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL(i, "/v2/health/ready"), nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/health/ready", nil)
 		if err != nil {
 			return err
 		}
@@ -333,12 +339,12 @@ func (c *Cluster) WaitReady(ctx context.Context, i int) error {
 			err = fmt.Errorf("ready answered %s", resp.Status)
 		}
 		last = err
-		if !c.Nodes[i].Running() {
-			return fmt.Errorf("%w: %s exited while waiting for ready", ErrNodeStart, c.Nodes[i].Name)
+		if p != nil && !p.Running() {
+			return fmt.Errorf("%w: %s exited while waiting for ready", ErrNodeStart, p.Name())
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %s not ready: %w (last: %v)", ErrNodeStart, c.Nodes[i].Name, ctx.Err(), last)
+			return fmt.Errorf("%w: %s not ready: %w (last: %v)", ErrNodeStart, addr, ctx.Err(), last)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -80,6 +80,9 @@ type LoadConfig struct {
 	// Backoff is the pause between tries when the answer has no Retry-After; default
 	// 50 ms. A Retry-After is honoured within the deadline.
 	Backoff time.Duration
+	// Pace, when set, is the pause each client takes between its requests, for a steady
+	// background stream that leaves the machine's cores to the system under test.
+	Pace time.Duration
 	// Token, when set, is sent as a bearer token.
 	Token string
 	// Client sends the requests; default a client with keep-alive connections.
@@ -207,6 +210,13 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadStats, error) {
 				mu.Lock()
 				outcomes = append(outcomes, o)
 				mu.Unlock()
+				if cfg.Pace > 0 {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(cfg.Pace):
+					}
+				}
 			}
 		}()
 	}

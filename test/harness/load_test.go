@@ -176,6 +176,14 @@ func TestLoadBadAnswerAndTimeBound(t *testing.T) {
 	if el := time.Since(start); el > 3*time.Second || st.Successes == 0 || st.Failures != 0 {
 		t.Fatalf("time-bounded run took %v: %v", el, st)
 	}
+	st, err = RunLoad(context.Background(), LoadConfig{Targets: []string{live}, Model: "double", Body: doubleBody(false),
+		Check: checkDouble, Duration: 300 * time.Millisecond, Pace: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Successes == 0 || st.Requests > 7 {
+		t.Fatalf("paced run, one client, 50 ms apart for 300 ms: %v; want 1..7 requests", st)
+	}
 	if _, err := RunLoad(context.Background(), LoadConfig{Targets: []string{live}, Model: "double", Body: doubleBody(false)}); !errors.Is(err, ErrLoadConfig) {
 		t.Fatalf("unbounded run: %v, want ErrLoadConfig", err)
 	}
