@@ -160,7 +160,7 @@ func TestStageFrameLimits(t *testing.T) {
 	frame := append([]byte{kindStage}, hdr...)
 	frame = append(frame, 'L', 'M', 'T', '1', 1, 0, 0, 0) // one tensor
 	frame = append(frame, 1, 0, 'x', byte(tensor.Float32), 1)
-	frame = binary.LittleEndian.AppendUint64(frame, 1<<40)    // dim
+	frame = binary.LittleEndian.AppendUint64(frame, 1<<40)     // dim
 	frame = binary.LittleEndian.AppendUint64(frame, 4*(1<<40)) // payload: 4 TiB
 	if _, err := d.Write(frame); err != nil || d.flush() != nil {
 		t.Fatal(err)

@@ -1,0 +1,189 @@
+package mesh
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// writeBlob generates size deterministic pseudo-random bytes into a file in dir and
+// returns its path and sha256.
+func writeBlob(t *testing.T, dir string, size int64, seed uint64) (string, string) {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "blob-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rng := rand.NewChaCha8([32]byte{byte(seed)})
+	h := sha256.New()
+	buf := make([]byte, 4<<20)
+	for left := size; left > 0; {
+		n := min(int64(len(buf)), left)
+		_, _ = rng.Read(buf[:n])
+		h.Write(buf[:n])
+		if _, err := f.Write(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		left -= n
+	}
+	return f.Name(), hex.EncodeToString(h.Sum(nil))
+}
+
+func doneChunks(t *testing.T, s *BlobStore, hash string) int {
+	t.Helper()
+	rec, err := os.ReadFile(s.recordPath(hash))
+	if err != nil {
+		t.Fatalf("partial record: %v", err)
+	}
+	return bytes.Count(rec, []byte{1})
+}
+
+func TestBlob512MiBResumeAndTwoHolders(t *testing.T) {
+	const size = 512 << 20
+	a := startMesh(t, testConfig(t, t.TempDir()))
+	b := startMesh(t, testConfig(t, t.TempDir()))
+	c := startMesh(t, testConfig(t, t.TempDir()))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, h := range []*Mesh{a, b} {
+		if err := c.Connect(ctx, addrInfo(t, h)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	path, hash := writeBlob(t, t.TempDir(), size, 1)
+	if err := os.Rename(path, a.Blobs().Path(hash)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(a.Blobs().Path(hash), b.Blobs().Path(hash)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("generated %d MiB in %v", size>>20, time.Since(start))
+
+	// Phase 1: one holder, interrupted once half has been served.
+	start = time.Now()
+	fctx, fcancel := context.WithCancel(ctx)
+	go func() {
+		for fctx.Err() == nil && a.BlobBytesServed() < size/2 {
+			time.Sleep(time.Millisecond)
+		}
+		fcancel()
+	}()
+	err := c.FetchBlob(fctx, hash, size, []peer.ID{a.ID()}, c.Blobs())
+	fcancel()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted fetch: got %v, want context.Canceled", err)
+	}
+	if c.Blobs().Has(hash) {
+		t.Fatalf("interrupted fetch left a complete blob")
+	}
+	// The server may still be pushing the chunk that was cut off; let it notice.
+	served1 := settled(a.BlobBytesServed)
+	done1 := doneChunks(t, c.Blobs(), hash)
+	t.Logf("phase 1: %d chunks recorded, %d MiB served, %v", done1, served1>>20, time.Since(start))
+	if done1 == 0 || int64(done1)*BlobChunkSize >= size {
+		t.Fatalf("interruption at half left %d of %d chunks", done1, size/BlobChunkSize)
+	}
+
+	// Phase 2: resume from both holders.
+	start = time.Now()
+	if err := c.FetchBlob(ctx, hash, size, []peer.ID{a.ID(), b.ID()}, c.Blobs()); err != nil {
+		t.Fatalf("resumed fetch: %v", err)
+	}
+	fromA, fromB := a.BlobBytesServed()-served1, b.BlobBytesServed()
+	t.Logf("phase 2: %d MiB from a, %d MiB from b, %v", fromA>>20, fromB>>20, time.Since(start))
+	if want := int64(size) - int64(done1)*BlobChunkSize; fromA+fromB != want {
+		t.Fatalf("resume moved %d bytes, want exactly the %d missing (nothing re-sent)", fromA+fromB, want)
+	}
+	if fromA == 0 || fromB == 0 {
+		t.Fatalf("two holders: a served %d, b served %d; want chunks from both", fromA, fromB)
+	}
+	if waste := served1 - int64(done1)*BlobChunkSize; waste > workersPerHolder*BlobChunkSize {
+		t.Fatalf("interruption wasted %d bytes, more than the chunks in flight", waste)
+	}
+
+	// Independent check of the stored blob.
+	f, err := c.Blobs().Open(hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil || n != size || hex.EncodeToString(h.Sum(nil)) != hash {
+		t.Fatalf("stored blob: %d bytes, err %v, hash %x", n, err, h.Sum(nil))
+	}
+	if _, err := os.Stat(c.Blobs().recordPath(hash)); !os.IsNotExist(err) {
+		t.Fatalf("partial record left behind: %v", err)
+	}
+	// A second fetch of a held blob moves nothing.
+	before := a.BlobBytesServed() + b.BlobBytesServed()
+	if err := c.FetchBlob(ctx, hash, size, []peer.ID{a.ID(), b.ID()}, c.Blobs()); err != nil || a.BlobBytesServed()+b.BlobBytesServed() != before {
+		t.Fatalf("refetch of a held blob: %v", err)
+	}
+}
+
+func TestBlobVerification(t *testing.T) {
+	a, c := pair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	path, hash := writeBlob(t, dir, 9<<20+123, 2) // not a whole number of chunks
+
+	// Put verifies the content against the hash.
+	f, _ := os.Open(path)
+	if _, err := a.Blobs().Put(strings.Repeat("0", 64), f); !errors.Is(err, ErrHashMismatch) {
+		t.Fatalf("Put with the wrong hash: %v", err)
+	}
+	f.Close()
+	f, _ = os.Open(path)
+	if n, err := a.Blobs().Put(hash, f); err != nil || n != 9<<20+123 {
+		t.Fatalf("Put: %d, %v", n, err)
+	}
+	f.Close()
+	if err := c.FetchBlob(ctx, hash, 9<<20+123, []peer.ID{a.ID()}, c.Blobs()); err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	// A holder whose file is corrupt: the fetch fails verification and stores nothing.
+	path2, hash2 := writeBlob(t, dir, 5<<20, 3)
+	if err := os.Rename(path2, a.Blobs().Path(hash2)); err != nil {
+		t.Fatal(err)
+	}
+	fd, _ := os.OpenFile(a.Blobs().Path(hash2), os.O_WRONLY, 0)
+	_, _ = fd.WriteAt([]byte("corrupt"), 4<<20+10)
+	fd.Close()
+	err := c.FetchBlob(ctx, hash2, 5<<20, []peer.ID{a.ID()}, c.Blobs())
+	if !errors.Is(err, ErrHashMismatch) || c.Blobs().Has(hash2) {
+		t.Fatalf("corrupt holder: got %v, want ErrHashMismatch and nothing stored", err)
+	}
+	// A holder without the blob says so.
+	missing := strings.Repeat("ab", 32)
+	err = c.FetchBlob(ctx, missing, 100, []peer.ID{a.ID()}, c.Blobs())
+	if !errors.Is(err, ErrNoHolders) || !errors.Is(err, ErrBlobNotFound) {
+		t.Fatalf("missing blob: got %v, want ErrNoHolders wrapping ErrBlobNotFound", err)
+	}
+}
+
+// settled waits until a counter stops moving and returns its value.
+func settled(read func() int64) int64 {
+	last := read()
+	for {
+		time.Sleep(300 * time.Millisecond)
+		now := read()
+		if now == last {
+			return now
+		}
+		last = now
+	}
+}
