@@ -2,16 +2,20 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/layermesh/layermesh/api/wire"
 )
 
 // ErrNodeStart is returned when a node does not come up (no address file, not ready).
@@ -292,6 +296,86 @@ func (c *Cluster) P2PAddr(i int) string { return c.Nodes[i].p2pAddr }
 func (c *Cluster) AdminToken() (string, error) {
 	b, err := os.ReadFile(filepath.Join(c.Nodes[0].DataDir, AdminTokenFile))
 	return strings.TrimSpace(string(b)), err
+}
+
+// Status returns node i's view of the cluster (GET /v1/cluster, with the admin token).
+func (c *Cluster) Status(ctx context.Context, i int) (wire.ClusterStatus, error) {
+	var st wire.ClusterStatus
+	tok, err := c.AdminToken()
+	if err != nil {
+		return st, fmt.Errorf("harness: admin token: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL(i, "/v1/cluster"), nil)
+	if err != nil {
+		return st, err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("%w: %s: GET /v1/cluster answered %s", ErrNoLeader, c.Nodes[i].Name, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("%s: /v1/cluster: %w", c.Nodes[i].Name, err)
+	}
+	return st, nil
+}
+
+// ErrNoLeader is returned while the nodes asked do not agree on one live leader.
+var ErrNoLeader = errors.New("harness: no agreed leader")
+
+// Leader returns the index of the leader that a majority of the cluster's nodes name,
+// asking only running, unpaused nodes other than those in exclude. A node names itself
+// in Status.Self, which maps the leader's name to an index.
+func (c *Cluster) Leader(ctx context.Context, exclude ...int) (int, error) {
+	votes := map[string]int{}
+	index := map[string]int{}
+	for i, n := range c.Nodes {
+		if slices.Contains(exclude, i) || !n.Running() || n.Paused() {
+			continue
+		}
+		st, err := c.Status(ctx, i)
+		if err != nil {
+			continue
+		}
+		index[st.Self] = i
+		if st.Leader != "" {
+			votes[st.Leader]++
+		}
+	}
+	for name, v := range votes {
+		i, known := index[name]
+		if v > len(c.Nodes)/2 && known && !slices.Contains(exclude, i) {
+			return i, nil
+		}
+	}
+	return -1, fmt.Errorf("%w: leaders named %v", ErrNoLeader, votes)
+}
+
+// WaitForLeader polls Leader until a majority agrees or ctx ends.
+func (c *Cluster) WaitForLeader(ctx context.Context, exclude ...int) (int, error) {
+	for {
+		i, err := c.Leader(ctx, exclude...)
+		if err == nil {
+			return i, nil
+		}
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("%w (%w)", err, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// WaitForNewLeader waits until a majority of the nodes other than old agree on a leader
+// that is not old: after old was killed, paused or cut off.
+func (c *Cluster) WaitForNewLeader(ctx context.Context, old int) (int, error) {
+	return c.WaitForLeader(ctx, old)
 }
 
 // Kill sends SIGKILL to node i and waits for it to die.

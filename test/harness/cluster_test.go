@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -118,5 +119,35 @@ func TestReadAddrFileGivesUpWhenTheProcessDies(t *testing.T) {
 	start := time.Now()
 	if _, err := ReadAddrFile(p, dir+"/http.addr", 30*time.Second); !errors.Is(err, ErrNodeStart) || time.Since(start) > 10*time.Second {
 		t.Fatalf("ReadAddrFile on a process that died: %v after %v; want ErrNodeStart at once", err, time.Since(start))
+	}
+}
+
+func TestClusterLeaderTracking(t *testing.T) {
+	leaderFile := t.TempDir() + "/leader"
+	if err := os.WriteFile(leaderFile, []byte("node0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := StartCluster(t, 3, ClusterOptions{Binary: echonode(t), StartTimeout: 20 * time.Second,
+		Flags: func(c *Cluster, n *Node) []string { return append(c.DefaultFlags(n), "--leader-file", leaderFile) }})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if i, err := c.WaitForLeader(ctx); err != nil || i != 0 {
+		t.Fatalf("leader = %d, %v; want 0", i, err)
+	}
+	if err := c.Kill(0); err != nil {
+		t.Fatal(err)
+	}
+	// Nodes 1 and 2 still name the dead node 0: no new leader yet.
+	short, cancelShort := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelShort()
+	if i, err := c.WaitForNewLeader(short, 0); !errors.Is(err, ErrNoLeader) {
+		t.Fatalf("new leader while every node names the old one: %d, %v", i, err)
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		_ = os.WriteFile(leaderFile, []byte("node2"), 0o644)
+	}()
+	if i, err := c.WaitForNewLeader(ctx, 0); err != nil || i != 2 {
+		t.Fatalf("new leader = %d, %v; want 2", i, err)
 	}
 }

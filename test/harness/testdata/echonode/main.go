@@ -32,6 +32,7 @@ func main() {
 	flag.String("cluster-secret-file", "", "ignored")
 	flag.Bool("no-mdns", false, "ignored")
 	flag.String("log-format", "text", "ignored")
+	leaderFile := flag.String("leader-file", "", "GET /v1/cluster names the node in this file as leader (tests leader tracking)")
 	ignoreTerm := flag.Bool("ignore-sigterm", false, "keep running on SIGTERM (tests the harness's kill after grace)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "echonode", "name", *name)
@@ -44,13 +45,13 @@ func main() {
 			}
 		}
 	}
-	if err := run(*dataDir, *httpAddr, *listen, *ignoreTerm, log); err != nil {
+	if err := run(*dataDir, *name, *httpAddr, *listen, *leaderFile, *ignoreTerm, log); err != nil {
 		log.Error("exit", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(dataDir, httpAddr, listen string, ignoreTerm bool, log *slog.Logger) error {
+func run(dataDir, name, httpAddr, listen, leaderFile string, ignoreTerm bool, log *slog.Logger) error {
 	if dataDir == "" {
 		return errors.New("--data-dir is required")
 	}
@@ -77,6 +78,18 @@ func run(dataDir, httpAddr, listen string, ignoreTerm bool, log *slog.Logger) er
 	mux.HandleFunc("GET /v2/health/ready", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("GET /boots", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "%d %d", boots, os.Getpid())
+	})
+	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"error":"no token","code":"unauthorized"}`)
+			return
+		}
+		leader := ""
+		if b, err := os.ReadFile(leaderFile); err == nil {
+			leader = strings.TrimSpace(string(b))
+		}
+		fmt.Fprintf(w, `{"mode":"cluster","leader":%q,"self":%q,"nodes":[]}`, leader, name)
 	})
 	mux.HandleFunc("POST /v2/models/{name}/infer", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
