@@ -54,7 +54,7 @@ func satMul(a, b int64) int64 {
 }
 
 // inferShapes runs shape inference twice: once with the symbolic input dims bound as
-// asked, once with each doubled plus one (enough to survive strided downsampling). Dims that differ between the passes depend on
+// asked, once with each moved by bump. Dims that differ between the passes depend on
 // the input shape and stay symbolic in stage models; the first pass gives sizes and
 // FLOPs.
 func (g *Graph) inferShapes(opts AnalyzeOptions) error {
@@ -113,16 +113,16 @@ func (g *Graph) inferShapes(opts AnalyzeOptions) error {
 			case d.GetDimValue() > 0:
 				a, b = append(a, d.GetDimValue()), append(b, d.GetDimValue())
 			case ok:
-				a, b = append(a, given[i]), append(b, 2*given[i]+1)
+				a, b = append(a, given[i]), append(b, bump(given[i]))
 			case d.GetDimParam() != "":
 				v, have := params[d.GetDimParam()]
 				if !have {
 					v = def
 					params[d.GetDimParam()] = v
 				}
-				a, b = append(a, v), append(b, 2*v+1)
+				a, b = append(a, v), append(b, bump(v))
 			default:
-				a, b = append(a, def), append(b, 2*def+1)
+				a, b = append(a, def), append(b, bump(def))
 			}
 		}
 		boundA[name], boundB[name] = a, b
@@ -131,7 +131,7 @@ func (g *Graph) inferShapes(opts AnalyzeOptions) error {
 	passA := g.inferPass(boundA, opts.Measured, params, 0)
 	bumped := map[string]int64{}
 	for k, v := range params {
-		bumped[k] = 2*v + 1
+		bumped[k] = bump(v)
 	}
 	passB := g.inferPass(boundB, nil, bumped, 1)
 
@@ -322,3 +322,8 @@ func constantInfo(n *onnxpb.NodeProto) *vinfo {
 	}
 	return &vinfo{}
 }
+
+// bump is the second pass's value for a symbolic dim bound to d. It is far enough
+// from d that a dim divided by a network's total stride (32 for most CNNs, 64 at most)
+// still differs, and odd so that even-only coincidences do not hide a dependency.
+func bump(d int64) int64 { return 2*d + 129 }
