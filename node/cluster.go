@@ -303,8 +303,10 @@ func listenHost(listen []string) string {
 	return ""
 }
 
-// joinLoop writes this node's member record (and, when it did not bootstrap, asks to
-// be added to the Raft configuration) until both succeed, then marks it alive.
+// joinLoop writes this node's member record until it is committed. A joining node
+// cannot reach Raft before the leader adds it to the configuration, which the leader
+// does for every node memberlist admits (reconcileMembers); until then the writes fail
+// with "no leader" and are retried.
 func (c *Cluster) joinLoop(ctx context.Context) {
 	rec := consensus.Member{
 		ID: c.self, Name: c.opts.Name, Addrs: c.mesh.Addrs(), HTTPAddr: c.opts.HTTPAddr,
@@ -313,23 +315,22 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 	}
 	backoff := 200 * time.Millisecond
 	for {
-		err := c.store.AddNode(ctx, c.self)
-		if err == nil {
-			cur, ok := c.store.State().Members[c.self]
-			if ok && sameMember(cur, rec) {
-				c.log.Info("member record in place", "peer", c.self)
-				return
-			}
-			_, err = c.store.Apply(ctx, consensus.NewCommand(consensus.UpsertMember{Member: rec}))
-			if err == nil {
-				continue
-			}
+		cur, ok := c.store.State().Members[c.self]
+		if ok && sameMember(cur, rec) {
+			c.log.Info("member record in place", "peer", c.self)
+			return
 		}
-		c.log.Info("joining cluster: not yet", "err", err)
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := c.store.Apply(actx, consensus.NewCommand(consensus.UpsertMember{Member: rec}))
+		cancel()
+		if err == nil {
+			continue
+		}
+		c.log.Info("joining cluster: member record not committed yet", "err", err)
 		if sleepCtx(ctx, backoff) != nil {
 			return
 		}
-		backoff = min(2*backoff, 3*time.Second)
+		backoff = min(2*backoff, 2*time.Second)
 	}
 }
 

@@ -132,7 +132,12 @@ func (c *Cluster) PutModel(ctx context.Context, name string, body io.Reader, opt
 	}
 	c.log.Info("model deployed; waiting for placement", "model", name, "version", model.Version,
 		"stages", len(model.Stages), "replicas", replicas, "source_bytes", srcSize)
-	return c.ModelStatus(ctx, name, model.Version)
+	// A linearizable read makes this node's state include the commit before answering.
+	st, err = c.store.Read(ctx, true)
+	if err != nil {
+		return wire.ModelStatus{}, fmt.Errorf("deploy %s: committed, but reading it back: %w", name, err)
+	}
+	return c.status(st, model, c.liveMembers()), nil
 }
 
 // storeUpload streams body to path while hashing it, then stores it as a blob.

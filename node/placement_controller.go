@@ -79,6 +79,16 @@ func (c *Cluster) reconcileMembers(ctx context.Context) {
 	st := c.store.State()
 	live := c.liveMembers()
 	now := time.Now()
+	// memberlist admits only nodes holding the cluster secret: the leader brings each
+	// into the Raft configuration, after which the node writes its own member record.
+	for id := range live {
+		if m, ok := st.Members[id]; ok && m.State != consensus.MemberRemoved && m.State != consensus.MemberLeft {
+			continue
+		}
+		if err := c.store.AddNode(ctx, id); err != nil {
+			c.log.Warn("adding node to raft", "peer", id, "err", err)
+		}
+	}
 	for id, m := range st.Members {
 		_, isLive := live[id]
 		c.ctrl.mu.Lock()

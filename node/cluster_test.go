@@ -1,0 +1,312 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/partition/modelgen"
+)
+
+// The in-process cluster tests run real nodes in one process: real libp2p on
+// 127.0.0.1, real memberlist, real Raft on badger in t.TempDir(), real ONNX Runtime.
+
+var (
+	ortOnce    sync.Once
+	ortBackend accel.Backend
+	ortErr     error
+)
+
+func testBackend(t *testing.T) accel.Backend {
+	t.Helper()
+	ortOnce.Do(func() {
+		ortBackend, ortErr = accel.NewORT(accel.ORTConfig{IntraOpThreads: 1, Provider: accel.ProviderCPU})
+	})
+	if ortErr != nil {
+		t.Fatalf("ONNX Runtime is required for this test and did not load: %v", ortErr)
+	}
+	return ortBackend
+}
+
+type testCluster struct {
+	t     *testing.T
+	nodes []*Cluster
+	dirs  []string
+}
+
+func testLogger(t *testing.T, name string) *slog.Logger {
+	if os.Getenv("LAYERMESH_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", name)
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func (tc *testCluster) start(i int, bootstrap bool, budget int64) *Cluster {
+	t := tc.t
+	t.Helper()
+	opts := ClusterOptions{
+		Name: fmt.Sprintf("n%d", i), DataDir: tc.dirs[i], HTTPAddr: "127.0.0.1:1",
+		Listen: []string{"/ip4/127.0.0.1/tcp/0"}, FastGossip: true, MemBudget: budget,
+		Backend: testBackend(t), Session: accel.SessionOptions{IntraOpThreads: 1},
+		Logger: testLogger(t, fmt.Sprintf("n%d", i)),
+		Router: RouterConfig{RequestTimeout: 20 * time.Second},
+	}
+	if bootstrap {
+		opts.Bootstrap = true
+	} else {
+		opts.SecretFile = filepath.Join(tc.dirs[0], secretFileName)
+		for _, n := range tc.nodes {
+			if n != nil {
+				opts.Join = append(opts.Join, n.Addrs()[0])
+				break
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := NewCluster(ctx, opts)
+	if err != nil {
+		t.Fatalf("start node %d: %v", i, err)
+	}
+	tc.nodes[i] = c
+	return c
+}
+
+func startTestCluster(t *testing.T, n int, budget int64) *testCluster {
+	tc := &testCluster{t: t, nodes: make([]*Cluster, n)}
+	for range n {
+		tc.dirs = append(tc.dirs, t.TempDir())
+	}
+	tc.start(0, true, budget)
+	for i := 1; i < n; i++ {
+		tc.start(i, false, budget)
+	}
+	t.Cleanup(func() {
+		for _, c := range tc.nodes {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	})
+	eventually(t, 30*time.Second, func() error {
+		for i, c := range tc.nodes {
+			st := c.Store().State()
+			if len(st.Members) != n {
+				return fmt.Errorf("node %d sees %d members", i, len(st.Members))
+			}
+			if len(c.liveMembers()) != n {
+				return fmt.Errorf("node %d sees %d live members", i, len(c.liveMembers()))
+			}
+		}
+		return nil
+	})
+	return tc
+}
+
+func (tc *testCluster) stop(i int) {
+	if err := tc.nodes[i].Close(); err != nil {
+		tc.t.Logf("close node %d: %v", i, err)
+	}
+	tc.nodes[i] = nil
+}
+
+func eventually(t *testing.T, total time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %v", total, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// writeTestGPT writes a small GPT and returns its path and configuration.
+func writeTestGPT(t *testing.T, cfg modelgen.GPTConfig) string {
+	t.Helper()
+	m, err := modelgen.GPT(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "gpt.onnx")
+	if err := modelgen.WriteFile(m, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// referenceRun runs the whole model in one ORT session: the reference for any split.
+func referenceRun(t *testing.T, path string, inputs []tensor.Tensor) []float32 {
+	t.Helper()
+	s, err := testBackend(t).Open(context.Background(), path, accel.SessionOptions{IntraOpThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	out, err := s.Run(context.Background(), inputs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals, err := out[0].Float32s()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vals
+}
+
+func maxRelDiff(a, b []float32) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	worst := 0.0
+	for i := range a {
+		d := math.Abs(float64(a[i]) - float64(b[i]))
+		worst = max(worst, d/max(1, math.Abs(float64(b[i]))))
+	}
+	return worst
+}
+
+func deploy(t *testing.T, c *Cluster, name, path string, stages, replicas int) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := c.PutModel(ctx, name, f, api.DeployOptions{Stages: stages, Replicas: replicas, Size: -1}); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+}
+
+func waitReplicas(t *testing.T, c *Cluster, name string, want int, total time.Duration) {
+	t.Helper()
+	eventually(t, total, func() error {
+		st, err := c.ModelStatus(context.Background(), name, "")
+		if err != nil {
+			return err
+		}
+		if !st.Ready {
+			return fmt.Errorf("model not ready: %s %+v", st.Reason, st.Stages)
+		}
+		m, _ := c.resolveVersion(c.Store().State(), name, "")
+		live := c.liveMembers()
+		for k := range m.Stages {
+			if got := len(c.readyReplicas(m, k, live)); got != want {
+				return fmt.Errorf("stage %d has %d ready replicas, want %d", k, got, want)
+			}
+		}
+		return nil
+	})
+}
+
+func inferGPT(c *Cluster, name string, inputs []tensor.Tensor) ([]float32, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := c.Infer(ctx, api.InferRequest{Model: name, Inputs: inputs})
+	if err != nil {
+		return nil, err
+	}
+	return res.Outputs[0].Float32s()
+}
+
+func TestClusterSplitInferenceAndHealing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster; skipped in -short")
+	}
+	cfg := modelgen.GPTConfig{Layers: 4, Dim: 64, Heads: 2, Vocab: 101, Context: 32, Seed: 3, Name: "gpt-test"}
+	path := writeTestGPT(t, cfg)
+	inputs, err := cfg.ExampleInputs(1, 8, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := referenceRun(t, path, inputs)
+
+	tc := startTestCluster(t, 3, 1<<30)
+	deploy(t, tc.nodes[1], "gpt", path, 3, 2)
+	waitReplicas(t, tc.nodes[0], "gpt", 2, 60*time.Second)
+
+	for i, c := range tc.nodes {
+		got, err := inferGPT(c, "gpt", inputs)
+		if err != nil {
+			t.Fatalf("infer via node %d: %v", i, err)
+		}
+		if d := maxRelDiff(got, want); d > 1e-4 {
+			t.Fatalf("node %d: split output differs from the whole model by %g", i, d)
+		}
+	}
+
+	// Redeploying the same bytes is a no-op.
+	versions := func() int {
+		n := 0
+		for _, m := range tc.nodes[0].Store().State().Models {
+			if m.Name == "gpt" {
+				n++
+			}
+		}
+		return n
+	}
+	deploy(t, tc.nodes[2], "gpt", path, 3, 2)
+	if v := versions(); v != 1 {
+		t.Fatalf("identical redeploy made %d versions", v)
+	}
+
+	// Stop a node that is not the leader: every stage still answers, then heals to 2
+	// replicas on the two survivors.
+	victim := 0
+	for i, c := range tc.nodes {
+		if !c.Store().IsLeader() {
+			victim = i
+			break
+		}
+	}
+	victimID := tc.nodes[victim].Self()
+	tc.stop(victim)
+	killed := time.Now()
+	survivor := tc.nodes[(victim+1)%3]
+	got, err := inferGPT(survivor, "gpt", inputs)
+	if err != nil {
+		t.Fatalf("infer after a node stopped: %v", err)
+	}
+	if d := maxRelDiff(got, want); d > 1e-4 {
+		t.Fatalf("after failover the output differs by %g", d)
+	}
+	eventually(t, 15*time.Second, func() error {
+		st := survivor.Store().State()
+		m, err := survivor.resolveVersion(st, "gpt", "")
+		if err != nil {
+			return err
+		}
+		pl := st.Placements[m.Name+"@"+m.Version]
+		live := survivor.liveMembers()
+		if _, ok := live[victimID]; ok {
+			return fmt.Errorf("stopped node still in memberlist")
+		}
+		for k, reps := range pl.Stages {
+			if slices.Contains(reps, victimID) || len(reps) != 2 {
+				return fmt.Errorf("stage %d placed on %v", k, reps)
+			}
+			if ready := survivor.readyReplicas(m, k, live); len(ready) != 2 {
+				return fmt.Errorf("stage %d ready on %v", k, ready)
+			}
+		}
+		return nil
+	})
+	t.Logf("replicas back to 2 %v after the stop", time.Since(killed).Round(time.Millisecond))
+}
