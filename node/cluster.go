@@ -48,8 +48,14 @@ var (
 	ErrClusterConfig = errors.New("invalid cluster config")
 )
 
-// secretFileName is where a bootstrapping node writes the cluster secret.
-const secretFileName = "cluster.secret"
+// Files the cluster part keeps in the data dir.
+const (
+	// secretFileName is where a bootstrapping node writes the cluster secret.
+	secretFileName = "cluster.secret"
+	// p2pAddrFile holds this node's first libp2p multiaddr (with /p2p/ID): the seed
+	// other nodes --join, read by harnesses and scripts.
+	p2pAddrFile = "p2p.addr"
+)
 
 // wireDriveStage is how DriveStage travels in the stage RPC header, which carries
 // only non-negative stage numbers.
@@ -193,8 +199,31 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if opts.BootstrapExpect > 0 {
 		c.goRun(c.expectLoop)
 	}
+	if addrs := c.mesh.Addrs(); len(addrs) > 0 {
+		if err := writeFileAtomic(filepath.Join(opts.DataDir, p2pAddrFile), []byte(addrs[0]+"\n"), 0o600); err != nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("node: %w", err)
+		}
+	}
 	c.log.Info("cluster node started", "peer", c.self, "addrs", c.mesh.Addrs(), "gossip", c.mesh.GossipAddr())
 	return c, nil
+}
+
+// NewNodeCluster is the hook Node.New calls when cluster settings are given (after its
+// HTTP listener is bound, so the address is known): it maps the node's configuration
+// onto ClusterOptions and starts the cluster part. Node then serves api.ModelService,
+// api.ClusterService and the "cluster" readiness check from the returned *Cluster,
+// and closes it in shutdown after HTTP has drained and before its own sessions.
+func NewNodeCluster(ctx context.Context, cfg Config, name, httpAddr string, log *slog.Logger) (*Cluster, error) {
+	cc := cfg.Cluster
+	return NewCluster(ctx, ClusterOptions{
+		Name: name, DataDir: cfg.DataDir, HTTPAddr: httpAddr,
+		Listen: cc.Listen, GossipPort: cc.GossipPort, Join: cc.Join,
+		Bootstrap: cc.Bootstrap, BootstrapExpect: cc.BootstrapExpect, SecretFile: cc.ClusterSecretFile,
+		MDNS: cc.MDNS, DHT: cc.DHT, MemBudget: cc.MemBudgetBytes,
+		Backend: cfg.Backend, Session: accel.SessionOptions{IntraOpThreads: cfg.IntraOpThreads, PoolSize: cfg.SessionPool},
+		Logger: log,
+	})
 }
 
 func (c *Cluster) goRun(fn func(ctx context.Context)) {
