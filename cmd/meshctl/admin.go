@@ -113,6 +113,7 @@ type statusReport struct {
 func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	c := addCommon(fs)
+	wait := fs.Duration("wait", 0, "wait up to this long for the node to answer and be ready; exit 1 if it does not")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -126,6 +127,11 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := c.context(ctx)
 	defer cancel()
+	if *wait > 0 {
+		if err := waitReady(ctx, cl, *wait); err != nil {
+			return err
+		}
+	}
 	rep := statusReport{Address: cl.BaseURL()}
 	if rep.Server, err = cl.ServerMetadata(ctx); err != nil {
 		return err
@@ -170,6 +176,26 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(tw, "admin\tunavailable: %s\n", rep.AdminError)
 	}
 	return tw.Flush()
+}
+
+// waitReady polls the node's readiness until it is ready or d has passed.
+func waitReady(ctx context.Context, cl *client.Client, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		r, err := cl.Ready(ctx)
+		if err == nil && r.Ready {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("readiness %+v", r.Checks)
+			}
+			return fmt.Errorf("node not ready after %s: %w", d, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func runNodes(ctx context.Context, args []string, stdout io.Writer) error {
