@@ -28,7 +28,14 @@ var addBias = []float32{1, 2, 3}
 // that every kind of input error has something to disagree with.
 func addModel(t testing.TB) []byte {
 	t.Helper()
-	bias := tensor.FromFloat32("bias", []int64{3}, addBias)
+	return addModelWithBias(t, addBias)
+}
+
+// addModelWithBias is addModel with another bias, so that each uploaded model answers
+// differently and a mix-up of stored models shows in its output.
+func addModelWithBias(t testing.TB, b []float32) []byte {
+	t.Helper()
+	bias := tensor.FromFloat32("bias", []int64{3}, b)
 	dim := func(d int64) *onnxpb.TensorShapeProto_Dimension {
 		if d < 0 {
 			return &onnxpb.TensorShapeProto_Dimension{Value: &onnxpb.TensorShapeProto_Dimension_DimParam{DimParam: "N"}}
@@ -55,9 +62,9 @@ func addModel(t testing.TB) []byte {
 			Output:      []*onnxpb.ValueInfoProto{vi("y")},
 		},
 	}
-	b, err := proto.Marshal(m)
+	raw, err := proto.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b
+	return raw
 }
