@@ -5,12 +5,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
+	"sync"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -121,12 +124,30 @@ func ExtractWith(m *Model, g *Graph, p *StagePlan, outDir string, opts ExtractOp
 	for _, out := range g.Outputs {
 		man.Outputs = append(man.Outputs, g.spec(out, -1))
 	}
-	for _, s := range p.Stages {
-		sm, err := g.writeStage(m, s, stageOf, len(p.Stages), outDir, opts)
-		if err != nil {
-			return nil, err
-		}
-		man.Stages = append(man.Stages, *sm)
+	// Stages are written in parallel: hashing and writing a file are each about
+	// 1 GB/s on one core, so a large model's stages finish in about half the time on
+	// two cores. Memory does not grow: every stage streams from the same loaded bytes.
+	man.Stages = make([]StageManifest, len(p.Stages))
+	errs := make([]error, len(p.Stages))
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for i, s := range p.Stages {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			sm, err := g.writeStage(m, s, stageOf, len(p.Stages), outDir, opts)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			man.Stages[i] = *sm
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	b, err := json.MarshalIndent(man, "", "  ")
 	if err != nil {
