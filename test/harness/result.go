@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,10 +77,14 @@ func WriteResult(r Result) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrResult, err)
 	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // notes read "kill -> ready", not "kill -\u003e ready"
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(r); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrResult, err)
 	}
+	b := buf.Bytes()
 	ts := r.Finished.UTC()
 	for {
 		path := filepath.Join(dir, fmt.Sprintf("%s-%s.json", r.Scenario, ts.Format("20060102T150405.000000Z")))
@@ -91,7 +96,7 @@ func WriteResult(r Result) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("%w: %w", ErrResult, err)
 		}
-		if _, err := f.Write(append(b, '\n')); err != nil {
+		if _, err := f.Write(b); err != nil {
 			f.Close()
 			return "", fmt.Errorf("%w: %w", ErrResult, err)
 		}
