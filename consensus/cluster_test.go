@@ -14,10 +14,14 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
 	"go.uber.org/goleak"
 )
 
@@ -53,6 +57,7 @@ func testLogger(t testing.TB) *slog.Logger {
 // 127.0.0.1 with a persistent identity and a data dir that outlive restarts.
 type testNode struct {
 	key   crypto.PrivKey
+	gater *partitionGater
 	id    string
 	dir   string
 	host  host.Host
@@ -61,16 +66,20 @@ type testNode struct {
 }
 
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	mu    sync.Mutex
 	nodes []*testNode
 	tweak func(*Config)
 }
 
-func newTestHost(t testing.TB, key crypto.PrivKey) host.Host {
+func newTestHost(t testing.TB, key crypto.PrivKey, gater *partitionGater) host.Host {
 	t.Helper()
+	if gater == nil {
+		gater = newPartitionGater()
+	}
 	h, err := libp2p.New(
 		libp2p.Identity(key),
+		libp2p.ConnectionGater(gater),
 		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.DisableRelay(),
@@ -84,7 +93,7 @@ func newTestHost(t testing.TB, key crypto.PrivKey) host.Host {
 
 // startCluster makes n nodes; node 0 bootstraps, the others are added through
 // AddNode, and the call returns once all n are in the Raft configuration.
-func startCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
+func startCluster(t testing.TB, n int, tweak func(*Config)) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, tweak: tweak}
 	for i := 0; i < n; i++ {
@@ -105,9 +114,13 @@ func (c *testCluster) addNode() int {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := &testNode{key: key, dir: c.t.TempDir()}
+	n := &testNode{key: key, id: id.String(), gater: newPartitionGater(), dir: c.t.TempDir()}
 	c.nodes = append(c.nodes, n)
 	return len(c.nodes) - 1
 }
@@ -117,8 +130,7 @@ func (c *testCluster) addNode() int {
 func (c *testCluster) start(i int, bootstrap bool) {
 	c.t.Helper()
 	n := c.nodes[i]
-	n.host = newTestHost(c.t, n.key)
-	n.id = n.host.ID().String()
+	n.host = newTestHost(c.t, n.key, n.gater)
 	c.mu.Lock()
 	for j, o := range c.nodes {
 		if j == i || !o.up {
@@ -329,5 +341,77 @@ func (c *testCluster) upsertMembers(idx ...int) {
 			c.t.Fatalf("upsert member %d: %v", i, err)
 		}
 		cancel()
+	}
+}
+
+// partitionGater cuts a node off from chosen peers at the libp2p layer: no
+// dial out, no secured connection in. With the existing connections closed,
+// that is a real network partition between in-process hosts.
+type partitionGater struct {
+	mu      sync.RWMutex
+	blocked map[peer.ID]bool
+}
+
+func newPartitionGater() *partitionGater {
+	return &partitionGater{blocked: map[peer.ID]bool{}}
+}
+
+func (g *partitionGater) allowed(p peer.ID) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return !g.blocked[p]
+}
+
+func (g *partitionGater) set(p peer.ID, blocked bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if blocked {
+		g.blocked[p] = true
+	} else {
+		delete(g.blocked, p)
+	}
+}
+
+func (g *partitionGater) InterceptPeerDial(p peer.ID) bool                 { return g.allowed(p) }
+func (g *partitionGater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.allowed(p) }
+func (g *partitionGater) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
+func (g *partitionGater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return g.allowed(p)
+}
+func (g *partitionGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
+	return true, 0
+}
+
+// partition separates the nodes in side from all others, both ways.
+func (c *testCluster) partition(side ...int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	in := map[int]bool{}
+	for _, i := range side {
+		in[i] = true
+	}
+	for i, a := range c.nodes {
+		for j, b := range c.nodes {
+			if in[i] == in[j] {
+				continue
+			}
+			bid, _ := peer.Decode(b.id)
+			a.gater.set(bid, true)
+			if a.up {
+				_ = a.host.Network().ClosePeer(bid)
+			}
+		}
+	}
+}
+
+// heal removes every partition.
+func (c *testCluster) heal() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, a := range c.nodes {
+		for _, b := range c.nodes {
+			bid, _ := peer.Decode(b.id)
+			a.gater.set(bid, false)
+		}
 	}
 }

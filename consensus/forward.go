@@ -124,6 +124,11 @@ func (s *Store) forward(ctx context.Context, req forwardRequest) (forwardRespons
 // the follower does, so that a deposed leader answers not_leader at once.
 func (s *Store) handleForward(st network.Stream) {
 	defer st.Close()
+	if !s.admitted(st.Conn().RemotePeer()) {
+		s.logger.Warn("refused forwarded request from a non-member", "peer", st.Conn().RemotePeer())
+		_ = st.Reset()
+		return
+	}
 	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var req forwardRequest
 	if err := readFrame(st, &req); err != nil {

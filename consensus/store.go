@@ -7,12 +7,15 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/layermesh/layermesh/consensus/badgerstore"
 )
@@ -96,10 +99,11 @@ type Store struct {
 	cfg    Config
 	logger *slog.Logger
 
-	raft  *raft.Raft
-	fsm   *fsm
-	logs  *badgerstore.Store
-	trans *raft.NetworkTransport
+	raft      *raft.Raft
+	raftReady atomic.Pointer[raft.Raft] // set once raft runs; read by admitted
+	fsm       *fsm
+	logs      *badgerstore.Store
+	trans     *raft.NetworkTransport
 
 	// ctx is cancelled by Close; background loops and forwarded requests
 	// served here end with it.
@@ -148,7 +152,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w (move %s aside and rejoin the cluster)", ErrCorruptStore, err, dir)
 	}
-	hl := newHclogBridge(cfg.Logger, hclog.Info)
+	level := hclog.Info
+	if cfg.Logger.Enabled(ctx, slog.LevelDebug) {
+		level = hclog.Debug
+	}
+	hl := newHclogBridge(cfg.Logger, level)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hl.Named("snapshot"))
 	if err != nil {
 		logs.Close()
@@ -159,7 +167,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		logs.Close()
 		return nil, fmt.Errorf("%w: read raft state: %w", ErrCorruptStore, err)
 	}
-	layer, err := newStreamLayer(cfg.Host)
+	s := &Store{
+		cfg:       cfg,
+		logger:    logger,
+		logs:      logs,
+		kick:      make(chan struct{}, 1),
+		watchers:  map[int]chan struct{}{},
+		leaderW:   map[int]chan bool{},
+		expected:  map[string]bool{cfg.NodeID: true},
+		deadSince: map[string]time.Time{},
+	}
+	layer, err := newStreamLayer(cfg.Host, s.admitted)
 	if err != nil {
 		logs.Close()
 		return nil, err
@@ -170,18 +188,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Timeout: 10 * time.Second,
 		Logger:  hl.Named("transport"),
 	})
-
-	s := &Store{
-		cfg:       cfg,
-		logger:    logger,
-		logs:      logs,
-		trans:     trans,
-		kick:      make(chan struct{}, 1),
-		watchers:  map[int]chan struct{}{},
-		leaderW:   map[int]chan bool{},
-		expected:  map[string]bool{cfg.NodeID: true},
-		deadSince: map[string]time.Time{},
-	}
+	s.trans = trans
 	s.fsm = newFSM(logger, s.notifyWatchers)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
@@ -204,6 +211,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("consensus: start raft: %w", err)
 	}
 	s.raft = r
+	s.raftReady.Store(r)
 	s.expectMu.Lock()
 	s.bootstrapped = existing
 	var bootErr error
@@ -235,6 +243,29 @@ func (s *Store) bootstrap(ids []string) error {
 	s.bootstrapped = true
 	s.logger.Info("bootstrapped cluster", "voters", ids)
 	return nil
+}
+
+// admitted decides whether a peer may speak Raft or forward requests to this
+// node: it must be in the Raft configuration or a member record that is not
+// removed or left. A node with an empty configuration (new, waiting to be
+// added) admits anyone, since the leader that adds it is not yet known to it.
+func (s *Store) admitted(id peer.ID) bool {
+	r := s.raftReady.Load()
+	if r == nil {
+		return true
+	}
+	conf := r.GetConfiguration().Configuration()
+	if len(conf.Servers) == 0 {
+		return true
+	}
+	for _, srv := range conf.Servers {
+		if string(srv.ID) == id.String() {
+			return true
+		}
+	}
+	st, _ := s.fsm.current()
+	m, ok := st.Members[id.String()]
+	return ok && m.State != MemberRemoved && m.State != MemberLeft
 }
 
 // ID returns this node's id (its peer id).
@@ -417,7 +448,7 @@ func settle(err error, unknown bool) error {
 	if !unknown || errors.Is(err, ErrUnknownOutcome) || isFSMRejection(err) {
 		return err
 	}
-	return fmt.Errorf("%w: after an earlier attempt with unknown outcome: %w", ErrUnknownOutcome, err)
+	return reclass(err, ErrUnknownOutcome, "an earlier attempt may have been applied")
 }
 
 func isFSMRejection(err error) bool {
@@ -428,10 +459,43 @@ func isFSMRejection(err error) bool {
 // asFailed reclassifies a read or membership failure: nothing was written,
 // so an unknown outcome is simply a failure.
 func asFailed(err error) error {
-	if errors.Is(err, ErrFailed) {
+	if !errors.Is(err, ErrUnknownOutcome) {
 		return err
 	}
-	return fmt.Errorf("%w: %w", ErrFailed, err)
+	return reclass(err, ErrFailed, "")
+}
+
+// reclass rewraps err under another outcome class, keeping its specific cause
+// sentinel and its text, so that it wraps exactly one class.
+func reclass(err, class error, note string) error {
+	text := err.Error()
+	for _, c := range []error{ErrFailed, ErrUnknownOutcome} {
+		text = strings.ReplaceAll(text, c.Error()+": ", "")
+	}
+	if note != "" {
+		text = note + ": " + text
+	}
+	for _, c := range codeSentinels {
+		if errors.Is(err, c.err) {
+			return &reclassified{class: class, cause: c.err, text: class.Error() + ": " + text}
+		}
+	}
+	return &reclassified{class: class, text: class.Error() + ": " + text}
+}
+
+// reclassified is an error that matches its class and cause sentinels only.
+type reclassified struct {
+	class, cause error
+	text         string
+}
+
+func (e *reclassified) Error() string { return e.text }
+
+func (e *reclassified) Unwrap() []error {
+	if e.cause == nil {
+		return []error{e.class}
+	}
+	return []error{e.class, e.cause}
 }
 
 // bound applies Config.ApplyTimeout when ctx has no earlier deadline.
@@ -459,6 +523,25 @@ func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
 func (s *Store) Leader() string {
 	_, id := s.raft.LeaderWithID()
 	return string(id)
+}
+
+// WaitLeader blocks until a leader is known (this node or another) and
+// returns its id; the error wraps ErrNoLeader when ctx ends first.
+func (s *Store) WaitLeader(ctx context.Context) (string, error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if id := s.Leader(); id != "" {
+			return id, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
+		case <-s.ctx.Done():
+			return "", ErrClosed
+		case <-t.C:
+		}
+	}
 }
 
 // Watch returns a channel that receives (coalesced) after every applied change

@@ -24,17 +24,36 @@ const (
 
 // streamLayer is a raft.StreamLayer over libp2p streams: a raft ServerAddress
 // is a peer id, and libp2p finds, authenticates and encrypts the connection.
+// Accept drops streams from peers that admit rejects, so a peer that is
+// connected but not a member (one still in the join handshake) cannot speak
+// Raft to us.
 type streamLayer struct {
-	host host.Host
+	host  host.Host
+	admit func(peer.ID) bool
 	net.Listener
 }
 
-func newStreamLayer(h host.Host) (*streamLayer, error) {
+func newStreamLayer(h host.Host, admit func(peer.ID) bool) (*streamLayer, error) {
 	ln, err := gostream.Listen(h, RaftProtocol)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: listen on %s: %w", RaftProtocol, err)
 	}
-	return &streamLayer{host: h, Listener: ln}, nil
+	return &streamLayer{host: h, admit: admit, Listener: ln}, nil
+}
+
+// Accept implements net.Listener, skipping streams from peers not admitted.
+func (l *streamLayer) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		id, err := peer.Decode(c.RemoteAddr().String())
+		if err == nil && l.admit(id) {
+			return c, nil
+		}
+		c.Close()
+	}
 }
 
 // Dial implements raft.StreamLayer.
