@@ -18,15 +18,19 @@ import (
 	"github.com/layermesh/layermesh/node"
 )
 
-// httpOnlyFailures lists the cases that pass through accel but not through the
-// KServe v2 HTTP endpoint, with the reason. It is empty: everything accel runs, the
-// binary tensor extension carries (every dtype, scalars, zero-sized tensors, BYTES).
-var httpOnlyFailures = map[string]string{}
+// httpOnlyFailures lists, per wire form, the cases that pass through accel but not
+// through the KServe v2 HTTP endpoint, with the reason. The binary tensor extension
+// carries everything accel runs (every dtype, scalars, zero-sized tensors, BYTES).
+var httpOnlyFailures = map[string]map[string]string{
+	"binary": {},
+	"json":   {},
+}
 
 // TestHTTPConformance pushes every ONNX backend node test through a real node's HTTP
 // API: the model is uploaded with PUT /v1/models/{name}, each data set is sent to
-// POST /v2/models/{name}/infer with the binary tensor data extension both ways, and
-// each output is compared with the expected .pb as the accel test does.
+// POST /v2/models/{name}/infer, and each output is compared with the expected .pb as
+// the accel test does. It runs twice: with the binary tensor data extension both ways,
+// and with JSON tensors both ways.
 func TestHTTPConformance(t *testing.T) {
 	dir := os.Getenv("ONNX_NODE_TESTS")
 	if dir == "" {
@@ -65,13 +69,19 @@ func TestHTTPConformance(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	for _, form := range []string{"binary", "json"} {
+		t.Run(form, func(t *testing.T) { runCasesHTTP(t, c, cases, form) })
+	}
+}
+
+func runCasesHTTP(t *testing.T, c *client.Client, cases []Case, form string) {
 	start := time.Now()
 	passed := 0
 	var unexpected, stale []string
 	for _, cs := range cases {
-		err := runCaseHTTP(c, cs)
+		err := runCaseHTTP(c, cs, form == "binary")
 		reason, known := KnownFailures[cs.Name]
-		if r, ok := httpOnlyFailures[cs.Name]; ok {
+		if r, ok := httpOnlyFailures[form][cs.Name]; ok {
 			reason, known = r, true
 		}
 		switch {
@@ -84,8 +94,8 @@ func TestHTTPConformance(t *testing.T) {
 			unexpected = append(unexpected, fmt.Sprintf("%s [%s]: %v", cs.Name, cs.Describe(), err))
 		}
 	}
-	summary := fmt.Sprintf("http conformance: %d of %d ONNX node tests pass through the KServe v2 endpoint (binary tensor extension; %d listed as known failures) in %v",
-		passed, len(cases), len(cases)-passed, time.Since(start).Round(time.Millisecond))
+	summary := fmt.Sprintf("http conformance (%s tensors): %d of %d ONNX node tests pass through the KServe v2 endpoint (%d listed as known failures) in %v",
+		form, passed, len(cases), len(cases)-passed, time.Since(start).Round(time.Millisecond))
 	t.Log(summary)
 	fmt.Println(summary)
 	sort.Strings(unexpected)
@@ -101,7 +111,7 @@ func TestHTTPConformance(t *testing.T) {
 }
 
 // runCaseHTTP uploads c's model, runs every data set over HTTP and deletes the model.
-func runCaseHTTP(c *client.Client, cs Case) error {
+func runCaseHTTP(c *client.Client, cs Case, binary bool) error {
 	if cs.Err != nil {
 		return fmt.Errorf("reading case: %w", cs.Err)
 	}
@@ -134,9 +144,9 @@ func runCaseHTTP(c *client.Client, cs Case) error {
 			if !v.IsTensor() {
 				return fmt.Errorf("%s: output %q: %w: %s", ds.Name, v.Name, ErrNotTensor, v.Kind)
 			}
-			req.Outputs = append(req.Outputs, wire.OutputRequest{Name: v.Name, Binary: true})
+			req.Outputs = append(req.Outputs, wire.OutputRequest{Name: v.Name, Binary: binary})
 		}
-		resp, err := c.Infer(ctx, cs.Name, req, client.InferOptions{BinaryInputs: true})
+		resp, err := c.Infer(ctx, cs.Name, req, client.InferOptions{BinaryInputs: binary})
 		if err != nil {
 			return fmt.Errorf("%s: %w", ds.Name, err)
 		}
