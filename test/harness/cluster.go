@@ -150,7 +150,7 @@ func (c *Cluster) Node(i int) *Node { return c.Nodes[i] }
 func (c *Cluster) SecretPath() string { return filepath.Join(c.dir, SecretFile) }
 
 // DefaultFlags are meshnode's flags for node n: its data dir, name, addresses (pinned
-// after the first start), no mDNS (tests of different engineers share the machine's
+// after the first start), a gossip port picked by the system, no mDNS (tests of different engineers share the machine's
 // loopback), JSON logs; node 0 bootstraps, the others join node 0.
 func (c *Cluster) DefaultFlags(n *Node) []string {
 	flags := []string{
@@ -158,6 +158,8 @@ func (c *Cluster) DefaultFlags(n *Node) []string {
 		"--name", n.Name,
 		"--http", n.HTTPListen,
 		"--listen", n.P2PListen,
+		// meshnode's default gossip port is fixed; several nodes share this machine.
+		"--gossip-port", "0",
 		"--no-mdns",
 		"--log-format", "json",
 	}

@@ -31,6 +31,7 @@ func main() {
 	bootstrap := flag.Bool("bootstrap", false, "write cluster.secret and admin.token, as a bootstrapping meshnode does")
 	flag.String("cluster-secret-file", "", "ignored")
 	flag.Bool("no-mdns", false, "ignored")
+	flag.Int("gossip-port", 0, "ignored")
 	flag.String("log-format", "text", "ignored")
 	leaderFile := flag.String("leader-file", "", "GET /v1/cluster names the node in this file as leader (tests leader tracking)")
 	ignoreTerm := flag.Bool("ignore-sigterm", false, "keep running on SIGTERM (tests the harness's kill after grace)")
