@@ -52,6 +52,7 @@ func init() {
 		"nodes":     {"list the nodes", runNodes},
 		"deploy":    {"upload and deploy a model: deploy FILE.onnx --name NAME", runDeploy},
 		"undeploy":  {"remove a model: undeploy NAME", runUndeploy},
+		"partition": {"split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", runPartition},
 		"gen-model": {"write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", runGenModel},
 		"version":   {"print the client's and the node's version", runVersion},
 	}
