@@ -66,11 +66,10 @@ func (tc *testCluster) start(i int, bootstrap bool, budget int64) *Cluster {
 		opts.Bootstrap = true
 	} else {
 		opts.SecretFile = filepath.Join(tc.dirs[0], secretFileName)
-		for _, n := range tc.nodes {
-			if n != nil {
-				opts.Join = append(opts.Join, n.Addrs()[0])
-				break
-			}
+	}
+	for j, n := range tc.nodes {
+		if n != nil && j != i {
+			opts.Join = append(opts.Join, n.Addrs()[0])
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -309,4 +308,25 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 		return nil
 	})
 	t.Logf("replicas back to 2 %v after the stop", time.Since(killed).Round(time.Millisecond))
+
+	// The stopped node comes back with its identity and is given stages again.
+	back := tc.start(victim, victim == 0, 1<<30)
+	if back.Self() != victimID {
+		t.Fatalf("restarted node has peer id %s, was %s", back.Self(), victimID)
+	}
+	eventually(t, 30*time.Second, func() error {
+		if n := len(back.Runtime().Served()); n == 0 {
+			return fmt.Errorf("restarted node serves no stage")
+		}
+		for _, s := range back.Runtime().Served() {
+			if !s.Ready {
+				return fmt.Errorf("stage %v loading", s.Key)
+			}
+		}
+		return nil
+	})
+	got, err = inferGPT(back, "gpt", inputs)
+	if err != nil || maxRelDiff(got, want) > 1e-4 {
+		t.Fatalf("infer via the restarted node: %v (diff %g)", err, maxRelDiff(got, want))
+	}
 }

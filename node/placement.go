@@ -374,3 +374,87 @@ func capacityError(stage int, req PlacementRequest, nodes []*nodeLoad) *Capacity
 	}
 	return e
 }
+
+// rebalanceGain is the largest fraction of the busiest node's load a rebalancing move
+// may leave as the new peak of the two nodes involved.
+const rebalanceGain = 0.9
+
+// Rebalance moves at most one replica of a complete placement (every stage at its
+// replication factor) from the busiest node to the least busy one that can hold it,
+// when that lowers the busier node's load by more than it raises the other's, so a
+// node that joins or returns gets work again without a big bang: the controller calls
+// it once per reconcile, and the runtime keeps the moved replica serving on its old
+// node until the new one is ready. It returns the placement unchanged (and false) when
+// nothing is worth moving or any slot is still missing.
+func Rebalance(req PlacementRequest, current [][]string) ([][]string, bool) {
+	if validatePlacement(req) != nil || len(current) != len(req.Stages) {
+		return current, false
+	}
+	loads := make(map[string]*nodeLoad, len(req.Members))
+	for _, m := range req.Members {
+		loads[m.ID] = &nodeLoad{m: m, used: m.Used}
+	}
+	for k, reps := range current {
+		if len(reps) != req.Replicas {
+			return current, false
+		}
+		for _, id := range reps {
+			n, ok := loads[id]
+			if !ok || !mayKeep(n.m.State) {
+				return current, false
+			}
+			n.used += req.Stages[k].MemBytes
+			n.busy += req.Stages[k].Cost / n.speed()
+		}
+	}
+	type move struct {
+		stage    int
+		from, to *nodeLoad
+		peak     float64
+	}
+	// Prefer relieving the busiest node, then the lowest resulting peak, then the
+	// lowest stage and node id, so the choice is deterministic.
+	better := func(a, b *move) bool {
+		if a.from.busy != b.from.busy {
+			return a.from.busy > b.from.busy
+		}
+		if a.peak != b.peak {
+			return a.peak < b.peak
+		}
+		if a.stage != b.stage {
+			return a.stage < b.stage
+		}
+		return a.to.m.ID < b.to.m.ID
+	}
+	var best *move
+	for k, reps := range current {
+		st := req.Stages[k]
+		for _, fromID := range reps {
+			from := loads[fromID]
+			for _, to := range loads {
+				if to.m.State != MemberAlive || to.free() < st.MemBytes || slices.Contains(reps, to.m.ID) {
+					continue
+				}
+				// Worth a blob transfer and a session load only for a clear gain.
+				after := max(from.busy-st.Cost/from.speed(), to.busy+st.Cost/to.speed())
+				if after > rebalanceGain*from.busy {
+					continue
+				}
+				m := &move{stage: k, from: from, to: to, peak: after}
+				if best == nil || better(m, best) {
+					best = m
+				}
+			}
+		}
+	}
+	if best == nil {
+		return current, false
+	}
+	out := make([][]string, len(current))
+	for k, reps := range current {
+		out[k] = slices.Clone(reps)
+	}
+	i := slices.Index(out[best.stage], best.from.m.ID)
+	out[best.stage][i] = best.to.m.ID
+	return out, true
+}

@@ -145,11 +145,18 @@ func (c *Cluster) reconcilePlacements(ctx context.Context) {
 			continue
 		}
 		prev, placed := st.Placements[key]
-		if placed && slices.EqualFunc(prev.Stages, res.Replicas, slices.Equal) {
-			continue
+		target := res.Replicas
+		if placed && slices.EqualFunc(prev.Stages, target, slices.Equal) {
+			// Stable: give idle or returning nodes work, one replica at a time and only
+			// once every placed replica is ready, so no stage is ever left short.
+			next, moved := Rebalance(req, prev.Stages)
+			if !moved || !c.allPlacedReady(m, prev.Stages, live) {
+				continue
+			}
+			target = next
 		}
 		cmd := consensus.NewCommand(consensus.SetPlacement{
-			Placement:     consensus.Placement{Model: m.Name, Version: m.Version, Stages: res.Replicas},
+			Placement:     consensus.Placement{Model: m.Name, Version: m.Version, Stages: target},
 			ExpectedEpoch: prev.Epoch,
 		})
 		r, err := c.store.Apply(ctx, cmd)
@@ -159,8 +166,8 @@ func (c *Cluster) reconcilePlacements(ctx context.Context) {
 			}
 			continue
 		}
-		c.log.Info("placement committed", "model", key, "epoch", r.Epoch, "stages", res.Replicas,
-			"moved", res.Moved, "warnings", res.Warnings)
+		c.log.Info("placement committed", "model", key, "epoch", r.Epoch, "stages", target,
+			"moved", res.Moved, "warnings", res.Warnings, "rebalance", placed && res.Moved == 0)
 		st = c.store.State()
 	}
 	c.dropSuperseded(ctx, st, live)
@@ -231,4 +238,17 @@ func (c *Cluster) dropSuperseded(ctx context.Context, st *consensus.ClusterState
 				"by", strconv.Itoa(newestReady[m.Name]))
 		}
 	}
+}
+
+// allPlacedReady says whether every node the placement names serves its stage ready.
+func (c *Cluster) allPlacedReady(m consensus.Model, stages [][]string, live map[string]mesh.NodeMeta) bool {
+	for k, reps := range stages {
+		ready := c.readyReplicas(m, k, live)
+		for _, id := range reps {
+			if !slices.Contains(ready, id) {
+				return false
+			}
+		}
+	}
+	return true
 }

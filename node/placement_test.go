@@ -369,3 +369,76 @@ func TestPlaceRandomInvariants(t *testing.T) {
 		}
 	}
 }
+
+func TestRebalanceGivesReturningNodeWork(t *testing.T) {
+	ms := members(1000, 1000, 1000)
+	// After a heal n0 and n1 hold everything; n2 is back and empty.
+	cur := [][]string{{"n0", "n1"}, {"n0", "n1"}, {"n0", "n1"}}
+	req := PlacementRequest{Stages: stages(100, 100, 100), Members: ms, Replicas: 2, Previous: cur}
+	moves := 0
+	for {
+		next, moved := Rebalance(req, cur)
+		if !moved {
+			break
+		}
+		moves++
+		req.Previous = next
+		res, err := Place(req)
+		if err != nil || res.Moved != 0 || !slices.EqualFunc(res.Replicas, next, slices.Equal) {
+			t.Fatalf("rebalanced placement is not stable under Place: %v moved %d", err, res.Moved)
+		}
+		checkInvariants(t, req, res)
+		cur = next
+		if moves > 10 {
+			t.Fatalf("rebalance does not converge: %v", cur)
+		}
+	}
+	count := map[string]int{}
+	for _, reps := range cur {
+		for _, id := range reps {
+			count[id]++
+		}
+	}
+	if moves != 2 || count["n0"] != 2 || count["n1"] != 2 || count["n2"] != 2 {
+		t.Fatalf("after %d moves: %v", moves, cur)
+	}
+	// A balanced placement, or one with a missing slot, is left alone.
+	if _, moved := Rebalance(req, cur); moved {
+		t.Fatal("balanced placement moved")
+	}
+	if _, moved := Rebalance(req, [][]string{{"n0"}, {"n0", "n1"}, {"n0", "n1"}}); moved {
+		t.Fatal("incomplete placement rebalanced")
+	}
+}
+
+func TestRebalanceRandomInvariants(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for iter := range 1000 {
+		ms := make([]PlacementMember, 2+rng.IntN(5))
+		for i := range ms {
+			ms[i] = PlacementMember{ID: fmt.Sprintf("n%d", i), State: MemberAlive, MemBudget: int64(200 + rng.IntN(800)), Speed: 0.5 + rng.Float64()}
+		}
+		ss := make([]PlacementStage, 1+rng.IntN(5))
+		for i := range ss {
+			ss[i] = PlacementStage{MemBytes: int64(10 + rng.IntN(150)), Cost: 1 + rng.Float64()*5}
+		}
+		req := PlacementRequest{Stages: ss, Members: ms, Replicas: 1 + rng.IntN(2)}
+		res, err := Place(req)
+		if err != nil || len(res.Warnings) > 0 {
+			continue
+		}
+		cur := res.Replicas
+		for step := 0; ; step++ {
+			next, moved := Rebalance(req, cur)
+			if !moved {
+				break
+			}
+			if step > 50 {
+				t.Fatalf("iter %d: no convergence", iter)
+			}
+			req.Previous = next
+			checkInvariants(t, req, PlacementResult{Replicas: next})
+			cur = next
+		}
+	}
+}
