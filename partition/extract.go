@@ -91,6 +91,8 @@ type ExtractOptions struct {
 	// ExternalAbove is the stage weight total above which the stage's weights go to
 	// a .data file beside it; 0 means DefaultExternalAbove, negative means always.
 	ExternalAbove int64
+	// exposeAll makes every activation a stage output (MeasureValues uses it).
+	exposeAll bool
 }
 
 // Extract writes one standalone ONNX model per stage of p into outDir (stage-0.onnx,
@@ -261,7 +263,7 @@ func (g *Graph) valueInfo(name string) *onnxpb.ValueInfoProto {
 
 // stageGraph assembles the GraphProto of stage s without its initializers, and
 // returns those separately so the writer can stream their bytes.
-func (g *Graph) stageGraph(s Stage, stageOf []int, last bool) (*onnxpb.GraphProto, []*onnxpb.TensorProto, *StageManifest) {
+func (g *Graph) stageGraph(s Stage, stageOf []int, last, exposeAll bool) (*onnxpb.GraphProto, []*onnxpb.TensorProto, *StageManifest) {
 	src := g.Model.Proto.GetGraph()
 	gp := &onnxpb.GraphProto{Name: proto.String(fmt.Sprintf("%s_stage_%d", src.GetName(), s.Index)), DocString: src.DocString}
 	gp.ProtoReflect().SetUnknown(src.ProtoReflect().GetUnknown())
@@ -312,7 +314,7 @@ func (g *Graph) stageGraph(s Stage, stageOf []int, last bool) (*onnxpb.GraphProt
 	for pos := s.Start; pos < s.End; pos++ {
 		for _, o := range g.Nodes[pos].Outputs {
 			v := g.Values[o]
-			if isGraphOut[o] || (len(v.Consumers) > 0 && v.Consumers[len(v.Consumers)-1] >= s.End) {
+			if exposeAll || isGraphOut[o] || (len(v.Consumers) > 0 && v.Consumers[len(v.Consumers)-1] >= s.End) {
 				outs = append(outs, o)
 			}
 		}
@@ -353,7 +355,12 @@ func (g *Graph) stageGraph(s Stage, stageOf []int, last bool) (*onnxpb.GraphProt
 		sm.Inputs = append(sm.Inputs, g.spec(in, from))
 	}
 	for _, o := range outs {
-		gp.Output = append(gp.Output, g.valueInfo(o))
+		if exposeAll && !isGraphOut[o] {
+			// Measuring: let ONNX Runtime infer the type rather than trust ours.
+			gp.Output = append(gp.Output, &onnxpb.ValueInfoProto{Name: proto.String(o)})
+		} else {
+			gp.Output = append(gp.Output, g.valueInfo(o))
+		}
 		ts := g.spec(o, s.Index)
 		ts.GraphOutput = isGraphOut[o]
 		sm.Outputs = append(sm.Outputs, ts)
@@ -397,7 +404,7 @@ func (g *Graph) stageGraph(s Stage, stageOf []int, last bool) (*onnxpb.GraphProt
 // buffer (or its external-data file) straight to disk, never copied into a marshalled
 // message.
 func (g *Graph) writeStage(m *Model, s Stage, stageOf []int, nstages int, outDir string, opts ExtractOptions) (*StageManifest, error) {
-	gp, inits, sm := g.stageGraph(s, stageOf, s.Index == nstages-1)
+	gp, inits, sm := g.stageGraph(s, stageOf, s.Index == nstages-1, opts.exposeAll)
 	sm.File = fmt.Sprintf("stage-%d.onnx", s.Index)
 	limit := opts.ExternalAbove
 	if limit == 0 {

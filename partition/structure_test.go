@@ -1,6 +1,7 @@
 package partition
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -186,5 +187,99 @@ func TestTiedWeightsAndLateInputs(t *testing.T) {
 	}
 	if !rep.Outputs[0].Exact {
 		t.Fatalf("mask chain differs: %+v", rep.Outputs[0])
+	}
+}
+
+// TestMeasureValues: shapes and dtypes measured in ONNX Runtime agree with shape
+// inference on every tensor of the PP-OCR recognizer and the generated models, and a
+// tensor inference cannot size (the output of an op it has no rule for) gets exact
+// crossing bytes once measured.
+func TestMeasureValues(t *testing.T) {
+	ppShapes := map[string][]int64{"x": {1, 3, 48, 96}}
+	ppInputs, err := RandomInputs(&Manifest{InputShapes: ppShapes, Inputs: []TensorSpec{{Name: "x", DType: tensor.Float32}}}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		path   string
+		inputs []tensor.Tensor
+	}{{"pp-ocr", ppOCRPath, ppInputs}}
+	for _, cfg := range []modelgen.Config{modelgen.GPTTiny, modelgen.ResNetTiny, modelgen.LSTMTiny} {
+		in, err := cfg.ExampleInputs(2, 3, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cases = append(cases, struct {
+			name   string
+			path   string
+			inputs []tensor.Tensor
+		}{fmt.Sprintf("%T", cfg), writeGenerated(t, cfg, t.TempDir()), in})
+	}
+	for _, c := range cases {
+		m, err := Load(c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := Analyze(m, map[string][]int64{c.inputs[0].Name: c.inputs[0].Shape})
+		if err != nil {
+			t.Fatal(err)
+		}
+		measured, err := MeasureValues(t.Context(), ortBackend(t), g, c.inputs, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(measured) < len(g.Nodes) {
+			t.Fatalf("%s: measured %d tensors of %d nodes", c.name, len(measured), len(g.Nodes))
+		}
+		agree, differ := 0, 0
+		for name, mv := range measured {
+			v := g.Values[name]
+			if v.DType == mv.DType && slices.Equal(v.Shape, mv.Shape) {
+				agree++
+			} else {
+				differ++
+				t.Logf("%s: %s: inferred %s%v, measured %s%v", c.name, name, v.DType, v.Shape, mv.DType, mv.Shape)
+			}
+		}
+		t.Logf("%s: inference agrees with ONNX Runtime on %d of %d tensors", c.name, agree, agree+differ)
+		if differ != 0 {
+			t.Errorf("%s: shape inference differs from ONNX Runtime on %d tensors", c.name, differ)
+		}
+	}
+
+	// An op without a shape rule: Einsum keeps its dtype but not its shape, so the
+	// crossing bytes are a guess until measured.
+	mp := model([]*onnxpb.NodeProto{
+		node("Relu", []string{"x"}, []string{"a"}),
+		node("Einsum", []string{"a", "a"}, []string{"b"}, &onnxpb.AttributeProto{Name: proto.String("equation"), Type: onnxpb.AttributeProto_STRING.Enum(), S: []byte("ij,kj->ik")}),
+		node("Sigmoid", []string{"b"}, []string{"y"}),
+	}, nil, []*onnxpb.ValueInfoProto{vi("x", tensor.Float32, 3, 5)}, []*onnxpb.ValueInfoProto{vi("y", tensor.Float32, 3, 3)})
+	path := t.TempDir() + "/einsum.onnx"
+	if err := modelgen.WriteFile(mp, path); err != nil {
+		t.Fatal(err)
+	}
+	m2, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2, err := Analyze(m2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g2.Values["b"].Shape != nil {
+		t.Fatalf("Einsum shape inferred as %v; the test needs an op without a rule", g2.Values["b"].Shape)
+	}
+	x := tensor.FromFloat32("x", []int64{3, 5}, make([]float32, 15))
+	mv, err := MeasureValues(t.Context(), ortBackend(t), g2, []tensor.Tensor{x}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g3, err := AnalyzeWith(m2, AnalyzeOptions{Measured: mv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := g3.Cuts[2].Bytes; got != 3*3*4 {
+		t.Fatalf("measured cut after Einsum: %d bytes, want 36", got)
 	}
 }

@@ -23,7 +23,7 @@ const unlimitedBudget = math.MaxInt64 / 4
 // runPartition cuts a model into pipeline stages offline, without a cluster:
 //
 //	meshctl partition MODEL --stages K|auto [--budgets 2GiB,1GiB,...] [--speeds 1,2,...]
-//	    [--bandwidth 1GB] [--input-shape name=1x128] [--out DIR] [--verify] [--json]
+//	    [--bandwidth 1GB] [--input-shape name=1x128] [--out DIR] [--measure] [--verify] [--json]
 //
 // Devices are the budgets (and speeds) given, in pipeline order: stage i runs on
 // device i. Without budgets every device is unlimited and the stages are balanced on
@@ -36,7 +36,8 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 	bandwidth := fs.String("bandwidth", "1GB", "link bandwidth between consecutive devices, bytes per second")
 	out := fs.String("out", "", "folder for the stage files and manifest.json (default MODEL without .onnx + .stages)")
 	verify := fs.Bool("verify", false, "run the whole model and the stage chain in ONNX Runtime and compare every output")
-	ortLib := fs.String("ort-lib", "", "ONNX Runtime library for --verify (default $ORT_LIB or third_party/onnxruntime/current)")
+	measure := fs.Bool("measure", false, "run the model once in ONNX Runtime for exact activation shapes (where shape inference has no rule)")
+	ortLib := fs.String("ort-lib", "", "ONNX Runtime library for --verify and --measure (default $ORT_LIB or third_party/onnxruntime/current)")
 	asJSON := fs.Bool("json", false, "print the manifest (and verify report) as JSON")
 	var shapes shapeFlags
 	fs.Var(&shapes, "input-shape", "bind an input's shape, e.g. input_ids=1x128 (repeatable)")
@@ -77,6 +78,26 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var backend accel.Backend
+	if *verify || *measure {
+		if backend, err = accel.NewORT(accel.ORTConfig{LibraryPath: *ortLib, Provider: accel.ProviderCPU, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+			return err
+		}
+		defer backend.Close()
+	}
+	if *measure {
+		inputs, err := partition.RandomInputs(&partition.Manifest{InputShapes: g.InputShapes, Inputs: graphInputSpecs(g)}, partition.VerifySeed)
+		if err != nil {
+			return err
+		}
+		measured, err := partition.MeasureValues(ctx, backend, g, inputs, "")
+		if err != nil {
+			return err
+		}
+		if g, err = partition.AnalyzeWith(m, partition.AnalyzeOptions{InputShapes: shapes.m, Measured: measured}); err != nil {
+			return err
+		}
+	}
 	plan, err := partition.Plan(g, devices, partition.PlanOptions{Stages: k, LinkBandwidth: func(int, int) float64 { return float64(bw) }})
 	if err != nil {
 		return err
@@ -89,12 +110,7 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 
 	var report *partition.VerifyReport
 	if *verify {
-		be, err := accel.NewORT(accel.ORTConfig{LibraryPath: *ortLib, Provider: accel.ProviderCPU, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			return fmt.Errorf("verify: %w", err)
-		}
-		defer be.Close()
-		if report, err = partition.Verify(ctx, be, modelPath, man, dir, nil); err != nil {
+		if report, err = partition.Verify(ctx, backend, modelPath, man, dir, nil); err != nil {
 			return err
 		}
 	}
@@ -117,6 +133,16 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// graphInputSpecs describes the graph inputs for RandomInputs.
+func graphInputSpecs(g *partition.Graph) []partition.TensorSpec {
+	var out []partition.TensorSpec
+	for _, name := range g.Inputs {
+		v := g.Values[name]
+		out = append(out, partition.TensorSpec{Name: name, DType: v.DType, Shape: v.Shape, From: -1})
+	}
+	return out
 }
 
 // partitionDevices builds the device list from the --budgets and --speeds lists.
