@@ -88,7 +88,7 @@ type NodeStatus struct {
 	State    string   `json:"state"` // alive, suspect, dead, draining, left
 	Accel    string   `json:"accel"`
 	Cores    int      `json:"cores"`
-	MemTotal uint64   `json:"mem_total"`
+	MemTotal uint64   `json:"mem_total,omitempty"`
 	Models   []string `json:"models"`
 }
 
