@@ -194,59 +194,64 @@ func (g *Graph) checkPlan(p *StagePlan) error {
 	return nil
 }
 
-// spec describes tensor name; from is the producing stage (-1 for graph inputs).
+// spec describes tensor name as stage files declare it; from is the producing stage
+// (-1 for graph inputs).
 func (g *Graph) spec(name string, from int) TensorSpec {
-	v := g.Values[name]
-	ts := TensorSpec{Name: name, From: from, DType: v.DType}
-	for i, d := range v.Shape {
-		if v.Dynamic != nil && v.Dynamic[i] {
-			d = -1
+	vi := g.valueInfo(name)
+	tt := vi.GetType().GetTensorType()
+	ts := TensorSpec{Name: name, From: from, DType: tensor.DType(tt.GetElemType()), Shape: []int64{}}
+	for _, d := range tt.GetShape().GetDim() {
+		if d.GetDimValue() > 0 {
+			ts.Shape = append(ts.Shape, d.GetDimValue())
+		} else {
+			ts.Shape = append(ts.Shape, -1)
 		}
-		ts.Shape = append(ts.Shape, d)
-	}
-	if vi := g.declared(name); vi != nil {
-		tt := vi.GetType().GetTensorType()
-		if tt.GetElemType() != 0 {
-			ts.DType = tensor.DType(tt.GetElemType())
-		}
-		if tt.GetShape() != nil {
-			ts.Shape = ts.Shape[:0]
-			for _, d := range tt.GetShape().GetDim() {
-				if d.GetDimValue() > 0 {
-					ts.Shape = append(ts.Shape, d.GetDimValue())
-				} else {
-					ts.Shape = append(ts.Shape, -1)
-				}
-			}
-		}
-	}
-	if ts.Shape == nil {
-		ts.Shape = []int64{}
 	}
 	return ts
 }
 
 // declared returns the model's own ValueInfo for name (graph input, output or
 // value_info), when it declares a tensor type.
-func (g *Graph) declared(name string) *onnxpb.ValueInfoProto {
+func (g *Graph) declared(name string) (vi *onnxpb.ValueInfoProto, io bool) {
 	gp := g.Model.Proto.GetGraph()
-	for _, list := range [][]*onnxpb.ValueInfoProto{gp.GetInput(), gp.GetOutput(), gp.GetValueInfo()} {
+	for i, list := range [][]*onnxpb.ValueInfoProto{gp.GetInput(), gp.GetOutput(), gp.GetValueInfo()} {
 		for _, vi := range list {
 			if vi.GetName() == name && vi.GetType().GetTensorType() != nil && vi.GetType().GetTensorType().GetElemType() != 0 {
-				return vi
+				return vi, i < 2
 			}
 		}
 	}
-	return nil
+	return nil, false
 }
 
-// valueInfo returns a ValueInfoProto for a stage boundary: the model's own when it
-// has one, else one built from the analysis, with dynamic dims left symbolic.
+// valueInfo returns a ValueInfoProto for a stage boundary. Graph inputs and outputs
+// keep the model's own declaration: that is the model's contract. For activations the
+// model's value_info is used where it has one, but a dim the analysis found to follow
+// the input shape is made symbolic even if an exporter wrote down the size it traced
+// with, since ONNX Runtime enforces a stage input's declared dims.
 func (g *Graph) valueInfo(name string) *onnxpb.ValueInfoProto {
-	if vi := g.declared(name); vi != nil {
-		return vi
-	}
 	v := g.Values[name]
+	decl, io := g.declared(name)
+	if decl != nil && io {
+		return decl
+	}
+	if decl != nil {
+		tt := decl.GetType().GetTensorType()
+		dims := tt.GetShape().GetDim()
+		if tt.GetShape() == nil || len(dims) != len(v.Dynamic) {
+			return decl
+		}
+		relaxed := proto.Clone(decl).(*onnxpb.ValueInfoProto)
+		for i, d := range relaxed.GetType().GetTensorType().GetShape().GetDim() {
+			if v.Dynamic[i] && d.GetDimValue() > 0 {
+				d.Value = nil
+			}
+		}
+		return relaxed
+	}
+	if v.DType == 0 {
+		return &onnxpb.ValueInfoProto{Name: proto.String(name)}
+	}
 	tt := &onnxpb.TypeProto_Tensor{ElemType: proto.Int32(int32(v.DType))}
 	if v.Shape != nil {
 		tt.Shape = &onnxpb.TensorShapeProto{}

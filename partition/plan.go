@@ -130,6 +130,17 @@ func stageCost(g *Graph, devices []Device, bw func(i, j int) float64, k, a, b in
 // fits its device and the slowest stage is as fast as possible. It is an exact
 // dynamic program over the valid cut points: O(K*N^2) time for N nodes and K stages,
 // O(K*N) memory.
+//
+// Devices are used in the order given (with Stages 0, a prefix of them): the order is
+// the pipeline's, and it is the caller's to choose because only the caller knows the
+// links. To let the planner weigh orders, call Plan once per candidate order and keep
+// the plan with the lowest Bottleneck; each call is cheap next to extraction.
+//
+// A stage's time is its FLOPs over its device's speed plus the bytes crossing the cut
+// after it (activations and graph inputs that later stages read) over the link to
+// the next device; the last stage sends nothing. Its memory is its weights (each once,
+// shared weights in every stage that reads them) plus an activation allowance: what
+// it receives plus the largest working set (inputs and outputs) of one of its nodes.
 func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 	if len(devices) == 0 {
 		return nil, ErrNoDevices
