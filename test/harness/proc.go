@@ -78,7 +78,7 @@ func NewProc(t testing.TB, spec ProcSpec) *Proc {
 	p := &Proc{t: t, spec: spec, logPath: filepath.Join(logDir, spec.Name+".log")}
 	t.Cleanup(func() {
 		_ = p.Kill()
-		if t.Failed() {
+		if t.Failed() && p.Starts() > 0 {
 			t.Logf("--- log of %s (%s), last %d KiB ---\n%s", spec.Name, p.logPath, logTail>>10, p.LogTail(logTail))
 		}
 	})
