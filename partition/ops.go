@@ -188,9 +188,13 @@ func inferNode(n *onnxpb.NodeProto, ins []*vinfo, opset int64) []*vinfo {
 	}
 	switch op {
 	case "MatMul", "MatMulInteger", "FusedMatMul":
+		dt := x.dtype
+		if op == "MatMulInteger" {
+			dt = tensor.Int32
+		}
 		a, b := x.shape, in(ins, 1).shape
 		if a == nil || b == nil || len(a) == 0 || len(b) == 0 {
-			return []*vinfo{{dtype: x.dtype}}
+			return []*vinfo{{dtype: dt}}
 		}
 		var out []int64
 		switch {
@@ -204,7 +208,7 @@ func inferNode(n *onnxpb.NodeProto, ins []*vinfo, opset int64) []*vinfo {
 			batch := broadcast(a[:len(a)-2], b[:len(b)-2])
 			out = append(append(batch, a[len(a)-2]), b[len(b)-1])
 		}
-		return []*vinfo{{dtype: x.dtype, shape: out}}
+		return []*vinfo{{dtype: dt, shape: out}}
 	case "Gemm":
 		a, b := x.shape, in(ins, 1).shape
 		if len(a) != 2 || len(b) != 2 {
@@ -219,7 +223,11 @@ func inferNode(n *onnxpb.NodeProto, ins []*vinfo, opset int64) []*vinfo {
 		}
 		return []*vinfo{{dtype: x.dtype, shape: []int64{m, nn}}}
 	case "Conv", "ConvInteger", "ConvTranspose":
-		return []*vinfo{{dtype: x.dtype, shape: convShape(n, x.shape, in(ins, 1).shape, op == "ConvTranspose")}}
+		dt := x.dtype
+		if op == "ConvInteger" {
+			dt = tensor.Int32
+		}
+		return []*vinfo{{dtype: dt, shape: convShape(n, x.shape, in(ins, 1).shape, op == "ConvTranspose")}}
 	case "MaxPool", "AveragePool", "LpPool":
 		k, _ := attrInts(n, "kernel_shape")
 		return []*vinfo{{dtype: x.dtype, shape: poolShape(n, x.shape, k)}, {dtype: tensor.Int64, shape: poolShape(n, x.shape, k)}}
@@ -323,8 +331,12 @@ func inferNode(n *onnxpb.NodeProto, ins []*vinfo, opset int64) []*vinfo {
 		return []*vinfo{res}
 	case "Unsqueeze", "Squeeze":
 		axes, ok := attrInts(n, "axes")
-		if !ok && opset >= 13 {
-			axes, ok = in(ins, 1).val, in(ins, 1).val != nil
+		if !ok && opset >= 13 && len(ins) > 1 && ins[1] != nil {
+			if ins[1].val == nil {
+				// Axes computed at run time: the rank is unknown.
+				return []*vinfo{{dtype: x.dtype}}
+			}
+			axes, ok = ins[1].val, true
 		}
 		if x.shape == nil {
 			return []*vinfo{{dtype: x.dtype, val: x.val}}
@@ -624,6 +636,12 @@ func convShape(n *onnxpb.NodeProto, x, w []int64, transpose bool) []int64 {
 	out := []int64{x[0], w[0]}
 	if transpose {
 		out[1] = w[1] * group
+		if shape, ok := attrInts(n, "output_shape"); ok {
+			if len(shape) != sp {
+				return nil
+			}
+			return append(out, shape...)
+		}
 	}
 	autoPad := attrString(n, "auto_pad", "NOTSET")
 	for i := 0; i < sp; i++ {
@@ -639,6 +657,8 @@ func convShape(n *onnxpb.NodeProto, x, w []int64, transpose bool) []int64 {
 		}
 		var o int64
 		switch {
+		case transpose && (autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER"):
+			o = in * strides[i]
 		case transpose:
 			outPad := attrIntsOr(n, "output_padding", nil)
 			if len(outPad) != sp {
