@@ -221,8 +221,10 @@ func (s *Server) jsonMuxErrors(mux *http.ServeMux) http.Handler {
 			mux.ServeHTTP(w, r)
 			return
 		}
+		start := time.Now()
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, r)
+		defer func() { s.metrics.observe(unmatchedRoute, "", rec.Code, time.Since(start)) }()
 		switch rec.Code {
 		case http.StatusNotFound:
 			s.writeError(w, r, fmt.Errorf("%w: %s %s", ErrRouteNotFound, r.Method, r.URL.Path))
@@ -238,6 +240,9 @@ func (s *Server) jsonMuxErrors(mux *http.ServeMux) http.Handler {
 		}
 	})
 }
+
+// unmatchedRoute labels the metrics of requests that matched no route (404, 405).
+const unmatchedRoute = "unmatched"
 
 // statusWriter remembers the status a handler wrote.
 type statusWriter struct {

@@ -182,6 +182,11 @@ type InferOptions struct {
 	Version string
 	// BinaryInputs sends the inputs with the binary tensor data extension.
 	BinaryInputs bool
+	// Buffer, when its capacity holds the response body, receives it instead of a
+	// fresh allocation; the response's binary tensors then alias Buffer, so the
+	// caller reuses it only once done with them. For a large output (a GPT's 25 MB
+	// of logits) this saves the page faults of a new buffer on every call.
+	Buffer []byte
 }
 
 // Infer runs model on req. Outputs come back in binary where req asks for it
@@ -213,7 +218,11 @@ func (c *Client) Infer(ctx context.Context, model string, req *wire.Request, opt
 	defer resp.Body.Close()
 	var body []byte
 	if resp.ContentLength >= 0 {
-		body = make([]byte, resp.ContentLength)
+		if int64(cap(opts.Buffer)) >= resp.ContentLength {
+			body = opts.Buffer[:resp.ContentLength]
+		} else {
+			body = make([]byte, resp.ContentLength)
+		}
 		_, err = io.ReadFull(resp.Body, body)
 	} else {
 		body, err = io.ReadAll(resp.Body)
