@@ -1,11 +1,13 @@
 package harness
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -191,4 +193,61 @@ func TestEventuallyAndPoll(t *testing.T) {
 	if err := Poll(30*time.Millisecond, 5*time.Millisecond, func() error { return want }); !errors.Is(err, want) {
 		t.Fatalf("Poll past its deadline: %v, want the last error", err)
 	}
+}
+
+// TestProcOrphanedByKilledTestBinary kills a test binary with SIGKILL, so that none of
+// its cleanups run, and checks that the node it had started dies with it.
+func TestProcOrphanedByKilledTestBinary(t *testing.T) {
+	if os.Getenv("HARNESS_ORPHAN_PARENT") == "1" {
+		// The child test binary: start a node, say its pid, wait to be killed.
+		p, _ := startEcho(t)
+		fmt.Printf("node-pid %d\n", p.Pid())
+		time.Sleep(time.Minute)
+		return
+	}
+	echonode(t) // build it here, so that the child does not race the build
+	parent := osexec.Command(os.Args[0], "-test.run", "^TestProcOrphanedByKilledTestBinary$", "-test.v")
+	parent.Env = append(os.Environ(), "HARNESS_ORPHAN_PARENT=1")
+	out, err := parent.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = parent.Process.Kill(); _ = parent.Wait() })
+	var nodePid int
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if _, err := fmt.Sscanf(sc.Text(), "node-pid %d", &nodePid); err == nil {
+			break
+		}
+	}
+	if nodePid == 0 {
+		t.Fatal("the child test binary never reported its node")
+	}
+	if err := syscall.Kill(nodePid, 0); err != nil {
+		t.Fatalf("node %d not running before the kill: %v", nodePid, err)
+	}
+	if err := parent.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = parent.Wait()
+	Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if pidRunning(nodePid) {
+			return fmt.Errorf("node %d outlived its SIGKILLed test binary", nodePid)
+		}
+		return nil
+	})
+}
+
+// pidRunning reports whether pid exists and is not a zombie waiting for a reaper that
+// may never come (in a container, PID 1 need not reap orphans).
+func pidRunning(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
