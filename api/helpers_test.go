@@ -89,11 +89,19 @@ type testNode struct {
 	dataDir string
 	token   string
 	url     string
+	hc      *http.Client
 }
 
 type nodeOption func(*node.Config)
 
 func startNode(t testing.TB, opts ...nodeOption) *testNode {
+	t.Helper()
+	return startNodeWith(t, nil, opts...)
+}
+
+// startNodeWith starts a node whose clients use hc (nil: http.DefaultClient), for a
+// node behind TLS.
+func startNodeWith(t testing.TB, hc *http.Client, opts ...nodeOption) *testNode {
 	t.Helper()
 	backend, err := accel.NewORT(accel.ORTConfig{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: quietLogger()})
 	if err != nil {
@@ -135,7 +143,7 @@ func startNode(t testing.TB, opts ...nodeOption) *testNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tn := &testNode{Node: n, dataDir: cfg.DataDir, token: strings.TrimSpace(string(tok)), url: n.URL()}
+	tn := &testNode{Node: n, dataDir: cfg.DataDir, token: strings.TrimSpace(string(tok)), url: n.URL(), hc: hc}
 	waitReady(t, tn.client(t, ""))
 	return tn
 }
@@ -155,7 +163,11 @@ func waitReady(t testing.TB, c *client.Client) {
 
 func (n *testNode) client(t testing.TB, token string) *client.Client {
 	t.Helper()
-	c, err := client.New(n.url, client.WithToken(token))
+	opts := []client.Option{client.WithToken(token)}
+	if n.hc != nil {
+		opts = append(opts, client.WithHTTPClient(n.hc))
+	}
+	c, err := client.New(n.url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
