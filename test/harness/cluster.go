@@ -49,6 +49,11 @@ type ClusterOptions struct {
 	StartTimeout time.Duration
 	// StopGrace is how long Stop and Restart wait after SIGTERM; default 15 s.
 	StopGrace time.Duration
+	// SeedLatency, when set, puts a latency proxy in front of node 0's libp2p listener
+	// and gives the joiners its address as their seed, so that their links to node 0
+	// carry that one-way delay (libp2p reuses the one connection it has to a peer).
+	// SeedProxy returns the proxy, to change the delay mid-test.
+	SeedLatency time.Duration
 }
 
 // Node is one node process of a Cluster.
@@ -73,10 +78,12 @@ type Node struct {
 // Cluster is a set of node processes started by one test: node 0 bootstraps, the others
 // join it with its cluster secret.
 type Cluster struct {
-	t     testing.TB
-	opts  ClusterOptions
-	dir   string
-	Nodes []*Node
+	t         testing.TB
+	opts      ClusterOptions
+	dir       string
+	Nodes     []*Node
+	seedProxy *Proxy
+	seedAddr  string // what the joiners are told: node 0's address, or the proxy's
 }
 
 // NewCluster prepares n nodes without starting them.
@@ -166,7 +173,35 @@ func (c *Cluster) DefaultFlags(n *Node) []string {
 	if n.Index == 0 {
 		return append(flags, "--bootstrap")
 	}
-	return append(flags, "--join", c.Nodes[0].p2pAddr, "--cluster-secret-file", c.SecretPath())
+	return append(flags, "--join", c.seedAddr, "--cluster-secret-file", c.SecretPath())
+}
+
+// SeedProxy returns the latency proxy in front of node 0 (nil without SeedLatency).
+func (c *Cluster) SeedProxy() *Proxy { return c.seedProxy }
+
+// startSeedProxy puts a latency proxy in front of node 0's libp2p address and returns
+// the multiaddr that reaches node 0 through it (same /p2p/ID, the proxy's ip and port).
+func (c *Cluster) startSeedProxy() (string, error) {
+	seed := c.Nodes[0].p2pAddr
+	host, port := multiaddrIP4(seed), multiaddrTCPPort(seed)
+	if host == "" || port == "" {
+		return "", fmt.Errorf("%w: seed address %q is not an /ip4/A/tcp/P multiaddr", ErrNodeStart, seed)
+	}
+	cfg := ProxyConfig{Target: net.JoinHostPort(host, port), Delay: c.opts.SeedLatency}
+	if nw := c.opts.Network; nw != nil {
+		// The joiners reach the proxy on the bridge, from their own namespaces.
+		ln, err := nw.Listen(ClientNS, "tcp", net.JoinHostPort(nw.IP(ClientNS).String(), "0"))
+		if err != nil {
+			return "", err
+		}
+		cfg.Listener, cfg.Dial = ln, nw.DialFunc(ClientNS)
+	}
+	c.seedProxy = StartProxy(c.t, cfg)
+	phost, pport, err := net.SplitHostPort(c.seedProxy.Addr())
+	if err != nil {
+		return "", err
+	}
+	return strings.Replace(strings.Replace(seed, "/ip4/"+host+"/", "/ip4/"+phost+"/", 1), "/tcp/"+port, "/tcp/"+pport, 1), nil
 }
 
 // Start starts node i and waits until it has written its addresses (not until ready).
@@ -200,6 +235,16 @@ func (c *Cluster) awaitSeed() error {
 	seed := c.Nodes[0]
 	if seed.p2pAddr == "" {
 		return fmt.Errorf("%w: node 0 has not written %s; it must be started first", ErrNodeStart, P2PAddrFile)
+	}
+	if c.seedAddr == "" {
+		c.seedAddr = seed.p2pAddr
+		if c.opts.SeedLatency > 0 {
+			addr, err := c.startSeedProxy()
+			if err != nil {
+				return err
+			}
+			c.seedAddr = addr
+		}
 	}
 	if _, err := os.Stat(c.SecretPath()); err == nil {
 		return nil
@@ -263,6 +308,17 @@ func ReadAddrFile(p *Proc, path string, timeout time.Duration) (string, error) {
 			return "", fmt.Errorf("%w: %s wrote no %s within %v: %v", ErrNodeStart, p.Name(), filepath.Base(path), timeout, err)
 		}
 	}
+}
+
+// multiaddrIP4 returns the address after /ip4/ in a multiaddr, "" if none.
+func multiaddrIP4(ma string) string {
+	parts := strings.Split(ma, "/")
+	for i := 0; i+1 < len(parts); i++ {
+		if parts[i] == "ip4" {
+			return parts[i+1]
+		}
+	}
+	return ""
 }
 
 // multiaddrTCPPort returns the port after /tcp/ in a multiaddr, "" if none.

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -149,5 +150,61 @@ func TestClusterLeaderTracking(t *testing.T) {
 	}()
 	if i, err := c.WaitForNewLeader(ctx, 0); err != nil || i != 2 {
 		t.Fatalf("new leader = %d, %v; want 2", i, err)
+	}
+}
+
+// TestClusterSeedLatency checks that joiners are pointed at a latency proxy in front of
+// node 0 and that traffic through the seed address they were given is delayed.
+func TestClusterSeedLatency(t *testing.T) {
+	for _, netns := range []bool{false, true} {
+		t.Run(map[bool]string{false: "loopback", true: "namespaces"}[netns], func(t *testing.T) {
+			var nw *Network
+			if netns {
+				nw = NewNetwork(t, 2)
+			}
+			const delay = 30 * time.Millisecond
+			c := StartCluster(t, 2, ClusterOptions{Binary: echonode(t), Network: nw, StartTimeout: 20 * time.Second, SeedLatency: delay})
+			seed := c.seedAddr
+			if seed == c.P2PAddr(0) || !strings.Contains(c.Node(1).LogTail(logTail), "--join "+seed) {
+				t.Fatalf("node 1 was not pointed at the proxy: seed %s, node 0 at %s", seed, c.P2PAddr(0))
+			}
+			// Round trip from node 1's side through the seed address: echonode echoes on
+			// its libp2p port, so the proxy's delay shows twice.
+			addr := net.JoinHostPort(multiaddrIP4(seed), multiaddrTCPPort(seed))
+			dial := (&net.Dialer{}).DialContext
+			if nw != nil {
+				dial = nw.DialFunc(1)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			conn, err := dial(ctx, "tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			best := time.Hour
+			for i := 0; i < 3; i++ {
+				start := time.Now()
+				if err := echoOnce(conn, 5*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				best = min(best, time.Since(start))
+			}
+			if best < 2*delay || best > 2*delay+60*time.Millisecond {
+				t.Fatalf("round trip through the seed = %v, want about %v", best, 2*delay)
+			}
+			c.SeedProxy().SetDelay(0)
+			best = time.Hour
+			for i := 0; i < 3; i++ {
+				start := time.Now()
+				if err := echoOnce(conn, 5*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				best = min(best, time.Since(start))
+			}
+			if best > 20*time.Millisecond {
+				t.Fatalf("round trip after SetDelay(0) = %v", best)
+			}
+		})
 	}
 }
