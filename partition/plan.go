@@ -157,6 +157,11 @@ func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 	if bw == nil {
 		bw = func(int, int) float64 { return DefaultLinkBandwidth }
 	}
+	for i := 0; i+1 < len(devices); i++ {
+		if b := bw(i, i+1); !(b > 0) {
+			return nil, fmt.Errorf("%w: link bandwidth from device %d to %d is %v, must be positive", ErrBadPlan, i, i+1, b)
+		}
+	}
 	maxStages := len(g.ValidCuts()) + 1
 	k := opts.Stages
 	switch {

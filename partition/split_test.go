@@ -117,8 +117,8 @@ func TestSplitPPOCR(t *testing.T) {
 }
 
 func TestSplitResNet(t *testing.T) {
-	cfg := modelgen.ResNetTiny
-	cfg.Blocks = []int{2, 2}
+	cfg := modelgen.ResNetMedium // ResNet-18's layout, 11.7M parameters
+	cfg.ImageSize = 64
 	path := writeGenerated(t, cfg, t.TempDir())
 	inputs, err := cfg.ExampleInputs(2, 0, 3)
 	if err != nil {
@@ -128,10 +128,10 @@ func TestSplitResNet(t *testing.T) {
 }
 
 func TestSplitLSTM(t *testing.T) {
-	cfg := modelgen.LSTMTiny
+	cfg := modelgen.LSTMMedium // 3 x 512
 	cfg.Layers = 4
 	path := writeGenerated(t, cfg, t.TempDir())
-	inputs, err := cfg.ExampleInputs(2, 5, 3)
+	inputs, err := cfg.ExampleInputs(2, 8, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
