@@ -40,7 +40,7 @@ func everyDType() []tensor.Tensor {
 		return b
 	}
 	return []tensor.Tensor{
-		tensor.FromFloat32("f32", []int64{2, 2}, []float32{1.5, -0.0, math.MaxFloat32, math.SmallestNonzeroFloat32}),
+		tensor.FromFloat32("f32", []int64{2, 2}, []float32{1.5, float32(math.Copysign(0, -1)), math.MaxFloat32, math.SmallestNonzeroFloat32}),
 		raw("f64", tensor.Float64, []int64{3}, u64(math.Float64bits(math.Pi), math.Float64bits(-1e300), math.Float64bits(5e-324))),
 		raw("f16", tensor.Float16, []int64{3}, u16(0x3c00, 0xc000, 0x0001)), // 1, -2, smallest subnormal
 		raw("bf16", tensor.BFloat16, []int64{2}, u16(0x3f80, 0xc2f7)),       // 1, -123.5
