@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -33,41 +32,18 @@ const (
 	maxIdlePerPeer   = 8
 )
 
-// bufferedConn puts a 256 KiB buffer under TLS so its 16 KiB records leave in few
-// system calls. Writes are buffered only once the handshake is done (the handshake
-// waits for answers), and every exchange ends with flush.
-type bufferedConn struct {
-	net.Conn
-	r         *bufio.Reader
-	w         *bufio.Writer
-	buffering bool
-}
-
-func newBufferedConn(c net.Conn) *bufferedConn {
-	return &bufferedConn{Conn: c, r: bufio.NewReaderSize(c, dataBufSize), w: bufio.NewWriterSize(c, dataBufSize)}
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-func (c *bufferedConn) Write(p []byte) (int, error) {
-	if !c.buffering {
-		return c.Conn.Write(p)
-	}
-	return c.w.Write(p)
-}
-
 // dataConn is one established data connection.
 type dataConn struct {
 	peer peer.ID
-	raw  *bufferedConn
-	tls  *tls.Conn
+	raw  net.Conn
+	sc   *sealedConn
 }
 
-func (d *dataConn) Read(p []byte) (int, error)  { return d.tls.Read(p) }
-func (d *dataConn) Write(p []byte) (int, error) { return d.tls.Write(p) }
+func (d *dataConn) Read(p []byte) (int, error)  { return d.sc.Read(p) }
+func (d *dataConn) Write(p []byte) (int, error) { return d.sc.Write(p) }
 
-// flush pushes everything TLS has written into the socket.
-func (d *dataConn) flush() error { return d.raw.w.Flush() }
+// flush sends everything written so far.
+func (d *dataConn) flush() error { return d.sc.flush() }
 
 func (d *dataConn) SetDeadline(t time.Time) error     { return d.raw.SetDeadline(t) }
 func (d *dataConn) SetReadDeadline(t time.Time) error { return d.raw.SetReadDeadline(t) }
@@ -78,6 +54,8 @@ func (m *Mesh) tlsConfig(remote peer.ID) (*tls.Config, <-chan crypto.PubKey) {
 	cfg.NextProtos = []string{dataALPN}
 	cfg.MinVersion = tls.VersionTLS13
 	cfg.SessionTicketsDisabled = true
+	// Full-size records from the first byte: the data connection only moves bulk data.
+	cfg.DynamicRecordSizingDisabled = true
 	return cfg, keyCh
 }
 
@@ -127,8 +105,12 @@ func (m *Mesh) acceptData(ctx context.Context) {
 // serveData authenticates one inbound data connection, refuses it explicitly if the
 // peer is not admitted, and then serves exchanges until the peer hangs up, goes idle,
 // or the mesh closes.
+//
+// Ordering matters at the switch from TLS to the sealed record layer: the client sends
+// nothing after its Finished message until it has read our first record (the welcome),
+// so TLS can never have read sealed bytes into its own buffer.
 func (m *Mesh) serveData(ctx context.Context, c net.Conn) {
-	raw := newBufferedConn(c)
+	raw := c
 	defer raw.Close()
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
 	defer stop()
@@ -144,8 +126,12 @@ func (m *Mesh) serveData(ctx context.Context, c net.Conn) {
 		m.log.Warn("data conn refused", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
-	raw.buffering = true
-	d := &dataConn{peer: p, raw: raw, tls: t}
+	sc, err := newSealedConn(raw, t.ConnectionState(), false)
+	if err != nil {
+		m.log.Warn("data conn key export failed", "err", err)
+		return
+	}
+	d := &dataConn{peer: p, raw: raw, sc: sc}
 	log := m.log.With("peer", p.String())
 	if !m.isAdmitted(p) {
 		log.Warn("data conn refused: peer not admitted")
@@ -286,7 +272,7 @@ func (m *Mesh) dialData(ctx context.Context, p peer.ID) (*dataConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: data conn to %s at %s: %w", ErrUnreachable, p, addr, err)
 	}
-	raw := newBufferedConn(c)
+	raw := c
 	cfg, _ := m.tlsConfig(p)
 	t := tls.Client(raw, cfg)
 	if d, ok := ctx.Deadline(); ok {
@@ -296,8 +282,12 @@ func (m *Mesh) dialData(ctx context.Context, p peer.ID) (*dataConn, error) {
 		_ = c.Close()
 		return nil, fmt.Errorf("mesh: data conn to %s: tls: %w", p, err)
 	}
-	raw.buffering = true
-	d := &dataConn{peer: p, raw: raw, tls: t}
+	sc, err := newSealedConn(raw, t.ConnectionState(), true)
+	if err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("mesh: data conn to %s: %w", p, err)
+	}
+	d := &dataConn{peer: p, raw: raw, sc: sc}
 	if err := readResponseStatus(d, p); err != nil {
 		_ = c.Close()
 		return nil, err

@@ -13,7 +13,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-func addrInfo(t *testing.T, m *Mesh) peer.AddrInfo {
+func addrInfo(t testing.TB, m *Mesh) peer.AddrInfo {
 	t.Helper()
 	a, err := ma.NewMultiaddr(m.Addrs()[0])
 	if err != nil {
