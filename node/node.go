@@ -103,6 +103,9 @@ type Config struct {
 }
 
 // Node is one running layermesh node.
+//
+// Lock order: uploadMu before mu. A model's own mu is never taken while mu is held:
+// the model is looked up under mu, mu is released, then the model is run or closed.
 type Node struct {
 	cfg     Config
 	name    string
