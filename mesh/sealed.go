@@ -178,7 +178,7 @@ func (c *sealedConn) Read(p []byte) (int, error) {
 		c.rerr = fmt.Errorf("%w: data record of %d bytes", ErrFrameTooLarge, size)
 		return 0, c.rerr
 	}
-	body := c.inbuf
+	var body []byte
 	inPlace := len(p) >= size+c.recv.Overhead()
 	if inPlace {
 		body = p[:size+c.recv.Overhead()]
