@@ -28,6 +28,7 @@ func TestShapeInferenceConformance(t *testing.T) {
 	}
 	var loaded, known, knownDType, unknown, wrong int
 	var wrongOps []string
+	unknownOps := map[string]int{}
 	for _, dir := range dirs {
 		m, err := Load(filepath.Join(dir, "model.onnx"))
 		if err != nil {
@@ -95,6 +96,7 @@ func TestShapeInferenceConformance(t *testing.T) {
 			}
 			if shape == nil {
 				unknown++
+				unknownOps[op]++
 				continue
 			}
 			known++
@@ -104,6 +106,9 @@ func TestShapeInferenceConformance(t *testing.T) {
 				t.Errorf("%s: output %q of %s: inferred shape %v, recorded %v", filepath.Base(dir), out, op, shape, tp.GetDims())
 			}
 		}
+	}
+	if testing.Verbose() {
+		t.Logf("ops whose outputs were left to fallbacks: %v", unknownOps)
 	}
 	sort.Strings(wrongOps)
 	t.Logf("%d models loaded; outputs with an inferred dtype: %d, with an inferred shape: %d, left to fallbacks: %d; wrong: %d %v", loaded, knownDType, known, unknown, wrong, slices.Compact(wrongOps))

@@ -19,7 +19,10 @@ var sameShapeOps = map[string]bool{
 	"Round": true, "Sign": true, "LRN": true, "Hardmax": true, "ThresholdedRelu": true,
 	"Celu": true, "Dropout": true, "SimplifiedLayerNormalization": true,
 	"SkipLayerNormalization": true, "FastGelu": true, "BiasGelu": true,
-	"GroupNormalization": true, "CumSum": true,
+	"GroupNormalization": true, "CumSum": true, "Acos": true, "Acosh": true, "Asin": true,
+	"Asinh": true, "Atan": true, "Atanh": true, "Cosh": true, "Sinh": true, "Tan": true,
+	"Shrink": true, "Trilu": true, "ReverseSequence": true, "ScatterElements": true,
+	"ScatterND": true, "Scatter": true, "MeanVarianceNormalization": true,
 }
 
 var broadcastOps = map[string]bool{
@@ -157,13 +160,40 @@ func inferNode(n *onnxpb.NodeProto, ins []*vinfo, opset int64) []*vinfo {
 		return []*vinfo{{dtype: tensor.Bool, shape: x.shape}}
 	case sameShapeOps[op]:
 		outs := same()
-		if op == "Identity" {
+		switch op {
+		case "Identity":
 			outs[0].val = x.val
-		}
-		if op == "LayerNormalization" || op == "BatchNormalization" {
-			outs = append(outs, nil, nil)
+		case "Dropout":
+			outs = append(outs, &vinfo{dtype: tensor.Bool, shape: x.shape})
+		case "LayerNormalization":
+			// Mean and InvStdDev: the normalized axes reduced to 1, in stash_type.
+			if x.shape != nil {
+				axis := normAxis(attrInt(n, "axis", -1), len(x.shape))
+				if axis >= 0 && int(axis) <= len(x.shape) {
+					stat := append([]int64{}, x.shape[:axis]...)
+					for range x.shape[axis:] {
+						stat = append(stat, 1)
+					}
+					st := tensor.DType(attrInt(n, "stash_type", int64(tensor.Float32)))
+					outs = append(outs, &vinfo{dtype: st, shape: stat}, &vinfo{dtype: st, shape: stat})
+				}
+			}
 		}
 		return outs
+	case op == "CastLike":
+		return []*vinfo{{dtype: in(ins, 1).dtype, shape: x.shape}}
+	case op == "GatherElements":
+		return []*vinfo{{dtype: x.dtype, shape: in(ins, 1).shape}}
+	case op == "DepthToSpace" || op == "SpaceToDepth":
+		b := attrInt(n, "blocksize", 0)
+		if len(x.shape) != 4 || b <= 0 || !x.known() {
+			return []*vinfo{{dtype: x.dtype}}
+		}
+		s := x.shape
+		if op == "DepthToSpace" {
+			return []*vinfo{{dtype: x.dtype, shape: []int64{s[0], s[1] / (b * b), s[2] * b, s[3] * b}}}
+		}
+		return []*vinfo{{dtype: x.dtype, shape: []int64{s[0], s[1] * b * b, s[2] / b, s[3] / b}}}
 	case broadcastOps[op]:
 		shapes := make([][]int64, 0, len(ins))
 		var dt tensor.DType
