@@ -234,6 +234,16 @@ func TestFaultBadInput(t *testing.T) {
 
 	n := startSingleNode(t)
 	result := harness.Result{Scenario: "bad-input", Trial: 1, Started: time.Now()}
+	// The node's goroutines before the barrage, after a little good traffic: every
+	// refused request and abandoned connection must give its goroutines back.
+	warm, err := harness.RunLoad(context.Background(), harness.LoadConfig{Targets: []string{n.addr}, Model: "add", Body: goodInput, Check: checkAdd, Requests: 20})
+	if err != nil || warm.Failures != 0 {
+		t.Fatalf("warm-up: %v %v", warm, err)
+	}
+	baseline, err := harness.Metric(context.Background(), n.addr, "go_goroutines")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	ctx, stopGood := context.WithCancel(context.Background())
 	defer stopGood()
@@ -278,6 +288,24 @@ func TestFaultBadInput(t *testing.T) {
 	}
 	if err := harness.WaitHTTPReady(context.Background(), n.addr, n.proc); err != nil {
 		t.Errorf("not ready after the barrage: %v", err)
+	}
+	client.CloseIdleConnections()
+	var after float64
+	err = harness.Poll(20*time.Second, 200*time.Millisecond, func() error {
+		var err error
+		if after, err = harness.Metric(context.Background(), n.addr, "go_goroutines"); err != nil {
+			return err
+		}
+		// The scrape's own connection and a few runtime goroutines come and go.
+		if after > baseline+8 {
+			return fmt.Errorf("%v goroutines, %v before the barrage", after, baseline)
+		}
+		return nil
+	})
+	result.Notef("node goroutines: %v before the barrage, %v after", baseline, after)
+	if err != nil {
+		result.Violations++
+		t.Errorf("goroutines leaked by refused requests: %v", err)
 	}
 	if log := n.proc.LogTail(1 << 20); strings.Contains(log, "panic") || strings.Contains(log, `"code":"internal"`) {
 		t.Errorf("node log shows a panic or an internal error")

@@ -171,6 +171,8 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadStats, error) {
 	}
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Concurrency}}
+		// Its connections are this run's alone: leave none open behind it.
+		defer cfg.Client.CloseIdleConnections()
 	}
 	if cfg.Duration > 0 {
 		var cancel context.CancelFunc
