@@ -28,7 +28,7 @@ import (
 // sealing is the only copy. On loopback this is what lifts encrypted throughput from
 // about a third of raw TCP (TLS records, or libp2p's yamux) to about half.
 type sealedConn struct {
-	conn net.Conn
+	conn io.ReadWriter // the TCP connection under the record layer
 
 	send    cipher.AEAD
 	sendCtr uint64
@@ -54,7 +54,7 @@ const (
 var errSealedRecord = errors.New("mesh: data record failed authentication")
 
 // newSealedConn derives both directions' keys from the completed TLS session.
-func newSealedConn(conn net.Conn, state tls.ConnectionState, isClient bool) (*sealedConn, error) {
+func newSealedConn(conn io.ReadWriter, state tls.ConnectionState, isClient bool) (*sealedConn, error) {
 	c2s, err := state.ExportKeyingMaterial("EXPORTER-layermesh-data client to server", nil, sealedKeyLen)
 	if err != nil {
 		return nil, err
@@ -63,10 +63,13 @@ func newSealedConn(conn net.Conn, state tls.ConnectionState, isClient bool) (*se
 	if err != nil {
 		return nil, err
 	}
-	sendKey, recvKey := c2s, s2c
 	if !isClient {
-		sendKey, recvKey = s2c, c2s
+		c2s, s2c = s2c, c2s
 	}
+	return sealedFromKeys(conn, c2s, s2c)
+}
+
+func sealedFromKeys(conn io.ReadWriter, sendKey, recvKey []byte) (*sealedConn, error) {
 	send, err := newGCM(sendKey)
 	if err != nil {
 		return nil, err
@@ -287,7 +290,7 @@ func (c *sealedConn) readBulk(p []byte) (int, error) {
 			break
 		}
 		size := int(binary.BigEndian.Uint32(hdr[:]))
-		if size > len(p)-off || size == 0 {
+		if size > sealedRecordSize || size > len(p)-off || size == 0 {
 			// A record that does not fit (or an empty one) cannot come from our
 			// writer in the middle of a message.
 			err = fmt.Errorf("%w: data record of %d bytes where %d were expected", ErrMalformedFrame, size, len(p)-off)
