@@ -124,15 +124,19 @@ func (s *Store) forward(ctx context.Context, req forwardRequest) (forwardRespons
 // the follower does, so that a deposed leader answers not_leader at once.
 func (s *Store) handleForward(st network.Stream) {
 	defer st.Close()
-	if !s.admitted(st.Conn().RemotePeer()) {
-		s.logger.Warn("refused forwarded request from a non-member", "peer", st.Conn().RemotePeer())
-		_ = st.Reset()
-		return
-	}
+	remote := st.Conn().RemotePeer()
 	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var req forwardRequest
 	if err := readFrame(st, &req); err != nil {
-		s.logger.Debug("bad forwarded request", "peer", st.Conn().RemotePeer(), "err", err)
+		s.logger.Debug("bad forwarded request", "peer", remote, "err", err)
+		_ = st.Reset()
+		return
+	}
+	// A node may always ask to remove itself: during Leave the leader's voter
+	// manager can drop a member marked left before its own request arrives.
+	selfRemoval := req.Op == opRemove && req.Node == remote.String()
+	if !selfRemoval && !s.admitted(remote) {
+		s.logger.Warn("refused forwarded request from a non-member", "peer", remote, "op", req.Op)
 		_ = st.Reset()
 		return
 	}
