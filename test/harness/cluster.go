@@ -103,28 +103,71 @@ func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 	}
 	c := &Cluster{t: t, opts: opts, dir: t.TempDir()}
 	for i := 0; i < n; i++ {
-		host := "127.0.0.1"
-		netns := ""
-		if opts.Network != nil {
-			host = opts.Network.IP(i).String()
-			netns = opts.Network.NS(i)
-		}
-		name := "node" + strconv.Itoa(i)
-		node := &Node{
-			Index:      i,
-			Name:       name,
-			DataDir:    filepath.Join(c.dir, name),
-			HTTPListen: net.JoinHostPort(host, "0"),
-			P2PListen:  "/ip4/" + host + "/tcp/0",
-		}
-		if err := os.MkdirAll(node.DataDir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		// Args are filled in at each start, since the pinned ports change them once.
-		node.Proc = NewProc(t, ProcSpec{Name: name, Path: opts.Binary, Env: opts.Env, Netns: netns, LogDir: c.dir})
-		c.Nodes = append(c.Nodes, node)
+		c.addNode()
 	}
 	return c
+}
+
+// addNode prepares one more node with the next index.
+func (c *Cluster) addNode() *Node {
+	i := len(c.Nodes)
+	host := "127.0.0.1"
+	netns := ""
+	if nw := c.opts.Network; nw != nil {
+		if i >= nw.Len() {
+			c.t.Fatalf("harness: node %d on a network of %d namespaces", i, nw.Len())
+		}
+		host = nw.IP(i).String()
+		netns = nw.NS(i)
+	}
+	name := "node" + strconv.Itoa(i)
+	node := &Node{
+		Index:      i,
+		Name:       name,
+		DataDir:    filepath.Join(c.dir, name),
+		HTTPListen: net.JoinHostPort(host, "0"),
+		P2PListen:  "/ip4/" + host + "/tcp/0",
+	}
+	if err := os.MkdirAll(node.DataDir, 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+	// Args are filled in at each start, since the pinned ports change them once.
+	node.Proc = NewProc(c.t, ProcSpec{Name: name, Path: c.opts.Binary, Env: c.opts.Env, Netns: netns, LogDir: c.dir})
+	c.Nodes = append(c.Nodes, node)
+	return node
+}
+
+// Add prepares and starts one more node (it joins node 0, like the others) and returns
+// its index; it does not wait for ready. The Flags option shapes it like the rest, so a
+// test can give it, say, a wrong secret by checking n.Index there.
+func (c *Cluster) Add() (int, error) {
+	n := c.addNode()
+	return n.Index, c.Start(n.Index)
+}
+
+// WipeDataDir deletes the data dir of a stopped node i, so that its next start is a
+// new device under the old name: new identity, no blobs, no Raft state.
+func (c *Cluster) WipeDataDir(i int) error {
+	n := c.Nodes[i]
+	if n.Running() {
+		return fmt.Errorf("%w: %s", ErrRunning, n.Name)
+	}
+	if err := os.RemoveAll(n.DataDir); err != nil {
+		return err
+	}
+	host := "127.0.0.1"
+	if nw := c.opts.Network; nw != nil {
+		host = nw.IP(i).String()
+	}
+	// A new device picks its own ports again.
+	n.HTTPListen, n.P2PListen = net.JoinHostPort(host, "0"), "/ip4/"+host+"/tcp/0"
+	n.client = ""
+	if i == 0 {
+		// Node 0 comes back bootstrapping a new cluster; joiners started after this
+		// follow its new address.
+		c.seedAddr = ""
+	}
+	return os.MkdirAll(n.DataDir, 0o700)
 }
 
 // StartCluster starts n nodes, node 0 first, and waits until all are ready.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -206,5 +207,49 @@ func TestClusterSeedLatency(t *testing.T) {
 				t.Fatalf("round trip after SetDelay(0) = %v", best)
 			}
 		})
+	}
+}
+
+func TestClusterAddAndWipe(t *testing.T) {
+	wrongSecret := filepath.Join(t.TempDir(), "wrong.secret")
+	if err := os.WriteFile(wrongSecret, []byte("not the cluster's secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := StartCluster(t, 2, ClusterOptions{Binary: echonode(t), StartTimeout: 20 * time.Second,
+		Flags: func(c *Cluster, n *Node) []string {
+			f := c.DefaultFlags(n)
+			if n.Index == 2 {
+				f = append(f, "--cluster-secret-file", wrongSecret) // the last flag wins
+			}
+			return f
+		}})
+	i, err := c.Add()
+	if err != nil || i != 2 || c.Len() != 3 {
+		t.Fatalf("Add = %d, %v; len %d", i, err, c.Len())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if log := c.Node(2).LogTail(logTail); !strings.Contains(log, "--cluster-secret-file "+wrongSecret) || !strings.Contains(log, "--join "+c.P2PAddr(0)) {
+		t.Fatalf("added node's flags:\n%s", log)
+	}
+
+	client := &http.Client{Timeout: 2 * time.Second}
+	if err := c.WipeDataDir(1); !errors.Is(err, ErrRunning) {
+		t.Fatalf("wipe of a running node: %v, want ErrRunning", err)
+	}
+	if err := c.Stop(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WipeDataDir(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(1); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := boots(client, c.HTTPAddr(1)); err != nil || n != 1 {
+		t.Fatalf("wiped node: boots=%d err=%v, want 1 (a fresh data dir)", n, err)
 	}
 }
