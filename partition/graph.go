@@ -3,6 +3,7 @@ package partition
 import (
 	"container/heap"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -276,6 +277,30 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 		}
 		return nil, fmt.Errorf("%w: %d of %d nodes are on or behind a cycle (e.g. %s)", ErrCycle, len(compute)-len(order), len(compute), strings.Join(stuck, ", "))
 	}
+
+	// Drop dead nodes (nothing reads their outputs, transitively, and none is a graph
+	// output), as ONNX Runtime does: a stage made only of them would have no outputs.
+	needed := map[string]bool{}
+	for _, o := range gp.GetOutput() {
+		needed[o.GetName()] = true
+	}
+	live := order[:0:0]
+	for j := len(order) - 1; j >= 0; j-- {
+		i := order[j]
+		used := false
+		for _, o := range compute[i].GetOutput() {
+			used = used || (o != "" && needed[o])
+		}
+		if !used {
+			continue
+		}
+		for _, in := range inputsOf[i] {
+			needed[in] = true
+		}
+		live = append(live, i)
+	}
+	slices.Reverse(live)
+	order = live
 
 	// Nodes and values.
 	g.Nodes = make([]Node, len(order))

@@ -360,3 +360,47 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// TestDeadNodesDropped: a branch nothing reads is not part of any stage.
+func TestDeadNodesDropped(t *testing.T) {
+	mp := chainModel(2, 4)
+	mp.Graph.Node = append(mp.Graph.Node, node("Neg", []string{"x"}, []string{"unused"}), node("Abs", []string{"unused"}, []string{"unused2"}))
+	m, err := Parse(marshal(t, mp), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := Analyze(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(g.Nodes) != 4 {
+		t.Fatalf("want the 4 live nodes, got %d", len(g.Nodes))
+	}
+	for _, nd := range g.Nodes {
+		if nd.OpType == "Neg" || nd.OpType == "Abs" {
+			t.Fatalf("dead node %s kept", nd.Name)
+		}
+	}
+}
+
+// TestExtractRejectsBadPlan: a plan that does not tile the graph is refused.
+func TestExtractRejectsBadPlan(t *testing.T) {
+	m, err := Parse(marshal(t, chainModel(3, 4)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := Analyze(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*StagePlan{
+		nil,
+		{Stages: []Stage{{Index: 0, Start: 0, End: 3}}},
+		{Stages: []Stage{{Index: 0, Start: 0, End: 3}, {Index: 1, Start: 4, End: 6}}},
+		{Stages: []Stage{{Index: 0, Start: 0, End: 6}, {Index: 1, Start: 6, End: 6}}},
+	} {
+		if _, err := Extract(m, g, p, t.TempDir()); !errors.Is(err, ErrBadPlan) {
+			t.Fatalf("plan %+v: %v", p, err)
+		}
+	}
+}
