@@ -136,7 +136,9 @@ func (s *Server) handle(pattern string, acc access, h func(http.ResponseWriter, 
 		if err != nil {
 			s.writeError(sw, r, err)
 		}
-		s.metrics.observe(route, r.PathValue("name"), sw.status(), time.Since(start))
+		took := time.Since(start)
+		s.metrics.observe(route, r.PathValue("name"), sw.status(), took)
+		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status(), "took", took, "remote", r.RemoteAddr)
 	})
 }
 

@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,6 +35,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	cfg, err := loadConfig(args, os.Getenv, stderr)
 	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // the flag package has printed the usage
+		}
 		if errors.Is(err, errUsage) {
 			fmt.Fprintln(stderr, "meshnode:", err)
 			return 2
