@@ -2,16 +2,12 @@ package harness
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
 	"testing"
 	"time"
 )
-
-// ErrProxyClosed is returned by a proxy's dial after Close.
-var ErrProxyClosed = errors.New("harness: proxy closed")
 
 // DialFunc opens a connection, as net.Dialer.DialContext does.
 type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
