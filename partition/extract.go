@@ -103,6 +103,9 @@ func Extract(m *Model, g *Graph, p *StagePlan, outDir string) (*Manifest, error)
 
 // ExtractWith is Extract with options.
 func ExtractWith(m *Model, g *Graph, p *StagePlan, outDir string, opts ExtractOptions) (*Manifest, error) {
+	if g.Model != m {
+		return nil, fmt.Errorf("%w: the graph was analysed from another model", ErrBadPlan)
+	}
 	if err := g.checkPlan(p); err != nil {
 		return nil, err
 	}
@@ -607,6 +610,7 @@ func (c *countWriter) write(b []byte) {
 	c.err = err
 }
 
+// Write lets io.Copy stream external data through the same counting and hashing.
 func (c *countWriter) Write(b []byte) (int, error) {
 	c.write(b)
 	if c.err != nil {

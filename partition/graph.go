@@ -521,6 +521,7 @@ func nodeLabel(n *onnxpb.NodeProto, i int) string {
 	return fmt.Sprintf("#%d %s", i, n.GetOpType())
 }
 
+// intHeap is a min-heap of node indices (container/heap.Interface).
 type intHeap []int
 
 func (h intHeap) Len() int           { return len(h) }
