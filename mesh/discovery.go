@@ -12,6 +12,7 @@ import (
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	drouting "github.com/libp2p/go-libp2p/p2p/discovery/routing"
 	"github.com/libp2p/zeroconf/v2"
 	ma "github.com/multiformats/go-multiaddr"
@@ -29,8 +30,11 @@ const (
 	seedRetryAlone  = 2 * time.Second
 	seedRetryMember = 15 * time.Second
 	mdnsBrowseCycle = 20 * time.Second
-	dhtCycle        = time.Minute
 )
+
+// dhtCycle is how often the DHT rendezvous re-advertises and searches; a var so tests
+// can shorten it.
+var dhtCycle = time.Minute
 
 func (m *Mesh) startDiscovery(ctx context.Context) error {
 	if len(m.cfg.Join) > 0 {
@@ -44,7 +48,12 @@ func (m *Mesh) startDiscovery(ctx context.Context) error {
 		m.mdns = svc
 	}
 	if m.cfg.DHT {
-		d, err := dht.New(m.host, dht.Mode(dht.ModeAuto))
+		// Server mode: a LAN cluster has no public peers, so every member must answer
+		// queries. The protocol prefix keeps this DHT apart from the public one and from
+		// other clusters'.
+		sum := sha256.Sum256([]byte(m.cfg.ClusterID))
+		prefix := protocol.ID("/layermesh/" + hex.EncodeToString(sum[:5]))
+		d, err := dht.New(m.host, dht.Mode(dht.ModeServer), dht.ProtocolPrefix(prefix))
 		if err != nil {
 			return fmt.Errorf("mesh: dht: %w", err)
 		}

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -172,5 +173,37 @@ func TestMDNSDiscovery(t *testing.T) {
 	}
 	if len(aliveSet(stranger)) != 1 {
 		t.Fatalf("stranger sees %d members, want only itself", len(aliveSet(stranger)))
+	}
+}
+
+// TestDHTRendezvous: two nodes that share only a libp2p connection to a third (no
+// handshake, no gossip, no mDNS) find each other through the DHT rendezvous.
+func TestDHTRendezvous(t *testing.T) {
+	old := dhtCycle
+	dhtCycle = 2 * time.Second
+	defer func() { dhtCycle = old }()
+	var ms []*Mesh
+	for range 3 {
+		cfg := testConfig(t, t.TempDir())
+		cfg.DHT = true
+		ms = append(ms, startMesh(t, cfg))
+	}
+	hub := ms[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, m := range ms[1:] {
+		if err := m.host.Connect(ctx, addrInfo(t, hub)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 45*time.Second, 200*time.Millisecond, func() error { return allSeeAll(ms) })
+	viaDHT := 0
+	for _, m := range ms {
+		if m.anyFoundBy(SourceDHT) {
+			viaDHT++
+		}
+	}
+	if viaDHT == 0 {
+		t.Fatalf("members joined but none through the DHT")
 	}
 }
