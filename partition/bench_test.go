@@ -58,6 +58,20 @@ func benchChild(model, outDir string) int {
 //
 //	go test -run '^$' -bench PartitionGPTLarge -benchtime 1x ./partition/
 func BenchmarkPartitionGPTLarge(b *testing.B) {
+	benchPartition(b, modelgen.GPTLarge, "gpt-large.onnx", false)
+}
+
+// BenchmarkPartitionGPTXL does the same for a 36 x 1280 GPT (GPT-2 large's shape,
+// about 3.1 GB: over protobuf's 2 GiB, so its weights are external data), then checks
+// the stage chain against the whole model in ONNX Runtime.
+//
+//	go test -run '^$' -bench PartitionGPTXL -benchtime 1x -timeout 30m ./partition/
+func BenchmarkPartitionGPTXL(b *testing.B) {
+	cfg := modelgen.GPTConfig{Layers: 36, Dim: 1280, Heads: 20, Vocab: 50257, Context: 1024, Seed: 1, Name: "gpt-xl"}
+	benchPartition(b, cfg, "gpt-xl.onnx", true)
+}
+
+func benchPartition(b *testing.B, cfg modelgen.GPTConfig, file string, verify bool) {
 	dir := os.Getenv("PARTITION_BENCH_DIR")
 	if dir == "" {
 		dir = filepath.Join(os.TempDir(), "layermesh-partition-bench")
@@ -65,9 +79,9 @@ func BenchmarkPartitionGPTLarge(b *testing.B) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	model := filepath.Join(dir, "gpt-large.onnx")
+	model := filepath.Join(dir, file)
 	if _, err := os.Stat(model); err != nil {
-		mp, err := modelgen.GPTLarge.Build()
+		mp, err := cfg.Build()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -86,8 +100,9 @@ func BenchmarkPartitionGPTLarge(b *testing.B) {
 	b.ResetTimer()
 	var worstRSS int64
 	var total time.Duration
+	var out string
 	for i := 0; i < b.N; i++ {
-		out := b.TempDir()
+		out = b.TempDir()
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), envChildModel+"="+model, envChildOut+"="+out)
 		cmd.Stderr = os.Stderr
@@ -103,8 +118,30 @@ func BenchmarkPartitionGPTLarge(b *testing.B) {
 		}
 		worstRSS = max(worstRSS, kib*1024)
 	}
+	b.StopTimer()
 	b.ReportMetric(total.Seconds()/float64(b.N), "s/partition")
 	b.ReportMetric(float64(worstRSS)/(1<<20), "peak-RSS-MiB")
 	b.ReportMetric(float64(worstRSS)/float64(size), "peak-RSS/model")
 	b.ReportMetric(float64(size)/(1<<20), "model-MiB")
+	if !verify {
+		return
+	}
+	man, err := ReadManifest(filepath.Join(out, ManifestFile))
+	if err != nil {
+		b.Fatal(err)
+	}
+	inputs, err := cfg.ExampleInputs(1, 8, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rep, err := Verify(b.Context(), ortBackend(b), model, man, out, inputs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, o := range rep.Outputs {
+		b.Logf("verify %s: max abs %.3g, relative to scale %.3g, bit-identical %v", o.Name, o.MaxAbs, o.MaxRelToScale, o.Exact)
+		if o.MaxRelToScale > chainTolerance {
+			b.Errorf("chain differs from the whole model: %+v", o)
+		}
+	}
 }
