@@ -45,16 +45,18 @@ var commands map[string]command
 
 func init() {
 	commands = map[string]command{
-		"infer":     {"run a model: infer MODEL --input NAME=VALUES|@file.json|@file.npy", runInfer},
-		"models":    {"list the models and their readiness", runModels},
-		"model":     {"show one model: status, plan and signature", runModel},
-		"status":    {"node and cluster status, readiness and models", runStatus},
-		"nodes":     {"list the nodes", runNodes},
-		"deploy":    {"upload and deploy a model: deploy FILE.onnx --name NAME", runDeploy},
-		"undeploy":  {"remove a model: undeploy NAME", runUndeploy},
-		"partition": {"split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", runPartition},
-		"gen-model": {"write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", runGenModel},
-		"version":   {"print the client's and the node's version", runVersion},
+		"infer":      {"run a model: infer MODEL --input NAME=VALUES|@file.json|@file.npy", runInfer},
+		"models":     {"list the models and their readiness", runModels},
+		"model":      {"show one model: status, plan and signature", runModel},
+		"status":     {"node and cluster status, readiness and models", runStatus},
+		"nodes":      {"list the nodes", runNodes},
+		"deploy":     {"upload and deploy a model: deploy FILE.onnx --name NAME", runDeploy},
+		"undeploy":   {"remove a model: undeploy NAME", runUndeploy},
+		"partition":  {"split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", runPartition},
+		"gen-model":  {"write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", runGenModel},
+		"bench":      {"latency percentiles and throughput: bench MODEL --input ... [--requests N] [--concurrency C]", runBench},
+		"completion": {"print a shell completion script: completion bash", runCompletion},
+		"version":    {"print the client's and the node's version", runVersion},
 	}
 }
 

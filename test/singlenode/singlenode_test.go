@@ -183,6 +183,17 @@ func TestSingleNode(t *testing.T) {
 		t.Errorf("infer table: %s", out)
 	}
 
+	// meshctl bench reports what it sent.
+	var br struct {
+		Requests int     `json:"requests"`
+		Failed   int     `json:"failed"`
+		P50      float64 `json:"p50_ms"`
+	}
+	if err := json.Unmarshal([]byte(meshctl.mustRun("bench", "gpt", "--input", "input_ids=1,2,3", "--shape", "input_ids=1x3", "--requests", "12", "--concurrency", "3", "--json")), &br); err != nil ||
+		br.Requests != 12 || br.Failed != 0 || br.P50 <= 0 {
+		t.Errorf("bench --json = %+v, %v", br, err)
+	}
+
 	// 5. Admin through meshctl: without a token exit 1 and the code; with it the JSON.
 	if _, errOut, code := meshctl.run("models"); code != 1 || !strings.Contains(errOut, "unauthorized") {
 		t.Errorf("models without token: exit %d, %s", code, errOut)
