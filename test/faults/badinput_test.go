@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -343,17 +342,14 @@ func rawAbuse(t *testing.T, addr string, result *harness.Result) {
 		}
 	}
 
-	garbage := make([]byte, 8192)
-	rng := rand.New(rand.NewPCG(7, 7))
-	for i := range garbage {
-		garbage[i] = byte(rng.Uint32())
+	result.Requests++
+	verdict, answer, err := harness.GarbageTCP(context.Background(), nil, addr, 8192, 7, 10*time.Second)
+	if err != nil || verdict != harness.GarbageClosed || (len(answer) > 0 && !bytes.HasPrefix(answer, []byte("HTTP/1.1 4"))) {
+		result.Violations++
+		t.Errorf("random bytes: %v, answered %.80q (err %v); want a 4xx or a close", verdict, answer, err)
 	}
-	c := dial()
-	_, _ = c.Write(garbage)
-	endsWithin("random bytes", c, 10*time.Second)
-	c.Close()
 
-	c = dial()
+	c := dial()
 	_, _ = c.Write([]byte("POST /v2/models/add/infer HTTP/1.1\r\nHost: x\r\nX-Slow: "))
 	// The node's header read timeout (10 s) must cut this client off.
 	endsWithin("headers never finished", c, 20*time.Second)
