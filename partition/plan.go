@@ -28,12 +28,19 @@ type PlanOptions struct {
 	// LinkBandwidth returns the bytes/s from device i to device j (indices into the
 	// devices given to Plan); nil means DefaultLinkBandwidth everywhere.
 	LinkBandwidth func(i, j int) float64
+	// ReorderDevices lets the planner choose which device runs which stage (and, with
+	// fewer stages than devices, which devices to use): it runs the exact program
+	// for every order and keeps the fastest. At most MaxReorderDevices devices.
+	ReorderDevices bool
 }
 
 // Stage is one contiguous run of nodes, Graph.Nodes[Start:End], on one device.
 type Stage struct {
 	Index  int
 	Device Device
+	// DeviceIndex is the position of Device in the devices given to Plan: Index,
+	// unless PlanOptions.ReorderDevices moved it.
+	DeviceIndex int
 	// Start and End delimit the stage's node positions: [Start, End).
 	Start, End int
 	// FirstOp and LastOp are the op types of its first and last node.
@@ -131,10 +138,8 @@ func stageCost(g *Graph, devices []Device, bw func(i, j int) float64, k, a, b in
 // dynamic program over the valid cut points: O(K*N^2) time for N nodes and K stages,
 // O(K*N) memory.
 //
-// Devices are used in the order given (with Stages 0, a prefix of them): the order is
-// the pipeline's, and it is the caller's to choose because only the caller knows the
-// links. To let the planner weigh orders, call Plan once per candidate order and keep
-// the plan with the lowest Bottleneck; each call is cheap next to extraction.
+// Devices are used in the order given (with Stages 0, a prefix of them), unless
+// PlanOptions.ReorderDevices asks the planner to search the orders too.
 //
 // A stage's time is its FLOPs over its device's speed plus the bytes crossing the cut
 // after it (activations and graph inputs that later stages read) over the link to
@@ -157,9 +162,11 @@ func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 	if bw == nil {
 		bw = func(int, int) float64 { return DefaultLinkBandwidth }
 	}
-	for i := 0; i+1 < len(devices); i++ {
-		if b := bw(i, i+1); !(b > 0) {
-			return nil, fmt.Errorf("%w: link bandwidth from device %d to %d is %v, must be positive", ErrBadPlan, i, i+1, b)
+	for i := range devices {
+		for j := range devices {
+			if (j == i+1 || (opts.ReorderDevices && i != j)) && !(bw(i, j) > 0) {
+				return nil, fmt.Errorf("%w: link bandwidth from device %d to %d is %v, must be positive", ErrBadPlan, i, j, bw(i, j))
+			}
 		}
 	}
 	maxStages := len(g.ValidCuts()) + 1
@@ -176,6 +183,61 @@ func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 	if k == 0 {
 		kmax = min(len(devices), maxStages)
 	}
+	order := make([]int, len(devices))
+	for i := range order {
+		order[i] = i
+	}
+	if !opts.ReorderDevices {
+		return g.planInOrder(devices, bw, order, k, kmax)
+	}
+	if len(devices) > MaxReorderDevices {
+		return nil, fmt.Errorf("%w: ReorderDevices searches every order, at most %d devices (%d given)", ErrBadPlan, MaxReorderDevices, len(devices))
+	}
+	// Every order of all devices: with Stages 0 or fewer stages than devices, each
+	// order's prefixes are the ordered subsets, so this covers those too.
+	var best *StagePlan
+	var firstErr error
+	permute(order, 0, func(perm []int) {
+		p, err := g.planInOrder(devices, bw, perm, k, kmax)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			return
+		}
+		if best == nil || p.Bottleneck < best.Bottleneck {
+			best = p
+		}
+	})
+	if best == nil {
+		return nil, firstErr
+	}
+	return best, nil
+}
+
+// MaxReorderDevices bounds PlanOptions.ReorderDevices: 7 devices are 5040 orders.
+const MaxReorderDevices = 7
+
+// permute calls visit with every permutation of p[i:] (Heap-style swaps, in place).
+func permute(p []int, i int, visit func([]int)) {
+	if i == len(p) {
+		visit(p)
+		return
+	}
+	for j := i; j < len(p); j++ {
+		p[i], p[j] = p[j], p[i]
+		permute(p, i+1, visit)
+		p[i], p[j] = p[j], p[i]
+	}
+}
+
+// planInOrder plans with stage j on devices[order[j]].
+func (g *Graph) planInOrder(all []Device, allBW func(i, j int) float64, order []int, k, kmax int) (*StagePlan, error) {
+	devices := make([]Device, len(order))
+	for j, d := range order {
+		devices[j] = all[d]
+	}
+	bw := func(i, j int) float64 { return allBW(order[i], order[j]) }
 	costFn := func(stage, a, b int, params, act, flops int64) (float64, bool) {
 		if params+act > devices[stage].MemBudget {
 			return 0, false
@@ -197,7 +259,11 @@ func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 	if pick == 0 || math.IsInf(best[pick], 1) {
 		return nil, g.doesNotFit(devices, kmax, k == 0)
 	}
-	return g.buildPlan(devices, bw, parent[pick], pick), nil
+	p := g.buildPlan(devices, bw, parent[pick], pick)
+	for j := range p.Stages {
+		p.Stages[j].DeviceIndex = order[j]
+	}
+	return p, nil
 }
 
 // solve runs the bottleneck dynamic program for up to kmax stages. best[k] is the

@@ -203,6 +203,63 @@ func TestPlanMatchesBruteForce(t *testing.T) {
 		}
 	}
 	t.Logf("%d feasible and %d infeasible cases agree with brute force", feasible, infeasible)
+	if t.Failed() {
+		return
+	}
+	// ReorderDevices: the best over every order of the devices, each order brute-forced.
+	for iter := 0; iter < 150; iter++ {
+		g := randomGraph(r, 1+r.IntN(7))
+		nd := 1 + r.IntN(4)
+		devices := make([]Device, nd)
+		for i := range devices {
+			devices[i] = Device{Name: fmt.Sprintf("d%d", i), MemBudget: int64(300 + r.IntN(3000)), Speed: 0.5 + 4*r.Float64()}
+		}
+		bwm := make([][]float64, nd)
+		for i := range bwm {
+			bwm[i] = make([]float64, nd)
+			for j := range bwm[i] {
+				bwm[i][j] = 1 + 100*r.Float64()
+			}
+		}
+		bw := func(i, j int) float64 { return bwm[i][j] }
+		k := r.IntN(min(nd, len(g.ValidCuts())+1) + 1)
+		want := math.Inf(1)
+		order := make([]int, nd)
+		for i := range order {
+			order[i] = i
+		}
+		permute(order, 0, func(perm []int) {
+			pd := make([]Device, nd)
+			for j, d := range perm {
+				pd[j] = devices[d]
+			}
+			pbw := func(i, j int) float64 { return bwm[perm[i]][perm[j]] }
+			kmin, kmaxB := k, k
+			if k == 0 {
+				kmin, kmaxB = 1, min(nd, len(g.ValidCuts())+1)
+			}
+			for kk := kmin; kk <= kmaxB; kk++ {
+				want = math.Min(want, bruteForce(g, pd, pbw, kk))
+			}
+		})
+		p, err := Plan(g, devices, PlanOptions{Stages: k, LinkBandwidth: bw, ReorderDevices: true})
+		if math.IsInf(want, 1) {
+			if !errors.Is(err, ErrDoesNotFit) {
+				t.Fatalf("reorder iter %d: no order fits, planner says %v", iter, err)
+			}
+			continue
+		}
+		if err != nil || math.Abs(p.Bottleneck-want) > 1e-9*math.Max(1, want) {
+			t.Fatalf("reorder iter %d k=%d: planner %v %v, brute force over orders %g", iter, k, p, err, want)
+		}
+		used := map[int]bool{}
+		for _, s := range p.Stages {
+			if used[s.DeviceIndex] || devices[s.DeviceIndex] != s.Device || s.MemoryBytes > s.Device.MemBudget {
+				t.Fatalf("reorder iter %d: stage %d on device %d (%+v) reused or over budget", iter, s.Index, s.DeviceIndex, s.Device)
+			}
+			used[s.DeviceIndex] = true
+		}
+	}
 	if feasible < 100 || infeasible < 20 {
 		t.Fatalf("random cases do not cover both outcomes: %d feasible, %d infeasible", feasible, infeasible)
 	}
@@ -291,6 +348,22 @@ func TestHeterogeneousBudgets(t *testing.T) {
 	}
 	if rep.Outputs[0].MaxRelToScale > chainTolerance {
 		t.Errorf("chain differs: %+v", rep.Outputs[0])
+	}
+
+	// The same devices listed smallest first: in that order nothing fits, and
+	// ReorderDevices finds the order that does.
+	reversed := []Device{devices[2], devices[1], devices[0]}
+	if _, err := Plan(g, reversed, PlanOptions{Stages: 3}); !errors.Is(err, ErrDoesNotFit) {
+		t.Fatalf("reversed devices in given order: %v", err)
+	}
+	rp, err := Plan(g, reversed, PlanOptions{Stages: 3, ReorderDevices: true})
+	if err != nil {
+		t.Fatalf("reversed devices, reordering: %v", err)
+	}
+	for _, s := range rp.Stages {
+		if s.MemoryBytes > s.Device.MemBudget || reversed[s.DeviceIndex] != s.Device {
+			t.Fatalf("reordered stage %d: %+v", s.Index, s)
+		}
 	}
 
 	// Too small: three budgets of 30% each cannot hold the weights.
