@@ -16,12 +16,37 @@ import (
 )
 
 // rawEcho is the baseline: a plain loopback TCP connection moving the same bytes with a
-// u64 length prefix, answering either with the bytes (echo) or with one byte.
+// u64 length prefix, answered either with the bytes (echo) or with one byte.
 type rawEcho struct {
-	ln   net.Listener
 	conn net.Conn
 	r    *bufio.Reader
-	done chan struct{}
+}
+
+// serveRaw is the receiving end of the baseline.
+func serveRaw(c net.Conn, echo bool) {
+	defer c.Close()
+	br := bufio.NewReaderSize(c, dataBufSize)
+	var buf []byte
+	for {
+		var l [8]byte
+		if _, err := io.ReadFull(br, l[:]); err != nil {
+			return
+		}
+		n := binary.LittleEndian.Uint64(l[:])
+		if uint64(cap(buf)) < n {
+			buf = make([]byte, n)
+		}
+		if _, err := io.ReadFull(br, buf[:n]); err != nil {
+			return
+		}
+		reply := []byte{1}
+		if echo {
+			reply = append(l[:], buf[:n]...)
+		}
+		if _, err := c.Write(reply); err != nil {
+			return
+		}
+	}
 }
 
 func newRawEcho(b *testing.B, echo bool) *rawEcho {
@@ -29,47 +54,31 @@ func newRawEcho(b *testing.B, echo bool) *rawEcho {
 	if err != nil {
 		b.Fatal(err)
 	}
-	re := &rawEcho{ln: ln, done: make(chan struct{})}
+	done := make(chan struct{})
 	go func() {
-		defer close(re.done)
+		defer close(done)
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
-		defer c.Close()
-		br := bufio.NewReaderSize(c, dataBufSize)
-		var buf []byte
-		for {
-			var l [8]byte
-			if _, err := io.ReadFull(br, l[:]); err != nil {
-				return
-			}
-			n := binary.LittleEndian.Uint64(l[:])
-			if uint64(cap(buf)) < n {
-				buf = make([]byte, n)
-			}
-			if _, err := io.ReadFull(br, buf[:n]); err != nil {
-				return
-			}
-			reply := []byte{1}
-			if echo {
-				reply = append(l[:], buf[:n]...)
-			}
-			if _, err := c.Write(reply); err != nil {
-				return
-			}
-		}
+		serveRaw(c, echo)
 	}()
-	if re.conn, err = net.Dial("tcp", ln.Addr().String()); err != nil {
-		b.Fatal(err)
-	}
-	re.r = bufio.NewReaderSize(re.conn, dataBufSize)
+	re := dialRaw(b, ln.Addr().String())
 	b.Cleanup(func() {
 		re.conn.Close()
 		ln.Close()
-		<-re.done
+		<-done
 	})
 	return re
+}
+
+func dialRaw(b *testing.B, addr string) *rawEcho {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return &rawEcho{conn: c, r: bufio.NewReaderSize(c, dataBufSize)}
 }
 
 func (re *rawEcho) roundTrip(b *testing.B, payload []byte, echo bool) {
@@ -93,10 +102,11 @@ func (re *rawEcho) roundTrip(b *testing.B, payload []byte, echo bool) {
 	}
 }
 
-func benchPair(b *testing.B, sec Security) (*Mesh, *Mesh) {
+func benchPair(b *testing.B, path benchPath) (*Mesh, *Mesh) {
 	mk := func() *Mesh {
 		cfg := testConfig(b, b.TempDir())
-		cfg.Security = sec
+		cfg.Security = path.sec
+		cfg.PrivateNetwork = path.pnet
 		return startMesh(b, cfg)
 	}
 	a, c := mk(), mk()
@@ -121,6 +131,7 @@ func viaStream(ctx context.Context, a, c *Mesh, req *StageRequest) ([]tensor.Ten
 type benchPath struct {
 	name   string
 	sec    Security
+	pnet   bool
 	call   stageCall
 	window uint32 // yamux stream window; 0 keeps libp2p's default
 }
@@ -130,6 +141,7 @@ var benchPaths = []benchPath{
 	{name: "libp2p-tls-yamux", sec: SecurityTLS, call: viaStream},
 	{name: "libp2p-noise-yamux", sec: SecurityNoise, call: viaStream},
 	{name: "libp2p-tls-yamux-16MiB-window", sec: SecurityTLS, call: viaStream, window: 16 << 20},
+	{name: "libp2p-tls-yamux-pnet", sec: SecurityTLS, pnet: true, call: viaStream},
 }
 
 // withYamuxWindow sets libp2p's process-wide yamux stream window for hosts created
@@ -152,7 +164,7 @@ func BenchmarkStageRPC_1x128x768(b *testing.B) {
 	x := tensor.FromFloat32("hidden", []int64{1, 128, 768}, hidden)
 	for _, path := range benchPaths[:3] {
 		b.Run(path.name, func(b *testing.B) {
-			a, c := benchPair(b, path.sec)
+			a, c := benchPair(b, path)
 			c.HandleStage(func(ctx context.Context, req *StageRequest) ([]tensor.Tensor, error) {
 				return req.Tensors, nil
 			})
@@ -197,7 +209,7 @@ func BenchmarkThroughput(b *testing.B) {
 	for _, path := range benchPaths {
 		b.Run(path.name, func(b *testing.B) {
 			withYamuxWindow(b, path.window)
-			a, c := benchPair(b, path.sec)
+			a, c := benchPair(b, path)
 			ack := []tensor.Tensor{tensor.FromInt64("ok", []int64{1}, []int64{1})}
 			c.HandleStage(func(ctx context.Context, req *StageRequest) ([]tensor.Tensor, error) {
 				return ack, nil
@@ -211,31 +223,41 @@ func BenchmarkThroughput(b *testing.B) {
 				}
 				raw.roundTrip(b, logits.Data, false)
 			}
-			var rawT, meshT, rawCPU, meshCPU time.Duration
-			b.SetBytes(int64(len(logits.Data)))
-			b.ResetTimer()
-			for range b.N {
-				c0, t0 := cpuTime(), time.Now()
-				raw.roundTrip(b, logits.Data, false)
-				c1, t1 := cpuTime(), time.Now()
-				if _, err := path.call(ctx, a, c, req); err != nil {
-					b.Fatal(err)
-				}
-				rawT += t1.Sub(t0)
-				meshT += time.Since(t1)
-				rawCPU += c1 - c0
-				meshCPU += cpuTime() - c1
-			}
-			bytes := float64(len(logits.Data)) * float64(b.N)
-			b.ReportMetric(bytes/rawT.Seconds()/1e6, "raw-MB/s")
-			b.ReportMetric(bytes/meshT.Seconds()/1e6, "mesh-MB/s")
-			b.ReportMetric(rawT.Seconds()/meshT.Seconds(), "ratio")
-			// CPU per byte (both ends, this process) tells cost apart from contention on
-			// a shared machine, where wall-clock rates swing.
-			b.ReportMetric(float64(rawCPU.Nanoseconds())/bytes, "raw-cpu-ns/B")
-			b.ReportMetric(float64(meshCPU.Nanoseconds())/bytes, "mesh-cpu-ns/B")
+			measureThroughput(b, raw, logits.Data, func() error {
+				_, err := path.call(ctx, a, c, req)
+				return err
+			})
 		})
 	}
+}
+
+// measureThroughput interleaves the baseline and the mesh path per iteration, so both
+// see the same machine load, and reports both rates, their ratio and CPU per byte.
+func measureThroughput(b *testing.B, raw *rawEcho, payload []byte, call func() error) {
+	var rawT, meshT, rawCPU, meshCPU time.Duration
+	b.SetBytes(int64(len(payload)))
+	b.ResetTimer()
+	for range b.N {
+		c0, t0 := cpuTime(), time.Now()
+		raw.roundTrip(b, payload, false)
+		c1, t1 := cpuTime(), time.Now()
+		if err := call(); err != nil {
+			b.Fatal(err)
+		}
+		rawT += t1.Sub(t0)
+		meshT += time.Since(t1)
+		rawCPU += c1 - c0
+		meshCPU += cpuTime() - c1
+	}
+	bytes := float64(len(payload)) * float64(b.N)
+	b.ReportMetric(bytes/rawT.Seconds()/1e6, "raw-MB/s")
+	b.ReportMetric(bytes/meshT.Seconds()/1e6, "mesh-MB/s")
+	b.ReportMetric(rawT.Seconds()/meshT.Seconds(), "ratio")
+	// CPU per byte tells cost apart from contention on a shared machine, where
+	// wall-clock rates swing. In-process it counts both ends; across processes only
+	// the sender's.
+	b.ReportMetric(float64(rawCPU.Nanoseconds())/bytes, "raw-cpu-ns/B")
+	b.ReportMetric(float64(meshCPU.Nanoseconds())/bytes, "mesh-cpu-ns/B")
 }
 
 // cpuTime is the user+system CPU time this process has used.

@@ -19,14 +19,16 @@
 //
 // # Two wires
 //
-// Control traffic (join handshake, Raft, small stage calls when asked) uses libp2p streams
-// over TLS 1.3 + yamux. Bulk traffic (stage tensors, blob chunks, bandwidth probes) uses a
-// separate data connection: a direct TCP connection wrapped in crypto/tls 1.3 whose
-// certificate is signed by the libp2p identity key (libp2p's own TLS identity scheme), so
-// the peer id is verified exactly as libp2p verifies it. It carries no multiplexer: one
-// exchange at a time per connection, a small pool of connections per peer, 256 KiB buffers
-// under TLS so 16 KiB records leave in few system calls. On this class of machine that is
-// worth about twice the throughput of yamux streams (BENCHMARKS.md has the figures).
+// Control traffic (join handshake, Raft, stage calls to a peer whose data port is not
+// known) uses libp2p streams over TLS 1.3 (or Noise) + yamux. Bulk traffic (stage
+// tensors, blob chunks, bandwidth probes) uses a separate data connection: a direct TCP
+// connection on which a TLS 1.3 handshake authenticates both peers with certificates
+// signed by their libp2p identity keys (libp2p's own TLS identity scheme, so the peer
+// id is verified exactly as libp2p verifies it) and agrees the keys. The bytes then move
+// in 1 MiB AES-GCM records keyed from that session (sealed.go): no multiplexer, no 16 KiB
+// TLS records, records sealed and opened on parallel workers, and a record read straight
+// into the tensor's final memory and decrypted in place. One exchange runs at a time per
+// connection; a small pool of connections per peer serves concurrent calls.
 //
 // # Lifetimes
 //

@@ -15,6 +15,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(benchPeerEnv) != "" {
+		// Re-executed by a cross-process benchmark as its peer.
+		os.Exit(runBenchPeer())
+	}
 	goleak.VerifyTestMain(m,
 		// Process-wide singletons of go-libp2p and its dependencies, started once on
 		// first use and never stopped; they are not per-host goroutines.
