@@ -114,3 +114,24 @@ func TestWrongSecretIsRefused(t *testing.T) {
 func isStreamReset(err error) bool {
 	return strings.Contains(err.Error(), "reset")
 }
+
+func TestJoinRateLimit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := testConfig(t, t.TempDir())
+	cfg.JoinRate = 2
+	server := startMesh(t, cfg)
+	client := startMesh(t, testConfig(t, t.TempDir()))
+	if err := client.host.Connect(ctx, addrInfo(t, server)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := client.joinPeer(ctx, server.ID()); err != nil {
+			t.Fatalf("handshake %d within the rate: %v", i, err)
+		}
+	}
+	_, err := client.joinPeer(ctx, server.ID())
+	if !errors.Is(err, ErrRateLimited) || !errors.Is(err, ErrRefused) {
+		t.Fatalf("handshake over the rate: got %v, want a rate-limit refusal", err)
+	}
+}

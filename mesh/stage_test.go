@@ -227,3 +227,28 @@ func TestLinkProbe(t *testing.T) {
 	}
 	t.Logf("loopback link: rtt %v, bandwidth %.0f MB/s", stats.RTT, stats.Bandwidth/1e6)
 }
+
+func TestLinkProbesStayFresh(t *testing.T) {
+	cfgA := testConfig(t, t.TempDir())
+	cfgA.ProbeInterval = 200 * time.Millisecond
+	a := startMesh(t, cfgA)
+	cfgB := testConfig(t, t.TempDir())
+	cfgB.Join = []string{a.Addrs()[0]}
+	b := startMesh(t, cfgB)
+	var first LinkStats
+	eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+		s, ok := a.Link(b.ID())
+		if !ok {
+			return fmt.Errorf("no link stats yet")
+		}
+		first = s
+		return nil
+	})
+	eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
+		s, _ := a.Link(b.ID())
+		if !s.Updated.After(first.Updated) {
+			return fmt.Errorf("link stats not refreshed since %v", first.Updated)
+		}
+		return nil
+	})
+}
