@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -69,6 +70,11 @@ type Node struct {
 	// device's would.
 	HTTPListen string
 	P2PListen  string
+	// GossipPort is the memberlist port, reserved once per node (TCP and UDP free at
+	// once, found through port 0) and kept across restarts: memberlist refuses a known
+	// node that comes back on another address ("conflicting address") until the old
+	// one is declared dead, which a real device with its fixed port never causes.
+	GossipPort int
 
 	httpAddr string // bound, as the node sees it
 	p2pAddr  string
@@ -131,10 +137,65 @@ func (c *Cluster) addNode() *Node {
 	if err := os.MkdirAll(node.DataDir, 0o700); err != nil {
 		c.t.Fatal(err)
 	}
+	port, err := c.reserveGossipPort(i, host)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	node.GossipPort = port
 	// Args are filled in at each start, since the pinned ports change them once.
 	node.Proc = NewProc(c.t, ProcSpec{Name: name, Path: c.opts.Binary, Env: c.opts.Env, Netns: netns, LogDir: c.dir})
 	c.Nodes = append(c.Nodes, node)
 	return node
+}
+
+// reserveGossipPort finds a port free for both TCP and UDP on host (inside node i's
+// namespace when there is a network), as memberlist needs both on one number.
+func (c *Cluster) reserveGossipPort(i int, host string) (int, error) {
+	listen := func(network, addr string) (io.Closer, string, error) {
+		if nw := c.opts.Network; nw != nil {
+			if network == "tcp" {
+				l, err := nw.Listen(i, network, addr)
+				if err != nil {
+					return nil, "", err
+				}
+				return l, l.Addr().String(), nil
+			}
+			pc, err := nw.ListenPacket(i, network, addr)
+			if err != nil {
+				return nil, "", err
+			}
+			return pc, pc.LocalAddr().String(), nil
+		}
+		if network == "tcp" {
+			l, err := net.Listen(network, addr)
+			if err != nil {
+				return nil, "", err
+			}
+			return l, l.Addr().String(), nil
+		}
+		pc, err := net.ListenPacket(network, addr)
+		if err != nil {
+			return nil, "", err
+		}
+		return pc, pc.LocalAddr().String(), nil
+	}
+	var last error
+	for try := 0; try < 20; try++ {
+		tl, addr, err := listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return 0, err
+		}
+		_, port, _ := net.SplitHostPort(addr)
+		ul, _, err := listen("udp", net.JoinHostPort(host, port))
+		tl.Close()
+		if err != nil {
+			last = err
+			continue
+		}
+		ul.Close()
+		return strconv.Atoi(port)
+	}
+	return 0, fmt.Errorf("harness: no port free for both TCP and UDP on %s: %w", host, last)
 }
 
 // Add prepares and starts one more node (it joins node 0, like the others) and returns
@@ -200,7 +261,7 @@ func (c *Cluster) Node(i int) *Node { return c.Nodes[i] }
 func (c *Cluster) SecretPath() string { return filepath.Join(c.dir, SecretFile) }
 
 // DefaultFlags are meshnode's flags for node n: its data dir, name, addresses (pinned
-// after the first start), a gossip port picked by the system, no mDNS (tests of different engineers share the machine's
+// after the first start), its reserved gossip port, no mDNS (tests of different engineers share the machine's
 // loopback), JSON logs; node 0 bootstraps, the others join node 0.
 func (c *Cluster) DefaultFlags(n *Node) []string {
 	flags := []string{
@@ -208,8 +269,7 @@ func (c *Cluster) DefaultFlags(n *Node) []string {
 		"--name", n.Name,
 		"--http", n.HTTPListen,
 		"--listen", n.P2PListen,
-		// meshnode's default gossip port is fixed; several nodes share this machine.
-		"--gossip-port", "0",
+		"--gossip-port", strconv.Itoa(n.GossipPort),
 		"--no-mdns",
 		"--log-format", "json",
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,6 +60,10 @@ func checkClusterMechanics(t *testing.T, c *Cluster) {
 	}
 	if n, _, err := boots(client, addr); err != nil || n != 2 {
 		t.Fatalf("restarted node: boots=%d err=%v, want 2 (same data dir)", n, err)
+	}
+	gossip := "--gossip-port " + strconv.Itoa(c.Node(1).GossipPort)
+	if c.Node(1).GossipPort == 0 || strings.Count(c.Node(1).LogTail(logTail), gossip) != 2 {
+		t.Fatalf("node 1 was not given the same reserved gossip port (%s) at both starts", gossip)
 	}
 
 	if err := c.Pause(2); err != nil {
