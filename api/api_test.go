@@ -486,3 +486,52 @@ func TestMetricsCountTraffic(t *testing.T) {
 		}
 	}
 }
+
+// TestRedeployUnderLoad re-uploads a model over and over while clients infer on it:
+// no request may fail, each answer is right, and the replaced sessions are closed
+// only after their last run.
+func TestRedeployUnderLoad(t *testing.T) {
+	n := startNode(t)
+	admin := n.client(t, n.token)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	model := scaleModel(t)
+	var wg sync.WaitGroup
+	var runs sync.Map
+	for w := 0; w < 3; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := n.client(t, "")
+			for i := 0; ctx.Err() == nil; i++ {
+				resp, err := c.Infer(ctx, "scale", &wire.Request{Inputs: []tensor.Tensor{tensor.FromInt64("p", []int64{2}, []int64{int64(i), 1})}}, client.InferOptions{BinaryInputs: true})
+				if ctx.Err() != nil {
+					return
+				}
+				if err != nil {
+					t.Errorf("infer during redeploy: %v", err)
+					return
+				}
+				q, _ := resp.Output("q")
+				if got, _ := q.Int64s(); len(got) != 2 || got[0] != int64(2*i) || got[1] != 2 {
+					t.Errorf("q = %v for p = [%d 1]", got, i)
+					return
+				}
+				runs.Store(w*1_000_000+i, true)
+			}
+		}()
+	}
+	for i := 0; i < 8; i++ {
+		if _, err := admin.UploadModel(context.Background(), "scale", bytes.NewReader(model), int64(len(model)), client.UploadOptions{}); err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+	}
+	cancel()
+	wg.Wait()
+	count := 0
+	runs.Range(func(any, any) bool { count++; return true })
+	if count == 0 {
+		t.Errorf("no inference ran during the redeploys")
+	}
+	t.Logf("%d inferences during 8 redeploys", count)
+}

@@ -52,11 +52,15 @@ type model struct {
 	closed bool
 }
 
+// errModelClosed means a run found its model already replaced or deleted; Infer looks
+// the name up again rather than fail a request that raced a redeploy.
+var errModelClosed = errors.New("model closed")
+
 func (m *model) run(ctx context.Context, req api.InferRequest) (api.InferResult, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	if m.closed {
-		return api.InferResult{}, fmt.Errorf("model %s: %w", m.name, accel.ErrSessionClosed)
+		return api.InferResult{}, fmt.Errorf("model %s: %w: %w", m.name, errModelClosed, accel.ErrSessionClosed)
 	}
 	out, err := m.sess.Run(ctx, req.Inputs, req.Outputs)
 	if err != nil {
@@ -240,13 +244,23 @@ func (n *Node) ModelStatus(ctx context.Context, name, version string) (wire.Mode
 	return m.status(n.name), nil
 }
 
-// Infer runs a model on the request's inputs.
+// Infer runs a model on the request's inputs. A request that looked the model up just
+// before an upload or delete swapped it out is looked up again, so a redeploy fails no
+// request: it runs on the new model, or finds the name gone.
 func (n *Node) Infer(ctx context.Context, req api.InferRequest) (api.InferResult, error) {
-	m, err := n.lookup(req.Model, req.Version)
-	if err != nil {
-		return api.InferResult{}, err
+	const attempts = 3 // each retry follows a completed swap; more in a row is a storm of uploads
+	var err error
+	for range attempts {
+		var m *model
+		if m, err = n.lookup(req.Model, req.Version); err != nil {
+			return api.InferResult{}, err
+		}
+		var res api.InferResult
+		if res, err = m.run(ctx, req); !errors.Is(err, errModelClosed) {
+			return res, err
+		}
 	}
-	return m.run(ctx, req)
+	return api.InferResult{}, err
 }
 
 // PutModel streams body into a temp file in the data dir, hashing it on the way,
