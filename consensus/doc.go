@@ -28,6 +28,18 @@
 // rather than let replicas diverge. FSM handlers never read the clock or any
 // other local input: every time stamp travels inside the command.
 //
+// Only members speak to us: streams on RaftProtocol and ApplyProtocol from a
+// peer that is neither in the Raft configuration nor a member record (left and
+// removed excluded) are dropped, so a peer still in the mesh's join handshake
+// cannot vote or write. A node with an empty configuration admits anyone,
+// because it cannot yet know the leader that is adding it.
+//
+// Joining, as the node layer drives it: the new node opens its Store without
+// Bootstrap; a member that admitted it (after the secret handshake) calls
+// AddNode(ctx, newID) and writes its Member record with UpsertMember; the
+// leader's voter manager promotes it when voters are short. Health changes
+// arrive as SetMemberState commands from the node layer.
+//
 // Voter management runs on the leader: the first node bootstraps alone (or, with
 // BootstrapExpect N, once N peers are known through Expect), nodes that join
 // through AddNode enter as non-voters and are promoted while there are fewer than

@@ -268,3 +268,21 @@ func TestEncodeRejects(t *testing.T) {
 		t.Fatalf("long request id: %v", err)
 	}
 }
+
+func TestTokenForSecret(t *testing.T) {
+	s := NewClusterState()
+	s.Tokens["a"] = Token{ID: "a", Hash: TokenHash("secret-a"), Scope: ScopeAdmin}
+	s.Tokens["b"] = Token{ID: "b", Hash: TokenHash("secret-b"), Scope: ScopeInfer, Revoked: true}
+	if tok, ok := s.TokenForSecret("secret-a"); !ok || tok.ID != "a" {
+		t.Fatalf("secret-a -> %+v %v", tok, ok)
+	}
+	if tok, ok := s.TokenForSecret("secret-b"); !ok || tok.ID != "b" || !tok.Revoked {
+		t.Fatalf("secret-b -> %+v %v", tok, ok)
+	}
+	if _, ok := s.TokenForSecret("secret-c"); ok {
+		t.Fatal("unknown secret matched")
+	}
+	if TokenHash("x") != "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881" {
+		t.Fatalf("TokenHash(x) = %s", TokenHash("x"))
+	}
+}

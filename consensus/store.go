@@ -95,6 +95,9 @@ func (c *Config) setDefaults() {
 
 // Store is a running Raft node holding the cluster state. All methods are safe
 // for concurrent use.
+//
+// Lock order: Store's watchMu, expectMu and deadMu and the FSM's mu are
+// never held together; the FSM calls notifyWatchers after releasing its own.
 type Store struct {
 	cfg    Config
 	logger *slog.Logger
