@@ -1,6 +1,7 @@
 package partition
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/layermesh/layermesh/accel/onnxconv"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/partition/onnxpb"
 )
@@ -138,3 +140,106 @@ func inferredByRule(g *Graph, out string) (tensor.DType, []int64) {
 }
 
 func itoa(i int) string { return string(rune('0' + i)) }
+
+// TestSplitExpandedNodeTests splits every multi-node model among ONNX's backend node
+// tests (the *_expanded ones: functions written out as Constant nodes, shape
+// arithmetic, reductions, casts) into 2 and 3 stages and checks, in ONNX Runtime,
+// that each chain reproduces the whole model. Models this ONNX Runtime cannot run
+// whole are counted and left out; a chain that fails where the whole model runs is a
+// failure.
+func TestSplitExpandedNodeTests(t *testing.T) {
+	dirs, err := filepath.Glob(filepath.Join(nodeTestDir, "*_expanded*"))
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("ONNX node tests missing at %s (apt-get install libonnx-testdata): %v", nodeTestDir, err)
+	}
+	be := ortBackend(t)
+	var split, chains, notRunnable, uncuttable int
+	for _, dir := range dirs {
+		name := filepath.Base(dir)
+		m, err := Load(filepath.Join(dir, "model.onnx"))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		var inputs []tensor.Tensor
+		shapes := map[string][]int64{}
+		for i, in := range m.Proto.GetGraph().GetInput() {
+			b, err := os.ReadFile(filepath.Join(dir, "test_data_set_0", "input_"+itoa(i)+".pb"))
+			if err != nil {
+				break
+			}
+			tp := &onnxpb.TensorProto{}
+			if proto.Unmarshal(b, tp) != nil {
+				break
+			}
+			tn, err := onnxconv.TensorProtoToTensor(tp)
+			if err != nil {
+				break
+			}
+			tn.Name = in.GetName()
+			inputs = append(inputs, tn)
+			shapes[in.GetName()] = tn.Shape
+		}
+		if len(inputs) != len(m.Proto.GetGraph().GetInput()) {
+			notRunnable++
+			continue
+		}
+		g, err := AnalyzeWith(m, AnalyzeOptions{InputShapes: shapes})
+		if errors.Is(err, ErrInputShape) {
+			// The recorded inputs contradict the model's declared shapes (a few
+			// tests do); nothing to split.
+			notRunnable++
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		whole, err := runModel(t.Context(), be, filepath.Join(dir, "model.onnx"), inputs, nil)
+		if err != nil {
+			notRunnable++
+			continue
+		}
+		cuts := len(g.ValidCuts())
+		if cuts == 0 {
+			uncuttable++
+			if testing.Verbose() && len(g.Cuts) > 2 {
+				t.Logf("%s: no valid cut among %d nodes (%s)", name, len(g.Nodes), g.Cuts[1].Reason)
+			}
+			continue
+		}
+		split++
+		for _, k := range []int{2, 3} {
+			if k > cuts+1 {
+				continue
+			}
+			p, err := Plan(g, UniformDevices(k, 1<<40, 1), PlanOptions{Stages: k})
+			if err != nil {
+				t.Errorf("%s: %d stages: %v", name, k, err)
+				continue
+			}
+			out := t.TempDir()
+			man, err := Extract(m, g, p, out)
+			if err != nil {
+				t.Errorf("%s: %d stages: %v", name, k, err)
+				continue
+			}
+			chain, err := RunChain(t.Context(), be, man, out, inputs)
+			if err != nil {
+				t.Errorf("%s: %d stages (cuts %v): %v", name, k, p.Cuts(), err)
+				continue
+			}
+			chains++
+			for _, o := range g.Outputs {
+				d, err := compareTensors(whole[o], chain[o])
+				if err != nil || !(d.MaxRelToScale <= chainTolerance) {
+					t.Errorf("%s: %d stages: output %q: %v %+v", name, k, o, err, d)
+				}
+			}
+		}
+	}
+	t.Logf("%d expanded models: %d split into %d chains, all equal to the whole model; %d not runnable whole by this ONNX Runtime or with unreadable or contradicting inputs, %d without a valid cut", len(dirs), split, chains, notRunnable, uncuttable)
+	if chains < 100 {
+		t.Errorf("only %d chains checked", chains)
+	}
+}

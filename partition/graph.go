@@ -384,9 +384,16 @@ func (g *Graph) findCuts() {
 			cut := &g.Cuts[c]
 			cut.Crossing = append(cut.Crossing, name)
 			cut.Bytes += v.Bytes
-			if v.DType == 0 && cut.Valid {
+			switch {
+			case !cut.Valid:
+			case v.DType == 0:
 				cut.Valid = false
 				cut.Reason = fmt.Sprintf("type of crossing tensor %q unknown", name)
+			case v.Shape == nil:
+				// A stage input must declare its rank: ONNX Runtime reports an
+				// unknown-rank input as a scalar, and callers validate against that.
+				cut.Valid = false
+				cut.Reason = fmt.Sprintf("rank of crossing tensor %q unknown (MeasureValues can tell)", name)
 			}
 		}
 	}

@@ -11,7 +11,7 @@ import (
 
 var sameShapeOps = map[string]bool{
 	"Relu": true, "Sigmoid": true, "Tanh": true, "Erf": true, "Sqrt": true, "Exp": true,
-	"Log": true, "Neg": true, "Abs": true, "HardSigmoid": true, "HardSwish": true,
+	"Log": true, "HardSigmoid": true, "HardSwish": true,
 	"LeakyRelu": true, "Gelu": true, "Identity": true, "Softmax": true, "LogSoftmax": true,
 	"Clip": true, "Reciprocal": true, "Floor": true, "Ceil": true, "Sin": true, "Cos": true,
 	"Elu": true, "Selu": true, "Softplus": true, "Softsign": true, "BatchNormalization": true,
@@ -180,6 +180,23 @@ func inferNode(n *onnxpb.NodeProto, ins []*vinfo, opset int64) []*vinfo {
 			}
 		}
 		return outs
+	case op == "RandomUniformLike" || op == "RandomNormalLike":
+		dt := tensor.DType(attrInt(n, "dtype", int64(x.dtype)))
+		return []*vinfo{{dtype: dt, shape: x.shape}}
+	case op == "RandomUniform" || op == "RandomNormal":
+		shape, _ := attrInts(n, "shape")
+		return []*vinfo{{dtype: tensor.DType(attrInt(n, "dtype", int64(tensor.Float32))), shape: append([]int64{}, shape...)}}
+	case op == "Neg" || op == "Abs":
+		out := &vinfo{dtype: x.dtype, shape: x.shape}
+		if isInt(x) && x.val != nil {
+			for _, v := range x.val {
+				if op == "Neg" || v < 0 {
+					v = -v
+				}
+				out.val = append(out.val, v)
+			}
+		}
+		return []*vinfo{out}
 	case op == "CastLike":
 		return []*vinfo{{dtype: in(ins, 1).dtype, shape: x.shape}}
 	case op == "GatherElements":
@@ -490,6 +507,13 @@ func inferNode(n *onnxpb.NodeProto, ins []*vinfo, opset int64) []*vinfo {
 		}
 		s := in(ins, 0).val
 		out := &vinfo{dtype: dt, shape: s}
+		if sh := in(ins, 0).shape; s == nil && len(sh) == 1 && sh[0] >= 0 && sh[0] <= tensor.MaxRank {
+			// Values unknown, but the rank is the shape input's length.
+			out.shape = make([]int64, sh[0])
+			for i := range out.shape {
+				out.shape[i] = -1
+			}
+		}
 		if s != nil && (dt == tensor.Int64 || dt == tensor.Int32) {
 			if ints, ok := tensorIntsAttr(n); ok && len(ints) == 1 {
 				nel := int64(1)

@@ -103,7 +103,7 @@ func (g *Graph) inferShapes(opts AnalyzeOptions) error {
 		if tt.GetShape() == nil && !ok {
 			continue
 		}
-		var a, b []int64
+		a, b := []int64{}, []int64{}
 		if tt.GetShape() == nil {
 			a = append(a, given...)
 			b = append(b, given...) // rank-only input: nothing is known to be symbolic
@@ -142,7 +142,7 @@ func (g *Graph) inferShapes(opts AnalyzeOptions) error {
 		}
 		v.DType = a.dtype
 		if a.shape != nil {
-			v.Shape = append([]int64(nil), a.shape...)
+			v.Shape = append([]int64{}, a.shape...)
 			v.Dynamic = make([]bool, len(a.shape))
 			b := passB[name]
 			for i := range a.shape {
