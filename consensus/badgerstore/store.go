@@ -42,7 +42,10 @@ const logFormat byte = 1
 
 // Store implements raft.LogStore and raft.StableStore.
 type Store struct {
-	db *badger.DB
+	db     *badger.DB
+	logger *slog.Logger
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 var (
@@ -54,6 +57,11 @@ var (
 type Options struct {
 	// Logger receives badger's own log lines (at debug level for its info).
 	Logger *slog.Logger
+	// GCInterval is how often the value log is garbage-collected. Entries
+	// over badger's 1 MiB value threshold live in the value log, and raft
+	// deletes old entries after every snapshot, so without GC it only grows.
+	// Default 5m.
+	GCInterval time.Duration
 }
 
 // Open opens or creates the store in dir. A directory badger cannot open
@@ -88,11 +96,49 @@ func Open(dir string, o Options) (s *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, dir, err)
 	}
-	return &Store{db: db}, nil
+	interval := o.GCInterval
+	if interval <= 0 {
+		interval = 5 * time.Minute
+	}
+	s = &Store{db: db, logger: logger, stop: make(chan struct{}), done: make(chan struct{})}
+	go s.gcLoop(interval)
+	return s, nil
 }
 
-// Close flushes and closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close stops the value-log GC, then flushes and closes the database.
+func (s *Store) Close() error {
+	close(s.stop)
+	<-s.done
+	return s.db.Close()
+}
+
+func (s *Store) gcLoop(interval time.Duration) {
+	defer close(s.done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		// Rewrite value-log files that are at least half garbage, until none is.
+		for {
+			err := s.db.RunValueLogGC(0.5)
+			if err != nil {
+				if !errors.Is(err, badger.ErrNoRewrite) {
+					s.logger.Warn("raft store value log GC", "component", "badger", "err", err)
+				}
+				break
+			}
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+		}
+	}
+}
 
 func logKey(index uint64) []byte {
 	k := make([]byte, 9)

@@ -216,6 +216,39 @@ func TestLogStoreLargeBatch(t *testing.T) {
 	wantIndexes(t, s, 0, 0)
 }
 
+// TestLogStoreLargeEntry stores entries above badger's value threshold (they
+// go to the value log) and runs the value-log GC over them.
+func TestLogStoreLargeEntry(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{GCInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("B"), 3<<20)
+	for i := uint64(1); i <= 4; i++ {
+		if err := s.StoreLog(&raft.Log{Index: i, Term: 1, Type: raft.LogCommand, Data: big}); err != nil {
+			t.Fatalf("StoreLog(%d, 3 MiB): %v", i, err)
+		}
+	}
+	if err := s.DeleteRange(1, 3); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // a few GC rounds
+	var got raft.Log
+	if err := s.GetLog(4, &got); err != nil || !bytes.Equal(got.Data, big) {
+		t.Fatalf("GetLog(4): %v (%d bytes)", err, len(got.Data))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, dir)
+	defer s.Close()
+	wantIndexes(t, s, 4, 4)
+	if err := s.GetLog(4, &got); err != nil || !bytes.Equal(got.Data, big) {
+		t.Fatalf("GetLog(4) after reopen: %v (%d bytes)", err, len(got.Data))
+	}
+}
+
 // TestStableStoreContract checks Set/Get/SetUint64/GetUint64 including the
 // "not found" semantics raft relies on, and persistence across reopen.
 func TestStableStoreContract(t *testing.T) {
