@@ -259,7 +259,7 @@ func (g *Graph) planInOrder(all []Device, allBW func(i, j int) float64, order []
 	if pick == 0 || math.IsInf(best[pick], 1) {
 		return nil, g.doesNotFit(devices, kmax, k == 0)
 	}
-	p := g.buildPlan(devices, bw, parent[pick], pick)
+	p := g.buildPlan(devices, bw, parent, pick)
 	for j := range p.Stages {
 		p.Stages[j].DeviceIndex = order[j]
 	}
@@ -267,10 +267,11 @@ func (g *Graph) planInOrder(all []Device, allBW func(i, j int) float64, order []
 }
 
 // solve runs the bottleneck dynamic program for up to kmax stages. best[k] is the
-// optimum with exactly k stages (+Inf if none fits); parent[k][j][b] is the start of
-// the j-th stage ending at b in that optimum. grow reports whether stage j could still
+// optimum with exactly k stages (+Inf if none fits); par[j][b] is where the j-th
+// stage starts in the best j-stage cover of [0, b), so walking it back from
+// par[k][N] yields the k-stage optimum. grow reports whether stage j could still
 // fit with these sizes (sizes only grow with b, so a false ends the sweep).
-func solve(g *Graph, kmax int, cost func(stage, a, b int, params, act, flops int64) (float64, bool), grow func(stage int, params, act int64) bool) ([]float64, [][][]int) {
+func solve(g *Graph, kmax int, cost func(stage, a, b int, params, act, flops int64) (float64, bool), grow func(stage int, params, act int64) bool) ([]float64, [][]int) {
 	n := len(g.Nodes)
 	scan := newStageScan(g)
 	inf := math.Inf(1)
@@ -323,13 +324,11 @@ func solve(g *Graph, kmax int, cost func(stage, a, b int, params, act, flops int
 		})
 	}
 	best := make([]float64, kmax+1)
-	parents := make([][][]int, kmax+1)
+	best[0] = inf
 	for k := 1; k <= kmax; k++ {
 		best[k] = f[k][n]
-		parents[k] = par
 	}
-	best[0] = inf
-	return best, parents
+	return best, par
 }
 
 // buildPlan walks the parent pointers back from the end and fills in each stage.
@@ -402,7 +401,7 @@ func (g *Graph) doesNotFit(devices []Device, kmax int, auto bool) error {
 	}
 	var worst strings.Builder
 	if !math.IsInf(best[pick], 1) {
-		p := g.buildPlan(devices, func(int, int) float64 { return DefaultLinkBandwidth }, par[pick], pick)
+		p := g.buildPlan(devices, func(int, int) float64 { return DefaultLinkBandwidth }, par, pick)
 		for _, s := range p.Stages {
 			if s.MemoryBytes > s.Device.MemBudget {
 				fmt.Fprintf(&worst, "; stage %d (nodes %d..%d) needs %s on %s (budget %s)", s.Index, s.Start, s.End-1, FormatBytes(s.MemoryBytes), deviceLabel(s.Device, s.Index), FormatBytes(s.Device.MemBudget))
