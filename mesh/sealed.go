@@ -49,6 +49,9 @@ const (
 	sealedRecordSize = 1 << 20
 	sealedHeaderLen  = 4
 	sealedKeyLen     = 16 // AES-128-GCM, as TLS would pick on CPUs with AES instructions
+	// directWriteMin is the write size from which data is sealed straight from the
+	// caller's memory instead of being coalesced.
+	directWriteMin = 64 << 10
 )
 
 var errSealedRecord = errors.New("mesh: data record failed authentication")
@@ -101,36 +104,49 @@ func counterNonce(ctr uint64) []byte {
 	return n[:]
 }
 
-// Write queues p; full records go out as they fill, the rest on flush. A write of
-// several records (a tensor's data) seals them in parallel.
+// Write sends p. Small writes (frame headers) are coalesced and go out on flush or
+// when a record fills. A large write (a tensor's data) goes out straight from the
+// caller's memory: several records sealed in parallel, then records of at most
+// sealedRecordSize, the last one cut 16 bytes short and followed by a 16-byte record.
+// That tail is for the reader: it reads a tensor into a buffer of exactly the tensor's
+// size, and a record whose body (ciphertext plus tag) fits there is opened in place.
 func (c *sealedConn) Write(p []byte) (int, error) {
-	written := 0
-	if len(c.pending) == 0 && len(p) >= 2*sealedRecordSize {
+	n := len(p)
+	if n < directWriteMin {
+		for len(p) > 0 {
+			k := min(len(p), sealedRecordSize-len(c.pending))
+			c.pending = append(c.pending, p[:k]...)
+			p = p[k:]
+			if len(c.pending) == sealedRecordSize {
+				if err := c.flush(); err != nil {
+					return n - len(p) - k, err
+				}
+			}
+		}
+		return n, nil
+	}
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	if len(p) >= 2*sealedRecordSize {
 		full := len(p) / sealedRecordSize * sealedRecordSize
 		if err := c.writeBulk(p[:full]); err != nil {
 			return 0, err
 		}
-		p, written = p[full:], full
+		p = p[full:]
 	}
+	overhead := c.send.Overhead()
 	for len(p) > 0 {
-		if len(c.pending) == 0 && len(p) >= sealedRecordSize {
-			// Seal straight from the caller's memory: no staging copy.
-			if err := c.emit(p[:sealedRecordSize]); err != nil {
-				return written, err
-			}
-			p, written = p[sealedRecordSize:], written+sealedRecordSize
-			continue
+		k := min(len(p), sealedRecordSize)
+		if k == len(p) && k > overhead {
+			k -= overhead
 		}
-		n := min(len(p), sealedRecordSize-len(c.pending))
-		c.pending = append(c.pending, p[:n]...)
-		p, written = p[n:], written+n
-		if len(c.pending) == sealedRecordSize {
-			if err := c.flush(); err != nil {
-				return written, err
-			}
+		if err := c.emit(p[:k]); err != nil {
+			return n - len(p), err
 		}
+		p = p[k:]
 	}
-	return written, nil
+	return n, nil
 }
 
 // flush seals and sends whatever is queued.
