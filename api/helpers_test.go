@@ -150,7 +150,8 @@ func startNodeWith(t testing.TB, hc *http.Client, opts ...nodeOption) *testNode 
 
 func waitReady(t testing.TB, c *client.Client) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	// Generous: a GPT-2-small session takes seconds to load, many more on a busy machine.
+	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		r, err := c.Ready(context.Background())
 		if err == nil && r.Ready {
@@ -158,7 +159,7 @@ func waitReady(t testing.TB, c *client.Client) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("node not ready within 30s")
+	t.Fatalf("node not ready within 3 minutes")
 }
 
 func (n *testNode) client(t testing.TB, token string) *client.Client {
