@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -191,6 +192,9 @@ func (m *Mesh) FetchBlob(ctx context.Context, hash string, size int64, holders [
 	missing := len(q.pending)
 	q.mu.Unlock()
 	if missing > 0 {
+		if lastErr == nil {
+			lastErr = errors.New("no holder other than this node")
+		}
 		return fmt.Errorf("%w: %d of %d chunks missing: %w", ErrNoHolders, missing, len(pb.done), lastErr)
 	}
 	return dst.commitPartial(hash, pb)

@@ -30,13 +30,17 @@ const (
 	dataHandshakeTTL = 10 * time.Second
 	dataIdleTimeout  = 5 * time.Minute
 	maxIdlePerPeer   = 8
+	// poolIdleTTL is well under dataIdleTimeout, so a pooled connection is never one
+	// the server is closing at the same moment.
+	poolIdleTTL = time.Minute
 )
 
 // dataConn is one established data connection.
 type dataConn struct {
-	peer peer.ID
-	raw  net.Conn
-	sc   *sealedConn
+	peer     peer.ID
+	raw      net.Conn
+	sc       *sealedConn
+	lastUsed time.Time // when it last went back to the pool
 }
 
 func (d *dataConn) Read(p []byte) (int, error)  { return d.sc.Read(p) }
@@ -189,34 +193,43 @@ type connPool struct {
 	closed bool
 }
 
-func (cp *connPool) get(ctx context.Context, p peer.ID) (*dataConn, error) {
+// get returns an idle connection to p, or a new one when there is none or fresh is
+// set. reused tells the caller the connection has served an exchange before.
+func (cp *connPool) get(ctx context.Context, p peer.ID, fresh bool) (d *dataConn, reused bool, err error) {
 	cp.mu.Lock()
 	if cp.closed {
 		cp.mu.Unlock()
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
-	if list := cp.idle[p]; len(list) > 0 {
-		d := list[len(list)-1]
+	for !fresh && len(cp.idle[p]) > 0 {
+		list := cp.idle[p]
+		d = list[len(list)-1]
 		cp.idle[p] = list[:len(list)-1]
-		cp.mu.Unlock()
-		return d, nil
+		if time.Since(d.lastUsed) < poolIdleTTL {
+			cp.mu.Unlock()
+			return d, true, nil
+		}
+		// Idle too long: the server may be about to drop it; never gamble a call on it.
+		delete(cp.live, d)
+		_ = d.Close()
 	}
 	cp.mu.Unlock()
-	d, err := cp.m.dialData(ctx, p)
+	d, err = cp.m.dialData(ctx, p)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	if cp.closed {
 		_ = d.Close()
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
 	cp.live[d] = true
-	return d, nil
+	return d, false, nil
 }
 
 func (cp *connPool) put(d *dataConn) {
+	d.lastUsed = time.Now()
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	if cp.closed || len(cp.idle[d.peer]) >= maxIdlePerPeer {
@@ -298,18 +311,31 @@ func (m *Mesh) dialData(ctx context.Context, p peer.ID) (*dataConn, error) {
 
 // exchange runs fn on a pooled data connection to p. The connection is closed when ctx
 // ends first (that is how a caller's giving up reaches the server) and returns to the
-// pool only after a clean exchange.
+// pool only after a clean exchange. If a reused connection fails, the exchange is tried
+// once more on a new one: the peer may have dropped an idle connection or restarted,
+// and every exchange (a stage run, a chunk read, a probe) is safe to repeat.
 func (m *Mesh) exchange(ctx context.Context, p peer.ID, fn func(d *dataConn) error) error {
-	d, err := m.pool.get(ctx, p)
-	if err != nil {
+	for attempt := 0; ; attempt++ {
+		d, reused, err := m.pool.get(ctx, p, attempt > 0)
+		if err != nil {
+			return err
+		}
+		err = m.exchangeOnce(ctx, d, fn)
+		var remote *RemoteError
+		if err != nil && reused && attempt == 0 && ctx.Err() == nil && !errors.As(err, &remote) {
+			m.log.Debug("pooled data conn failed; retrying on a new one", "peer", shortID(p), "err", err)
+			continue
+		}
 		return err
 	}
+}
+
+func (m *Mesh) exchangeOnce(ctx context.Context, d *dataConn, fn func(d *dataConn) error) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = d.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = d.Close() })
-	err = fn(d)
-	err = deadlineError(ctx, err)
+	err := deadlineError(ctx, fn(d))
 	if !stop() {
 		m.pool.discard(d)
 		if ctxErr := ctx.Err(); ctxErr != nil {
@@ -318,7 +344,8 @@ func (m *Mesh) exchange(ctx context.Context, p peer.ID, fn func(d *dataConn) err
 		return err
 	}
 	var remote *RemoteError
-	if err != nil && !errors.As(err, &remote) {
+	// A malformed-frame answer means the server is closing the connection.
+	if err != nil && (!errors.As(err, &remote) || remote.Code == CodeMalformed) {
 		m.pool.discard(d)
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -152,7 +153,7 @@ func TestStageFrameLimits(t *testing.T) {
 
 	// A tensor declaring far more payload than the limit is refused before any
 	// allocation, with an error frame, and the connection is closed.
-	d, err := a.pool.get(ctx, b.ID())
+	d, _, err := a.pool.get(ctx, b.ID(), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +180,7 @@ func TestStageFrameLimits(t *testing.T) {
 
 	// A slow-loris peer that starts a header and stalls is cut off by the read
 	// deadline, not held forever.
-	d, err = a.pool.get(ctx, b.ID())
+	d, _, err = a.pool.get(ctx, b.ID(), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,4 +252,29 @@ func TestLinkProbesStayFresh(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A pooled connection that broke while idle costs a retry, not a failed call.
+func TestStaleDataConnRetried(t *testing.T) {
+	a, b := pair(t)
+	b.HandleStage(func(ctx context.Context, req *StageRequest) ([]tensor.Tensor, error) { return req.Tensors, nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req := &StageRequest{RequestID: "s", Tensors: []tensor.Tensor{tensor.FromInt64("t", []int64{1}, []int64{9})}}
+	if _, err := a.CallStage(ctx, b.ID(), req); err != nil {
+		t.Fatal(err)
+	}
+	a.pool.mu.Lock()
+	idle := a.pool.idle[b.ID()]
+	a.pool.mu.Unlock()
+	if len(idle) != 1 {
+		t.Fatalf("%d idle connections after one call, want 1", len(idle))
+	}
+	// Break the pooled connection under the record layer (its sending side shut), as a
+	// peer dropping an idle connection would leave it.
+	_ = idle[0].raw.(*net.TCPConn).CloseWrite()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := a.CallStage(ctx, b.ID(), req); err != nil {
+		t.Fatalf("call on a broken pooled connection was not retried: %v", err)
+	}
 }
