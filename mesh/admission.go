@@ -24,7 +24,18 @@ func (m *Mesh) isAdmitted(p peer.ID) bool {
 	if ok {
 		return true
 	}
-	return m.cfg.IsMember != nil && m.cfg.IsMember(p)
+	isMember := m.isMember.Load()
+	return isMember != nil && (*isMember)(p)
+}
+
+// SetIsMember replaces Config.IsMember. The cluster state that answers it (Raft) runs
+// on this mesh's host, so it usually exists only after New returns.
+func (m *Mesh) SetIsMember(fn func(peer.ID) bool) {
+	if fn == nil {
+		m.isMember.Store(nil)
+		return
+	}
+	m.isMember.Store(&fn)
 }
 
 func (m *Mesh) admit(p peer.ID) {

@@ -48,6 +48,7 @@ type Mesh struct {
 	wg     sync.WaitGroup
 	closed atomic.Bool
 
+	isMember atomic.Pointer[func(peer.ID) bool]
 	admitMu  sync.Mutex
 	admitted map[peer.ID]bool
 	failures map[peer.ID]int
@@ -120,6 +121,7 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 		subs:     make(map[int]chan MemberEvent),
 		links:    make(map[peer.ID]LinkStats),
 	}
+	m.SetIsMember(c.IsMember)
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if err := m.start(ctx); err != nil {
 		m.Close()

@@ -93,6 +93,14 @@ func TestWrongSecretIsRefused(t *testing.T) {
 		t.Fatalf("gated protocol from intruder: got %v, want a stream reset", err)
 	}
 
+	// Once the cluster state lists the intruder as a member (Raft would, after an
+	// operator added it), it is admitted without the handshake.
+	good.SetIsMember(func(p peer.ID) bool { return p == intruder.ID() })
+	if !good.isAdmitted(intruder.ID()) {
+		t.Fatalf("member listed by the cluster state not admitted")
+	}
+	good.SetIsMember(nil)
+
 	// A node with the right secret but another cluster id is refused for that reason.
 	other := testConfig(t, t.TempDir())
 	other.ClusterID = "another-cluster"
