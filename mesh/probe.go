@@ -19,6 +19,7 @@ const (
 )
 
 func servePing(d *dataConn) error {
+	_ = d.SetDeadline(time.Now().Add(headerReadTimeout))
 	var nonce [8]byte
 	if _, err := io.ReadFull(d, nonce[:]); err != nil {
 		return err
