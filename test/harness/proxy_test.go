@@ -3,6 +3,7 @@ package harness
 import (
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -14,20 +15,54 @@ func loopbackEcho(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = l.Close() })
+	serveEcho(t, l)
+	return l.Addr().String()
+}
+
+// serveEcho echoes every connection l accepts until the test ends, then closes the
+// listener and every connection: a connection whose peer vanished behind a partition
+// would otherwise keep its goroutine reading forever.
+func serveEcho(t *testing.T, l net.Listener) {
+	var (
+		mu     sync.Mutex
+		conns  []net.Conn
+		closed bool
+		wg     sync.WaitGroup
+	)
+	t.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		closed = true
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				_ = c.Close()
+				return
+			}
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
 			go func() {
+				defer wg.Done()
 				defer c.Close()
 				_, _ = io.Copy(c, c)
 			}()
 		}
 	}()
-	return l.Addr().String()
 }
 
 // bestRTT returns the fastest of a few echo round trips over one connection, so that a
