@@ -451,7 +451,7 @@ func settle(err error, unknown bool) error {
 	if !unknown || errors.Is(err, ErrUnknownOutcome) || isFSMRejection(err) {
 		return err
 	}
-	return reclass(err, ErrUnknownOutcome, "an earlier attempt may have been applied")
+	return reclass(err, ErrUnknownOutcome, "an earlier attempt may have landed; last attempt")
 }
 
 func isFSMRejection(err error) bool {
