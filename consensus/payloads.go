@@ -5,8 +5,9 @@ import (
 	"time"
 )
 
-// UpsertMember creates a member or replaces its record. The Voter flag is kept
-// from the existing record: only the leader's voter manager changes it.
+// UpsertMember creates a member or replaces its record. Member.Voter is
+// ignored: suffrage lives in the Raft configuration, which the voter manager
+// owns, and Store.State reports it from there.
 type UpsertMember struct {
 	Member Member `json:"member"`
 }
@@ -118,11 +119,7 @@ func (p UpsertMember) apply(st *ClusterState) (uint64, error) {
 	if !m.State.valid() {
 		return 0, fmt.Errorf("%w: member state %q", ErrInvalidCommand, m.State)
 	}
-	if old, ok := st.Members[m.ID]; ok {
-		m.Voter = old.Voter
-	} else {
-		m.Voter = false
-	}
+	m.Voter = false
 	st.Members[m.ID] = m
 	return 0, nil
 }

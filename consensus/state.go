@@ -46,7 +46,7 @@ type Member struct {
 	Capacity   Capacity    `json:"capacity"`
 	State      MemberState `json:"state"`
 	StateSince time.Time   `json:"state_since"` // set by the proposer, never by the FSM
-	Voter      bool        `json:"voter"`       // mirrors the Raft configuration, written by the leader
+	Voter      bool        `json:"voter"`       // filled in by Store.State from the Raft configuration; not replicated
 }
 
 // TensorSpec describes one input or output of a model or stage.
