@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // ErrNoRepo is returned when the layermesh module root cannot be found above the working
@@ -40,8 +43,9 @@ func RepoRoot() (string, error) {
 }
 
 // MeshnodeBinary returns the meshnode binary the tests run: $LAYERMESH_BIN when set,
-// else <repo>/bin/meshnode when it exists (make build leaves it there), else one built
-// from ./cmd/meshnode once per test binary.
+// else <repo>/bin/meshnode when it is newer than every Go source of the module (make
+// build leaves it there), else one built from ./cmd/meshnode once per test binary, so
+// that a test never runs a node older than the code beside it.
 func MeshnodeBinary(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("LAYERMESH_BIN"); p != "" {
@@ -55,9 +59,43 @@ func MeshnodeBinary(t testing.TB) string {
 		t.Fatal(err)
 	}
 	if p := filepath.Join(root, "bin", "meshnode"); isFile(p) {
-		return p
+		newer, err := newestSource(root)
+		if st, serr := os.Stat(p); err == nil && serr == nil && !st.ModTime().Before(newer) {
+			return p
+		}
+		t.Logf("harness: %s is older than the sources; building a fresh meshnode", p)
 	}
 	return BuildBinary(t, "./cmd/meshnode")
+}
+
+// newestSource returns the latest modification time of the module's non-test Go files,
+// go.mod and go.sum, skipping test/, testdata, hidden folders and third_party.
+func newestSource(root string) (time.Time, error) {
+	var newest time.Time
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "third_party" || name == "bin" ||
+				path == filepath.Join(root, "test")) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if (strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")) || path == filepath.Join(root, "go.mod") || path == filepath.Join(root, "go.sum") {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			if info.ModTime().After(newest) {
+				newest = info.ModTime()
+			}
+		}
+		return nil
+	})
+	return newest, err
 }
 
 var builds struct {
