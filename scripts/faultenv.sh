@@ -43,8 +43,13 @@ add rule inet lmfault input ip saddr 10.99.0.3 numgen random mod 100 < 20 drop
 NFT
 then ok "nftables drop and numgen loss"; else no "nftables drop and numgen loss" "nft -f failed"; fi
 if ip netns exec "$p-a" tc qdisc add dev eth0 root netem delay 10ms 2>/dev/null; then
-  ok "netem (kernel)"
+  ok "tc netem (kernel delay/loss)"
 else
-  no "netem (kernel)" "latency goes through the harness's user-space proxy"
+  no "tc netem (kernel delay/loss)" "latency goes through the harness's user-space proxy"
+fi
+if ip netns exec "$p-b" tc qdisc add dev eth0 root tbf rate 1mbit burst 32kbit latency 400ms 2>/dev/null; then
+  ok "tc tbf (kernel rate limit)"
+else
+  no "tc tbf (kernel rate limit)" "bandwidth caps go through the proxy"
 fi
 echo "traffic through them is measured by: go test -run 'TestNetwork' ./test/harness/"
