@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/layermesh/layermesh/accel"
@@ -110,6 +111,11 @@ type Cluster struct {
 
 	suspectMu sync.Mutex
 	suspect   map[string]bool // peers this node's probes report failing
+
+	// caughtUp turns true once this node's state has caught up with the leader's
+	// after start (a linearizable read succeeded): until then a restarted node's
+	// state may lack models the cluster has, and it must not answer "not found".
+	caughtUp atomic.Bool
 
 	deployMu sync.Mutex // one upload is cut at a time on this node: cutting is CPU- and disk-bound
 
@@ -346,8 +352,19 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 	for {
 		cur, ok := c.store.State().Members[c.self]
 		if ok && sameMember(cur, rec) {
-			c.log.Info("member record in place", "peer", c.self)
-			return
+			rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			_, err := c.store.Read(rctx, true)
+			cancel()
+			if err == nil {
+				c.caughtUp.Store(true)
+				c.log.Info("member record in place and state caught up", "peer", c.self)
+				return
+			}
+			c.log.Info("joining cluster: state not caught up yet", "err", err)
+			if sleepCtx(ctx, backoff) != nil {
+				return
+			}
+			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		_, err := c.store.Apply(actx, consensus.NewCommand(consensus.UpsertMember{Member: rec}))
@@ -403,8 +420,45 @@ func (c *Cluster) memberEventLoop(ctx context.Context) {
 				delete(c.suspect, id)
 			}
 			c.suspectMu.Unlock()
+			c.syncPeerstore(c.store.State())
 			c.runtime.Kick()
 		}
+	}
+}
+
+// syncPeerstore puts every known member's libp2p addresses (from the Raft state and
+// from memberlist metadata) into the host's peerstore. Raft and stage calls dial peers
+// by id; a node that joined through one seed otherwise knows no address of the others,
+// and once the leader dies the survivors could not even reach each other to elect.
+func (c *Cluster) syncPeerstore(st *consensus.ClusterState) {
+	ps := c.mesh.Host().Peerstore()
+	add := func(id string, addrs []string) {
+		p, err := peer.Decode(id)
+		if err != nil || id == c.self {
+			return
+		}
+		var mas []ma.Multiaddr
+		for _, a := range addrs {
+			m, err := ma.NewMultiaddr(a)
+			if err != nil {
+				continue
+			}
+			if transport, last := ma.SplitLast(m); last != nil && last.Protocol().Code == ma.P_P2P {
+				m = transport
+			}
+			if m != nil {
+				mas = append(mas, m)
+			}
+		}
+		if len(mas) > 0 {
+			ps.AddAddrs(p, mas, peerstore.PermanentAddrTTL)
+		}
+	}
+	for id, m := range st.Members {
+		add(id, m.Addrs)
+	}
+	for _, m := range c.mesh.Members() {
+		add(m.PeerID.String(), m.Meta.Addrs)
 	}
 }
 
@@ -460,7 +514,9 @@ func (c *Cluster) assignmentLoop(ctx context.Context) {
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	for {
-		c.runtime.SetAssignments(assignmentsFor(c.store.State(), c.self))
+		st := c.store.State()
+		c.syncPeerstore(st)
+		c.runtime.SetAssignments(assignmentsFor(st, c.self))
 		select {
 		case <-ctx.Done():
 			return

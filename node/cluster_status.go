@@ -19,10 +19,8 @@ func (c *Cluster) Ready(ctx context.Context) []wire.ReadyCheck {
 	switch {
 	case c.store.Leader() == "":
 		check.Ready, check.Reason = false, "no raft leader known"
-	default:
-		if _, ok := c.store.State().Members[c.self]; !ok {
-			check.Ready, check.Reason = false, "joining: member record not committed yet"
-		}
+	case !c.caughtUp.Load():
+		check.Ready, check.Reason = false, "joining: member record not committed or state not caught up yet"
 	}
 	return []wire.ReadyCheck{check}
 }

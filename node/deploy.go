@@ -353,6 +353,9 @@ func (c *Cluster) DeleteModel(ctx context.Context, name string) error {
 // Infer validates the request against the model's signature and routes it through the
 // stages.
 func (c *Cluster) Infer(ctx context.Context, req api.InferRequest) (api.InferResult, error) {
+	if !c.caughtUp.Load() {
+		return api.InferResult{}, fmt.Errorf("%w: cluster state not caught up since start", api.ErrNotReady)
+	}
 	st := c.store.State()
 	m, err := c.resolveVersion(st, req.Model, req.Version)
 	if err != nil {
@@ -494,6 +497,9 @@ func (c *Cluster) ListModels(ctx context.Context) ([]wire.ModelStatus, error) {
 
 // ModelStatus describes one model version ("" means the one Infer would use).
 func (c *Cluster) ModelStatus(ctx context.Context, name, version string) (wire.ModelStatus, error) {
+	if !c.caughtUp.Load() {
+		return wire.ModelStatus{}, fmt.Errorf("%w: cluster state not caught up since start", api.ErrNotReady)
+	}
 	st := c.store.State()
 	m, err := c.resolveVersion(st, name, version)
 	if err != nil {

@@ -1,0 +1,523 @@
+package split
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api/client"
+	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/partition/modelgen"
+	"github.com/layermesh/layermesh/test/harness"
+)
+
+// testGPT is the model of these tests: 4 layers x 256, small enough for `make test`
+// on two shared cores, large enough that its stages are real work (about 14 MB).
+var testGPT = modelgen.GPTConfig{Layers: 4, Dim: 256, Heads: 4, Vocab: 1024, Context: 64, Seed: 11, Name: "gpt-split"}
+
+const seqLen = 16
+
+var (
+	ortOnce sync.Once
+	ort     accel.Backend
+	ortErr  error
+)
+
+func backend(t *testing.T) accel.Backend {
+	t.Helper()
+	ortOnce.Do(func() { ort, ortErr = accel.NewORT(accel.ORTConfig{IntraOpThreads: 1, Provider: accel.ProviderCPU}) })
+	if ortErr != nil {
+		t.Fatalf("ONNX Runtime is needed for the reference and did not load: %v", ortErr)
+	}
+	return ort
+}
+
+// model writes the test GPT and returns its path and size.
+func model(t *testing.T) (string, int64) {
+	t.Helper()
+	m, err := modelgen.GPT(testGPT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "gpt.onnx")
+	if err := modelgen.WriteFile(m, path); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, fi.Size()
+}
+
+// inputs returns request seq's token ids.
+func inputs(t *testing.T, seq int) []tensor.Tensor {
+	t.Helper()
+	in, err := testGPT.ExampleInputs(1, seqLen, int64(seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// reference runs the whole model in one session.
+type reference struct {
+	sess accel.Session
+}
+
+func newReference(t *testing.T, path string) *reference {
+	t.Helper()
+	s, err := backend(t).Open(context.Background(), path, accel.SessionOptions{IntraOpThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return &reference{sess: s}
+}
+
+func (r *reference) logits(t *testing.T, in []tensor.Tensor) []float32 {
+	t.Helper()
+	out, err := r.sess.Run(context.Background(), in, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := out[0].Float32s()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// compare returns the largest difference relative to max(1, |want|).
+func compare(got, want []float32) float64 {
+	if len(got) != len(want) {
+		return math.Inf(1)
+	}
+	worst := 0.0
+	for i := range got {
+		worst = max(worst, math.Abs(float64(got[i])-float64(want[i]))/max(1, math.Abs(float64(want[i]))))
+	}
+	return worst
+}
+
+type splitCluster struct {
+	*harness.Cluster
+	t     *testing.T
+	token string
+}
+
+// startCluster starts n meshnode processes with the given stage memory budget each.
+func startCluster(t *testing.T, n int, memBudget int64) *splitCluster {
+	t.Helper()
+	c := harness.StartCluster(t, n, harness.ClusterOptions{
+		Flags: func(c *harness.Cluster, node *harness.Node) []string {
+			return append(c.DefaultFlags(node), "--gossip-port", "0", "--threads", "1",
+				"--mem-budget", strconv.FormatInt(memBudget, 10))
+		},
+	})
+	token, err := c.AdminToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &splitCluster{Cluster: c, t: t, token: token}
+	st, err := sc.client(0).Cluster(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode != "cluster" {
+		t.Fatalf("meshnode runs %q mode with cluster flags: the cluster is not wired into node.New "+
+			"(node.NewNodeCluster must be called there); these system tests cannot run", st.Mode)
+	}
+	harness.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error {
+		for i := range n {
+			nodes, err := sc.client(i).Nodes(context.Background())
+			if err != nil {
+				return err
+			}
+			alive := 0
+			for _, nd := range nodes {
+				if nd.State == "alive" {
+					alive++
+				}
+			}
+			if alive != n {
+				return fmt.Errorf("node %d sees %d alive members of %d", i, alive, n)
+			}
+		}
+		return nil
+	})
+	return sc
+}
+
+func (c *splitCluster) client(i int) *client.Client {
+	cl, err := client.New(c.HTTPAddr(i), client.WithToken(c.token))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cl
+}
+
+func (c *splitCluster) deploy(via int, path string, size int64, stages, replicas int) (wire.ModelStatus, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return c.client(via).UploadModel(ctx, "gpt", f, size, client.UploadOptions{Stages: stages, Replicas: replicas})
+}
+
+var stageEntry = regexp.MustCompile(`^(.+)@(\d+)/stage(\d+) \((ready|loading)\)$`)
+
+// readyReplicas counts, per stage of the model's current version, the alive nodes that
+// serve it ready, as node via reports them, leaving out the nodes named in exclude
+// (a killed node stays listed until memberlist declares it dead).
+func (c *splitCluster) readyReplicas(via int, exclude ...string) (map[int]int, int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.client(via).Model(ctx, "gpt")
+	if err != nil {
+		return nil, 0, err
+	}
+	nodes, err := c.client(via).Nodes(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	counts := map[int]int{}
+	for _, nd := range nodes {
+		if nd.State != "alive" || slices.Contains(exclude, nd.Name) {
+			continue
+		}
+		for _, entry := range nd.Models {
+			m := stageEntry.FindStringSubmatch(entry)
+			if m == nil || m[1] != "gpt" || m[2] != st.Version || m[4] != "ready" {
+				continue
+			}
+			k, _ := strconv.Atoi(m[3])
+			counts[k]++
+		}
+	}
+	return counts, len(st.Stages), nil
+}
+
+// waitReplicas waits until node via reports every stage with want ready replicas on
+// nodes other than those named in exclude.
+func (c *splitCluster) waitReplicas(via, want int, total time.Duration, exclude ...string) error {
+	return harness.Poll(total, 200*time.Millisecond, func() error {
+		counts, stages, err := c.readyReplicas(via, exclude...)
+		if err != nil {
+			return err
+		}
+		if stages == 0 {
+			return errors.New("model has no stages yet")
+		}
+		for k := range stages {
+			if counts[k] != want {
+				return fmt.Errorf("stage %d has %d ready replicas, want %d (%v)", k, counts[k], want, counts)
+			}
+		}
+		return nil
+	})
+}
+
+func (c *splitCluster) infer(via int, in []tensor.Tensor) ([]float32, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := c.client(via).Infer(ctx, "gpt", &wire.Request{Inputs: in, BinaryOutputs: true}, client.InferOptions{BinaryInputs: true})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Outputs) != 1 {
+		return nil, fmt.Errorf("%d outputs", len(resp.Outputs))
+	}
+	return resp.Outputs[0].Float32s()
+}
+
+// TestSplitCorrectness: 3 stages x 2 replicas on 3 nodes; the answer through every
+// node equals one ONNX Runtime session on the whole model within 1e-4.
+func TestSplitCorrectness(t *testing.T) {
+	path, size := model(t)
+	ref := newReference(t, path)
+	c := startCluster(t, 3, 1<<30)
+	if _, err := c.deploy(1, path, size, 3, 2); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+	if err := c.waitReplicas(0, 2, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		in := inputs(t, i)
+		got, err := c.infer(i, in)
+		if err != nil {
+			t.Fatalf("infer via node %d: %v", i, err)
+		}
+		if d := compare(got, ref.logits(t, in)); d > 1e-4 {
+			t.Fatalf("via node %d: output differs from the whole model by %g", i, d)
+		}
+		t.Logf("via node %d: max relative difference %.2g", i, compare(got, ref.logits(t, in)))
+	}
+}
+
+// TestSplitLargerThanAnyNode: every node's budget is below the model's size, their sum
+// is enough; the model deploys in 3 stages and answers correctly.
+func TestSplitLargerThanAnyNode(t *testing.T) {
+	path, size := model(t)
+	ref := newReference(t, path)
+	budget := size * 7 / 10
+	c := startCluster(t, 3, budget)
+	st, err := c.deploy(0, path, size, 3, 1)
+	if err != nil {
+		t.Fatalf("deploy of a %d-byte model on 3 x %d bytes: %v", size, budget, err)
+	}
+	t.Logf("deployed version %s in %d stages on budgets of %d bytes each (model %d bytes)", st.Version, len(st.Stages), budget, size)
+	if err := c.waitReplicas(0, 1, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	in := inputs(t, 42)
+	got, err := c.infer(2, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := compare(got, ref.logits(t, in)); d > 1e-4 {
+		t.Fatalf("output differs by %g", d)
+	}
+
+	// Asking for more than the cluster can hold fails with the shortfall, and leaves
+	// nothing behind.
+	small := startCluster(t, 2, size/4)
+	_, err = small.deploy(0, path, size, 0, 1)
+	var apiErr *client.Error
+	if err == nil || !errors.As(err, &apiErr) || !regexp.MustCompile(`short|exceed|fit`).MatchString(apiErr.Message) {
+		t.Fatalf("deploy beyond capacity: got %v, want a clear capacity error", err)
+	}
+	t.Logf("beyond capacity: %d %s: %s", apiErr.Status, apiErr.Code, apiErr.Message)
+	if models, err := small.client(1).Models(context.Background()); err != nil || len(models) != 0 {
+		t.Fatalf("a refused deploy left models behind: %v %v", models, err)
+	}
+}
+
+// TestSplitStageHolderKilled: 200 requests at concurrency 4 while a stage holder is
+// killed with SIGKILL midway: no request fails, the replica count is back to 2 within
+// 15 s, and the killed node, restarted, rejoins with the same identity and serves again.
+func TestSplitStageHolderKilled(t *testing.T) {
+	path, size := model(t)
+	ref := newReference(t, path)
+	c := startCluster(t, 4, 1<<30)
+	if _, err := c.deploy(0, path, size, 3, 2); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+	if err := c.waitReplicas(0, 2, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.Leader(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The victim holds stages and is neither the leader nor an entry node.
+	victim := -1
+	nodes, err := c.client(0).Nodes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < 4 && victim < 0; i++ {
+		for _, nd := range nodes {
+			if nd.Name == c.Node(i).Name && len(nd.Models) > 0 && i != leader {
+				victim = i
+			}
+		}
+	}
+	if victim < 0 {
+		t.Fatalf("no non-leader stage holder among nodes 1..3: %+v", nodes)
+	}
+	var targets []string
+	for i := range 4 {
+		if i != victim {
+			targets = append(targets, c.HTTPAddr(i))
+		}
+	}
+	wantBySeq := make([][]float32, 200)
+	bodies := make([]harness.InferBody, 200)
+	for seq := range 200 {
+		in := inputs(t, seq%8)
+		wantBySeq[seq] = ref.logits(t, in)
+		b, err := harness.EncodeInfer(&wire.Request{Inputs: in, BinaryOutputs: true}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies[seq] = b
+	}
+	var (
+		killOnce sync.Once
+		killedAt time.Time
+	)
+	var doneCount int64
+	var mu sync.Mutex
+	stats, err := harness.RunLoad(context.Background(), harness.LoadConfig{
+		Targets: targets, Model: "gpt", Concurrency: 4, Requests: 200, Deadline: 30 * time.Second, Attempts: 1,
+		Token: c.token,
+		Body:  func(seq int) (harness.InferBody, error) { return bodies[seq], nil },
+		Check: func(seq int, resp *wire.Response) error {
+			mu.Lock()
+			doneCount++
+			if doneCount == 60 {
+				killOnce.Do(func() {
+					killedAt = time.Now()
+					if err := c.Kill(victim); err != nil {
+						t.Errorf("kill node %d: %v", victim, err)
+					}
+				})
+			}
+			mu.Unlock()
+			got, err := resp.Outputs[0].Float32s()
+			if err != nil {
+				return err
+			}
+			if d := compare(got, wantBySeq[seq]); d > 1e-4 {
+				return fmt.Errorf("request %d differs by %g", seq, d)
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("load: %s", stats)
+	if killedAt.IsZero() {
+		t.Fatal("the kill never happened")
+	}
+	if stats.Failures != 0 || stats.Successes != 200 {
+		t.Fatalf("%d of 200 requests failed: %v", stats.Failures, stats.ByCode)
+	}
+	entry := (victim + 1) % 4
+	if err := c.waitReplicas(entry, 2, 15*time.Second-time.Since(killedAt), c.Node(victim).Name); err != nil {
+		t.Fatalf("replicas not back to 2 within 15 s of the kill: %v", err)
+	}
+	t.Logf("replicas back to 2 %v after the kill", time.Since(killedAt).Round(time.Millisecond))
+
+	// Restart: same identity (the peer id lives in the data dir), stages again.
+	before, err := os.ReadFile(filepath.Join(c.Node(victim).DataDir, "p2p.addr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Restart(victim); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.WaitReady(rctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile(filepath.Join(c.Node(victim).DataDir, "p2p.addr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peerID(string(before)) != peerID(string(after)) {
+		t.Fatalf("restarted node changed identity: %s -> %s", before, after)
+	}
+	harness.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		nodes, err := c.client(entry).Nodes(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, nd := range nodes {
+			if nd.Name == c.Node(victim).Name {
+				for _, e := range nd.Models {
+					if m := stageEntry.FindStringSubmatch(e); m != nil && m[4] == "ready" && nd.State == "alive" {
+						return nil
+					}
+				}
+				return fmt.Errorf("restarted node: state %s, stages %v", nd.State, nd.Models)
+			}
+		}
+		return errors.New("restarted node not listed")
+	})
+	in := inputs(t, 3)
+	got, err := c.infer(victim, in)
+	if err != nil || compare(got, ref.logits(t, in)) > 1e-4 {
+		t.Fatalf("infer via the restarted node: %v", err)
+	}
+}
+
+func peerID(addr string) string {
+	m := regexp.MustCompile(`/p2p/(\w+)`).FindStringSubmatch(addr)
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+// TestSplitLeaderKilledDuringDeploy: the leader is killed while a follower takes the
+// upload. The deploy either completes (the new leader places it and it answers
+// correctly) or fails cleanly (no model left behind); never half applied.
+func TestSplitLeaderKilledDuringDeploy(t *testing.T) {
+	path, size := model(t)
+	ref := newReference(t, path)
+	c := startCluster(t, 3, 1<<30)
+	// Joined nodes become voters on the leader's next voter review (every 2 s); killing
+	// the leader of a cluster with fewer than 3 voters would leave no quorum at all.
+	time.Sleep(5 * time.Second)
+	leader, err := c.Leader(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	via := (leader + 1) % 3
+	errs := make(chan error, 1)
+	var deployEnd time.Time
+	start := time.Now()
+	go func() {
+		_, err := c.deploy(via, path, size, 3, 2)
+		deployEnd = time.Now()
+		errs <- err
+	}()
+	time.Sleep(150 * time.Millisecond)
+	if err := c.Kill(leader); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := time.Now()
+	deployErr := <-errs
+	if deployEnd.Before(killedAt) {
+		t.Fatalf("the deploy ended %v after it started, before the leader was killed: nothing was tested", deployEnd.Sub(start))
+	}
+	t.Logf("leader killed %v into the deploy, which ended %v after it started",
+		killedAt.Sub(start).Round(time.Millisecond), deployEnd.Sub(start).Round(time.Millisecond))
+	lctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	newLeader, err := c.WaitForNewLeader(lctx, leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("leader %d killed; new leader %d; deploy via %d: %v", leader, newLeader, via, deployErr)
+	models, err := c.client(via).Models(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deployErr != nil && len(models) == 0 {
+		t.Logf("deploy failed cleanly: %v", deployErr)
+		return
+	}
+	if len(models) != 1 {
+		t.Fatalf("after the deploy: %d model versions %+v", len(models), models)
+	}
+	// The model is there: the new leader must finish its placement. Two nodes are left,
+	// so each stage can have 2 replicas.
+	if err := c.waitReplicas(via, 2, 60*time.Second); err != nil {
+		t.Fatalf("new leader did not finish the placement: %v", err)
+	}
+	in := inputs(t, 5)
+	got, err := c.infer(via, in)
+	if err != nil || compare(got, ref.logits(t, in)) > 1e-4 {
+		t.Fatalf("infer after the deploy: %v", err)
+	}
+}
