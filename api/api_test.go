@@ -10,6 +10,8 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -534,4 +536,84 @@ func TestRedeployUnderLoad(t *testing.T) {
 		t.Errorf("no inference ran during the redeploys")
 	}
 	t.Logf("%d inferences during 8 redeploys", count)
+}
+
+// TestFailedModelAtStart: a corrupt file in --model-dir does not stop the node; the
+// other models serve, the bad one is listed as not ready with its reason, and calls
+// on it get 503 not_ready with Retry-After.
+func TestFailedModelAtStart(t *testing.T) {
+	n := startNode(t, func(c *node.Config) {
+		if err := os.WriteFile(filepath.Join(c.ModelDir, "broken.onnx"), []byte("not a model"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assertScale(t, n, "scale")
+	for _, path := range []string{"/v2/models/broken/ready", "/v2/models/broken"} {
+		status, h, b := n.do(t, "GET", path, "", nil, nil)
+		if status != 503 || h.Get("Retry-After") == "" {
+			t.Errorf("GET %s: %d, Retry-After %q (%s)", path, status, h.Get("Retry-After"), b)
+		}
+	}
+	status, h, b := n.do(t, "POST", "/v2/models/broken/infer", "", strings.NewReader(`{"inputs":[]}`), nil)
+	if status != 503 || errorCode(t, b) != string(api.CodeNotReady) || h.Get("Retry-After") == "" {
+		t.Errorf("infer on a broken model: %d %s", status, b)
+	}
+	models, err := n.client(t, n.token).Models(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var broken *wire.ModelStatus
+	for i := range models {
+		if models[i].Name == "broken" {
+			broken = &models[i]
+		}
+	}
+	if broken == nil || broken.Ready || broken.Reason == "" {
+		t.Errorf("models lists broken as %+v", broken)
+	}
+	ready, err := n.client(t, "").Ready(context.Background())
+	if err != nil || !ready.Ready || !strings.Contains(fmt.Sprint(ready.Checks), "1 failed to load") {
+		t.Errorf("readiness = %+v, %v", ready, err)
+	}
+}
+
+// notReadyHealth reports a layer that is not ready, as a node that lost its cluster
+// would.
+type notReadyHealth struct{}
+
+func (notReadyHealth) Ready(context.Context) []wire.ReadyCheck {
+	return []wire.ReadyCheck{{Layer: "backend", Ready: true}, {Layer: "cluster", Ready: false, Reason: "no leader"}}
+}
+
+// TestReadinessSaysWhichLayer: /v2/health/ready answers 503 with Retry-After and names
+// the layer that is not ready; liveness stays 200.
+func TestReadinessSaysWhichLayer(t *testing.T) {
+	n := startNode(t)
+	srv, err := api.New(api.Config{Models: n.Node, Health: notReadyHealth{}, Cluster: n.Node, Tokens: n.Node, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := srv.HTTPServer(nil)
+	ln := mustListen(t)
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	c, err := client.New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Ready(context.Background())
+	if err != nil || r.Ready || len(r.Checks) != 2 || r.Checks[1].Layer != "cluster" || r.Checks[1].Reason != "no leader" {
+		t.Errorf("ready = %+v, %v", r, err)
+	}
+	resp, err := http.Get("http://" + ln.Addr().String() + "/v2/health/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("ready: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if err := c.Live(context.Background()); err != nil {
+		t.Errorf("live: %v", err)
+	}
 }
