@@ -38,7 +38,7 @@ fuzz: setup
 	@./scripts/fuzz.sh $(FUZZTIME)
 
 test-faults: build
-	LAYERMESH_FAULTS=1 $(GO) test -count=1 -timeout 40m -run 'TestFault' ./test/faults/
+	LAYERMESH_FAULTS=1 $(GO) test -v -count=1 -timeout 40m -run 'TestFault' ./test/faults/
 
 bench: build
 	@./scripts/bench.sh
