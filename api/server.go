@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -224,23 +223,45 @@ func (s *Server) jsonMuxErrors(mux *http.ServeMux) http.Handler {
 			return
 		}
 		start := time.Now()
-		rec := httptest.NewRecorder()
+		rec := &muxAnswer{header: http.Header{}}
 		h.ServeHTTP(rec, r)
-		defer func() { s.metrics.observe(unmatchedRoute, "", rec.Code, time.Since(start)) }()
-		switch rec.Code {
+		defer func() { s.metrics.observe(unmatchedRoute, "", rec.code, time.Since(start)) }()
+		switch rec.code {
 		case http.StatusNotFound:
 			s.writeError(w, r, fmt.Errorf("%w: %s %s", ErrRouteNotFound, r.Method, r.URL.Path))
 		case http.StatusMethodNotAllowed:
-			w.Header().Set("Allow", rec.Header().Get("Allow"))
-			s.writeError(w, r, fmt.Errorf("%w: %s %s (allowed: %s)", ErrMethodNotAllowed, r.Method, r.URL.Path, rec.Header().Get("Allow")))
+			w.Header().Set("Allow", rec.header.Get("Allow"))
+			s.writeError(w, r, fmt.Errorf("%w: %s %s (allowed: %s)", ErrMethodNotAllowed, r.Method, r.URL.Path, rec.header.Get("Allow")))
 		default: // a redirect to the cleaned path: pass it through
-			for k, v := range rec.Header() {
+			for k, v := range rec.header {
 				w.Header()[k] = v
 			}
-			w.WriteHeader(rec.Code)
-			_, _ = w.Write(rec.Body.Bytes())
+			w.WriteHeader(rec.code)
+			_, _ = w.Write(rec.body)
 		}
 	})
+}
+
+// muxAnswer captures what ServeMux's own handlers (404, 405, redirects) write, so
+// jsonMuxErrors can replace their plain-text bodies. Those answers are a few bytes.
+type muxAnswer struct {
+	header http.Header
+	code   int
+	body   []byte
+}
+
+func (a *muxAnswer) Header() http.Header { return a.header }
+
+func (a *muxAnswer) WriteHeader(code int) {
+	if a.code == 0 {
+		a.code = code
+	}
+}
+
+func (a *muxAnswer) Write(b []byte) (int, error) {
+	a.WriteHeader(http.StatusOK)
+	a.body = append(a.body, b...)
+	return len(b), nil
 }
 
 // unmatchedRoute labels the metrics of requests that matched no route (404, 405).
