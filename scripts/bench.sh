@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# `make bench`: runs every benchmark whose figure an issue asks for, keeps the raw
+# `go test -bench` output in test/results/bench/ (git-ignored), and regenerates
+# BENCHMARKS.md from it with scripts/benchreport.
+#
+# Each job's command is run through eval from the very string that is written into
+# the report, so the command printed beside a figure is the one that produced it.
+# Ratios come from benchmarks that measure both sides interleaved in one process.
+#
+# Knobs (environment):
+#   BENCH_QUICK=1   fewer repetitions and no 3 GB external-data model (about half the time)
+#   BENCH_ONLY=a,b  rerun only these job ids; the other jobs' last results are kept
+#   BENCH_OUT=FILE  where the report goes (default BENCHMARKS.md)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export ORT_LIB=${ORT_LIB:-$root/third_party/onnxruntime/current/libonnxruntime.so.1}
+[[ -f $ORT_LIB ]] || { echo "bench: ONNX Runtime not found at $ORT_LIB; run make setup" >&2; exit 1; }
+
+out=test/results/bench
+quick=${BENCH_QUICK:-0}
+only=${BENCH_ONLY:-}
+report=${BENCH_OUT:-BENCHMARKS.md}
+mkdir -p "$out"
+if [[ -z $only ]]; then
+  rm -f "$out"/*.txt "$out"/*.json
+fi
+
+# q QUICK FULL: the value for this mode.
+q() { if [[ $quick == 1 ]]; then echo "$1"; else echo "$2"; fi; }
+
+json_str() { # a JSON string literal
+  local s=${1//\\/\\\\}
+  s=${s//\"/\\\"}
+  printf '"%s"' "$s"
+}
+
+failed=()
+run_start=$(date +%s)
+run_load=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# job ID COMMAND: runs COMMAND (a go test -bench line) and records its output and
+# metadata under $out/ID.{txt,json}.
+job() {
+  local id=$1 cmd=$2
+  if [[ -n $only && ",$only," != *",$id,"* ]]; then
+    return 0
+  fi
+  echo "bench: [$id] $cmd"
+  local t0 load0 rc=0
+  t0=$(date +%s%N)
+  load0=$(cut -d' ' -f1-3 /proc/loadavg)
+  eval "$cmd" >"$out/$id.txt" 2>&1 || rc=$?
+  local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  {
+    printf '{"id":%s,"command":%s,"exit":%d,"seconds":%d.%03d,' "$(json_str "$id")" "$(json_str "$cmd")" "$rc" $((ms / 1000)) $((ms % 1000))
+    printf '"load_before":%s,"load_after":%s,"finished":%s}\n' "$(json_str "$load0")" \
+      "$(json_str "$(cut -d' ' -f1-3 /proc/loadavg)")" "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
+  } >"$out/$id.json"
+  if [[ $rc != 0 ]]; then
+    failed+=("$id")
+    echo "bench: [$id] FAILED (exit $rc); last lines of $out/$id.txt:" >&2
+    tail -n 20 "$out/$id.txt" >&2
+  else
+    echo "bench: [$id] done in $((ms / 1000)) s"
+  fi
+}
+
+# Issue 2: the fixed cost accel adds around one ORT run, and building the 12 x 768 GPT.
+job accel-ort-run "go test -run '^\$' -bench '^BenchmarkORTRun\$' -benchtime 1s -count $(q 1 3) -benchmem ./accel/"
+job modelgen-gpt2 "go test -run '^\$' -bench '^BenchmarkBuildGPT2Small\$' -benchtime 1x -count $(q 1 3) -benchmem ./partition/modelgen/"
+
+# Issue 2 point 5: HTTP (binary and JSON) against a direct accel call, 12 x 768 GPT at
+# 1x128, interleaved in one run; and the same path on a model that computes nothing.
+job api-infer "go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 3x 8x) -count 1 -benchmem -timeout 30m ./api/"
+job api-logits "go test -run '^\$' -bench '^BenchmarkInferLogitsTransport\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 10m ./api/"
+
+# Issue 3 point 5: analyse and write 3 stages of the 24 x 1024 GPT (child process, peak
+# RSS); and, full runs only, a 36 x 1280 GPT over 2 GiB with external data.
+job partition-gpt-large "go test -run '^\$' -bench '^BenchmarkPartitionGPTLarge\$' -benchtime 1x -count $(q 1 2) -timeout 20m ./partition/"
+if [[ $quick != 1 ]]; then
+  job partition-gpt-xl "go test -run '^\$' -bench '^BenchmarkPartitionGPTXL\$' -benchtime 1x -count 1 -timeout 30m ./partition/"
+fi
+
+# Issue 4 point 3: stage RPC of one hidden state and 25.7 MB tensors, each path against
+# raw loopback TCP in the same run; in one process and across two processes.
+job mesh-stage-rpc "go test -run '^\$' -bench '^BenchmarkStageRPC_1x128x768\$' -benchtime $(q 200x 1000x) -count $(q 1 3) -benchmem -timeout 10m ./mesh/"
+job mesh-throughput "go test -run '^\$' -bench '^BenchmarkThroughput\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 15m ./mesh/"
+job mesh-throughput-processes "go test -run '^\$' -bench '^BenchmarkThroughputProcesses\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 15m ./mesh/"
+
+# Issue 5 point 2: leader failover of a 3-node cluster with the default Raft timings;
+# and the cost of a committed write and of a linearizable read.
+job consensus-failover "go test -run '^\$' -bench '^BenchmarkLeaderFailover\$' -benchtime $(q 3x 8x) -count 1 -timeout 10m ./consensus/"
+job consensus-apply "go test -run '^\$' -bench '^(BenchmarkApply|BenchmarkLinearizableRead)\$' -benchtime $(q 200x 500x) -count 1 -timeout 10m ./consensus/"
+
+run_secs=$(( $(date +%s) - run_start ))
+{
+  printf '{"quick":%s,"only":%s,"seconds":%d,"load_start":%s,"load_end":%s,"procs":%d,"finished":%s}\n' \
+    "$([[ $quick == 1 ]] && echo true || echo false)" "$(json_str "$only")" "$run_secs" \
+    "$(json_str "$run_load")" "$(json_str "$(cut -d' ' -f1-3 /proc/loadavg)")" "$(nproc)" \
+    "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
+} >"$out/run.json"
+
+echo "bench: writing $report"
+go run ./scripts/benchreport -dir "$out" -out "$report" -ort-lib "$ORT_LIB"
+
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "bench: FAILED: ${failed[*]} (see $out/<id>.txt; the report marks them)" >&2
+  exit 1
+fi
+echo "bench: done in $run_secs s"

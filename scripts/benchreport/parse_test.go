@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"strings"
+	"testing"
+)
+
+// sample is `go test -bench` output as it appears with GOMAXPROCS=2: custom metrics,
+// -benchmem columns, a result whose numbers arrive on a later line because a child
+// process wrote to stderr while the benchmark ran, b.Log lines, a failure, and a
+// sub-benchmark whose own name ends in "-2".
+const sample = `goos: linux
+goarch: amd64
+pkg: github.com/layermesh/layermesh/mesh
+cpu: AMD EPYC
+BenchmarkThroughput/data-tls-2         	      20	  56789012 ns/op	 452.60 MB/s	      1234 raw-MB/s	       987.5 mesh-MB/s	         0.8003 ratio	    1048576 B/op	      12 allocs/op
+BenchmarkThroughput/data-tls-2         	      20	  56000000 ns/op	         0.7 ratio
+BenchmarkInfer/Direct-2                	time=2026-11-27T10:00:00Z level=INFO msg="model loaded" component=node
+       8	 251234567 ns/op
+BenchmarkStageRPC/threads-2-2          	    1000	      1500 ns/op	        -3 added-us/op
+--- BENCH: BenchmarkInfer
+    bench_test.go:70: built gpt2-small (124439808 params) in 2.5s
+    bench_test.go:80: intra-op threads 2; model loaded in 6s
+BenchmarkLeaderFailover-2              	       8	1.234e+09 ns/op	      1234 ms/failover
+--- FAIL: BenchmarkBroken-2
+    bench_test.go:12: peer did not answer
+FAIL
+exit status 1
+`
+
+func TestParse(t *testing.T) {
+	out, err := Parse(strings.NewReader(sample), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Package != "github.com/layermesh/layermesh/mesh" {
+		t.Errorf("package %q", out.Package)
+	}
+	tp := out.Results["BenchmarkThroughput/data-tls"]
+	if len(tp) != 2 {
+		t.Fatalf("data-tls runs: %d, want 2 (results: %v)", len(tp), out.Results)
+	}
+	want := map[string]float64{"ns/op": 56789012, "MB/s": 452.6, "raw-MB/s": 1234, "mesh-MB/s": 987.5, "ratio": 0.8003, "B/op": 1048576, "allocs/op": 12}
+	for unit, v := range want {
+		if got := tp[0].Metrics[unit]; got != v {
+			t.Errorf("data-tls %s = %v, want %v", unit, got, v)
+		}
+	}
+	if tp[0].Iterations != 20 || tp[1].Metrics["ratio"] != 0.7 {
+		t.Errorf("data-tls runs: %+v", tp)
+	}
+	if d := out.Results["BenchmarkInfer/Direct"]; len(d) != 1 || d[0].Iterations != 8 || d[0].Metrics["ns/op"] != 251234567 {
+		t.Errorf("result after interleaved stderr: %+v", d)
+	}
+	if s := out.Results["BenchmarkStageRPC/threads-2"]; len(s) != 1 || s[0].Metrics["added-us/op"] != -3 {
+		t.Errorf("sub-benchmark ending in -2: %+v (results: %v)", s, out.Results)
+	}
+	if f := out.Results["BenchmarkLeaderFailover"]; len(f) != 1 || f[0].Metrics["ns/op"] != 1.234e9 || f[0].Metrics["ms/failover"] != 1234 {
+		t.Errorf("failover: %+v", f)
+	}
+	if logs := out.Logs["BenchmarkInfer"]; len(logs) != 2 || !strings.Contains(logs[1], "intra-op threads 2") {
+		t.Errorf("logs: %q", logs)
+	}
+	if len(out.Failures) != 2 || !strings.Contains(out.Failures[1], "peer did not answer") {
+		t.Errorf("failures: %q", out.Failures)
+	}
+	if len(out.Results) != 4 {
+		t.Errorf("%d benchmarks, want 4: %v", len(out.Results), out.Results)
+	}
+}
+
+// TestParseOneProc: with GOMAXPROCS=1 go test adds no suffix, and none is cut.
+func TestParseOneProc(t *testing.T) {
+	out, err := Parse(strings.NewReader("BenchmarkORTRun/threads-2 \t 100\t 5000 ns/op\n"), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := out.Results["BenchmarkORTRun/threads-2"]; len(r) != 1 || r[0].Metrics["ns/op"] != 5000 {
+		t.Errorf("results: %v", out.Results)
+	}
+}
+
+func TestParseMalformed(t *testing.T) {
+	_, err := Parse(strings.NewReader("BenchmarkX-2 \t 99999999999999999999\t 5 ns/op\n"), 2)
+	if !errors.Is(err, errBadLine) {
+		t.Fatalf("got %v, want errBadLine", err)
+	}
+}
+
+func TestTargetsAndMedians(t *testing.T) {
+	jobs := map[string]*Job{
+		"j": {ID: "j", Output: &Output{Results: map[string][]Run{
+			"B": {{Metrics: map[string]float64{"ratio": 0.4}}, {Metrics: map[string]float64{"ratio": 0.6}}, {Metrics: map[string]float64{"ratio": 0.55}}},
+		}}},
+		"failed": {ID: "failed", Exit: 1, Output: &Output{Results: map[string][]Run{}}},
+	}
+	v := lookup(jobs, "j", "B", "ratio", 0)
+	if v.median != 0.55 || v.min != 0.4 || v.max != 0.6 || v.n != 3 {
+		t.Fatalf("value %+v", v)
+	}
+	ge := &Target{Op: ">=", Value: 0.5}
+	if verdict(ge, v) != "yes" || verdict(&Target{Op: "<", Value: 0.5}, v) != "**no**" {
+		t.Errorf("verdicts on %v", v)
+	}
+	if m := lookup(jobs, "failed", "B", "ratio", 0); m.missing != "job failed" || verdict(ge, m) != "**not measured**" {
+		t.Errorf("failed job: %+v", m)
+	}
+	if m := lookup(jobs, "absent", "B", "ratio", 0); m.missing != "not run" {
+		t.Errorf("absent job: %+v", m)
+	}
+	if s := lookup(jobs, "j", "B", "ratio", 100); math.Abs(s.median-55) > 1e-9 {
+		t.Errorf("scaled median %v", s.median)
+	}
+}
+
+// TestRenderPending: a section whose jobs did not run says so, and no figure of it
+// appears as measured.
+func TestRenderPending(t *testing.T) {
+	jobs := map[string]*Job{"j": {ID: "j", Command: "go test -bench X ./x/", Output: &Output{Results: map[string][]Run{
+		"BenchmarkX": {{Iterations: 3, Metrics: map[string]float64{"ratio": 0.7}}},
+		"BenchmarkY": {{Iterations: 5, Metrics: map[string]float64{"ns/op": 12}}},
+	}}}}
+	sections := []Section{
+		{Title: "Issue 1, point 1: thing", Jobs: []string{"j"}, Figures: []Figure{{Job: "j", Bench: "BenchmarkX", Metric: "ratio", Label: "x ratio", Target: &Target{Op: ">=", Value: 0.5}}}},
+		{Title: "Issue 9, point 9: later", Jobs: []string{"k"}, Pending: "No benchmark yet."},
+	}
+	var buf bytes.Buffer
+	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, sections)
+	s := buf.String()
+	for _, want := range []string{
+		"| Issue 1, point 1 | x ratio | 0.7  | >= 0.5 | yes |",
+		"| Issue 9, point 9 | later | not yet measured | | |",
+		"**Not yet measured.** No benchmark yet.",
+		"    go test -bench X ./x/",
+		"| j | BenchmarkY | 5 | 12.0 ns/op |",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("report lacks %q:\n%s", want, s)
+		}
+	}
+}
