@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/sec"
 	"github.com/libp2p/go-libp2p/p2p/net/pnet"
 	manet "github.com/multiformats/go-multiaddr/net"
 	mss "github.com/multiformats/go-multistream"
@@ -353,6 +355,11 @@ func (m *Mesh) learnPeerID(ctx context.Context, hostport string) (peer.ID, error
 		return "", fmt.Errorf("mesh: %s: security negotiation: %w", hostport, err)
 	}
 	sc, err := m.sec.SecureOutbound(ctx, conn, "")
+	var mismatch sec.ErrPeerIDMismatch
+	if errors.As(err, &mismatch) && mismatch.Expected == "" && mismatch.Actual != "" {
+		// Noise insists on an expected id but names the one the remote key proved.
+		return mismatch.Actual, nil
+	}
 	if err != nil {
 		return "", fmt.Errorf("mesh: %s: security handshake: %w", hostport, err)
 	}

@@ -189,3 +189,59 @@ func TestDHTRendezvous(t *testing.T) {
 		t.Fatalf("members joined but none through the DHT")
 	}
 }
+
+func TestGracefulLeaveIsNotDeath(t *testing.T) {
+	a := startMesh(t, testConfig(t, t.TempDir()))
+	cfg := testConfig(t, t.TempDir())
+	cfg.Join = []string{a.Addrs()[0]}
+	b := startMesh(t, cfg)
+	eventually(t, 20*time.Second, 100*time.Millisecond, func() error { return allSeeAll([]*Mesh{a, b}) })
+	events, cancel := a.Subscribe()
+	defer cancel()
+	if err := b.Leave(5 * time.Second); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	_ = b.Close()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Member.PeerID != b.ID() {
+				continue
+			}
+			switch ev.Type {
+			case MemberLeave:
+				return
+			case MemberDead:
+				t.Fatalf("graceful leave reported as a death")
+			}
+		case <-deadline:
+			t.Fatalf("no leave event within 20s")
+		}
+	}
+}
+
+// Noise security and a host:port seed (peer id learned through the security
+// handshake alone), and the private-network option keeping out a node without it.
+func TestNoiseAndPrivateNetwork(t *testing.T) {
+	mk := func(sec Security, pnet bool, join ...string) *Mesh {
+		cfg := testConfig(t, t.TempDir())
+		cfg.Security, cfg.PrivateNetwork, cfg.Join = sec, pnet, join
+		return startMesh(t, cfg)
+	}
+	hostPort := func(m *Mesh) string { return seedForms(m, 2) }
+
+	a := mk(SecurityNoise, false)
+	b := mk(SecurityNoise, false, hostPort(a))
+	eventually(t, 20*time.Second, 100*time.Millisecond, func() error { return allSeeAll([]*Mesh{a, b}) })
+
+	p := mk(SecurityTLS, true)
+	q := mk(SecurityTLS, true, hostPort(p))
+	eventually(t, 20*time.Second, 100*time.Millisecond, func() error { return allSeeAll([]*Mesh{p, q}) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	outsider := mk(SecurityTLS, false)
+	if err := outsider.Connect(ctx, addrInfo(t, p)); err == nil {
+		t.Fatalf("node without the private-network key connected to one with it")
+	}
+}

@@ -24,8 +24,9 @@ import (
 // cannot be reordered, replayed or spliced between directions or connections (each
 // direction's key is exported from this TLS session with its own label). A large record
 // is read straight into the caller's buffer and decrypted in place, so a tensor crosses
-// from the socket to its final memory without another copy; on the sending side
-// sealing is the only copy. On a 2-core loopback this moves a 25.7 MB tensor at 1.5 to 2
+// from the socket to its final memory without another copy (a read spanning several
+// records opens them on parallel workers instead, at the price of one copy each); on
+// the sending side sealing is the only copy. On a 2-core loopback this moves a 25.7 MB tensor at 1.5 to 2
 // times the rate of a libp2p TLS+yamux stream and at about half the CPU per byte
 // (BENCHMARKS.md, BenchmarkThroughput).
 type sealedConn struct {
