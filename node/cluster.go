@@ -36,6 +36,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
@@ -256,6 +257,20 @@ func (c *Cluster) Close() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// RegisterMetrics registers the cluster's Prometheus series (router latencies,
+// retries, stages served) on reg; Node calls it with its registry.
+func (c *Cluster) RegisterMetrics(reg prometheus.Registerer) error {
+	m, err := NewRouterMetrics(reg)
+	if err != nil {
+		return err
+	}
+	c.router.SetMetrics(m)
+	return reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "layermesh_stage_memory_bytes",
+		Help: "Memory budget bytes taken by the stages this node holds or is loading.",
+	}, func() float64 { return float64(c.runtime.UsedBytes()) }))
 }
 
 // Self is this node's peer id.

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/partition/modelgen"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The in-process cluster tests run real nodes in one process: real libp2p on
@@ -238,6 +240,10 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	want := referenceRun(t, path, inputs)
 
 	tc := startTestCluster(t, 3, 1<<30)
+	reg := prometheus.NewRegistry()
+	if err := tc.nodes[2].RegisterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
 	deploy(t, tc.nodes[1], "gpt", path, 3, 2)
 	waitReplicas(t, tc.nodes[0], "gpt", 2, 60*time.Second)
 
@@ -249,6 +255,36 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 		if d := maxRelDiff(got, want); d > 1e-4 {
 			t.Fatalf("node %d: split output differs from the whole model by %g", i, d)
 		}
+	}
+
+	// Node 2 drove or forwarded one request: its stage-call histogram counts it.
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := uint64(0)
+	for _, f := range families {
+		if f.GetName() == "layermesh_stage_call_duration_seconds" {
+			for _, m := range f.GetMetric() {
+				calls += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if calls == 0 {
+		t.Fatal("no stage call recorded in layermesh_stage_call_duration_seconds")
+	}
+
+	// Bad requests are refused before any stage sees them, with the API's sentinels.
+	ctx := context.Background()
+	if _, err := tc.nodes[0].Infer(ctx, api.InferRequest{Model: "nope", Inputs: inputs}); !errors.Is(err, api.ErrModelNotFound) {
+		t.Fatalf("unknown model: %v", err)
+	}
+	wrong := []tensor.Tensor{tensor.FromFloat32(inputs[0].Name, inputs[0].Shape, make([]float32, 8))}
+	if _, err := tc.nodes[0].Infer(ctx, api.InferRequest{Model: "gpt", Inputs: wrong}); !errors.Is(err, accel.ErrDTypeMismatch) {
+		t.Fatalf("wrong dtype: %v", err)
+	}
+	if _, err := tc.nodes[0].Infer(ctx, api.InferRequest{Model: "gpt", Inputs: inputs, Outputs: []string{"nope"}}); !errors.Is(err, accel.ErrInputMismatch) {
+		t.Fatalf("unknown output: %v", err)
 	}
 
 	// Redeploying the same bytes is a no-op.
@@ -315,6 +351,9 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 		t.Fatalf("restarted node has peer id %s, was %s", back.Self(), victimID)
 	}
 	eventually(t, 30*time.Second, func() error {
+		if r := back.Ready(context.Background()); !r[0].Ready {
+			return errors.New(r[0].Reason)
+		}
 		if n := len(back.Runtime().Served()); n == 0 {
 			return fmt.Errorf("restarted node serves no stage")
 		}

@@ -162,6 +162,8 @@ type Router struct {
 	caller StageCaller
 	local  LocalStages
 	log    *slog.Logger
+	// metrics may be set while the router serves (SetMetrics); nil records nothing.
+	metricsP atomic.Pointer[RouterMetrics]
 
 	mu       sync.Mutex
 	inFlight map[string]int       // node -> calls this router has open to it
@@ -182,6 +184,11 @@ func NewRouter(cfg RouterConfig, plans PlanSource, view ReplicaView, caller Stag
 		penalty:  make(map[string]time.Time),
 	}
 }
+
+// SetMetrics makes the router record its Prometheus series.
+func (r *Router) SetMetrics(m *RouterMetrics) { r.metricsP.Store(m) }
+
+func (r *Router) metrics() *RouterMetrics { return r.metricsP.Load() }
 
 // Stats returns the router's counters.
 func (r *Router) Stats() RouterStats {
@@ -218,6 +225,7 @@ func (r *Router) Infer(ctx context.Context, model, version string, inputs []tens
 		}
 	}
 	r.forwarded.Add(1)
+	r.metrics().forward()
 	call := StageCall{RequestID: requestID, Model: plan.Model, Version: plan.Version, Stage: DriveStage, Inputs: inputs, Outputs: outputs}
 	// A drive runs every stage, so it gets the whole request budget, not a stage's.
 	return r.callStage(ctx, plan, side, call, outputs, false, 0)
@@ -332,6 +340,7 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 			}
 			if time.Since(emptySince) >= r.cfg.NoReplicaWait {
 				r.noReplica.Add(1)
+				r.metrics().noReplicaFor(plan.Model, call.Stage)
 				return nil, &NoReplicaError{Model: plan.Model, Version: plan.Version, Stage: k}
 			}
 			if err := sleepCtx(ctx, r.jitter(backoff)); err != nil {
@@ -374,6 +383,7 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 			return nil, err
 		}
 		r.retries.Add(1)
+		r.metrics().retry(plan.Model, call.Stage)
 		log.Warn("stage attempt failed, retrying on another replica", "peer", rep.Node, "attempt", attempts, "err", err)
 		tried[rep.Node] = true
 		r.penalize(rep.Node)
@@ -399,13 +409,21 @@ func (r *Router) attempt(ctx context.Context, rep Replica, call StageCall, timeo
 		r.mu.Unlock()
 	}()
 	r.stageCalls.Add(1)
-	if rep.Local {
-		if call.Stage == DriveStage {
-			return r.Drive(ctx, call)
-		}
-		return r.local.RunStage(ctx, call.Model, call.Version, call.Stage, call.Inputs, call.Outputs)
+	start := time.Now()
+	var (
+		out []tensor.Tensor
+		err error
+	)
+	switch {
+	case rep.Local && call.Stage == DriveStage:
+		out, err = r.Drive(ctx, call)
+	case rep.Local:
+		out, err = r.local.RunStage(ctx, call.Model, call.Version, call.Stage, call.Inputs, call.Outputs)
+	default:
+		out, err = r.caller.CallStage(ctx, rep.Node, call)
 	}
-	return r.caller.CallStage(ctx, rep.Node, call)
+	r.metrics().observeAttempt(call.Model, call.Stage, rep.Local, err, time.Since(start))
+	return out, err
 }
 
 // pick ranks candidates: replicas that did not just fail, then (when preferLocal) this
