@@ -67,7 +67,9 @@ type Config struct {
 	ProbeInterval time.Duration
 	// MaxTensorBytes bounds the tensor payload one stage frame may declare; default 2 GiB.
 	MaxTensorBytes int64
-	// JoinRate is how many join handshakes one peer may start per minute; default 10.
+	// JoinRate is how many join handshakes one remote IP may start per minute (peer ids
+	// cost nothing to mint, addresses do); default 60, enough for a rack of nodes
+	// behind one NAT joining at once.
 	JoinRate int
 }
 
@@ -75,7 +77,7 @@ const (
 	defaultListen        = "/ip4/0.0.0.0/tcp/0"
 	defaultProbeInterval = 10 * time.Second
 	defaultMaxTensor     = 2 << 30
-	defaultJoinRate      = 10
+	defaultJoinRate      = 60
 	minSecretLen         = 16
 )
 

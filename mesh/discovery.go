@@ -108,20 +108,27 @@ func (m *Mesh) resolveSeed(ctx context.Context, s string) (peer.AddrInfo, error)
 }
 
 // seedLoop keeps trying the seeds: often while this node knows nobody, rarely after,
-// so a seed that starts later or a healed partition still gets joined.
+// so a seed that starts later or a healed partition still gets joined. A seed given as
+// host:port is resolved to a peer id once and re-resolved only when joining it fails.
 func (m *Mesh) seedLoop(ctx context.Context) {
+	resolved := make(map[string]peer.AddrInfo)
 	for {
 		for _, s := range m.cfg.Join {
-			ai, err := m.resolveSeed(ctx, s)
-			if err != nil {
-				m.log.Debug("seed unresolved", "seed", s, "err", err)
-				continue
+			ai, ok := resolved[s]
+			if !ok {
+				var err error
+				if ai, err = m.resolveSeed(ctx, s); err != nil {
+					m.log.Debug("seed unresolved", "seed", s, "err", err)
+					continue
+				}
+				resolved[s] = ai
 			}
 			if ai.ID == m.id || (m.memberAlive(ai.ID) && m.isAdmitted(ai.ID)) {
 				continue
 			}
 			if err := m.connectAndJoin(ctx, ai, SourceSeed); err != nil {
 				m.log.Info("seed join failed", "seed", s, "err", err)
+				delete(resolved, s)
 			}
 		}
 		wait := seedRetryMember
