@@ -26,7 +26,6 @@ import (
 const (
 	ProtocolJoin  protocol.ID = "/layermesh/join/1"
 	ProtocolStage protocol.ID = "/layermesh/stage/1"
-	ProtocolBlob  protocol.ID = "/layermesh/blob/1"
 )
 
 // Join handshake (all integers big-endian, one stream, 10 s deadline):
