@@ -3,11 +3,10 @@
 // whose service interfaces (api.ModelService, api.HealthService, api.ClusterService,
 // api.TokenVerifier) *Node implements.
 //
-// For now a node runs alone ("single-node mode"): it serves the models of --model-dir
-// and those uploaded to it. The cluster parts (membership, Raft state, placement,
-// stage runtime, request router) are added beside the model registry here; the
-// cluster settings are already carried in Config.Cluster so that flags and config
-// files need not change when they land.
+// A node runs alone ("single-node mode": it serves the models of --model-dir and those
+// uploaded to it) unless cluster settings are given; then the cluster part (*Cluster:
+// membership, Raft state, placement, stage runtime, request router) serves the API
+// (clustermode.go).
 package node
 
 import (
@@ -52,9 +51,7 @@ const (
 // stops; a GPT-2-small forward pass takes well under a second on a laptop.
 const shutdownHTTPTimeout = 10 * time.Second
 
-// ClusterConfig holds the cluster settings. They are accepted and kept so that
-// configuration is stable, but this build of the node does not join a cluster yet:
-// New logs a warning when any is set.
+// ClusterConfig holds the cluster settings; any of them puts the node in cluster mode.
 type ClusterConfig struct {
 	Listen            []string // libp2p multiaddrs
 	GossipPort        int
@@ -126,6 +123,11 @@ type Node struct {
 	failed map[string]string // models found at start that failed to load, with why
 
 	uploadMu sync.Mutex // serialises the swap step of uploads and deletes of one node
+
+	// cluster is the cluster part, set by Run in cluster mode once it has started.
+	cluster atomic.Pointer[Cluster]
+	// wg tracks the node's own background work, waited for in shutdown.
+	wg sync.WaitGroup
 }
 
 // Compile-time proof that Node serves the API's interfaces.
@@ -179,19 +181,33 @@ func New(cfg Config) (*Node, error) {
 	if err := clearDir(filepath.Join(cfg.DataDir, uploadTempDir)); err != nil {
 		return nil, fmt.Errorf("node: clear upload dir: %w", err)
 	}
-	tokens, err := openTokenStore(filepath.Join(cfg.DataDir, adminTokenFile))
-	if err != nil {
-		return nil, err
+	// A single node and a cluster's founder own an admin token; a node joining a
+	// cluster uses the cluster's tokens (clustermode.go).
+	var err error
+	if !cfg.Cluster.configured() || cfg.Cluster.founding() {
+		tokens, err := openTokenStore(filepath.Join(cfg.DataDir, adminTokenFile))
+		if err != nil {
+			return nil, err
+		}
+		n.tokens = tokens
 	}
-	n.tokens = tokens
+	var (
+		models  api.ModelService   = n
+		health  api.HealthService  = n
+		cluster api.ClusterService = n
+	)
 	if cfg.Cluster.configured() {
-		n.log.Warn("cluster settings given, but this build runs single-node: they are kept and not used")
+		if cfg.ModelDir != "" {
+			return nil, fmt.Errorf("%w: --model-dir serves models on a single node; in a cluster, deploy them with meshctl deploy", ErrConfig)
+		}
+		svc := clusterServices{n}
+		models, health, cluster = svc, svc, svc
 	}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	n.api, err = api.New(api.Config{
-		Models:            n,
-		Health:            n,
-		Cluster:           n,
+		Models:            models,
+		Health:            health,
+		Cluster:           cluster,
 		Tokens:            n,
 		RequireInferToken: cfg.RequireInferToken,
 		MaxBodyBytes:      cfg.MaxBodyBytes,
@@ -251,6 +267,10 @@ func (n *Node) Registry() *prometheus.Registry { return n.reg }
 // Run serves until ctx is cancelled, then shuts down. HTTP comes up first so that
 // liveness answers (and readiness says "loading") while models load.
 func (n *Node) Run(ctx context.Context) error {
+	// The node's background work (cluster start, token publishing) ends with runCtx,
+	// which shutdown's callers cancel first, whatever made Run stop.
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
 	serveErr := make(chan error, 1)
 	go func() {
 		var err error
@@ -263,6 +283,13 @@ func (n *Node) Run(ctx context.Context) error {
 	}()
 	n.log.Info("http api listening", "url", n.URL())
 
+	if n.cfg.Cluster.configured() {
+		if err := n.startCluster(runCtx); err != nil {
+			stop()
+			n.shutdown()
+			return err
+		}
+	}
 	n.loadAtStart(ctx)
 	n.modelsLoaded.Store(true)
 	n.log.Info("node ready", "models", len(n.modelNames()))
@@ -273,6 +300,7 @@ func (n *Node) Run(ctx context.Context) error {
 	case err = <-serveErr:
 		err = fmt.Errorf("node: http server: %w", err)
 	}
+	stop()
 	n.shutdown()
 	return err
 }
@@ -280,8 +308,10 @@ func (n *Node) Run(ctx context.Context) error {
 // shutdown stops the node in an order that loses no answered work:
 //  1. stop taking HTTP requests and let those in flight finish (bounded), because
 //     they hold model sessions;
-//  2. close the model sessions, now idle;
-//  3. remove http.addr, so a harness never dials a dead node's address.
+//  2. leave the cluster part: hand Raft leadership over, unload stages once their
+//     in-flight runs end, close the mesh (the others then see us gone and heal);
+//  3. close the model sessions, now idle;
+//  4. remove http.addr, so a harness never dials a dead node's address.
 //
 // The backend is the caller's to close, after this.
 func (n *Node) shutdown() {
@@ -290,6 +320,12 @@ func (n *Node) shutdown() {
 	if err := n.http.Shutdown(ctx); err != nil {
 		n.log.Warn("http shutdown did not drain in time; closing connections", "err", err)
 		_ = n.http.Close()
+	}
+	n.wg.Wait() // background work ends with Run's ctx, before the cluster part closes
+	if c := n.cluster.Load(); c != nil {
+		if err := c.Close(); err != nil {
+			n.log.Warn("cluster part did not close cleanly", "err", err)
+		}
 	}
 	n.mu.Lock()
 	models := n.models

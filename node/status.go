@@ -68,8 +68,12 @@ func (n *Node) RemoveNode(ctx context.Context, name string) error {
 	return fmt.Errorf("%w: there is no cluster to remove %s from", api.ErrNotClusterMode, name)
 }
 
-// VerifyToken checks a bearer token against the admin token.
+// VerifyToken checks a bearer token: against the cluster's tokens in cluster mode,
+// else against this node's admin token.
 func (n *Node) VerifyToken(ctx context.Context, token string) (api.Scope, error) {
+	if n.cfg.Cluster.configured() {
+		return n.verifyClusterToken(token)
+	}
 	return n.tokens.verify(token)
 }
 
@@ -101,6 +105,9 @@ func openTokenStore(path string) (*tokenStore, error) {
 	}
 	return &tokenStore{adminHash: sha256.Sum256([]byte(tok))}, nil
 }
+
+// hashHex is the token's hash in the form the cluster state keeps (consensus.TokenHash).
+func (s *tokenStore) hashHex() string { return hex.EncodeToString(s.adminHash[:]) }
 
 func (s *tokenStore) verify(token string) (api.Scope, error) {
 	h := sha256.Sum256([]byte(token))

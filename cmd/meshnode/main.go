@@ -3,8 +3,9 @@
 // runs a node that serves models over the KServe v2 HTTP API until SIGINT or
 // SIGTERM.
 //
-// This build runs single-node: cluster flags are accepted and kept, and the node says
-// so in its log and at /v1/cluster.
+// Without cluster flags the node serves alone (--model-dir and uploads); with any of
+// --bootstrap, --bootstrap-expect, --join, --cluster-secret-file or --dht it joins or
+// founds a cluster and serves the models placed there.
 package main
 
 import (
