@@ -72,12 +72,12 @@ job modelgen-gpt2 "go test -run '^\$' -bench '^BenchmarkBuildGPT2Small\$' -bench
 
 # Issue 2 point 5: HTTP (binary and JSON) against a direct accel call, 12 x 768 GPT at
 # 1x128, interleaved in one run; and the same path on a model that computes nothing.
-job api-infer "go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 3x 8x) -count 1 -benchmem -timeout 30m ./api/"
+job api-infer "go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 5x 15x) -count 1 -benchmem -timeout 30m ./api/"
 job api-logits "go test -run '^\$' -bench '^BenchmarkInferLogitsTransport\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 10m ./api/"
 
 # Issue 3 point 5: analyse and write 3 stages of the 24 x 1024 GPT (child process, peak
 # RSS); and, full runs only, a 36 x 1280 GPT over 2 GiB with external data.
-job partition-gpt-large "go test -run '^\$' -bench '^BenchmarkPartitionGPTLarge\$' -benchtime 1x -count $(q 1 2) -timeout 20m ./partition/"
+job partition-gpt-large "go test -run '^\$' -bench '^BenchmarkPartitionGPTLarge\$' -benchtime 1x -count $(q 1 3) -timeout 20m ./partition/"
 if [[ $quick != 1 ]]; then
   job partition-gpt-xl "go test -run '^\$' -bench '^BenchmarkPartitionGPTXL\$' -benchtime 1x -count 1 -timeout 30m ./partition/"
 fi
@@ -90,7 +90,7 @@ job mesh-throughput-processes "go test -run '^\$' -bench '^BenchmarkThroughputPr
 
 # Issue 5 point 2: leader failover of a 3-node cluster with the default Raft timings;
 # and the cost of a committed write and of a linearizable read.
-job consensus-failover "go test -run '^\$' -bench '^BenchmarkLeaderFailover\$' -benchtime $(q 3x 8x) -count 1 -timeout 10m ./consensus/"
+job consensus-failover "go test -run '^\$' -bench '^BenchmarkLeaderFailover\$' -benchtime $(q 3x 10x) -count 1 -timeout 10m ./consensus/"
 job consensus-apply "go test -run '^\$' -bench '^(BenchmarkApply|BenchmarkLinearizableRead)\$' -benchtime $(q 200x 500x) -count 1 -timeout 10m ./consensus/"
 
 run_secs=$(( $(date +%s) - run_start ))

@@ -30,8 +30,11 @@ type Output struct {
 	Results map[string][]Run
 	// Logs holds the b.Log lines printed under "--- BENCH: name".
 	Logs map[string][]string
-	// Failures holds the "--- FAIL: name" lines and the log lines under them.
+	// Failures holds the "--- FAIL: name" lines and the log lines under them, and any
+	// line that says why the test binary failed outside a benchmark.
 	Failures []string
+	// Tail is the last lines of the output, for a failure that no line explains.
+	Tail []string
 	// Package is the import path from the "pkg:" line.
 	Package string
 }
@@ -44,7 +47,13 @@ var (
 	// benchmark (or a process it started) wrote to stdout/stderr while running.
 	benchNumbers = regexp.MustCompile(`(?:^|\s)(\d+)\t\s*([-+0-9.eE]+ \S+(?:\t\s*[-+0-9.eE]+ \S+)*)\s*$`)
 	logHeader    = regexp.MustCompile(`^--- (BENCH|FAIL|SKIP): (\S+)`)
+	// failureLine picks out why a run failed outside a benchmark: a compile error, a
+	// panic, a leak check in TestMain, a package that did not build.
+	failureLine = regexp.MustCompile(`^(goleak: |panic: |fatal error: |\S+\.go:\d+:\d+: )|\[build failed\]|^FAIL\s+\S+\s+\d`)
 )
+
+// tailLines is how much of the end of a failed run's output the report quotes.
+const tailLines = 8
 
 // Parse reads `go test -bench` output. procs is the GOMAXPROCS the run used: go test
 // appends "-procs" to every name when it is above 1, and only that suffix is cut, so
@@ -61,6 +70,15 @@ func Parse(r io.Reader, procs int) (*Output, error) {
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		if strings.TrimSpace(line) != "" {
+			out.Tail = append(out.Tail, line)
+			if len(out.Tail) > tailLines {
+				out.Tail = out.Tail[1:]
+			}
+		}
+		if failureLine.MatchString(line) {
+			out.Failures = append(out.Failures, strings.TrimSpace(line))
+		}
 		if m := logHeader.FindStringSubmatch(line); m != nil {
 			name := strings.TrimSuffix(m[2], suffix)
 			logTo = m[1] + ":" + name

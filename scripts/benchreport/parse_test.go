@@ -27,8 +27,11 @@ BenchmarkStageRPC/threads-2-2          	    1000	      1500 ns/op	        -3 add
 BenchmarkLeaderFailover-2              	       8	1.234e+09 ns/op	      1234 ms/failover
 --- FAIL: BenchmarkBroken-2
     bench_test.go:12: peer did not answer
-FAIL
-exit status 1
+PASS
+goleak: Errors on successful test run: found unexpected goroutines:
+[Goroutine 2843 in state chan receive, with github.com/hashicorp/memberlist.(*Memberlist).probeNode on top of the stack:
+]
+FAIL	github.com/layermesh/layermesh/mesh	4.785s
 `
 
 func TestParse(t *testing.T) {
@@ -64,7 +67,8 @@ func TestParse(t *testing.T) {
 	if logs := out.Logs["BenchmarkInfer"]; len(logs) != 2 || !strings.Contains(logs[1], "intra-op threads 2") {
 		t.Errorf("logs: %q", logs)
 	}
-	if len(out.Failures) != 2 || !strings.Contains(out.Failures[1], "peer did not answer") {
+	if len(out.Failures) != 4 || !strings.Contains(out.Failures[1], "peer did not answer") ||
+		!strings.HasPrefix(out.Failures[2], "goleak: ") || !strings.HasPrefix(out.Failures[3], "FAIL\tgithub.com") {
 		t.Errorf("failures: %q", out.Failures)
 	}
 	if len(out.Results) != 4 {
@@ -80,6 +84,22 @@ func TestParseOneProc(t *testing.T) {
 	}
 	if r := out.Results["BenchmarkORTRun/threads-2"]; len(r) != 1 || r[0].Metrics["ns/op"] != 5000 {
 		t.Errorf("results: %v", out.Results)
+	}
+}
+
+// TestParseBuildFailure: a package that does not compile prints no result, and the
+// compiler's lines say why.
+func TestParseBuildFailure(t *testing.T) {
+	const text = "# github.com/layermesh/layermesh/node\n" +
+		"node/router.go:166:11: undefined: RouterMetrics\n" +
+		"FAIL\tgithub.com/layermesh/layermesh/api [build failed]\n" +
+		"FAIL\n"
+	out, err := Parse(strings.NewReader(text), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Results) != 0 || len(out.Failures) != 2 || !strings.Contains(out.Failures[0], "undefined: RouterMetrics") {
+		t.Errorf("results %v, failures %q", out.Results, out.Failures)
 	}
 }
 
@@ -131,11 +151,11 @@ func TestRenderPending(t *testing.T) {
 	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, sections)
 	s := buf.String()
 	for _, want := range []string{
-		"| Issue 1, point 1 | x ratio | 0.7  | >= 0.5 | yes |",
+		"| Issue 1, point 1 | x ratio | 0.7 | >= 0.5 | yes |",
 		"| Issue 9, point 9 | later | not yet measured | | |",
 		"**Not yet measured.** No benchmark yet.",
 		"    go test -bench X ./x/",
-		"| j | BenchmarkY | 5 | 12.0 ns/op |",
+		"| j | BenchmarkY | 5 | 12 ns/op |",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("report lacks %q:\n%s", want, s)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -29,6 +30,8 @@ type Figure struct {
 	Unit               string  // display unit
 	Scale              float64 // display value = metric * Scale (0 means 1)
 	Target             *Target
+	// Summary puts a figure without a target into the summary table too.
+	Summary bool
 }
 
 // Target is what an issue asks of a figure.
@@ -112,17 +115,23 @@ func lookup(jobs map[string]*Job, job, bench, metric string, scale float64) valu
 func num(v float64) string {
 	a := math.Abs(v)
 	switch {
-	case a >= 100:
+	case a >= 100, v == math.Trunc(v) && a < 1e15:
 		return fmt.Sprintf("%.0f", v)
 	case a >= 10:
 		return fmt.Sprintf("%.1f", v)
 	case a >= 1:
 		return fmt.Sprintf("%.2f", v)
-	case a == 0:
-		return "0"
 	default:
 		return fmt.Sprintf("%.3g", v)
 	}
+}
+
+// withUnit is the value followed by its display unit, unless there is no value.
+func (v value) withUnit(unit string) string {
+	if v.missing != "" || unit == "" {
+		return v.String()
+	}
+	return v.String() + " " + unit
 }
 
 func (v value) String() string {
@@ -139,7 +148,7 @@ func (t *Target) String() string {
 	if t == nil {
 		return "recorded"
 	}
-	s := t.Op + " " + num(t.Value)
+	s := t.Op + " " + strconv.FormatFloat(t.Value, 'g', -1, 64)
 	if t.Note != "" {
 		s += " (" + t.Note + ")"
 	}
@@ -196,11 +205,11 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 			continue
 		}
 		for _, f := range s.Figures {
-			if f.Target == nil {
+			if f.Target == nil && !f.Summary {
 				continue
 			}
 			v := lookup(jobs, f.Job, f.Bench, f.Metric, f.Scale)
-			p("| %s | %s | %s %s | %s | %s |\n", short, f.Label, v, f.Unit, f.Target, verdict(f.Target, v))
+			p("| %s | %s | %s | %s | %s |\n", short, f.Label, v.withUnit(f.Unit), f.Target, verdict(f.Target, v))
 		}
 	}
 	p("\n")
@@ -209,14 +218,18 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 		p("## %s\n\n", s.Title)
 		p("%s\n\n", strings.TrimSpace(s.Measures))
 		if !anyRan(jobs, s.Jobs) {
-			p("**Not yet measured.** %s\n\n", strings.TrimSpace(s.Pending))
+			why := strings.TrimSpace(s.Pending)
+			if why == "" {
+				why = fmt.Sprintf("None of its jobs (%s) ran in this run.", strings.Join(s.Jobs, ", "))
+			}
+			p("**Not yet measured.** %s\n\n", why)
 			continue
 		}
 		if len(s.Figures) > 0 {
 			p("| figure | value | target | met |\n|---|---|---|---|\n")
 			for _, f := range s.Figures {
 				v := lookup(jobs, f.Job, f.Bench, f.Metric, f.Scale)
-				p("| %s | %s %s | %s | %s |\n", f.Label, v, f.Unit, f.Target, verdict(f.Target, v))
+				p("| %s | %s | %s | %s |\n", f.Label, v.withUnit(f.Unit), f.Target, verdict(f.Target, v))
 			}
 			p("\n")
 		}
@@ -255,8 +268,12 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 				status = fmt.Sprintf("**FAILED (exit %d)**", j.Exit)
 			}
 			p("- `%s`: %s, %s, finished %s, load average %s before and %s after.\n", id, status, duration(j.Seconds), j.Finished, j.LoadBefore, j.LoadAfter)
-			for _, f := range j.Output.Failures {
-				p("  - %s\n", f)
+			why := j.Output.Failures
+			if j.Exit != 0 && len(why) == 0 {
+				why = j.Output.Tail
+			}
+			for _, f := range why {
+				p("  - `%s`\n", strings.ReplaceAll(f, "`", "'"))
 			}
 		}
 		p("\n")
