@@ -267,10 +267,21 @@ func (c *Cluster) RegisterMetrics(reg prometheus.Registerer) error {
 		return err
 	}
 	c.router.SetMetrics(m)
-	return reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "layermesh_stage_memory_bytes",
-		Help: "Memory budget bytes taken by the stages this node holds or is loading.",
-	}, func() float64 { return float64(c.runtime.UsedBytes()) }))
+	for _, col := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "layermesh_stage_memory_bytes",
+			Help: "Memory budget bytes taken by the stages this node holds or is loading.",
+		}, func() float64 { return float64(c.runtime.UsedBytes()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "layermesh_blob_served_bytes_total",
+			Help: "Blob bytes (stage files) this node has sent to peers since start.",
+		}, func() float64 { return float64(c.mesh.BlobBytesServed()) }),
+	} {
+		if err := reg.Register(col); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Self is this node's peer id.

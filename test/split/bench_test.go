@@ -1,0 +1,291 @@
+package split
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api/client"
+	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/partition/modelgen"
+	"github.com/layermesh/layermesh/test/harness"
+)
+
+// The benchmarks of issue 6 run real node processes on the 12 x 768 GPT (GPT-2-small
+// shape, about 500 MB). Each compares the split deployment with one node serving the
+// whole model the same way (a one-node cluster, one stage), measured in the same run.
+// LAYERMESH_BENCH_THREADS sets the intra-op threads of every node (default 1).
+
+func benchThreads() string {
+	if v := os.Getenv("LAYERMESH_BENCH_THREADS"); v != "" {
+		return v
+	}
+	return "1"
+}
+
+// gpt2Small writes the 12 x 768 GPT (a few seconds) into the benchmark's temp dir.
+func gpt2Small(b *testing.B) (string, int64) {
+	b.Helper()
+	m, err := modelgen.GPT(modelgen.GPT2Small)
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "gpt2.onnx")
+	if err := modelgen.WriteFile(m, path); err != nil {
+		b.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return path, fi.Size()
+}
+
+// pinnedBinary writes a wrapper that runs the node binary under taskset, node i on
+// core i mod cores, so that each node has one core to itself.
+func pinnedBinary(b *testing.B) string {
+	b.Helper()
+	bin := harness.MeshnodeBinary(b)
+	path := filepath.Join(b.TempDir(), "pinned-node")
+	script := fmt.Sprintf(`#!/bin/sh
+# Pins node<N> (from --name) to core N mod the number of cores.
+n=0
+prev=
+for a in "$@"; do
+  if [ "$prev" = "--name" ]; then n=${a#node}; fi
+  prev=$a
+done
+core=$(( n %% $(nproc) ))
+exec taskset -c "$core" %q "$@"
+`, bin)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	return path
+}
+
+type benchCluster struct {
+	*harness.Cluster
+	token string
+}
+
+func startBench(b *testing.B, n int, binary string) *benchCluster {
+	b.Helper()
+	c := harness.StartCluster(b, n, harness.ClusterOptions{
+		Binary: binary,
+		Flags: func(c *harness.Cluster, node *harness.Node) []string {
+			return append(c.DefaultFlags(node), "--gossip-port", "0", "--threads", benchThreads(), "--mem-budget", "4294967296")
+		},
+	})
+	token, err := c.AdminToken()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bc := &benchCluster{Cluster: c, token: token}
+	harness.Eventually(b, 60*time.Second, 200*time.Millisecond, func() error {
+		nodes, err := bc.client(b, 0).Nodes(context.Background())
+		if err != nil {
+			return err
+		}
+		if len(nodes) != n {
+			return fmt.Errorf("%d of %d nodes", len(nodes), n)
+		}
+		return nil
+	})
+	return bc
+}
+
+func (c *benchCluster) client(b *testing.B, i int) *client.Client {
+	cl, err := client.New(c.HTTPAddr(i), client.WithToken(c.token), client.WithHTTPClient(&http.Client{Timeout: 2 * time.Minute}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cl
+}
+
+// deployAndWait uploads the model through node 0 and waits until every stage has a
+// ready replica; it returns the time from the upload's start to ready.
+func (c *benchCluster) deployAndWait(b *testing.B, path string, size int64, stages int) time.Duration {
+	b.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := c.client(b, 0).UploadModel(ctx, "gpt", f, size, client.UploadOptions{Stages: stages, Replicas: 1}); err != nil {
+		b.Fatalf("deploy: %v", err)
+	}
+	harness.Eventually(b, 5*time.Minute, 100*time.Millisecond, func() error {
+		st, err := c.client(b, 0).Model(context.Background(), "gpt")
+		if err != nil {
+			return err
+		}
+		if !st.Ready {
+			return fmt.Errorf("not ready: %s", st.Reason)
+		}
+		return nil
+	})
+	return time.Since(start)
+}
+
+// lastStageHolder is the node serving the model's last stage: the entry that keeps the
+// logits from crossing the mesh.
+func (c *benchCluster) lastStageHolder(b *testing.B, stages int) int {
+	b.Helper()
+	nodes, err := c.client(b, 0).Nodes(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	want := fmt.Sprintf("/stage%d (ready)", stages-1)
+	for _, nd := range nodes {
+		for _, e := range nd.Models {
+			if strings.HasSuffix(e, want) {
+				for i := range c.Len() {
+					if c.Node(i).Name == nd.Name {
+						return i
+					}
+				}
+			}
+		}
+	}
+	b.Fatalf("no node serves stage %d: %+v", stages-1, nodes)
+	return -1
+}
+
+// blobBytesServed sums layermesh_blob_served_bytes_total over the nodes' /metrics.
+func (c *benchCluster) blobBytesServed(b *testing.B) (float64, bool) {
+	total, found := 0.0, false
+	for i := range c.Len() {
+		resp, err := http.Get(c.URL(i, "/metrics"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			line := sc.Text()
+			if v, ok := strings.CutPrefix(line, "layermesh_blob_served_bytes_total "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err == nil {
+					total += f
+					found = true
+				}
+			}
+		}
+		resp.Body.Close()
+	}
+	return total, found
+}
+
+func gptRequest(b *testing.B, seq int) *wire.Request {
+	in, err := modelgen.GPT2Small.ExampleInputs(1, 128, int64(seq))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &wire.Request{Inputs: in, BinaryOutputs: true}
+}
+
+func timedInfer(b *testing.B, cl *client.Client, req *wire.Request) time.Duration {
+	start := time.Now()
+	resp, err := cl.Infer(context.Background(), "gpt", req, client.InferOptions{BinaryInputs: true})
+	d := time.Since(start)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if len(resp.Outputs) != 1 || resp.Outputs[0].DType != tensor.Float32 {
+		b.Fatalf("unexpected outputs %+v", resp.Outputs)
+	}
+	return d
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+// BenchmarkSplitVsWhole (issue 6, benchmarks a and d): latency of the 3-stage
+// deployment of the 12 x 768 GPT at 1x128 tokens over HTTP with the binary tensor
+// extension, entered at the node holding the last stage, against a one-node cluster
+// serving the whole model, requests interleaved; plus the deploy of the split: seconds
+// from upload to ready and blob bytes moved between nodes.
+func BenchmarkSplitVsWhole(b *testing.B) {
+	path, size := gpt2Small(b)
+	split := startBench(b, 3, "")
+	deploySplit := split.deployAndWait(b, path, size, 3)
+	moved, measured := split.blobBytesServed(b)
+	whole := startBench(b, 1, "")
+	whole.deployAndWait(b, path, size, 1)
+	entry := split.lastStageHolder(b, 3)
+	sc, wc := split.client(b, entry), whole.client(b, 0)
+	for i := range 2 { // warm both: first runs allocate ORT arenas
+		timedInfer(b, sc, gptRequest(b, i))
+		timedInfer(b, wc, gptRequest(b, i))
+	}
+	var splitT, wholeT []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		req := gptRequest(b, i)
+		splitT = append(splitT, timedInfer(b, sc, req))
+		wholeT = append(wholeT, timedInfer(b, wc, req))
+	}
+	b.StopTimer()
+	ms, mw := median(splitT), median(wholeT)
+	b.ReportMetric(float64(ms.Microseconds())/1000, "split-ms")
+	b.ReportMetric(float64(mw.Microseconds())/1000, "whole-ms")
+	b.ReportMetric(float64(ms)/float64(mw), "ratio")
+	b.ReportMetric(deploySplit.Seconds(), "deploy-s")
+	if measured {
+		b.ReportMetric(moved/1e6, "deploy-moved-MB")
+	}
+	b.Logf("threads %s, model %d bytes: split median %v, whole median %v, ratio %.3f; deploy to 3 nodes %v, blob bytes moved %.0f (measured: %v)",
+		benchThreads(), size, ms, mw, float64(ms)/float64(mw), deploySplit.Round(time.Millisecond), moved, measured)
+}
+
+// BenchmarkSplitPipelineParallel (issue 6, benchmark b): 2 nodes, each pinned to one
+// core with 1 intra-op thread, 2 stages, concurrency 4, against one node pinned to one
+// core serving the whole model at the same concurrency: throughput ratio.
+func BenchmarkSplitPipelineParallel(b *testing.B) {
+	path, size := gpt2Small(b)
+	bin := pinnedBinary(b)
+	split := startBench(b, 2, bin)
+	split.deployAndWait(b, path, size, 2)
+	whole := startBench(b, 1, bin)
+	whole.deployAndWait(b, path, size, 1)
+	entry := split.lastStageHolder(b, 2)
+	run := func(addr, token string, n int) float64 {
+		stats, err := harness.RunLoad(context.Background(), harness.LoadConfig{
+			Targets: []string{addr}, Model: "gpt", Concurrency: 4, Requests: n, Deadline: 2 * time.Minute, Token: token,
+			Body: func(seq int) (harness.InferBody, error) { return harness.EncodeInfer(gptRequest(b, seq), true) },
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if stats.Failures > 0 {
+			b.Fatalf("load: %s", stats)
+		}
+		return stats.Throughput()
+	}
+	run(split.HTTPAddr(entry), split.token, 4) // warm
+	run(whole.HTTPAddr(0), whole.token, 4)
+	n := max(b.N, 8)
+	b.ResetTimer()
+	splitTP := run(split.HTTPAddr(entry), split.token, n)
+	wholeTP := run(whole.HTTPAddr(0), whole.token, n)
+	b.StopTimer()
+	b.ReportMetric(splitTP, "split-req/s")
+	b.ReportMetric(wholeTP, "whole-req/s")
+	b.ReportMetric(splitTP/wholeTP, "speedup")
+	b.Logf("2 pinned nodes x 2 stages: %.2f req/s; 1 pinned node whole model: %.2f req/s; speedup %.2f", splitTP, wholeTP, splitTP/wholeTP)
+}
