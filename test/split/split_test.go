@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sort"
 	"strconv"
 	"sync"
 	"testing"
@@ -397,6 +398,13 @@ func TestSplitStageHolderKilled(t *testing.T) {
 	if killedAt.IsZero() {
 		t.Fatal("the kill never happened")
 	}
+	failover := failoverFigures(stats, killedAt)
+	t.Logf("failover: %s", failover)
+	res := harness.Result{Scenario: "split-stage-holder-kill", Requests: stats.Requests, ClientErrors: stats.Failures,
+		FailoverMS: failover.firstMS, Started: stats.Outcomes[0].Start, Finished: time.Now(),
+		Passed: stats.Failures == 0 && stats.Successes == 200}
+	res.Notef("killed node %d (%s) after 60 answers; %s", victim, c.Node(victim).Name, failover)
+	harness.RecordResult(t, res)
 	if stats.Failures != 0 || stats.Successes != 200 {
 		t.Fatalf("%d of 200 requests failed: %v", stats.Failures, stats.ByCode)
 	}
@@ -520,4 +528,44 @@ func TestSplitLeaderKilledDuringDeploy(t *testing.T) {
 	if err != nil || compare(got, ref.logits(t, in)) > 1e-4 {
 		t.Fatalf("infer after the deploy: %v", err)
 	}
+}
+
+// failover summarises the requests that were in flight when the node was killed: the
+// ones that had to be retried on another replica inside the cluster.
+type failover struct {
+	affected               int
+	firstMS, p50MS, maxMS  float64 // from the kill to each affected request's answer
+	addedP50MS, addedMaxMS float64 // affected latency minus the unaffected median
+}
+
+func (f failover) String() string {
+	return fmt.Sprintf("%d requests in flight at the kill; kill to answer: first %.0f ms, p50 %.0f ms, max %.0f ms; added latency p50 %.0f ms, max %.0f ms",
+		f.affected, f.firstMS, f.p50MS, f.maxMS, f.addedP50MS, f.addedMaxMS)
+}
+
+func failoverFigures(stats *harness.LoadStats, killedAt time.Time) failover {
+	var toAnswer, added []float64
+	var normal []time.Duration
+	for _, o := range stats.Outcomes {
+		end := o.Start.Add(o.Latency)
+		if o.Start.Before(killedAt) && end.After(killedAt) && o.OK() {
+			toAnswer = append(toAnswer, float64(end.Sub(killedAt).Microseconds())/1000)
+			added = append(added, float64(o.Latency.Microseconds())/1000)
+		} else if o.OK() {
+			normal = append(normal, o.Latency)
+		}
+	}
+	f := failover{affected: len(toAnswer)}
+	if len(toAnswer) == 0 || len(normal) == 0 {
+		return f
+	}
+	base := float64(median(normal).Microseconds()) / 1000
+	for i := range added {
+		added[i] -= base
+	}
+	sort.Float64s(toAnswer)
+	sort.Float64s(added)
+	f.firstMS, f.p50MS, f.maxMS = toAnswer[0], toAnswer[len(toAnswer)/2], toAnswer[len(toAnswer)-1]
+	f.addedP50MS, f.addedMaxMS = added[len(added)/2], added[len(added)-1]
+	return f
 }
