@@ -25,6 +25,8 @@ var (
 	ErrBadRequest       = errors.New("bad request")
 	ErrRouteNotFound    = errors.New("no such route")
 	ErrMethodNotAllowed = errors.New("method not allowed")
+	ErrTokenNotFound    = errors.New("token not found")
+	ErrConflict         = errors.New("already exists")
 )
 
 // Code is a stable error code: clients and scripts match on it, so a code never
@@ -51,6 +53,8 @@ const (
 	CodeInvalidModel       Code = "invalid_model"
 	CodeModelNotFound      Code = "model_not_found"
 	CodeNodeNotFound       Code = "node_not_found"
+	CodeTokenNotFound      Code = "token_not_found"
+	CodeConflict           Code = "conflict"
 	CodeRouteNotFound      Code = "route_not_found"
 	CodeMethodNotAllowed   Code = "method_not_allowed"
 	CodeUnauthorized       Code = "unauthorized"
@@ -91,6 +95,8 @@ var catalogue = map[Code]Entry{
 	CodeInvalidModel:       {CodeInvalidModel, http.StatusUnprocessableEntity, "the uploaded file is not a model the backend can load (corrupt, truncated)"},
 	CodeModelNotFound:      {CodeModelNotFound, http.StatusNotFound, "no model (or model version) of that name"},
 	CodeNodeNotFound:       {CodeNodeNotFound, http.StatusNotFound, "no node of that name"},
+	CodeTokenNotFound:      {CodeTokenNotFound, http.StatusNotFound, "no token with that id"},
+	CodeConflict:           {CodeConflict, http.StatusConflict, "a token (or other named object) of that name exists already"},
 	CodeRouteNotFound:      {CodeRouteNotFound, http.StatusNotFound, "no such endpoint"},
 	CodeMethodNotAllowed:   {CodeMethodNotAllowed, http.StatusMethodNotAllowed, "the endpoint exists but not for this method; Allow lists the methods"},
 	CodeUnauthorized:       {CodeUnauthorized, http.StatusUnauthorized, "no token, or a token the node does not know"},
@@ -127,6 +133,8 @@ var classifiers = []struct {
 	{accel.ErrSessionClosed, CodeUnavailable},
 	{ErrModelNotFound, CodeModelNotFound},
 	{ErrNodeNotFound, CodeNodeNotFound},
+	{ErrTokenNotFound, CodeTokenNotFound},
+	{ErrConflict, CodeConflict},
 	{ErrInvalidName, CodeInvalidName},
 	{ErrBadRequest, CodeBadRequest},
 	{ErrRouteNotFound, CodeRouteNotFound},

@@ -16,6 +16,7 @@ type metrics struct {
 	latency       *prometheus.HistogramVec // route
 	inferRequests *prometheus.CounterVec   // model, code
 	inferLatency  *prometheus.HistogramVec // model
+	inFlight      prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -38,8 +39,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to answer an inference request over HTTP, by model.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"model"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "layermesh_infer_queue_depth",
+			Help: "Inference requests this node has taken over HTTP and not answered yet.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.inferRequests, m.inferLatency} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.inferRequests, m.inferLatency, m.inFlight} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -118,6 +118,12 @@ func (s *Server) routes() {
 	s.handle("PUT /v1/models/{name}", admin, s.handlePutModel)
 	s.handle("GET /v1/models/{name}", admin, s.handleGetModel)
 	s.handle("DELETE /v1/models/{name}", admin, s.handleDeleteModel)
+	s.handle("POST /v1/nodes/{name}/undrain", admin, s.handleUndrain)
+	s.handle("GET /v1/doctor", admin, s.handleDoctor)
+	s.handle("GET /v1/join-token", admin, s.handleJoinToken)
+	s.handle("POST /v1/tokens", admin, s.handleCreateToken)
+	s.handle("GET /v1/tokens", admin, s.handleListTokens)
+	s.handle("DELETE /v1/tokens/{id}", admin, s.handleRevokeToken)
 
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 }
@@ -125,9 +131,17 @@ func (s *Server) routes() {
 // handle registers h behind authentication and request metrics.
 func (s *Server) handle(pattern string, acc access, h func(http.ResponseWriter, *http.Request) error) {
 	route := pattern[strings.IndexByte(pattern, ' ')+1:]
+	infer := strings.HasSuffix(route, "/infer")
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		id := requestIDOf(r)
+		w.Header().Set(HeaderRequestID, id)
+		r = r.WithContext(WithRequestID(r.Context(), id))
 		sw := &statusWriter{ResponseWriter: w}
+		if infer {
+			s.metrics.inFlight.Inc()
+			defer s.metrics.inFlight.Dec()
+		}
 		err := s.authorize(r, acc)
 		if err == nil {
 			err = h(sw, r)
@@ -137,7 +151,8 @@ func (s *Server) handle(pattern string, acc access, h func(http.ResponseWriter, 
 		}
 		took := time.Since(start)
 		s.metrics.observe(route, r.PathValue("name"), sw.status(), took)
-		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status(), "took", took, "remote", r.RemoteAddr)
+		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status(), "took", took,
+			"remote", r.RemoteAddr, "request", id, "model", r.PathValue("name"))
 	})
 }
 
@@ -161,11 +176,12 @@ func (s *Server) HTTPServer(tlsConfig *tls.Config) *http.Server {
 // writeError answers with err's catalogue entry and logs what the client cannot see.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	e := Classify(err)
+	id := RequestID(r.Context())
 	switch {
 	case e.Code == CodeInternal:
-		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "request", id, "err", err)
 	default:
-		s.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "code", e.Code, "err", err)
+		s.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "request", id, "code", e.Code, "err", err)
 	}
 	if e.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfterSeconds)

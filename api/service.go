@@ -78,6 +78,22 @@ type ClusterService interface {
 	DrainNode(ctx context.Context, name string) error
 	// RemoveNode takes the node out of the cluster.
 	RemoveNode(ctx context.Context, name string) error
+	// UndrainNode lets a drained node take stages again (the end of a maintenance).
+	UndrainNode(ctx context.Context, name string) error
+	// Diagnose says, for each target (node name, peer id or address; none means every
+	// peer known), whether it is discovered, reachable and admitted, and why not.
+	Diagnose(ctx context.Context, targets []string) (wire.DoctorReport, error)
+	// JoinToken returns what a new node needs to join: the secret and seed addresses.
+	JoinToken(ctx context.Context) (wire.JoinToken, error)
+
+	// CreateToken makes a new API token of the given scope; name "" picks an id. The
+	// secret is in the answer only; the cluster keeps its hash. A name in use is an
+	// error wrapping ErrConflict.
+	CreateToken(ctx context.Context, scope Scope, name string) (wire.TokenCreated, error)
+	// ListTokens lists the tokens, revoked ones included, without secrets.
+	ListTokens(ctx context.Context) ([]wire.TokenInfo, error)
+	// RevokeToken revokes the token with that id; an unknown id wraps ErrTokenNotFound.
+	RevokeToken(ctx context.Context, id string) error
 }
 
 // Scope is what a token may do.

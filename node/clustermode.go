@@ -9,13 +9,18 @@ package node
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/consensus"
+	"github.com/layermesh/layermesh/mesh"
 )
 
 // clusterServices serves api.ModelService, api.HealthService and api.ClusterService
@@ -56,6 +61,8 @@ func (s clusterServices) Infer(ctx context.Context, req api.InferRequest) (api.I
 	if err != nil {
 		return api.InferResult{}, err
 	}
+	s.n.inferInFlight.Add(1)
+	defer s.n.inferInFlight.Add(-1)
 	return c.Infer(ctx, req)
 }
 
@@ -80,7 +87,13 @@ func (s clusterServices) Cluster(ctx context.Context) (wire.ClusterStatus, error
 	if err != nil {
 		return wire.ClusterStatus{}, err
 	}
-	return c.Cluster(ctx)
+	st, err := c.Cluster(ctx)
+	if err != nil {
+		return wire.ClusterStatus{}, err
+	}
+	st.Version = Version
+	describeNodes(c, st.Nodes)
+	return st, nil
 }
 
 func (s clusterServices) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
@@ -88,7 +101,53 @@ func (s clusterServices) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.Nodes(ctx)
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	describeNodes(c, nodes)
+	return nodes, nil
+}
+
+// describeNodes adds what an operator asks first about each node: its health as
+// memberlist sees it, its part in Raft, its capacity and free memory, and its load.
+func describeNodes(c *Cluster, nodes []wire.NodeStatus) {
+	st := c.store.State()
+	leader := c.store.Leader()
+	byName := make(map[string]string, len(st.Members))
+	for id, m := range st.Members {
+		byName[m.Name] = id
+	}
+	health := make(map[string]string)
+	metas := make(map[string]mesh.NodeMeta)
+	for _, m := range c.mesh.Members() {
+		health[m.PeerID.String()] = m.State.String()
+		metas[m.PeerID.String()] = m.Meta
+	}
+	for i := range nodes {
+		nd := &nodes[i]
+		id, ok := byName[nd.Name]
+		if !ok {
+			continue
+		}
+		m := st.Members[id]
+		nd.PeerID, nd.Leader, nd.Voter = id, id == leader, m.Voter
+		nd.Health = "unknown"
+		if h, ok := health[id]; ok {
+			nd.Health = h
+		}
+		capacity := wire.NodeCapacity{MemBudget: m.Capacity.MemBudget, MemFree: m.Capacity.MemBudget, Cores: m.Capacity.Cores, Speed: m.Capacity.Speed}
+		if id == c.self {
+			nd.Health = "alive"
+			capacity.MemFree = max(m.Capacity.MemBudget-c.runtime.UsedBytes(), 0)
+		} else if meta, ok := metas[id]; ok {
+			capacity.MemFree, nd.Load = meta.FreeMem, meta.Load
+		}
+		if id == c.self {
+			nd.Load = c.mesh.Meta().Load
+		}
+		nd.Capacity = &capacity
+	}
 }
 
 func (s clusterServices) DrainNode(ctx context.Context, name string) error {
@@ -105,6 +164,146 @@ func (s clusterServices) RemoveNode(ctx context.Context, name string) error {
 		return err
 	}
 	return c.RemoveNode(ctx, name)
+}
+
+func (s clusterServices) UndrainNode(ctx context.Context, name string) error {
+	c, err := s.part()
+	if err != nil {
+		return err
+	}
+	id, err := c.memberByName(name)
+	if err != nil {
+		return err
+	}
+	switch state := c.store.State().Members[id].State; state {
+	case consensus.MemberAlive:
+		return nil
+	case consensus.MemberDraining:
+		return c.applyRetrying(ctx, consensus.NewCommand(consensus.SetMemberState{ID: id, State: consensus.MemberAlive, At: nowUTC()}))
+	default:
+		return fmt.Errorf("%w: node %s is %s, not draining", api.ErrConflict, name, state)
+	}
+}
+
+// doctorTimeout bounds a diagnosis: each unreachable peer costs a dial timeout.
+const doctorTimeout = 30 * time.Second
+
+func (s clusterServices) Diagnose(ctx context.Context, targets []string) (wire.DoctorReport, error) {
+	c, err := s.part()
+	if err != nil {
+		return wire.DoctorReport{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, doctorTimeout)
+	defer cancel()
+	rep := wire.DoctorReport{Self: s.n.name}
+	for _, d := range c.mesh.Diagnose(ctx, targets) {
+		pd := wire.PeerDiagnosis{
+			Target: d.Target, Name: d.Name, Discovered: d.Discovered, Reachable: d.Reachable, Admitted: d.Admitted,
+			State: d.State, RTTMillis: float64(d.RTT.Microseconds()) / 1000, BandwidthBytes: d.Bandwidth,
+			Cause: d.Cause, Detail: d.Detail,
+		}
+		if d.PeerID != "" {
+			pd.PeerID = d.PeerID.String()
+		}
+		rep.Peers = append(rep.Peers, pd)
+	}
+	return rep, nil
+}
+
+func (s clusterServices) JoinToken(ctx context.Context) (wire.JoinToken, error) {
+	c, err := s.part()
+	if err != nil {
+		return wire.JoinToken{}, err
+	}
+	secret, err := loadOrCreateSecret(c.opts)
+	if err != nil {
+		return wire.JoinToken{}, err
+	}
+	return wire.JoinToken{ClusterID: clusterID(secret), Secret: string(secret), Seeds: c.Addrs()}, nil
+}
+
+// tokenWait bounds how long a token call waits for its change to reach this node's
+// copy of the state, so that the next call here already sees it.
+const tokenWait = 10 * time.Second
+
+func (s clusterServices) CreateToken(ctx context.Context, scope api.Scope, name string) (wire.TokenCreated, error) {
+	c, err := s.part()
+	if err != nil {
+		return wire.TokenCreated{}, err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return wire.TokenCreated{}, err
+	}
+	secret := hex.EncodeToString(raw)
+	id := name
+	if id == "" {
+		id = "tok-" + secret[:8]
+	}
+	// A name taken twice at the same moment can still race here; the later write
+	// replaces the earlier token, whose holder then gets 401 and asks again.
+	if _, ok := c.store.State().Tokens[id]; ok {
+		return wire.TokenCreated{}, fmt.Errorf("%w: token %s", api.ErrConflict, id)
+	}
+	tok := consensus.Token{ID: id, Hash: consensus.TokenHash(secret), Scope: consensus.TokenScope(scope), Created: nowUTC()}
+	if err := c.applyRetrying(ctx, consensus.NewCommand(consensus.PutToken{Token: tok})); err != nil {
+		return wire.TokenCreated{}, err
+	}
+	if err := waitState(ctx, c, func(st *consensus.ClusterState) bool { _, ok := st.Tokens[id]; return ok }); err != nil {
+		return wire.TokenCreated{}, err
+	}
+	s.n.log.Info("token created", "token", id, "scope", scope)
+	return wire.TokenCreated{TokenInfo: tokenInfo(tok), Secret: secret}, nil
+}
+
+func (s clusterServices) ListTokens(ctx context.Context) ([]wire.TokenInfo, error) {
+	c, err := s.part()
+	if err != nil {
+		return nil, err
+	}
+	toks := c.store.State().Tokens
+	out := make([]wire.TokenInfo, 0, len(toks))
+	for _, id := range slices.Sorted(maps.Keys(toks)) {
+		out = append(out, tokenInfo(toks[id]))
+	}
+	return out, nil
+}
+
+func (s clusterServices) RevokeToken(ctx context.Context, id string) error {
+	c, err := s.part()
+	if err != nil {
+		return err
+	}
+	if _, ok := c.store.State().Tokens[id]; !ok {
+		return fmt.Errorf("%w: %s", api.ErrTokenNotFound, id)
+	}
+	if err := c.applyRetrying(ctx, consensus.NewCommand(consensus.RevokeToken{ID: id, At: nowUTC()})); err != nil {
+		return err
+	}
+	s.n.log.Info("token revoked", "token", id)
+	return waitState(ctx, c, func(st *consensus.ClusterState) bool { return st.Tokens[id].Revoked })
+}
+
+func tokenInfo(t consensus.Token) wire.TokenInfo {
+	return wire.TokenInfo{ID: t.ID, Scope: string(t.Scope), Created: t.Created, Revoked: t.Revoked, RevokedAt: t.RevokedAt}
+}
+
+// waitState waits until this node's copy of the state satisfies ok: a write forwarded
+// to the leader is committed before this node has applied it.
+func waitState(ctx context.Context, c *Cluster, ok func(*consensus.ClusterState) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, tokenWait)
+	defer cancel()
+	changes, stop := c.store.Watch()
+	defer stop()
+	for !ok(c.store.State()) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: the change was committed but has not reached this node yet", api.ErrNotReady)
+		case <-changes:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // Ready is the backend's check followed by the cluster part's own checks.
@@ -125,7 +324,20 @@ func (n *Node) startCluster(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: start cluster: %w", err)
 	}
+	if err := c.RegisterMetrics(n.reg); err != nil {
+		_ = c.Close()
+		return fmt.Errorf("node: cluster metrics: %w", err)
+	}
+	if err := registerClusterMetrics(n.reg, c); err != nil {
+		_ = c.Close()
+		return fmt.Errorf("node: cluster metrics: %w", err)
+	}
 	n.cluster.Store(c)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.publishLoad(ctx, c)
+	}()
 	if n.cfg.Cluster.founding() {
 		n.wg.Add(1)
 		go func() {
@@ -194,5 +406,33 @@ func (n *Node) publishAdminToken(ctx context.Context, c *Cluster) {
 			return
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// loadInterval is how often a changed load is published in the node's membership
+// metadata: often enough for status pages, rare enough not to flood the gossip.
+const loadInterval = 2 * time.Second
+
+// publishLoad keeps the node's metadata Load equal to its inference requests in
+// flight, so that every node's status shows every node's load.
+func (n *Node) publishLoad(ctx context.Context, c *Cluster) {
+	tick := time.NewTicker(loadInterval)
+	defer tick.Stop()
+	last := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		load := int(n.inferInFlight.Load())
+		if load == last {
+			continue
+		}
+		if err := c.mesh.UpdateMeta(func(m *mesh.NodeMeta) { m.Load = load }); err != nil {
+			n.log.Debug("publishing load", "err", err)
+			continue
+		}
+		last = load
 	}
 }

@@ -126,6 +126,9 @@ type Node struct {
 
 	// cluster is the cluster part, set by Run in cluster mode once it has started.
 	cluster atomic.Pointer[Cluster]
+	// inferInFlight counts inference requests being answered (the load published to
+	// the other members).
+	inferInFlight atomic.Int64
 	// wg tracks the node's own background work, waited for in shutdown.
 	wg sync.WaitGroup
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api"
 )
 
 // Router errors. The API maps ErrNoReplica to 503 with Retry-After.
@@ -214,7 +215,11 @@ func (r *Router) Infer(ctx context.Context, model, version string, inputs []tens
 	if len(outputs) == 0 {
 		outputs = plan.Outputs
 	}
-	requestID := newRequestID()
+	// The HTTP request's id, so one id follows the request through every node's logs.
+	requestID := api.RequestID(ctx)
+	if requestID == "" {
+		requestID = newRequestID()
+	}
 	side := 0
 	if plan.DriveFromLast {
 		side = len(plan.Stages) - 1
@@ -377,6 +382,9 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 		}
 		if err == nil {
 			r.clearPenalty(rep.Node)
+			if attempts > 1 {
+				r.metrics().failover(plan.Model, call.Stage)
+			}
 			return out, nil
 		}
 		if !retryable(ctx, err) {
@@ -423,6 +431,9 @@ func (r *Router) attempt(ctx context.Context, rep Replica, call StageCall, timeo
 		out, err = r.caller.CallStage(ctx, rep.Node, call)
 	}
 	r.metrics().observeAttempt(call.Model, call.Stage, rep.Local, err, time.Since(start))
+	if !rep.Local {
+		r.metrics().observeLink(rep.Node, call.Inputs, out)
+	}
 	return out, err
 }
 

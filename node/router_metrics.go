@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/layermesh/layermesh/accel/tensor"
 )
 
 // RouterMetrics are the router's Prometheus series: per-stage call latency (local runs
@@ -15,6 +17,9 @@ type RouterMetrics struct {
 	retries      *prometheus.CounterVec   // model, stage
 	noReplica    *prometheus.CounterVec   // model, stage
 	forwarded    prometheus.Counter
+	failovers    *prometheus.CounterVec // model, stage
+	linkSent     *prometheus.CounterVec // peer
+	linkReceived *prometheus.CounterVec // peer
 }
 
 // NewRouterMetrics creates the series and registers them on reg.
@@ -37,8 +42,20 @@ func NewRouterMetrics(reg prometheus.Registerer) (*RouterMetrics, error) {
 			Name: "layermesh_requests_forwarded_total",
 			Help: "Requests this entry node handed to a driver node holding the heavy-side stage.",
 		}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "layermesh_stage_failovers_total",
+			Help: "Stage calls that succeeded on another replica after at least one attempt failed.",
+		}, []string{"model", "stage"}),
+		linkSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "layermesh_link_sent_bytes_total",
+			Help: "Tensor bytes this node's router sent to a peer in stage calls, by peer id.",
+		}, []string{"peer"}),
+		linkReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "layermesh_link_received_bytes_total",
+			Help: "Tensor bytes this node's router received from a peer in stage answers, by peer id.",
+		}, []string{"peer"}),
 	}
-	for _, c := range []prometheus.Collector{m.stageSeconds, m.retries, m.noReplica, m.forwarded} {
+	for _, c := range []prometheus.Collector{m.stageSeconds, m.retries, m.noReplica, m.forwarded, m.failovers, m.linkSent, m.linkReceived} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -83,4 +100,29 @@ func (m *RouterMetrics) forward() {
 	if m != nil {
 		m.forwarded.Inc()
 	}
+}
+
+func (m *RouterMetrics) failover(model string, stage int) {
+	if m != nil {
+		m.failovers.WithLabelValues(model, stageLabel(stage)).Inc()
+	}
+}
+
+// observeLink counts the tensor bytes of one remote stage call each way.
+func (m *RouterMetrics) observeLink(peer string, sent, received []tensor.Tensor) {
+	if m == nil {
+		return
+	}
+	m.linkSent.WithLabelValues(peer).Add(float64(tensorBytes(sent)))
+	if received != nil {
+		m.linkReceived.WithLabelValues(peer).Add(float64(tensorBytes(received)))
+	}
+}
+
+func tensorBytes(ts []tensor.Tensor) int {
+	n := 0
+	for _, t := range ts {
+		n += len(t.Data)
+	}
+	return n
 }

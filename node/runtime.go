@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
@@ -117,10 +118,12 @@ type StageRuntime struct {
 	closed bool
 
 	reportMu sync.Mutex
-	kick     chan struct{}
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// observe, when set, hears each run's compute time (SetComputeObserver).
+	observe atomic.Pointer[func(k StageKey, d time.Duration, err error)]
+	kick    chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // NewStageRuntime starts the runtime's reconcile loop; Close stops it.
@@ -247,7 +250,17 @@ func (r *StageRuntime) RunStage(ctx context.Context, model, version string, stag
 	s.inFlight.Add(1)
 	r.mu.Unlock()
 	defer s.inFlight.Done()
-	return s.sess.Run(ctx, inputs, outputs)
+	start := time.Now()
+	out, err := s.sess.Run(ctx, inputs, outputs)
+	if fn := r.observe.Load(); fn != nil {
+		(*fn)(k, time.Since(start), err)
+	}
+	return out, err
+}
+
+// SetComputeObserver makes RunStage report each run's compute time, for metrics.
+func (r *StageRuntime) SetComputeObserver(fn func(k StageKey, d time.Duration, err error)) {
+	r.observe.Store(&fn)
 }
 
 // Close cancels loads, waits for in-flight runs and closes every session.

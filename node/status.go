@@ -68,6 +68,37 @@ func (n *Node) RemoveNode(ctx context.Context, name string) error {
 	return fmt.Errorf("%w: there is no cluster to remove %s from", api.ErrNotClusterMode, name)
 }
 
+// UndrainNode has no drained node outside a cluster.
+func (n *Node) UndrainNode(ctx context.Context, name string) error {
+	return fmt.Errorf("%w: nothing to undrain on a single node", api.ErrNotClusterMode)
+}
+
+// Diagnose has no peers to diagnose outside a cluster.
+func (n *Node) Diagnose(ctx context.Context, targets []string) (wire.DoctorReport, error) {
+	return wire.DoctorReport{}, fmt.Errorf("%w: a single node has no peers to diagnose", api.ErrNotClusterMode)
+}
+
+// JoinToken has no cluster to join.
+func (n *Node) JoinToken(ctx context.Context) (wire.JoinToken, error) {
+	return wire.JoinToken{}, fmt.Errorf("%w: start the node with --bootstrap to found a cluster others can join", api.ErrNotClusterMode)
+}
+
+// CreateToken needs the cluster state, where tokens are kept; a single node has its
+// admin token only.
+func (n *Node) CreateToken(ctx context.Context, scope api.Scope, name string) (wire.TokenCreated, error) {
+	return wire.TokenCreated{}, fmt.Errorf("%w: tokens live in the cluster state; a single node has its admin token only", api.ErrNotClusterMode)
+}
+
+// ListTokens: see CreateToken.
+func (n *Node) ListTokens(ctx context.Context) ([]wire.TokenInfo, error) {
+	return nil, fmt.Errorf("%w: tokens live in the cluster state; a single node has its admin token only", api.ErrNotClusterMode)
+}
+
+// RevokeToken: see CreateToken.
+func (n *Node) RevokeToken(ctx context.Context, id string) error {
+	return fmt.Errorf("%w: tokens live in the cluster state; a single node has its admin token only", api.ErrNotClusterMode)
+}
+
 // VerifyToken checks a bearer token: against the cluster's tokens in cluster mode,
 // else against this node's admin token.
 func (n *Node) VerifyToken(ctx context.Context, token string) (api.Scope, error) {
@@ -77,8 +108,9 @@ func (n *Node) VerifyToken(ctx context.Context, token string) (api.Scope, error)
 	return n.tokens.verify(token)
 }
 
-// tokenStore holds the sha256 of the admin token; the plain token stays only in the
-// file the operator reads. Later the Raft state holds hashed admin and infer tokens.
+// tokenStore holds the sha256 of this node's admin token; the plain token stays only
+// in the file the operator reads. In cluster mode the Raft state holds the hashes of
+// every token (clustermode.go).
 type tokenStore struct {
 	adminHash [sha256.Size]byte
 }

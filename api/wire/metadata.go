@@ -90,6 +90,19 @@ type NodeStatus struct {
 	Cores    int      `json:"cores"`
 	MemTotal uint64   `json:"mem_total,omitempty"`
 	Models   []string `json:"models"`
+	// The fields below are filled in cluster mode.
+	// PeerID is the node's libp2p identity.
+	PeerID string `json:"peer_id,omitempty"`
+	// Health is memberlist's view from the answering node: alive, suspect, dead or
+	// left; "unknown" when the node is not in its member list.
+	Health string `json:"health,omitempty"`
+	// Leader and Voter say the node's part in Raft.
+	Leader bool `json:"leader,omitempty"`
+	Voter  bool `json:"voter,omitempty"`
+	// Capacity is what the node offers and has free.
+	Capacity *NodeCapacity `json:"capacity,omitempty"`
+	// Load is the node's inference requests in flight, as its metadata last said.
+	Load int `json:"load"`
 }
 
 // NodeList is the body of GET /v1/nodes.
