@@ -242,13 +242,18 @@ func (c *Cluster) goRun(fn func(ctx context.Context)) {
 }
 
 // Close stops the node's part in the cluster in an order that loses no answered work:
-// stop the loops (no new placements or loads), hand Raft leadership over and close the
-// store (so the others elect quickly), then unload stages once their in-flight runs end,
-// and close the mesh last, because the store and in-flight stage calls ride on it.
+// announce the departure in memberlist (peers stop routing stage calls here at once
+// instead of after a failure detection), stop the loops (no new placements or loads),
+// hand Raft leadership over and close the store (so the others elect quickly), then
+// unload stages once their in-flight runs end, and close the mesh last, because the
+// store and in-flight stage calls ride on it.
 func (c *Cluster) Close() error {
+	var errs []error
+	if err := c.mesh.Leave(2 * time.Second); err != nil {
+		errs = append(errs, fmt.Errorf("leave: %w", err))
+	}
 	c.cancel()
 	c.wg.Wait()
-	var errs []error
 	if err := c.store.Close(); err != nil {
 		errs = append(errs, err)
 	}

@@ -368,4 +368,31 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	if err != nil || maxRelDiff(got, want) > 1e-4 {
 		t.Fatalf("infer via the restarted node: %v (diff %g)", err, maxRelDiff(got, want))
 	}
+
+	// Drain it again: its stages move to the others first, then it serves nothing,
+	// and every stage keeps 2 ready replicas throughout.
+	if err := survivor.DrainNode(ctx, back.opts.Name); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() error {
+		st := survivor.Store().State()
+		m, err := survivor.resolveVersion(st, "gpt", "")
+		if err != nil {
+			return err
+		}
+		live := survivor.liveMembers()
+		for k := range m.Stages {
+			ready := survivor.readyReplicas(m, k, live)
+			if len(ready) < 2 {
+				return fmt.Errorf("stage %d has ready replicas %v", k, ready)
+			}
+		}
+		if n := len(back.Runtime().Served()); n != 0 {
+			return fmt.Errorf("drained node still serves %d stages", n)
+		}
+		return nil
+	})
+	if _, err := inferGPT(survivor, "gpt", inputs); err != nil {
+		t.Fatalf("infer after the drain: %v", err)
+	}
 }

@@ -196,8 +196,11 @@ func (c *Cluster) cut(name, srcHash string, srcSize int64, stages, replicas int,
 	}
 	plan, err := partition.Plan(g, devices, partition.PlanOptions{Stages: stages})
 	if err != nil {
-		if errors.Is(err, partition.ErrDoesNotFit) {
+		switch {
+		case errors.Is(err, partition.ErrDoesNotFit):
 			return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: %w: %w", name, ErrInsufficientCapacity, err)
+		case errors.Is(err, partition.ErrTooManyStages):
+			return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
 		}
 		return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: plan: %w", name, err)
 	}
@@ -367,7 +370,9 @@ func (c *Cluster) Infer(ctx context.Context, req api.InferRequest) (api.InferRes
 	out, err := c.router.Infer(ctx, m.Name, m.Version, req.Inputs, req.Outputs)
 	if err != nil {
 		switch {
-		case errors.Is(err, ErrNoReplica):
+		case errors.Is(err, ErrNoReplica), errors.Is(err, ErrStageFailed):
+			// Every replica of a stage is gone or failed: the client may retry once
+			// the placement has healed (503 with Retry-After).
 			return api.InferResult{}, fmt.Errorf("%w: %w", api.ErrNoReplica, err)
 		case errors.Is(err, ErrUnknownModel):
 			return api.InferResult{}, fmt.Errorf("%w: %w", api.ErrModelNotFound, err)

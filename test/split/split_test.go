@@ -1,16 +1,20 @@
 package split
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -295,16 +299,43 @@ func TestSplitLargerThanAnyNode(t *testing.T) {
 		t.Fatalf("output differs by %g", d)
 	}
 
-	// Asking for more than the cluster can hold fails with the shortfall, and leaves
-	// nothing behind.
+}
+
+// TestSplitDeployBeyondCapacity: asking for more than the cluster can hold fails with
+// a clear error naming the shortfall, and leaves nothing behind.
+func TestSplitDeployBeyondCapacity(t *testing.T) {
+	path, size := model(t)
 	small := startCluster(t, 2, size/4)
-	_, err = small.deploy(0, path, size, 0, 1)
+	_, err := small.deploy(0, path, size, 0, 1)
 	var apiErr *client.Error
 	if err == nil || !errors.As(err, &apiErr) || !regexp.MustCompile(`short|exceed|fit`).MatchString(apiErr.Message) {
 		t.Fatalf("deploy beyond capacity: got %v, want a clear capacity error", err)
 	}
 	t.Logf("beyond capacity: %d %s: %s", apiErr.Status, apiErr.Code, apiErr.Message)
 	if models, err := small.client(1).Models(context.Background()); err != nil || len(models) != 0 {
+		t.Fatalf("a refused deploy left models behind: %v %v", models, err)
+	}
+}
+
+// TestSplitDeployCorrupt: a truncated model is refused with 422 invalid_model and
+// leaves nothing behind.
+func TestSplitDeployCorrupt(t *testing.T) {
+	path, size := model(t)
+	c := startCluster(t, 2, 1<<30)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(t.TempDir(), "truncated.onnx")
+	if err := os.WriteFile(bad, raw[:size/3], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.deploy(0, bad, size/3, 2, 1)
+	var apiErr *client.Error
+	if !errors.As(err, &apiErr) || apiErr.Status != 422 || apiErr.Code != "invalid_model" {
+		t.Fatalf("corrupt model: got %v, want 422 invalid_model", err)
+	}
+	if models, err := c.client(1).Models(context.Background()); err != nil || len(models) != 0 {
 		t.Fatalf("a refused deploy left models behind: %v %v", models, err)
 	}
 }
@@ -568,4 +599,51 @@ func failoverFigures(stats *harness.LoadStats, killedAt time.Time) failover {
 	f.firstMS, f.p50MS, f.maxMS = toAnswer[0], toAnswer[len(toAnswer)/2], toAnswer[len(toAnswer)-1]
 	f.addedP50MS, f.addedMaxMS = added[len(added)/2], added[len(added)-1]
 	return f
+}
+
+// TestSplitNoLiveReplica: a stage whose only holder is killed, with no other node able
+// to hold it, makes inference answer 503 no_replica with Retry-After, never 500.
+func TestSplitNoLiveReplica(t *testing.T) {
+	path, size := model(t)
+	c := startCluster(t, 2, size*6/10)
+	if _, err := c.deploy(0, path, size, 2, 1); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+	if err := c.waitReplicas(0, 1, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.Leader(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim, entry := 1-leader, leader
+	if err := c.Kill(victim); err != nil {
+		t.Fatal(err)
+	}
+	body, err := harness.EncodeInfer(&wire.Request{Inputs: inputs(t, 1), BinaryOutputs: true}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		req, err := http.NewRequest(http.MethodPost, c.URL(entry, "/v2/models/gpt/infer"), bytes.NewReader(body.Body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Inference-Header-Content-Length", strconv.Itoa(body.HeaderLen))
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+			!strings.Contains(string(msg), "no_replica") {
+			t.Fatalf("request %d with stage holder dead: %d Retry-After=%q %s", i, resp.StatusCode, resp.Header.Get("Retry-After"), msg)
+		}
+		if i == 0 {
+			t.Logf("answer with the only holder of a stage dead: %d, Retry-After %s, %s", resp.StatusCode, resp.Header.Get("Retry-After"), msg)
+		}
+		time.Sleep(2 * time.Second) // the next ones after memberlist declared it dead
+	}
 }
