@@ -342,6 +342,23 @@ func TestRoutes(t *testing.T) {
 		{"PUT", "/v1/models/x?stages=2", admin, 501, api.CodeNotClusterMode},
 		// 400: bad query
 		{"PUT", "/v1/models/x?replicas=-1", admin, 400, api.CodeBadRequest},
+		// Operations endpoints: admin only, cluster-only on a single node.
+		{"POST", "/v1/nodes/test-node/undrain", "", 401, api.CodeUnauthorized},
+		{"POST", "/v1/nodes/test-node/undrain", admin, 501, api.CodeNotClusterMode},
+		{"GET", "/v1/nodes/test-node/undrain", admin, 405, api.CodeMethodNotAllowed},
+		{"GET", "/v1/doctor", "", 401, api.CodeUnauthorized},
+		{"GET", "/v1/doctor", admin, 501, api.CodeNotClusterMode},
+		{"POST", "/v1/doctor", admin, 405, api.CodeMethodNotAllowed},
+		{"GET", "/v1/join-token", "wrong", 401, api.CodeUnauthorized},
+		{"GET", "/v1/join-token", admin, 501, api.CodeNotClusterMode},
+		{"DELETE", "/v1/join-token", admin, 405, api.CodeMethodNotAllowed},
+		{"GET", "/v1/tokens", "", 401, api.CodeUnauthorized},
+		{"GET", "/v1/tokens", admin, 501, api.CodeNotClusterMode},
+		{"PUT", "/v1/tokens", admin, 405, api.CodeMethodNotAllowed},
+		{"POST", "/v1/tokens", "", 401, api.CodeUnauthorized},
+		{"DELETE", "/v1/tokens/x", "", 401, api.CodeUnauthorized},
+		{"DELETE", "/v1/tokens/x", admin, 501, api.CodeNotClusterMode},
+		{"GET", "/v1/tokens/x", admin, 405, api.CodeMethodNotAllowed},
 	}
 	for _, r := range rows {
 		t.Run(r.method+" "+r.path, func(t *testing.T) {
@@ -360,6 +377,31 @@ func TestRoutes(t *testing.T) {
 			}
 		})
 	}
+	// POST /v1/tokens checks its body before anything else.
+	for _, r := range []struct {
+		body   string
+		status int
+		code   api.Code
+	}{
+		{`{`, 400, api.CodeBadJSON},
+		{`{"scope":"root"}`, 400, api.CodeBadRequest},
+		{`{"scope":"infer","name":"a b"}`, 400, api.CodeInvalidName},
+		{`{"scope":"infer","name":"` + strings.Repeat("x", 70<<10) + `"}`, 413, api.CodeBodyTooLarge},
+		{`{"scope":"infer","name":"ci"}`, 501, api.CodeNotClusterMode},
+	} {
+		status, _, b := n.do(t, "POST", "/v1/tokens", admin, strings.NewReader(r.body), nil)
+		if status != r.status || errorCode(t, b) != string(r.code) {
+			t.Errorf("POST /v1/tokens %.40q: %d %s, want %d %s", r.body, status, b, r.status, r.code)
+		}
+	}
+	// Every answer carries a request id; a client's own id is echoed.
+	if _, h, _ := n.do(t, "GET", "/v2/health/live", "", nil, nil); len(h.Get(api.HeaderRequestID)) != 16 {
+		t.Errorf("request id %q, want 16 hex characters", h.Get(api.HeaderRequestID))
+	}
+	if _, h, _ := n.do(t, "GET", "/v2", "", nil, map[string]string{api.HeaderRequestID: "trace-42"}); h.Get(api.HeaderRequestID) != "trace-42" {
+		t.Errorf("request id %q, want the client's trace-42", h.Get(api.HeaderRequestID))
+	}
+
 	// The bodies say what they should.
 	c := n.client(t, admin)
 	ctx := context.Background()

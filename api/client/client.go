@@ -352,3 +352,81 @@ func (c *Client) RemoveNode(ctx context.Context, name string) error {
 	}
 	return resp.Body.Close()
 }
+
+// UndrainNode is POST /v1/nodes/{name}/undrain: the node may take stages again.
+func (c *Client) UndrainNode(ctx context.Context, name string) error {
+	resp, err := c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/undrain", nil, 0, nil, http.StatusNoContent, http.StatusOK)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// Doctor is GET /v1/doctor: why the answering node can or cannot see each target
+// (node names, peer ids or addresses; none means every peer it knows of).
+func (c *Client) Doctor(ctx context.Context, targets ...string) (wire.DoctorReport, error) {
+	q := url.Values{}
+	for _, t := range targets {
+		q.Add("target", t)
+	}
+	path := "/v1/doctor"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var rep wire.DoctorReport
+	_, err := c.getJSON(ctx, path, &rep)
+	return rep, err
+}
+
+// JoinToken is GET /v1/join-token: the cluster secret and seed addresses.
+func (c *Client) JoinToken(ctx context.Context) (wire.JoinToken, error) {
+	var jt wire.JoinToken
+	_, err := c.getJSON(ctx, "/v1/join-token", &jt)
+	return jt, err
+}
+
+// CreateToken is POST /v1/tokens. The answer holds the secret, shown this once.
+func (c *Client) CreateToken(ctx context.Context, scope, name string) (wire.TokenCreated, error) {
+	b, err := json.Marshal(wire.TokenRequest{Scope: scope, Name: name})
+	if err != nil {
+		return wire.TokenCreated{}, err
+	}
+	hdr := http.Header{"Content-Type": {"application/json"}}
+	resp, err := c.do(ctx, http.MethodPost, "/v1/tokens", bytes.NewReader(b), int64(len(b)), hdr, http.StatusCreated)
+	if err != nil {
+		return wire.TokenCreated{}, err
+	}
+	defer resp.Body.Close()
+	var tok wire.TokenCreated
+	if err := json.NewDecoder(resp.Body).Decode(&tok); err != nil {
+		return wire.TokenCreated{}, fmt.Errorf("%w: %w", ErrBadResponse, err)
+	}
+	return tok, nil
+}
+
+// Tokens is GET /v1/tokens.
+func (c *Client) Tokens(ctx context.Context) ([]wire.TokenInfo, error) {
+	var l wire.TokenList
+	_, err := c.getJSON(ctx, "/v1/tokens", &l)
+	return l.Tokens, err
+}
+
+// RevokeToken is DELETE /v1/tokens/{id}.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	resp, err := c.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, 0, nil, http.StatusNoContent, http.StatusOK)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// Metrics is GET /metrics, Prometheus' text format.
+func (c *Client) Metrics(ctx context.Context) (string, error) {
+	resp, err := c.do(ctx, http.MethodGet, "/metrics", nil, 0, nil, http.StatusOK)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	return string(b), err
+}

@@ -164,13 +164,11 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 		if rep.Cluster.Leader != "" {
 			fmt.Fprintf(tw, "leader\t%s (term %d)\n", rep.Cluster.Leader, rep.Cluster.Term)
 		}
-		fmt.Fprintln(tw, "\nNODE\tSTATE\tHTTP\tACCEL\tCORES\tMODELS")
-		for _, n := range rep.Cluster.Nodes {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, n.State, n.HTTPAddr, n.Accel, n.Cores, strings.Join(n.Models, ","))
-		}
-		fmt.Fprintln(tw, "\nMODEL\tVERSION\tREADY\tSTAGES\tSIZE")
+		fmt.Fprintln(tw)
+		nodeTable(tw, rep.Cluster.Nodes)
+		fmt.Fprintln(tw, "\nMODEL\tVERSION\tREADY\tSTAGES\tSIZE\tPLACEMENT")
 		for _, m := range rep.Models {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", m.Name, m.Version, yesNo(m.Ready), len(m.Stages), humanBytes(m.Size))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", m.Name, m.Version, yesNo(m.Ready), len(m.Stages), humanBytes(m.Size), placement(m.Stages))
 		}
 	} else {
 		fmt.Fprintf(tw, "admin\tunavailable: %s\n", rep.AdminError)
@@ -222,11 +220,46 @@ func runNodes(ctx context.Context, args []string, stdout io.Writer) error {
 		return printJSON(stdout, wire.NodeList{Nodes: nodes})
 	}
 	tw := newTable(stdout)
-	fmt.Fprintln(tw, "NAME\tSTATE\tHTTP\tACCEL\tCORES\tMODELS")
-	for _, n := range nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, n.State, n.HTTPAddr, n.Accel, n.Cores, strings.Join(n.Models, ","))
-	}
+	nodeTable(tw, nodes)
 	return tw.Flush()
+}
+
+// nodeTable writes one row per node: state, health, Raft role, capacity, load, stages.
+func nodeTable(w io.Writer, nodes []wire.NodeStatus) {
+	fmt.Fprintln(w, "NODE\tSTATE\tHEALTH\tRAFT\tHTTP\tACCEL\tCORES\tMEM FREE/BUDGET\tLOAD\tSTAGES")
+	for _, n := range nodes {
+		role := "-"
+		switch {
+		case n.Leader:
+			role = "leader"
+		case n.Voter:
+			role = "voter"
+		case n.PeerID != "":
+			role = "nonvoter"
+		}
+		mem := "-"
+		if n.Capacity != nil {
+			mem = humanBytes(n.Capacity.MemFree) + "/" + humanBytes(n.Capacity.MemBudget)
+		}
+		health := n.Health
+		if health == "" {
+			health = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", n.Name, n.State, health, role, n.HTTPAddr, n.Accel, n.Cores, mem, n.Load, strings.Join(n.Models, ","))
+	}
+}
+
+// placement writes a model's plan on one line: stage -> replicas, * for ready.
+func placement(stages []wire.StageStatus) string {
+	parts := make([]string, len(stages))
+	for i, s := range stages {
+		mark := ""
+		if s.Ready {
+			mark = "*"
+		}
+		parts[i] = fmt.Sprintf("%d%s:%s", s.Index, mark, strings.Join(s.Replicas, "+"))
+	}
+	return strings.Join(parts, " ")
 }
 
 func runDeploy(ctx context.Context, args []string, stdout io.Writer) error {
@@ -236,6 +269,7 @@ func runDeploy(ctx context.Context, args []string, stdout io.Writer) error {
 	stages := fs.Int("stages", 0, "pipeline stages (0: let the planner choose)")
 	replicas := fs.Int("replicas", 0, "replicas per stage (0: the cluster default)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	wait := fs.Duration("wait", 0, "wait up to this long until every stage has a ready replica (0: return after the upload)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -274,6 +308,15 @@ func runDeploy(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *wait > 0 {
+		var w io.Writer
+		if !*quiet && !c.json {
+			w = progressOut
+		}
+		if st, err = waitModelReady(ctx, cl, st.Name, *wait, w); err != nil {
+			return err
+		}
+	}
 	if c.json {
 		return printJSON(stdout, st)
 	}
@@ -289,6 +332,8 @@ type progressBar struct {
 	start time.Time
 	last  int
 	drawn bool
+	// unit, when set, counts things (stages) instead of bytes.
+	unit string
 }
 
 func (p *progressBar) update(sent, total int64) {
@@ -303,6 +348,10 @@ func (p *progressBar) update(sent, total int64) {
 	const width = 30
 	fill := width * pct / 100
 	rate := float64(sent) / time.Since(p.start).Seconds()
+	if p.unit != "" {
+		fmt.Fprintf(p.w, "\r%s [%s%s] %3d%% %d / %d %s ", p.label, strings.Repeat("=", fill), strings.Repeat(" ", width-fill), pct, sent, total, p.unit)
+		return
+	}
 	fmt.Fprintf(p.w, "\r%s [%s%s] %3d%% %s / %s  %s/s ", p.label, strings.Repeat("=", fill), strings.Repeat(" ", width-fill), pct, humanBytes(sent), humanBytes(total), humanBytes(int64(rate)))
 }
 

@@ -3,7 +3,11 @@
 //
 // Every command takes --addr (env LAYERMESH_ADDR), --token / --token-file (env
 // LAYERMESH_TOKEN, LAYERMESH_TOKEN_FILE) and --json. Output is a human table by
-// default. Exit codes: 0 success, 1 the command failed, 2 the command line is wrong.
+// default; progress bars go to stderr so stdout stays parseable.
+//
+// Exit codes scripts can rely on: 0 success; 1 the command was understood but failed
+// (the node refused it, could not be reached, or - for doctor and bench - found a
+// problem); 2 the command line is wrong (unknown command or flag, missing argument).
 package main
 
 import (
@@ -55,8 +59,15 @@ func init() {
 		"partition":  {"split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", runPartition},
 		"gen-model":  {"write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", runGenModel},
 		"bench":      {"latency percentiles and throughput: bench MODEL --input ... [--requests N] [--concurrency C]", runBench},
-		"completion": {"print a shell completion script: completion bash", runCompletion},
+		"completion": {"print a shell completion script: completion bash|zsh", runCompletion},
 		"version":    {"print the client's and the node's version", runVersion},
+		"plan":       {"show a model's stages and the nodes serving each: plan NAME", runPlan},
+		"drain":      {"move a node's stages elsewhere before maintenance: drain NODE [--wait 2m]", runDrain},
+		"undrain":    {"let a drained node take stages again: undrain NODE", runUndrain},
+		"remove":     {"take a node out of the cluster: remove NODE", runRemove},
+		"join-token": {"print the cluster secret and seeds a new node joins with", runJoinToken},
+		"doctor":     {"why can't a node see its peers: doctor [NODE|PEER-ID|ADDR ...]", runDoctor},
+		"token":      {"API tokens: token create --scope admin|infer [--name N] | token list | token revoke ID", runToken},
 	}
 }
 
