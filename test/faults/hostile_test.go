@@ -1,0 +1,197 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/api/client"
+	"github.com/layermesh/layermesh/test/harness"
+)
+
+// TestFaultHostilePeers is scenario 7's cluster part, under a stream of inferences
+// through every node: a fourth node started with the wrong cluster secret must be
+// refused (never a member, never ready) while the cluster goes on undisturbed; a peer
+// sending junk frames to every node's libp2p port and memberlist port (TCP) must be
+// cut off; and every bad request of the API catalogue sent to a cluster node must get
+// its own refusal. No inference may fail and every node must stay up.
+func TestFaultHostilePeers(t *testing.T) {
+	requireFaults(t)
+	const nodes = 3
+	wrongSecret := filepath.Join(t.TempDir(), "wrong.secret")
+	if err := os.WriteFile(wrongSecret, []byte(strings.Repeat("f00d", 16)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := startFaultCluster(t, nodes, nil)
+	result := harness.Result{Scenario: "hostile-peers", Trial: 1, Started: time.Now()}
+
+	// The add model as "add", so that the single-node bad-request rows apply here too.
+	raw := addModel(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.client(0).UploadModel(ctx, "add", bytes.NewReader(raw), int64(len(raw)), client.UploadOptions{Stages: 1, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error {
+		for i := range nodes {
+			ready, err := c.client(i).ModelReady(context.Background(), "add", "")
+			if err != nil || !ready.Ready {
+				return fmt.Errorf("add not ready via node %d: %v %v", i, ready, err)
+			}
+		}
+		return nil
+	})
+
+	lctx, stop := context.WithCancel(context.Background())
+	waitLoad := runLoad(lctx, c.load(c.HTTPAddrs(), 2, time.Hour, 20*time.Second))
+
+	// A node with the wrong secret, flags otherwise like the others'.
+	c.flagHook = wrongSecretFlags(nodes, wrongSecret)
+	bad, err := c.Add()
+	if err != nil {
+		t.Logf("wrong-secret node did not start: %v", err)
+	}
+	time.Sleep(10 * time.Second)
+	impostor := c.Node(bad)
+	var impostorReady bool
+	if err == nil && impostor.Running() {
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		impostorReady = c.WaitReady(rctx, bad) == nil
+		rcancel()
+	}
+	if impostorReady {
+		result.Violations++
+		t.Error("a node with the wrong secret became ready")
+	}
+	members, err := c.client(0).Nodes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range members {
+		if m.Name == impostor.Name {
+			result.Violations++
+			t.Errorf("the node with the wrong secret is listed as a member: %+v", m)
+		}
+	}
+	log := impostor.LogTail(1 << 16)
+	refusedClearly := strings.Contains(strings.ToLower(log), "secret")
+	result.Notef("wrong-secret node: running=%v ready=%v, its log names the secret: %v", impostor.Running(), impostorReady, refusedClearly)
+	if !refusedClearly {
+		t.Errorf("the wrong-secret node's log does not say the secret was refused; it ends with:\n%s", impostor.LogTail(2000))
+	}
+	if impostor.Running() {
+		_ = c.Kill(bad)
+	}
+
+	// Junk on every node's libp2p and memberlist ports.
+	for i := range nodes {
+		p2p := c.P2PAddr(i)
+		host, port := multiaddrHostPort(p2p)
+		for j, addr := range []string{net.JoinHostPort(host, port), net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Node(i).GossipPort))} {
+			for seed := uint64(1); seed <= 3; seed++ {
+				result.Requests++
+				verdict, _, err := harness.GarbageTCP(context.Background(), nil, addr, 4096*int(seed), seed+uint64(10*j), 15*time.Second)
+				if err != nil {
+					t.Errorf("junk to node %d at %s: %v", i, addr, err)
+					continue
+				}
+				if verdict != harness.GarbageClosed {
+					result.Violations++
+					t.Errorf("junk to node %d at %s: %v", i, addr, verdict)
+				}
+			}
+		}
+	}
+
+	// Every bad request of the catalogue, to a cluster node.
+	target := &singleNode{addr: c.HTTPAddr(1), token: c.token}
+	hc := &http.Client{Timeout: 30 * time.Second}
+	for _, r := range clusterBadRequests(t) {
+		result.Requests++
+		if err := target.send(context.Background(), hc, r); err != nil {
+			result.Violations++
+			t.Errorf("cluster node, %s: %v", r.name, err)
+		}
+	}
+
+	time.Sleep(2 * time.Second)
+	stop()
+	st, err := waitLoad()
+	if err != nil {
+		t.Fatal(err)
+	}
+	countFailures(t, &result, st, "inference during the abuse")
+	if st.Failures > 0 {
+		t.Errorf("%d inferences failed during the abuse: %v", st.Failures, st.ByCode)
+	}
+	for i := range nodes {
+		if !c.Node(i).Running() {
+			t.Errorf("node %d exited", i)
+		}
+	}
+	if err := c.waitAlive(nodes, 20*time.Second); err != nil {
+		t.Errorf("membership disturbed: %v", err)
+	}
+	for i := range nodes {
+		if l := c.Node(i).LogTail(1 << 22); strings.Contains(l, "panic") {
+			t.Errorf("node %d log shows a panic", i)
+		}
+	}
+	result.Finished = time.Now()
+	result.Passed = !t.Failed()
+	harness.RecordResult(t, result)
+}
+
+// wrongSecretFlags gives every node added after the first n the wrong secret file.
+func wrongSecretFlags(n int, path string) func(*harness.Node, []string) []string {
+	return func(node *harness.Node, flags []string) []string {
+		if node.Index < n {
+			return flags
+		}
+		for i := range flags {
+			if flags[i] == "--cluster-secret-file" && i+1 < len(flags) {
+				flags[i+1] = path
+			}
+		}
+		return flags
+	}
+}
+
+// multiaddrHostPort returns the ip4 and tcp port of an /ip4/A/tcp/P/... multiaddr.
+func multiaddrHostPort(ma string) (string, string) {
+	var host, port string
+	parts := strings.Split(ma, "/")
+	for i := 0; i+1 < len(parts); i++ {
+		switch parts[i] {
+		case "ip4":
+			host = parts[i+1]
+		case "tcp":
+			port = parts[i+1]
+		}
+	}
+	return host, port
+}
+
+// clusterBadRequests is the single-node catalogue of bad requests, with the rows that
+// mean something else on a cluster replaced: a drain is a cluster call, so the node
+// answers a drain of an unknown node with node_not_found.
+func clusterBadRequests(t *testing.T) []badRequest {
+	var out []badRequest
+	for _, r := range badRequests(t) {
+		if r.code == api.CodeNotClusterMode {
+			r = badRequest{name: "drain of an unknown node", method: "POST", path: "/v1/nodes/no-such-node/drain", admin: true,
+				status: http.StatusNotFound, code: api.CodeNodeNotFound}
+		}
+		out = append(out, r)
+	}
+	return out
+}
