@@ -141,6 +141,9 @@ func (v value) String() string {
 	if v.n == 1 {
 		return num(v.median)
 	}
+	if num(v.min) == num(v.max) {
+		return fmt.Sprintf("%s (%d runs)", num(v.median), v.n)
+	}
 	return fmt.Sprintf("%s (%s–%s, %d runs)", num(v.median), num(v.min), num(v.max), v.n)
 }
 
@@ -182,8 +185,13 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 	if info.Quick {
 		mode = "quick (BENCH_QUICK=1: fewer repetitions, no 3 GB external-data model)"
 	}
+	var jobSecs float64
+	for _, j := range jobs {
+		jobSecs += j.Seconds
+	}
+	mode += fmt.Sprintf(", %s for all jobs", duration(jobSecs))
 	if info.Only != "" {
-		mode += "; partial rerun of " + info.Only + " (the other jobs' results are from earlier runs, see each command's date)"
+		mode += fmt.Sprintf("; this invocation reran only %s (%s), the other jobs' results are from an earlier run, see each job's finish time", info.Only, duration(info.Seconds))
 	}
 	p("| machine | |\n|---|---|\n")
 	p("| CPU | %s, %d cores |\n", m.CPU, m.Cores)
@@ -192,7 +200,7 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 	p("| Go | %s |\n", m.GoVersion)
 	p("| ONNX Runtime | %s, CPU execution provider |\n", m.ORTVersion)
 	p("| commit | %s |\n", m.Commit)
-	p("| run | %s, %s |\n", mode, duration(info.Seconds))
+	p("| run | %s |\n", mode)
 	p("| load average (1, 5, 15 min) | %s at the start, %s at the end |\n\n", info.LoadStart, info.LoadEnd)
 	p("The machine is shared: other processes compete for its %d cores during the run, so absolute\n", m.Cores)
 	p("times are noisier than the ratios, which are measured interleaved.\n\n")
