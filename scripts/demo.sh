@@ -1,58 +1,321 @@
 #!/usr/bin/env bash
-# The single-node demo (`make demo`): generate a GPT-style model with meshctl, serve
-# it with one meshnode on a loopback port, wait until it is ready, ask it for the
-# logits of a few tokens with `meshctl infer`, and stop the node cleanly.
+# The main demo (`make demo`): split inference over a mesh of three local nodes.
 #
-# Knobs (environment): DEMO_LAYERS (default 4), DEMO_DIM (256), DEMO_KEEP=1 keeps the
-# work folder (model, data dir, node log) for a look afterwards.
+#  1. generate a 12 x 768 GPT (random weights, GPT-2 vocabulary, ~470 MiB)
+#  2. start three meshnode processes on loopback: node0 bootstraps a cluster, node1 and
+#     node2 join it with its cluster secret (each its own data dir and free ports)
+#  3. deploy the model through node1 in 3 pipeline stages x 2 replicas and print the plan
+#  4. ask for the next token of "The quick brown fox" through every node
+#  5. check those answers against one ONNX Runtime session on the whole model
+#  6. SIGKILL the Raft leader (it also holds stages) while queries keep running
+#     through the two survivors; show zero failed queries, the new leader and the
+#     placement healed back to 2 ready replicas per stage on the survivors
+#  7. stop the survivors cleanly (SIGTERM) and remove the work folder
+#
+# Node logs go to files in the work folder; on a failure their tails are printed.
+# Knobs (environment): DEMO_LAYERS (default 12), DEMO_DIM (768), DEMO_KEEP=1 keeps the
+# work folder (model, data dirs, logs) for a look afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# $EPOCHREALTIME and awk read and write decimal points.
+export LC_ALL=C
 
 for b in bin/meshnode bin/meshctl; do
   [[ -x $b ]] || { echo "demo: $b missing; run make build" >&2; exit 1; }
 done
 
+layers=${DEMO_LAYERS:-12}
+dim=${DEMO_DIM:-768}
+model_name=gpt
+# GPT-2's token ids for "The quick brown fox" (the generated model has GPT-2's
+# vocabulary size but random weights: its next-token guesses are not English; the point
+# is that every path through the mesh gives the same ones as the whole model).
+prompt_ids=464,2068,7586,21831
+prompt_len=4
+max_diff=1e-4 # what the system tests require of the split against the whole model
+
 work=$(mktemp -d -t layermesh-demo.XXXXXX)
-node_pid=""
+declare -a pids=() # node index -> pid while it runs ("" once stopped or killed)
+whole_pid=""
+load_pids=()
+t0=$EPOCHREALTIME
+
+# --- helpers ------------------------------------------------------------------------
+
+now() { echo "$EPOCHREALTIME"; }
+# since T: seconds since the timestamp T, one decimal.
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+section() { printf '\n== %s\n' "$*"; }
+fail() { echo "demo: FAILED: $*" >&2; exit 1; }
+
+# ctl runs meshctl with the admin token node0 created (every node accepts it: the
+# founders publish its hash through Raft).
+ctl() { bin/meshctl "$@" --token-file "$work/node0/admin.token"; }
+addr() { cat "$work/node$1/http.addr"; }
+
 cleanup() {
-  if [[ -n $node_pid ]] && kill -0 "$node_pid" 2>/dev/null; then
-    kill -TERM "$node_pid" 2>/dev/null || true
-    wait "$node_pid" 2>/dev/null || true
+  local rc=$?
+  set +e
+  touch "$work/stop"
+  for p in "${load_pids[@]}"; do kill "$p" 2>/dev/null; done
+  local live=()
+  for p in "${pids[@]}" $whole_pid; do
+    [[ -n $p ]] && kill -0 "$p" 2>/dev/null && { kill -TERM "$p" 2>/dev/null; live+=("$p"); }
+  done
+  # A node that does not stop within 20 s of SIGTERM is killed.
+  for _ in $(seq 1 200); do
+    local any=0
+    for p in "${live[@]}"; do kill -0 "$p" 2>/dev/null && any=1; done
+    ((any)) || break
+    sleep 0.1
+  done
+  for p in "${live[@]}"; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  if ((rc != 0)); then
+    for log in "$work"/*.log; do
+      [[ -f $log ]] || continue
+      echo "--- last lines of $(basename "$log")" >&2
+      tail -n 15 "$log" >&2
+    done
   fi
   if [[ ${DEMO_KEEP:-0} == 1 ]]; then echo "demo: kept $work"; else rm -rf "$work"; fi
+  exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-echo "== 1. generate a GPT-style model (${DEMO_LAYERS:-4} layers, width ${DEMO_DIM:-256}, GPT-2 vocabulary)"
+# wait_file FILE PID: waits up to 60 s for FILE (an address a node writes once it
+# listens), giving up at once if the node exits.
+wait_file() {
+  for _ in $(seq 1 600); do
+    [[ -s $1 ]] && return 0
+    kill -0 "$2" 2>/dev/null || fail "node pid $2 exited before writing $(basename "$1")"
+    sleep 0.1
+  done
+  fail "no $(basename "$1") after 60 s"
+}
+
+# start_node I FLAGS...: starts node I on free loopback ports (HTTP and libp2p from
+# port 0, the bound ones are in http.addr and p2p.addr; memberlist on port 0 too, as
+# nothing here restarts a node) with one ONNX Runtime thread per session: three nodes
+# share this machine's cores.
+start_node() {
+  local i=$1
+  shift
+  mkdir -p "$work/node$i"
+  bin/meshnode --data-dir "$work/node$i" --name "node$i" \
+    --http 127.0.0.1:0 --listen /ip4/127.0.0.1/tcp/0 --gossip-port 0 --no-mdns \
+    --threads 1 --log-format text "$@" >"$work/node$i.log" 2>&1 &
+  pids[i]=$!
+  wait_file "$work/node$i/http.addr" "${pids[i]}"
+  wait_file "$work/node$i/p2p.addr" "${pids[i]}"
+}
+
+# alive_count I: how many members node I sees alive.
+alive_count() { ctl nodes --addr "$(addr "$1")" 2>/dev/null | awk '$2 == "alive"' | wc -l; }
+
+# leader_of I: the leader node I names ("" when none).
+leader_of() { ctl status --addr "$(addr "$1")" 2>/dev/null | awk '$1 == "leader" { print $2 }'; }
+
+# ready_replicas I EXCLUDE: per stage of the model, the alive nodes other than EXCLUDE
+# that node I reports serving it ready, e.g. "2 2 1".
+ready_replicas() {
+  local version
+  version=$(ctl model "$model_name" --addr "$(addr "$1")" 2>/dev/null | awk '$1 == "version" { print $2 }')
+  [[ -n $version ]] || { echo "?"; return; }
+  ctl nodes --addr "$(addr "$1")" 2>/dev/null |
+    awk -v ex="$2" -v pre="$model_name@$version/stage" -v n=3 '
+      $2 == "alive" && $1 != ex {
+        for (k = 0; k < n; k++) if (index($0, pre k " (ready)")) c[k]++
+      }
+      END { for (k = 0; k < n; k++) printf "%d%s", c[k], (k < n - 1 ? " " : "\n") }'
+}
+
+# infer ADDR OUT: asks ADDR for the logits of the prompt, writes them one per line to
+# OUT and prints the round trip in milliseconds.
+infer() {
+  local a=$EPOCHREALTIME
+  bin/meshctl infer "$model_name" --addr "$1" --input "input_ids=$prompt_ids" \
+    --shape "input_ids=1x$prompt_len" --json --timeout 30s >"$2.json" || return 1
+  local ms
+  ms=$(awk -v a="$a" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+  tr -d ' \n\t' <"$2.json" | grep -o '"data":\[[^]]*\]' | head -n 1 |
+    sed -e 's/^"data":\[//' -e 's/\]$//' | tr ',' '\n' >"$2"
+  [[ -s $2 ]] || return 1
+  echo "$ms"
+}
+
+# vocab FILE: the last dimension of the logits' shape in FILE.json.
+vocab() { tr -d ' \n\t' <"$1.json" | grep -o '"shape":\[[^]]*\]' | head -n 1 | tr -d '"shape:[]' | awk -F, '{ print $NF }'; }
+
+# top5 FILE: the five most likely next tokens (the last position's largest logits).
+top5() {
+  tail -n "$(vocab "$1")" "$1" | awk '{ print NR - 1, $1 }' | sort -k2,2 -g -r | head -n 5 |
+    awk '{ printf "%s%s (%.3f)", (NR > 1 ? ", " : ""), $1, $2 } END { print "" }'
+}
+
+# diff_logits GOT WANT: the largest |got - want| / max(1, |want|) over all logits, the
+# measure the system tests use.
+diff_logits() {
+  paste "$1" "$2" | awk '
+    NF != 2 { bad = 1 }
+    { d = $1 - $2; if (d < 0) d = -d; w = $2 < 0 ? -$2 : $2; if (w < 1) w = 1; d /= w; if (d > m) m = d }
+    END { if (bad || NR == 0) print "inf"; else printf "%.3g\n", m }'
+}
+within() { awk -v d="$1" -v lim="$max_diff" 'BEGIN { exit !(d != "inf" && d + 0 <= lim + 0) }'; }
+
+# metric_sum NAME I...: the sum of a Prometheus counter over nodes I... ("" without curl).
+metric_sum() {
+  command -v curl >/dev/null || return 0
+  local name=$1 i
+  shift
+  for i in "$@"; do curl -s "http://$(addr "$i")/metrics" || true; done |
+    awk -v n="$name" 'index($0, n) == 1 { s += $NF } END { printf "%.0f\n", s }'
+}
+
+# --- the demo -------------------------------------------------------------------------
+
+section "1. generate a GPT: $layers layers, width $dim, GPT-2 vocabulary (random weights)"
 mkdir -p "$work/models"
-bin/meshctl gen-model gpt --layers "${DEMO_LAYERS:-4}" --dim "${DEMO_DIM:-256}" --context 128 -o "$work/models/gpt.onnx"
+model=$work/models/$model_name.onnx
+bin/meshctl gen-model gpt --layers "$layers" --dim "$dim" --context 128 -o "$model"
 
-echo "== 2. start meshnode on a free loopback port"
-bin/meshnode --data-dir "$work/data" --model-dir "$work/models" --http 127.0.0.1:0 \
-  --name demo --accel auto --log-format text >"$work/meshnode.log" 2>&1 &
-node_pid=$!
-# The node writes its bound address to <data-dir>/http.addr as soon as it listens.
-for _ in $(seq 1 300); do
-  [[ -s $work/data/http.addr ]] && break
-  if ! kill -0 "$node_pid" 2>/dev/null; then
-    echo "demo: meshnode exited; its log:" >&2; cat "$work/meshnode.log" >&2; exit 1
-  fi
-  sleep 0.1
+section "2. start 3 meshnode processes on loopback (node0 bootstraps, node1 and node2 join it)"
+t=$(now)
+start_node 0 --bootstrap
+wait_file "$work/node0/cluster.secret" "${pids[0]}"
+seed=$(cat "$work/node0/p2p.addr")
+for i in 1 2; do
+  start_node "$i" --join "$seed" --cluster-secret-file "$work/node0/cluster.secret"
 done
-[[ -s $work/data/http.addr ]] || { echo "demo: meshnode wrote no http.addr" >&2; cat "$work/meshnode.log" >&2; exit 1; }
-export LAYERMESH_ADDR
-LAYERMESH_ADDR=$(cat "$work/data/http.addr")
-echo "meshnode pid $node_pid listening on http://$LAYERMESH_ADDR"
+for i in 0 1 2; do
+  ctl status --addr "$(addr "$i")" --wait 60s >/dev/null || fail "node$i not ready within 60 s"
+done
+for _ in $(seq 1 300); do
+  [[ $(alive_count 0) == 3 && $(alive_count 1) == 3 && $(alive_count 2) == 3 ]] && break
+  sleep 0.2
+done
+[[ $(alive_count 0) == 3 ]] || fail "node0 sees $(alive_count 0) alive members of 3 after 60 s"
+for i in 0 1 2; do echo "node$i  pid ${pids[i]}  http://$(addr "$i")  $(cat "$work/node$i/p2p.addr")"; done
+echo "cluster of 3 formed in $(since "$t") s; leader: $(leader_of 0)"
+ctl nodes --addr "$(addr 0)"
 
-echo "== 3. wait until ready, then the node's status"
-bin/meshctl status --wait 60s --token-file "$work/data/admin.token"
+section "3. deploy it through node1: 3 stages x 2 replicas"
+t=$(now)
+ctl deploy "$model" --name "$model_name" --stages 3 --replicas 2 --wait 2m --quiet --addr "$(addr 1)" ||
+  fail "deploy"
+echo "deployed and every stage ready in $(since "$t") s"
+moved=$(metric_sum layermesh_blob_served_bytes_total 0 1 2)
+[[ -n $moved ]] && awk -v b="$moved" 'BEGIN { printf "stage blobs sent between nodes: %.1f MiB\n", b / 1048576 }'
+echo
+ctl plan "$model_name" --addr "$(addr 0)"
+echo
+ctl status --addr "$(addr 0)"
 
-echo "== 4. meshctl infer: logits for the tokens of \"The quick brown fox\""
-bin/meshctl infer gpt --input input_ids=464,2068,7586,21831 --shape input_ids=1x4 --max-values 8
+section "4. queries: the next token after \"The quick brown fox\" (ids $prompt_ids), through every node"
+for i in 0 1 2; do
+  ms=$(infer "$(addr "$i")" "$work/q$i") || fail "infer through node$i"
+  echo "via node$i (${ms} ms round trip): top-5 next-token ids $(top5 "$work/q$i")"
+done
+echo "logits per answer: $(wc -l <"$work/q0") ($(tr -d ' \n\t' <"$work/q0.json" | grep -o '"shape":\[[^]]*\]' | head -n 1))"
 
-echo "== 5. stop the node (SIGTERM: drains HTTP, closes sessions)"
-kill -TERM "$node_pid"
-wait "$node_pid"
-node_pid=""
-tail -n 2 "$work/meshnode.log"
-echo "demo: ok"
+section "5. the same question to one ONNX Runtime session on the whole model (a 4th, standalone meshnode)"
+mkdir -p "$work/whole"
+bin/meshnode --data-dir "$work/whole" --name whole --http 127.0.0.1:0 --model-dir "$work/models" \
+  --threads 1 --log-format text >"$work/whole.log" 2>&1 &
+whole_pid=$!
+wait_file "$work/whole/http.addr" "$whole_pid"
+bin/meshctl status --addr "$(cat "$work/whole/http.addr")" --wait 60s >/dev/null || fail "whole-model node not ready"
+infer "$(cat "$work/whole/http.addr")" "$work/ref" >/dev/null || fail "infer on the whole model"
+echo "whole model: top-5 next-token ids $(top5 "$work/ref")"
+kill -TERM "$whole_pid"
+wait "$whole_pid" || true
+whole_pid=""
+for i in 0 1 2; do
+  d=$(diff_logits "$work/q$i" "$work/ref")
+  within "$d" || fail "the answer via node$i differs from the whole model by $d (limit $max_diff)"
+  echo "via node$i: equal to the whole model, max relative diff $d over $(wc -l <"$work/ref") logits (limit $max_diff)"
+done
+
+leader=$(leader_of 1)
+[[ $leader =~ ^node([0-2])$ ]] || fail "no leader named (got \"$leader\")"
+victim=${BASH_REMATCH[1]}
+survivors=()
+for i in 0 1 2; do ((i != victim)) && survivors+=("$i"); done
+held=$(ctl nodes --addr "$(addr "${survivors[0]}")" | awk -v n="node$victim" '$1 == n' | grep -o "$model_name@[0-9]*/stage[0-9]* ([a-z]*)" | tr '\n' ' ')
+section "6. kill -9 node$victim: the Raft leader, holding ${held:-no stages}; queries keep going through node${survivors[0]} and node${survivors[1]}"
+# Two clients query back to back, one through each survivor, from 1 s before the kill
+# until 2 s after the placement has healed; each answer is checked against the whole model.
+load() { # I: queries through node I until $work/stop exists; one "t ok ms" or "t FAIL" line each
+  local i=$1 n=0 ms
+  while [[ ! -e $work/stop ]]; do
+    n=$((n + 1))
+    if ms=$(infer "$(addr "$i")" "$work/load$i") && within "$(diff_logits "$work/load$i" "$work/ref")"; then
+      echo "$EPOCHREALTIME ok $ms"
+    else
+      echo "$EPOCHREALTIME FAIL"
+      cp "$work/load$i.json" "$work/fail$i.$n.json" 2>/dev/null || true
+    fi
+  done >"$work/load$i.txt"
+}
+for i in "${survivors[@]}"; do
+  load "$i" &
+  load_pids+=($!)
+done
+sleep 1
+kill -KILL "${pids[victim]}"
+t_kill=$(now)
+wait "${pids[victim]}" 2>/dev/null || true
+pids[victim]=""
+echo "killed node$victim (SIGKILL) at +0.0 s"
+new_leader="" healed=""
+while [[ -z $healed ]]; do
+  (($(awk -v a="$t_kill" -v b="$EPOCHREALTIME" 'BEGIN { print (b - a > 60) }'))) &&
+    fail "placement not healed 60 s after the kill: ready replicas per stage $(ready_replicas "${survivors[0]}" "node$victim")"
+  if [[ -z $new_leader ]]; then
+    l=$(leader_of "${survivors[0]}")
+    if [[ -n $l && $l != "node$victim" ]]; then
+      new_leader=$l
+      echo "new Raft leader: $new_leader at +$(since "$t_kill") s"
+    fi
+  fi
+  counts=$(ready_replicas "${survivors[0]}" "node$victim")
+  if [[ -n $new_leader && $counts == "2 2 2" ]]; then
+    healed=$(since "$t_kill")
+    echo "placement healed at +$healed s: ready replicas per stage $counts on node${survivors[0]} and node${survivors[1]}"
+  fi
+  sleep 0.25
+done
+sleep 2
+touch "$work/stop"
+wait "${load_pids[@]}"
+load_pids=()
+# Latencies sorted, so that awk (mawk: no asort) reads the median off by line number.
+sort -k3,3n "$work"/load*.txt | awk -v k="$t_kill" -v h="$healed" '
+  { n++; if ($2 != "ok") { bad++; next } ok++; ms[ok] = $3
+    if ($1 >= k && $1 <= k + h) { during++; if ($3 > dmax) dmax = $3 } }
+  END {
+    printf "queries: %d sent, %d answered equal to the whole model, %d failed; p50 %d ms, max %d ms\n", n, ok, bad, ms[int((ok + 1) / 2)], ms[ok]
+    printf "between the kill and the heal: %d answered, slowest %d ms\n", during, dmax
+    exit (bad > 0) }' || fail "queries failed during the kill; see $work/fail*.json"
+retried=$(metric_sum layermesh_stage_failovers_total "${survivors[@]}")
+[[ -n $retried ]] && echo "stage calls that failed over to another replica: $retried"
+echo
+ctl plan "$model_name" --addr "$(addr "${survivors[0]}")"
+echo
+ctl status --addr "$(addr "${survivors[0]}")"
+
+section "7. stop the survivors cleanly (SIGTERM) and remove the work folder"
+t=$(now)
+for i in "${survivors[@]}"; do kill -TERM "${pids[i]}"; done
+for i in "${survivors[@]}"; do
+  rc=0
+  wait "${pids[i]}" || rc=$?
+  pids[i]=""
+  echo "node$i exited with status $rc: $(grep -o 'msg="node stopped"' "$work/node$i.log" | head -n 1 || echo "no stop line in its log")"
+  ((rc == 0)) || fail "node$i exited with status $rc"
+done
+echo "stopped in $(since "$t") s"
+echo
+echo "demo: ok in $(since "$t0") s (after the build)"
