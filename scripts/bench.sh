@@ -103,6 +103,15 @@ job mesh-throughput-processes "go test -run '^\$' -bench '^BenchmarkThroughputPr
 job consensus-failover "go test -run '^\$' -bench '^BenchmarkLeaderFailover\$' -benchtime $(q 3x 10x) -count 1 -timeout 10m ./consensus/"
 job consensus-apply "go test -run '^\$' -bench '^(BenchmarkApply|BenchmarkLinearizableRead)\$' -benchtime $(q 200x 500x) -count 1 -timeout 10m ./consensus/"
 
+# Issue 6 point 5: real meshnode processes on the 12 x 768 GPT. (a, d) 3-stage split
+# against one node, requests interleaved, with 1 and 2 intra-op threads per node, and
+# the split's deploy; (b) 2 taskset-pinned nodes against 1; (c) failover, measured by
+# the stage-holder kill system test, whose figures are in its -v log.
+job split-latency-1t "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^BenchmarkSplitVsWhole\$' -benchtime $(q 1x 10x) -count 1 -timeout 20m ./test/split/"
+job split-latency-2t "LAYERMESH_BENCH_THREADS=2 go test -run '^\$' -bench '^BenchmarkSplitVsWhole\$' -benchtime $(q 1x 10x) -count 1 -timeout 20m ./test/split/"
+job split-pipeline "go test -run '^\$' -bench '^BenchmarkSplitPipelineParallel\$' -benchtime $(q 1x 16x) -count 1 -timeout 20m ./test/split/"
+job split-failover "go test -run '^TestSplitStageHolderKilled\$' -count 1 -v -timeout 15m ./test/split/"
+
 run_secs=$(( $(date +%s) - run_start ))
 {
   printf '{"quick":%s,"only":%s,"seconds":%d,"load_start":%s,"load_end":%s,"procs":%d,"finished":%s}\n' \

@@ -101,14 +101,20 @@ func load(dir string) (RunInfo, map[string]*Job, error) {
 		if err := json.Unmarshal(data, j); err != nil {
 			return info, nil, fmt.Errorf("%s: %w", path, err)
 		}
-		f, err := os.Open(strings.TrimSuffix(path, ".json") + ".txt")
+		text, err := os.ReadFile(strings.TrimSuffix(path, ".json") + ".txt")
 		if err != nil {
 			return info, nil, err
 		}
-		j.Output, err = Parse(f, info.Procs)
-		f.Close()
-		if err != nil {
+		if j.Output, err = Parse(bytes.NewReader(text), info.Procs); err != nil {
 			return info, nil, fmt.Errorf("%s: %w", j.ID, err)
+		}
+		for _, lf := range logFigures {
+			if lf.Job != j.ID {
+				continue
+			}
+			if err := extractLogFigures(string(text), lf, j.Output); err != nil {
+				return info, nil, fmt.Errorf("%s: %w", j.ID, err)
+			}
 		}
 		jobs[j.ID] = j
 	}

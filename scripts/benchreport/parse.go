@@ -143,3 +143,40 @@ func parseNumbers(iterations, pairs string) (Run, error) {
 	}
 	return run, nil
 }
+
+// LogFigure reads figures from a line a test logs: each capture group of Pattern is
+// the value of the metric named at the same position in Metrics, recorded as one run
+// of the benchmark-like name Name.
+type LogFigure struct {
+	Job, Name string
+	Pattern   *regexp.Regexp
+	Metrics   []string
+	// Skip, when set, drops a match whose values are not figures.
+	Skip func(map[string]float64) bool
+}
+
+// extractLogFigures adds to out a run for every line of text that f matches.
+func extractLogFigures(text string, f LogFigure, out *Output) error {
+	for _, line := range strings.Split(text, "\n") {
+		m := f.Pattern.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		if len(m)-1 != len(f.Metrics) {
+			return fmt.Errorf("%w: %s: %d groups for %d metrics", errBadLine, f.Name, len(m)-1, len(f.Metrics))
+		}
+		run := Run{Iterations: 1, Metrics: map[string]float64{}}
+		for i, name := range f.Metrics {
+			v, err := strconv.ParseFloat(m[i+1], 64)
+			if err != nil {
+				return fmt.Errorf("%w: %s %s %q", errBadLine, f.Name, name, m[i+1])
+			}
+			run.Metrics[name] = v
+		}
+		if f.Skip != nil && f.Skip(run.Metrics) {
+			continue
+		}
+		out.Results[f.Name] = append(out.Results[f.Name], run)
+	}
+	return nil
+}

@@ -162,3 +162,35 @@ func TestRenderPending(t *testing.T) {
 		}
 	}
 }
+
+// TestLogFigures reads the failover line TestSplitStageHolderKilled logs (go test -v),
+// and drops a line that timed no failover.
+func TestLogFigures(t *testing.T) {
+	text := "=== RUN   TestSplitStageHolderKilled\n" +
+		"    split_test.go:402: failover: 3 requests in flight at the kill; kill to answer: first 412 ms, p50 530 ms, max 611 ms; added latency p50 380 ms, max -2 ms\n" +
+		"    split_test.go:402: failover: 0 requests in flight at the kill; kill to answer: first 0 ms, p50 0 ms, max 0 ms; added latency p50 0 ms, max 0 ms\n" +
+		"--- PASS: TestSplitStageHolderKilled (61.20s)\n"
+	var lf LogFigure
+	for _, f := range logFigures {
+		if f.Name == "TestSplitStageHolderKilled" {
+			lf = f
+		}
+	}
+	if lf.Pattern == nil {
+		t.Fatal("no log figure for TestSplitStageHolderKilled")
+	}
+	out := &Output{Results: map[string][]Run{}}
+	if err := extractLogFigures(text, lf, out); err != nil {
+		t.Fatal(err)
+	}
+	runs := out.Results["TestSplitStageHolderKilled"]
+	if len(runs) != 1 {
+		t.Fatalf("runs %+v", runs)
+	}
+	want := map[string]float64{"in-flight": 3, "first-ms": 412, "p50-ms": 530, "max-ms": 611, "added-p50-ms": 380, "added-max-ms": -2}
+	for k, v := range want {
+		if runs[0].Metrics[k] != v {
+			t.Errorf("%s = %v, want %v", k, runs[0].Metrics[k], v)
+		}
+	}
+}
