@@ -502,8 +502,13 @@ func (c *Cluster) liveMembers() map[string]mesh.NodeMeta {
 	return out
 }
 
-// readyElsewhere says whether a live member other than this one serves k ready.
+// readyElsewhere says whether the stage may go from this node: a live member other
+// than this one serves it ready, or its model version is no longer deployed at all
+// (deleted or superseded), so nobody will take it over.
 func (c *Cluster) readyElsewhere(k StageKey) bool {
+	if _, ok := c.store.State().Models[consensus.ModelKey(k.Model, k.Version)]; !ok {
+		return true
+	}
 	for id, meta := range c.liveMembers() {
 		if id != c.self && metaServes(meta, k) {
 			return true

@@ -29,6 +29,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
@@ -194,7 +196,7 @@ func (c *Cluster) cut(name, srcHash string, srcSize int64, stages, replicas int,
 		return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: %w: %d stages asked, %d live members",
 			name, ErrInsufficientCapacity, stages, len(devices))
 	}
-	plan, err := partition.Plan(g, devices, partition.PlanOptions{Stages: stages})
+	plan, err := partition.Plan(g, devices, partition.PlanOptions{Stages: stages, LinkBandwidth: c.linkBandwidth(devices)})
 	if err != nil {
 		switch {
 		case errors.Is(err, partition.ErrDoesNotFit):
@@ -269,6 +271,24 @@ func (c *Cluster) planDevices(st *consensus.ClusterState) []partition.Device {
 		return cmpStrings(a.Name, b.Name)
 	})
 	return out
+}
+
+// linkBandwidth gives the planner the link probes' measured bandwidth. This node only
+// measures its own links, so the link from device i to device j is taken as this
+// node's measured link to j (else to i), else the planner's default.
+func (c *Cluster) linkBandwidth(devices []partition.Device) func(i, j int) float64 {
+	return func(i, j int) float64 {
+		for _, d := range []string{devices[j].Name, devices[i].Name} {
+			p, err := peer.Decode(d)
+			if d == c.self || err != nil {
+				continue
+			}
+			if ls, ok := c.mesh.Link(p); ok && ls.Bandwidth > 0 {
+				return ls.Bandwidth
+			}
+		}
+		return partition.DefaultLinkBandwidth
+	}
 }
 
 // usedBytes sums, per node, the memory of the stages placed on it by every model
@@ -541,6 +561,9 @@ func (c *Cluster) status(st *consensus.ClusterState, m consensus.Model, live map
 		}
 	case !s.Ready:
 		s.Reason = "stages loading"
+	default:
+		// Serving, but possibly with fewer replicas than asked for.
+		s.Reason = c.placementError(consensus.ModelKey(m.Name, m.Version))
 	}
 	return s
 }

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,11 +26,12 @@ const missingGrace = 2 * time.Second
 type controller struct {
 	mu        sync.Mutex
 	missing   map[string]time.Time // member id -> first seen absent from memberlist
-	errs      map[string]string    // model key -> why it could not be placed
+	errs      map[string]string    // model key -> why it could not be placed, or placement warnings
 	leadSince time.Time
 }
 
-// placementError is the last reason the controller could not place the model, if any.
+// placementError is the last reason the controller could not place the model, or the
+// warnings of its last placement (stages short of replicas), if any.
 func (c *Cluster) placementError(key string) string {
 	c.ctrl.mu.Lock()
 	defer c.ctrl.mu.Unlock()
@@ -132,12 +134,15 @@ func (c *Cluster) reconcilePlacements(ctx context.Context) {
 		req := c.placementRequest(st, key, m, live)
 		res, err := Place(req)
 		c.ctrl.mu.Lock()
-		if err != nil {
+		switch {
+		case err != nil:
 			if c.ctrl.errs[key] != err.Error() {
 				c.log.Error("cannot place model", "model", key, "err", err)
 			}
 			c.ctrl.errs[key] = err.Error()
-		} else {
+		case len(res.Warnings) > 0:
+			c.ctrl.errs[key] = strings.Join(res.Warnings, "; ")
+		default:
 			delete(c.ctrl.errs, key)
 		}
 		c.ctrl.mu.Unlock()

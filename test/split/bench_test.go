@@ -284,8 +284,43 @@ func BenchmarkSplitPipelineParallel(b *testing.B) {
 	splitTP := run(split.HTTPAddr(entry), split.token, n)
 	wholeTP := run(whole.HTTPAddr(0), whole.token, n)
 	b.StopTimer()
+	b.Logf("entry node's stage calls during the split run: %s", stageMeans(b, split, entry))
 	b.ReportMetric(splitTP, "split-req/s")
 	b.ReportMetric(wholeTP, "whole-req/s")
 	b.ReportMetric(splitTP/wholeTP, "speedup")
 	b.Logf("2 pinned nodes x 2 stages: %.2f req/s; 1 pinned node whole model: %.2f req/s; speedup %.2f", splitTP, wholeTP, splitTP/wholeTP)
+}
+
+// stageMeans reads node i's layermesh_stage_call_duration_seconds and returns the mean
+// time per stage and place (local run or call over the mesh), to show the balance.
+func stageMeans(b *testing.B, c *benchCluster, i int) string {
+	resp, err := http.Get(c.URL(i, "/metrics"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sums, counts := map[string]float64{}, map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		for suffix, into := range map[string]map[string]float64{"_sum{": sums, "_count{": counts} {
+			prefix := "layermesh_stage_call_duration_seconds" + suffix
+			if rest, ok := strings.CutPrefix(line, prefix); ok {
+				labels, value, _ := strings.Cut(rest, "} ")
+				v, err := strconv.ParseFloat(value, 64)
+				if err == nil {
+					into[labels] += v
+				}
+			}
+		}
+	}
+	var parts []string
+	for labels, n := range counts {
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("{%s} %.0f calls, mean %.1f ms", labels, n, 1000*sums[labels]/n))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "; ")
 }
