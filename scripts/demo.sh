@@ -32,6 +32,8 @@ model_name=gpt
 # is that every path through the mesh gives the same ones as the whole model).
 prompt_ids=464,2068,7586,21831
 prompt_len=4
+stages=3
+replicas=2
 max_diff=1e-4 # what the system tests require of the split against the whole model
 
 work=$(mktemp -d -t layermesh-demo.XXXXXX)
@@ -71,7 +73,9 @@ cleanup() {
   done
   for p in "${live[@]}"; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
   wait 2>/dev/null
-  if ((rc != 0)); then
+  if ((rc == 130 || rc == 143)); then
+    echo "demo: interrupted; every node stopped" >&2
+  elif ((rc != 0)); then
     for log in "$work"/*.log; do
       [[ -f $log ]] || continue
       echo "--- last lines of $(basename "$log")" >&2
@@ -98,15 +102,16 @@ wait_file() {
 
 # start_node I FLAGS...: starts node I on free loopback ports (HTTP and libp2p from
 # port 0, the bound ones are in http.addr and p2p.addr; memberlist on port 0 too, as
-# nothing here restarts a node) with one ONNX Runtime thread per session: three nodes
-# share this machine's cores.
+# nothing here restarts a node) with one ONNX Runtime thread per session (three nodes
+# share this machine's cores) and 1 GiB for stages: enough for all three stages of the
+# model on each of the two nodes left after the kill.
 start_node() {
   local i=$1
   shift
   mkdir -p "$work/node$i"
   bin/meshnode --data-dir "$work/node$i" --name "node$i" \
     --http 127.0.0.1:0 --listen /ip4/127.0.0.1/tcp/0 --gossip-port 0 --no-mdns \
-    --threads 1 --log-format text "$@" >"$work/node$i.log" 2>&1 &
+    --threads 1 --mem-budget 1GiB --log-format text "$@" >"$work/node$i.log" 2>&1 &
   pids[i]=$!
   wait_file "$work/node$i/http.addr" "${pids[i]}"
   wait_file "$work/node$i/p2p.addr" "${pids[i]}"
@@ -119,13 +124,13 @@ alive_count() { ctl nodes --addr "$(addr "$1")" 2>/dev/null | awk '$2 == "alive"
 leader_of() { ctl status --addr "$(addr "$1")" 2>/dev/null | awk '$1 == "leader" { print $2 }'; }
 
 # ready_replicas I EXCLUDE: per stage of the model, the alive nodes other than EXCLUDE
-# that node I reports serving it ready, e.g. "2 2 1".
+# that node I reports serving it ready, e.g. "2 2 1" (one count per stage).
 ready_replicas() {
   local version
   version=$(ctl model "$model_name" --addr "$(addr "$1")" 2>/dev/null | awk '$1 == "version" { print $2 }')
   [[ -n $version ]] || { echo "?"; return; }
   ctl nodes --addr "$(addr "$1")" 2>/dev/null |
-    awk -v ex="$2" -v pre="$model_name@$version/stage" -v n=3 '
+    awk -v ex="$2" -v pre="$model_name@$version/stage" -v n="$stages" '
       $2 == "alive" && $1 != ex {
         for (k = 0; k < n; k++) if (index($0, pre k " (ready)")) c[k]++
       }
@@ -201,11 +206,21 @@ for i in 0 1 2; do echo "node$i  pid ${pids[i]}  http://$(addr "$i")  $(cat "$wo
 echo "cluster of 3 formed in $(since "$t") s; leader: $(leader_of 0)"
 ctl nodes --addr "$(addr 0)"
 
-section "3. deploy it through node1: 3 stages x 2 replicas"
+section "3. deploy it through node1: $stages stages x $replicas replicas"
 t=$(now)
-ctl deploy "$model" --name "$model_name" --stages 3 --replicas 2 --wait 2m --quiet --addr "$(addr 1)" ||
+ctl deploy "$model" --name "$model_name" --stages "$stages" --replicas "$replicas" --wait 2m --quiet --addr "$(addr 1)" ||
   fail "deploy"
-echo "deployed and every stage ready in $(since "$t") s"
+echo "deployed, every stage answering, in $(since "$t") s"
+# deploy --wait returns once each stage has one ready replica; the demo waits for all.
+full=$(printf "$replicas %.0s" $(seq "$stages")) # "2 2 2": every stage at its replica count
+full=${full% }
+for _ in $(seq 1 240); do
+  [[ $(ready_replicas 0 none) == "$full" ]] && break
+  sleep 0.25
+done
+counts=$(ready_replicas 0 none)
+[[ $counts == "$full" ]] || fail "ready replicas per stage $counts 60 s after the deploy, want $full"
+echo "all $replicas replicas of each stage ready in $(since "$t") s"
 moved=$(metric_sum layermesh_blob_served_bytes_total 0 1 2)
 [[ -n $moved ]] && awk -v b="$moved" 'BEGIN { printf "stage blobs sent between nodes: %.1f MiB\n", b / 1048576 }'
 echo
@@ -243,8 +258,9 @@ leader=$(leader_of 1)
 victim=${BASH_REMATCH[1]}
 survivors=()
 for i in 0 1 2; do ((i != victim)) && survivors+=("$i"); done
-held=$(ctl nodes --addr "$(addr "${survivors[0]}")" | awk -v n="node$victim" '$1 == n' | grep -o "$model_name@[0-9]*/stage[0-9]* ([a-z]*)" | tr '\n' ' ')
-section "6. kill -9 node$victim: the Raft leader, holding ${held:-no stages}; queries keep going through node${survivors[0]} and node${survivors[1]}"
+held=$(ctl nodes --addr "$(addr "${survivors[0]}")" | awk -v n="node$victim" '$1 == n' |
+  grep -o "/stage[0-9]* (ready)" | tr -dc '0-9\n' | paste -sd, -)
+section "6. kill -9 node$victim (the Raft leader, serving stages ${held:-none}) while queries go through node${survivors[0]} and node${survivors[1]}"
 # Two clients query back to back, one through each survivor, from 1 s before the kill
 # until 2 s after the placement has healed; each answer is checked against the whole model.
 load() { # I: queries through node I until $work/stop exists; one "t ok ms" or "t FAIL" line each
@@ -281,7 +297,7 @@ while [[ -z $healed ]]; do
     fi
   fi
   counts=$(ready_replicas "${survivors[0]}" "node$victim")
-  if [[ -n $new_leader && $counts == "2 2 2" ]]; then
+  if [[ -n $new_leader && $counts == "$full" ]]; then
     healed=$(since "$t_kill")
     echo "placement healed at +$healed s: ready replicas per stage $counts on node${survivors[0]} and node${survivors[1]}"
   fi
