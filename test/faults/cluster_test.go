@@ -396,7 +396,9 @@ func (w *writer) write(ctx context.Context, id int) (string, writeOutcome) {
 			w.t.Error(err)
 			return name, writeRefused
 		}
-		tctx, tcancel := context.WithTimeout(ctx, 8*time.Second)
+		// A try that hangs (its node frozen or cut off) is given up after 4 s, as a
+		// client with a list of nodes would, and the same bytes go to the next node.
+		tctx, tcancel := context.WithTimeout(ctx, 4*time.Second)
 		st, err := cl.UploadModel(tctx, name, bytes.NewReader(raw), int64(len(raw)), client.UploadOptions{Stages: 1, Replicas: 1})
 		tcancel()
 		w.mu.Lock()
