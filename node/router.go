@@ -117,7 +117,14 @@ type RouterConfig struct {
 	RequestTimeout time.Duration
 	// StageTimeout bounds one attempt on one replica, so that a hung peer (paused,
 	// partitioned) costs at most this much before the next replica is tried. Default 20s.
+	// Once a stage has answered a few times, an attempt gets TimeoutFactor times its
+	// usual (smoothed) duration instead, at least MinStageTimeout: a paused peer then
+	// costs about a second, not twenty.
 	StageTimeout time.Duration
+	// TimeoutFactor and MinStageTimeout shape the learned attempt timeout. Defaults 8
+	// and 2s (5s for a request handed to a driver, which may retry inside).
+	TimeoutFactor   float64
+	MinStageTimeout time.Duration
 	// MaxAttempts bounds the attempts on one stage across all replicas. Default 8.
 	MaxAttempts int
 	// BackoffBase and BackoffMax shape the wait after every replica failed once
@@ -142,6 +149,10 @@ func (c RouterConfig) withDefaults() RouterConfig {
 	def(&c.BackoffMax, time.Second)
 	def(&c.NoReplicaWait, 2*time.Second)
 	def(&c.FailurePenalty, 5*time.Second)
+	def(&c.MinStageTimeout, 2*time.Second)
+	if c.TimeoutFactor <= 0 {
+		c.TimeoutFactor = 8
+	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 8
 	}
@@ -169,6 +180,7 @@ type Router struct {
 	mu       sync.Mutex
 	inFlight map[string]int       // node -> calls this router has open to it
 	penalty  map[string]time.Time // node -> ranked last until then
+	usual    map[usualKey]*usualDuration
 
 	requests, forwarded, stageCalls, retries, badResponses, noReplica atomic.Uint64
 }
@@ -183,7 +195,56 @@ func NewRouter(cfg RouterConfig, plans PlanSource, view ReplicaView, caller Stag
 		log:      logger.With("component", "router"),
 		inFlight: make(map[string]int),
 		penalty:  make(map[string]time.Time),
+		usual:    make(map[usualKey]*usualDuration),
 	}
+}
+
+// usualKey names a stage (or the drive) of a model version whose durations are learned.
+type usualKey struct {
+	model, version string
+	stage          int
+}
+
+// usualDuration is an exponentially weighted mean of successful attempts.
+type usualDuration struct {
+	mean    time.Duration
+	samples int
+}
+
+// learnedSamples is how many answers a stage needs before its learned timeout is used.
+const learnedSamples = 3
+
+// attemptTimeout is the bound for one attempt at stage k (or the drive): the configured
+// one until the stage has answered a few times, then a multiple of its usual duration.
+func (r *Router) attemptTimeout(plan RoutePlan, stage int, configured time.Duration) time.Duration {
+	r.mu.Lock()
+	u := r.usual[usualKey{plan.Model, plan.Version, stage}]
+	r.mu.Unlock()
+	if u == nil || u.samples < learnedSamples {
+		return configured
+	}
+	floor := r.cfg.MinStageTimeout
+	if stage == DriveStage {
+		floor = max(floor, 5*time.Second)
+	}
+	learned := max(time.Duration(r.cfg.TimeoutFactor*float64(u.mean)), floor)
+	if configured > 0 {
+		learned = min(learned, configured)
+	}
+	return learned
+}
+
+func (r *Router) learn(plan RoutePlan, stage int, d time.Duration) {
+	k := usualKey{plan.Model, plan.Version, stage}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u := r.usual[k]
+	if u == nil {
+		u = &usualDuration{mean: d}
+		r.usual[k] = u
+	}
+	u.mean += (d - u.mean) / 8
+	u.samples++
 }
 
 // SetMetrics makes the router record its Prometheus series.
@@ -373,7 +434,8 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 		}
 		attempts++
 		rep := r.pick(candidates, preferLocal)
-		out, err := r.attempt(ctx, rep, call, attemptTimeout)
+		start := time.Now()
+		out, err := r.attempt(ctx, rep, call, r.attemptTimeout(plan, call.Stage, attemptTimeout))
 		if err == nil {
 			err = checkStageOutputs(out, want)
 			if err != nil {
@@ -381,6 +443,7 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 			}
 		}
 		if err == nil {
+			r.learn(plan, call.Stage, time.Since(start))
 			r.clearPenalty(rep.Node)
 			if attempts > 1 {
 				r.metrics().failover(plan.Model, call.Stage)

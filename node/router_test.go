@@ -500,3 +500,33 @@ func TestRouterPrefersLeastInFlight(t *testing.T) {
 		t.Fatalf("second request should go to idle c: a=%d c=%d", m.node("a").runs(0), m.node("c").runs(0))
 	}
 }
+
+// TestRouterLearnsStageTimeout: once a stage has answered a few times, a hung replica
+// costs a small multiple of the stage's usual time, not the configured hour.
+func TestRouterLearnsStageTimeout(t *testing.T) {
+	cfg := fastRetries
+	cfg.StageTimeout = time.Hour
+	cfg.MinStageTimeout = 50 * time.Millisecond
+	cfg.RequestTimeout = time.Minute
+	m := newFakeMesh(t, cfg, threeByTwo)
+	r := m.node("b").router
+	for i := range learnedSamples {
+		if _, err := infer(t, r, []float32{float32(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a ranks first for stage 0 (equal load and RTT, a < c) and now hangs.
+	m.node("a").setFault(0, faultHang)
+	start := time.Now()
+	y, err := infer(t, r, []float32{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustMatch(t, y, []float32{7})
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("hung replica cost %v", took)
+	}
+	if r.Stats().Retries != 1 {
+		t.Fatalf("stats %+v, want one retry after the learned timeout", r.Stats())
+	}
+}
