@@ -60,6 +60,15 @@ cleanup() {
   set +e
   touch "$work/stop"
   for p in "${load_pids[@]}"; do kill "$p" 2>/dev/null; done
+  # The logs as they were at the failure, before the shutdown adds its own lines.
+  if ((rc != 0 && rc != 130 && rc != 143)); then
+    for log in "$work"/*.log; do
+      [[ -f $log ]] || continue
+      echo "--- last lines of $(basename "$log")" >&2
+      tail -n 15 "$log" | cut -c1-400 >&2
+    done
+    [[ ${DEMO_KEEP:-0} == 1 ]] || echo "demo: DEMO_KEEP=1 keeps the work folder with the whole logs" >&2
+  fi
   local live=()
   for p in "${pids[@]}" $whole_pid; do
     [[ -n $p ]] && kill -0 "$p" 2>/dev/null && { kill -TERM "$p" 2>/dev/null; live+=("$p"); }
@@ -75,12 +84,6 @@ cleanup() {
   wait 2>/dev/null
   if ((rc == 130 || rc == 143)); then
     echo "demo: interrupted; every node stopped" >&2
-  elif ((rc != 0)); then
-    for log in "$work"/*.log; do
-      [[ -f $log ]] || continue
-      echo "--- last lines of $(basename "$log")" >&2
-      tail -n 15 "$log" >&2
-    done
   fi
   if [[ ${DEMO_KEEP:-0} == 1 ]]; then echo "demo: kept $work"; else rm -rf "$work"; fi
   exit "$rc"
