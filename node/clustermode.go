@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"slices"
 	"time"
@@ -320,7 +321,14 @@ func (s clusterServices) Ready(ctx context.Context) []wire.ReadyCheck {
 
 // startCluster starts the cluster part once HTTP is serving.
 func (n *Node) startCluster(ctx context.Context) error {
-	c, err := NewNodeCluster(ctx, n.cfg, n.name, n.Addr(), n.log)
+	// The cluster's components name themselves (component=cluster, raft, mesh, ...);
+	// they get the node's name, not n.log's component=node, so that a JSON line has
+	// one component key.
+	base := n.cfg.Logger
+	if base == nil {
+		base = slog.Default()
+	}
+	c, err := NewNodeCluster(ctx, n.cfg, n.name, n.Addr(), base.With("node", n.name))
 	if err != nil {
 		return fmt.Errorf("node: start cluster: %w", err)
 	}

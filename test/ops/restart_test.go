@@ -206,6 +206,9 @@ func testRollingRestart(t *testing.T, c *opsCluster) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if got := c.Node(i).Starts(); got != 2 {
+			t.Fatalf("%s has been started %d times, want 2", name, got)
+		}
 		restarted := time.Since(start)
 		out := c.ok(t, "undrain", name)
 		if out != name+" takes stages again\n" {
