@@ -84,6 +84,8 @@ var notExercised = map[api.Code]string{
 	api.CodeUnavailable:     "a model unloaded mid-request; a timing fault, not an input",
 	api.CodeTimeout:         "a deadline passed inside the node; scenarios 3 and 5 cover it",
 	api.CodeInternal:        "must never answer any input: every row asserts its own code instead",
+	api.CodeTokenNotFound:   "token calls need cluster mode; TestFaultHostilePeers sends this row to a cluster node",
+	api.CodeConflict:        "undrain and token calls need cluster mode; TestFaultHostilePeers sends this row to a cluster node",
 }
 
 func badRequests(t *testing.T) []badRequest {

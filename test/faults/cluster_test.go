@@ -339,11 +339,21 @@ type writer struct {
 	requests int
 	// ackedVia counts, per node address, the writes acknowledged by it.
 	ackedVia map[string]int
+	// ackedAt is when each acknowledged write returned; absentReads lists the reads
+	// that found no model, to tell a stale read from a lost write in a violation.
+	ackedAt     map[string]time.Time
+	absentReads []absentRead
+}
+
+// absentRead is a read that answered "no such model".
+type absentRead struct {
+	name, target string
+	start        time.Time
 }
 
 func newWriter(t *testing.T, token, prefix string, targets func() []string) *writer {
 	return &writer{t: t, token: token, prefix: prefix, hist: harness.NewHistory(), targets: targets, deadline: 20 * time.Second,
-		acked: map[string]string{}, unknown: map[string]string{}, refused: map[string]string{}, codes: map[string]int{}, ackedVia: map[string]int{}}
+		acked: map[string]string{}, ackedAt: map[string]time.Time{}, unknown: map[string]string{}, refused: map[string]string{}, codes: map[string]int{}, ackedVia: map[string]int{}}
 }
 
 // writeModel returns the bytes of write k: the add model with a bias of its own.
@@ -411,6 +421,7 @@ func (w *writer) write(ctx context.Context, id int) (string, writeOutcome) {
 			op.Ok("")
 			w.mu.Lock()
 			w.acked[name] = sum
+			w.ackedAt[name] = time.Now()
 			w.ackedVia[target]++
 			w.mu.Unlock()
 			return name, writeAcked
@@ -458,12 +469,16 @@ func (w *writer) read(ctx context.Context, id int, target, name string) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
+	start := time.Now()
 	st, err := cl.Model(ctx, name)
 	switch {
 	case err == nil:
 		op.Ok(st.SHA256)
 	case client.IsCode(err, string(api.CodeModelNotFound)):
 		op.Ok("")
+		w.mu.Lock()
+		w.absentReads = append(w.absentReads, absentRead{name: name, target: target, start: start})
+		w.mu.Unlock()
 	default:
 		op.Failed()
 	}
@@ -619,6 +634,20 @@ func checkHistory(t *testing.T, w *writer, result *harness.Result) {
 	case errors.Is(err, harness.ErrNotLinearizable):
 		result.Violations++
 		t.Errorf("porcupine: %v", err)
+		// Name the kind of violation: a read sent after a write was acknowledged that
+		// still found no model is a stale read of the node it was sent to.
+		w.mu.Lock()
+		stale := 0
+		for _, r := range w.absentReads {
+			if at, ok := w.ackedAt[r.name]; ok && r.start.After(at) {
+				stale++
+				if stale <= 5 {
+					t.Logf("stale read: %s read on %s %v after its upload was acknowledged found no model", r.name, r.target, r.start.Sub(at).Round(time.Millisecond))
+				}
+			}
+		}
+		w.mu.Unlock()
+		result.Notef("%d reads sent after a write was acknowledged found no model (stale reads of a node's local state)", stale)
 	default:
 		t.Errorf("porcupine could not decide: %v", err)
 	}

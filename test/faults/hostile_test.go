@@ -184,8 +184,9 @@ func multiaddrHostPort(ma string) (string, string) {
 }
 
 // clusterBadRequests is the single-node catalogue of bad requests, with the rows that
-// mean something else on a cluster replaced: a drain is a cluster call, so the node
-// answers a drain of an unknown node with node_not_found.
+// mean something else on a cluster replaced (a drain is a cluster call, so the node
+// answers a drain of an unknown node with node_not_found), and the cluster calls' own
+// refusals: tokens and undrain.
 func clusterBadRequests(t *testing.T) []badRequest {
 	var out []badRequest
 	for _, r := range badRequests(t) {
@@ -195,5 +196,12 @@ func clusterBadRequests(t *testing.T) []badRequest {
 		}
 		out = append(out, r)
 	}
-	return out
+	return append(out,
+		badRequest{name: "revoke of an unknown token", method: "DELETE", path: "/v1/tokens/no-such-token", admin: true,
+			status: http.StatusNotFound, code: api.CodeTokenNotFound},
+		badRequest{name: "undrain of a node that is not draining", method: "POST", path: "/v1/nodes/node0/undrain", admin: true,
+			status: http.StatusConflict, code: api.CodeConflict},
+		badRequest{name: "token of an unknown scope", method: "POST", path: "/v1/tokens", admin: true,
+			body: []byte(`{"scope":"root"}`), status: http.StatusBadRequest, code: api.CodeBadRequest},
+	)
 }
