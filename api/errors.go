@@ -27,6 +27,9 @@ var (
 	ErrMethodNotAllowed = errors.New("method not allowed")
 	ErrTokenNotFound    = errors.New("token not found")
 	ErrConflict         = errors.New("already exists")
+	// ErrInsufficientCapacity: the live members cannot hold the model; the message
+	// says by how many bytes it falls short.
+	ErrInsufficientCapacity = errors.New("insufficient capacity")
 )
 
 // Code is a stable error code: clients and scripts match on it, so a code never
@@ -35,36 +38,37 @@ type Code string
 
 // The error catalogue's codes. docs/API.md lists them with their statuses.
 const (
-	CodeBadJSON            Code = "bad_json"
-	CodeBadHeaderLength    Code = "bad_header_length"
-	CodeBadRequest         Code = "bad_request"
-	CodeInvalidData        Code = "invalid_data"
-	CodeUnknownDatatype    Code = "unknown_datatype"
-	CodeDataLengthMismatch Code = "data_length_mismatch"
-	CodeShapeMismatch      Code = "shape_mismatch"
-	CodeDTypeMismatch      Code = "dtype_mismatch"
-	CodeInputMismatch      Code = "input_mismatch"
-	CodeNegativeDim        Code = "negative_dim"
-	CodeInvalidShape       Code = "invalid_shape"
-	CodeTensorTooLarge     Code = "tensor_too_large"
-	CodeUnsupportedType    Code = "unsupported_type"
-	CodeBodyTooLarge       Code = "body_too_large"
-	CodeInvalidName        Code = "invalid_name"
-	CodeInvalidModel       Code = "invalid_model"
-	CodeModelNotFound      Code = "model_not_found"
-	CodeNodeNotFound       Code = "node_not_found"
-	CodeTokenNotFound      Code = "token_not_found"
-	CodeConflict           Code = "conflict"
-	CodeRouteNotFound      Code = "route_not_found"
-	CodeMethodNotAllowed   Code = "method_not_allowed"
-	CodeUnauthorized       Code = "unauthorized"
-	CodeForbidden          Code = "forbidden"
-	CodeNotReady           Code = "not_ready"
-	CodeNoReplica          Code = "no_replica"
-	CodeNotClusterMode     Code = "not_cluster_mode"
-	CodeUnavailable        Code = "unavailable"
-	CodeTimeout            Code = "timeout"
-	CodeInternal           Code = "internal"
+	CodeBadJSON              Code = "bad_json"
+	CodeBadHeaderLength      Code = "bad_header_length"
+	CodeBadRequest           Code = "bad_request"
+	CodeInvalidData          Code = "invalid_data"
+	CodeUnknownDatatype      Code = "unknown_datatype"
+	CodeDataLengthMismatch   Code = "data_length_mismatch"
+	CodeShapeMismatch        Code = "shape_mismatch"
+	CodeDTypeMismatch        Code = "dtype_mismatch"
+	CodeInputMismatch        Code = "input_mismatch"
+	CodeNegativeDim          Code = "negative_dim"
+	CodeInvalidShape         Code = "invalid_shape"
+	CodeTensorTooLarge       Code = "tensor_too_large"
+	CodeUnsupportedType      Code = "unsupported_type"
+	CodeBodyTooLarge         Code = "body_too_large"
+	CodeInvalidName          Code = "invalid_name"
+	CodeInvalidModel         Code = "invalid_model"
+	CodeModelNotFound        Code = "model_not_found"
+	CodeNodeNotFound         Code = "node_not_found"
+	CodeTokenNotFound        Code = "token_not_found"
+	CodeConflict             Code = "conflict"
+	CodeRouteNotFound        Code = "route_not_found"
+	CodeMethodNotAllowed     Code = "method_not_allowed"
+	CodeUnauthorized         Code = "unauthorized"
+	CodeForbidden            Code = "forbidden"
+	CodeNotReady             Code = "not_ready"
+	CodeNoReplica            Code = "no_replica"
+	CodeInsufficientCapacity Code = "insufficient_capacity"
+	CodeNotClusterMode       Code = "not_cluster_mode"
+	CodeUnavailable          Code = "unavailable"
+	CodeTimeout              Code = "timeout"
+	CodeInternal             Code = "internal"
 )
 
 // Entry is one row of the error catalogue.
@@ -77,36 +81,37 @@ type Entry struct {
 
 // catalogue is the one place where a code gets its HTTP status.
 var catalogue = map[Code]Entry{
-	CodeBadJSON:            {CodeBadJSON, http.StatusBadRequest, "the body (or its JSON part) does not parse, or a field has the wrong type"},
-	CodeBadHeaderLength:    {CodeBadHeaderLength, http.StatusBadRequest, "Inference-Header-Content-Length is not a length inside the body"},
-	CodeBadRequest:         {CodeBadRequest, http.StatusBadRequest, "a query parameter or path element is not valid"},
-	CodeInvalidData:        {CodeInvalidData, http.StatusBadRequest, "a tensor's data elements are not of its datatype, or binary data lengths disagree"},
-	CodeUnknownDatatype:    {CodeUnknownDatatype, http.StatusBadRequest, "the datatype is not a KServe v2 datatype"},
-	CodeDataLengthMismatch: {CodeDataLengthMismatch, http.StatusBadRequest, "the number of elements (or binary bytes) is not what the shape implies"},
-	CodeShapeMismatch:      {CodeShapeMismatch, http.StatusBadRequest, "the shape does not fit the model input: wrong rank or a wrong fixed dim"},
-	CodeDTypeMismatch:      {CodeDTypeMismatch, http.StatusBadRequest, "the datatype is not the model input's"},
-	CodeInputMismatch:      {CodeInputMismatch, http.StatusBadRequest, "an input is unknown, missing or given twice, or an output name is unknown"},
-	CodeNegativeDim:        {CodeNegativeDim, http.StatusBadRequest, "a shape has a negative dim"},
-	CodeInvalidShape:       {CodeInvalidShape, http.StatusBadRequest, "a shape is not valid (rank above 16)"},
-	CodeTensorTooLarge:     {CodeTensorTooLarge, http.StatusBadRequest, "the shape's element or byte count overflows"},
-	CodeUnsupportedType:    {CodeUnsupportedType, http.StatusBadRequest, "the model has an input or output type the backend cannot carry"},
-	CodeBodyTooLarge:       {CodeBodyTooLarge, http.StatusRequestEntityTooLarge, "the body exceeds the node's limit (--max-body, --max-model-size)"},
-	CodeInvalidName:        {CodeInvalidName, http.StatusBadRequest, "a model name is empty, too long or has characters outside [A-Za-z0-9._-]"},
-	CodeInvalidModel:       {CodeInvalidModel, http.StatusUnprocessableEntity, "the uploaded file is not a model the backend can load (corrupt, truncated)"},
-	CodeModelNotFound:      {CodeModelNotFound, http.StatusNotFound, "no model (or model version) of that name"},
-	CodeNodeNotFound:       {CodeNodeNotFound, http.StatusNotFound, "no node of that name"},
-	CodeTokenNotFound:      {CodeTokenNotFound, http.StatusNotFound, "no token with that id"},
-	CodeConflict:           {CodeConflict, http.StatusConflict, "a token (or other named object) of that name exists already"},
-	CodeRouteNotFound:      {CodeRouteNotFound, http.StatusNotFound, "no such endpoint"},
-	CodeMethodNotAllowed:   {CodeMethodNotAllowed, http.StatusMethodNotAllowed, "the endpoint exists but not for this method; Allow lists the methods"},
-	CodeUnauthorized:       {CodeUnauthorized, http.StatusUnauthorized, "no token, or a token the node does not know"},
-	CodeForbidden:          {CodeForbidden, http.StatusForbidden, "the token is valid but its scope does not cover this call"},
-	CodeNotReady:           {CodeNotReady, http.StatusServiceUnavailable, "the node or the model is not ready yet; retry after Retry-After seconds"},
-	CodeNoReplica:          {CodeNoReplica, http.StatusServiceUnavailable, "a pipeline stage has no ready replica; retry after Retry-After seconds"},
-	CodeNotClusterMode:     {CodeNotClusterMode, http.StatusNotImplemented, "the call needs a cluster and the node runs in single-node mode"},
-	CodeUnavailable:        {CodeUnavailable, http.StatusServiceUnavailable, "the model was unloaded while the request ran; retry"},
-	CodeTimeout:            {CodeTimeout, http.StatusGatewayTimeout, "the request's deadline passed before an answer"},
-	CodeInternal:           {CodeInternal, http.StatusInternalServerError, "a fault inside the node; the log has the details"},
+	CodeBadJSON:              {CodeBadJSON, http.StatusBadRequest, "the body (or its JSON part) does not parse, or a field has the wrong type"},
+	CodeBadHeaderLength:      {CodeBadHeaderLength, http.StatusBadRequest, "Inference-Header-Content-Length is not a length inside the body"},
+	CodeBadRequest:           {CodeBadRequest, http.StatusBadRequest, "a query parameter or path element is not valid"},
+	CodeInvalidData:          {CodeInvalidData, http.StatusBadRequest, "a tensor's data elements are not of its datatype, or binary data lengths disagree"},
+	CodeUnknownDatatype:      {CodeUnknownDatatype, http.StatusBadRequest, "the datatype is not a KServe v2 datatype"},
+	CodeDataLengthMismatch:   {CodeDataLengthMismatch, http.StatusBadRequest, "the number of elements (or binary bytes) is not what the shape implies"},
+	CodeShapeMismatch:        {CodeShapeMismatch, http.StatusBadRequest, "the shape does not fit the model input: wrong rank or a wrong fixed dim"},
+	CodeDTypeMismatch:        {CodeDTypeMismatch, http.StatusBadRequest, "the datatype is not the model input's"},
+	CodeInputMismatch:        {CodeInputMismatch, http.StatusBadRequest, "an input is unknown, missing or given twice, or an output name is unknown"},
+	CodeNegativeDim:          {CodeNegativeDim, http.StatusBadRequest, "a shape has a negative dim"},
+	CodeInvalidShape:         {CodeInvalidShape, http.StatusBadRequest, "a shape is not valid (rank above 16)"},
+	CodeTensorTooLarge:       {CodeTensorTooLarge, http.StatusBadRequest, "the shape's element or byte count overflows"},
+	CodeUnsupportedType:      {CodeUnsupportedType, http.StatusBadRequest, "the model has an input or output type the backend cannot carry"},
+	CodeBodyTooLarge:         {CodeBodyTooLarge, http.StatusRequestEntityTooLarge, "the body exceeds the node's limit (--max-body, --max-model-size)"},
+	CodeInvalidName:          {CodeInvalidName, http.StatusBadRequest, "a model name is empty, too long or has characters outside [A-Za-z0-9._-]"},
+	CodeInvalidModel:         {CodeInvalidModel, http.StatusUnprocessableEntity, "the uploaded file is not a model the backend can load (corrupt, truncated)"},
+	CodeModelNotFound:        {CodeModelNotFound, http.StatusNotFound, "no model (or model version) of that name"},
+	CodeNodeNotFound:         {CodeNodeNotFound, http.StatusNotFound, "no node of that name"},
+	CodeTokenNotFound:        {CodeTokenNotFound, http.StatusNotFound, "no token with that id"},
+	CodeConflict:             {CodeConflict, http.StatusConflict, "a token (or other named object) of that name exists already"},
+	CodeRouteNotFound:        {CodeRouteNotFound, http.StatusNotFound, "no such endpoint"},
+	CodeMethodNotAllowed:     {CodeMethodNotAllowed, http.StatusMethodNotAllowed, "the endpoint exists but not for this method; Allow lists the methods"},
+	CodeUnauthorized:         {CodeUnauthorized, http.StatusUnauthorized, "no token, or a token the node does not know"},
+	CodeForbidden:            {CodeForbidden, http.StatusForbidden, "the token is valid but its scope does not cover this call"},
+	CodeNotReady:             {CodeNotReady, http.StatusServiceUnavailable, "the node or the model is not ready yet; retry after Retry-After seconds"},
+	CodeNoReplica:            {CodeNoReplica, http.StatusServiceUnavailable, "a pipeline stage has no ready replica; retry after Retry-After seconds"},
+	CodeInsufficientCapacity: {CodeInsufficientCapacity, http.StatusInsufficientStorage, "the live members' memory budgets cannot hold the model; the message gives the shortfall in bytes"},
+	CodeNotClusterMode:       {CodeNotClusterMode, http.StatusNotImplemented, "the call needs a cluster and the node runs in single-node mode"},
+	CodeUnavailable:          {CodeUnavailable, http.StatusServiceUnavailable, "the model was unloaded while the request ran; retry"},
+	CodeTimeout:              {CodeTimeout, http.StatusGatewayTimeout, "the request's deadline passed before an answer"},
+	CodeInternal:             {CodeInternal, http.StatusInternalServerError, "a fault inside the node; the log has the details"},
 }
 
 // classifiers map sentinel errors to codes. Order matters: the first match wins, so
@@ -142,6 +147,7 @@ var classifiers = []struct {
 	{ErrUnauthorized, CodeUnauthorized},
 	{ErrForbidden, CodeForbidden},
 	{ErrNoReplica, CodeNoReplica},
+	{ErrInsufficientCapacity, CodeInsufficientCapacity},
 	{ErrNotReady, CodeNotReady},
 	{ErrNotClusterMode, CodeNotClusterMode},
 	{context.DeadlineExceeded, CodeTimeout},

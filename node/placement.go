@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/layermesh/layermesh/api"
 )
 
 // Placement errors. A CapacityError wraps ErrInsufficientCapacity.
 var (
 	// ErrInsufficientCapacity means at least one stage fits on no live node: the model
-	// cannot serve at all with the members there are.
-	ErrInsufficientCapacity = errors.New("insufficient capacity")
+	// cannot serve at all with the members there are. It is the API's sentinel, so the
+	// HTTP answer is 507 insufficient_capacity with the shortfall in the message.
+	ErrInsufficientCapacity = api.ErrInsufficientCapacity
 	// ErrInvalidPlacementInput means the caller passed an inconsistent request (no
 	// stages, replication factor below 1, duplicate member ids, negative sizes).
 	ErrInvalidPlacementInput = errors.New("invalid placement input")
