@@ -286,6 +286,9 @@ func testDrainRemove(t *testing.T, c *opsCluster) {
 	if stats.Failures != 0 || stats.Successes < 5 {
 		t.Fatalf("load: %s", stats)
 	}
+	if r := c.ctl(t, 0, "undrain", name); r.code != 1 || !strings.Contains(r.stderr, "conflict") {
+		t.Errorf("undrain of a removed node: exit %d %q, want 1 and conflict", r.code, r.stderr)
+	}
 	var nl wire.NodeList
 	c.okJSON(t, &nl, "nodes")
 	for _, n := range nl.Nodes {
