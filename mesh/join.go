@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -168,10 +169,12 @@ func (m *Mesh) proof(role string, server, client peer.ID, nc, ns [nonceLen]byte)
 }
 
 func (m *Mesh) gossipPort() int {
-	if m.list == nil {
+	_, port, err := net.SplitHostPort(m.GossipAddr())
+	if err != nil {
 		return 0
 	}
-	return int(m.list.LocalNode().Port)
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 // handleJoin is the server side of the handshake: the one protocol open to anyone.

@@ -9,6 +9,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -111,6 +112,9 @@ func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 }
 func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.m.emit(MemberUpdate, n) }
 
+// toMember copies what a member record needs out of n. memberlist rewrites its Node
+// structs in place under its own lock, so n may be read only while memberlist holds
+// that lock: inside its event callbacks, which is the only place this is called.
 func (m *Mesh) toMember(n *memberlist.Node, state MemberState) Member {
 	mem := Member{
 		GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
@@ -127,17 +131,35 @@ func (m *Mesh) toMember(n *memberlist.Node, state MemberState) Member {
 	return mem
 }
 
+// emit records a membership change memberlist reports through a callback and hands it
+// to subscribers. The member table is this package's own copy of memberlist's view,
+// taken in the callbacks, so Members never reads memberlist's Node structs.
 func (m *Mesh) emit(t MemberEventType, n *memberlist.Node) {
 	state := StateAlive
 	switch t {
-	case MemberSuspect:
-		state = StateSuspect
 	case MemberDead:
 		state = StateDead
 	case MemberLeave:
 		state = StateLeft
 	}
-	ev := MemberEvent{Type: t, Member: m.toMember(n, state)}
+	mem := m.toMember(n, state)
+	m.membersMu.Lock()
+	switch t {
+	case MemberJoin, MemberUpdate:
+		m.members[n.Name] = mem
+	case MemberDead, MemberLeave:
+		delete(m.members, n.Name)
+	}
+	if n.Name == m.id.String() && state == StateAlive {
+		m.selfGossip = mem.GossipAddr
+	}
+	m.membersMu.Unlock()
+	m.publish(MemberEvent{Type: t, Member: mem})
+}
+
+// publish hands ev to every subscriber without blocking.
+func (m *Mesh) publish(ev MemberEvent) {
+	t := ev.Type
 	m.log.Debug("member event", "event", t.String(), "member", shortID(ev.Member.PeerID), "state", ev.Member.State.String())
 	m.subsMu.Lock()
 	defer m.subsMu.Unlock()
@@ -175,41 +197,40 @@ func (m *Mesh) Subscribe() (<-chan MemberEvent, func()) {
 }
 
 // Members lists the members memberlist has not declared dead or left, this node
-// included. Their State is StateAlive: memberlist does not expose suspicion through its
-// API, only through the MemberSuspect events this node derives from its own probes.
+// included, ordered by peer id. Their State is StateAlive: memberlist does not expose
+// suspicion through its API, only through the MemberSuspect events this node derives
+// from its own probes. The records are copies; their slices are shared between callers
+// and must not be modified.
 func (m *Mesh) Members() []Member {
-	if m.list == nil {
-		return nil
+	m.membersMu.Lock()
+	out := make([]Member, 0, len(m.members))
+	for _, mem := range m.members {
+		out = append(out, mem)
 	}
-	var out []Member
-	for _, n := range m.list.Members() {
-		out = append(out, m.toMember(n, StateAlive))
-	}
+	m.membersMu.Unlock()
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(string(a.PeerID), string(b.PeerID)) })
 	return out
 }
 
 // suspectByName emits MemberSuspect for the member memberlist just reported, in its
 // log, as failing this node's probes; memberlist has no callback for suspicion.
 func (m *Mesh) suspectByName(name string) {
-	if m.list == nil {
+	m.membersMu.Lock()
+	mem, ok := m.members[name]
+	m.membersMu.Unlock()
+	if !ok {
 		return
 	}
-	for _, n := range m.list.Members() {
-		if n.Name == name {
-			m.emit(MemberSuspect, n)
-			return
-		}
-	}
+	mem.State = StateSuspect
+	m.publish(MemberEvent{Type: MemberSuspect, Member: mem})
 }
 
 // Member returns one member by peer id.
 func (m *Mesh) Member(p peer.ID) (Member, bool) {
-	for _, mem := range m.Members() {
-		if mem.PeerID == p {
-			return mem, true
-		}
-	}
-	return Member{}, false
+	m.membersMu.Lock()
+	defer m.membersMu.Unlock()
+	mem, ok := m.members[p.String()]
+	return mem, ok
 }
 
 func (m *Mesh) memberAlive(p peer.ID) bool {

@@ -57,7 +57,14 @@ type Mesh struct {
 	peersMu sync.Mutex
 	peers   map[peer.ID]*peerRecord
 
-	list    *memberlist.Memberlist
+	list *memberlist.Memberlist
+	// membersMu guards the member table: copies of memberlist's records taken in its
+	// event callbacks (keyed by memberlist name, the peer id), so that nothing reads
+	// the Node structs memberlist keeps rewriting under its own lock.
+	membersMu  sync.Mutex
+	members    map[string]Member
+	selfGossip string // host:port of our memberlist listener, from our own join event
+
 	metaMu  sync.Mutex
 	meta    NodeMeta
 	metaRaw []byte
@@ -119,6 +126,7 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 		limiters: make(map[string]*joinLimiter),
 		peers:    make(map[peer.ID]*peerRecord),
 		subs:     make(map[int]chan MemberEvent),
+		members:  make(map[string]Member),
 		links:    make(map[peer.ID]LinkStats),
 	}
 	m.SetIsMember(c.IsMember)
@@ -276,11 +284,9 @@ func (m *Mesh) listenAddrs() []string {
 
 // GossipAddr is host:port of this node's memberlist listener.
 func (m *Mesh) GossipAddr() string {
-	if m.list == nil {
-		return ""
-	}
-	n := m.list.LocalNode()
-	return net.JoinHostPort(n.Addr.String(), fmt.Sprint(n.Port))
+	m.membersMu.Lock()
+	defer m.membersMu.Unlock()
+	return m.selfGossip
 }
 
 // Connect dials a peer over libp2p and runs the join handshake, so both sides admit
