@@ -89,7 +89,9 @@ type ClusterOptions struct {
 	FastGossip bool
 	// MemBudget bounds the bytes of stages this node holds; 0 means 1 GiB.
 	MemBudget int64
-	// Speed is this node's relative compute speed for the planner; 0 means 1.
+	// Speed is this node's compute speed for the planner and the placement, in GFLOP/s;
+	// 0 means measure it at start (MeasureSpeed: a short matmul through Backend with
+	// Session's thread count). Set it to skip the benchmark or to pin a figure.
 	Speed float64
 	// Replicas is the default replication factor of a deploy; 0 means 2.
 	Replicas int
@@ -137,14 +139,14 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if opts.MemBudget <= 0 {
 		opts.MemBudget = 1 << 30
 	}
-	if opts.Speed <= 0 {
-		opts.Speed = 1
-	}
 	if opts.Replicas <= 0 {
 		opts.Replicas = 2
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.Speed <= 0 {
+		opts.Speed = startupSpeed(ctx, opts)
 	}
 	secret, err := loadOrCreateSecret(opts)
 	if err != nil {
@@ -214,6 +216,26 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	}
 	c.log.Info("cluster node started", "peer", c.self, "addrs", c.mesh.Addrs(), "gossip", c.mesh.GossipAddr())
 	return c, nil
+}
+
+// startupSpeed measures this node's speed score, or falls back to 1 GFLOP/s (with an
+// error logged) when the benchmark cannot run: a node that cannot measure itself still
+// serves, it just looks slow to the planner.
+func startupSpeed(ctx context.Context, opts ClusterOptions) float64 {
+	log := opts.Logger.With("component", "node")
+	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+		log.Error("speed score not measured, using 1 GFLOP/s", "err", err)
+		return 1
+	}
+	start := time.Now()
+	gflops, err := MeasureSpeed(ctx, opts.Backend, opts.Session, opts.DataDir)
+	if err != nil {
+		log.Error("speed score not measured, using 1 GFLOP/s", "err", err)
+		return 1
+	}
+	log.Info("speed score", "gflops", fmt.Sprintf("%.1f", gflops), "intra_op_threads", opts.Session.IntraOpThreads,
+		"provider", string(opts.Backend.Provider()), "took", time.Since(start).Round(time.Millisecond).String())
+	return gflops
 }
 
 // NewNodeCluster is the hook Node.New calls when cluster settings are given (after its

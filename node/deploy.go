@@ -253,7 +253,9 @@ func (c *Cluster) planDevices(st *consensus.ClusterState) []partition.Device {
 		if free <= 0 {
 			continue
 		}
-		out = append(out, partition.Device{Name: id, MemBudget: free, Speed: max(m.Capacity.Speed, 1e-9)})
+		// Capacity.Speed is GFLOP/s; the planner wants FLOP/s, so that a stage's compute
+		// seconds and its transfer seconds (bytes over the probed bandwidth) add up.
+		out = append(out, partition.Device{Name: id, MemBudget: free, Speed: max(m.Capacity.Speed, 1e-9) * 1e9})
 	}
 	slices.SortFunc(out, func(a, b partition.Device) int {
 		if a.Speed != b.Speed {
