@@ -17,7 +17,7 @@ _meshctl() {
     return
   fi
   case "$cur" in
-    -*) COMPREPLY=($(compgen -W "--addr --token --token-file --json --timeout --help" -- "$cur")) ;;
+    -*) COMPREPLY=($(compgen -W "--addr --token --token-file --ca-cert --json --timeout --help" -- "$cur")) ;;
     *)  COMPREPLY=($(compgen -f -- "$cur")) ;;
   esac
 }
@@ -38,7 +38,7 @@ _meshctl() {
     return
   fi
   _arguments '*--addr[node API address]:address:' '*--token[API token]:token:' \
-    '*--token-file[file holding the API token]:file:_files' '*--json[print JSON]' \
+    '*--token-file[file holding the API token]:file:_files' '*--ca-cert[certificate to trust]:file:_files' '*--json[print JSON]' \
     '*--timeout[give up after this long]:duration:' '*:file:_files'
 }
 compdef _meshctl meshctl

@@ -12,11 +12,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"sort"
@@ -119,7 +122,8 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(tw, "  %s\t%s\n", n, commands[n].summary)
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\ncommon flags: --addr (LAYERMESH_ADDR), --token (LAYERMESH_TOKEN), --token-file (LAYERMESH_TOKEN_FILE), --json")
+	fmt.Fprintln(w, "\ncommon flags: --addr (LAYERMESH_ADDR), --token (LAYERMESH_TOKEN), --token-file (LAYERMESH_TOKEN_FILE), --ca-cert (LAYERMESH_CA_CERT), --json, --timeout")
+	fmt.Fprintln(w, "exit codes: 0 success, 1 the command failed (refused, unreachable, or a problem found), 2 a wrong command line")
 }
 
 // describe adds a hint to the errors people hit first.
@@ -138,6 +142,7 @@ type common struct {
 	tokenFile string
 	json      bool
 	timeout   time.Duration
+	caCert    string
 }
 
 func addCommon(fs *flag.FlagSet) *common {
@@ -151,7 +156,28 @@ func addCommon(fs *flag.FlagSet) *common {
 	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the API token, e.g. <data-dir>/admin.token (env LAYERMESH_TOKEN_FILE)")
 	fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
 	fs.DurationVar(&c.timeout, "timeout", 0, "give up after this long (0: no limit)")
+	fs.StringVar(&c.caCert, "ca-cert", os.Getenv("LAYERMESH_CA_CERT"), "PEM certificate(s) to trust for an https:// --addr, e.g. the node's --tls-cert (env LAYERMESH_CA_CERT; default: the system's roots)")
 	return c
+}
+
+// httpClient trusts the certificates of --ca-cert only, or the system's roots when
+// none is given.
+func (c *common) httpClient() (*http.Client, error) {
+	if c.caCert == "" {
+		return http.DefaultClient, nil
+	}
+	pem, err := os.ReadFile(c.caCert)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-cert: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, usagef("--ca-cert %s holds no PEM certificate", c.caCert)
+	}
+	return &http.Client{Transport: &http.Transport{
+		Proxy:           http.ProxyFromEnvironment,
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+	}}, nil
 }
 
 // client builds the API client; the token comes from --token, --token-file,
@@ -172,7 +198,11 @@ func (c *common) client() (*client.Client, error) {
 		}
 		tok = strings.TrimSpace(string(b))
 	}
-	return client.New(c.addr, client.WithToken(tok))
+	hc, err := c.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(c.addr, client.WithToken(tok), client.WithHTTPClient(hc))
 }
 
 func (c *common) context(ctx context.Context) (context.Context, context.CancelFunc) {

@@ -161,8 +161,14 @@ func (c *opsCluster) ctl(t *testing.T, via int, args ...string) ctlResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	return c.run(t, ctx, c.HTTPAddr(via), args...)
+}
+
+// run runs meshctl against addr with the admin token file.
+func (c *opsCluster) run(t *testing.T, ctx context.Context, addr string, args ...string) ctlResult {
+	t.Helper()
 	cmd := exec.CommandContext(ctx, c.meshctl, args...)
-	cmd.Env = append(os.Environ(), "LAYERMESH_ADDR="+c.HTTPAddr(via), "LAYERMESH_TOKEN_FILE="+c.tokenFile, "LAYERMESH_TOKEN=")
+	cmd.Env = append(os.Environ(), "LAYERMESH_ADDR="+addr, "LAYERMESH_TOKEN_FILE="+c.tokenFile, "LAYERMESH_TOKEN=", "LAYERMESH_CA_CERT=")
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -192,14 +198,22 @@ func (c *opsCluster) ok(t *testing.T, args ...string) string {
 func (c *opsCluster) okJSON(t *testing.T, v any, args ...string) {
 	t.Helper()
 	out := c.ok(t, append(args, "--json")...)
+	if err := decodeStrict(out, v); err != nil {
+		t.Fatalf("meshctl %s --json: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// decodeStrict decodes out into v: one JSON document whose every field v knows.
+func decodeStrict(out string, v any) error {
 	dec := json.NewDecoder(strings.NewReader(out))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		t.Fatalf("meshctl %s --json: output does not parse: %v\n%s", strings.Join(args, " "), err, out)
+		return fmt.Errorf("output does not parse: %w", err)
 	}
 	if dec.More() {
-		t.Fatalf("meshctl %s --json: more than one JSON document:\n%s", strings.Join(args, " "), out)
+		return errors.New("more than one JSON document")
 	}
+	return nil
 }
 
 // inputs returns request seq's token ids.
