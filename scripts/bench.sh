@@ -82,7 +82,7 @@ job modelgen-gpt2 "go test -run '^\$' -bench '^BenchmarkBuildGPT2Small\$' -bench
 
 # Issue 2 point 5: HTTP (binary and JSON) against a direct accel call, 12 x 768 GPT at
 # 1x128, interleaved in one run; and the same path on a model that computes nothing.
-job api-infer "go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 5x 15x) -count 1 -benchmem -timeout 30m ./api/"
+job api-infer "go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 5x 10x) -count 1 -benchmem -timeout 30m ./api/"
 job api-logits "go test -run '^\$' -bench '^BenchmarkInferLogitsTransport\$' -benchtime $(q 5x 10x) -count $(q 1 3) -benchmem -timeout 10m ./api/"
 
 # Issue 3 point 5: analyse and write 3 stages of the 24 x 1024 GPT (child process, peak
@@ -94,7 +94,7 @@ fi
 
 # Issue 4 point 3: stage RPC of one hidden state and 25.7 MB tensors, each path against
 # raw loopback TCP in the same run; in one process and across two processes.
-job mesh-stage-rpc "go test -run '^\$' -bench '^BenchmarkStageRPC_1x128x768\$' -benchtime $(q 200x 1000x) -count $(q 1 3) -benchmem -timeout 10m ./mesh/"
+job mesh-stage-rpc "go test -run '^\$' -bench '^BenchmarkStageRPC_1x128x768\$' -benchtime $(q 200x 500x) -count $(q 1 3) -benchmem -timeout 10m ./mesh/"
 job mesh-throughput "go test -run '^\$' -bench '^BenchmarkThroughput\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 15m ./mesh/"
 job mesh-throughput-processes "go test -run '^\$' -bench '^BenchmarkThroughputProcesses\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 15m ./mesh/"
 
@@ -109,7 +109,7 @@ job consensus-apply "go test -run '^\$' -bench '^(BenchmarkApply|BenchmarkLinear
 # the stage-holder kill system test, whose figures are in its -v log.
 job split-latency-1t "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^BenchmarkSplitVsWhole\$' -benchtime $(q 1x 10x) -count 1 -timeout 20m ./test/split/"
 job split-latency-2t "LAYERMESH_BENCH_THREADS=2 go test -run '^\$' -bench '^BenchmarkSplitVsWhole\$' -benchtime $(q 1x 10x) -count 1 -timeout 20m ./test/split/"
-job split-pipeline "go test -run '^\$' -bench '^BenchmarkSplitPipelineParallel\$' -benchtime $(q 1x 16x) -count 1 -timeout 20m ./test/split/"
+job split-pipeline "go test -run '^\$' -bench '^BenchmarkSplitPipelineParallel\$' -benchtime $(q 1x 12x) -count 1 -timeout 20m ./test/split/"
 job split-failover "go test -run '^TestSplitStageHolderKilled\$' -count 1 -v -timeout 15m ./test/split/"
 
 run_secs=$(( $(date +%s) - run_start ))

@@ -245,9 +245,13 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 			renderMatrix(w, jobs, mx)
 		}
 		for _, name := range s.Logs {
-			if lines := logsOf(jobs, s.Jobs, name); len(lines) > 0 {
-				p("Benchmark log of %s:\n\n", name)
-				for _, l := range lines {
+			for _, id := range s.Jobs {
+				j, ok := jobs[id]
+				if !ok || len(j.Output.Logs[name]) == 0 {
+					continue
+				}
+				p("Log of %s in `%s`:\n\n", name, id)
+				for _, l := range j.Output.Logs[name] {
 					p("    %s\n", l)
 				}
 				p("\n")
@@ -354,17 +358,6 @@ func anyRan(jobs map[string]*Job, ids []string) bool {
 		}
 	}
 	return false
-}
-
-func logsOf(jobs map[string]*Job, ids []string, bench string) []string {
-	for _, id := range ids {
-		if j, ok := jobs[id]; ok {
-			if l := j.Output.Logs[bench]; len(l) > 0 {
-				return l
-			}
-		}
-	}
-	return nil
 }
 
 func after(s, sep string) string {

@@ -46,7 +46,6 @@ figure is reported beside it.`,
 				{Metric: "B/op", Header: "MB allocated per request", Scale: 1e-6},
 			},
 		}},
-		Logs: []string{"BenchmarkInfer"},
 	},
 	{
 		Title: "Issue 2: building the 12 x 768 GPT, and the fixed cost of one ORT run",
