@@ -34,7 +34,6 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -58,10 +57,6 @@ const (
 	// other nodes --join, read by harnesses and scripts.
 	p2pAddrFile = "p2p.addr"
 )
-
-// wireDriveStage is how DriveStage travels in the stage RPC header, which carries
-// only non-negative stage numbers.
-const wireDriveStage = 1 << 31
 
 // ClusterOptions configure NewCluster.
 type ClusterOptions struct {
@@ -87,7 +82,8 @@ type ClusterOptions struct {
 	// FastGossip uses memberlist's local-network timings: failures are detected in
 	// seconds. Meant for one-host clusters and tests.
 	FastGossip bool
-	// MemBudget bounds the bytes of stages this node holds; 0 means 1 GiB.
+	// MemBudget bounds the bytes of stages this node holds; 0 means half the memory
+	// the kernel reports available (defaultMemBudget).
 	MemBudget int64
 	// Speed is this node's compute speed for the planner and the placement, in GFLOP/s;
 	// 0 means measure it at start (MeasureSpeed: a short matmul through Backend with
@@ -137,7 +133,7 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		return nil, fmt.Errorf("%w: DataDir and Backend are required", ErrClusterConfig)
 	}
 	if opts.MemBudget <= 0 {
-		opts.MemBudget = 1 << 30
+		opts.MemBudget = defaultMemBudget()
 	}
 	if opts.Replicas <= 0 {
 		opts.Replicas = 2
@@ -473,45 +469,8 @@ func (c *Cluster) memberEventLoop(ctx context.Context) {
 				delete(c.suspect, id)
 			}
 			c.suspectMu.Unlock()
-			c.syncPeerstore(c.store.State())
 			c.runtime.Kick()
 		}
-	}
-}
-
-// syncPeerstore puts every known member's libp2p addresses (from the Raft state and
-// from memberlist metadata) into the host's peerstore. Raft and stage calls dial peers
-// by id; a node that joined through one seed otherwise knows no address of the others,
-// and once the leader dies the survivors could not even reach each other to elect.
-func (c *Cluster) syncPeerstore(st *consensus.ClusterState) {
-	ps := c.mesh.Host().Peerstore()
-	add := func(id string, addrs []string) {
-		p, err := peer.Decode(id)
-		if err != nil || id == c.self {
-			return
-		}
-		var mas []ma.Multiaddr
-		for _, a := range addrs {
-			m, err := ma.NewMultiaddr(a)
-			if err != nil {
-				continue
-			}
-			if transport, last := ma.SplitLast(m); last != nil && last.Protocol().Code == ma.P_P2P {
-				m = transport
-			}
-			if m != nil {
-				mas = append(mas, m)
-			}
-		}
-		if len(mas) > 0 {
-			ps.AddAddrs(p, mas, peerstore.PermanentAddrTTL)
-		}
-	}
-	for id, m := range st.Members {
-		add(id, m.Addrs)
-	}
-	for _, m := range c.mesh.Members() {
-		add(m.PeerID.String(), m.Meta.Addrs)
 	}
 }
 
@@ -573,7 +532,6 @@ func (c *Cluster) assignmentLoop(ctx context.Context) {
 	defer tick.Stop()
 	for {
 		st := c.store.State()
-		c.syncPeerstore(st)
 		c.runtime.SetAssignments(assignmentsFor(st, c.self))
 		select {
 		case <-ctx.Done():
@@ -610,7 +568,7 @@ func assignmentsFor(st *consensus.ClusterState, self string) []StageAssignment {
 // serveStage answers peers' stage RPCs: one stage from the runtime, or a whole request
 // handed over to this node as driver.
 func (c *Cluster) serveStage(ctx context.Context, req *mesh.StageRequest) ([]tensor.Tensor, error) {
-	if req.Stage == wireDriveStage {
+	if req.Drive {
 		out, err := c.router.Drive(ctx, StageCall{RequestID: req.RequestID, Model: req.Model, Version: req.Version,
 			Stage: DriveStage, Inputs: req.Tensors, Outputs: req.Outputs})
 		return out, toMeshError(err)
@@ -642,14 +600,16 @@ func (mc meshCaller) CallStage(ctx context.Context, node string, call StageCall)
 	if err != nil {
 		return nil, fmt.Errorf("stage call to %q: %w", node, err)
 	}
-	stage := call.Stage
-	if stage == DriveStage {
-		stage = wireDriveStage
-	}
-	out, err := mc.m.CallStage(ctx, p, &mesh.StageRequest{
-		RequestID: call.RequestID, Model: call.Model, Version: call.Version, Stage: stage,
+	req := &mesh.StageRequest{
+		RequestID: call.RequestID, Model: call.Model, Version: call.Version, Stage: call.Stage,
 		Tensors: call.Inputs, Outputs: call.Outputs,
-	})
+	}
+	if call.Stage == DriveStage {
+		// A hand-over travels as the stage RPC's drive flag; the wire's stage index
+		// is never negative and means nothing then.
+		req.Drive, req.Stage = true, 0
+	}
+	out, err := mc.m.CallStage(ctx, p, req)
 	if errors.Is(err, mesh.ErrBadRequest) {
 		// The peer's model rejected the inputs: every replica would.
 		return nil, fmt.Errorf("%w: %w", accel.ErrInputMismatch, err)

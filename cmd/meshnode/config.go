@@ -66,7 +66,7 @@ func newFlagSet(c *config, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.Bootstrap, "bootstrap", false, "create a new cluster (cluster mode)")
 	fs.IntVar(&c.BootstrapExpect, "bootstrap-expect", 0, "wait for this many nodes before bootstrapping (cluster mode)")
 	fs.StringVar(&c.ClusterSecretFile, "cluster-secret-file", "", "file holding the cluster secret (cluster mode)")
-	fs.Var(&c.MemBudget, "mem-budget", "memory this node offers for model stages, e.g. 2GiB (default: derived from free memory)")
+	fs.Var(&c.MemBudget, "mem-budget", "memory this node offers for model stages, e.g. 2GiB (default: half the memory available at start)")
 	fs.StringVar(&c.Accel, "accel", "auto", "execution provider: auto, cpu, cuda or tensorrt")
 	fs.IntVar(&c.Threads, "threads", 0, "ONNX Runtime intra-op threads per session (default: number of cores)")
 	fs.IntVar(&c.SessionPool, "session-pool", 1, "ONNX Runtime sessions per model, for concurrent requests")
