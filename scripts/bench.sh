@@ -37,6 +37,10 @@ json_str() { # a JSON string literal
 
 failed=()
 run_start=$(date +%s)
+run_commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+  run_commit+=" (with uncommitted changes in the working tree)"
+fi
 run_load=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # job ID COMMAND: runs COMMAND (a go test -bench line) and records its output and
@@ -114,8 +118,8 @@ job split-failover "go test -run '^TestSplitStageHolderKilled\$' -count 1 -v -ti
 
 run_secs=$(( $(date +%s) - run_start ))
 {
-  printf '{"quick":%s,"only":%s,"seconds":%d,"load_start":%s,"load_end":%s,"procs":%d,"finished":%s}\n' \
-    "$([[ $quick == 1 ]] && echo true || echo false)" "$(json_str "$only")" "$run_secs" \
+  printf '{"quick":%s,"only":%s,"commit":%s,"seconds":%d,"load_start":%s,"load_end":%s,"procs":%d,"finished":%s}\n' \
+    "$([[ $quick == 1 ]] && echo true || echo false)" "$(json_str "$only")" "$(json_str "$run_commit")" "$run_secs" \
     "$(json_str "$run_load")" "$(json_str "$(cut -d' ' -f1-3 /proc/loadavg)")" "$(nproc)" \
     "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
 } >"$out/run.json"

@@ -20,7 +20,9 @@ type Machine struct {
 	Kernel     string
 	GoVersion  string
 	ORTVersion string
-	Commit     string
+	// Commit is HEAD when the report was written; the run's own commit, from
+	// run.json, takes its place when bench.sh recorded one.
+	Commit string
 }
 
 // probeMachine reads the machine's description from /proc, uname, go and git. A part

@@ -31,6 +31,7 @@ var errNoResults = errors.New("benchreport: no benchmark results")
 type RunInfo struct {
 	Quick     bool    `json:"quick"`
 	Only      string  `json:"only"`
+	Commit    string  `json:"commit"` // HEAD when the run started`
 	Seconds   float64 `json:"seconds"`
 	LoadStart string  `json:"load_start"`
 	LoadEnd   string  `json:"load_end"`

@@ -147,11 +147,15 @@ func (v value) String() string {
 	return fmt.Sprintf("%s (%s–%s, %d runs)", num(v.median), num(v.min), num(v.max), v.n)
 }
 
-func (t *Target) String() string {
+// targetText is what the issue asks of a figure, in the figure's unit.
+func targetText(t *Target, unit string) string {
 	if t == nil {
 		return "recorded"
 	}
 	s := t.Op + " " + strconv.FormatFloat(t.Value, 'g', -1, 64)
+	if unit != "" {
+		s += " " + unit
+	}
 	if t.Note != "" {
 		s += " (" + t.Note + ")"
 	}
@@ -199,11 +203,19 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 	p("| kernel | %s |\n", m.Kernel)
 	p("| Go | %s |\n", m.GoVersion)
 	p("| ONNX Runtime | %s, CPU execution provider |\n", m.ORTVersion)
-	p("| commit | %s |\n", m.Commit)
+	commit := m.Commit
+	if info.Commit != "" {
+		commit = info.Commit
+	}
+	p("| commit | %s |\n", commit)
 	p("| run | %s |\n", mode)
 	p("| load average (1, 5, 15 min) | %s at the start, %s at the end |\n\n", info.LoadStart, info.LoadEnd)
 	p("The machine is shared: other processes compete for its %d cores during the run, so absolute\n", m.Cores)
-	p("times are noisier than the ratios, which are measured interleaved.\n\n")
+	p("times are noisier than the ratios, which are measured interleaved.")
+	if busy(info.LoadStart, m.Cores) || busy(info.LoadEnd, m.Cores) {
+		p(" **In this run the load average was above\nthe number of cores: every figure, ratios included, is pessimistic.**")
+	}
+	p("\n\n")
 
 	p("## Summary\n\n| issue point | figure | value | target | met |\n|---|---|---|---|---|\n")
 	for _, s := range sections {
@@ -217,7 +229,7 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 				continue
 			}
 			v := lookup(jobs, f.Job, f.Bench, f.Metric, f.Scale)
-			p("| %s | %s | %s | %s | %s |\n", short, f.Label, v.withUnit(f.Unit), f.Target, verdict(f.Target, v))
+			p("| %s | %s | %s | %s | %s |\n", short, f.Label, v.withUnit(f.Unit), targetText(f.Target, f.Unit), verdict(f.Target, v))
 		}
 	}
 	p("\n")
@@ -237,7 +249,7 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 			p("| figure | value | target | met |\n|---|---|---|---|\n")
 			for _, f := range s.Figures {
 				v := lookup(jobs, f.Job, f.Bench, f.Metric, f.Scale)
-				p("| %s | %s | %s | %s |\n", f.Label, v.withUnit(f.Unit), f.Target, verdict(f.Target, v))
+				p("| %s | %s | %s | %s |\n", f.Label, v.withUnit(f.Unit), targetText(f.Target, f.Unit), verdict(f.Target, v))
 			}
 			p("\n")
 		}
@@ -358,6 +370,17 @@ func anyRan(jobs map[string]*Job, ids []string) bool {
 		}
 	}
 	return false
+}
+
+// busy says whether a "1 5 15" load average line shows more runnable work than cores
+// in the last minute.
+func busy(loadavg string, cores int) bool {
+	f := strings.Fields(loadavg)
+	if len(f) == 0 {
+		return false
+	}
+	l, err := strconv.ParseFloat(f[0], 64)
+	return err == nil && l > float64(cores)
 }
 
 func after(s, sep string) string {
