@@ -17,6 +17,10 @@ root=$(pwd)
 export ORT_LIB=${ORT_LIB:-$root/third_party/onnxruntime/current/libonnxruntime.so.1}
 [[ -f $ORT_LIB ]] || { echo "bench: ONNX Runtime not found at $ORT_LIB; run make setup" >&2; exit 1; }
 
+# Benchmarks read LAYERMESH_BENCH_THREADS; a value left in the caller's environment
+# would change figures without showing in their commands, which set it where needed.
+unset LAYERMESH_BENCH_THREADS
+
 out=test/results/bench
 quick=${BENCH_QUICK:-0}
 only=${BENCH_ONLY:-}

@@ -213,7 +213,7 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 	p("The machine is shared: other processes compete for its %d cores during the run, so absolute\n", m.Cores)
 	p("times are noisier than the ratios, which are measured interleaved.")
 	if busy(info.LoadStart, m.Cores) || busy(info.LoadEnd, m.Cores) {
-		p(" **In this run the load average was above\nthe number of cores: every figure, ratios included, is pessimistic.**")
+		p(" **In this run the load average was above\nthe number of cores: expect every figure, ratios included, to be worse than on a quiet machine.**")
 	}
 	p("\n\n")
 
