@@ -134,6 +134,17 @@ func (v value) withUnit(unit string) string {
 	return v.String() + " " + unit
 }
 
+// cell is the value without its run count, for tables whose caption gives it.
+func (v value) cell() string {
+	if v.missing != "" || v.n == 1 {
+		return v.String()
+	}
+	if num(v.min) == num(v.max) {
+		return num(v.median)
+	}
+	return fmt.Sprintf("%s (%s–%s)", num(v.median), num(v.min), num(v.max))
+}
+
 func (v value) String() string {
 	if v.missing != "" {
 		return "— (" + v.missing + ")"
@@ -306,7 +317,17 @@ func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections
 }
 
 func renderMatrix(w io.Writer, jobs map[string]*Job, mx Matrix) {
-	fmt.Fprintf(w, "%s\n\n| |", mx.Caption)
+	runs := 0
+	if j, ok := jobs[mx.Job]; ok {
+		for _, r := range mx.Rows {
+			runs = max(runs, len(j.Output.Results[r.Bench]))
+		}
+	}
+	caption := mx.Caption
+	if runs > 1 {
+		caption += fmt.Sprintf(" (each cell: the median of %d runs, and their range)", runs)
+	}
+	fmt.Fprintf(w, "%s:\n\n| |", caption)
 	for _, c := range mx.Cols {
 		fmt.Fprintf(w, " %s |", c.Header)
 	}
@@ -314,7 +335,7 @@ func renderMatrix(w io.Writer, jobs map[string]*Job, mx Matrix) {
 	for _, r := range mx.Rows {
 		fmt.Fprintf(w, "| %s |", r.Label)
 		for _, c := range mx.Cols {
-			fmt.Fprintf(w, " %s |", lookup(jobs, mx.Job, r.Bench, c.Metric, c.Scale))
+			fmt.Fprintf(w, " %s |", lookup(jobs, mx.Job, r.Bench, c.Metric, c.Scale).cell())
 		}
 		fmt.Fprintln(w)
 	}

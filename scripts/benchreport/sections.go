@@ -34,7 +34,7 @@ figure is reported beside it.`,
 			Job: "api-logits",
 			Caption: "The HTTP path's own cost for the same 25.7 MB answer, on a model that computes almost nothing " +
 				"(BenchmarkInferLogitsTransport: 1x128 int64 in, 1x128x50257 float32 out), so the difference is not " +
-				"lost in the noise of a forward pass on a shared machine:",
+				"lost in the noise of a forward pass on a shared machine",
 			Rows: []Row{
 				{"BenchmarkInferLogitsTransport/HTTPBinary", "binary extension"},
 				{"BenchmarkInferLogitsTransport/HTTPJSON", "JSON"},
@@ -123,7 +123,7 @@ recorded.`,
 		Details: []Matrix{
 			{
 				Job:     "mesh-stage-rpc",
-				Caption: "Stage RPC of one 1x128x768 float32 hidden state, echoed back (both ends in one process):",
+				Caption: "Stage RPC of one 1x128x768 float32 hidden state, echoed back, both ends in one process",
 				Rows: []Row{
 					{"BenchmarkStageRPC_1x128x768/data-tls", "data-tls"},
 					{"BenchmarkStageRPC_1x128x768/libp2p-tls-yamux", "libp2p TLS + yamux"},
@@ -138,7 +138,7 @@ recorded.`,
 			},
 			{
 				Job:     "mesh-throughput",
-				Caption: "25.7 MB tensors, both ends in one process (CPU counts both ends):",
+				Caption: "25.7 MB tensors, both ends in one process; CPU counts both ends",
 				Rows: []Row{
 					{"BenchmarkThroughput/data-tls", "data-tls"},
 					{"BenchmarkThroughput/libp2p-tls-yamux", "libp2p TLS + yamux"},
@@ -150,7 +150,7 @@ recorded.`,
 			},
 			{
 				Job:     "mesh-throughput-processes",
-				Caption: "25.7 MB tensors, receiver in a second process (CPU counts the sender only):",
+				Caption: "25.7 MB tensors, receiver in a second process; CPU counts the sender only",
 				Rows: []Row{
 					{"BenchmarkThroughputProcesses/data-tls", "data-tls"},
 					{"BenchmarkThroughputProcesses/libp2p-tls-yamux", "libp2p TLS + yamux"},
@@ -182,7 +182,7 @@ leader and through a follower.`,
 		},
 		Details: []Matrix{{
 			Job:     "consensus-apply",
-			Caption: "Writes and linearizable reads on the same kind of cluster:",
+			Caption: "Writes and linearizable reads on the same kind of cluster",
 			Rows: []Row{
 				{"BenchmarkApply/leader", "committed write, sent to the leader"},
 				{"BenchmarkApply/follower", "committed write, sent to a follower (forwarded)"},
