@@ -14,6 +14,7 @@ import (
 // the accel/tensor wire codec, which is little-endian and self-describing).
 //
 //	stage request:  "LMS1" str request id, str model, str version, u32 stage,
+//	                u8 flags (bit 0: drive; other bits must be 0),
 //	                i64 deadline (unix ns, 0 = none), u16 n, n x str output name,
 //	                then the tensor list
 //	response:       u8 status 0 then the body (tensor list, blob bytes, ...)
@@ -30,6 +31,11 @@ const (
 	maxOutputs     = 1024
 	maxMessageLen  = 4096
 	maxBlobRequest = 16 << 20
+	// maxStage bounds the stage index on the wire.
+	maxStage = 1<<31 - 1
+	// flagDrive marks a stage request that hands the whole request to the peer
+	// (StageRequest.Drive).
+	flagDrive = 1 << 0
 )
 
 func appendStr(buf []byte, s string) ([]byte, error) {
@@ -65,10 +71,15 @@ func encodeStageHeader(req *StageRequest) ([]byte, error) {
 			return nil, err
 		}
 	}
-	if req.Stage < 0 || int64(req.Stage) > 1<<31 {
+	if req.Stage < 0 || int64(req.Stage) > maxStage {
 		return nil, fmt.Errorf("%w: stage %d", ErrBadRequest, req.Stage)
 	}
 	buf = binary.BigEndian.AppendUint32(buf, uint32(req.Stage))
+	var flags byte
+	if req.Drive {
+		flags |= flagDrive
+	}
+	buf = append(buf, flags)
 	var dl int64
 	if !req.Deadline.IsZero() {
 		dl = req.Deadline.UnixNano()
@@ -102,19 +113,24 @@ func readStageHeader(r io.Reader) (*StageRequest, error) {
 		}
 		*dst = s
 	}
-	var fixed [14]byte
+	var fixed [15]byte
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return nil, fmt.Errorf("%w: stage header: %w", ErrMalformedFrame, err)
 	}
 	stage := binary.BigEndian.Uint32(fixed[:4])
-	if stage > 1<<31 {
+	if stage > maxStage {
 		return nil, fmt.Errorf("%w: stage %d", ErrMalformedFrame, stage)
 	}
 	req.Stage = int(stage)
-	if dl := int64(binary.BigEndian.Uint64(fixed[4:12])); dl != 0 {
+	flags := fixed[4]
+	if flags&^flagDrive != 0 {
+		return nil, fmt.Errorf("%w: unknown stage flags %#x", ErrMalformedFrame, flags)
+	}
+	req.Drive = flags&flagDrive != 0
+	if dl := int64(binary.BigEndian.Uint64(fixed[5:13])); dl != 0 {
 		req.Deadline = time.Unix(0, dl)
 	}
-	n := int(binary.BigEndian.Uint16(fixed[12:]))
+	n := int(binary.BigEndian.Uint16(fixed[13:]))
 	if n > maxOutputs {
 		return nil, fmt.Errorf("%w: %d outputs", ErrFrameTooLarge, n)
 	}

@@ -57,6 +57,12 @@ func TestStageRPC(t *testing.T) {
 				x[i] *= 2
 			}
 			return []tensor.Tensor{tensor.FromFloat32("y", req.Tensors[0].Shape, x)}, nil
+		case "flags":
+			var drive int64
+			if req.Drive {
+				drive = 1
+			}
+			return []tensor.Tensor{tensor.FromInt64("f", []int64{2}, []int64{drive, int64(req.Stage)})}, nil
 		case "missing":
 			return nil, fmt.Errorf("%w: %s/%s#%d", ErrStageNotLoaded, req.Model, req.Version, req.Stage)
 		case "block":
@@ -89,6 +95,18 @@ func TestStageRPC(t *testing.T) {
 					if y[i] != 2*in[i] {
 						t.Fatalf("y[%d] = %v, want %v", i, y[i], 2*in[i])
 					}
+				}
+			}
+
+			// The drive flag and the stage index arrive as sent.
+			for _, want := range []StageRequest{{Drive: true}, {Stage: 7}, {Drive: true, Stage: 1<<31 - 1}} {
+				out, err := path.call(a, ctx, b.ID(), &StageRequest{RequestID: "rf", Model: "flags", Drive: want.Drive, Stage: want.Stage})
+				if err != nil {
+					t.Fatalf("flags: %v", err)
+				}
+				got, err := out[0].Int64s()
+				if err != nil || got[0] != map[bool]int64{false: 0, true: 1}[want.Drive] || got[1] != int64(want.Stage) {
+					t.Fatalf("sent drive=%v stage=%d, handler saw %v (%v)", want.Drive, want.Stage, got, err)
 				}
 			}
 

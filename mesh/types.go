@@ -141,6 +141,10 @@ type StageRequest struct {
 	Model     string
 	Version   string
 	Stage     int
+	// Drive hands the whole request to the peer instead of one stage: it runs every
+	// stage of the model version (its own locally, the rest through its peers) and
+	// answers with the model's outputs. Stage is not used then.
+	Drive bool
 	// Deadline is when the caller stops waiting; the server cancels the handler then.
 	Deadline time.Time
 	Tensors  []tensor.Tensor

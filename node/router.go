@@ -32,7 +32,9 @@ var (
 )
 
 // DriveStage is the stage index of a StageCall that asks the peer to drive the whole
-// pipeline itself: run every stage (its own locally) and answer with the outputs.
+// pipeline itself: run every stage (its own locally) and answer with the outputs. It
+// stays inside this package (the router keys learned timeouts and metrics by it); on
+// the wire a hand-over is the stage RPC's explicit drive flag (mesh.StageRequest.Drive).
 const DriveStage = -1
 
 // NoReplicaError names the stage that has no live replica; it wraps ErrNoReplica.
