@@ -76,16 +76,17 @@ type badRequest struct {
 // can provoke, with the reason; every other code must have a row below. A new code in
 // the catalogue fails this test until it gets a row or a reason.
 var notExercised = map[api.Code]string{
-	api.CodeUnsupportedType: "needs a model with an input type the backend cannot carry; the upload is refused first (api tests)",
-	api.CodeNodeNotFound:    "needs cluster mode; a single node answers node calls with not_cluster_mode (row below)",
-	api.CodeForbidden:       "needs an infer-scoped token; a single node has only its admin token",
-	api.CodeNotReady:        "a loading model; a timing fault, not an input (scenarios with restarts cover it)",
-	api.CodeNoReplica:       "a stage without a live replica; cluster scenarios 2 and 4 cover it",
-	api.CodeUnavailable:     "a model unloaded mid-request; a timing fault, not an input",
-	api.CodeTimeout:         "a deadline passed inside the node; scenarios 3 and 5 cover it",
-	api.CodeInternal:        "must never answer any input: every row asserts its own code instead",
-	api.CodeTokenNotFound:   "token calls need cluster mode; TestFaultHostilePeers sends this row to a cluster node",
-	api.CodeConflict:        "undrain and token calls need cluster mode; TestFaultHostilePeers sends this row to a cluster node",
+	api.CodeUnsupportedType:      "needs a model with an input type the backend cannot carry; the upload is refused first (api tests)",
+	api.CodeNodeNotFound:         "needs cluster mode; a single node answers node calls with not_cluster_mode (row below)",
+	api.CodeForbidden:            "needs an infer-scoped token; a single node has only its admin token",
+	api.CodeNotReady:             "a loading model; a timing fault, not an input (scenarios with restarts cover it)",
+	api.CodeNoReplica:            "a stage without a live replica; cluster scenarios 2 and 4 cover it",
+	api.CodeUnavailable:          "a model unloaded mid-request; a timing fault, not an input",
+	api.CodeTimeout:              "a deadline passed inside the node; scenarios 3 and 5 cover it",
+	api.CodeInternal:             "must never answer any input: every row asserts its own code instead",
+	api.CodeTokenNotFound:        "token calls need cluster mode; TestFaultHostilePeers sends this row to a cluster node",
+	api.CodeConflict:             "undrain and token calls need cluster mode; TestFaultHostilePeers sends this row to a cluster node",
+	api.CodeInsufficientCapacity: "placement over memory budgets needs cluster mode; TestFaultHostilePeers sends this row to a cluster node",
 }
 
 func badRequests(t *testing.T) []badRequest {

@@ -55,17 +55,17 @@ type faultCluster struct {
 
 // startFaultCluster starts n nodes (inside nw's namespaces when nw is not nil), waits
 // until every node sees all n alive and the joiners are voters, and deploys faultGPT
-// in 2 stages x 2 replicas. The reference answers are the cluster's own for each input
+// in 2 stages x 2 replicas; extraFlags go to every node. The reference answers are the cluster's own for each input
 // before any fault, checked across every node: test/split holds the split's answer
 // against one ONNX Runtime session on the whole model, so here a fault must not change
 // it.
-func startFaultCluster(t *testing.T, n int, nw *harness.Network) *faultCluster {
+func startFaultCluster(t *testing.T, n int, nw *harness.Network, extraFlags ...string) *faultCluster {
 	t.Helper()
 	fc := &faultCluster{t: t}
 	c := harness.StartCluster(t, n, harness.ClusterOptions{
 		Network: nw,
 		Flags: func(c *harness.Cluster, node *harness.Node) []string {
-			flags := append(c.DefaultFlags(node), "--threads", "1", "--accel", "cpu")
+			flags := append(append(c.DefaultFlags(node), "--threads", "1", "--accel", "cpu"), extraFlags...)
 			if fc.flagHook != nil {
 				flags = fc.flagHook(node, flags)
 			}
@@ -628,7 +628,11 @@ func checkHistory(t *testing.T, w *writer, result *harness.Result) {
 		viz = filepath.Join(dir, result.Scenario+"-history.html")
 	}
 	err := w.hist.CheckLinearizable(time.Minute, viz)
-	result.Notef("history: %d operations, linearizability check: %v", w.hist.Len(), errOrOK(err))
+	verdict := "linearizable"
+	if err != nil {
+		verdict = err.Error()
+	}
+	result.Notef("history: %d operations, linearizability check: %s", w.hist.Len(), verdict)
 	switch {
 	case err == nil:
 	case errors.Is(err, harness.ErrNotLinearizable):
@@ -653,9 +657,10 @@ func checkHistory(t *testing.T, w *writer, result *harness.Result) {
 	}
 }
 
+// errOrOK is err's text for a note, "ok" when nil.
 func errOrOK(err error) string {
 	if err == nil {
-		return "linearizable"
+		return "ok"
 	}
 	return err.Error()
 }

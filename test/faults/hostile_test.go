@@ -15,7 +15,9 @@ import (
 
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/client"
+	"github.com/layermesh/layermesh/partition/modelgen"
 	"github.com/layermesh/layermesh/test/harness"
+	"google.golang.org/protobuf/proto"
 )
 
 // TestFaultHostilePeers is scenario 7's cluster part, under a stream of inferences
@@ -31,7 +33,10 @@ func TestFaultHostilePeers(t *testing.T) {
 	if err := os.WriteFile(wrongSecret, []byte(strings.Repeat("f00d", 16)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := startFaultCluster(t, nodes, nil)
+	// Budgets of 4 MiB hold the test GPT and the add models many times over, and
+	// make a 6 x 256 GPT (about 20 MB) a deploy no set of nodes can hold.
+	const budget = 4 << 20
+	c := startFaultCluster(t, nodes, nil, "--mem-budget", strconv.Itoa(budget))
 	result := harness.Result{Scenario: "hostile-peers", Trial: 1, Started: time.Now()}
 
 	// The add model as "add", so that the single-node bad-request rows apply here too.
@@ -117,7 +122,7 @@ func TestFaultHostilePeers(t *testing.T) {
 	// Every bad request of the catalogue, to a cluster node.
 	target := &singleNode{addr: c.HTTPAddr(1), token: c.token}
 	hc := &http.Client{Timeout: 30 * time.Second}
-	for _, r := range clusterBadRequests(t) {
+	for _, r := range clusterBadRequests(t, 3*budget) {
 		result.Requests++
 		if err := target.send(context.Background(), hc, r); err != nil {
 			result.Violations++
@@ -186,8 +191,20 @@ func multiaddrHostPort(ma string) (string, string) {
 // clusterBadRequests is the single-node catalogue of bad requests, with the rows that
 // mean something else on a cluster replaced (a drain is a cluster call, so the node
 // answers a drain of an unknown node with node_not_found), and the cluster calls' own
-// refusals: tokens and undrain.
-func clusterBadRequests(t *testing.T) []badRequest {
+// refusals: tokens, undrain, and a deploy beyond the cluster's capacity (capacity
+// bytes in all).
+func clusterBadRequests(t *testing.T, capacity int64) []badRequest {
+	huge, err := modelgen.GPT(modelgen.GPTConfig{Layers: 6, Dim: 256, Heads: 4, Vocab: 1024, Context: 64, Seed: 9, Name: "huge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hugeRaw, err := proto.Marshal(huge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(hugeRaw)) <= capacity {
+		t.Fatalf("the model meant not to fit is %d bytes, the cluster holds %d", len(hugeRaw), capacity)
+	}
 	var out []badRequest
 	for _, r := range badRequests(t) {
 		if r.code == api.CodeNotClusterMode {
@@ -201,6 +218,8 @@ func clusterBadRequests(t *testing.T) []badRequest {
 			status: http.StatusNotFound, code: api.CodeTokenNotFound},
 		badRequest{name: "undrain of a node that is not draining", method: "POST", path: "/v1/nodes/node0/undrain", admin: true,
 			status: http.StatusConflict, code: api.CodeConflict},
+		badRequest{name: "deploy beyond every budget", method: "PUT", path: "/v1/models/huge", admin: true,
+			body: hugeRaw, status: http.StatusInsufficientStorage, code: api.CodeInsufficientCapacity},
 		badRequest{name: "token of an unknown scope", method: "POST", path: "/v1/tokens", admin: true,
 			body: []byte(`{"scope":"root"}`), status: http.StatusBadRequest, code: api.CodeBadRequest},
 	)
