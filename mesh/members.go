@@ -16,6 +16,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 const (
@@ -154,7 +156,40 @@ func (m *Mesh) emit(t MemberEventType, n *memberlist.Node) {
 		m.selfGossip = mem.GossipAddr
 	}
 	m.membersMu.Unlock()
+	if t == MemberJoin || t == MemberUpdate {
+		m.rememberAddrs(mem)
+	}
 	m.publish(MemberEvent{Type: t, Member: mem})
+}
+
+// rememberAddrs puts a member's libp2p addresses, from its metadata, into the host's
+// peerstore for good. Raft and stage calls dial members by peer id, and a node that
+// joined through one seed otherwise knows no address of the others: once the node it
+// joined through dies, the survivors could not even reach each other to elect a leader.
+// It runs before subscribers hear of the member, so they may dial it at once. The
+// addresses stay after the member dies, so that the same identity restarted on the
+// same port is reachable again before gossip hears of it.
+func (m *Mesh) rememberAddrs(mem Member) {
+	if mem.PeerID == "" || mem.PeerID == m.id || m.host == nil {
+		return
+	}
+	var addrs []ma.Multiaddr
+	for _, s := range mem.Meta.Addrs {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			m.log.Debug("member address unreadable", "member", shortID(mem.PeerID), "addr", s, "err", err)
+			continue
+		}
+		if transport, last := ma.SplitLast(a); last != nil && last.Protocol().Code == ma.P_P2P {
+			a = transport
+		}
+		if a != nil {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) > 0 {
+		m.host.Peerstore().AddAddrs(mem.PeerID, addrs, peerstore.PermanentAddrTTL)
+	}
 }
 
 // publish hands ev to every subscriber without blocking.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +47,22 @@ func TestSeedsDiscoveryKillRestart(t *testing.T) {
 	for _, mem := range ms[1].Members() {
 		if mem.Meta.PeerID != mem.PeerID.String() || len(mem.Meta.Addrs) == 0 || mem.Meta.DataPort == 0 {
 			t.Fatalf("incomplete metadata for %s: %+v", mem.PeerID, mem.Meta)
+		}
+	}
+
+	// Each node joined through node 0 alone, yet knows every other member's libp2p
+	// addresses from gossip, so it can dial any of them once node 0 is gone.
+	for _, m := range ms {
+		for _, other := range ms {
+			if other == m {
+				continue
+			}
+			known := m.host.Peerstore().Addrs(other.ID())
+			for _, want := range other.listenAddrs() {
+				if !slices.ContainsFunc(known, func(a ma.Multiaddr) bool { return a.String() == want }) {
+					t.Fatalf("%s's peerstore lacks %s's address %s (has %v)", shortID(m.ID()), shortID(other.ID()), want, known)
+				}
+			}
 		}
 	}
 
