@@ -119,9 +119,13 @@ func TestFaultHostilePeers(t *testing.T) {
 		}
 	}
 
-	// Every bad request of the catalogue, to a cluster node.
+	// Every bad request of the catalogue, to a cluster node. One token is made first,
+	// so that a second one under its name is a conflict.
 	target := &singleNode{addr: c.HTTPAddr(1), token: c.token}
 	hc := &http.Client{Timeout: 30 * time.Second}
+	if err := createToken(hc, target, takenTokenName); err != nil {
+		t.Fatal(err)
+	}
 	for _, r := range clusterBadRequests(t, 3*budget) {
 		result.Requests++
 		if err := target.send(context.Background(), hc, r); err != nil {
@@ -158,6 +162,27 @@ func TestFaultHostilePeers(t *testing.T) {
 	harness.RecordResult(t, result)
 }
 
+// takenTokenName names the token TestFaultHostilePeers creates before asking for it again.
+const takenTokenName = "taken-token"
+
+// createToken makes an infer token under name through n's API.
+func createToken(hc *http.Client, n *singleNode, name string) error {
+	req, err := http.NewRequest(http.MethodPost, "http://"+n.addr+"/v1/tokens", strings.NewReader(`{"scope":"infer","name":"`+name+`"}`))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+n.token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("creating token %s: %s", name, resp.Status)
+	}
+	return nil
+}
+
 // wrongSecretFlags gives every node added after the first n the wrong secret file.
 func wrongSecretFlags(n int, path string) func(*harness.Node, []string) []string {
 	return func(node *harness.Node, flags []string) []string {
@@ -191,7 +216,7 @@ func multiaddrHostPort(ma string) (string, string) {
 // clusterBadRequests is the single-node catalogue of bad requests, with the rows that
 // mean something else on a cluster replaced (a drain is a cluster call, so the node
 // answers a drain of an unknown node with node_not_found), and the cluster calls' own
-// refusals: tokens, undrain, and a deploy beyond the cluster's capacity (capacity
+// refusals: tokens and a deploy beyond the cluster's capacity (capacity
 // bytes in all).
 func clusterBadRequests(t *testing.T, capacity int64) []badRequest {
 	huge, err := modelgen.GPT(modelgen.GPTConfig{Layers: 6, Dim: 256, Heads: 4, Vocab: 1024, Context: 64, Seed: 9, Name: "huge"})
@@ -216,8 +241,8 @@ func clusterBadRequests(t *testing.T, capacity int64) []badRequest {
 	return append(out,
 		badRequest{name: "revoke of an unknown token", method: "DELETE", path: "/v1/tokens/no-such-token", admin: true,
 			status: http.StatusNotFound, code: api.CodeTokenNotFound},
-		badRequest{name: "undrain of a node that is not draining", method: "POST", path: "/v1/nodes/node0/undrain", admin: true,
-			status: http.StatusConflict, code: api.CodeConflict},
+		badRequest{name: "a token under a name taken", method: "POST", path: "/v1/tokens", admin: true,
+			body: []byte(`{"scope":"infer","name":"` + takenTokenName + `"}`), status: http.StatusConflict, code: api.CodeConflict},
 		badRequest{name: "deploy beyond every budget", method: "PUT", path: "/v1/models/huge", admin: true,
 			body: hugeRaw, status: http.StatusInsufficientStorage, code: api.CodeInsufficientCapacity},
 		badRequest{name: "token of an unknown scope", method: "POST", path: "/v1/tokens", admin: true,
