@@ -105,8 +105,9 @@ const (
 	ScopeInfer Scope = "infer"
 )
 
-// TokenVerifier checks bearer tokens. The token store is the node's business (a
-// file now, the Raft state later); the API only asks what a token may do.
+// TokenVerifier checks bearer tokens. The token store is the node's business (its
+// admin token file on a single node, the Raft state in a cluster); the API only asks
+// what a token may do.
 type TokenVerifier interface {
 	// VerifyToken returns the token's scope, or an error wrapping ErrUnauthorized
 	// for an unknown or revoked token.

@@ -15,7 +15,10 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/layermesh/layermesh/api"
@@ -216,11 +219,17 @@ func (s clusterServices) JoinToken(ctx context.Context) (wire.JoinToken, error) 
 	if err != nil {
 		return wire.JoinToken{}, err
 	}
-	secret, err := loadOrCreateSecret(c.opts)
-	if err != nil {
-		return wire.JoinToken{}, err
+	// Read, never create: the secret this node runs with was read or made at start.
+	path := c.opts.SecretFile
+	if path == "" {
+		path = filepath.Join(c.opts.DataDir, secretFileName)
 	}
-	return wire.JoinToken{ClusterID: clusterID(secret), Secret: string(secret), Seeds: c.Addrs()}, nil
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return wire.JoinToken{}, fmt.Errorf("node: cluster secret: %w", err)
+	}
+	secret := strings.TrimSpace(string(b))
+	return wire.JoinToken{ClusterID: clusterID([]byte(secret)), Secret: secret, Seeds: c.Addrs()}, nil
 }
 
 // tokenWait bounds how long a token call waits for its change to reach this node's
