@@ -240,6 +240,19 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	want := referenceRun(t, path, inputs)
 
 	tc := startTestCluster(t, 3, 1<<30)
+	// Every node measured its speed at start and reports the same figure in its
+	// membership metadata and its member record (the planner's and placement's input);
+	// 1 would be the fallback of a benchmark that did not run.
+	eventually(t, 10*time.Second, func() error {
+		for i, c := range tc.nodes {
+			meta := c.mesh.Meta().Speed
+			rec := tc.nodes[0].Store().State().Members[c.Self()].Capacity.Speed
+			if meta <= 1 || rec != meta {
+				return fmt.Errorf("node %d: speed %v in metadata, %v in its member record", i, meta, rec)
+			}
+		}
+		return nil
+	})
 	reg := prometheus.NewRegistry()
 	if err := tc.nodes[2].RegisterMetrics(reg); err != nil {
 		t.Fatal(err)
