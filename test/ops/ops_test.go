@@ -66,6 +66,7 @@ func TestOps(t *testing.T) {
 		{"JoinTokenDoctor", testJoinTokenDoctor},
 		{"Tokens", testTokens},
 		{"ExitCodes", testExitCodes},
+		{"Routes", testRoutes},
 		{"Metrics", testMetrics},
 		{"RollingRestart", testRollingRestart},
 		{"DrainRemove", testDrainRemove},
@@ -581,4 +582,63 @@ func knownLogDefect(rec map[string]any, n int) string {
 		return "cmd/meshnode/main.go: the start line has no component"
 	}
 	return ""
+}
+
+// testRoutes: the operations endpoints in cluster mode, with the documented status
+// and code for each case (the single-node table is api.TestRoutes).
+func testRoutes(t *testing.T, c *opsCluster) {
+	infer, err := c.client(0).CreateToken(context.Background(), "infer", "routes-infer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := c.token
+	big := `{"scope":"infer","name":"` + strings.Repeat("x", 70<<10) + `"}`
+	for _, r := range []struct {
+		method, path, token, body string
+		status                    int
+		code                      string
+	}{
+		{"GET", "/v1/doctor?target=" + c.Node(1).Name, admin, "", 200, ""},
+		{"GET", "/v1/join-token", admin, "", 200, ""},
+		{"GET", "/v1/tokens", admin, "", 200, ""},
+		{"POST", "/v1/nodes/" + c.Node(1).Name + "/undrain", admin, "", 204, ""},
+		{"POST", "/v1/tokens", admin, `{`, 400, "bad_json"},
+		{"POST", "/v1/tokens", admin, `{"scope":"root"}`, 400, "bad_request"},
+		{"POST", "/v1/tokens", admin, `{"scope":"infer","name":"a/b"}`, 400, "invalid_name"},
+		{"POST", "/v1/tokens", admin, big, 413, "body_too_large"},
+		{"POST", "/v1/tokens", admin, `{"scope":"infer","name":"routes-infer"}`, 409, "conflict"},
+		{"POST", "/v1/tokens", "", `{"scope":"admin"}`, 401, "unauthorized"},
+		{"POST", "/v1/tokens", infer.Secret, `{"scope":"admin"}`, 403, "forbidden"},
+		{"DELETE", "/v1/tokens/nope", admin, "", 404, "token_not_found"},
+		{"POST", "/v1/nodes/nope/undrain", admin, "", 404, "node_not_found"},
+		{"POST", "/v1/nodes/nope/drain", admin, "", 404, "node_not_found"},
+		{"DELETE", "/v1/nodes/nope", admin, "", 404, "node_not_found"},
+		{"GET", "/v1/join-token", infer.Secret, "", 403, "forbidden"},
+		{"GET", "/v1/doctor", "", "", 401, "unauthorized"},
+		{"PUT", "/v1/tokens", admin, "", 405, "method_not_allowed"},
+		{"GET", "/v1/tokens/x", admin, "", 405, "method_not_allowed"},
+		{"POST", "/v1/join-token", admin, "", 405, "method_not_allowed"},
+		{"GET", "/v2/models/nope/ready", "", "", 404, "model_not_found"},
+	} {
+		req, err := http.NewRequest(r.method, c.URL(0, r.path), strings.NewReader(r.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.token != "" {
+			req.Header.Set("Authorization", "Bearer "+r.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var eb wire.ErrorBody
+		_ = json.NewDecoder(resp.Body).Decode(&eb)
+		resp.Body.Close()
+		if resp.StatusCode != r.status || eb.Code != r.code {
+			t.Errorf("%s %.60s: %d %q, want %d %q (%s)", r.method, r.path, resp.StatusCode, eb.Code, r.status, r.code, eb.Error)
+		}
+	}
+	if err := c.client(0).RevokeToken(context.Background(), infer.ID); err != nil {
+		t.Fatal(err)
+	}
 }
