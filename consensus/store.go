@@ -257,13 +257,23 @@ func (s *Store) admitted(id peer.ID) bool {
 	if r == nil {
 		return true
 	}
-	conf := r.GetConfiguration().Configuration()
-	if len(conf.Servers) == 0 {
+	if len(r.GetConfiguration().Configuration().Servers) == 0 {
 		return true
 	}
-	for _, srv := range conf.Servers {
-		if string(srv.ID) == id.String() {
-			return true
+	return s.Knows(id)
+}
+
+// Knows reports whether id is a server in the latest Raft configuration or a member
+// record that is not removed or left. The configuration is read from the log at
+// start, before the FSM has caught up, so a node restarted from its data dir knows
+// its peers at once: the mesh admits them without a join handshake, which is what
+// lets the leader's Raft traffic reach a restarted founder that has no seed to join.
+func (s *Store) Knows(id peer.ID) bool {
+	if r := s.raftReady.Load(); r != nil {
+		for _, srv := range r.GetConfiguration().Configuration().Servers {
+			if string(srv.ID) == id.String() {
+				return true
+			}
 		}
 	}
 	st, _ := s.fsm.current()

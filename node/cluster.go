@@ -327,8 +327,7 @@ func (c *Cluster) isMember(p peer.ID) bool {
 	if s == nil {
 		return false
 	}
-	m, ok := s.State().Members[p.String()]
-	return ok && m.State != consensus.MemberRemoved && m.State != consensus.MemberLeft
+	return s.Knows(p)
 }
 
 // loadOrCreateSecret reads the cluster secret, creating it when this node bootstraps
