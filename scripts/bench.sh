@@ -90,7 +90,8 @@ job modelgen-gpt2 "go test -run '^\$' -bench '^BenchmarkBuildGPT2Small\$' -bench
 
 # Issue 2 point 5: HTTP (binary and JSON) against a direct accel call, 12 x 768 GPT at
 # 1x128, interleaved in one run; and the same path on a model that computes nothing.
-job api-infer "go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 5x 10x) -count 1 -benchmem -timeout 30m ./api/"
+job api-infer "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 5x 10x) -count 1 -benchmem -timeout 30m ./api/"
+job api-infer-2t "LAYERMESH_BENCH_THREADS=2 go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 3x 6x) -count 1 -benchmem -timeout 30m ./api/"
 job api-logits "go test -run '^\$' -bench '^BenchmarkInferLogitsTransport\$' -benchtime $(q 5x 10x) -count $(q 1 3) -benchmem -timeout 10m ./api/"
 
 # Issue 3 point 5: analyse and write 3 stages of the 24 x 1024 GPT (child process, peak
