@@ -8,12 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -240,48 +238,11 @@ func (c *opsCluster) want(t testing.TB, in []tensor.Tensor) []float32 {
 	return v
 }
 
-// maxDiff is the largest difference relative to max(1, |want|).
-func maxDiff(got, want []float32) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	worst := 0.0
-	for i := range got {
-		worst = max(worst, math.Abs(float64(got[i])-float64(want[i]))/max(1, math.Abs(float64(want[i]))))
-	}
-	return worst
-}
-
-var stageEntry = regexp.MustCompile(`^(.+)@(\d+)/stage(\d+) \((ready|loading)\)$`)
-
-// readyReplicas counts, per stage of model's current version, the alive nodes that
-// serve it ready as node via reports them, leaving out the nodes named in exclude.
+// readyReplicas counts ready replicas per stage of model as node via reports them.
 func (c *opsCluster) readyReplicas(via int, model string, exclude ...string) (map[int]int, int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := c.client(via).Model(ctx, model)
-	if err != nil {
-		return nil, 0, err
-	}
-	ns, err := c.client(via).Nodes(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	counts := map[int]int{}
-	for _, n := range ns {
-		if n.State != "alive" || slices.Contains(exclude, n.Name) {
-			continue
-		}
-		for _, e := range n.Models {
-			m := stageEntry.FindStringSubmatch(e)
-			if m == nil || m[1] != model || m[2] != st.Version || m[4] != "ready" {
-				continue
-			}
-			k, _ := strconv.Atoi(m[3])
-			counts[k]++
-		}
-	}
-	return counts, len(st.Stages), nil
+	return harness.ReadyReplicas(ctx, c.client(via), model, exclude...)
 }
 
 // waitReplicas waits until every stage of model has want ready replicas outside
@@ -434,7 +395,7 @@ func (c *opsCluster) startLoad(t *testing.T, targets []string) *loadRun {
 				if err != nil {
 					return err
 				}
-				if d := maxDiff(got, wants[seq%distinct]); d > 1e-4 {
+				if d := harness.MaxRelDiff(got, wants[seq%distinct]); d > 1e-4 {
 					return fmt.Errorf("request %d differs from the whole model by %g", seq, d)
 				}
 				return nil

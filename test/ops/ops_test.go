@@ -287,7 +287,7 @@ func testInfer(t *testing.T, c *opsCluster) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d := maxDiff(got, want); d > 1e-4 {
+		if d := harness.MaxRelDiff(got, want); d > 1e-4 {
 			t.Errorf("infer %s: differs from the whole model by %g", form.name, d)
 		}
 		human := c.ok(t, args...)

@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -104,18 +102,6 @@ func (r *reference) logits(t *testing.T, in []tensor.Tensor) []float32 {
 	return v
 }
 
-// compare returns the largest difference relative to max(1, |want|).
-func compare(got, want []float32) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	worst := 0.0
-	for i := range got {
-		worst = max(worst, math.Abs(float64(got[i])-float64(want[i]))/max(1, math.Abs(float64(want[i]))))
-	}
-	return worst
-}
-
 type splitCluster struct {
 	*harness.Cluster
 	t     *testing.T
@@ -184,37 +170,11 @@ func (c *splitCluster) deploy(via int, path string, size int64, stages, replicas
 	return c.client(via).UploadModel(ctx, "gpt", f, size, client.UploadOptions{Stages: stages, Replicas: replicas})
 }
 
-var stageEntry = regexp.MustCompile(`^(.+)@(\d+)/stage(\d+) \((ready|loading)\)$`)
-
-// readyReplicas counts, per stage of the model's current version, the alive nodes that
-// serve it ready, as node via reports them, leaving out the nodes named in exclude
-// (a killed node stays listed until memberlist declares it dead).
+// readyReplicas counts ready replicas per stage as node via reports them.
 func (c *splitCluster) readyReplicas(via int, exclude ...string) (map[int]int, int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := c.client(via).Model(ctx, "gpt")
-	if err != nil {
-		return nil, 0, err
-	}
-	nodes, err := c.client(via).Nodes(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	counts := map[int]int{}
-	for _, nd := range nodes {
-		if nd.State != "alive" || slices.Contains(exclude, nd.Name) {
-			continue
-		}
-		for _, entry := range nd.Models {
-			m := stageEntry.FindStringSubmatch(entry)
-			if m == nil || m[1] != "gpt" || m[2] != st.Version || m[4] != "ready" {
-				continue
-			}
-			k, _ := strconv.Atoi(m[3])
-			counts[k]++
-		}
-	}
-	return counts, len(st.Stages), nil
+	return harness.ReadyReplicas(ctx, c.client(via), "gpt", exclude...)
 }
 
 // waitReplicas waits until node via reports every stage with want ready replicas on
@@ -268,10 +228,10 @@ func TestSplitCorrectness(t *testing.T) {
 		if err != nil {
 			t.Fatalf("infer via node %d: %v", i, err)
 		}
-		if d := compare(got, ref.logits(t, in)); d > 1e-4 {
+		if d := harness.MaxRelDiff(got, ref.logits(t, in)); d > 1e-4 {
 			t.Fatalf("via node %d: output differs from the whole model by %g", i, d)
 		}
-		t.Logf("via node %d: max relative difference %.2g", i, compare(got, ref.logits(t, in)))
+		t.Logf("via node %d: max relative difference %.2g", i, harness.MaxRelDiff(got, ref.logits(t, in)))
 	}
 }
 
@@ -295,7 +255,7 @@ func TestSplitLargerThanAnyNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := compare(got, ref.logits(t, in)); d > 1e-4 {
+	if d := harness.MaxRelDiff(got, ref.logits(t, in)); d > 1e-4 {
 		t.Fatalf("output differs by %g", d)
 	}
 
@@ -416,7 +376,7 @@ func TestSplitStageHolderKilled(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if d := compare(got, wantBySeq[seq]); d > 1e-4 {
+			if d := harness.MaxRelDiff(got, wantBySeq[seq]); d > 1e-4 {
 				return fmt.Errorf("request %d differs by %g", seq, d)
 			}
 			return nil
@@ -473,7 +433,7 @@ func TestSplitStageHolderKilled(t *testing.T) {
 		for _, nd := range nodes {
 			if nd.Name == c.Node(victim).Name {
 				for _, e := range nd.Models {
-					if m := stageEntry.FindStringSubmatch(e); m != nil && m[4] == "ready" && nd.State == "alive" {
+					if strings.HasSuffix(e, " (ready)") && nd.State == "alive" {
 						return nil
 					}
 				}
@@ -484,7 +444,7 @@ func TestSplitStageHolderKilled(t *testing.T) {
 	})
 	in := inputs(t, 3)
 	got, err := c.infer(victim, in)
-	if err != nil || compare(got, ref.logits(t, in)) > 1e-4 {
+	if err != nil || harness.MaxRelDiff(got, ref.logits(t, in)) > 1e-4 {
 		t.Fatalf("infer via the restarted node: %v", err)
 	}
 }
@@ -556,7 +516,7 @@ func TestSplitLeaderKilledDuringDeploy(t *testing.T) {
 	}
 	in := inputs(t, 5)
 	got, err := c.infer(via, in)
-	if err != nil || compare(got, ref.logits(t, in)) > 1e-4 {
+	if err != nil || harness.MaxRelDiff(got, ref.logits(t, in)) > 1e-4 {
 		t.Fatalf("infer after the deploy: %v", err)
 	}
 }
