@@ -92,6 +92,9 @@ func (d deployInfo) replicas(def int) int {
 // replica (ModelStatus says so). Uploading the same bytes with the same options again
 // returns the existing version and moves nothing.
 func (c *Cluster) PutModel(ctx context.Context, name string, body io.Reader, opts api.DeployOptions) (wire.ModelStatus, error) {
+	if !validName.MatchString(name) {
+		return wire.ModelStatus{}, fmt.Errorf("%w: %q (want 1-128 of [A-Za-z0-9._-], not starting with . or -)", api.ErrInvalidName, name)
+	}
 	c.deployMu.Lock()
 	defer c.deployMu.Unlock()
 	tmpDir, err := os.MkdirTemp(c.opts.DataDir, "deploy-")
@@ -343,6 +346,8 @@ func specs(in []partition.TensorSpec) []consensus.TensorSpec {
 // applyRetrying commits cmd, retrying the same command (same request id, so the FSM
 // applies it once) while the outcome is unknown or no leader is known.
 func (c *Cluster) applyRetrying(ctx context.Context, cmd consensus.Command) error {
+	ctx, cancel := context.WithTimeout(ctx, writeRetryBudget)
+	defer cancel()
 	backoff := 100 * time.Millisecond
 	for {
 		_, err := c.store.Apply(ctx, cmd)
@@ -351,16 +356,27 @@ func (c *Cluster) applyRetrying(ctx context.Context, cmd consensus.Command) erro
 		}
 		retry := errors.Is(err, consensus.ErrUnknownOutcome) || errors.Is(err, consensus.ErrNoLeader) ||
 			errors.Is(err, consensus.ErrNotLeader) || errors.Is(err, consensus.ErrForward) || errors.Is(err, consensus.ErrTimeout)
-		if !retry || ctx.Err() != nil {
+		if !retry {
 			return err
 		}
-		c.log.Warn("raft write not confirmed; retrying the same command", "err", err)
-		if sleepCtx(ctx, backoff) != nil {
-			return err
+		if ctx.Err() == nil {
+			c.log.Warn("raft write not confirmed; retrying the same command", "err", err)
+			if sleepCtx(ctx, backoff) == nil {
+				backoff = min(2*backoff, time.Second)
+				continue
+			}
 		}
-		backoff = min(2*backoff, 2*time.Second)
+		// No leader confirmed the write in time: this node is likely cut off from the
+		// majority. Say so (503 with Retry-After) rather than hang until the client
+		// gives up; the message keeps the outcome (failed or unknown) Raft reported.
+		return fmt.Errorf("%w: the cluster did not confirm the write within %v: %w", api.ErrNotReady, writeRetryBudget, err)
 	}
 }
+
+// writeRetryBudget bounds how long a write keeps retrying while no leader confirms it:
+// long enough to ride out an election (1.3-2.9 s measured here), short enough that a
+// node cut off from the majority answers 503 instead of hanging.
+const writeRetryBudget = 4 * time.Second
 
 // DeleteModel removes every version of name and its placements; nodes unload the
 // stages once their in-flight requests end.
@@ -512,7 +528,10 @@ func checkSignature(sig consensus.Signature, inputs []tensor.Tensor, outputs []s
 
 // ListModels describes every deployed model version.
 func (c *Cluster) ListModels(ctx context.Context) ([]wire.ModelStatus, error) {
-	st := c.store.State()
+	st, err := c.readCatalogue(ctx)
+	if err != nil {
+		return nil, err
+	}
 	live := c.liveMembers()
 	keys := slices.Sorted(maps.Keys(st.Models))
 	out := make([]wire.ModelStatus, 0, len(keys))
@@ -527,12 +546,30 @@ func (c *Cluster) ModelStatus(ctx context.Context, name, version string) (wire.M
 	if !c.caughtUp.Load() {
 		return wire.ModelStatus{}, fmt.Errorf("%w: cluster state not caught up since start", api.ErrNotReady)
 	}
-	st := c.store.State()
+	st, err := c.readCatalogue(ctx)
+	if err != nil {
+		return wire.ModelStatus{}, err
+	}
 	m, err := c.resolveVersion(st, name, version)
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
 	return c.status(st, m, c.liveMembers()), nil
+}
+
+// readCatalogue is a linearizable read of the cluster state for the model catalogue
+// answers: a model whose upload was acknowledged is listed by every node from then on,
+// even a follower that has not applied the entry yet or an old leader just resumed
+// from a pause. A node that cannot reach the majority answers 503. Inference keeps
+// reading the local state: it needs placements, not a fresh catalogue.
+func (c *Cluster) readCatalogue(ctx context.Context) (*consensus.ClusterState, error) {
+	ctx, cancel := context.WithTimeout(ctx, writeRetryBudget)
+	defer cancel()
+	st, err := c.store.Read(ctx, true)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cannot confirm the cluster state with a majority: %w", api.ErrNotReady, err)
+	}
+	return st, nil
 }
 
 func (c *Cluster) status(st *consensus.ClusterState, m consensus.Model, live map[string]mesh.NodeMeta) wire.ModelStatus {
