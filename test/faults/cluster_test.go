@@ -620,6 +620,33 @@ func (c *faultCluster) verifyWrites(w *writer, result *harness.Result, total tim
 		len(w.acked), len(w.unknown), kept, len(w.refused), len(cat), w.codes)
 }
 
+// dropWrites undeploys every model the writer's writes may have created, through the
+// first running node; a write with an unknown outcome that never landed is a 404.
+func (c *faultCluster) dropWrites(w *writer) {
+	c.t.Helper()
+	w.mu.Lock()
+	names := slices.Concat(slices.Collect(maps.Keys(w.acked)), slices.Collect(maps.Keys(w.unknown)))
+	w.mu.Unlock()
+	for i, n := range c.Nodes {
+		if !n.Running() {
+			continue
+		}
+		cl, err := client.New(c.HTTPAddr(i), client.WithToken(c.token))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		for _, name := range names {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := cl.DeleteModel(ctx, name)
+			cancel()
+			if err != nil && !client.IsCode(err, "model_not_found") {
+				c.t.Errorf("undeploy %s: %v", name, err)
+			}
+		}
+		return
+	}
+}
+
 // checkHistory runs porcupine on the writer's history and counts a violation in result.
 func checkHistory(t *testing.T, w *writer, result *harness.Result) {
 	t.Helper()

@@ -74,6 +74,10 @@ func TestFaultLeaderKill(t *testing.T) {
 
 		c.verifyWrites(w, &result, 30*time.Second)
 		checkHistory(t, w, &result)
+		// Each write deploys a model of its own; ten trials of them would leave hundreds
+		// of stages on three nodes, beyond what a node can advertise (the known limit in
+		// docs/ARCHITECTURE.md), so a trial's models go once they have been checked.
+		c.dropWrites(w)
 		if st.Failures > 0 {
 			t.Errorf("trial %d: %d inferences failed: %v", trial, st.Failures, st.ByCode)
 		}
