@@ -287,6 +287,16 @@ func (s *Store) ID() string { return s.cfg.NodeID }
 // State returns a private deep copy of the locally applied state. On a
 // follower it may lag the leader; use Read(ctx, true) where that matters.
 // Member.Voter reflects this node's latest view of the Raft configuration.
+// View returns the local state as the FSM last published it, without copying: the
+// FSM never changes a published state (every command builds the next one aside), so
+// the value is safe to read from any goroutine, but it is shared and must never be
+// modified. Member.Voter is not filled in (State does that). Meant for the request
+// path, where State's deep copy would be paid on every call.
+func (s *Store) View() *ClusterState {
+	st, _ := s.fsm.current()
+	return st
+}
+
 func (s *Store) State() *ClusterState {
 	st, _ := s.fsm.current()
 	c := st.Clone()

@@ -674,7 +674,7 @@ func (b meshBlobs) Fetch(ctx context.Context, hash string, size int64) error {
 type clusterPlans struct{ c *Cluster }
 
 func (p clusterPlans) RoutePlan(model, version string) (RoutePlan, error) {
-	st := p.c.store.State()
+	st := p.c.store.View()
 	m, ok := st.Models[consensus.ModelKey(model, version)]
 	if !ok || len(m.Stages) == 0 {
 		return RoutePlan{}, fmt.Errorf("%w: %s version %s", ErrUnknownModel, model, version)

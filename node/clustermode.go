@@ -381,7 +381,7 @@ func (c ClusterConfig) founding() bool { return c.Bootstrap || c.BootstrapExpect
 // of a founding node can use its token from the first second).
 func (n *Node) verifyClusterToken(token string) (api.Scope, error) {
 	if c := n.cluster.Load(); c != nil {
-		if t, ok := c.Store().State().TokenForSecret(token); ok {
+		if t, ok := c.Store().View().TokenForSecret(token); ok {
 			if t.Revoked {
 				return "", fmt.Errorf("%w: token %s was revoked", api.ErrUnauthorized, t.ID)
 			}

@@ -397,7 +397,7 @@ func (c *Cluster) Infer(ctx context.Context, req api.InferRequest) (api.InferRes
 	if !c.caughtUp.Load() {
 		return api.InferResult{}, fmt.Errorf("%w: cluster state not caught up since start", api.ErrNotReady)
 	}
-	st := c.store.State()
+	st := c.store.View()
 	m, err := c.resolveVersion(st, req.Model, req.Version)
 	if err != nil {
 		return api.InferResult{}, err
