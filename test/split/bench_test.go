@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -281,10 +282,19 @@ func BenchmarkSplitPipelineParallel(b *testing.B) {
 	run(whole.HTTPAddr(0), whole.token, 4)
 	n := max(b.N, 8)
 	b.ResetTimer()
+	splitCPU := split.cpuSeconds(b)
+	clientCPU := selfCPU()
 	splitTP := run(split.HTTPAddr(entry), split.token, n)
+	clientCPU = selfCPU() - clientCPU
+	splitCPU = split.cpuSeconds(b).minus(splitCPU)
+	wholeCPU := whole.cpuSeconds(b)
 	wholeTP := run(whole.HTTPAddr(0), whole.token, n)
+	wholeCPU = whole.cpuSeconds(b).minus(wholeCPU)
 	b.StopTimer()
+	b.Logf("speed scores (GFLOP/s): split %s, whole %s", split.speeds(b), whole.speeds(b))
 	b.Logf("entry node's stage calls during the split run: %s", stageMeans(b, split, entry))
+	b.Logf("CPU time per request (user+system): split (entry node%d) %s; load generator during the split run %.0f ms; whole %s",
+		entry, splitCPU.perRequest(n), 1000*clientCPU.Seconds()/float64(n), wholeCPU.perRequest(n))
 	b.ReportMetric(splitTP, "split-req/s")
 	b.ReportMetric(wholeTP, "whole-req/s")
 	b.ReportMetric(splitTP/wholeTP, "speedup")
@@ -323,4 +333,70 @@ func stageMeans(b *testing.B, c *benchCluster, i int) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, "; ")
+}
+
+// cpuTimes is each node process's user and system CPU seconds, from /proc/<pid>/stat.
+type cpuTimes [][2]float64
+
+func (c *benchCluster) cpuSeconds(b *testing.B) cpuTimes {
+	b.Helper()
+	out := make(cpuTimes, c.Len())
+	for i := range c.Len() {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.Node(i).Pid()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Fields after the parenthesised command name; utime and stime are fields 14
+		// and 15 of the whole line, in clock ticks (USER_HZ, 100 on Linux).
+		_, rest, _ := strings.Cut(string(raw), ") ")
+		f := strings.Fields(rest)
+		if len(f) < 13 {
+			b.Fatalf("/proc/%d/stat: %q", c.Node(i).Pid(), raw)
+		}
+		u, _ := strconv.ParseFloat(f[11], 64)
+		s, _ := strconv.ParseFloat(f[12], 64)
+		out[i] = [2]float64{u / 100, s / 100}
+	}
+	return out
+}
+
+func (t cpuTimes) minus(o cpuTimes) cpuTimes {
+	out := make(cpuTimes, len(t))
+	for i := range t {
+		out[i] = [2]float64{t[i][0] - o[i][0], t[i][1] - o[i][1]}
+	}
+	return out
+}
+
+func (t cpuTimes) perRequest(n int) string {
+	var parts []string
+	for i, v := range t {
+		parts = append(parts, fmt.Sprintf("node%d %.0f ms user + %.0f ms system", i, 1000*v[0]/float64(n), 1000*v[1]/float64(n)))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// selfCPU is this process's user and system CPU time: the load generator's.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime))
+}
+
+// speeds lists the speed score each node advertises, which the planner balances on.
+func (c *benchCluster) speeds(b *testing.B) string {
+	nodes, err := c.client(b, 0).Nodes(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var parts []string
+	for _, nd := range nodes {
+		if nd.Capacity != nil {
+			parts = append(parts, fmt.Sprintf("%s %.1f", nd.Name, nd.Capacity.Speed))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
