@@ -12,27 +12,36 @@ var reportSections = []Section{
 		Measures: `
 BenchmarkInfer builds the 12 x 768 GPT (GPT-2-small shape, 125M parameters, about 500 MB),
 serves it from one in-process node with 1 intra-op thread (LAYERMESH_BENCH_THREADS=1; the
-2-thread run is recorded beside it) and
-sends 1x128 int64 token ids; the answer is 1x128x50257 float32 logits (25.7 MB). *Direct* is
-node.Infer: accel Session.Run behind the model lookup, no HTTP. *HTTPBinary* and *HTTPJSON*
-go through api/client over loopback TCP, with the binary tensor extension or JSON tensors
-both ways. Each HTTP call is preceded by a direct call; the medians of both and their
-difference are reported, so the machine's load hits both sides alike. The target: with
-the binary extension, the added cost stays under 3% of the model's own latency (at 1
-intra-op thread, the configuration of the issue's own baseline of about 430 ms: moving
-25.7 MB over loopback alone takes 10-17 ms here, so at 2 threads, about 240 ms, no HTTP
-stack could stay under 3%); the JSON figure is reported beside it.`,
+2-thread run is recorded beside it) and sends 1x128 int64 token ids; the answer is
+1x128x50257 float32 logits (25.7 MB). *Direct* is node.Infer: accel Session.Run behind the
+model lookup, no HTTP. *HTTPBinary* and *HTTPJSON* go through api/client over loopback
+TCP, with the binary tensor extension or JSON tensors both ways. Each HTTP call is paired
+with a direct call, back to back in alternating order; the added time is the median of
+the paired differences. On this shared 2-core machine a 1-thread forward pass of the GPT
+varies by tens of milliseconds from one call to the next, more than the HTTP path adds,
+so the end-to-end GPT pairs cannot resolve a 3% difference. *BinaryCost* therefore
+measures, in the same run and on the same node, what the HTTP path adds for the same
+25.7 MB answer on a model that computes almost nothing (Cast, Unsqueeze, Expand to
+1x128x50257), paired the same way, and divides it by the GPT's own latency measured in
+the same iterations: that is the figure held against the target (under 3% at 1 intra-op
+thread, the configuration of the issue's baseline of about 430 ms). The HTTP path adds
+the same work whatever computed the answer: reading the request, writing the answer's
+bytes to the socket and the client reading them (the answer is written from the
+tensor's own bytes, and read into the client's reused buffer). The JSON figure is
+reported beside it.`,
 		Jobs: []string{"api-infer", "api-infer-2t", "api-logits"},
 		Figures: []Figure{
-			{Job: "api-infer", Bench: "BenchmarkInfer/HTTPBinary", Metric: "added-%", Label: "binary extension: added cost over a direct call", Unit: "%", Target: &Target{Op: "<", Value: 3}},
-			{Job: "api-infer", Bench: "BenchmarkInfer/HTTPBinary", Metric: "added-ms", Label: "binary extension: added time", Unit: "ms"},
-			{Job: "api-infer", Bench: "BenchmarkInfer/HTTPBinary", Metric: "direct-ms", Label: "direct call (interleaved with binary)", Unit: "ms"},
-			{Job: "api-infer", Bench: "BenchmarkInfer/HTTPBinary", Metric: "http-ms", Label: "HTTP with binary extension", Unit: "ms"},
+			{Job: "api-infer", Bench: "BenchmarkInfer/BinaryCost", Metric: "added-%", Label: "binary extension: added cost, share of the GPT's latency", Unit: "%", Target: &Target{Op: "<", Value: 3}},
+			{Job: "api-infer", Bench: "BenchmarkInfer/BinaryCost", Metric: "added-ms", Label: "binary extension: added time for the 25.7 MB answer", Unit: "ms"},
+			{Job: "api-infer", Bench: "BenchmarkInfer/BinaryCost", Metric: "model-ms", Label: "GPT direct call, same iterations (median)", Unit: "ms"},
+			{Job: "api-infer", Bench: "BenchmarkInfer/HTTPBinary", Metric: "added-ms", Label: "end to end on the GPT: HTTP minus direct, median of pairs", Unit: "ms"},
+			{Job: "api-infer", Bench: "BenchmarkInfer/HTTPBinary", Metric: "direct-ms", Label: "GPT direct call (paired with binary)", Unit: "ms"},
+			{Job: "api-infer", Bench: "BenchmarkInfer/HTTPBinary", Metric: "http-ms", Label: "GPT over HTTP with binary extension", Unit: "ms"},
 			{Job: "api-infer", Bench: "BenchmarkInfer/HTTPJSON", Metric: "added-%", Label: "JSON: added cost over a direct call", Unit: "%", Summary: true},
 			{Job: "api-infer", Bench: "BenchmarkInfer/HTTPJSON", Metric: "added-ms", Label: "JSON: added time", Unit: "ms"},
 			{Job: "api-infer", Bench: "BenchmarkInfer/Direct", Metric: "ns/op", Label: "direct call alone (mean)", Unit: "ms", Scale: 1e-6},
-			{Job: "api-infer-2t", Bench: "BenchmarkInfer/HTTPBinary", Metric: "added-%", Label: "2 threads: binary extension, added cost over a direct call", Unit: "%", Summary: true},
-			{Job: "api-infer-2t", Bench: "BenchmarkInfer/HTTPBinary", Metric: "direct-ms", Label: "2 threads: direct call (interleaved with binary)", Unit: "ms"},
+			{Job: "api-infer-2t", Bench: "BenchmarkInfer/BinaryCost", Metric: "added-%", Label: "2 threads: binary extension, added cost, share of the GPT's latency", Unit: "%", Summary: true},
+			{Job: "api-infer-2t", Bench: "BenchmarkInfer/HTTPBinary", Metric: "direct-ms", Label: "2 threads: direct call (paired with binary)", Unit: "ms"},
 			{Job: "api-logits", Bench: "BenchmarkInferLogitsTransport/Direct", Metric: "ns/op", Label: "no-compute logits model: direct call alone (mean)", Unit: "ms", Scale: 1e-6},
 		},
 		Details: []Matrix{{
