@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"slices"
 )
 
 // Wire format of a tensor list (all integers little-endian):
@@ -150,8 +151,7 @@ func Decode(r io.Reader, lim Limits) ([]Tensor, error) {
 			if want != int64(payload) {
 				return nil, fmt.Errorf("%w: tensor %q: shape %v of %s needs %d bytes, frame declares %d", ErrDataLength, t.Name, shape, dt, want, payload)
 			}
-			t.Data = make([]byte, payload)
-			if _, err := io.ReadFull(r, t.Data); err != nil {
+			if t.Data, err = readPayload(r, int64(payload)); err != nil {
 				return nil, fmt.Errorf("%w: tensor %q data: %w", ErrMalformed, t.Name, err)
 			}
 		}
@@ -160,12 +160,41 @@ func Decode(r io.Reader, lim Limits) ([]Tensor, error) {
 	return ts, nil
 }
 
+// eagerPayload is the largest payload read into a buffer of its declared size at once
+// (a GPT-2-small answer, 25.7 MB, fits). A larger one grows its buffer as its bytes
+// arrive, so a peer that declares gigabytes and sends nothing costs the reader no
+// more than this.
+const eagerPayload = 32 << 20
+
+// readPayload reads exactly n bytes.
+func readPayload(r io.Reader, n int64) ([]byte, error) {
+	if n <= eagerPayload {
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	}
+	buf := make([]byte, 0, eagerPayload)
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, int(min(int64(cap(buf)), n-int64(len(buf)))))
+		}
+		k, err := io.ReadFull(r, buf[len(buf):min(int64(cap(buf)), n)])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
+}
+
 func decodeStrings(r io.Reader, n, payload int64) ([]string, error) {
 	if n > payload/4 {
 		return nil, fmt.Errorf("%d strings cannot fit in %d bytes", n, payload)
 	}
-	buf := make([]byte, payload)
-	if _, err := io.ReadFull(r, buf); err != nil {
+	buf, err := readPayload(r, payload)
+	if err != nil {
 		return nil, err
 	}
 	out := make([]string, n)

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"reflect"
+	"runtime"
 	"testing"
+	"testing/iotest"
 )
 
 func sample() []Tensor {
@@ -135,4 +137,52 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("re-encoding differs from input")
 		}
 	})
+}
+
+// TestDecodeLargePayload round-trips tensors on both sides of eagerPayload: a payload
+// over it is read into a buffer that grows as the bytes arrive.
+func TestDecodeLargePayload(t *testing.T) {
+	for _, n := range []int64{eagerPayload / 4, eagerPayload/4 + 1, 5 * eagerPayload / 8} {
+		vals := make([]float32, n)
+		for i := range vals {
+			vals[i] = float32(i % 1000)
+		}
+		in := []Tensor{FromFloat32("big", []int64{n}, vals)}
+		var buf bytes.Buffer
+		if _, err := Encode(&buf, in); err != nil {
+			t.Fatal(err)
+		}
+		out, err := Decode(iotest.HalfReader(&buf), DefaultLimits)
+		if err != nil {
+			t.Fatalf("%d elements: %v", n, err)
+		}
+		if !bytes.Equal(out[0].Data, in[0].Data) {
+			t.Fatalf("%d elements: data differs", n)
+		}
+	}
+}
+
+// TestDecodeDeclaredSizeNotAllocated: a frame that declares a 1 GiB tensor and then
+// ends costs the decoder no more than eagerPayload of memory, not the declared size.
+func TestDecodeDeclaredSizeNotAllocated(t *testing.T) {
+	const n = 1 << 28 // float32 elements: 1 GiB
+	var hdr bytes.Buffer
+	hdr.WriteString("LMT1")
+	hdr.Write(binary.LittleEndian.AppendUint32(nil, 1))
+	hdr.Write(binary.LittleEndian.AppendUint16(nil, 1))
+	hdr.WriteString("x")
+	hdr.Write([]byte{byte(Float32), 1})
+	hdr.Write(binary.LittleEndian.AppendUint64(nil, n))
+	hdr.Write(binary.LittleEndian.AppendUint64(nil, 4*n))
+	hdr.Write(make([]byte, 1000)) // a little data, then the stream ends
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := Decode(&hdr, Limits{MaxTensors: 1, MaxBytes: 4 << 30})
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Decode() = %v, want %v", err, ErrMalformed)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 2*eagerPayload {
+		t.Fatalf("decoding a truncated 1 GiB frame allocated %d bytes", got)
+	}
 }
