@@ -28,6 +28,13 @@ type PlanOptions struct {
 	// LinkBandwidth returns the bytes/s from device i to device j (indices into the
 	// devices given to Plan); nil means DefaultLinkBandwidth everywhere.
 	LinkBandwidth func(i, j int) float64
+	// OutputBandwidth is the bytes/s at which the last stage's device hands the
+	// model's outputs on (to the client that asked): their bytes over it count in the
+	// last stage's time, as a cut's bytes count in the stage before it. 0 leaves
+	// them out. It matters when the outputs are large next to the compute (a
+	// language model's logits), so that the last stage is not loaded as heavily as
+	// the others on top of sending them.
+	OutputBandwidth float64
 	// ReorderDevices lets the planner choose which device runs which stage (and, with
 	// fewer stages than devices, which devices to use): it runs the exact program
 	// for every order and keeps the fastest. At most MaxReorderDevices devices.
@@ -53,7 +60,8 @@ type Stage struct {
 	// MemoryBytes is ParamBytes + ActivationBytes, what must fit Device.MemBudget.
 	MemoryBytes int64
 	FLOPs       int64
-	// SendBytes is what crosses the cut after this stage (0 for the last stage).
+	// SendBytes is what crosses the cut after this stage; for the last stage, the
+	// model's outputs when PlanOptions.OutputBandwidth counts them, else 0.
 	SendBytes int64
 	// ComputeSeconds is FLOPs/Speed; TransferSeconds is SendBytes over the link to the
 	// next device; Seconds is their sum.
@@ -124,13 +132,35 @@ func (s *stageScan) sweepFrom(a int, visit func(b int, params, act int64) bool) 
 	}
 }
 
+// links is what the planner knows of the transfers: the bandwidth between devices,
+// and the model outputs' bytes with the bandwidth the last stage hands them out at.
+type links struct {
+	bw       func(i, j int) float64
+	outBytes int64
+	outBW    float64
+}
+
 // stageCost is the time of stage k (on devices[k]) covering [a, b).
-func stageCost(g *Graph, devices []Device, bw func(i, j int) float64, k, a, b int, flops int64) (compute, transfer float64) {
+func stageCost(g *Graph, devices []Device, l links, k, a, b int, flops int64) (compute, transfer float64) {
 	compute = float64(flops) / devices[k].Speed
-	if b < len(g.Nodes) && k+1 < len(devices) {
-		transfer = float64(g.Cuts[b].Bytes) / bw(k, k+1)
+	switch {
+	case b < len(g.Nodes) && k+1 < len(devices):
+		transfer = float64(g.Cuts[b].Bytes) / l.bw(k, k+1)
+	case b == len(g.Nodes) && l.outBW > 0:
+		transfer = float64(l.outBytes) / l.outBW
 	}
 	return compute, transfer
+}
+
+// outputBytes sums the sizes of the graph's outputs.
+func (g *Graph) outputBytes() int64 {
+	var n int64
+	for _, o := range g.Outputs {
+		if v, ok := g.Values[o]; ok {
+			n += v.Bytes
+		}
+	}
+	return n
 }
 
 // Plan splits g into contiguous stages, stage i on devices[i], so that every stage
@@ -143,7 +173,8 @@ func stageCost(g *Graph, devices []Device, bw func(i, j int) float64, k, a, b in
 //
 // A stage's time is its FLOPs over its device's speed plus the bytes crossing the cut
 // after it (activations and graph inputs that later stages read) over the link to
-// the next device; the last stage sends nothing. Its memory is its weights (each once,
+// the next device; the last stage sends the model's outputs when
+// PlanOptions.OutputBandwidth is set, else nothing. Its memory is its weights (each once,
 // shared weights in every stage that reads them) plus an activation allowance: what
 // it receives plus the largest working set (inputs and outputs) of one of its nodes.
 func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
@@ -162,6 +193,10 @@ func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 	if bw == nil {
 		bw = func(int, int) float64 { return DefaultLinkBandwidth }
 	}
+	if opts.OutputBandwidth < 0 || math.IsNaN(opts.OutputBandwidth) || math.IsInf(opts.OutputBandwidth, 0) {
+		return nil, fmt.Errorf("%w: output bandwidth %v must be positive (or 0: not counted)", ErrBadPlan, opts.OutputBandwidth)
+	}
+	l := links{bw: bw, outBytes: g.outputBytes(), outBW: opts.OutputBandwidth}
 	for i := range devices {
 		for j := range devices {
 			if (j == i+1 || (opts.ReorderDevices && i != j)) && !(bw(i, j) > 0) {
@@ -188,7 +223,7 @@ func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 		order[i] = i
 	}
 	if !opts.ReorderDevices {
-		return g.planInOrder(devices, bw, order, k, kmax)
+		return g.planInOrder(devices, l, order, k, kmax)
 	}
 	if len(devices) > MaxReorderDevices {
 		return nil, fmt.Errorf("%w: ReorderDevices searches every order, at most %d devices (%d given)", ErrBadPlan, MaxReorderDevices, len(devices))
@@ -198,7 +233,7 @@ func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 	var best *StagePlan
 	var firstErr error
 	permute(order, 0, func(perm []int) {
-		p, err := g.planInOrder(devices, bw, perm, k, kmax)
+		p, err := g.planInOrder(devices, l, perm, k, kmax)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err
@@ -232,17 +267,18 @@ func permute(p []int, i int, visit func([]int)) {
 }
 
 // planInOrder plans with stage j on devices[order[j]].
-func (g *Graph) planInOrder(all []Device, allBW func(i, j int) float64, order []int, k, kmax int) (*StagePlan, error) {
+func (g *Graph) planInOrder(all []Device, allLinks links, order []int, k, kmax int) (*StagePlan, error) {
 	devices := make([]Device, len(order))
 	for j, d := range order {
 		devices[j] = all[d]
 	}
-	bw := func(i, j int) float64 { return allBW(order[i], order[j]) }
+	l := allLinks
+	l.bw = func(i, j int) float64 { return allLinks.bw(order[i], order[j]) }
 	costFn := func(stage, a, b int, params, act, flops int64) (float64, bool) {
 		if params+act > devices[stage].MemBudget {
 			return 0, false
 		}
-		c, t := stageCost(g, devices, bw, stage, a, b, flops)
+		c, t := stageCost(g, devices, l, stage, a, b, flops)
 		return c + t, true
 	}
 	best, parent := solve(g, kmax, costFn, func(stage int, params, act int64) bool {
@@ -259,7 +295,7 @@ func (g *Graph) planInOrder(all []Device, allBW func(i, j int) float64, order []
 	if pick == 0 || math.IsInf(best[pick], 1) {
 		return nil, g.doesNotFit(devices, kmax, k == 0)
 	}
-	p := g.buildPlan(devices, bw, parent, pick)
+	p := g.buildPlan(devices, l, parent, pick)
 	for j := range p.Stages {
 		p.Stages[j].DeviceIndex = order[j]
 	}
@@ -332,7 +368,7 @@ func solve(g *Graph, kmax int, cost func(stage, a, b int, params, act, flops int
 }
 
 // buildPlan walks the parent pointers back from the end and fills in each stage.
-func (g *Graph) buildPlan(devices []Device, bw func(i, j int) float64, par [][]int, k int) *StagePlan {
+func (g *Graph) buildPlan(devices []Device, l links, par [][]int, k int) *StagePlan {
 	n := len(g.Nodes)
 	bounds := make([]int, k+1)
 	bounds[k] = n
@@ -349,15 +385,18 @@ func (g *Graph) buildPlan(devices []Device, bw func(i, j int) float64, par [][]i
 			return e < b
 		})
 		flops := scan.flops[b] - scan.flops[a]
-		c, t := stageCost(g, devices, bw, j, a, b, flops)
+		c, t := stageCost(g, devices, l, j, a, b, flops)
 		st := Stage{
 			Index: j, Device: devices[j], Start: a, End: b,
 			FirstOp: g.Nodes[a].OpType, LastOp: g.Nodes[b-1].OpType,
 			ParamBytes: params, ActivationBytes: act, MemoryBytes: params + act, FLOPs: flops,
 			ComputeSeconds: c, TransferSeconds: t, Seconds: c + t,
 		}
-		if b < n {
+		switch {
+		case b < n:
 			st.SendBytes = g.Cuts[b].Bytes
+		case l.outBW > 0:
+			st.SendBytes = l.outBytes
 		}
 		p.Stages = append(p.Stages, st)
 		p.Bottleneck = math.Max(p.Bottleneck, st.Seconds)
@@ -401,7 +440,7 @@ func (g *Graph) doesNotFit(devices []Device, kmax int, auto bool) error {
 	}
 	var worst strings.Builder
 	if !math.IsInf(best[pick], 1) {
-		p := g.buildPlan(devices, func(int, int) float64 { return DefaultLinkBandwidth }, par, pick)
+		p := g.buildPlan(devices, links{bw: func(int, int) float64 { return DefaultLinkBandwidth }}, par, pick)
 		for _, s := range p.Stages {
 			if s.MemoryBytes > s.Device.MemBudget {
 				fmt.Fprintf(&worst, "; stage %d (nodes %d..%d) needs %s on %s (budget %s)", s.Index, s.Start, s.End-1, FormatBytes(s.MemoryBytes), deviceLabel(s.Device, s.Index), FormatBytes(s.Device.MemBudget))

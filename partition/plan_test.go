@@ -82,7 +82,8 @@ func randomGraph(r *rand.Rand, n int) *Graph {
 
 // naiveStage recomputes a stage's memory and time from scratch, independently of the
 // planner's incremental sums.
-func naiveStage(g *Graph, devices []Device, bw func(i, j int) float64, k, a, b int) (mem int64, secs float64) {
+// outBW is PlanOptions.OutputBandwidth (0: the outputs are not counted).
+func naiveStage(g *Graph, devices []Device, bw func(i, j int) float64, outBW float64, k, a, b int) (mem int64, secs float64) {
 	used := map[int]bool{}
 	var params, work, flops int64
 	for pos := a; pos < b; pos++ {
@@ -105,13 +106,17 @@ func naiveStage(g *Graph, devices []Device, bw func(i, j int) float64, k, a, b i
 	secs = float64(flops) / devices[k].Speed
 	if b < len(g.Nodes) {
 		secs += float64(g.Cuts[b].Bytes) / bw(k, k+1)
+	} else if outBW > 0 {
+		for _, o := range g.Outputs {
+			secs += float64(g.Values[o].Bytes) / outBW
+		}
 	}
 	return params + g.Cuts[a].Bytes + work, secs
 }
 
 // bruteForce tries every choice of k-1 valid cuts and returns the best bottleneck
 // (+Inf when nothing fits).
-func bruteForce(g *Graph, devices []Device, bw func(i, j int) float64, k int) float64 {
+func bruteForce(g *Graph, devices []Device, bw func(i, j int) float64, outBW float64, k int) float64 {
 	valid := g.ValidCuts()
 	best := math.Inf(1)
 	var rec func(start, stage int, bounds []int)
@@ -120,7 +125,7 @@ func bruteForce(g *Graph, devices []Device, bw func(i, j int) float64, k int) fl
 			bounds = append(bounds, len(g.Nodes))
 			worst := 0.0
 			for j := 0; j < k; j++ {
-				mem, secs := naiveStage(g, devices, bw, j, bounds[j], bounds[j+1])
+				mem, secs := naiveStage(g, devices, bw, outBW, j, bounds[j], bounds[j+1])
 				if mem > devices[j].MemBudget {
 					return
 				}
@@ -137,6 +142,15 @@ func bruteForce(g *Graph, devices []Device, bw func(i, j int) float64, k int) fl
 	}
 	rec(0, 0, []int{0})
 	return best
+}
+
+// outputBandwidthFor gives every other case an output bandwidth for the last stage
+// (deterministic, so the random sequence of the cases stays the same).
+func outputBandwidthFor(iter int) float64 {
+	if iter%2 == 0 {
+		return 0
+	}
+	return float64(1 + iter%50)
 }
 
 func TestPlanMatchesBruteForce(t *testing.T) {
@@ -162,18 +176,19 @@ func TestPlanMatchesBruteForce(t *testing.T) {
 			}
 		}
 		bw := func(i, j int) float64 { return bwm[i][j] }
+		outBW := outputBandwidthFor(iter)
 		maxK := min(nd, len(g.ValidCuts())+1)
 		for k := 0; k <= maxK; k++ {
 			var want float64
 			if k == 0 {
 				want = math.Inf(1)
 				for kk := 1; kk <= maxK; kk++ {
-					want = math.Min(want, bruteForce(g, devices, bw, kk))
+					want = math.Min(want, bruteForce(g, devices, bw, outBW, kk))
 				}
 			} else {
-				want = bruteForce(g, devices, bw, k)
+				want = bruteForce(g, devices, bw, outBW, k)
 			}
-			p, err := Plan(g, devices, PlanOptions{Stages: k, LinkBandwidth: bw})
+			p, err := Plan(g, devices, PlanOptions{Stages: k, LinkBandwidth: bw, OutputBandwidth: outBW})
 			if math.IsInf(want, 1) {
 				infeasible++
 				if !errors.Is(err, ErrDoesNotFit) {
@@ -191,7 +206,7 @@ func TestPlanMatchesBruteForce(t *testing.T) {
 			// The plan itself is what it claims: contiguous, on valid cuts, fitting.
 			worst := 0.0
 			for j, s := range p.Stages {
-				mem, secs := naiveStage(g, devices, bw, j, s.Start, s.End)
+				mem, secs := naiveStage(g, devices, bw, outBW, j, s.Start, s.End)
 				if mem != s.MemoryBytes || mem > devices[j].MemBudget || math.Abs(secs-s.Seconds) > 1e-9*math.Max(1, secs) {
 					t.Fatalf("iter %d k=%d stage %d: reports mem %d secs %g, recomputed %d %g, budget %d", iter, k, j, s.MemoryBytes, s.Seconds, mem, secs, devices[j].MemBudget)
 				}
@@ -226,6 +241,7 @@ func TestPlanMatchesBruteForce(t *testing.T) {
 			}
 		}
 		bw := func(i, j int) float64 { return bwm[i][j] }
+		outBW := outputBandwidthFor(iter)
 		k := r.IntN(min(nd, len(g.ValidCuts())+1) + 1)
 		want := math.Inf(1)
 		order := make([]int, nd)
@@ -243,10 +259,10 @@ func TestPlanMatchesBruteForce(t *testing.T) {
 				kmin, kmaxB = 1, min(nd, len(g.ValidCuts())+1)
 			}
 			for kk := kmin; kk <= kmaxB; kk++ {
-				want = math.Min(want, bruteForce(g, pd, pbw, kk))
+				want = math.Min(want, bruteForce(g, pd, pbw, outBW, kk))
 			}
 		})
-		p, err := Plan(g, devices, PlanOptions{Stages: k, LinkBandwidth: bw, ReorderDevices: true})
+		p, err := Plan(g, devices, PlanOptions{Stages: k, LinkBandwidth: bw, OutputBandwidth: outBW, ReorderDevices: true})
 		if math.IsInf(want, 1) {
 			if !errors.Is(err, ErrDoesNotFit) {
 				t.Fatalf("reorder iter %d: no order fits, planner says %v", iter, err)
@@ -309,7 +325,7 @@ func TestHeterogeneousBudgets(t *testing.T) {
 	var devices []Device
 	var sum int64
 	for i := 0; i < 3; i++ {
-		mem, _ := naiveStage(g, UniformDevices(3, 0, 1), func(int, int) float64 { return 1 }, i, bounds[i], bounds[i+1])
+		mem, _ := naiveStage(g, UniformDevices(3, 0, 1), func(int, int) float64 { return 1 }, 0, i, bounds[i], bounds[i+1])
 		b := mem + mem/50
 		devices = append(devices, Device{Name: fmt.Sprintf("dev%d", i), MemBudget: b, Speed: float64(1 + i)})
 		sum += b
@@ -427,5 +443,41 @@ func TestParseBytes(t *testing.T) {
 		if _, err := ParseBytes(bad); err == nil {
 			t.Errorf("ParseBytes(%q) accepted", bad)
 		}
+	}
+}
+
+// TestOutputBandwidth: counting the outputs' hand-off moves work off the last stage of
+// a chain whose output is large, and a negative bandwidth is refused.
+func TestOutputBandwidth(t *testing.T) {
+	g := randomGraph(rand.New(rand.NewPCG(3, 4)), 40)
+	for i := range g.Nodes {
+		g.Nodes[i].FLOPs = 100
+	}
+	for c := 1; c < len(g.Nodes); c++ {
+		g.Cuts[c].Valid = true
+	}
+	out := g.Values[g.Outputs[0]]
+	out.Bytes = 1000
+	devices := UniformDevices(2, 1<<40, 1)
+	plain, err := Plan(g, devices, PlanOptions{Stages: 2, LinkBandwidth: func(int, int) float64 { return 1e12 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted, err := Plan(g, devices, PlanOptions{Stages: 2, LinkBandwidth: func(int, int) float64 { return 1e12 }, OutputBandwidth: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := counted.Stages[1]
+	if last.SendBytes != 1000 || last.TransferSeconds != 1000 {
+		t.Fatalf("last stage sends %d bytes in %g s, want 1000 and 1000", last.SendBytes, last.TransferSeconds)
+	}
+	if last.FLOPs >= plain.Stages[1].FLOPs {
+		t.Fatalf("last stage keeps %d FLOPs with the outputs counted, %d without", last.FLOPs, plain.Stages[1].FLOPs)
+	}
+	if d := counted.Stages[0].Seconds - last.Seconds; math.Abs(d) > 100 {
+		t.Fatalf("stages not balanced with the outputs counted: %g s and %g s", counted.Stages[0].Seconds, last.Seconds)
+	}
+	if _, err := Plan(g, devices, PlanOptions{Stages: 2, OutputBandwidth: -1}); !errors.Is(err, ErrBadPlan) {
+		t.Fatalf("negative output bandwidth: %v, want %v", err, ErrBadPlan)
 	}
 }

@@ -23,7 +23,7 @@ const unlimitedBudget = math.MaxInt64 / 4
 // runPartition cuts a model into pipeline stages offline, without a cluster:
 //
 //	meshctl partition MODEL --stages K|auto [--budgets 2GiB,1GiB,...] [--speeds 1,2,...]
-//	    [--bandwidth 1GB] [--reorder] [--input-shape name=1x128] [--out DIR] [--measure] [--verify] [--json]
+//	    [--bandwidth 1GB] [--output-bandwidth 1GB] [--reorder] [--input-shape name=1x128] [--out DIR] [--measure] [--verify] [--json]
 //
 // Devices are the budgets (and speeds) given, in pipeline order: stage i runs on
 // device i, unless --reorder lets the planner pick the order. Without budgets every device is unlimited and the stages are balanced on
@@ -34,6 +34,7 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 	budgets := fs.String("budgets", "", "memory budget of each device in pipeline order, e.g. 2GiB,1GiB,512MiB")
 	speeds := fs.String("speeds", "", "relative speed (or FLOP/s) of each device, e.g. 1,2,1 (default 1 each)")
 	bandwidth := fs.String("bandwidth", "1GB", "link bandwidth between consecutive devices, bytes per second")
+	outBandwidth := fs.String("output-bandwidth", "0", "bytes per second at which the last device hands the model's outputs on; 0 leaves them out of its time")
 	reorder := fs.Bool("reorder", false, "let the planner choose which device runs which stage (default: stage i on device i)")
 	out := fs.String("out", "", "folder for the stage files and manifest.json (default MODEL without .onnx + .stages)")
 	verify := fs.Bool("verify", false, "run the whole model and the stage chain in ONNX Runtime and compare every output")
@@ -64,6 +65,10 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 	bw, err := partition.ParseBytes(*bandwidth)
 	if err != nil || bw <= 0 {
 		return usagef("--bandwidth: %q is not a positive byte rate", *bandwidth)
+	}
+	outBW, err := partition.ParseBytes(*outBandwidth)
+	if err != nil || outBW < 0 {
+		return usagef("--output-bandwidth: %q is not a byte rate", *outBandwidth)
 	}
 	dir := *out
 	if dir == "" {
@@ -99,7 +104,8 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	plan, err := partition.Plan(g, devices, partition.PlanOptions{Stages: k, LinkBandwidth: func(int, int) float64 { return float64(bw) }, ReorderDevices: *reorder})
+	plan, err := partition.Plan(g, devices, partition.PlanOptions{Stages: k, LinkBandwidth: func(int, int) float64 { return float64(bw) },
+		OutputBandwidth: float64(outBW), ReorderDevices: *reorder})
 	if err != nil {
 		return err
 	}

@@ -133,6 +133,40 @@ func (s *LoadStats) Throughput() float64 {
 	return float64(s.Successes) / s.Elapsed.Seconds()
 }
 
+// SteadyThroughput is the successes per second between the completion of the skip-th
+// answer and that of the skip-th from last, leaving out the run's ramp-up (a pipeline
+// filling) and its drain (the last requests finding stages idle). With skip set to the
+// concurrency it measures what a closed loop sustains. It is 0 when fewer than
+// 2*skip+2 requests succeeded.
+func (s *LoadStats) SteadyThroughput(skip int) float64 {
+	n, span := s.SteadyWindow(skip)
+	if n == 0 {
+		return 0
+	}
+	return float64(n) / span.Seconds()
+}
+
+// SteadyWindow is SteadyThroughput's answers and time span: n answers completed in
+// span after the skip-th completion, up to the skip-th from last; 0 and 0 when
+// fewer than 2*skip+2 requests succeeded.
+func (s *LoadStats) SteadyWindow(skip int) (n int, span time.Duration) {
+	var done []time.Time
+	for _, o := range s.Outcomes {
+		if o.OK() {
+			done = append(done, o.Start.Add(o.Latency))
+		}
+	}
+	if skip < 0 || len(done) < 2*skip+2 {
+		return 0, 0
+	}
+	slices.SortFunc(done, func(a, b time.Time) int { return a.Compare(b) })
+	first, last := done[skip], done[len(done)-1-skip]
+	if !last.After(first) {
+		return 0, 0
+	}
+	return len(done) - 1 - 2*skip, last.Sub(first)
+}
+
 // String is a one-line summary for test logs.
 func (s *LoadStats) String() string {
 	return fmt.Sprintf("%d requests: %d ok (%d after retry), %d failed %v; p50 %v p99 %v max %v; %.1f/s",

@@ -231,3 +231,25 @@ func TestWriteResult(t *testing.T) {
 		t.Fatalf("scenario name with a path: %v, want ErrResult", err)
 	}
 }
+
+// TestSteadyThroughput: completions one per 100 ms after a slow first one and before
+// a slow last one; leaving out one at each end measures the steady 10 per second.
+func TestSteadyThroughput(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var st LoadStats
+	done := []time.Duration{900 * time.Millisecond} // ramp-up
+	for i := 1; i <= 10; i++ {
+		done = append(done, time.Second+time.Duration(i)*100*time.Millisecond)
+	}
+	done = append(done, 5*time.Second) // drain
+	for i, d := range done {
+		st.Outcomes = append(st.Outcomes, Outcome{Seq: i, Start: t0, Latency: d, Code: OutcomeOK})
+	}
+	st.Outcomes = append(st.Outcomes, Outcome{Seq: 99, Start: t0, Latency: 3 * time.Second, Code: OutcomeTransport})
+	if got := st.SteadyThroughput(1); got < 9.999 || got > 10.001 {
+		t.Fatalf("SteadyThroughput(1) = %v, want 10", got)
+	}
+	if got := st.SteadyThroughput(6); got != 0 {
+		t.Fatalf("SteadyThroughput(6) with 12 answers = %v, want 0", got)
+	}
+}
