@@ -244,7 +244,13 @@ BenchmarkSplitPipelineParallel runs 2 meshnode processes, each pinned with tasks
 its own core and given 1 intra-op thread, serving the 12 x 768 GPT in 2 stages, and one
 meshnode pinned to one core serving the whole model; each gets the same load of 1x128
 token requests at concurrency 4 over HTTP with the binary extension, entered at the
-node of the last stage. Target: the split's throughput at least 1.7 x the single node's.`,
+node of the last stage. The two sides run in alternating segments (split, whole, whole,
+split; 12 requests each), so that a change in the shared machine's speed hits both alike,
+and a segment's throughput is its steady state: the answers between the 4th completion
+and the 4th from last, over that time, leaving out the pipeline filling and draining at
+the segment's ends. The log gives each process's CPU time per request, which shows the
+balance of the two stages. Target: the split's throughput at least 1.7 x the single
+node's.`,
 		Jobs: []string{"split-pipeline"},
 		Figures: []Figure{
 			{Job: "split-pipeline", Bench: "BenchmarkSplitPipelineParallel", Metric: "speedup", Label: "(b) 2 pinned nodes / 1 pinned node, throughput", Unit: "x", Target: &Target{Op: ">=", Value: 1.7}},
