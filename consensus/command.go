@@ -29,6 +29,7 @@ const (
 	CmdRevokeToken    CommandType = 8
 	CmdSetConfig      CommandType = 9
 	CmdCatalogPut     CommandType = 10
+	CmdReportServing  CommandType = 11
 )
 
 // maxRequestIDLen bounds the request id so a hostile or buggy proposer cannot
@@ -87,6 +88,7 @@ var payloadDecoders = map[CommandType]func([]byte) (Payload, error){
 	CmdRevokeToken:    decodePayload[RevokeToken],
 	CmdSetConfig:      decodePayload[SetConfig],
 	CmdCatalogPut:     decodePayload[CatalogPut],
+	CmdReportServing:  decodePayload[ReportServing],
 }
 
 func decodePayload[T Payload](b []byte) (Payload, error) {

@@ -286,3 +286,47 @@ func TestTokenForSecret(t *testing.T) {
 		t.Fatalf("TokenHash(x) = %s", TokenHash("x"))
 	}
 }
+
+func TestFSMReportServing(t *testing.T) {
+	f := newFSM(quietLogger(), nil)
+	idx := uint64(0)
+	apply := func(p Payload) error {
+		t.Helper()
+		idx++
+		return applyCmd(t, f, idx, NewCommand(p)).err
+	}
+	report := ReportServing{Node: "a", Serving: Serving{Boot: "b1", Stages: []ServedRef{{Model: "gpt", Version: "v1", Stage: 1, Ready: true}, {Model: "gpt", Version: "v1", Stage: 2}}}}
+	if err := apply(report); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("report from a non-member: %v, want %v", err, ErrNotFound)
+	}
+	if err := apply(UpsertMember{Member{ID: "a", Name: "alpha"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(report); err != nil {
+		t.Fatal(err)
+	}
+	got := fsmState(f).Serving["a"]
+	if !got.Serves("b1", "gpt", "v1", 1) || got.Serves("b1", "gpt", "v1", 2) || got.Serves("b2", "gpt", "v1", 1) || got.Serves("b1", "gpt", "v2", 1) {
+		t.Fatalf("Serves wrong on %+v", got)
+	}
+	for _, bad := range []ReportServing{
+		{Node: "a", Serving: Serving{Stages: report.Serving.Stages}},
+		{Node: "a", Serving: Serving{Boot: "b1", Stages: []ServedRef{{Model: "gpt", Stage: 0}}}},
+		{Node: "a", Serving: Serving{Boot: "b1", Stages: make([]ServedRef, MaxServedStages+1)}},
+	} {
+		if err := apply(bad); !errors.Is(err, ErrInvalidCommand) {
+			t.Fatalf("%+v: %v, want %v", bad.Serving.Boot, err, ErrInvalidCommand)
+		}
+	}
+	if err := apply(RemoveMember{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := fsmState(f).Serving["a"]; ok {
+		t.Fatal("a removed member's serving record stays")
+	}
+}
+
+func fsmState(f *fsm) *ClusterState {
+	st, _ := f.current()
+	return st
+}

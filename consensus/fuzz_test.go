@@ -20,6 +20,7 @@ func FuzzDecodeCommand(f *testing.F) {
 		{RequestID: "r4", Payload: SetMemberState{ID: "p", State: MemberDead, At: at}},
 		{RequestID: "r5", Payload: PutModel{Model{Name: "m", Version: "1", Stages: []StageManifest{{SHA256: "aa"}}}}},
 		{RequestID: "r6", Payload: RevokeToken{ID: "t", At: at}},
+		{RequestID: "r7", Payload: ReportServing{Node: "p", Serving: Serving{Boot: "b", Stages: []ServedRef{{Model: "m", Version: "1", Stage: 2, Ready: true}}}}},
 	} {
 		b, err := EncodeCommand(c)
 		if err != nil {

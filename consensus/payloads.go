@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -78,6 +79,15 @@ type CatalogPut struct {
 	Mode  CatalogMode `json:"mode"`
 }
 
+// ReportServing replaces what node Node reports it serves. The node must be a member.
+type ReportServing struct {
+	Node    string  `json:"node"`
+	Serving Serving `json:"serving"`
+}
+
+// MaxServedStages bounds one node's report.
+const MaxServedStages = 4096
+
 // CommandType implements Payload.
 func (UpsertMember) CommandType() CommandType { return CmdUpsertMember }
 
@@ -107,6 +117,9 @@ func (SetConfig) CommandType() CommandType { return CmdSetConfig }
 
 // CommandType implements Payload.
 func (CatalogPut) CommandType() CommandType { return CmdCatalogPut }
+
+// CommandType implements Payload.
+func (ReportServing) CommandType() CommandType { return CmdReportServing }
 
 func (p UpsertMember) apply(st *ClusterState) (uint64, error) {
 	m := p.Member.Clone()
@@ -145,6 +158,7 @@ func (p RemoveMember) apply(st *ClusterState) (uint64, error) {
 		return 0, fmt.Errorf("%w: member %s", ErrNotFound, p.ID)
 	}
 	delete(st.Members, p.ID)
+	delete(st.Serving, p.ID)
 	return 0, nil
 }
 
@@ -240,5 +254,26 @@ func (p CatalogPut) apply(st *ClusterState) (uint64, error) {
 		return 0, fmt.Errorf("%w: catalogue mode %q", ErrInvalidCommand, p.Mode)
 	}
 	st.Catalog[p.Key] = p.Value
+	return 0, nil
+}
+
+func (p ReportServing) apply(st *ClusterState) (uint64, error) {
+	if _, ok := st.Members[p.Node]; !ok {
+		return 0, fmt.Errorf("%w: member %s", ErrNotFound, p.Node)
+	}
+	if p.Serving.Boot == "" {
+		return 0, fmt.Errorf("%w: serving report without a boot id", ErrInvalidCommand)
+	}
+	if len(p.Serving.Stages) > MaxServedStages {
+		return 0, fmt.Errorf("%w: %d served stages, at most %d", ErrInvalidCommand, len(p.Serving.Stages), MaxServedStages)
+	}
+	for _, r := range p.Serving.Stages {
+		if r.Model == "" || r.Version == "" || r.Stage < 0 {
+			return 0, fmt.Errorf("%w: served stage %+v", ErrInvalidCommand, r)
+		}
+	}
+	s := p.Serving
+	s.Stages = slices.Clone(s.Stages)
+	st.Serving[p.Node] = s
 	return 0, nil
 }

@@ -94,6 +94,36 @@ type Placement struct {
 	Epoch   uint64     `json:"epoch"`  // bumped by every committed SetPlacement
 }
 
+// Serving is what one node reports it serves: the stages it has loaded or is loading.
+// Boot identifies the node's process run (it also advertises it in its membership
+// metadata): a record from an earlier run of a restarted node does not match, so
+// readers ignore it until the new run reports.
+type Serving struct {
+	Boot   string      `json:"boot"`
+	Stages []ServedRef `json:"stages"`
+}
+
+// ServedRef is one stage of one model version on a node.
+type ServedRef struct {
+	Model   string `json:"model"`
+	Version string `json:"version"`
+	Stage   int    `json:"stage"`
+	Ready   bool   `json:"ready"`
+}
+
+// Serves says whether the record, from the node run boot, has the stage ready.
+func (s Serving) Serves(boot, model, version string, stage int) bool {
+	if s.Boot == "" || s.Boot != boot {
+		return false
+	}
+	for _, r := range s.Stages {
+		if r.Ready && r.Stage == stage && r.Model == model && r.Version == version {
+			return true
+		}
+	}
+	return false
+}
+
 // ClusterConfig holds cluster-wide settings.
 type ClusterConfig struct {
 	ClusterID         string        `json:"cluster_id"`
@@ -129,6 +159,7 @@ type ClusterState struct {
 	Placements map[string]Placement `json:"placements"` // by ModelKey(name, version)
 	Tokens     map[string]Token     `json:"tokens"`     // by token id
 	Catalog    map[string]string    `json:"catalog"`    // small key/value catalogue for annotations
+	Serving    map[string]Serving   `json:"serving"`    // by peer id: the stages each node reports
 	// Index is the Raft log index of the last applied entry that changed or
 	// could have changed this state.
 	Index uint64 `json:"index"`
@@ -142,6 +173,7 @@ func NewClusterState() *ClusterState {
 		Placements: map[string]Placement{},
 		Tokens:     map[string]Token{},
 		Catalog:    map[string]string{},
+		Serving:    map[string]Serving{},
 	}
 }
 
@@ -170,6 +202,11 @@ func (s *ClusterState) Clone() *ClusterState {
 	c.Catalog = maps.Clone(s.Catalog)
 	if c.Catalog == nil {
 		c.Catalog = map[string]string{}
+	}
+	c.Serving = make(map[string]Serving, len(s.Serving))
+	for k, v := range s.Serving {
+		v.Stages = slices.Clone(v.Stages)
+		c.Serving[k] = v
 	}
 	return c
 }

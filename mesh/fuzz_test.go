@@ -111,9 +111,9 @@ func FuzzResponseStatus(f *testing.F) {
 
 func FuzzNodeMeta(f *testing.F) {
 	raw, _ := encodeMeta(&NodeMeta{Name: "n1", PeerID: "12D3KooW", Addrs: []string{"/ip4/127.0.0.1/tcp/4001"},
-		Stages: []StageRef{{Model: "gpt", Version: "1", Stage: 2, Ready: true}}})
+		Boot: "5f1c0a9e"})
 	f.Add(raw)
-	f.Add([]byte(`{"st":["1|x|y|z"]}`))
+	f.Add([]byte(`{"b":"x","st":["1|x|y|z"]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		meta, err := decodeMeta(data)
 		if err != nil {

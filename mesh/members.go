@@ -282,13 +282,13 @@ func (m *Mesh) Meta() NodeMeta {
 
 // UpdateMeta changes this node's metadata and gossips it. If the result would not fit
 // memberlist's 512-byte limit the change is refused with ErrMetaTooLarge and the old
-// metadata stays.
+// metadata stays. After Leave or Close the change is kept locally, gossiped to no
+// one, and ErrClosed returned.
 func (m *Mesh) UpdateMeta(fn func(*NodeMeta)) error {
 	m.metaMu.Lock()
 	next := m.meta
 	next.Addrs = append([]string(nil), m.meta.Addrs...)
 	next.Accels = append([]string(nil), m.meta.Accels...)
-	next.Stages = append([]StageRef(nil), m.meta.Stages...)
 	fn(&next)
 	next.PeerID = m.id.String()
 	next.DataPort = m.dataPort
@@ -299,6 +299,10 @@ func (m *Mesh) UpdateMeta(fn func(*NodeMeta)) error {
 	}
 	m.meta, m.metaRaw = next, raw
 	m.metaMu.Unlock()
+	if m.left.Load() || m.closed.Load() {
+		// Nobody is told any more: the node has left or is closed.
+		return ErrClosed
+	}
 	if err := m.list.UpdateNode(metaUpdateTimeout); err != nil {
 		return fmt.Errorf("mesh: broadcast metadata: %w", err)
 	}

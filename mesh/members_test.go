@@ -114,14 +114,14 @@ func TestUpdateMetaGossips(t *testing.T) {
 	eventually(t, 20*time.Second, 100*time.Millisecond, func() error { return allSeeAll([]*Mesh{a, b}) })
 	err := b.UpdateMeta(func(meta *NodeMeta) {
 		meta.Load = 7
-		meta.Stages = []StageRef{{Model: "gpt|x", Version: "3", Stage: 1, Ready: true}}
+		meta.Boot = "run-2"
 	})
 	if err != nil {
 		t.Fatalf("UpdateMeta: %v", err)
 	}
 	eventually(t, 20*time.Second, 100*time.Millisecond, func() error {
 		mem, ok := a.Member(b.ID())
-		if !ok || mem.Meta.Load != 7 || len(mem.Meta.Stages) != 1 || mem.Meta.Stages[0] != (StageRef{Model: "gpt|x", Version: "3", Stage: 1, Ready: true}) {
+		if !ok || mem.Meta.Load != 7 || mem.Meta.Boot != "run-2" {
 			return fmt.Errorf("metadata not propagated: %+v", mem.Meta)
 		}
 		return nil

@@ -47,6 +47,9 @@ type Mesh struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	closed atomic.Bool
+	// left is set once Leave has told memberlist: past it memberlist may drop this
+	// node from its own member map, and UpdateNode must not be called.
+	left atomic.Bool
 
 	isMember atomic.Pointer[func(peer.ID) bool]
 	admitMu  sync.Mutex
@@ -254,6 +257,7 @@ func (m *Mesh) Leave(timeout time.Duration) error {
 	if err := m.UpdateMeta(func(meta *NodeMeta) { meta.Leaving = true }); err != nil {
 		m.log.Warn("could not mark metadata as leaving", "err", err)
 	}
+	m.left.Store(true)
 	return m.list.Leave(timeout)
 }
 

@@ -2,9 +2,6 @@ package mesh
 
 import (
 	"context"
-	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/layermesh/layermesh/accel/tensor"
@@ -13,60 +10,28 @@ import (
 
 // NodeMeta is what a node tells every other member about itself. It travels in
 // memberlist's node metadata, which is capped at 512 bytes, so the JSON keys are short
-// and stages are packed into one string each (see StageRef.MarshalText).
+// and nothing in it grows with the cluster's models: the stages a node serves are in
+// the replicated state, tied to the run that reported them by Boot.
 type NodeMeta struct {
-	Name      string     `json:"n,omitempty"`
-	PeerID    string     `json:"p,omitempty"`
-	Addrs     []string   `json:"a,omitempty"` // libp2p multiaddrs without the /p2p/ suffix
-	DataPort  int        `json:"d,omitempty"` // port of the direct data listener
-	HTTPAddr  string     `json:"h,omitempty"`
-	MemBudget int64      `json:"mb,omitempty"` // bytes this node may use for stages
-	FreeMem   int64      `json:"mf,omitempty"` // bytes free right now
-	Cores     int        `json:"c,omitempty"`
-	Accels    []string   `json:"x,omitempty"` // accelerator kinds: "cpu", "cuda", ...
-	Speed     float64    `json:"s,omitempty"` // measured speed score (GFLOP/s of a matmul)
-	Load      int        `json:"l,omitempty"` // requests in flight
-	Stages    []StageRef `json:"st,omitempty"`
-	Leaving   bool       `json:"lv,omitempty"` // set by Leave just before a graceful exit
+	Name      string   `json:"n,omitempty"`
+	PeerID    string   `json:"p,omitempty"`
+	Addrs     []string `json:"a,omitempty"` // libp2p multiaddrs without the /p2p/ suffix
+	DataPort  int      `json:"d,omitempty"` // port of the direct data listener
+	HTTPAddr  string   `json:"h,omitempty"`
+	MemBudget int64    `json:"mb,omitempty"` // bytes this node may use for stages
+	FreeMem   int64    `json:"mf,omitempty"` // bytes free right now
+	Cores     int      `json:"c,omitempty"`
+	Accels    []string `json:"x,omitempty"` // accelerator kinds: "cpu", "cuda", ...
+	Speed     float64  `json:"s,omitempty"` // measured speed score (GFLOP/s of a matmul)
+	Load      int      `json:"l,omitempty"` // requests in flight
+	// Boot identifies this run of the node's process (random, drawn at start), so
+	// that what an earlier run reported is not taken for this one's.
+	Boot    string `json:"b,omitempty"`
+	Leaving bool   `json:"lv,omitempty"` // set by Leave just before a graceful exit
 }
 
 // MaxMetaBytes is memberlist's limit on encoded node metadata.
 const MaxMetaBytes = 512
-
-// StageRef names one stage of one model version that a node serves.
-type StageRef struct {
-	Model   string
-	Version string
-	Stage   int
-	Ready   bool
-}
-
-// MarshalText packs a StageRef as "R|stage|version|model" (R is 1 when ready, 0 when
-// loading); the model comes last so its name may contain any character.
-func (s StageRef) MarshalText() ([]byte, error) {
-	if strings.Contains(s.Version, "|") {
-		return nil, fmt.Errorf("%w: version %q contains '|'", ErrConfig, s.Version)
-	}
-	r := "0"
-	if s.Ready {
-		r = "1"
-	}
-	return []byte(r + "|" + strconv.Itoa(s.Stage) + "|" + s.Version + "|" + s.Model), nil
-}
-
-// UnmarshalText reverses MarshalText.
-func (s *StageRef) UnmarshalText(b []byte) error {
-	parts := strings.SplitN(string(b), "|", 4)
-	if len(parts) != 4 || (parts[0] != "0" && parts[0] != "1") {
-		return fmt.Errorf("%w: stage ref %q", ErrMalformedFrame, b)
-	}
-	n, err := strconv.Atoi(parts[1])
-	if err != nil || n < 0 {
-		return fmt.Errorf("%w: stage ref %q", ErrMalformedFrame, b)
-	}
-	*s = StageRef{Ready: parts[0] == "1", Stage: n, Version: parts[2], Model: parts[3]}
-	return nil
-}
 
 // MemberState is a member's health as memberlist sees it.
 type MemberState int

@@ -118,6 +118,14 @@ type Cluster struct {
 
 	deployMu sync.Mutex // one upload is cut at a time on this node: cutting is CPU- and disk-bound
 
+	// boot identifies this run of the node (mesh.NodeMeta.Boot); served is what the
+	// runtime last said it serves, which servingLoop commits to the Raft state as
+	// this node's consensus.Serving record; servedKick wakes that loop.
+	boot       string
+	servedMu   sync.Mutex
+	served     []consensus.ServedRef
+	servedKick chan struct{}
+
 	ctrl controller
 
 	ctx    context.Context
@@ -149,7 +157,8 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{opts: opts, log: opts.Logger.With("component", "cluster"), suspect: make(map[string]bool),
-		ctrl: controller{missing: make(map[string]time.Time), errs: make(map[string]string)}}
+		ctrl: controller{missing: make(map[string]time.Time), errs: make(map[string]string)},
+		boot: consensus.NewRequestID()[:16], served: []consensus.ServedRef{}, servedKick: make(chan struct{}, 1)}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
 	gossipBind := opts.GossipBind
@@ -172,6 +181,7 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		Meta: mesh.NodeMeta{
 			Name: opts.Name, HTTPAddr: opts.HTTPAddr, MemBudget: opts.MemBudget, FreeMem: opts.MemBudget,
 			Cores: runtime.NumCPU(), Accels: []string{string(opts.Backend.Provider())}, Speed: opts.Speed,
+			Boot: c.boot,
 		},
 	})
 	if err != nil {
@@ -199,6 +209,7 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 
 	c.goRun(c.joinLoop)
 	c.goRun(c.assignmentLoop)
+	c.goRun(c.servingLoop)
 	c.goRun(c.memberEventLoop)
 	c.goRun(c.leaderLoop)
 	if opts.BootstrapExpect > 0 {
@@ -486,39 +497,99 @@ func (c *Cluster) liveMembers() map[string]mesh.NodeMeta {
 // than this one serves it ready, or its model version is no longer deployed at all
 // (deleted or superseded), so nobody will take it over.
 func (c *Cluster) readyElsewhere(k StageKey) bool {
-	if _, ok := c.store.State().Models[consensus.ModelKey(k.Model, k.Version)]; !ok {
+	st := c.store.View()
+	if _, ok := st.Models[consensus.ModelKey(k.Model, k.Version)]; !ok {
 		return true
 	}
 	for id, meta := range c.liveMembers() {
-		if id != c.self && metaServes(meta, k) {
+		if id != c.self && servesReady(st, id, meta, k) {
 			return true
 		}
 	}
 	return false
 }
 
-func metaServes(meta mesh.NodeMeta, k StageKey) bool {
-	for _, s := range meta.Stages {
-		if s.Ready && s.Model == k.Model && s.Version == k.Version && s.Stage == k.Stage {
-			return true
-		}
-	}
-	return false
+// servesReady says whether member id, in the run its metadata names, has reported
+// stage k ready in the replicated state.
+func servesReady(st *consensus.ClusterState, id string, meta mesh.NodeMeta, k StageKey) bool {
+	return st.Serving[id].Serves(meta.Boot, k.Model, k.Version, k.Stage)
 }
 
-// reportStages publishes the stages this node serves in its membership metadata.
+// reportStages records what the runtime serves for servingLoop to commit, and
+// publishes the free memory in the membership metadata.
 func (c *Cluster) reportStages(served []ServedStage) {
-	refs := make([]mesh.StageRef, len(served))
+	refs := make([]consensus.ServedRef, len(served))
 	for i, s := range served {
-		refs[i] = mesh.StageRef{Model: s.Key.Model, Version: s.Key.Version, Stage: s.Key.Stage, Ready: s.Ready}
+		refs[i] = consensus.ServedRef{Model: s.Key.Model, Version: s.Key.Version, Stage: s.Key.Stage, Ready: s.Ready}
+	}
+	slices.SortFunc(refs, compareServedRefs)
+	c.servedMu.Lock()
+	c.served = refs
+	c.servedMu.Unlock()
+	select {
+	case c.servedKick <- struct{}{}:
+	default:
 	}
 	used := c.runtime.UsedBytes()
-	err := c.mesh.UpdateMeta(func(m *mesh.NodeMeta) {
-		m.Stages = refs
-		m.FreeMem = max(c.opts.MemBudget-used, 0)
-	})
-	if err != nil {
-		c.log.Error("publishing served stages", "stages", len(refs), "err", err)
+	err := c.mesh.UpdateMeta(func(m *mesh.NodeMeta) { m.FreeMem = max(c.opts.MemBudget-used, 0) })
+	if err != nil && !errors.Is(err, mesh.ErrClosed) {
+		c.log.Error("publishing free memory", "err", err)
+	}
+}
+
+func compareServedRefs(a, b consensus.ServedRef) int {
+	if c := strings.Compare(a.Model, b.Model); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Version, b.Version); c != 0 {
+		return c
+	}
+	if a.Stage != b.Stage {
+		return a.Stage - b.Stage
+	}
+	if a.Ready != b.Ready {
+		if a.Ready {
+			return 1
+		}
+		return -1
+	}
+	return 0
+}
+
+// servingWriteTimeout bounds one commit of this node's serving record; a failed one
+// is tried again on the next wake-up.
+const servingWriteTimeout = 5 * time.Second
+
+// servingLoop keeps this node's consensus.Serving record equal to what the runtime
+// serves, in this run: after every runtime change, every state change (a restore, a
+// new leader) and every 2 s it compares and, when they differ, commits the record.
+// Routers take a stage as ready on a node only from that record, so it has no size
+// limit (membership metadata has 512 bytes).
+func (c *Cluster) servingLoop(ctx context.Context) {
+	changes, stop := c.store.Watch()
+	defer stop()
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		c.servedMu.Lock()
+		want := consensus.Serving{Boot: c.boot, Stages: c.served}
+		c.servedMu.Unlock()
+		have, ok := c.store.View().Serving[c.self]
+		if !ok || have.Boot != want.Boot || !slices.Equal(have.Stages, want.Stages) {
+			wctx, cancel := context.WithTimeout(ctx, servingWriteTimeout)
+			err := c.applyRetrying(wctx, consensus.NewCommand(consensus.ReportServing{Node: c.self, Serving: want}))
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				c.log.Debug("committing the served stages; will try again", "stages", len(want.Stages), "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.servedKick:
+		case <-changes:
+		case <-tick.C:
+		}
 	}
 }
 
@@ -616,8 +687,9 @@ func (mc meshCaller) CallStage(ctx context.Context, node string, call StageCall)
 	return out, err
 }
 
-// clusterReplicas is the router's view of ready replicas: live members whose metadata
-// says the stage is ready, this node from its runtime directly.
+// clusterReplicas is the router's view of ready replicas: live members whose serving
+// record (of the run their metadata names) has the stage ready, this node from its
+// runtime directly.
 type clusterReplicas struct{ c *Cluster }
 
 func (v clusterReplicas) Replicas(model, version string, stage int) []Replica {
@@ -626,6 +698,7 @@ func (v clusterReplicas) Replicas(model, version string, stage int) []Replica {
 	v.c.suspectMu.Lock()
 	suspect := maps.Clone(v.c.suspect)
 	v.c.suspectMu.Unlock()
+	st := v.c.store.View()
 	for _, m := range v.c.mesh.Members() {
 		id := m.PeerID.String()
 		if id == v.c.self {
@@ -634,7 +707,7 @@ func (v clusterReplicas) Replicas(model, version string, stage int) []Replica {
 			}
 			continue
 		}
-		if suspect[id] || !metaServes(m.Meta, k) {
+		if suspect[id] || !servesReady(st, id, m.Meta, k) {
 			continue
 		}
 		r := Replica{Node: id}

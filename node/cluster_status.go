@@ -39,7 +39,8 @@ func (c *Cluster) Cluster(ctx context.Context) (wire.ClusterStatus, error) {
 	return wire.ClusterStatus{Mode: "cluster", Leader: leader, Term: c.store.Stats().Term, Self: c.opts.Name, Nodes: nodes}, nil
 }
 
-// Nodes lists the members recorded in Raft with the stages each serves.
+// Nodes lists the members recorded in Raft with the stages each serves (its serving
+// record, when it is from the run the member's metadata names).
 func (c *Cluster) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
 	st := c.store.State()
 	live := c.liveMembers()
@@ -52,12 +53,14 @@ func (c *Cluster) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
 			if len(meta.Accels) > 0 {
 				ns.Accel = meta.Accels[0]
 			}
-			for _, s := range meta.Stages {
-				state := "loading"
-				if s.Ready {
-					state = "ready"
+			if rec := st.Serving[id]; rec.Boot == meta.Boot {
+				for _, s := range rec.Stages {
+					state := "loading"
+					if s.Ready {
+						state = "ready"
+					}
+					ns.Models = append(ns.Models, fmt.Sprintf("%s@%s/stage%d (%s)", s.Model, s.Version, s.Stage, state))
 				}
-				ns.Models = append(ns.Models, fmt.Sprintf("%s@%s/stage%d (%s)", s.Model, s.Version, s.Stage, state))
 			}
 		}
 		out = append(out, ns)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -206,10 +207,11 @@ func waitReplicas(t *testing.T, c *Cluster, name string, want int, total time.Du
 		if !st.Ready {
 			return fmt.Errorf("model not ready: %s %+v", st.Reason, st.Stages)
 		}
-		m, _ := c.resolveVersion(c.Store().State(), name, "")
+		cs := c.Store().State()
+		m, _ := c.resolveVersion(cs, name, "")
 		live := c.liveMembers()
 		for k := range m.Stages {
-			if got := len(c.readyReplicas(m, k, live)); got != want {
+			if got := len(c.readyReplicas(cs, m, k, live)); got != want {
 				return fmt.Errorf("stage %d has %d ready replicas, want %d", k, got, want)
 			}
 		}
@@ -350,7 +352,7 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 			if slices.Contains(reps, victimID) || len(reps) != 2 {
 				return fmt.Errorf("stage %d placed on %v", k, reps)
 			}
-			if ready := survivor.readyReplicas(m, k, live); len(ready) != 2 {
+			if ready := survivor.readyReplicas(st, m, k, live); len(ready) != 2 {
 				return fmt.Errorf("stage %d ready on %v", k, ready)
 			}
 		}
@@ -395,7 +397,7 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 		}
 		live := survivor.liveMembers()
 		for k := range m.Stages {
-			ready := survivor.readyReplicas(m, k, live)
+			ready := survivor.readyReplicas(st, m, k, live)
 			if len(ready) < 2 {
 				return fmt.Errorf("stage %d has ready replicas %v", k, ready)
 			}
@@ -408,4 +410,56 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	if _, err := inferGPT(survivor, "gpt", inputs); err != nil {
 		t.Fatalf("infer after the drain: %v", err)
 	}
+}
+
+// TestClusterManyStagesPerNode: two nodes each serve 40 stages (20 two-stage models,
+// two replicas), more than membership metadata (512 bytes) could ever list; every
+// model is ready with both replicas, answers like its reference, and the node list
+// shows all 40 stages of each node. The served stages travel in the Raft state.
+func TestClusterManyStagesPerNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 2-node cluster; skipped in -short")
+	}
+	cfg := modelgen.GPTConfig{Layers: 2, Dim: 16, Heads: 2, Vocab: 11, Context: 8, Seed: 5, Name: "gpt-many"}
+	path := writeTestGPT(t, cfg)
+	inputs, err := cfg.ExampleInputs(1, 4, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := referenceRun(t, path, inputs)
+	tc := startTestCluster(t, 2, 1<<30)
+	const models = 20
+	for i := range models {
+		deploy(t, tc.nodes[i%2], fmt.Sprintf("m%02d", i), path, 2, 2)
+	}
+	for i := range models {
+		waitReplicas(t, tc.nodes[0], fmt.Sprintf("m%02d", i), 2, 60*time.Second)
+	}
+	for i := range models {
+		got, err := inferGPT(tc.nodes[1-i%2], fmt.Sprintf("m%02d", i), inputs)
+		if err != nil {
+			t.Fatalf("m%02d: %v", i, err)
+		}
+		if d := maxRelDiff(got, want); d > 1e-4 {
+			t.Fatalf("m%02d differs from its reference by %g", i, d)
+		}
+	}
+	eventually(t, 10*time.Second, func() error {
+		nodes, err := tc.nodes[0].Nodes(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			ready := 0
+			for _, m := range n.Models {
+				if strings.HasSuffix(m, "(ready)") {
+					ready++
+				}
+			}
+			if ready != 2*models {
+				return fmt.Errorf("node %s lists %d ready stages, want %d", n.Name, ready, 2*models)
+			}
+		}
+		return nil
+	})
 }

@@ -471,7 +471,7 @@ func (c *Cluster) modelReady(st *consensus.ClusterState, m consensus.Model, live
 		return false
 	}
 	for k := range m.Stages {
-		if len(c.readyReplicas(m, k, live)) == 0 {
+		if len(c.readyReplicas(st, m, k, live)) == 0 {
 			return false
 		}
 	}
@@ -479,11 +479,11 @@ func (c *Cluster) modelReady(st *consensus.ClusterState, m consensus.Model, live
 }
 
 // readyReplicas lists the live nodes serving stage k of m ready.
-func (c *Cluster) readyReplicas(m consensus.Model, k int, live map[string]mesh.NodeMeta) []string {
+func (c *Cluster) readyReplicas(st *consensus.ClusterState, m consensus.Model, k int, live map[string]mesh.NodeMeta) []string {
 	key := StageKey{Model: m.Name, Version: m.Version, Stage: k}
 	var out []string
 	for id, meta := range live {
-		if (id == c.self && c.runtime.Serves(key)) || (id != c.self && metaServes(meta, key)) {
+		if (id == c.self && c.runtime.Serves(key)) || (id != c.self && servesReady(st, id, meta, key)) {
 			out = append(out, id)
 		}
 	}
@@ -599,7 +599,7 @@ func (c *Cluster) status(st *consensus.ClusterState, m consensus.Model, live map
 		if placed && k < len(pl.Stages) {
 			ss.Replicas = c.names(st, pl.Stages[k])
 		}
-		ss.Ready = len(c.readyReplicas(m, k, live)) > 0
+		ss.Ready = len(c.readyReplicas(st, m, k, live)) > 0
 		s.Ready = s.Ready && ss.Ready
 		s.Stages = append(s.Stages, ss)
 	}

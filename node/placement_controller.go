@@ -155,7 +155,7 @@ func (c *Cluster) reconcilePlacements(ctx context.Context) {
 			// Stable: give idle or returning nodes work, one replica at a time and only
 			// once every placed replica is ready, so no stage is ever left short.
 			next, moved := Rebalance(req, prev.Stages)
-			if !moved || !c.allPlacedReady(m, prev.Stages, live) {
+			if !moved || !c.allPlacedReady(st, m, prev.Stages, live) {
 				continue
 			}
 			target = next
@@ -210,7 +210,7 @@ func (c *Cluster) placementRequest(st *consensus.ClusterState, key string, m con
 			pm.State = MemberAlive
 		}
 		for k := range m.Stages {
-			if metaServes(meta, StageKey{Model: m.Name, Version: m.Version, Stage: k}) || id == info.Cutter {
+			if servesReady(st, id, meta, StageKey{Model: m.Name, Version: m.Version, Stage: k}) || id == info.Cutter {
 				pm.Blobs[m.Stages[k].SHA256] = true
 			}
 		}
@@ -246,9 +246,9 @@ func (c *Cluster) dropSuperseded(ctx context.Context, st *consensus.ClusterState
 }
 
 // allPlacedReady says whether every node the placement names serves its stage ready.
-func (c *Cluster) allPlacedReady(m consensus.Model, stages [][]string, live map[string]mesh.NodeMeta) bool {
+func (c *Cluster) allPlacedReady(st *consensus.ClusterState, m consensus.Model, stages [][]string, live map[string]mesh.NodeMeta) bool {
 	for k, reps := range stages {
-		ready := c.readyReplicas(m, k, live)
+		ready := c.readyReplicas(st, m, k, live)
 		for _, id := range reps {
 			if !slices.Contains(ready, id) {
 				return false
