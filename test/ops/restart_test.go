@@ -36,13 +36,24 @@ func testMetrics(t *testing.T, c *opsCluster) {
 	}
 	n := float64(stats.Successes) // the load stops at a request boundary: count what it sent
 	after := make([]metrics, nodes)
-	for i := range nodes {
-		after[i] = scrape(t, c.client(i))
-	}
 	delta := func(i int, name string, labels ...string) float64 {
 		a, _ := after[i].sum(name, labels...)
 		b, _ := before[i].sum(name, labels...)
 		return a - b
+	}
+	// A node counts a request when its handler returns, which is after the client can
+	// have read the answer's last byte: scrape until the entry node has counted every
+	// request the load saw answered and nothing is in flight (or 5 s have passed).
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		inFlight := 0.0
+		for i := range nodes {
+			after[i] = scrape(t, c.client(i))
+			q, _ := after[i].sum("layermesh_infer_queue_depth")
+			inFlight += q
+		}
+		if (inFlight == 0 && delta(0, "layermesh_infer_requests_total", `model="gpt"`) >= n) || time.Now().After(deadline) {
+			break
+		}
 	}
 	total := func(name string, labels ...string) float64 {
 		s := 0.0
