@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 )
 
 // BlobStore keeps complete, verified blobs on disk, one file per sha256 (lowercase hex),
@@ -112,6 +114,85 @@ func (s *BlobStore) Put(hash string, r io.Reader) (int64, error) {
 		return n, fmt.Errorf("mesh: blob put: %w", err)
 	}
 	return n, nil
+}
+
+// BlobInfo describes a blob in the store, complete or partly fetched.
+type BlobInfo struct {
+	Hash string
+	// Size is the complete blob's size, or what a partial fetch holds so far.
+	Size int64
+	// Complete is false for a fetch in progress.
+	Complete bool
+	// Touched is the latest modification time of its files: when it was stored,
+	// re-stored (Touch) or last received a chunk.
+	Touched time.Time
+}
+
+// List describes every blob in the store, complete or partial, in no set order.
+func (s *BlobStore) List() ([]BlobInfo, error) {
+	byHash := map[string]*BlobInfo{}
+	add := func(dir string, name func(string) (string, bool), complete bool) error {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("mesh: blob list: %w", err)
+		}
+		for _, e := range entries {
+			hash, ok := name(e.Name())
+			if !ok || !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil {
+				continue // removed meanwhile
+			}
+			b := byHash[hash]
+			if b == nil {
+				b = &BlobInfo{Hash: hash}
+				byHash[hash] = b
+			}
+			if complete {
+				b.Complete, b.Size = true, fi.Size()
+			} else if !b.Complete && strings.HasSuffix(e.Name(), ".part") {
+				b.Size = fi.Size()
+			}
+			if fi.ModTime().After(b.Touched) {
+				b.Touched = fi.ModTime()
+			}
+		}
+		return nil
+	}
+	if err := add(s.dir, func(n string) (string, bool) { return n, ValidHash(n) }, true); err != nil {
+		return nil, err
+	}
+	partial := func(n string) (string, bool) {
+		for _, suffix := range []string{".part", ".chunks"} {
+			if h, ok := strings.CutSuffix(n, suffix); ok && ValidHash(h) {
+				return h, true
+			}
+		}
+		return "", false
+	}
+	if err := add(filepath.Join(s.dir, "partial"), partial, false); err != nil {
+		return nil, err
+	}
+	out := make([]BlobInfo, 0, len(byHash))
+	for _, b := range byHash {
+		out = append(out, *b)
+	}
+	return out, nil
+}
+
+// Touch marks a stored blob as just stored, as Put would: a blob that a new deploy
+// reuses must not look as old as its first store to a collector going by age.
+func (s *BlobStore) Touch(hash string) error {
+	if !ValidHash(hash) {
+		return fmt.Errorf("%w: %q is not a sha256", ErrBadRequest, hash)
+	}
+	now := time.Now()
+	if err := os.Chtimes(s.Path(hash), now, now); err != nil {
+		return fmt.Errorf("mesh: blob touch: %w", err)
+	}
+	return nil
 }
 
 // Remove deletes a stored blob and any partial fetch of it.

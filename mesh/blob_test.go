@@ -187,3 +187,61 @@ func settled(read func() int64) int64 {
 		last = now
 	}
 }
+
+// TestBlobListTouch: List reports complete and partial blobs with their sizes and
+// times; Touch makes an old blob recent; Remove takes both forms away.
+func TestBlobListTouch(t *testing.T) {
+	s, err := OpenBlobStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, hash := writeBlob(t, t.TempDir(), 1000, 4)
+	f, _ := os.Open(path)
+	if _, err := s.Put(hash, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	partial := strings.Repeat("ab", 32)
+	if err := os.WriteFile(s.partialPath(partial), make([]byte, 300), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.recordPath(partial), []byte{1, 0}, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.Path("")+"/not-a-blob", []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(s.Path(hash), old, old); err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]BlobInfo{}
+	for _, b := range list {
+		got[b.Hash] = b
+	}
+	if len(got) != 2 || !got[hash].Complete || got[hash].Size != 1000 || !got[hash].Touched.Before(time.Now().Add(-50*time.Minute)) ||
+		got[partial].Complete || got[partial].Size != 300 {
+		t.Fatalf("List = %+v", list)
+	}
+	if err := s.Touch(hash); err != nil {
+		t.Fatal(err)
+	}
+	list, _ = s.List()
+	for _, b := range list {
+		if b.Hash == hash && time.Since(b.Touched) > time.Minute {
+			t.Fatalf("Touch left %v", b.Touched)
+		}
+	}
+	for _, h := range []string{hash, partial} {
+		if err := s.Remove(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if list, _ := s.List(); len(list) != 0 {
+		t.Fatalf("after Remove: %+v", list)
+	}
+}

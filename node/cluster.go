@@ -210,6 +210,7 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	c.goRun(c.joinLoop)
 	c.goRun(c.assignmentLoop)
 	c.goRun(c.servingLoop)
+	c.goRun(c.blobGCLoop)
 	c.goRun(c.memberEventLoop)
 	c.goRun(c.leaderLoop)
 	if opts.BootstrapExpect > 0 {

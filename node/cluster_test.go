@@ -463,3 +463,79 @@ func TestClusterManyStagesPerNode(t *testing.T) {
 		return nil
 	})
 }
+
+// TestClusterCollectsUnreferencedBlobs: after a model is deleted, every node removes
+// its source and stage blobs once they are past the grace period, and keeps those of
+// the model still deployed; within the grace period nothing goes.
+func TestClusterCollectsUnreferencedBlobs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 2-node cluster; skipped in -short")
+	}
+	keepCfg := modelgen.GPTConfig{Layers: 2, Dim: 16, Heads: 2, Vocab: 11, Context: 8, Seed: 5, Name: "gpt-keep"}
+	dropCfg := keepCfg
+	dropCfg.Seed, dropCfg.Name = 6, "gpt-drop"
+	tc := startTestCluster(t, 2, 1<<30)
+	deploy(t, tc.nodes[0], "keep", writeTestGPT(t, keepCfg), 2, 2)
+	deploy(t, tc.nodes[0], "drop", writeTestGPT(t, dropCfg), 2, 2)
+	waitReplicas(t, tc.nodes[0], "keep", 2, 30*time.Second)
+	waitReplicas(t, tc.nodes[0], "drop", 2, 30*time.Second)
+	st := tc.nodes[0].Store().State()
+	blobs := func(name string) []string {
+		m, err := tc.nodes[0].resolveVersion(st, name, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := []string{m.SourceSHA256}
+		for _, s := range m.Stages {
+			out = append(out, s.SHA256)
+		}
+		return out
+	}
+	keep, drop := blobs("keep"), blobs("drop")
+	dm, _ := tc.nodes[0].resolveVersion(st, "drop", "")
+	dropKey := dm.Name + "@" + dm.Version
+	if err := tc.nodes[1].DeleteModel(context.Background(), "drop"); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range tc.nodes {
+		eventually(t, 10*time.Second, func() error {
+			if _, ok := c.store.View().Models[dropKey]; ok {
+				return fmt.Errorf("node %d still has the model", i)
+			}
+			return nil
+		})
+		if n, _ := c.collectBlobs(time.Hour); n != 0 {
+			t.Fatalf("node %d removed %d blobs within the grace period", i, n)
+		}
+		n, freed := c.collectBlobs(0)
+		t.Logf("node %d removed %d blobs, %d bytes", i, n, freed)
+		store := c.mesh.Blobs()
+		for _, h := range keep {
+			if i == 0 || h != keep[0] { // only the cutter (node 0) holds the sources
+				if !store.Has(h) {
+					t.Fatalf("node %d lost blob %s of the deployed model", i, h)
+				}
+			}
+		}
+		for _, h := range drop {
+			if store.Has(h) {
+				t.Fatalf("node %d keeps blob %s of the deleted model", i, h)
+			}
+		}
+		if n == 0 {
+			t.Fatalf("node %d removed nothing", i)
+		}
+	}
+	if _, err := inferGPT(tc.nodes[1], "keep", mustInputs(t, keepCfg)); err != nil {
+		t.Fatalf("the model kept answers no more: %v", err)
+	}
+}
+
+func mustInputs(t *testing.T, cfg modelgen.GPTConfig) []tensor.Tensor {
+	t.Helper()
+	in, err := cfg.ExampleInputs(1, 4, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}

@@ -169,7 +169,8 @@ func (c *Cluster) storeUpload(body io.Reader, path string) (string, int64, error
 func (c *Cluster) putBlobFile(hash, path string) error {
 	store := c.mesh.Blobs()
 	if store.Has(hash) {
-		return nil
+		// Reused by this deploy: no longer as old as its first store to the collector.
+		return store.Touch(hash)
 	}
 	f, err := os.Open(path)
 	if err != nil {
