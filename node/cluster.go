@@ -567,27 +567,37 @@ const servingWriteTimeout = 5 * time.Second
 // Routers take a stage as ready on a node only from that record, so it has no size
 // limit (membership metadata has 512 bytes).
 func (c *Cluster) servingLoop(ctx context.Context) {
+	c.everyChange(ctx, c.servedKick, func() {
+		c.servedMu.Lock()
+		want := consensus.Serving{Boot: c.boot, Stages: c.served}
+		c.servedMu.Unlock()
+		have, ok := c.store.View().Serving[c.self]
+		if ok && have.Boot == want.Boot && slices.Equal(have.Stages, want.Stages) {
+			return
+		}
+		wctx, cancel := context.WithTimeout(ctx, servingWriteTimeout)
+		defer cancel()
+		err := c.applyRetrying(wctx, consensus.NewCommand(consensus.ReportServing{Node: c.self, Serving: want}))
+		if err != nil && ctx.Err() == nil {
+			c.log.Debug("committing the served stages; will try again", "stages", len(want.Stages), "err", err)
+		}
+	})
+}
+
+// everyChange calls fn now, then after every change of the Raft state, every signal on
+// kick (nil: none) and every 2 s, until ctx ends: the level-triggered loops that keep
+// something equal to the state.
+func (c *Cluster) everyChange(ctx context.Context, kick <-chan struct{}, fn func()) {
 	changes, stop := c.store.Watch()
 	defer stop()
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	for {
-		c.servedMu.Lock()
-		want := consensus.Serving{Boot: c.boot, Stages: c.served}
-		c.servedMu.Unlock()
-		have, ok := c.store.View().Serving[c.self]
-		if !ok || have.Boot != want.Boot || !slices.Equal(have.Stages, want.Stages) {
-			wctx, cancel := context.WithTimeout(ctx, servingWriteTimeout)
-			err := c.applyRetrying(wctx, consensus.NewCommand(consensus.ReportServing{Node: c.self, Serving: want}))
-			cancel()
-			if err != nil && ctx.Err() == nil {
-				c.log.Debug("committing the served stages; will try again", "stages", len(want.Stages), "err", err)
-			}
-		}
+		fn()
 		select {
 		case <-ctx.Done():
 			return
-		case <-c.servedKick:
+		case <-kick:
 		case <-changes:
 		case <-tick.C:
 		}
@@ -597,20 +607,7 @@ func (c *Cluster) servingLoop(ctx context.Context) {
 // assignmentLoop keeps the runtime's assignments equal to what the committed
 // placements give this node.
 func (c *Cluster) assignmentLoop(ctx context.Context) {
-	changes, stop := c.store.Watch()
-	defer stop()
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	for {
-		st := c.store.State()
-		c.runtime.SetAssignments(assignmentsFor(st, c.self))
-		select {
-		case <-ctx.Done():
-			return
-		case <-changes:
-		case <-tick.C:
-		}
-	}
+	c.everyChange(ctx, nil, func() { c.runtime.SetAssignments(assignmentsFor(c.store.State(), c.self)) })
 }
 
 // assignmentsFor lists the stages the committed placements give node self.

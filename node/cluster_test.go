@@ -152,6 +152,18 @@ func writeTestGPT(t *testing.T, cfg modelgen.GPTConfig) string {
 	return path
 }
 
+// gptFixture writes the GPT cfg describes and returns its path, a 1 x seq input drawn
+// from seed, and the whole model's answer to it.
+func gptFixture(t *testing.T, cfg modelgen.GPTConfig, seq int, seed int64) (string, []tensor.Tensor, []float32) {
+	t.Helper()
+	path := writeTestGPT(t, cfg)
+	inputs, err := cfg.ExampleInputs(1, seq, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, inputs, referenceRun(t, path, inputs)
+}
+
 // referenceRun runs the whole model in one ORT session: the reference for any split.
 func referenceRun(t *testing.T, path string, inputs []tensor.Tensor) []float32 {
 	t.Helper()
@@ -234,12 +246,7 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 		t.Skip("starts a 3-node cluster; skipped in -short")
 	}
 	cfg := modelgen.GPTConfig{Layers: 4, Dim: 64, Heads: 2, Vocab: 101, Context: 32, Seed: 3, Name: "gpt-test"}
-	path := writeTestGPT(t, cfg)
-	inputs, err := cfg.ExampleInputs(1, 8, 7)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := referenceRun(t, path, inputs)
+	path, inputs, want := gptFixture(t, cfg, 8, 7)
 
 	tc := startTestCluster(t, 3, 1<<30)
 	// Every node measured its speed at start and reports the same figure in its
@@ -421,12 +428,7 @@ func TestClusterManyStagesPerNode(t *testing.T) {
 		t.Skip("starts a 2-node cluster; skipped in -short")
 	}
 	cfg := modelgen.GPTConfig{Layers: 2, Dim: 16, Heads: 2, Vocab: 11, Context: 8, Seed: 5, Name: "gpt-many"}
-	path := writeTestGPT(t, cfg)
-	inputs, err := cfg.ExampleInputs(1, 4, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := referenceRun(t, path, inputs)
+	path, inputs, want := gptFixture(t, cfg, 4, 3)
 	tc := startTestCluster(t, 2, 1<<30)
 	const models = 20
 	for i := range models {
@@ -526,16 +528,8 @@ func TestClusterCollectsUnreferencedBlobs(t *testing.T) {
 			t.Fatalf("node %d removed nothing", i)
 		}
 	}
-	if _, err := inferGPT(tc.nodes[1], "keep", mustInputs(t, keepCfg)); err != nil {
+	_, inputs, _ := gptFixture(t, keepCfg, 4, 3)
+	if _, err := inferGPT(tc.nodes[1], "keep", inputs); err != nil {
 		t.Fatalf("the model kept answers no more: %v", err)
 	}
-}
-
-func mustInputs(t *testing.T, cfg modelgen.GPTConfig) []tensor.Tensor {
-	t.Helper()
-	in, err := cfg.ExampleInputs(1, 4, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return in
 }
