@@ -16,6 +16,7 @@ package node
 // new leader finishes whatever the old one left half done.
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -539,22 +540,7 @@ func (c *Cluster) reportStages(served []ServedStage) {
 }
 
 func compareServedRefs(a, b consensus.ServedRef) int {
-	if c := strings.Compare(a.Model, b.Model); c != 0 {
-		return c
-	}
-	if c := strings.Compare(a.Version, b.Version); c != 0 {
-		return c
-	}
-	if a.Stage != b.Stage {
-		return a.Stage - b.Stage
-	}
-	if a.Ready != b.Ready {
-		if a.Ready {
-			return 1
-		}
-		return -1
-	}
-	return 0
+	return cmp.Or(strings.Compare(a.Model, b.Model), strings.Compare(a.Version, b.Version), cmp.Compare(a.Stage, b.Stage))
 }
 
 // servingWriteTimeout bounds one commit of this node's serving record; a failed one
