@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -79,6 +80,31 @@ func readFrame(r io.Reader, v any) error {
 // forward sends req to the current leader and waits for its answer. A failure
 // before the request left is ErrFailed; after, the leader may have acted, so it
 // is ErrUnknownOutcome. Both wrap ErrForward so Store.retry tries again.
+// errLeaderChanged is why a forwarded write stops waiting for the leader it went to.
+var errLeaderChanged = errors.New("this node now knows a different leader (or an election)")
+
+// leaderPoll is how often a forwarded write checks whether its leader is still the one
+// this node knows.
+const leaderPoll = 50 * time.Millisecond
+
+// watchLeader cancels ctx with errLeaderChanged once this node's view of the leader is
+// no longer leader.
+func (s *Store) watchLeader(ctx context.Context, leader string, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(leaderPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if s.Leader() != leader {
+				cancel(errLeaderChanged)
+				return
+			}
+		}
+	}
+}
+
 func (s *Store) forward(ctx context.Context, req forwardRequest) (forwardResponse, error) {
 	var resp forwardResponse
 	leader := s.Leader()
@@ -97,6 +123,13 @@ func (s *Store) forward(ctx context.Context, req forwardRequest) (forwardRespons
 	if d, ok := ctx.Deadline(); ok {
 		req.DeadlineMS = time.Until(d).Milliseconds()
 	}
+	// A leader that froze (paused, or cut off with its connections still open) never
+	// answers. Once this node hears of another leader, or of an election, the attempt
+	// is abandoned as of unknown outcome and Apply's retry sends the same request id
+	// to the new leader; the FSM's deduplication keeps it applied at most once.
+	ctx, abandon := context.WithCancelCause(ctx)
+	defer abandon(nil)
+	go s.watchLeader(ctx, leader, abandon)
 	st, err := s.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "raft-apply"), pid, ApplyProtocol)
 	if err != nil {
 		return resp, fmt.Errorf("%w: %w: open stream to leader %s: %w", ErrFailed, ErrForward, leader, err)
@@ -112,6 +145,9 @@ func (s *Store) forward(ctx context.Context, req forwardRequest) (forwardRespons
 	}
 	_ = st.CloseWrite()
 	if err := readFrame(st, &resp); err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errLeaderChanged) {
+			err = cause
+		}
 		return resp, fmt.Errorf("%w: %w: answer from leader %s: %w", ErrUnknownOutcome, ErrForward, leader, err)
 	}
 	if err := errorFromCode(resp.Class, resp.Code, resp.Msg); err != nil {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/p2p/net/gostream"
 )
@@ -215,5 +217,63 @@ func TestWatchAndLeaderCh(t *testing.T) {
 		case <-deadline:
 			t.Fatal("no LeaderCh reported leadership after the leader closed")
 		}
+	}
+}
+
+// TestForwardAbandonsAFrozenLeader: a follower forwards a write to a leader that takes
+// it and never answers (as a paused process would). Once leadership moves, the
+// follower gives up on the old leader and the same request goes to the new one: the
+// write is acknowledged soon after the change, not when the caller's deadline ends,
+// and applied once.
+func TestForwardAbandonsAFrozenLeader(t *testing.T) {
+	c := startCluster(t, 3, nil)
+	c.waitVoters(10*time.Second, []int{0, 1, 2}, nil)
+	old := c.waitLeader(5 * time.Second)
+	release := make(chan struct{})
+	defer close(release)
+	c.nodes[old].host.SetStreamHandler(ApplyProtocol, func(s network.Stream) {
+		defer s.Reset()
+		_, _ = io.Copy(io.Discard, s)
+		<-release
+	})
+	follower := (old + 1) % 3
+	type outcome struct {
+		res Result
+		err error
+		at  time.Time
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		res, err := c.nodes[follower].store.Apply(ctx, NewCommand(CatalogPut{Key: "frozen", Value: "once"}))
+		done <- outcome{res, err, time.Now()}
+	}()
+	time.Sleep(500 * time.Millisecond) // the write is now waiting on the old leader
+	select {
+	case o := <-done:
+		t.Fatalf("the write finished while its leader was frozen: %+v", o)
+	default:
+	}
+	moved := time.Now()
+	if err := c.nodes[old].store.raft.LeadershipTransfer().Error(); err != nil {
+		t.Fatalf("leadership transfer: %v", err)
+	}
+	o := <-done
+	if o.err != nil {
+		t.Fatalf("write after the leader changed: %v", o.err)
+	}
+	took := o.at.Sub(moved)
+	t.Logf("acknowledged %v after the leadership moved (index %d, duplicate %v)", took.Round(time.Millisecond), o.res.Index, o.res.Duplicate)
+	if took > 5*time.Second {
+		t.Fatalf("acknowledged %v after the leadership moved: the follower kept waiting on the frozen leader", took)
+	}
+	for i := range c.nodes {
+		eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
+			if v := c.nodes[i].store.State().Catalog["frozen"]; v != "once" {
+				return fmt.Errorf("node %d: %q", i, v)
+			}
+			return nil
+		})
 	}
 }
