@@ -212,6 +212,7 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	c.goRun(c.assignmentLoop)
 	c.goRun(c.servingLoop)
 	c.goRun(c.blobGCLoop)
+	c.goRun(c.rejoinLoop)
 	c.goRun(c.memberEventLoop)
 	c.goRun(c.leaderLoop)
 	if opts.BootstrapExpect > 0 {
@@ -439,6 +440,57 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// rejoinInterval is how often a node checks that its gossip reaches every member the
+// Raft state lists.
+const rejoinInterval = 5 * time.Second
+
+// rejoinLoop joins the gossip again through the members the Raft state lists when
+// memberlist does not hold some of them alive. A node restarted without seeds (the
+// founder, started again with --bootstrap) otherwise stays alone in its member list
+// once the others have declared it dead, since they no longer gossip to it: it would
+// see no stage of theirs and route nothing to them, although Raft reaches it. One
+// successful join per round is enough; gossip brings the rest.
+func (c *Cluster) rejoinLoop(ctx context.Context) {
+	tick := time.NewTicker(rejoinInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		live := c.liveMembers()
+		for id, m := range c.store.View().Members {
+			if _, ok := live[id]; ok || id == c.self || m.State == consensus.MemberDead {
+				continue
+			}
+			infos, err := peer.AddrInfosFromP2pAddrs(p2pAddrs(m.Addrs)...)
+			if err != nil || len(infos) != 1 {
+				continue
+			}
+			jctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			err = c.mesh.Connect(jctx, infos[0])
+			cancel()
+			if err == nil {
+				c.log.Info("rejoined the gossip through a cluster member", "member", m.Name)
+				break
+			}
+			c.log.Debug("rejoining the gossip", "member", m.Name, "err", err)
+		}
+	}
+}
+
+// p2pAddrs parses the multiaddrs that parse.
+func p2pAddrs(addrs []string) []ma.Multiaddr {
+	var out []ma.Multiaddr
+	for _, a := range addrs {
+		if m, err := ma.NewMultiaddr(a); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func sameMember(a, b consensus.Member) bool {
