@@ -21,16 +21,7 @@ const (
 
 // blobGCLoop removes unreferenced blobs every blobGCInterval.
 func (c *Cluster) blobGCLoop(ctx context.Context) {
-	tick := time.NewTicker(blobGCInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		c.collectBlobs(blobGCGrace)
-	}
+	everyTick(ctx, blobGCInterval, func() { c.collectBlobs(blobGCGrace) })
 }
 
 // collectBlobs removes the blobs (complete or partial) that no model version in the

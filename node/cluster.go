@@ -453,14 +453,7 @@ const rejoinInterval = 5 * time.Second
 // see no stage of theirs and route nothing to them, although Raft reaches it. One
 // successful join per round is enough; gossip brings the rest.
 func (c *Cluster) rejoinLoop(ctx context.Context) {
-	tick := time.NewTicker(rejoinInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	everyTick(ctx, rejoinInterval, func() {
 		live := c.liveMembers()
 		for id, m := range c.store.View().Members {
 			if _, ok := live[id]; ok || id == c.self || m.State == consensus.MemberDead {
@@ -479,6 +472,20 @@ func (c *Cluster) rejoinLoop(ctx context.Context) {
 			}
 			c.log.Debug("rejoining the gossip", "member", m.Name, "err", err)
 		}
+	})
+}
+
+// everyTick calls fn every d until ctx ends (first after d).
+func everyTick(ctx context.Context, d time.Duration, fn func()) {
+	tick := time.NewTicker(d)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		fn()
 	}
 }
 
