@@ -12,9 +12,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -183,36 +181,12 @@ func (c *faultCluster) waitAlive(want int, total time.Duration) error {
 	})
 }
 
-var stageEntry = regexp.MustCompile(`^(.+)@(\d+)/stage(\d+) \((ready|loading)\)$`)
-
 // readyReplicas counts, per stage of the GPT's current version, the alive nodes that
 // serve it ready as node via reports them, leaving out the nodes named in exclude.
 func (c *faultCluster) readyReplicas(via int, exclude ...string) (map[int]int, int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := c.client(via).Model(ctx, gptName)
-	if err != nil {
-		return nil, 0, err
-	}
-	nodes, err := c.client(via).Nodes(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	counts := map[int]int{}
-	for _, nd := range nodes {
-		if nd.State != "alive" || slices.Contains(exclude, nd.Name) {
-			continue
-		}
-		for _, entry := range nd.Models {
-			m := stageEntry.FindStringSubmatch(entry)
-			if m == nil || m[1] != gptName || m[2] != st.Version || m[4] != "ready" {
-				continue
-			}
-			k, _ := strconv.Atoi(m[3])
-			counts[k]++
-		}
-	}
-	return counts, len(st.Stages), nil
+	return harness.ReadyReplicas(ctx, c.client(via), gptName, exclude...)
 }
 
 // waitReplicas waits until node via reports every GPT stage with at least want ready
@@ -249,7 +223,7 @@ func (c *faultCluster) stageHolders(via int) ([]int, error) {
 				continue
 			}
 			for _, e := range nd.Models {
-				if m := stageEntry.FindStringSubmatch(e); m != nil && m[1] == gptName && m[4] == "ready" {
+				if se, ok := harness.ParseStageEntry(e); ok && se.Model == gptName && se.Ready {
 					out = append(out, i)
 					break
 				}

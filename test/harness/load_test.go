@@ -253,3 +253,20 @@ func TestSteadyThroughput(t *testing.T) {
 		t.Fatalf("SteadyThroughput(6) with 12 answers = %v, want 0", got)
 	}
 }
+
+func TestParseStageEntry(t *testing.T) {
+	for in, want := range map[string]StageEntry{
+		"gpt@1/stage2 (ready)":     {Model: "gpt", Version: "1", Stage: 2, Ready: true},
+		"a@b@12/stage0 (loading)":  {Model: "a@b", Version: "12", Stage: 0},
+		"gpt@1/stage99999 (ready)": {Model: "gpt", Version: "1", Stage: 99999, Ready: true},
+	} {
+		if got, ok := ParseStageEntry(in); !ok || got != want {
+			t.Errorf("ParseStageEntry(%q) = %+v, %v; want %+v", in, got, ok, want)
+		}
+	}
+	for _, in := range []string{"", "gpt@1/stage2", "gpt/stage2 (ready)", "gpt@x/stage2 (ready)", "gpt@1/stage2 (gone)"} {
+		if got, ok := ParseStageEntry(in); ok {
+			t.Errorf("ParseStageEntry(%q) = %+v, accepted", in, got)
+		}
+	}
+}

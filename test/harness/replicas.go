@@ -14,6 +14,27 @@ import (
 // "gpt@1/stage2 (ready)".
 var stageEntry = regexp.MustCompile(`^(.+)@(\d+)/stage(\d+) \((ready|loading)\)$`)
 
+// StageEntry is one parsed entry of a node's served stages.
+type StageEntry struct {
+	Model, Version string
+	Stage          int
+	Ready          bool
+}
+
+// ParseStageEntry parses an entry such as "gpt@1/stage2 (ready)"; ok is false for any
+// other form.
+func ParseStageEntry(entry string) (e StageEntry, ok bool) {
+	m := stageEntry.FindStringSubmatch(entry)
+	if m == nil {
+		return StageEntry{}, false
+	}
+	k, err := strconv.Atoi(m[3])
+	if err != nil {
+		return StageEntry{}, false
+	}
+	return StageEntry{Model: m[1], Version: m[2], Stage: k, Ready: m[4] == "ready"}, true
+}
+
 // ReadyReplicas counts, per stage of model's current version, the alive nodes that
 // serve it ready as the node behind cl reports them, leaving out the nodes named in
 // exclude (a killed node stays listed until memberlist declares it dead). stages is
@@ -33,12 +54,9 @@ func ReadyReplicas(ctx context.Context, cl *client.Client, model string, exclude
 			continue
 		}
 		for _, entry := range nd.Models {
-			m := stageEntry.FindStringSubmatch(entry)
-			if m == nil || m[1] != model || m[2] != st.Version || m[4] != "ready" {
-				continue
+			if e, ok := ParseStageEntry(entry); ok && e.Ready && e.Model == model && e.Version == st.Version {
+				counts[e.Stage]++
 			}
-			k, _ := strconv.Atoi(m[3])
-			counts[k]++
 		}
 	}
 	return counts, len(st.Stages), nil
