@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math"
 	"math/rand/v2"
 	"net/http"
 	"path/filepath"
@@ -117,7 +116,7 @@ func startFaultCluster(t *testing.T, n int, nw *harness.Network, extraFlags ...s
 			}
 			if first == nil {
 				first = got
-			} else if d := maxDiff(got, first); d > 1e-5 {
+			} else if d := harness.MaxRelDiff(got, first); d > 1e-5 {
 				t.Fatalf("input %d: node %d answers differently from node 0 (by %g) before any fault", seq, i, d)
 			}
 		}
@@ -132,18 +131,6 @@ func gptModel() ([]byte, error) {
 		return nil, err
 	}
 	return proto.Marshal(m)
-}
-
-// maxDiff returns the largest difference relative to max(1, |want|).
-func maxDiff(got, want []float32) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	worst := 0.0
-	for i := range got {
-		worst = max(worst, math.Abs(float64(got[i])-float64(want[i]))/max(1, math.Abs(float64(want[i]))))
-	}
-	return worst
 }
 
 func (c *faultCluster) client(i int) *client.Client {
@@ -252,7 +239,7 @@ func (c *faultCluster) load(targets []string, concurrency int, d time.Duration, 
 			if err != nil {
 				return err
 			}
-			if diff := maxDiff(got, c.want[seq%gptInputs]); diff > 1e-4 {
+			if diff := harness.MaxRelDiff(got, c.want[seq%gptInputs]); diff > 1e-4 {
 				return fmt.Errorf("logits differ from the reference by %g", diff)
 			}
 			return nil
