@@ -58,7 +58,8 @@ type command struct {
 	// error for a missing one.
 	subcommands map[string]command
 	usage       string
-	offline     func(ctx context.Context, args []string, stdout io.Writer) error
+	// offline, when set, runs the command on its raw arguments, without a node.
+	offline func(ctx context.Context, args []string, stdout io.Writer) error
 }
 
 // step is a node command once its flags are parsed.
@@ -90,8 +91,8 @@ type output struct {
 // rawJSON is JSON printed as it is, followed by a newline.
 type rawJSON []byte
 
-// withFlags is a node command's flags field for a command with only the common flags.
-func withFlags(check func(pos []string) error, call func(context.Context, invocation) (output, error)) func(*flag.FlagSet) step {
+// commonFlagsOnly is the flags of a node command that has only the common ones.
+func commonFlagsOnly(check func(pos []string) error, call func(context.Context, invocation) (output, error)) func(*flag.FlagSet) step {
 	return func(*flag.FlagSet) step { return step{check: check, call: call} }
 }
 
@@ -112,25 +113,25 @@ var commands map[string]command
 func init() {
 	commands = map[string]command{
 		"infer":      {summary: "run a model: infer MODEL --input NAME=VALUES|@file.json|@file.npy", flags: inferFlags},
-		"models":     {summary: "list the models and their readiness", flags: withFlags(exactArgs(0, "models takes no arguments"), callModels)},
-		"model":      {summary: "show one model: status, plan and signature", flags: withFlags(exactArgs(1, "want exactly one model NAME"), callModel)},
+		"models":     {summary: "list the models and their readiness", flags: commonFlagsOnly(exactArgs(0, "models takes no arguments"), callModels)},
+		"model":      {summary: "show one model: status, plan and signature", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callModel)},
 		"status":     {summary: "node and cluster status, readiness and models", flags: statusFlags},
-		"nodes":      {summary: "list the nodes", flags: withFlags(exactArgs(0, "nodes takes no arguments"), callNodes)},
+		"nodes":      {summary: "list the nodes", flags: commonFlagsOnly(exactArgs(0, "nodes takes no arguments"), callNodes)},
 		"deploy":     {summary: "upload and deploy a model: deploy FILE.onnx --name NAME", flags: deployFlags},
-		"undeploy":   {summary: "remove a model: undeploy NAME", flags: withFlags(exactArgs(1, "want exactly one model NAME"), callUndeploy)},
+		"undeploy":   {summary: "remove a model: undeploy NAME", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callUndeploy)},
 		"partition":  {summary: "split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", offline: runPartition},
 		"gen-model":  {summary: "write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", offline: runGenModel},
 		"bench":      {summary: "latency percentiles and throughput: bench MODEL --input ... [--requests N] [--concurrency C]", flags: benchFlags},
 		"completion": {summary: "print a shell completion script: completion bash|zsh", offline: runCompletion},
 		// version reports the node's version as text, not as a failure, and waits for
 		// it only briefly: it must answer when no node does.
-		"version":    {summary: "print the client's and the node's version", flags: withFlags(nil, callVersion), timeout: 3 * time.Second},
-		"plan":       {summary: "show a model's stages and the nodes serving each: plan NAME", flags: withFlags(exactArgs(1, "want exactly one NAME"), callPlan)},
+		"version":    {summary: "print the client's and the node's version", flags: commonFlagsOnly(nil, callVersion), timeout: 3 * time.Second},
+		"plan":       {summary: "show a model's stages and the nodes serving each: plan NAME", flags: commonFlagsOnly(exactArgs(1, "want exactly one NAME"), callPlan)},
 		"drain":      {summary: "move a node's stages elsewhere before maintenance: drain NODE [--wait 2m]", flags: drainFlags},
-		"undrain":    {summary: "let a drained node take stages again: undrain NODE", flags: withFlags(exactArgs(1, "want exactly one NAME"), callUndrain)},
-		"remove":     {summary: "take a node out of the cluster: remove NODE", flags: withFlags(exactArgs(1, "want exactly one NAME"), callRemove)},
-		"join-token": {summary: "print the cluster secret and seeds a new node joins with", flags: withFlags(exactArgs(0, "join-token takes no arguments"), callJoinToken)},
-		"doctor":     {summary: "why can't a node see its peers: doctor [NODE|PEER-ID|ADDR ...]", flags: withFlags(nil, callDoctor)},
+		"undrain":    {summary: "let a drained node take stages again: undrain NODE", flags: commonFlagsOnly(exactArgs(1, "want exactly one NAME"), callUndrain)},
+		"remove":     {summary: "take a node out of the cluster: remove NODE", flags: commonFlagsOnly(exactArgs(1, "want exactly one NAME"), callRemove)},
+		"join-token": {summary: "print the cluster secret and seeds a new node joins with", flags: commonFlagsOnly(exactArgs(0, "join-token takes no arguments"), callJoinToken)},
+		"doctor":     {summary: "why can't a node see its peers: doctor [NODE|PEER-ID|ADDR ...]", flags: commonFlagsOnly(nil, callDoctor)},
 		"token": {
 			summary:     "API tokens: token create --scope admin|infer [--name N] | token list | token revoke ID",
 			usage:       "want: token create --scope admin|infer [--name N] | token list | token revoke ID",
@@ -200,7 +201,7 @@ func unknownSubcommand(name, sub string, known map[string]command) command {
 	names := slices.Sorted(maps.Keys(known))
 	want := strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 	refuse := func([]string) error { return usagef("unknown %s command %q: want %s", name, sub, want) }
-	return command{flags: withFlags(refuse, nil)}
+	return command{flags: commonFlagsOnly(refuse, nil)}
 }
 
 // runNodeCommand is every node command: the common flags and its own, its argument

@@ -178,8 +178,8 @@ func shortTarget(t string) string {
 // tokenCommands manage API tokens: create, list, revoke.
 var tokenCommands = map[string]command{
 	"create": {flags: tokenCreateFlags},
-	"list":   {flags: withFlags(exactArgs(0, "token list takes no arguments"), callTokenList)},
-	"revoke": {flags: withFlags(exactArgs(1, "want: token revoke ID"), callTokenRevoke)},
+	"list":   {flags: commonFlagsOnly(exactArgs(0, "token list takes no arguments"), callTokenList)},
+	"revoke": {flags: commonFlagsOnly(exactArgs(1, "want: token revoke ID"), callTokenRevoke)},
 }
 
 func tokenCreateFlags(fs *flag.FlagSet) step {
