@@ -1,7 +1,9 @@
-// Package accel runs ONNX models. Backend opens a Session for a model file; a Session
-// runs it on named tensors. The ONNX Runtime backend (ort.go) is the one real
-// implementation; callers depend on these interfaces so that node and api never touch
-// cgo types.
+// Package accel declares how ONNX models are run: Backend opens a Session for a model
+// file; a Session runs it on named tensors. It holds the interfaces, their option and
+// info types and the error sentinels, and no cgo: the ONNX Runtime backend, the one
+// real implementation, lives in accel/ort, and only the binaries and tests that run
+// models import it. Everything else (api, partition, the request path) depends on these
+// interfaces and so builds with CGO_ENABLED=0.
 package accel
 
 import (

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api/client"
 	"github.com/layermesh/layermesh/node"
@@ -103,9 +104,9 @@ func startNode(t testing.TB, opts ...nodeOption) *testNode {
 // node behind TLS.
 func startNodeWith(t testing.TB, hc *http.Client, opts ...nodeOption) *testNode {
 	t.Helper()
-	backend, err := accel.NewORT(accel.ORTConfig{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: quietLogger()})
+	backend, err := ort.New(ort.Config{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: quietLogger()})
 	if err != nil {
-		t.Fatalf("NewORT (is ORT_LIB set or third_party/onnxruntime installed? run make setup): %v", err)
+		t.Fatalf("ort.New (is ORT_LIB set or third_party/onnxruntime installed? run make setup): %v", err)
 	}
 	modelDir := t.TempDir()
 	for name, b := range map[string][]byte{"add": addModel(t), "scale": scaleModel(t)} {

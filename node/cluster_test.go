@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/partition/modelgen"
@@ -34,7 +35,7 @@ var (
 func testBackend(t *testing.T) accel.Backend {
 	t.Helper()
 	ortOnce.Do(func() {
-		ortBackend, ortErr = accel.NewORT(accel.ORTConfig{IntraOpThreads: 1, Provider: accel.ProviderCPU})
+		ortBackend, ortErr = ort.New(ort.Config{IntraOpThreads: 1, Provider: accel.ProviderCPU})
 	})
 	if ortErr != nil {
 		t.Fatalf("ONNX Runtime is required for this test and did not load: %v", ortErr)

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/partition/modelgen"
 )
@@ -33,7 +34,7 @@ var (
 func ortBackend(t testing.TB) accel.Backend {
 	t.Helper()
 	backendOnce.Do(func() {
-		backend, backendErr = accel.NewORT(accel.ORTConfig{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: slog.New(slog.DiscardHandler)})
+		backend, backendErr = ort.New(ort.Config{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: slog.New(slog.DiscardHandler)})
 	})
 	if backendErr != nil {
 		t.Fatalf("ONNX Runtime unavailable (run `make setup` or set ORT_LIB): %v", backendErr)

@@ -85,7 +85,7 @@ job() {
 }
 
 # Issue 2: the fixed cost accel adds around one ORT run, and building the 12 x 768 GPT.
-job accel-ort-run "go test -run '^\$' -bench '^BenchmarkORTRun\$' -benchtime 1s -count $(q 1 3) -benchmem ./accel/"
+job accel-ort-run "go test -run '^\$' -bench '^BenchmarkORTRun\$' -benchtime 1s -count $(q 1 3) -benchmem ./accel/ort/"
 job modelgen-gpt2 "go test -run '^\$' -bench '^BenchmarkBuildGPT2Small\$' -benchtime 1x -count $(q 1 3) -benchmem ./partition/modelgen/"
 
 # Issue 2 point 5: HTTP (binary and JSON) against a direct accel call, 12 x 768 GPT at

@@ -36,67 +36,35 @@ func signature(ts []wire.TensorMetadata) string {
 	return strings.Join(parts, "; ")
 }
 
-func runModels(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("models", flag.ContinueOnError)
-	c := addCommon(fs)
-	pos, err := parseArgs(fs, args)
+func callModels(ctx context.Context, in invocation) (output, error) {
+	models, err := in.client.Models(ctx)
 	if err != nil {
-		return err
+		return output{}, err
 	}
-	if len(pos) != 0 {
-		return usagef("models takes no arguments")
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	models, err := cl.Models(ctx)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return printJSON(stdout, wire.ModelList{Models: models})
-	}
-	tw := newTable(stdout)
-	fmt.Fprintln(tw, "NAME\tVERSION\tREADY\tSTAGES\tSIZE\tSHA256\tSOURCE\tNOTE")
-	for _, m := range models {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", m.Name, m.Version, yesNo(m.Ready), len(m.Stages), humanBytes(m.Size), shortHash(m.SHA256), m.Source, m.Reason)
-	}
-	return tw.Flush()
+	return output{value: wire.ModelList{Models: models}, human: func(w io.Writer) error {
+		tw := newTable(w)
+		fmt.Fprintln(tw, "NAME\tVERSION\tREADY\tSTAGES\tSIZE\tSHA256\tSOURCE\tNOTE")
+		for _, m := range models {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", m.Name, m.Version, yesNo(m.Ready), len(m.Stages), humanBytes(m.Size), shortHash(m.SHA256), m.Source, m.Reason)
+		}
+		return tw.Flush()
+	}}, nil
 }
 
-func runModel(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("model", flag.ContinueOnError)
-	c := addCommon(fs)
-	pos, err := parseArgs(fs, args)
+func callModel(ctx context.Context, in invocation) (output, error) {
+	m, err := in.client.Model(ctx, in.pos[0])
 	if err != nil {
-		return err
+		return output{}, err
 	}
-	if len(pos) != 1 {
-		return usagef("want exactly one model NAME")
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	m, err := cl.Model(ctx, pos[0])
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return printJSON(stdout, m)
-	}
-	tw := newTable(stdout)
-	fmt.Fprintf(tw, "name\t%s\nversion\t%s\nready\t%s\nsize\t%s\nsha256\t%s\nsource\t%s\ninputs\t%s\noutputs\t%s\n",
-		m.Name, m.Version, yesNo(m.Ready), humanBytes(m.Size), m.SHA256, m.Source, signature(m.Inputs), signature(m.Outputs))
-	for _, s := range m.Stages {
-		fmt.Fprintf(tw, "stage %d\t%s (ready: %s)\n", s.Index, strings.Join(s.Replicas, ", "), yesNo(s.Ready))
-	}
-	return tw.Flush()
+	return output{value: m, human: func(w io.Writer) error {
+		tw := newTable(w)
+		fmt.Fprintf(tw, "name\t%s\nversion\t%s\nready\t%s\nsize\t%s\nsha256\t%s\nsource\t%s\ninputs\t%s\noutputs\t%s\n",
+			m.Name, m.Version, yesNo(m.Ready), humanBytes(m.Size), m.SHA256, m.Source, signature(m.Inputs), signature(m.Outputs))
+		for _, s := range m.Stages {
+			fmt.Fprintf(tw, "stage %d\t%s (ready: %s)\n", s.Index, strings.Join(s.Replicas, ", "), yesNo(s.Ready))
+		}
+		return tw.Flush()
+	}}, nil
 }
 
 // statusReport is what `status --json` prints.
@@ -110,50 +78,47 @@ type statusReport struct {
 	AdminError string `json:"admin_error,omitempty"`
 }
 
-func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	c := addCommon(fs)
+func statusFlags(fs *flag.FlagSet) step {
 	wait := fs.Duration("wait", 0, "wait up to this long for the node to answer and be ready; exit 1 if it does not")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 0 {
-		return usagef("status takes no arguments")
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	if *wait > 0 {
-		if err := waitReady(ctx, cl, *wait); err != nil {
-			return err
+	return step{check: exactArgs(0, "status takes no arguments"), call: func(ctx context.Context, in invocation) (output, error) {
+		if *wait > 0 {
+			if err := waitReady(ctx, in.client, *wait); err != nil {
+				return output{}, err
+			}
 		}
-	}
-	rep := statusReport{Address: cl.BaseURL()}
+		rep, err := fetchStatus(ctx, in.client)
+		if err != nil {
+			return output{}, err
+		}
+		return output{value: rep, human: rep.writeTable}, nil
+	}}
+}
+
+func fetchStatus(ctx context.Context, cl *client.Client) (*statusReport, error) {
+	var err error
+	rep := &statusReport{Address: cl.BaseURL()}
 	if rep.Server, err = cl.ServerMetadata(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	if rep.Readiness, err = cl.Ready(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	// The admin half needs a token; without one, status still reports health.
 	if cs, err := cl.Cluster(ctx); err == nil {
 		rep.Cluster = &cs
 		if rep.Models, err = cl.Models(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	} else if client.IsCode(err, "unauthorized") || client.IsCode(err, "forbidden") {
 		rep.AdminError = err.Error()
 	} else {
-		return err
+		return nil, err
 	}
-	if c.json {
-		return printJSON(stdout, rep)
-	}
-	tw := newTable(stdout)
+	return rep, nil
+}
+
+func (rep *statusReport) writeTable(w io.Writer) error {
+	tw := newTable(w)
 	fmt.Fprintf(tw, "node\t%s (%s %s)\n", rep.Address, rep.Server.Name, rep.Server.Version)
 	fmt.Fprintf(tw, "ready\t%s\n", yesNo(rep.Readiness.Ready))
 	for _, ch := range rep.Readiness.Checks {
@@ -196,32 +161,16 @@ func waitReady(ctx context.Context, cl *client.Client, d time.Duration) error {
 	}
 }
 
-func runNodes(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("nodes", flag.ContinueOnError)
-	c := addCommon(fs)
-	pos, err := parseArgs(fs, args)
+func callNodes(ctx context.Context, in invocation) (output, error) {
+	nodes, err := in.client.Nodes(ctx)
 	if err != nil {
-		return err
+		return output{}, err
 	}
-	if len(pos) != 0 {
-		return usagef("nodes takes no arguments")
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	nodes, err := cl.Nodes(ctx)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return printJSON(stdout, wire.NodeList{Nodes: nodes})
-	}
-	tw := newTable(stdout)
-	nodeTable(tw, nodes)
-	return tw.Flush()
+	return output{value: wire.NodeList{Nodes: nodes}, human: func(w io.Writer) error {
+		tw := newTable(w)
+		nodeTable(tw, nodes)
+		return tw.Flush()
+	}}, nil
 }
 
 // nodeTable writes one row per node: state, health, Raft role, capacity, load, stages.
@@ -262,66 +211,53 @@ func placement(stages []wire.StageStatus) string {
 	return strings.Join(parts, " ")
 }
 
-func runDeploy(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
-	c := addCommon(fs)
+func deployFlags(fs *flag.FlagSet) step {
 	name := fs.String("name", "", "model name (default: the file name without .onnx)")
 	stages := fs.Int("stages", 0, "pipeline stages (0: let the planner choose)")
 	replicas := fs.Int("replicas", 0, "replicas per stage (0: the cluster default)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	wait := fs.Duration("wait", 0, "wait up to this long until every stage has a ready replica (0: return after the upload)")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("want exactly one model FILE")
-	}
-	if *name == "" {
-		*name = strings.TrimSuffix(filepath.Base(pos[0]), ".onnx")
-	}
-	f, err := os.Open(pos[0])
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	opts := client.UploadOptions{Stages: *stages, Replicas: *replicas}
-	var bar *progressBar
-	if !*quiet && !c.json {
-		bar = &progressBar{w: os.Stderr, label: "upload " + *name, start: time.Now()}
-		opts.Progress = bar.update
-	}
-	st, err := cl.UploadModel(ctx, *name, f, fi.Size(), opts)
-	if bar != nil {
-		bar.done()
-	}
-	if err != nil {
-		return err
-	}
-	if *wait > 0 {
-		var w io.Writer
-		if !*quiet && !c.json {
-			w = progressOut
+	return step{check: exactArgs(1, "want exactly one model FILE"), call: func(ctx context.Context, in invocation) (output, error) {
+		if *name == "" {
+			*name = strings.TrimSuffix(filepath.Base(in.pos[0]), ".onnx")
 		}
-		if st, err = waitModelReady(ctx, cl, st.Name, *wait, w); err != nil {
-			return err
+		f, err := os.Open(in.pos[0])
+		if err != nil {
+			return output{}, err
 		}
-	}
-	if c.json {
-		return printJSON(stdout, st)
-	}
-	fmt.Fprintf(stdout, "deployed %s version %s (%s, sha256 %s), ready: %s\n", st.Name, st.Version, humanBytes(st.Size), shortHash(st.SHA256), yesNo(st.Ready))
-	return nil
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return output{}, err
+		}
+		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas}
+		// Progress goes to stderr, and not at all when stdout is JSON for a script.
+		var progress io.Writer
+		if !*quiet && !in.json {
+			progress = progressOut
+		}
+		var bar *progressBar
+		if progress != nil {
+			bar = &progressBar{w: progress, label: "upload " + *name, start: time.Now()}
+			opts.Progress = bar.update
+		}
+		st, err := in.client.UploadModel(ctx, *name, f, fi.Size(), opts)
+		if bar != nil {
+			bar.done()
+		}
+		if err != nil {
+			return output{}, err
+		}
+		if *wait > 0 {
+			if st, err = waitModelReady(ctx, in.client, st.Name, *wait, progress); err != nil {
+				return output{}, err
+			}
+		}
+		return output{value: st, human: func(w io.Writer) error {
+			fmt.Fprintf(w, "deployed %s version %s (%s, sha256 %s), ready: %s\n", st.Name, st.Version, humanBytes(st.Size), shortHash(st.SHA256), yesNo(st.Ready))
+			return nil
+		}}, nil
+	}}
 }
 
 // progressBar draws an upload's progress on one terminal line, at most once per
@@ -361,62 +297,39 @@ func (p *progressBar) done() {
 	}
 }
 
-func runUndeploy(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("undeploy", flag.ContinueOnError)
-	c := addCommon(fs)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
+func callUndeploy(ctx context.Context, in invocation) (output, error) {
+	name := in.pos[0]
+	if err := in.client.DeleteModel(ctx, name); err != nil {
+		return output{}, err
 	}
-	if len(pos) != 1 {
-		return usagef("want exactly one model NAME")
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	if err := cl.DeleteModel(ctx, pos[0]); err != nil {
-		return err
-	}
-	if c.json {
-		return printJSON(stdout, map[string]string{"undeployed": pos[0]})
-	}
-	fmt.Fprintf(stdout, "undeployed %s\n", pos[0])
-	return nil
+	return output{value: map[string]string{"undeployed": name}, human: func(w io.Writer) error {
+		fmt.Fprintf(w, "undeployed %s\n", name)
+		return nil
+	}}, nil
 }
 
-func runVersion(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("version", flag.ContinueOnError)
-	c := addCommon(fs)
-	if _, err := parseArgs(fs, args); err != nil {
-		return err
-	}
-	out := struct {
-		Client string `json:"client"`
-		Server string `json:"server,omitempty"`
-		Error  string `json:"server_error,omitempty"`
-	}{Client: version}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	if md, err := cl.ServerMetadata(ctx); err == nil {
-		out.Server = md.Version
+// versionReport is what `version --json` prints.
+type versionReport struct {
+	Client string `json:"client"`
+	Server string `json:"server,omitempty"`
+	Error  string `json:"server_error,omitempty"`
+}
+
+// callVersion reports a node that does not answer in the output, not as a failure.
+func callVersion(ctx context.Context, in invocation) (output, error) {
+	rep := versionReport{Client: version}
+	if md, err := in.client.ServerMetadata(ctx); err == nil {
+		rep.Server = md.Version
 	} else {
-		out.Error = err.Error()
+		rep.Error = err.Error()
 	}
-	if c.json {
-		return printJSON(stdout, out)
-	}
-	fmt.Fprintf(stdout, "meshctl %s\n", out.Client)
-	if out.Server != "" {
-		fmt.Fprintf(stdout, "meshnode %s at %s\n", out.Server, cl.BaseURL())
-	} else {
-		fmt.Fprintf(stdout, "meshnode at %s: %s\n", cl.BaseURL(), out.Error)
-	}
-	return nil
+	return output{value: rep, human: func(w io.Writer) error {
+		fmt.Fprintf(w, "meshctl %s\n", rep.Client)
+		if rep.Server != "" {
+			fmt.Fprintf(w, "meshnode %s at %s\n", rep.Server, in.client.BaseURL())
+		} else {
+			fmt.Fprintf(w, "meshnode at %s: %s\n", in.client.BaseURL(), rep.Error)
+		}
+		return nil
+	}}, nil
 }

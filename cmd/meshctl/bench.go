@@ -28,11 +28,9 @@ type benchReport struct {
 	FirstError  string  `json:"first_error,omitempty"`
 }
 
-// runBench sends the same inference request n times from c workers and reports
-// latency percentiles and throughput.
-func runBench(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	cf := addCommon(fs)
+// benchFlags: bench sends the same inference request n times from c workers and
+// reports latency percentiles and throughput; it fails (exit 1) when any request did.
+func benchFlags(fs *flag.FlagSet) step {
 	var inputs, shapes, dtypes keyValues
 	fs.Var(&inputs, "input", "NAME=VALUES|@file.json|@file.npy, as for infer; repeatable")
 	fs.Var(&shapes, "shape", "NAME=1x3, as for infer")
@@ -40,67 +38,64 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	requests := fs.Int("requests", 100, "requests to send")
 	concurrency := fs.Int("concurrency", 1, "requests in flight at once")
 	jsonWire := fs.Bool("json-wire", false, "JSON tensors instead of the binary tensor extension")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 || len(inputs.keys) == 0 || *requests < 1 || *concurrency < 1 {
-		return usagef("want MODEL, at least one --input, --requests >= 1 and --concurrency >= 1")
-	}
-	model := pos[0]
-	cl, err := cf.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := cf.context(ctx)
-	defer cancel()
-	md, err := cl.ModelMetadata(ctx, model, "")
-	if err != nil {
-		return err
-	}
-	req := &wire.Request{BinaryOutputs: !*jsonWire}
-	for _, name := range inputs.keys {
-		i := slices.IndexFunc(md.Inputs, func(m wire.TensorMetadata) bool { return m.Name == name })
-		if i < 0 {
-			return usagef("model %s has no input %q", model, name)
+	check := func(pos []string) error {
+		if len(pos) != 1 || len(inputs.keys) == 0 || *requests < 1 || *concurrency < 1 {
+			return usagef("want MODEL, at least one --input, --requests >= 1 and --concurrency >= 1")
 		}
-		t, err := buildInput(name, inputs.vals[name], shapes.vals[name], dtypes.vals[name], &md.Inputs[i])
+		return nil
+	}
+	return step{check: check, call: func(ctx context.Context, in invocation) (output, error) {
+		model := in.pos[0]
+		md, err := in.client.ModelMetadata(ctx, model, "")
 		if err != nil {
-			return err
+			return output{}, err
 		}
-		req.Inputs = append(req.Inputs, t)
-	}
-	res := benchLoop(ctx, cl, model, req, !*jsonWire, *requests, *concurrency)
-	lat, failed, firstErr, took := res.latencies, res.failed, res.firstErr, res.took
-	rep := benchReport{Model: model, Requests: *requests, Failed: failed, Concurrency: *concurrency, Seconds: took.Seconds()}
+		req := &wire.Request{BinaryOutputs: !*jsonWire}
+		for _, name := range inputs.keys {
+			i := slices.IndexFunc(md.Inputs, func(m wire.TensorMetadata) bool { return m.Name == name })
+			if i < 0 {
+				return output{}, usagef("model %s has no input %q", model, name)
+			}
+			t, err := buildInput(name, inputs.vals[name], shapes.vals[name], dtypes.vals[name], &md.Inputs[i])
+			if err != nil {
+				return output{}, err
+			}
+			req.Inputs = append(req.Inputs, t)
+		}
+		res := benchLoop(ctx, in.client, model, req, !*jsonWire, *requests, *concurrency)
+		rep := res.report(model, *requests, *concurrency)
+		out := output{value: rep, human: rep.writeTable}
+		if res.failed > 0 {
+			out.failed = fmt.Errorf("%d of %d requests failed: %w", res.failed, *requests, res.firstErr)
+		}
+		return out, nil
+	}}
+}
+
+// report summarises what benchLoop measured.
+func (res benchResult) report(model string, requests, concurrency int) benchReport {
+	lat := res.latencies
+	rep := benchReport{Model: model, Requests: requests, Failed: res.failed, Concurrency: concurrency, Seconds: res.took.Seconds()}
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		ms := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1e3 }
 		rep.P50ms, rep.P90ms, rep.P99ms, rep.MaxMs = ms(0.5), ms(0.9), ms(0.99), ms(1)
-		rep.PerSecond = float64(len(lat)) / took.Seconds()
+		rep.PerSecond = float64(len(lat)) / res.took.Seconds()
 	}
-	if firstErr != nil {
-		rep.FirstError = firstErr.Error()
+	if res.firstErr != nil {
+		rep.FirstError = res.firstErr.Error()
 	}
-	if cf.json {
-		if err := printJSON(stdout, rep); err != nil {
-			return err
-		}
-	} else {
-		tw := newTable(stdout)
-		fmt.Fprintf(tw, "model\t%s\nrequests\t%d (%d failed), concurrency %d\nthroughput\t%.2f req/s over %.2f s\nlatency ms\tp50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n",
-			rep.Model, rep.Requests, rep.Failed, rep.Concurrency, rep.PerSecond, rep.Seconds, rep.P50ms, rep.P90ms, rep.P99ms, rep.MaxMs)
-		if rep.FirstError != "" {
-			fmt.Fprintf(tw, "first error\t%s\n", rep.FirstError)
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
+	return rep
+}
+
+func (rep benchReport) writeTable(w io.Writer) error {
+	tw := newTable(w)
+	fmt.Fprintf(tw, "model\t%s\nrequests\t%d (%d failed), concurrency %d\nthroughput\t%.2f req/s over %.2f s\nlatency ms\tp50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n",
+		rep.Model, rep.Requests, rep.Failed, rep.Concurrency, rep.PerSecond, rep.Seconds, rep.P50ms, rep.P90ms, rep.P99ms, rep.MaxMs)
+	if rep.FirstError != "" {
+		fmt.Fprintf(tw, "first error\t%s\n", rep.FirstError)
 	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d requests failed: %w", failed, *requests, firstErr)
-	}
-	return nil
+	return tw.Flush()
 }
 
 // benchResult is what benchLoop measured.

@@ -38,9 +38,7 @@ func (kv *keyValues) Set(v string) error {
 	return nil
 }
 
-func runInfer(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("infer", flag.ContinueOnError)
-	c := addCommon(fs)
+func inferFlags(fs *flag.FlagSet) step {
 	var inputs, shapes, dtypes keyValues
 	var outputs stringsFlag
 	fs.Var(&inputs, "input", "NAME=1,2,3 (inline), NAME=@file.json or NAME=@file.npy; repeatable")
@@ -50,66 +48,61 @@ func runInfer(ctx context.Context, args []string, stdout io.Writer) error {
 	version := fs.String("version", "", "model version (default: latest)")
 	jsonWire := fs.Bool("json-wire", false, "send and receive JSON tensors instead of the binary tensor extension")
 	maxValues := fs.Int("max-values", 16, "values of each output to print in the table (0: all)")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("want exactly one MODEL, got %q", pos)
-	}
-	if len(inputs.keys) == 0 {
-		return usagef("give at least one --input")
-	}
-	model := pos[0]
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-
-	// The model's signature fills in what the command line leaves out.
-	md, err := cl.ModelMetadata(ctx, model, *version)
-	if err != nil {
-		return err
-	}
-	req := &wire.Request{BinaryOutputs: !*jsonWire}
-	for _, name := range inputs.keys {
-		var sig *wire.TensorMetadata
-		for i := range md.Inputs {
-			if md.Inputs[i].Name == name {
-				sig = &md.Inputs[i]
-			}
+	check := func(pos []string) error {
+		if len(pos) != 1 {
+			return usagef("want exactly one MODEL, got %q", pos)
 		}
-		if sig == nil {
-			names := make([]string, len(md.Inputs))
-			for i, in := range md.Inputs {
-				names[i] = in.Name
-			}
-			return usagef("model %s has no input %q (inputs: %s)", model, name, strings.Join(names, ", "))
+		if len(inputs.keys) == 0 {
+			return usagef("give at least one --input")
 		}
-		t, err := buildInput(name, inputs.vals[name], shapes.vals[name], dtypes.vals[name], sig)
+		return nil
+	}
+	return step{check: check, call: func(ctx context.Context, in invocation) (output, error) {
+		model := in.pos[0]
+		// The model's signature fills in what the command line leaves out.
+		md, err := in.client.ModelMetadata(ctx, model, *version)
 		if err != nil {
-			return err
+			return output{}, err
 		}
-		req.Inputs = append(req.Inputs, t)
-	}
-	for _, o := range outputs {
-		req.Outputs = append(req.Outputs, wire.OutputRequest{Name: o, Binary: !*jsonWire})
-	}
-	resp, err := cl.Infer(ctx, model, req, client.InferOptions{Version: *version, BinaryInputs: !*jsonWire})
-	if err != nil {
-		return err
-	}
-	if c.json {
-		header, _, err := wire.EncodeResponse(resp, func(string) bool { return false })
+		req := &wire.Request{BinaryOutputs: !*jsonWire}
+		for _, name := range inputs.keys {
+			var sig *wire.TensorMetadata
+			for i := range md.Inputs {
+				if md.Inputs[i].Name == name {
+					sig = &md.Inputs[i]
+				}
+			}
+			if sig == nil {
+				names := make([]string, len(md.Inputs))
+				for i, in := range md.Inputs {
+					names[i] = in.Name
+				}
+				return output{}, usagef("model %s has no input %q (inputs: %s)", model, name, strings.Join(names, ", "))
+			}
+			t, err := buildInput(name, inputs.vals[name], shapes.vals[name], dtypes.vals[name], sig)
+			if err != nil {
+				return output{}, err
+			}
+			req.Inputs = append(req.Inputs, t)
+		}
+		for _, o := range outputs {
+			req.Outputs = append(req.Outputs, wire.OutputRequest{Name: o, Binary: !*jsonWire})
+		}
+		resp, err := in.client.Infer(ctx, model, req, client.InferOptions{Version: *version, BinaryInputs: !*jsonWire})
 		if err != nil {
-			return err
+			return output{}, err
 		}
-		_, err = fmt.Fprintf(stdout, "%s\n", header)
-		return err
-	}
-	return printOutputs(stdout, resp, *maxValues)
+		out := output{human: func(w io.Writer) error { return printOutputs(w, resp, *maxValues) }}
+		if in.json {
+			// The response as the node would send it with every output in JSON.
+			header, _, err := wire.EncodeResponse(resp, func(string) bool { return false })
+			if err != nil {
+				return output{}, err
+			}
+			out.value = rawJSON(header)
+		}
+		return out, nil
+	}}
 }
 
 type stringsFlag []string

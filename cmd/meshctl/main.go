@@ -19,9 +19,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -41,10 +43,68 @@ func usagef(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
 }
 
-// command is one subcommand.
+// command is one subcommand. Most talk to a node and are a few table entries: their own
+// flags and argument check (flags), and what they ask the node and print (the step's
+// call); runNodeCommand does the rest the same way for all of them. Offline commands
+// (partition, gen-model, completion) parse their own command line in offline.
 type command struct {
 	summary string
-	run     func(ctx context.Context, args []string, stdout io.Writer) error
+	// flags registers the command's own flags, besides the common ones, and returns
+	// the step that runs once they are parsed.
+	flags func(fs *flag.FlagSet) step
+	// timeout, when set, bounds the call whatever --timeout says.
+	timeout time.Duration
+	// subcommands, when set, make the first argument choose the command; usage is the
+	// error for a missing one.
+	subcommands map[string]command
+	usage       string
+	// offline, when set, runs the command on its raw arguments, without a node.
+	offline func(ctx context.Context, args []string, stdout io.Writer) error
+}
+
+// step is a node command once its flags are parsed.
+type step struct {
+	// check rejects a wrong command line (exit 2) before anything is sent; nil
+	// accepts any positional arguments.
+	check func(pos []string) error
+	call  func(ctx context.Context, in invocation) (output, error)
+}
+
+// invocation is what a node command's call gets.
+type invocation struct {
+	client *client.Client
+	pos    []string
+	// json is --json: the output goes as JSON, and nothing else is drawn.
+	json bool
+}
+
+// output is what a node command prints: value as indented JSON with --json (a rawJSON
+// verbatim), human otherwise.
+type output struct {
+	value any
+	human func(w io.Writer) error
+	// failed, when set, is the command's error after its output is printed: it ran, and
+	// found a problem (doctor, bench).
+	failed error
+}
+
+// rawJSON is JSON printed as it is, followed by a newline.
+type rawJSON []byte
+
+// commonFlagsOnly is the flags of a node command that has only the common ones.
+func commonFlagsOnly(check func(pos []string) error, call func(context.Context, invocation) (output, error)) func(*flag.FlagSet) step {
+	return func(*flag.FlagSet) step { return step{check: check, call: call} }
+}
+
+// exactArgs accepts exactly n positional arguments; any other count is a usage error
+// with msg.
+func exactArgs(n int, msg string) func(pos []string) error {
+	return func(pos []string) error {
+		if len(pos) != n {
+			return usagef("%s", msg)
+		}
+		return nil
+	}
 }
 
 // commands is filled in init so that command functions may print the list.
@@ -52,25 +112,31 @@ var commands map[string]command
 
 func init() {
 	commands = map[string]command{
-		"infer":      {"run a model: infer MODEL --input NAME=VALUES|@file.json|@file.npy", runInfer},
-		"models":     {"list the models and their readiness", runModels},
-		"model":      {"show one model: status, plan and signature", runModel},
-		"status":     {"node and cluster status, readiness and models", runStatus},
-		"nodes":      {"list the nodes", runNodes},
-		"deploy":     {"upload and deploy a model: deploy FILE.onnx --name NAME", runDeploy},
-		"undeploy":   {"remove a model: undeploy NAME", runUndeploy},
-		"partition":  {"split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", runPartition},
-		"gen-model":  {"write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", runGenModel},
-		"bench":      {"latency percentiles and throughput: bench MODEL --input ... [--requests N] [--concurrency C]", runBench},
-		"completion": {"print a shell completion script: completion bash|zsh", runCompletion},
-		"version":    {"print the client's and the node's version", runVersion},
-		"plan":       {"show a model's stages and the nodes serving each: plan NAME", runPlan},
-		"drain":      {"move a node's stages elsewhere before maintenance: drain NODE [--wait 2m]", runDrain},
-		"undrain":    {"let a drained node take stages again: undrain NODE", runUndrain},
-		"remove":     {"take a node out of the cluster: remove NODE", runRemove},
-		"join-token": {"print the cluster secret and seeds a new node joins with", runJoinToken},
-		"doctor":     {"why can't a node see its peers: doctor [NODE|PEER-ID|ADDR ...]", runDoctor},
-		"token":      {"API tokens: token create --scope admin|infer [--name N] | token list | token revoke ID", runToken},
+		"infer":      {summary: "run a model: infer MODEL --input NAME=VALUES|@file.json|@file.npy", flags: inferFlags},
+		"models":     {summary: "list the models and their readiness", flags: commonFlagsOnly(exactArgs(0, "models takes no arguments"), callModels)},
+		"model":      {summary: "show one model: status, plan and signature", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callModel)},
+		"status":     {summary: "node and cluster status, readiness and models", flags: statusFlags},
+		"nodes":      {summary: "list the nodes", flags: commonFlagsOnly(exactArgs(0, "nodes takes no arguments"), callNodes)},
+		"deploy":     {summary: "upload and deploy a model: deploy FILE.onnx --name NAME", flags: deployFlags},
+		"undeploy":   {summary: "remove a model: undeploy NAME", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callUndeploy)},
+		"partition":  {summary: "split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", offline: runPartition},
+		"gen-model":  {summary: "write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", offline: runGenModel},
+		"bench":      {summary: "latency percentiles and throughput: bench MODEL --input ... [--requests N] [--concurrency C]", flags: benchFlags},
+		"completion": {summary: "print a shell completion script: completion bash|zsh", offline: runCompletion},
+		// version reports the node's version as text, not as a failure, and waits for
+		// it only briefly: it must answer when no node does.
+		"version":    {summary: "print the client's and the node's version", flags: commonFlagsOnly(nil, callVersion), timeout: 3 * time.Second},
+		"plan":       {summary: "show a model's stages and the nodes serving each: plan NAME", flags: commonFlagsOnly(exactArgs(1, "want exactly one NAME"), callPlan)},
+		"drain":      {summary: "move a node's stages elsewhere before maintenance: drain NODE [--wait 2m]", flags: drainFlags},
+		"undrain":    {summary: "let a drained node take stages again: undrain NODE", flags: commonFlagsOnly(exactArgs(1, "want exactly one NAME"), callUndrain)},
+		"remove":     {summary: "take a node out of the cluster: remove NODE", flags: commonFlagsOnly(exactArgs(1, "want exactly one NAME"), callRemove)},
+		"join-token": {summary: "print the cluster secret and seeds a new node joins with", flags: commonFlagsOnly(exactArgs(0, "join-token takes no arguments"), callJoinToken)},
+		"doctor":     {summary: "why can't a node see its peers: doctor [NODE|PEER-ID|ADDR ...]", flags: commonFlagsOnly(nil, callDoctor)},
+		"token": {
+			summary:     "API tokens: token create --scope admin|infer [--name N] | token list | token revoke ID",
+			usage:       "want: token create --scope admin|infer [--name N] | token list | token revoke ID",
+			subcommands: tokenCommands,
+		},
 	}
 }
 
@@ -78,6 +144,7 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// run is meshctl with its exit code: 0 success, 1 failed, 2 a wrong command line.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		printUsage(stderr)
@@ -94,7 +161,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := cmd.run(ctx, args[1:], stdout)
+	err := runCommand(ctx, args[0], cmd, args[1:], stdout)
 	switch {
 	case err == nil:
 		return 0
@@ -107,6 +174,79 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshctl %s: %v\n", args[0], describe(err))
 		return 1
 	}
+}
+
+// runCommand runs cmd, named name, on its arguments.
+func runCommand(ctx context.Context, name string, cmd command, args []string, stdout io.Writer) error {
+	switch {
+	case cmd.offline != nil:
+		return cmd.offline(ctx, args, stdout)
+	case cmd.subcommands != nil:
+		if len(args) == 0 {
+			return usagef("%s", cmd.usage)
+		}
+		sub, ok := cmd.subcommands[args[0]]
+		if !ok {
+			sub = unknownSubcommand(name, args[0], cmd.subcommands)
+		}
+		return runCommand(ctx, name+" "+args[0], sub, args[1:], stdout)
+	default:
+		return runNodeCommand(ctx, name, cmd, args, stdout)
+	}
+}
+
+// unknownSubcommand parses the common flags, so that a bad flag is reported as one,
+// then refuses the subcommand.
+func unknownSubcommand(name, sub string, known map[string]command) command {
+	names := slices.Sorted(maps.Keys(known))
+	want := strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+	refuse := func([]string) error { return usagef("unknown %s command %q: want %s", name, sub, want) }
+	return command{flags: commonFlagsOnly(refuse, nil)}
+}
+
+// runNodeCommand is every node command: the common flags and its own, its argument
+// check, a client and a context, its call, then its output as JSON or for people.
+func runNodeCommand(ctx context.Context, name string, cmd command, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	c := addCommon(fs)
+	st := cmd.flags(fs)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if st.check != nil {
+		if err := st.check(pos); err != nil {
+			return err
+		}
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	var cancel context.CancelFunc
+	if cmd.timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, cmd.timeout)
+	} else {
+		ctx, cancel = c.context(ctx)
+	}
+	defer cancel()
+	out, err := st.call(ctx, invocation{client: cl, pos: pos, json: c.json})
+	if err != nil {
+		return err
+	}
+	raw, isRaw := out.value.(rawJSON)
+	switch {
+	case c.json && isRaw:
+		_, err = fmt.Fprintf(stdout, "%s\n", raw)
+	case c.json:
+		err = printJSON(stdout, out.value)
+	case out.human != nil:
+		err = out.human(stdout)
+	}
+	if err != nil {
+		return err
+	}
+	return out.failed
 }
 
 func printUsage(w io.Writer) {

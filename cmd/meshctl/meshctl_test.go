@@ -7,8 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -144,4 +147,77 @@ func newFlagSetForTest() *flag.FlagSet {
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	addCommon(fs)
 	return fs
+}
+
+func TestCompletionListsEveryCommand(t *testing.T) {
+	want := slices.Sorted(maps.Keys(commands))
+	completion := func(shell string) string {
+		var out bytes.Buffer
+		if code := run([]string{"completion", shell}, &out, io.Discard); code != 0 {
+			t.Fatalf("completion %s: exit %d", shell, code)
+		}
+		return out.String()
+	}
+	// bash: the word list of the first argument.
+	_, words, _ := strings.Cut(completion("bash"), `compgen -W "`)
+	words, _, _ = strings.Cut(words, `"`)
+	if got := strings.Fields(words); !slices.Equal(got, want) {
+		t.Errorf("bash completes %v, want %v", got, want)
+	}
+	// zsh: one 'name:summary' line per command.
+	var got []string
+	for _, m := range regexp.MustCompile(`(?m)^    '([a-z-]+):`).FindAllStringSubmatch(completion("zsh"), -1) {
+		got = append(got, m[1])
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("zsh completes %v, want %v", got, want)
+	}
+}
+
+// TestNodeCommandsShareExitCodes runs every node command through the scaffold: a
+// flag it does not know is a wrong command line (2), -h is not a failure (0), and a
+// well-formed command against an address where nothing listens failed (1), except
+// version, which reports the unreachable node in its output.
+func TestNodeCommandsShareExitCodes(t *testing.T) {
+	wellFormed := map[string][]string{
+		"infer": {"m", "--input", "x=1"}, "bench": {"m", "--input", "x=1"},
+		"model": {"m"}, "deploy": {"meshctl_test.go"}, "undeploy": {"m"}, "plan": {"m"},
+		"drain": {"n"}, "undrain": {"n"}, "remove": {"n"},
+		"token create": {"--scope", "infer"}, "token revoke": {"id"},
+	}
+	var names []string
+	for name, cmd := range commands {
+		if cmd.offline != nil {
+			continue
+		}
+		if cmd.subcommands == nil {
+			names = append(names, name)
+		}
+		for sub := range cmd.subcommands {
+			names = append(names, name+" "+sub)
+		}
+	}
+	if len(names) < 17 {
+		t.Fatalf("only %d node commands: %v", len(names), names)
+	}
+	for _, name := range names {
+		cmdline := strings.Fields(name)
+		checks := []struct {
+			args []string
+			code int
+		}{
+			{[]string{"--no-such-flag"}, 2},
+			{[]string{"-h"}, 0},
+			{append(slices.Clone(wellFormed[name]), "--addr", "127.0.0.1:1"), 1}, // nothing listens on port 1
+		}
+		if name == "version" {
+			checks[2].code = 0
+		}
+		for _, c := range checks {
+			args := append(slices.Clone(cmdline), c.args...)
+			if got := run(args, io.Discard, io.Discard); got != c.code {
+				t.Errorf("meshctl %v: exit %d, want %d", args, got, c.code)
+			}
+		}
+	}
 }

@@ -14,24 +14,6 @@ import (
 	"github.com/layermesh/layermesh/api/wire"
 )
 
-// oneName parses a command that takes exactly one NAME and the common flags, plus
-// whatever extra flags add registers.
-func oneName(name string, args []string, add func(*flag.FlagSet)) (*common, string, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	c := addCommon(fs)
-	if add != nil {
-		add(fs)
-	}
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return nil, "", err
-	}
-	if len(pos) != 1 {
-		return nil, "", usagef("want exactly one NAME")
-	}
-	return c, pos[0], nil
-}
-
 // actionResult is what the commands that change one thing print with --json.
 type actionResult struct {
 	Action string `json:"action"`
@@ -40,43 +22,34 @@ type actionResult struct {
 	Waited float64 `json:"waited_seconds,omitempty"`
 }
 
-func printAction(c *common, stdout io.Writer, res actionResult, human string) error {
-	if c.json {
-		return printJSON(stdout, res)
-	}
-	_, err := fmt.Fprintln(stdout, human)
-	return err
+// actionOutput prints res with --json and the sentence human otherwise.
+func actionOutput(res actionResult, human string) output {
+	return output{value: res, human: func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, human)
+		return err
+	}}
 }
 
-// runDrain marks a node draining; --wait waits until its stages have moved.
-func runDrain(ctx context.Context, args []string, stdout io.Writer) error {
-	var wait time.Duration
-	c, name, err := oneName("drain", args, func(fs *flag.FlagSet) {
-		fs.DurationVar(&wait, "wait", 0, "wait up to this long until the node serves no stage (0: do not wait)")
-	})
-	if err != nil {
-		return err
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	if err := cl.DrainNode(ctx, name); err != nil {
-		return err
-	}
-	res := actionResult{Action: "drain", Target: name}
-	human := fmt.Sprintf("draining %s: it takes no new stages and its stages move elsewhere", name)
-	if wait > 0 {
-		start := time.Now()
-		if err := waitDrained(ctx, cl, name, wait); err != nil {
-			return err
+// drainFlags: drain marks a node draining; --wait waits until its stages have moved.
+func drainFlags(fs *flag.FlagSet) step {
+	wait := fs.Duration("wait", 0, "wait up to this long until the node serves no stage (0: do not wait)")
+	return step{check: exactArgs(1, "want exactly one NAME"), call: func(ctx context.Context, in invocation) (output, error) {
+		name := in.pos[0]
+		if err := in.client.DrainNode(ctx, name); err != nil {
+			return output{}, err
 		}
-		res.Waited = time.Since(start).Seconds()
-		human = fmt.Sprintf("drained %s: it serves no stage (%.1fs); it can be stopped or removed", name, res.Waited)
-	}
-	return printAction(c, stdout, res, human)
+		res := actionResult{Action: "drain", Target: name}
+		human := fmt.Sprintf("draining %s: it takes no new stages and its stages move elsewhere", name)
+		if *wait > 0 {
+			start := time.Now()
+			if err := waitDrained(ctx, in.client, name, *wait); err != nil {
+				return output{}, err
+			}
+			res.Waited = time.Since(start).Seconds()
+			human = fmt.Sprintf("drained %s: it serves no stage (%.1fs); it can be stopped or removed", name, res.Waited)
+		}
+		return actionOutput(res, human), nil
+	}}
 }
 
 // waitDrained polls the node list until name serves no stage.
@@ -106,133 +79,66 @@ func waitDrained(ctx context.Context, cl *client.Client, name string, d time.Dur
 	}
 }
 
-func runUndrain(ctx context.Context, args []string, stdout io.Writer) error {
-	c, name, err := oneName("undrain", args, nil)
-	if err != nil {
-		return err
+func callUndrain(ctx context.Context, in invocation) (output, error) {
+	name := in.pos[0]
+	if err := in.client.UndrainNode(ctx, name); err != nil {
+		return output{}, err
 	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	if err := cl.UndrainNode(ctx, name); err != nil {
-		return err
-	}
-	return printAction(c, stdout, actionResult{Action: "undrain", Target: name}, fmt.Sprintf("%s takes stages again", name))
+	return actionOutput(actionResult{Action: "undrain", Target: name}, fmt.Sprintf("%s takes stages again", name)), nil
 }
 
-func runRemove(ctx context.Context, args []string, stdout io.Writer) error {
-	c, name, err := oneName("remove", args, nil)
-	if err != nil {
-		return err
+func callRemove(ctx context.Context, in invocation) (output, error) {
+	name := in.pos[0]
+	if err := in.client.RemoveNode(ctx, name); err != nil {
+		return output{}, err
 	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	if err := cl.RemoveNode(ctx, name); err != nil {
-		return err
-	}
-	return printAction(c, stdout, actionResult{Action: "remove", Target: name}, fmt.Sprintf("removed %s from the cluster", name))
+	return actionOutput(actionResult{Action: "remove", Target: name}, fmt.Sprintf("removed %s from the cluster", name)), nil
 }
 
-// runPlan shows a model's plan: its stages and the nodes serving each.
-func runPlan(ctx context.Context, args []string, stdout io.Writer) error {
-	c, name, err := oneName("plan", args, nil)
+// callPlan shows a model's plan: its stages and the nodes serving each.
+func callPlan(ctx context.Context, in invocation) (output, error) {
+	m, err := in.client.Model(ctx, in.pos[0])
 	if err != nil {
-		return err
+		return output{}, err
 	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	m, err := cl.Model(ctx, name)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return printJSON(stdout, m)
-	}
-	fmt.Fprintf(stdout, "%s version %s: %d stages, ready: %s\n", m.Name, m.Version, len(m.Stages), yesNo(m.Ready))
-	if m.Reason != "" {
-		fmt.Fprintf(stdout, "  %s\n", m.Reason)
-	}
-	tw := newTable(stdout)
-	fmt.Fprintln(tw, "STAGE\tREADY\tREPLICAS")
-	for _, s := range m.Stages {
-		fmt.Fprintf(tw, "%d\t%s\t%s\n", s.Index, yesNo(s.Ready), strings.Join(s.Replicas, ", "))
-	}
-	return tw.Flush()
+	return output{value: m, human: func(w io.Writer) error {
+		fmt.Fprintf(w, "%s version %s: %d stages, ready: %s\n", m.Name, m.Version, len(m.Stages), yesNo(m.Ready))
+		if m.Reason != "" {
+			fmt.Fprintf(w, "  %s\n", m.Reason)
+		}
+		tw := newTable(w)
+		fmt.Fprintln(tw, "STAGE\tREADY\tREPLICAS")
+		for _, s := range m.Stages {
+			fmt.Fprintf(tw, "%d\t%s\t%s\n", s.Index, yesNo(s.Ready), strings.Join(s.Replicas, ", "))
+		}
+		return tw.Flush()
+	}}, nil
 }
 
-func runJoinToken(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("join-token", flag.ContinueOnError)
-	c := addCommon(fs)
-	pos, err := parseArgs(fs, args)
+func callJoinToken(ctx context.Context, in invocation) (output, error) {
+	jt, err := in.client.JoinToken(ctx)
 	if err != nil {
-		return err
+		return output{}, err
 	}
-	if len(pos) != 0 {
-		return usagef("join-token takes no arguments")
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	jt, err := cl.JoinToken(ctx)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return printJSON(stdout, jt)
-	}
-	fmt.Fprintf(stdout, "cluster %s\nsecret  %s\n\nOn the new node:\n  echo %s > cluster.secret && chmod 600 cluster.secret\n", jt.ClusterID, jt.Secret, jt.Secret)
-	for _, s := range jt.Seeds {
-		fmt.Fprintf(stdout, "  meshnode --join %s --cluster-secret-file cluster.secret\n", s)
-	}
-	return nil
+	return output{value: jt, human: func(w io.Writer) error {
+		fmt.Fprintf(w, "cluster %s\nsecret  %s\n\nOn the new node:\n  echo %s > cluster.secret && chmod 600 cluster.secret\n", jt.ClusterID, jt.Secret, jt.Secret)
+		for _, s := range jt.Seeds {
+			fmt.Fprintf(w, "  meshnode --join %s --cluster-secret-file cluster.secret\n", s)
+		}
+		return nil
+	}}, nil
 }
 
-// runDoctor asks a node why it can or cannot see its peers; it fails (exit 1) when
+// callDoctor asks a node why it can or cannot see its peers; it fails (exit 1) when
 // any peer has a problem, so a script can use it as a check.
-func runDoctor(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	c := addCommon(fs)
-	pos, err := parseArgs(fs, args)
+func callDoctor(ctx context.Context, in invocation) (output, error) {
+	rep, err := in.client.Doctor(ctx, in.pos...)
 	if err != nil {
-		return err
+		return output{}, err
 	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	rep, err := cl.Doctor(ctx, pos...)
-	if err != nil {
-		return err
-	}
-	bad := 0
-	for _, p := range rep.Peers {
-		if p.Cause != "" {
-			bad++
-		}
-	}
-	if c.json {
-		if err := printJSON(stdout, rep); err != nil {
-			return err
-		}
-	} else {
-		fmt.Fprintf(stdout, "seen from %s:\n", rep.Self)
-		tw := newTable(stdout)
+	out := output{value: rep, human: func(w io.Writer) error {
+		fmt.Fprintf(w, "seen from %s:\n", rep.Self)
+		tw := newTable(w)
 		fmt.Fprintln(tw, "TARGET\tNAME\tDISCOVERED\tREACHABLE\tADMITTED\tSTATE\tRTT\tCAUSE")
 		for _, p := range rep.Peers {
 			rtt := "-"
@@ -247,14 +153,18 @@ func runDoctor(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortTarget(p.Target), p.Name, yesNo(p.Discovered), yesNo(p.Reachable), yesNo(p.Admitted), p.State, rtt, cause)
 		}
-		if err := tw.Flush(); err != nil {
-			return err
+		return tw.Flush()
+	}}
+	bad := 0
+	for _, p := range rep.Peers {
+		if p.Cause != "" {
+			bad++
 		}
 	}
 	if bad > 0 {
-		return fmt.Errorf("%d of %d peers have a problem", bad, len(rep.Peers))
+		out.failed = fmt.Errorf("%d of %d peers have a problem", bad, len(rep.Peers))
 	}
-	return nil
+	return out, nil
 }
 
 // shortTarget shortens a peer id for a table (a multiaddr or name stays whole).
@@ -265,59 +175,41 @@ func shortTarget(t string) string {
 	return t
 }
 
-// runToken manages API tokens: create, list, revoke.
-func runToken(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return usagef("want: token create --scope admin|infer [--name N] | token list | token revoke ID")
-	}
-	sub, args := args[0], args[1:]
-	fs := flag.NewFlagSet("token "+sub, flag.ContinueOnError)
-	c := addCommon(fs)
-	var scope, name string
-	if sub == "create" {
-		fs.StringVar(&scope, "scope", "", "admin or infer (required)")
-		fs.StringVar(&name, "name", "", "the token's id (default: a generated one)")
-	}
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	switch {
-	case sub == "create" && (len(pos) != 0 || (scope != "admin" && scope != "infer")):
-		return usagef("want: token create --scope admin|infer [--name N]")
-	case sub == "list" && len(pos) != 0:
-		return usagef("token list takes no arguments")
-	case sub == "revoke" && len(pos) != 1:
-		return usagef("want: token revoke ID")
-	case sub != "create" && sub != "list" && sub != "revoke":
-		return usagef("unknown token command %q: want create, list or revoke", sub)
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := c.context(ctx)
-	defer cancel()
-	switch sub {
-	case "create":
-		tok, err := cl.CreateToken(ctx, scope, name)
-		if err != nil {
-			return err
+// tokenCommands manage API tokens: create, list, revoke.
+var tokenCommands = map[string]command{
+	"create": {flags: tokenCreateFlags},
+	"list":   {flags: commonFlagsOnly(exactArgs(0, "token list takes no arguments"), callTokenList)},
+	"revoke": {flags: commonFlagsOnly(exactArgs(1, "want: token revoke ID"), callTokenRevoke)},
+}
+
+func tokenCreateFlags(fs *flag.FlagSet) step {
+	scope := fs.String("scope", "", "admin or infer (required)")
+	name := fs.String("name", "", "the token's id (default: a generated one)")
+	check := func(pos []string) error {
+		if len(pos) != 0 || (*scope != "admin" && *scope != "infer") {
+			return usagef("want: token create --scope admin|infer [--name N]")
 		}
-		if c.json {
-			return printJSON(stdout, tok)
-		}
-		fmt.Fprintf(stdout, "token %s (scope %s) created; its secret, shown only now:\n%s\n", tok.ID, tok.Scope, tok.Secret)
 		return nil
-	case "list":
-		toks, err := cl.Tokens(ctx)
+	}
+	return step{check: check, call: func(ctx context.Context, in invocation) (output, error) {
+		tok, err := in.client.CreateToken(ctx, *scope, *name)
 		if err != nil {
-			return err
+			return output{}, err
 		}
-		if c.json {
-			return printJSON(stdout, wire.TokenList{Tokens: toks})
-		}
-		tw := newTable(stdout)
+		return output{value: tok, human: func(w io.Writer) error {
+			fmt.Fprintf(w, "token %s (scope %s) created; its secret, shown only now:\n%s\n", tok.ID, tok.Scope, tok.Secret)
+			return nil
+		}}, nil
+	}}
+}
+
+func callTokenList(ctx context.Context, in invocation) (output, error) {
+	toks, err := in.client.Tokens(ctx)
+	if err != nil {
+		return output{}, err
+	}
+	return output{value: wire.TokenList{Tokens: toks}, human: func(w io.Writer) error {
+		tw := newTable(w)
 		fmt.Fprintln(tw, "ID\tSCOPE\tCREATED\tREVOKED")
 		for _, t := range toks {
 			revoked := "no"
@@ -327,12 +219,15 @@ func runToken(ctx context.Context, args []string, stdout io.Writer) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.ID, t.Scope, t.Created.Format(time.RFC3339), revoked)
 		}
 		return tw.Flush()
-	default:
-		if err := cl.RevokeToken(ctx, pos[0]); err != nil {
-			return err
-		}
-		return printAction(c, stdout, actionResult{Action: "revoke", Target: pos[0]}, fmt.Sprintf("token %s revoked", pos[0]))
+	}}, nil
+}
+
+func callTokenRevoke(ctx context.Context, in invocation) (output, error) {
+	id := in.pos[0]
+	if err := in.client.RevokeToken(ctx, id); err != nil {
+		return output{}, err
 	}
+	return actionOutput(actionResult{Action: "revoke", Target: id}, fmt.Sprintf("token %s revoked", id)), nil
 }
 
 // waitModelReady polls the model until every stage has a ready replica, drawing the

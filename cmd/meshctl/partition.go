@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/partition"
 )
 
@@ -86,7 +87,7 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	var backend accel.Backend
 	if *verify || *measure {
-		if backend, err = accel.NewORT(accel.ORTConfig{LibraryPath: *ortLib, Provider: accel.ProviderCPU, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+		if backend, err = ort.New(ort.Config{LibraryPath: *ortLib, Provider: accel.ProviderCPU, Logger: slog.New(slog.DiscardHandler)}); err != nil {
 			return err
 		}
 		defer backend.Close()

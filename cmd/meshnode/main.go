@@ -20,6 +20,7 @@ import (
 	"syscall"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/node"
 )
 
@@ -56,7 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	// ONNX Runtime is a dlopen and, for auto, a probe of the GPU providers: it comes
 	// before the listener because the node is built around it, and it is quick.
-	backend, err := accel.NewORT(accel.ORTConfig{
+	backend, err := ort.New(ort.Config{
 		LibraryPath:    cfg.ORTLib,
 		Provider:       accel.Provider(cfg.Accel),
 		IntraOpThreads: cfg.Threads,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 )
 
@@ -25,7 +26,7 @@ var (
 func ortBackend(t *testing.T) accel.Backend {
 	t.Helper()
 	backendOnce.Do(func() {
-		backend, backendErr = accel.NewORT(accel.ORTConfig{
+		backend, backendErr = ort.New(ort.Config{
 			Provider:       accel.ProviderCPU,
 			IntraOpThreads: 1,
 			Logger:         slog.New(slog.DiscardHandler),

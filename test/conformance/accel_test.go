@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 )
 
@@ -31,7 +32,7 @@ func TestAccelConformance(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ONNX node tests not readable at %s (Debian package libonnx-testdata; make setup installs it): %v", dir, err)
 	}
-	b, err := accel.NewORT(accel.ORTConfig{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: slog.New(slog.DiscardHandler)})
+	b, err := ort.New(ort.Config{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("ONNX Runtime backend: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/api/client"
 	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/node"
@@ -41,7 +42,7 @@ func TestHTTPConformance(t *testing.T) {
 		t.Fatalf("ONNX node tests not readable at %s (Debian package libonnx-testdata; make setup installs it): %v", dir, err)
 	}
 	quiet := slog.New(slog.DiscardHandler)
-	b, err := accel.NewORT(accel.ORTConfig{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: quiet})
+	b, err := ort.New(ort.Config{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: quiet})
 	if err != nil {
 		t.Fatalf("ONNX Runtime backend: %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api/client"
 	"github.com/layermesh/layermesh/api/wire"
@@ -99,7 +100,7 @@ func startOpsCluster(t *testing.T) *opsCluster {
 	oc.smallPath = filepath.Join(oc.dir, "small.onnx")
 	writeModel(t, smallGPT, oc.smallPath)
 
-	backend, err := accel.NewORT(accel.ORTConfig{IntraOpThreads: 1, Provider: accel.ProviderCPU})
+	backend, err := ort.New(ort.Config{IntraOpThreads: 1, Provider: accel.ProviderCPU})
 	if err != nil {
 		t.Fatalf("ONNX Runtime is needed for the reference answers and did not load: %v", err)
 	}

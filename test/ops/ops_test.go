@@ -577,7 +577,7 @@ func knownLogDefect(rec map[string]any, n int) string {
 	msg, _ := rec["msg"].(string)
 	switch {
 	case n == 2 && rec["component"] == "onnxruntime":
-		return "accel/ort.go: ONNX Runtime's own lines carry component=accel and component=onnxruntime"
+		return "accel/ort/ort.go: ONNX Runtime's own lines carry component=accel and component=onnxruntime"
 	case n == 0 && msg == "meshnode starting":
 		return "cmd/meshnode/main.go: the start line has no component"
 	}

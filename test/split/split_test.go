@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api/client"
 	"github.com/layermesh/layermesh/api/wire"
@@ -32,18 +33,18 @@ var testGPT = modelgen.GPTConfig{Layers: 4, Dim: 256, Heads: 4, Vocab: 1024, Con
 const seqLen = 16
 
 var (
-	ortOnce sync.Once
-	ort     accel.Backend
-	ortErr  error
+	ortOnce       sync.Once
+	sharedBackend accel.Backend
+	ortErr        error
 )
 
 func backend(t *testing.T) accel.Backend {
 	t.Helper()
-	ortOnce.Do(func() { ort, ortErr = accel.NewORT(accel.ORTConfig{IntraOpThreads: 1, Provider: accel.ProviderCPU}) })
+	ortOnce.Do(func() { sharedBackend, ortErr = ort.New(ort.Config{IntraOpThreads: 1, Provider: accel.ProviderCPU}) })
 	if ortErr != nil {
 		t.Fatalf("ONNX Runtime is needed for the reference and did not load: %v", ortErr)
 	}
-	return ort
+	return sharedBackend
 }
 
 // model writes the test GPT and returns its path and size.

@@ -1,4 +1,4 @@
-package accel
+package ort
 
 // This file is the only one that touches cgo types. The backend talks to ONNX Runtime's
 // C API (version 24, the one onnxruntime_go v1.27.0 is built against) through the small
@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 )
 
@@ -101,11 +102,11 @@ func loadLibrary(path string) (version string, err error) {
 }
 
 // providerCode maps a concrete provider to the shim's code.
-func providerCode(p Provider) C.int {
+func providerCode(p accel.Provider) C.int {
 	switch p {
-	case ProviderCUDA:
+	case accel.ProviderCUDA:
 		return C.LM_PROVIDER_CUDA
-	case ProviderTensorRT:
+	case accel.ProviderTensorRT:
 		return C.LM_PROVIDER_TENSORRT
 	default:
 		return C.LM_PROVIDER_CPU
@@ -120,10 +121,10 @@ type ortSession struct {
 
 // newOrtSession creates a session from a model path, or from model bytes when path is
 // empty (used by the provider probe).
-func newOrtSession(path string, model []byte, threads int, p Provider) (*ortSession, error) {
+func newOrtSession(path string, model []byte, threads int, p accel.Provider) (*ortSession, error) {
 	var opts *C.OrtSessionOptions
 	if err := statusErr(C.lm_session_options(C.int(threads), providerCode(p), &opts)); err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrProviderUnavailable, p, err)
+		return nil, fmt.Errorf("%w: %s: %w", accel.ErrProviderUnavailable, p, err)
 	}
 	defer C.lm_session_options_release(opts)
 	var s *C.OrtSession
@@ -153,7 +154,7 @@ func (s *ortSession) release() {
 
 // ioInfo is what ORT reports about one input or output.
 type ioInfo struct {
-	TensorInfo
+	accel.TensorInfo
 	isTensor bool
 	kind     string // ONNX value kind for messages: tensor, sequence, map, optional...
 }
@@ -350,13 +351,13 @@ func goTensor(v *C.OrtValue, name string) (tensor.Tensor, error) {
 		return tensor.Tensor{}, fmt.Errorf("output %q: %w", name, err)
 	}
 	if hasValue == 0 {
-		return tensor.Tensor{}, fmt.Errorf("%w: output %q is an empty optional", ErrUnsupportedOutput, name)
+		return tensor.Tensor{}, fmt.Errorf("%w: output %q is an empty optional", accel.ErrUnsupportedOutput, name)
 	}
 	if onnxType != C.ONNX_TYPE_TENSOR {
-		return tensor.Tensor{}, fmt.Errorf("%w: output %q is a %s", ErrUnsupportedOutput, name, onnxTypeNames[int(onnxType)])
+		return tensor.Tensor{}, fmt.Errorf("%w: output %q is a %s", accel.ErrUnsupportedOutput, name, onnxTypeNames[int(onnxType)])
 	}
 	if !t.DType.Valid() {
-		return tensor.Tensor{}, fmt.Errorf("%w: output %q has element type %d", ErrUnsupportedOutput, name, int(elem))
+		return tensor.Tensor{}, fmt.Errorf("%w: output %q has element type %d", accel.ErrUnsupportedOutput, name, int(elem))
 	}
 	n, err := tensor.NumElements(t.Shape)
 	if err != nil {
@@ -380,7 +381,7 @@ func goTensor(v *C.OrtValue, name string) (tensor.Tensor, error) {
 	}
 	want := n * int64(t.DType.Size())
 	if int64(nbytes) != want {
-		return tensor.Tensor{}, fmt.Errorf("output %q: ORT reports %d bytes for %v of %s, want %d", name, nbytes, t.Shape, t.DType, want)
+		return tensor.Tensor{}, fmt.Errorf("output %q: Backend reports %d bytes for %v of %s, want %d", name, nbytes, t.Shape, t.DType, want)
 	}
 	// Appending to nil allocates without zeroing what the copy overwrites (make would
 	// clear it first: for a 25 MB output, as long again as the copy).

@@ -1,4 +1,10 @@
-package accel
+// Package ort is the ONNX Runtime backend of accel, and the module's only cgo package:
+// it loads libonnxruntime at run time (dlopen, so a binary starts without it) and talks
+// to its C API through the shim in ort_shim.c. New settles the execution provider once
+// per backend; sessions are pooled so that concurrent Run calls do not queue behind one
+// ORT session. Import it only where models actually run (cmd/*, node, tests); other
+// packages take an accel.Backend from their caller.
+package ort
 
 import (
 	"context"
@@ -13,6 +19,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/partition/onnxpb"
 )
 
@@ -20,12 +27,12 @@ import (
 // repository root.
 const libraryRelPath = "third_party/onnxruntime/current/libonnxruntime.so.1"
 
-// ORTConfig configures the ONNX Runtime backend.
-type ORTConfig struct {
+// Config configures the ONNX Runtime backend.
+type Config struct {
 	// LibraryPath is the ONNX Runtime shared library; "" means DefaultLibraryPath.
 	LibraryPath string
 	// Provider is the execution provider; "" means ProviderAuto.
-	Provider Provider
+	Provider accel.Provider
 	// IntraOpThreads is the default intra-op thread count of each session; 0 means
 	// the number of cores.
 	IntraOpThreads int
@@ -61,7 +68,7 @@ func DefaultLibraryPath() (string, error) {
 		}
 		tried = append(tried, p)
 	}
-	return "", fmt.Errorf("%w: ORT_LIB is unset and none of %q exists (run make setup, or set ORT_LIB / --ort-lib)", ErrLibraryNotFound, tried)
+	return "", fmt.Errorf("%w: ORT_LIB is unset and none of %q exists (run make setup, or set ORT_LIB / --ort-lib)", accel.ErrLibraryNotFound, tried)
 }
 
 func fileExists(p string) bool {
@@ -77,7 +84,7 @@ var runtimeState struct {
 	path    string
 	version string
 	err     error
-	probed  map[Provider]error // provider probe results, cached across backends
+	probed  map[accel.Provider]error // provider probe results, cached across backends
 }
 
 // loadRuntime loads the library at path once per process.
@@ -91,28 +98,28 @@ func loadRuntime(path string) (string, error) {
 		return runtimeState.version, runtimeState.err
 	}
 	if !fileExists(path) {
-		return "", fmt.Errorf("%w: %s does not exist", ErrLibraryNotFound, path)
+		return "", fmt.Errorf("%w: %s does not exist", accel.ErrLibraryNotFound, path)
 	}
 	runtimeState.path = path
 	runtimeState.version, runtimeState.err = loadLibrary(path)
 	if runtimeState.err != nil {
 		runtimeState.err = fmt.Errorf("load onnx runtime %s: %w", path, runtimeState.err)
 	}
-	runtimeState.probed = map[Provider]error{}
+	runtimeState.probed = map[accel.Provider]error{}
 	return runtimeState.version, runtimeState.err
 }
 
-// ORT is the ONNX Runtime backend.
-type ORT struct {
-	provider Provider
+// Backend is the ONNX Runtime backend; New returns it as an accel.Backend.
+type Backend struct {
+	provider accel.Provider
 	threads  int
 	log      *slog.Logger
 }
 
-// NewORT loads ONNX Runtime (once per process) and settles the execution provider:
+// New loads ONNX Runtime (once per process) and settles the execution provider:
 // auto takes the first of TensorRT, CUDA, CPU that can create a session; an explicit
 // GPU provider that cannot is an error wrapping ErrProviderUnavailable.
-func NewORT(cfg ORTConfig) (Backend, error) {
+func New(cfg Config) (accel.Backend, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -135,10 +142,10 @@ func NewORT(cfg ORTConfig) (Backend, error) {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
-	o := &ORT{threads: threads, log: log}
+	o := &Backend{threads: threads, log: log}
 	switch p := cfg.Provider; p {
-	case ProviderAuto, "":
-		for _, cand := range []Provider{ProviderTensorRT, ProviderCUDA} {
+	case accel.ProviderAuto, "":
+		for _, cand := range []accel.Provider{accel.ProviderTensorRT, accel.ProviderCUDA} {
 			err := probeProvider(cand)
 			if err == nil {
 				o.provider = cand
@@ -147,17 +154,17 @@ func NewORT(cfg ORTConfig) (Backend, error) {
 			log.Info("execution provider not usable", "provider", cand, "reason", err)
 		}
 		if o.provider == "" {
-			o.provider = ProviderCPU
+			o.provider = accel.ProviderCPU
 		}
-	case ProviderCPU:
-		o.provider = ProviderCPU
-	case ProviderCUDA, ProviderTensorRT:
+	case accel.ProviderCPU:
+		o.provider = accel.ProviderCPU
+	case accel.ProviderCUDA, accel.ProviderTensorRT:
 		if err := probeProvider(p); err != nil {
 			return nil, err
 		}
 		o.provider = p
 	default:
-		return nil, fmt.Errorf("%w: unknown provider %q (want auto, cpu, cuda or tensorrt)", ErrProviderUnavailable, p)
+		return nil, fmt.Errorf("%w: unknown provider %q (want auto, cpu, cuda or tensorrt)", accel.ErrProviderUnavailable, p)
 	}
 	log.Info("onnx runtime ready", "library", path, "version", version, "provider", o.provider, "intra_op_threads", threads)
 	return o, nil
@@ -166,7 +173,7 @@ func NewORT(cfg ORTConfig) (Backend, error) {
 // probeProvider creates a session for a one-node model with provider p. Appending a
 // GPU provider fails when its library (libonnxruntime_providers_cuda.so, CUDA, cuDNN,
 // TensorRT) is missing; creating the session fails when no device answers.
-func probeProvider(p Provider) error {
+func probeProvider(p accel.Provider) error {
 	runtimeState.mu.Lock()
 	defer runtimeState.mu.Unlock()
 	if err, ok := runtimeState.probed[p]; ok {
@@ -180,8 +187,8 @@ func probeProvider(p Provider) error {
 		if err == nil {
 			s.release()
 		} else {
-			if !errors.Is(err, ErrProviderUnavailable) {
-				err = fmt.Errorf("%w: %s: %w", ErrProviderUnavailable, p, err)
+			if !errors.Is(err, accel.ErrProviderUnavailable) {
+				err = fmt.Errorf("%w: %s: %w", accel.ErrProviderUnavailable, p, err)
 			}
 			err = explainProvider(err, p, takeLastORTError())
 		}
@@ -192,14 +199,14 @@ func probeProvider(p Provider) error {
 
 // providerLibraries are the ORT plugin libraries a GPU provider loads from the folder
 // of libonnxruntime.so; each in turn needs its vendor libraries (CUDA, cuDNN, TensorRT).
-var providerLibraries = map[Provider][]string{
-	ProviderCUDA:     {"libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"},
-	ProviderTensorRT: {"libonnxruntime_providers_shared.so", "libonnxruntime_providers_tensorrt.so", "libonnxruntime_providers_cuda.so"},
+var providerLibraries = map[accel.Provider][]string{
+	accel.ProviderCUDA:     {"libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"},
+	accel.ProviderTensorRT: {"libonnxruntime_providers_shared.so", "libonnxruntime_providers_tensorrt.so", "libonnxruntime_providers_cuda.so"},
 }
 
 // explainProvider adds what ORT logged and which provider libraries are missing to a
 // provider failure, so that the operator learns what to install.
-func explainProvider(err error, p Provider, logged string) error {
+func explainProvider(err error, p accel.Provider, logged string) error {
 	dir := filepath.Dir(runtimeState.path)
 	var missing []string
 	for _, lib := range providerLibraries[p] {
@@ -241,14 +248,14 @@ func probeModel() ([]byte, error) {
 }
 
 // Provider is the execution provider this backend's sessions use.
-func (o *ORT) Provider() Provider { return o.provider }
+func (o *Backend) Provider() accel.Provider { return o.provider }
 
 // Close releases nothing: the ONNX Runtime environment lives for the process, and each
 // Session is closed by its owner.
-func (o *ORT) Close() error { return nil }
+func (o *Backend) Close() error { return nil }
 
 // Open loads the model at path into opts.PoolSize sessions (at least one).
-func (o *ORT) Open(ctx context.Context, path string, opts SessionOptions) (Session, error) {
+func (o *Backend) Open(ctx context.Context, path string, opts accel.SessionOptions) (accel.Session, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

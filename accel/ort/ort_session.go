@@ -1,4 +1,4 @@
-package accel
+package ort
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 )
 
@@ -27,7 +28,7 @@ type ortPool struct {
 	closeOnce sync.Once
 }
 
-func openPool(ctx context.Context, o *ORT, path string, opts SessionOptions) (*ortPool, error) {
+func openPool(ctx context.Context, o *Backend, path string, opts accel.SessionOptions) (*ortPool, error) {
 	size := max(opts.PoolSize, 1)
 	threads := o.threads
 	if opts.IntraOpThreads > 0 {
@@ -58,7 +59,7 @@ func openPool(ctx context.Context, o *ORT, path string, opts SessionOptions) (*o
 	}
 	if err != nil {
 		p.releaseAll()
-		return nil, fmt.Errorf("%w: %s: reading inputs and outputs: %w", ErrInvalidModel, path, err)
+		return nil, fmt.Errorf("%w: %s: reading inputs and outputs: %w", accel.ErrInvalidModel, path, err)
 	}
 	p.byName = make(map[string]int, len(p.inputs))
 	for i, in := range p.inputs {
@@ -78,10 +79,10 @@ func openPool(ctx context.Context, o *ORT, path string, opts SessionOptions) (*o
 // operators or type errors found while building the graph); none of them is the
 // caller's environment.
 func classifyOpenError(path string, err error) error {
-	if errors.Is(err, ErrProviderUnavailable) {
+	if errors.Is(err, accel.ErrProviderUnavailable) {
 		return err
 	}
-	return fmt.Errorf("%w: %s: %w", ErrInvalidModel, path, err)
+	return fmt.Errorf("%w: %s: %w", accel.ErrInvalidModel, path, err)
 }
 
 func (p *ortPool) releaseAll() {
@@ -92,15 +93,15 @@ func (p *ortPool) releaseAll() {
 }
 
 // Inputs describes the model's inputs; non-tensor inputs have DType tensor.Invalid.
-func (p *ortPool) Inputs() []TensorInfo { return publicInfos(p.inputs) }
+func (p *ortPool) Inputs() []accel.TensorInfo { return publicInfos(p.inputs) }
 
 // Outputs describes the model's outputs; non-tensor outputs have DType tensor.Invalid.
-func (p *ortPool) Outputs() []TensorInfo { return publicInfos(p.outputs) }
+func (p *ortPool) Outputs() []accel.TensorInfo { return publicInfos(p.outputs) }
 
-func publicInfos(in []ioInfo) []TensorInfo {
-	out := make([]TensorInfo, len(in))
+func publicInfos(in []ioInfo) []accel.TensorInfo {
+	out := make([]accel.TensorInfo, len(in))
 	for i, info := range in {
-		out[i] = TensorInfo{Name: info.Name, DType: info.DType, Shape: append([]int64(nil), info.Shape...)}
+		out[i] = accel.TensorInfo{Name: info.Name, DType: info.DType, Shape: append([]int64(nil), info.Shape...)}
 	}
 	return out
 }
@@ -123,7 +124,7 @@ func (p *ortPool) Close() error {
 func (p *ortPool) Run(ctx context.Context, inputs []tensor.Tensor, names []string) ([]tensor.Tensor, error) {
 	select {
 	case <-p.closed:
-		return nil, ErrSessionClosed
+		return nil, accel.ErrSessionClosed
 	default:
 	}
 	ordered, err := p.validate(inputs)
@@ -139,10 +140,10 @@ func (p *ortPool) Run(ctx context.Context, inputs []tensor.Tensor, names []strin
 	for _, n := range names {
 		i, ok := p.outIdx[n]
 		if !ok {
-			return nil, fmt.Errorf("%w: unknown output %q (model outputs: %s)", ErrInputMismatch, n, infoNames(p.outputs))
+			return nil, fmt.Errorf("%w: unknown output %q (model outputs: %s)", accel.ErrInputMismatch, n, infoNames(p.outputs))
 		}
 		if o := p.outputs[i]; !o.isTensor || !o.DType.Valid() {
-			return nil, fmt.Errorf("%w: output %q is a %s of element type %d", ErrUnsupportedOutput, n, o.kind, uint8(o.DType))
+			return nil, fmt.Errorf("%w: output %q is a %s of element type %d", accel.ErrUnsupportedOutput, n, o.kind, uint8(o.DType))
 		}
 	}
 
@@ -154,7 +155,7 @@ func (p *ortPool) Run(ctx context.Context, inputs []tensor.Tensor, names []strin
 	var s *ortSession
 	select {
 	case <-p.closed:
-		return nil, ErrSessionClosed
+		return nil, accel.ErrSessionClosed
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for a session of %s: %w", p.path, ctx.Err())
 	case s = <-p.idle:
@@ -207,10 +208,10 @@ func (p *ortPool) validate(inputs []tensor.Tensor) ([]*tensor.Tensor, error) {
 		t := &inputs[i]
 		idx, ok := p.byName[t.Name]
 		if !ok {
-			return nil, fmt.Errorf("%w: unknown input %q (model inputs: %s)", ErrInputMismatch, t.Name, infoNames(p.inputs))
+			return nil, fmt.Errorf("%w: unknown input %q (model inputs: %s)", accel.ErrInputMismatch, t.Name, infoNames(p.inputs))
 		}
 		if ordered[idx] != nil {
-			return nil, fmt.Errorf("%w: input %q given twice", ErrInputMismatch, t.Name)
+			return nil, fmt.Errorf("%w: input %q given twice", accel.ErrInputMismatch, t.Name)
 		}
 		if err := checkInput(p.inputs[idx], t); err != nil {
 			return nil, err
@@ -224,7 +225,7 @@ func (p *ortPool) validate(inputs []tensor.Tensor) ([]*tensor.Tensor, error) {
 		}
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("%w: missing input(s) %s", ErrInputMismatch, strings.Join(missing, ", "))
+		return nil, fmt.Errorf("%w: missing input(s) %s", accel.ErrInputMismatch, strings.Join(missing, ", "))
 	}
 	return ordered, nil
 }
@@ -232,32 +233,32 @@ func (p *ortPool) validate(inputs []tensor.Tensor) ([]*tensor.Tensor, error) {
 // checkInput compares one tensor to the model's description of that input.
 func checkInput(want ioInfo, t *tensor.Tensor) error {
 	if !want.isTensor {
-		return fmt.Errorf("%w: input %q is a %s; only tensors can be passed", ErrUnsupportedInput, want.Name, want.kind)
+		return fmt.Errorf("%w: input %q is a %s; only tensors can be passed", accel.ErrUnsupportedInput, want.Name, want.kind)
 	}
 	if t.DType != want.DType {
-		return fmt.Errorf("%w: %w: input %q: expected %s, got %s", ErrInputMismatch, ErrDTypeMismatch, t.Name, want.DType, t.DType)
+		return fmt.Errorf("%w: %w: input %q: expected %s, got %s", accel.ErrInputMismatch, accel.ErrDTypeMismatch, t.Name, want.DType, t.DType)
 	}
 	if len(t.Shape) != len(want.Shape) {
-		return fmt.Errorf("%w: %w: input %q: expected rank %d %s, got rank %d %v", ErrInputMismatch, ErrShapeMismatch, t.Name, len(want.Shape), dimsString(want.Shape), len(t.Shape), t.Shape)
+		return fmt.Errorf("%w: %w: input %q: expected rank %d %s, got rank %d %v", accel.ErrInputMismatch, accel.ErrShapeMismatch, t.Name, len(want.Shape), dimsString(want.Shape), len(t.Shape), t.Shape)
 	}
 	for i, d := range t.Shape {
 		if d < 0 {
-			return fmt.Errorf("%w: %w: input %q: dim %d is negative (%d)", ErrInputMismatch, ErrShapeMismatch, t.Name, i, d)
+			return fmt.Errorf("%w: %w: input %q: dim %d is negative (%d)", accel.ErrInputMismatch, accel.ErrShapeMismatch, t.Name, i, d)
 		}
 		if w := want.Shape[i]; w >= 0 && d != w {
-			return fmt.Errorf("%w: %w: input %q: expected %s, got %v (dim %d)", ErrInputMismatch, ErrShapeMismatch, t.Name, dimsString(want.Shape), t.Shape, i)
+			return fmt.Errorf("%w: %w: input %q: expected %s, got %v (dim %d)", accel.ErrInputMismatch, accel.ErrShapeMismatch, t.Name, dimsString(want.Shape), t.Shape, i)
 		}
 	}
 	// ORT copies strings as C strings: an embedded NUL would silently cut one short.
 	for i, s := range t.Strings {
 		if strings.IndexByte(s, 0) >= 0 {
-			return fmt.Errorf("%w: input %q: string element %d contains a NUL byte", ErrInputMismatch, t.Name, i)
+			return fmt.Errorf("%w: input %q: string element %d contains a NUL byte", accel.ErrInputMismatch, t.Name, i)
 		}
 	}
 	// Validate checks that the element count does not overflow and that the data is
 	// exactly as long as the shape says, neither shorter nor longer.
 	if err := t.Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrInputMismatch, err)
+		return fmt.Errorf("%w: %w", accel.ErrInputMismatch, err)
 	}
 	return nil
 }

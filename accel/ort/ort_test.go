@@ -1,4 +1,4 @@
-package accel
+package ort
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/partition/onnxpb"
 )
@@ -25,16 +26,16 @@ func TestMain(m *testing.M) {
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // newCPU is the backend the tests share; ORT itself is loaded once per process.
-func newCPU(t testing.TB) Backend {
+func newCPU(t testing.TB) accel.Backend {
 	t.Helper()
-	b, err := NewORT(ORTConfig{Provider: ProviderCPU, IntraOpThreads: 1, Logger: quietLogger()})
+	b, err := New(Config{Provider: accel.ProviderCPU, IntraOpThreads: 1, Logger: quietLogger()})
 	if err != nil {
-		t.Fatalf("NewORT: %v", err)
+		t.Fatalf("New: %v", err)
 	}
 	return b
 }
 
-func open(t testing.TB, b Backend, path string, opts SessionOptions) Session {
+func open(t testing.TB, b accel.Backend, path string, opts accel.SessionOptions) accel.Session {
 	t.Helper()
 	s, err := b.Open(context.Background(), path, opts)
 	if err != nil {
@@ -61,11 +62,11 @@ func TestDefaultLibraryPath(t *testing.T) {
 
 func TestNewORTLibraryErrors(t *testing.T) {
 	newCPU(t) // make sure the real library is the one loaded
-	_, err := NewORT(ORTConfig{LibraryPath: "/nonexistent/libonnxruntime.so.1", Logger: quietLogger()})
+	_, err := New(Config{LibraryPath: "/nonexistent/libonnxruntime.so.1", Logger: quietLogger()})
 	if err == nil || !strings.Contains(err.Error(), "already loaded") {
 		t.Fatalf("a second, different library must be refused while one is loaded, got %v", err)
 	}
-	if _, err := NewORT(ORTConfig{Provider: "vulkan", Logger: quietLogger()}); !errors.Is(err, ErrProviderUnavailable) {
+	if _, err := New(Config{Provider: "vulkan", Logger: quietLogger()}); !errors.Is(err, accel.ErrProviderUnavailable) {
 		t.Fatalf("unknown provider: got %v", err)
 	}
 }
@@ -75,8 +76,8 @@ func TestNewORTLibraryErrors(t *testing.T) {
 // why, and auto must fall back to the CPU and log that choice.
 func TestProviderSelection(t *testing.T) {
 	var gpuErrs []error
-	for _, p := range []Provider{ProviderCUDA, ProviderTensorRT} {
-		b, err := NewORT(ORTConfig{Provider: p, Logger: quietLogger()})
+	for _, p := range []accel.Provider{accel.ProviderCUDA, accel.ProviderTensorRT} {
+		b, err := New(Config{Provider: p, Logger: quietLogger()})
 		if err == nil {
 			if b.Provider() != p {
 				t.Fatalf("asked for %s, got %s", p, b.Provider())
@@ -85,8 +86,8 @@ func TestProviderSelection(t *testing.T) {
 			continue
 		}
 		gpuErrs = append(gpuErrs, err)
-		if !errors.Is(err, ErrProviderUnavailable) {
-			t.Fatalf("%s: error does not wrap ErrProviderUnavailable: %v", p, err)
+		if !errors.Is(err, accel.ErrProviderUnavailable) {
+			t.Fatalf("%s: error does not wrap accel.ErrProviderUnavailable: %v", p, err)
 		}
 		msg := err.Error()
 		if !strings.Contains(msg, string(p)) || len(msg) < len(string(p))+40 {
@@ -100,18 +101,18 @@ func TestProviderSelection(t *testing.T) {
 		t.Logf("%s unavailable: %s", p, msg)
 	}
 	var logs bytes.Buffer
-	b, err := NewORT(ORTConfig{Provider: ProviderAuto, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	b, err := New(Config{Provider: accel.ProviderAuto, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatalf("auto must always load: %v", err)
 	}
-	if len(gpuErrs) == 2 && b.Provider() != ProviderCPU {
+	if len(gpuErrs) == 2 && b.Provider() != accel.ProviderCPU {
 		t.Fatalf("no GPU provider loads, yet auto picked %s", b.Provider())
 	}
 	if want := "provider=" + string(b.Provider()); !strings.Contains(logs.String(), want) || !strings.Contains(logs.String(), "component=accel") {
 		t.Fatalf("auto must log its choice (%s) with component=accel; logs:\n%s", want, logs.String())
 	}
 	// The pick must actually run a model.
-	s := open(t, b, addModel(t), SessionOptions{})
+	s := open(t, b, addModel(t), accel.SessionOptions{})
 	if _, err := s.Run(context.Background(), addInputs(1), nil); err != nil {
 		t.Fatalf("run on %s: %v", b.Provider(), err)
 	}
@@ -124,7 +125,7 @@ func addInputs(k float32) []tensor.Tensor {
 }
 
 func TestRunAdd(t *testing.T) {
-	s := open(t, newCPU(t), addModel(t), SessionOptions{})
+	s := open(t, newCPU(t), addModel(t), accel.SessionOptions{})
 	out, err := s.Run(context.Background(), addInputs(1), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +141,7 @@ func TestRunAdd(t *testing.T) {
 }
 
 func TestMetadataAndMatMul(t *testing.T) {
-	s := open(t, newCPU(t), matMulModel(t), SessionOptions{})
+	s := open(t, newCPU(t), matMulModel(t), accel.SessionOptions{})
 	if got := fmt.Sprint(s.Inputs()); got != "[{a float32 [-1 2]} {b float32 [2 2]}]" {
 		t.Fatalf("Inputs() = %s", got)
 	}
@@ -186,7 +187,7 @@ func TestEveryDType(t *testing.T) {
 	for _, d := range dtypes {
 		for _, sh := range shapes {
 			t.Run(d.String()+"/"+sh.name, func(t *testing.T) {
-				s := open(t, b, identityModel(t, d, sh.model...), SessionOptions{})
+				s := open(t, b, identityModel(t, d, sh.model...), accel.SessionOptions{})
 				n, _ := tensor.NumElements(sh.data)
 				in := tensor.Tensor{Name: "x", DType: d, Shape: sh.data}
 				if d == tensor.String {
@@ -221,12 +222,12 @@ func TestEveryDType(t *testing.T) {
 }
 
 func TestSequenceOutputUnsupported(t *testing.T) {
-	s := open(t, newCPU(t), sequenceModel(t), SessionOptions{})
+	s := open(t, newCPU(t), sequenceModel(t), accel.SessionOptions{})
 	x := tensor.FromFloat32("x", []int64{2}, []float32{1, 2})
-	if _, err := s.Run(context.Background(), []tensor.Tensor{x}, nil); !errors.Is(err, ErrUnsupportedOutput) {
-		t.Fatalf("all outputs of a model with a sequence output: got %v, want ErrUnsupportedOutput", err)
+	if _, err := s.Run(context.Background(), []tensor.Tensor{x}, nil); !errors.Is(err, accel.ErrUnsupportedOutput) {
+		t.Fatalf("all outputs of a model with a sequence output: got %v, want accel.ErrUnsupportedOutput", err)
 	}
-	if _, err := s.Run(context.Background(), []tensor.Tensor{x}, []string{"s"}); !errors.Is(err, ErrUnsupportedOutput) || !strings.Contains(err.Error(), "sequence") {
+	if _, err := s.Run(context.Background(), []tensor.Tensor{x}, []string{"s"}); !errors.Is(err, accel.ErrUnsupportedOutput) || !strings.Contains(err.Error(), "sequence") {
 		t.Fatalf("sequence output: got %v", err)
 	}
 	out, err := s.Run(context.Background(), []tensor.Tensor{x}, []string{"y"})
@@ -274,7 +275,7 @@ func TestExternalData(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Chdir(t.TempDir())
-	s := open(t, newCPU(t), path, SessionOptions{})
+	s := open(t, newCPU(t), path, accel.SessionOptions{})
 	out, err := s.Run(context.Background(), []tensor.Tensor{tensor.FromFloat32("x", []int64{2}, []float32{1, 2})}, nil)
 	if err != nil {
 		t.Fatal(err)

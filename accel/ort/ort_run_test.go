@@ -1,4 +1,4 @@
-package accel
+package ort
 
 import (
 	"context"
@@ -12,13 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 )
 
 // TestInputValidation: every malformed request is refused by accel, with the input
 // named and what was expected and got, before ORT sees it.
 func TestInputValidation(t *testing.T) {
-	s := open(t, newCPU(t), matMulModel(t), SessionOptions{})
+	s := open(t, newCPU(t), matMulModel(t), accel.SessionOptions{})
 	a := tensor.FromFloat32("a", []int64{3, 2}, []float32{1, 2, 3, 4, 5, 6})
 	b := tensor.FromFloat32("b", []int64{2, 2}, []float32{1, 0, 0, 1})
 	with := func(ts ...tensor.Tensor) []tensor.Tensor { return ts }
@@ -34,26 +35,26 @@ func TestInputValidation(t *testing.T) {
 		is     error
 		msg    []string // substrings the error must contain
 	}{
-		{"unknown input", with(a, b, tensor.FromFloat32("q", []int64{1}, []float32{1})), nil, ErrInputMismatch, []string{`"q"`, "a, b"}},
-		{"duplicate input", with(a, b, a), nil, ErrInputMismatch, []string{`"a"`, "twice"}},
-		{"missing input", with(a), nil, ErrInputMismatch, []string{"missing", "b"}},
-		{"no inputs", nil, nil, ErrInputMismatch, []string{"a, b"}},
-		{"wrong dtype", with(a, tensor.FromInt64("b", []int64{2, 2}, []int64{1, 0, 0, 1})), nil, ErrDTypeMismatch, []string{`"b"`, "float32", "int64"}},
-		{"wrong rank", with(a, mod(b, func(t *tensor.Tensor) { t.Shape = []int64{4} })), nil, ErrShapeMismatch, []string{`"b"`, "rank 2", "rank 1"}},
-		{"wrong fixed dim", with(mod(a, func(t *tensor.Tensor) { t.Shape = []int64{2, 3} }), b), nil, ErrShapeMismatch, []string{`"a"`, "[? 2]", "[2 3]"}},
-		{"negative dim", with(mod(a, func(t *tensor.Tensor) { t.Shape = []int64{-3, 2} }), b), nil, ErrShapeMismatch, []string{`"a"`, "negative"}},
+		{"unknown input", with(a, b, tensor.FromFloat32("q", []int64{1}, []float32{1})), nil, accel.ErrInputMismatch, []string{`"q"`, "a, b"}},
+		{"duplicate input", with(a, b, a), nil, accel.ErrInputMismatch, []string{`"a"`, "twice"}},
+		{"missing input", with(a), nil, accel.ErrInputMismatch, []string{"missing", "b"}},
+		{"no inputs", nil, nil, accel.ErrInputMismatch, []string{"a, b"}},
+		{"wrong dtype", with(a, tensor.FromInt64("b", []int64{2, 2}, []int64{1, 0, 0, 1})), nil, accel.ErrDTypeMismatch, []string{`"b"`, "float32", "int64"}},
+		{"wrong rank", with(a, mod(b, func(t *tensor.Tensor) { t.Shape = []int64{4} })), nil, accel.ErrShapeMismatch, []string{`"b"`, "rank 2", "rank 1"}},
+		{"wrong fixed dim", with(mod(a, func(t *tensor.Tensor) { t.Shape = []int64{2, 3} }), b), nil, accel.ErrShapeMismatch, []string{`"a"`, "[? 2]", "[2 3]"}},
+		{"negative dim", with(mod(a, func(t *tensor.Tensor) { t.Shape = []int64{-3, 2} }), b), nil, accel.ErrShapeMismatch, []string{`"a"`, "negative"}},
 		{"data too short", with(mod(a, func(t *tensor.Tensor) { t.Data = t.Data[:20] }), b), nil, tensor.ErrDataLength, []string{`"a"`, "24 bytes", "got 20"}},
 		{"data too long", with(mod(a, func(t *tensor.Tensor) { t.Data = append(t.Data, 0, 0, 0, 0) }), b), nil, tensor.ErrDataLength, []string{`"a"`, "got 28"}},
-		{"huge shape, tiny data", with(mod(a, func(t *tensor.Tensor) { t.Shape = []int64{math.MaxInt64 / 2, 2} }), b), nil, ErrInputMismatch, []string{`"a"`}},
+		{"huge shape, tiny data", with(mod(a, func(t *tensor.Tensor) { t.Shape = []int64{math.MaxInt64 / 2, 2} }), b), nil, accel.ErrInputMismatch, []string{`"a"`}},
 		{"huge shape, zero data", with(mod(a, func(t *tensor.Tensor) { t.Shape = []int64{1 << 40, 2}; t.Data = nil }), b), nil, tensor.ErrDataLength, []string{`"a"`}},
-		{"unknown dtype", with(a, mod(b, func(t *tensor.Tensor) { t.DType = 99 })), nil, ErrDTypeMismatch, []string{`"b"`, "dtype(99)"}},
-		{"unknown output", with(a, b), []string{"nope"}, ErrInputMismatch, []string{`"nope"`, "c, d"}},
+		{"unknown dtype", with(a, mod(b, func(t *tensor.Tensor) { t.DType = 99 })), nil, accel.ErrDTypeMismatch, []string{`"b"`, "dtype(99)"}},
+		{"unknown output", with(a, b), []string{"nope"}, accel.ErrInputMismatch, []string{`"nope"`, "c, d"}},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
 			_, err := s.Run(context.Background(), r.inputs, r.names)
-			if !errors.Is(err, r.is) || !errors.Is(err, ErrInputMismatch) {
-				t.Fatalf("got %v, want an error wrapping %v and ErrInputMismatch", err, r.is)
+			if !errors.Is(err, r.is) || !errors.Is(err, accel.ErrInputMismatch) {
+				t.Fatalf("got %v, want an error wrapping %v and accel.ErrInputMismatch", err, r.is)
 			}
 			for _, m := range r.msg {
 				if !strings.Contains(err.Error(), m) {
@@ -71,7 +72,7 @@ func TestInputValidation(t *testing.T) {
 // TestPoolConcurrency runs many goroutines against a pool of 3 sessions, each with
 // its own inputs, and checks every result.
 func TestPoolConcurrency(t *testing.T) {
-	s := open(t, newCPU(t), addModel(t), SessionOptions{PoolSize: 3, IntraOpThreads: 1})
+	s := open(t, newCPU(t), addModel(t), accel.SessionOptions{PoolSize: 3, IntraOpThreads: 1})
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for g := range 8 {
@@ -105,7 +106,7 @@ func TestPoolConcurrency(t *testing.T) {
 // TestRunWaitsForSlotUntilContextEnds holds the only pooled session and checks that a
 // Run gives up when its context ends.
 func TestRunWaitsForSlotUntilContextEnds(t *testing.T) {
-	s := open(t, newCPU(t), addModel(t), SessionOptions{PoolSize: 1})
+	s := open(t, newCPU(t), addModel(t), accel.SessionOptions{PoolSize: 1})
 	p := s.(*ortPool)
 	held := <-p.idle
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
@@ -126,7 +127,7 @@ func TestRunWaitsForSlotUntilContextEnds(t *testing.T) {
 
 // TestRunCancelledMidway cancels a run of a slow model and expects ORT to stop early.
 func TestRunCancelledMidway(t *testing.T) {
-	s := open(t, newCPU(t), slowModel(t, 256, 400), SessionOptions{IntraOpThreads: 1})
+	s := open(t, newCPU(t), slowModel(t, 256, 400), accel.SessionOptions{IntraOpThreads: 1})
 	x := tensor.Tensor{Name: "x", DType: tensor.Float32, Shape: []int64{256, 256}, Data: make([]byte, 256*256*4)}
 	start := time.Now()
 	if _, err := s.Run(context.Background(), []tensor.Tensor{x}, nil); err != nil {
@@ -151,7 +152,7 @@ func TestRunCancelledMidway(t *testing.T) {
 
 func TestClose(t *testing.T) {
 	b := newCPU(t)
-	s, err := b.Open(context.Background(), addModel(t), SessionOptions{PoolSize: 2})
+	s, err := b.Open(context.Background(), addModel(t), accel.SessionOptions{PoolSize: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +162,7 @@ func TestClose(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 20 {
-				if _, err := s.Run(context.Background(), addInputs(1), nil); err != nil && !errors.Is(err, ErrSessionClosed) {
+				if _, err := s.Run(context.Background(), addInputs(1), nil); err != nil && !errors.Is(err, accel.ErrSessionClosed) {
 					t.Errorf("run during close: %v", err)
 					return
 				}
@@ -173,7 +174,7 @@ func TestClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	wg.Wait()
-	if _, err := s.Run(context.Background(), addInputs(1), nil); !errors.Is(err, ErrSessionClosed) {
+	if _, err := s.Run(context.Background(), addInputs(1), nil); !errors.Is(err, accel.ErrSessionClosed) {
 		t.Fatalf("after Close: %v", err)
 	}
 	if err := s.Close(); err != nil {
@@ -202,17 +203,17 @@ func TestInvalidModels(t *testing.T) {
 			if err := os.WriteFile(path, data, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			s, err := b.Open(context.Background(), path, SessionOptions{})
+			s, err := b.Open(context.Background(), path, accel.SessionOptions{})
 			if err == nil {
 				s.Close()
 				t.Fatal("opened")
 			}
-			if !errors.Is(err, ErrInvalidModel) {
-				t.Fatalf("got %v, want ErrInvalidModel", err)
+			if !errors.Is(err, accel.ErrInvalidModel) {
+				t.Fatalf("got %v, want accel.ErrInvalidModel", err)
 			}
 		})
 	}
-	if _, err := b.Open(context.Background(), filepath.Join(dir, "missing.onnx"), SessionOptions{}); !errors.Is(err, os.ErrNotExist) {
+	if _, err := b.Open(context.Background(), filepath.Join(dir, "missing.onnx"), accel.SessionOptions{}); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: got %v", err)
 	}
 }
@@ -220,7 +221,7 @@ func TestInvalidModels(t *testing.T) {
 // BenchmarkORTRun measures one Run of a small MatMul model (a [64 2] x [2 2]), i.e. the
 // fixed cost accel adds around ORT: validation, tensor wrapping, output copy.
 func BenchmarkORTRun(b *testing.B) {
-	s := open(b, newCPU(b), matMulModel(b), SessionOptions{IntraOpThreads: 1})
+	s := open(b, newCPU(b), matMulModel(b), accel.SessionOptions{IntraOpThreads: 1})
 	vals := make([]float32, 128)
 	for i := range vals {
 		vals[i] = float32(i)
@@ -239,9 +240,9 @@ func BenchmarkORTRun(b *testing.B) {
 }
 
 func TestStringWithNULRefused(t *testing.T) {
-	s := open(t, newCPU(t), identityModel(t, tensor.String, 1), SessionOptions{})
+	s := open(t, newCPU(t), identityModel(t, tensor.String, 1), accel.SessionOptions{})
 	in := tensor.Tensor{Name: "x", DType: tensor.String, Shape: []int64{1}, Strings: []string{"a\x00b"}}
-	if _, err := s.Run(context.Background(), []tensor.Tensor{in}, nil); !errors.Is(err, ErrInputMismatch) || !strings.Contains(err.Error(), "NUL") {
+	if _, err := s.Run(context.Background(), []tensor.Tensor{in}, nil); !errors.Is(err, accel.ErrInputMismatch) || !strings.Contains(err.Error(), "NUL") {
 		t.Fatalf("got %v", err)
 	}
 }
