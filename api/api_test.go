@@ -115,8 +115,8 @@ func TestInferRawTriton(t *testing.T) {
 	}
 }
 
-// TestBadInputs is issue 2's table: each bad request gets its status and code, and
-// the node keeps answering good requests afterwards.
+// TestBadInputs: each bad request of the catalogue gets its status and code, and the
+// node keeps answering good requests afterwards.
 func TestBadInputs(t *testing.T) {
 	n := startNode(t, withMaxBody(testMaxBody))
 	type row struct {

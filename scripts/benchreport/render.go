@@ -10,9 +10,9 @@ import (
 	"strings"
 )
 
-// Section is one issue point of the report.
+// Section is one measured behaviour of the report.
 type Section struct {
-	Title    string // "Issue 2, point 5: ..."
+	Title    string // what is measured: "HTTP inference path against a direct accel call"
 	Measures string // what is measured and how, markdown
 	Jobs     []string
 	Figures  []Figure
@@ -34,7 +34,7 @@ type Figure struct {
 	Summary bool
 }
 
-// Target is what an issue asks of a figure.
+// Target is the bound a figure must meet.
 type Target struct {
 	Op    string // "<", "<=", ">", ">="
 	Value float64
@@ -158,7 +158,7 @@ func (v value) String() string {
 	return fmt.Sprintf("%s (%s–%s, %d runs)", num(v.median), num(v.min), num(v.max), v.n)
 }
 
-// targetText is what the issue asks of a figure, in the figure's unit.
+// targetText is the figure's target in its unit, or "recorded" where it has none.
 func targetText(t *Target, unit string) string {
 	if t == nil {
 		return "recorded"
@@ -244,11 +244,10 @@ func renderHeader(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job) {
 // per section not measured in this run.
 func renderSummary(w io.Writer, jobs map[string]*Job, sections []Section) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
-	p("## Summary\n\n| issue point | figure | value | target | met |\n|---|---|---|---|---|\n")
+	p("## Summary\n\n| section | figure | value | target | met |\n|---|---|---|---|---|\n")
 	for _, s := range sections {
-		short, _, _ := strings.Cut(s.Title, ":")
 		if !anyRan(jobs, s.Jobs) {
-			p("| %s | %s | not yet measured | | |\n", short, strings.TrimSpace(after(s.Title, ":")))
+			p("| %s | | not yet measured | | |\n", s.Title)
 			continue
 		}
 		for _, f := range s.Figures {
@@ -256,7 +255,7 @@ func renderSummary(w io.Writer, jobs map[string]*Job, sections []Section) {
 				continue
 			}
 			v := lookup(jobs, f.Job, f.Bench, f.Metric, f.Scale)
-			p("| %s | %s | %s | %s | %s |\n", short, f.Label, v.withUnit(f.Unit), targetText(f.Target, f.Unit), verdict(f.Target, v))
+			p("| %s | %s | %s | %s | %s |\n", s.Title, f.Label, v.withUnit(f.Unit), targetText(f.Target, f.Unit), verdict(f.Target, v))
 		}
 	}
 	p("\n")
@@ -426,11 +425,6 @@ func busy(loadavg string, cores int) bool {
 	}
 	l, err := strconv.ParseFloat(f[0], 64)
 	return err == nil && l > float64(cores)
-}
-
-func after(s, sep string) string {
-	_, a, _ := strings.Cut(s, sep)
-	return a
 }
 
 func duration(secs float64) string {

@@ -202,8 +202,7 @@ func mustSum(m metrics, name string, labels ...string) float64 {
 }
 
 // testRollingRestart drains, stops, starts and undrains each node in turn while a
-// steady stream of requests goes to the others: no request may fail (issue 7, what
-// must hold 2).
+// steady stream of requests goes to the others: no request may fail.
 func testRollingRestart(t *testing.T, c *opsCluster) {
 	var all harness.LoadStats
 	for i := range nodes {
