@@ -115,8 +115,8 @@ func TestInferRawTriton(t *testing.T) {
 	}
 }
 
-// TestBadInputs is issue 2's table: each bad request gets its status and code, and
-// the node keeps answering good requests afterwards.
+// TestBadInputs: each bad request of the catalogue gets its status and code, and the
+// node keeps answering good requests afterwards.
 func TestBadInputs(t *testing.T) {
 	n := startNode(t, withMaxBody(testMaxBody))
 	type row struct {
@@ -286,13 +286,38 @@ func assertScale(t *testing.T, n *testNode, model string) {
 // TestRoutes walks every endpoint: status and code for the documented cases.
 func TestRoutes(t *testing.T) {
 	n := startNode(t)
-	type row struct {
-		method, path, token string
-		status              int
-		code                api.Code // "" for a success body
+	for _, r := range routeCases(n.token) {
+		t.Run(r.method+" "+r.path, func(t *testing.T) {
+			status, h, b := n.do(t, r.method, r.path, r.token, nil, nil)
+			if status != r.status {
+				t.Fatalf("status %d, want %d (body %s)", status, r.status, b)
+			}
+			if r.code == "" {
+				return
+			}
+			if got := errorCode(t, b); got != string(r.code) {
+				t.Errorf("code %q, want %q", got, r.code)
+			}
+			if status == 405 && h.Get("Allow") == "" {
+				t.Errorf("405 without Allow")
+			}
+		})
 	}
-	admin := n.token
-	rows := []row{
+	t.Run("token request body", func(t *testing.T) { checkTokenRequestBodies(t, n) })
+	t.Run("request id", func(t *testing.T) { checkRequestIDs(t, n) })
+	t.Run("response bodies", func(t *testing.T) { checkResponseBodies(t, n) })
+}
+
+// routeCase is one request of TestRoutes and the answer it must get.
+type routeCase struct {
+	method, path, token string
+	status              int
+	code                api.Code // "" for a success body
+}
+
+// routeCases lists every endpoint's documented cases; admin is the admin token.
+func routeCases(admin string) []routeCase {
+	return []routeCase{
 		{"GET", "/v2/health/live", "", 200, ""},
 		{"GET", "/v2/health/ready", "", 200, ""},
 		{"GET", "/v2", "", 200, ""},
@@ -360,24 +385,11 @@ func TestRoutes(t *testing.T) {
 		{"DELETE", "/v1/tokens/x", admin, 501, api.CodeNotClusterMode},
 		{"GET", "/v1/tokens/x", admin, 405, api.CodeMethodNotAllowed},
 	}
-	for _, r := range rows {
-		t.Run(r.method+" "+r.path, func(t *testing.T) {
-			status, h, b := n.do(t, r.method, r.path, r.token, nil, nil)
-			if status != r.status {
-				t.Fatalf("status %d, want %d (body %s)", status, r.status, b)
-			}
-			if r.code == "" {
-				return
-			}
-			if got := errorCode(t, b); got != string(r.code) {
-				t.Errorf("code %q, want %q", got, r.code)
-			}
-			if status == 405 && h.Get("Allow") == "" {
-				t.Errorf("405 without Allow")
-			}
-		})
-	}
-	// POST /v1/tokens checks its body before anything else.
+}
+
+// checkTokenRequestBodies: POST /v1/tokens checks its body before anything else.
+func checkTokenRequestBodies(t *testing.T, n *testNode) {
+	admin := n.token
 	for _, r := range []struct {
 		body   string
 		status int
@@ -394,7 +406,10 @@ func TestRoutes(t *testing.T) {
 			t.Errorf("POST /v1/tokens %.40q: %d %s, want %d %s", r.body, status, b, r.status, r.code)
 		}
 	}
-	// Every answer carries a request id; a client's own id is echoed.
+}
+
+// checkRequestIDs: every answer carries a request id; a client's own id is echoed.
+func checkRequestIDs(t *testing.T, n *testNode) {
 	if _, h, _ := n.do(t, "GET", "/v2/health/live", "", nil, nil); len(h.Get(api.HeaderRequestID)) != 16 {
 		t.Errorf("request id %q, want 16 hex characters", h.Get(api.HeaderRequestID))
 	}
@@ -402,7 +417,11 @@ func TestRoutes(t *testing.T) {
 		t.Errorf("request id %q, want the client's trace-42", h.Get(api.HeaderRequestID))
 	}
 
-	// The bodies say what they should.
+}
+
+// checkResponseBodies: the bodies say what they should.
+func checkResponseBodies(t *testing.T, n *testNode) {
+	admin := n.token
 	c := n.client(t, admin)
 	ctx := context.Background()
 	cl, err := c.Cluster(ctx)

@@ -278,83 +278,126 @@ func (g *Graph) stageGraph(s Stage, stageOf []int, last, exposeAll bool) (*onnxp
 	sm := &StageManifest{Index: s.Index, Device: s.Device.Name, Start: s.Start, End: s.End, FirstOp: s.FirstOp, LastOp: s.LastOp,
 		ParamBytes: s.ParamBytes, MemoryBytes: s.MemoryBytes, FLOPs: s.FLOPs, SendBytes: s.SendBytes}
 
-	usedWeight := map[int]bool{}
-	var weightOrder []int
-	addWeight := func(wi int) {
-		if !usedWeight[wi] {
-			usedWeight[wi] = true
-			weightOrder = append(weightOrder, wi)
-		}
-	}
-	produced := map[string]bool{}
-	seenIn := map[string]bool{}
-	var graphIns, crossIns []string
-	for pos := s.Start; pos < s.End; pos++ {
-		nd := &g.Nodes[pos]
-		for _, wi := range nd.Weights {
-			addWeight(wi)
-		}
-		for _, in := range nd.Inputs {
-			v := g.Values[in]
-			if v.Kind == KindWeight || produced[in] || seenIn[in] {
-				continue
-			}
-			seenIn[in] = true
-			if v.Kind == KindGraphInput {
-				graphIns = append(graphIns, in)
-			} else {
-				crossIns = append(crossIns, in)
-			}
-		}
-		for _, o := range nd.Outputs {
-			produced[o] = true
-		}
-	}
 	isGraphOut := map[string]bool{}
 	for _, o := range g.Outputs {
 		isGraphOut[o] = true
 	}
-	weightIdx := map[string]int{}
-	for i, w := range g.Weights {
-		weightIdx[w.Name] = i
+	p := &stageParts{usedWeight: map[int]bool{}, produced: map[string]bool{}, seenIn: map[string]bool{}}
+	g.collectStageInputs(p, s)
+	g.collectStageOutputs(p, s, exposeAll, isGraphOut)
+	if last {
+		g.collectPassThroughOutputs(p)
 	}
-	var outs []string
+	g.addStageIO(gp, sm, p, stageOf, exposeAll, isGraphOut)
+	inits, constants := g.stageWeights(gp, p)
+	gp.Node = append(gp.Node, constants...)
+	for pos := s.Start; pos < s.End; pos++ {
+		gp.Node = append(gp.Node, g.Nodes[pos].Proto)
+	}
+	isOut := map[string]bool{}
+	for _, o := range p.outs {
+		isOut[o] = true
+	}
+	for _, vi := range src.GetValueInfo() {
+		if p.produced[vi.GetName()] && !isOut[vi.GetName()] {
+			gp.ValueInfo = append(gp.ValueInfo, vi)
+		}
+	}
+	return gp, inits, sm
+}
+
+// stageParts is what one stage reads and produces, gathered by stageGraph.
+type stageParts struct {
+	usedWeight map[int]bool
+	weights    []int           // indices into Graph.Weights the stage needs
+	produced   map[string]bool // tensors the stage's nodes produce
+	seenIn     map[string]bool // tensors already among graphIns or crossIns
+	graphIns   []string        // graph inputs the stage reads
+	crossIns   []string        // activations earlier stages send
+	outs       []string        // tensors the stage sends on or returns
+}
+
+func (p *stageParts) addWeight(wi int) {
+	if !p.usedWeight[wi] {
+		p.usedWeight[wi] = true
+		p.weights = append(p.weights, wi)
+	}
+}
+
+// collectStageInputs gathers the weights the stage's nodes read and the tensors they
+// read from outside the stage.
+func (g *Graph) collectStageInputs(p *stageParts, s Stage) {
+	for pos := s.Start; pos < s.End; pos++ {
+		nd := &g.Nodes[pos]
+		for _, wi := range nd.Weights {
+			p.addWeight(wi)
+		}
+		for _, in := range nd.Inputs {
+			v := g.Values[in]
+			if v.Kind == KindWeight || p.produced[in] || p.seenIn[in] {
+				continue
+			}
+			p.seenIn[in] = true
+			if v.Kind == KindGraphInput {
+				p.graphIns = append(p.graphIns, in)
+			} else {
+				p.crossIns = append(p.crossIns, in)
+			}
+		}
+		for _, o := range nd.Outputs {
+			p.produced[o] = true
+		}
+	}
+}
+
+// collectStageOutputs gathers the stage's graph outputs and the tensors a later stage
+// reads; with exposeAll, every tensor the stage produces.
+func (g *Graph) collectStageOutputs(p *stageParts, s Stage, exposeAll bool, isGraphOut map[string]bool) {
 	for pos := s.Start; pos < s.End; pos++ {
 		for _, o := range g.Nodes[pos].Outputs {
 			v := g.Values[o]
 			if exposeAll || isGraphOut[o] || (len(v.Consumers) > 0 && v.Consumers[len(v.Consumers)-1] >= s.End) {
-				outs = append(outs, o)
+				p.outs = append(p.outs, o)
 			}
 		}
 	}
-	if last {
-		// Graph outputs that are weights or inputs passed straight through come out
-		// of the last stage.
-		for _, o := range g.Outputs {
-			v := g.Values[o]
-			switch v.Kind {
-			case KindWeight:
-				addWeight(weightIdx[o])
-				outs = append(outs, o)
-			case KindGraphInput:
-				if !seenIn[o] {
-					seenIn[o] = true
-					graphIns = append(graphIns, o)
-				}
-				outs = append(outs, o)
+}
+
+// collectPassThroughOutputs makes the last stage return the graph outputs that are
+// weights or inputs passed straight through.
+func (g *Graph) collectPassThroughOutputs(p *stageParts) {
+	weightIdx := map[string]int{}
+	for i, w := range g.Weights {
+		weightIdx[w.Name] = i
+	}
+	for _, o := range g.Outputs {
+		v := g.Values[o]
+		switch v.Kind {
+		case KindWeight:
+			p.addWeight(weightIdx[o])
+			p.outs = append(p.outs, o)
+		case KindGraphInput:
+			if !p.seenIn[o] {
+				p.seenIn[o] = true
+				p.graphIns = append(p.graphIns, o)
 			}
+			p.outs = append(p.outs, o)
 		}
 	}
-	// Graph inputs in the model's order, crossing tensors in production order.
+}
+
+// addStageIO declares the stage's inputs (graph inputs in the model's order, crossing
+// tensors in production order) and outputs in gp and in its manifest.
+func (g *Graph) addStageIO(gp *onnxpb.GraphProto, sm *StageManifest, p *stageParts, stageOf []int, exposeAll bool, isGraphOut map[string]bool) {
 	inputRank := map[string]int{}
 	for i, n := range g.Inputs {
 		inputRank[n] = i
 	}
-	sort.SliceStable(graphIns, func(i, j int) bool { return inputRank[graphIns[i]] < inputRank[graphIns[j]] })
-	sort.SliceStable(crossIns, func(i, j int) bool {
-		return g.Values[crossIns[i]].Producer < g.Values[crossIns[j]].Producer
+	sort.SliceStable(p.graphIns, func(i, j int) bool { return inputRank[p.graphIns[i]] < inputRank[p.graphIns[j]] })
+	sort.SliceStable(p.crossIns, func(i, j int) bool {
+		return g.Values[p.crossIns[i]].Producer < g.Values[p.crossIns[j]].Producer
 	})
-	for _, in := range append(graphIns, crossIns...) {
+	for _, in := range append(p.graphIns, p.crossIns...) {
 		gp.Input = append(gp.Input, g.valueInfo(in))
 		from := -1
 		if v := g.Values[in]; v.Kind == KindActivation {
@@ -362,21 +405,26 @@ func (g *Graph) stageGraph(s Stage, stageOf []int, last, exposeAll bool) (*onnxp
 		}
 		sm.Inputs = append(sm.Inputs, g.spec(in, from))
 	}
-	for _, o := range outs {
+	for _, o := range p.outs {
 		if exposeAll && !isGraphOut[o] {
 			// Measuring: let ONNX Runtime infer the type rather than trust ours.
 			gp.Output = append(gp.Output, &onnxpb.ValueInfoProto{Name: proto.String(o)})
 		} else {
 			gp.Output = append(gp.Output, g.valueInfo(o))
 		}
-		ts := g.spec(o, s.Index)
+		ts := g.spec(o, sm.Index)
 		ts.GraphOutput = isGraphOut[o]
 		sm.Outputs = append(sm.Outputs, ts)
 	}
+}
+
+// stageWeights sorts the stage's weights into initializers (returned for streaming),
+// Constant nodes, and sparse initializers (added to gp), in the model's order.
+func (g *Graph) stageWeights(gp *onnxpb.GraphProto, p *stageParts) ([]*onnxpb.TensorProto, []*onnxpb.NodeProto) {
 	var inits []*onnxpb.TensorProto
 	var constants []*onnxpb.NodeProto
-	sort.Ints(weightOrder)
-	for _, wi := range weightOrder {
+	sort.Ints(p.weights)
+	for _, wi := range p.weights {
 		w := g.Weights[wi]
 		switch {
 		case w.Initializer != nil:
@@ -384,27 +432,14 @@ func (g *Graph) stageGraph(s Stage, stageOf []int, last, exposeAll bool) (*onnxp
 		case w.Constant != nil:
 			constants = append(constants, w.Constant)
 		default:
-			for _, sp := range src.GetSparseInitializer() {
+			for _, sp := range g.Model.Proto.GetGraph().GetSparseInitializer() {
 				if sp.GetValues().GetName() == w.Name {
 					gp.SparseInitializer = append(gp.SparseInitializer, sp)
 				}
 			}
 		}
 	}
-	gp.Node = append(gp.Node, constants...)
-	for pos := s.Start; pos < s.End; pos++ {
-		gp.Node = append(gp.Node, g.Nodes[pos].Proto)
-	}
-	isOut := map[string]bool{}
-	for _, o := range outs {
-		isOut[o] = true
-	}
-	for _, vi := range src.GetValueInfo() {
-		if produced[vi.GetName()] && !isOut[vi.GetName()] {
-			gp.ValueInfo = append(gp.ValueInfo, vi)
-		}
-	}
-	return gp, inits, sm
+	return inits, constants
 }
 
 // writeStage writes stage s. The file is the model's shell (everything but the graph)
@@ -427,15 +462,51 @@ func (g *Graph) writeStage(m *Model, s Stage, stageOf []int, nstages int, outDir
 	if external {
 		sm.DataFile = sm.File + ".data"
 	}
-
 	// Plan every initializer's encoding first: the graph's length prefix comes first.
-	type initPlan struct {
-		meta    []byte // the TensorProto without raw_data
-		src     *onnxpb.TensorProto
-		rawLen  int64
-		inline  bool // raw bytes go into the .onnx file
-		hasData bool // the tensor has raw bytes to write (raw_data or external source)
+	plans, err := m.planInitializers(inits, s.Index, external, sm.DataFile)
+	if err != nil {
+		return nil, err
 	}
+	graphBytes, err := proto.MarshalOptions{Deterministic: true}.Marshal(gp)
+	if err != nil {
+		return nil, fmt.Errorf("partition: stage %d: %w", s.Index, err)
+	}
+	graphLen := int64(len(graphBytes))
+	for _, pl := range plans {
+		body := pl.bodyLen()
+		graphLen += int64(protowire.SizeTag(fieldGraphInitializer)) + int64(protowire.SizeVarint(uint64(body))) + body
+	}
+	if !external && graphLen+int64(len(m.shell)) >= 2<<30 {
+		return nil, fmt.Errorf("partition: stage %d would be %s, over protobuf's 2 GiB limit; lower ExternalAbove", s.Index, FormatBytes(graphLen))
+	}
+	if err := m.streamStage(sm, s.Index, outDir, graphBytes, graphLen, plans); err != nil {
+		return nil, err
+	}
+	return sm, nil
+}
+
+// initPlan is how one initializer of a stage is encoded.
+type initPlan struct {
+	meta    []byte // the TensorProto without raw_data
+	src     *onnxpb.TensorProto
+	rawLen  int64
+	inline  bool // raw bytes go into the .onnx file
+	hasData bool // the tensor has raw bytes to write (raw_data or external source)
+}
+
+// bodyLen is the length of the initializer's TensorProto in the .onnx file.
+func (pl initPlan) bodyLen() int64 {
+	body := int64(len(pl.meta))
+	if pl.inline && pl.hasData {
+		body += int64(protowire.SizeTag(fieldTensorRawData)) + int64(protowire.SizeVarint(uint64(pl.rawLen))) + pl.rawLen
+	}
+	return body
+}
+
+// planInitializers decides where each initializer's bytes go and marshals its
+// metadata. With external set, tensors of inlineBelow bytes or more go to dataFile at
+// 4 KiB-aligned offsets.
+func (m *Model) planInitializers(inits []*onnxpb.TensorProto, stage int, external bool, dataFile string) ([]initPlan, error) {
 	plans := make([]initPlan, len(inits))
 	var dataOff int64
 	for i, t := range inits {
@@ -453,7 +524,7 @@ func (g *Graph) writeStage(m *Model, s Stage, stageOf []int, nstages int, outDir
 		if !inline {
 			meta.DataLocation = onnxpb.TensorProto_EXTERNAL.Enum()
 			meta.ExternalData = []*onnxpb.StringStringEntryProto{
-				{Key: proto.String("location"), Value: proto.String(sm.DataFile)},
+				{Key: proto.String("location"), Value: proto.String(dataFile)},
 				{Key: proto.String("offset"), Value: proto.String(fmt.Sprint(dataOff))},
 				{Key: proto.String("length"), Value: proto.String(fmt.Sprint(rawLen))},
 			}
@@ -465,30 +536,21 @@ func (g *Graph) writeStage(m *Model, s Stage, stageOf []int, nstages int, outDir
 		}
 		mb, err := proto.MarshalOptions{Deterministic: true}.Marshal(meta)
 		if err != nil {
-			return nil, fmt.Errorf("partition: stage %d: %w", s.Index, err)
+			return nil, fmt.Errorf("partition: stage %d: %w", stage, err)
 		}
 		plans[i] = initPlan{meta: mb, src: t, rawLen: rawLen, inline: inline, hasData: hasData}
 	}
-	graphBytes, err := proto.MarshalOptions{Deterministic: true}.Marshal(gp)
-	if err != nil {
-		return nil, fmt.Errorf("partition: stage %d: %w", s.Index, err)
-	}
-	graphLen := int64(len(graphBytes))
-	for _, pl := range plans {
-		body := int64(len(pl.meta))
-		if pl.inline && pl.hasData {
-			body += int64(protowire.SizeTag(fieldTensorRawData)) + int64(protowire.SizeVarint(uint64(pl.rawLen))) + pl.rawLen
-		}
-		graphLen += int64(protowire.SizeTag(fieldGraphInitializer)) + int64(protowire.SizeVarint(uint64(body))) + body
-	}
-	if !external && graphLen+int64(len(m.shell)) >= 2<<30 {
-		return nil, fmt.Errorf("partition: stage %d would be %s, over protobuf's 2 GiB limit; lower ExternalAbove", s.Index, FormatBytes(graphLen))
-	}
+	return plans, nil
+}
 
+// streamStage writes the stage file (and its data file, when sm names one) into
+// outDir and records their sizes and SHA-256 sums in sm.
+func (m *Model) streamStage(sm *StageManifest, stage int, outDir string, graphBytes []byte, graphLen int64, plans []initPlan) error {
+	external := sm.DataFile != ""
 	path := filepath.Join(outDir, sm.File)
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, fmt.Errorf("partition: stage %d: %w", s.Index, err)
+		return fmt.Errorf("partition: stage %d: %w", stage, err)
 	}
 	defer f.Close()
 	sum := sha256.New()
@@ -499,7 +561,7 @@ func (g *Graph) writeStage(m *Model, s Stage, stageOf []int, nstages int, outDir
 	if external {
 		df, err = os.Create(filepath.Join(outDir, sm.DataFile))
 		if err != nil {
-			return nil, fmt.Errorf("partition: stage %d: %w", s.Index, err)
+			return fmt.Errorf("partition: stage %d: %w", stage, err)
 		}
 		defer df.Close()
 		dsum = sha256.New()
@@ -509,13 +571,34 @@ func (g *Graph) writeStage(m *Model, s Stage, stageOf []int, nstages int, outDir
 	w.write(protowire.AppendTag(nil, fieldModelGraph, protowire.BytesType))
 	w.write(protowire.AppendVarint(nil, uint64(graphLen)))
 	w.write(graphBytes)
-	for _, pl := range plans {
-		body := int64(len(pl.meta))
-		if pl.inline && pl.hasData {
-			body += int64(protowire.SizeTag(fieldTensorRawData)) + int64(protowire.SizeVarint(uint64(pl.rawLen))) + pl.rawLen
+	if err := m.writeInitializers(w, dw, plans); err != nil {
+		return fmt.Errorf("partition: stage %d: %w", stage, err)
+	}
+	if err := w.flush(); err != nil {
+		return fmt.Errorf("partition: stage %d: write %s: %w", stage, path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("partition: stage %d: %w", stage, err)
+	}
+	sm.Size, sm.SHA256 = w.n, hex.EncodeToString(sum.Sum(nil))
+	if external {
+		if err := dw.flush(); err != nil {
+			return fmt.Errorf("partition: stage %d: write %s: %w", stage, sm.DataFile, err)
 		}
+		if err := df.Close(); err != nil {
+			return fmt.Errorf("partition: stage %d: %w", stage, err)
+		}
+		sm.DataSize, sm.DataSHA256 = dw.n, hex.EncodeToString(dsum.Sum(nil))
+	}
+	return nil
+}
+
+// writeInitializers appends the graph's initializer fields to w, the raw bytes of
+// those not inline to dw, each padded to the next 4 KiB.
+func (m *Model) writeInitializers(w, dw *countWriter, plans []initPlan) error {
+	for _, pl := range plans {
 		w.write(protowire.AppendTag(nil, fieldGraphInitializer, protowire.BytesType))
-		w.write(protowire.AppendVarint(nil, uint64(body)))
+		w.write(protowire.AppendVarint(nil, uint64(pl.bodyLen())))
 		w.write(pl.meta)
 		if !pl.hasData {
 			continue
@@ -528,7 +611,7 @@ func (g *Graph) writeStage(m *Model, s Stage, stageOf []int, nstages int, outDir
 			w.write(protowire.AppendVarint(nil, uint64(pl.rawLen)))
 		}
 		if err := m.copyTensorData(dst, pl.src); err != nil {
-			return nil, fmt.Errorf("partition: stage %d: %w", s.Index, err)
+			return err
 		}
 		if !pl.inline {
 			if pad := (pl.rawLen+4095)&^4095 - pl.rawLen; pad > 0 {
@@ -536,23 +619,7 @@ func (g *Graph) writeStage(m *Model, s Stage, stageOf []int, nstages int, outDir
 			}
 		}
 	}
-	if err := w.flush(); err != nil {
-		return nil, fmt.Errorf("partition: stage %d: write %s: %w", s.Index, path, err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("partition: stage %d: %w", s.Index, err)
-	}
-	sm.Size, sm.SHA256 = w.n, hex.EncodeToString(sum.Sum(nil))
-	if external {
-		if err := dw.flush(); err != nil {
-			return nil, fmt.Errorf("partition: stage %d: write %s: %w", s.Index, sm.DataFile, err)
-		}
-		if err := df.Close(); err != nil {
-			return nil, fmt.Errorf("partition: stage %d: %w", s.Index, err)
-		}
-		sm.DataSize, sm.DataSHA256 = dw.n, hex.EncodeToString(dsum.Sum(nil))
-	}
-	return sm, nil
+	return nil
 }
 
 // copyTensorData writes t's bytes: its raw_data, or the range of its external file.

@@ -144,76 +144,136 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 	if gp == nil {
 		return nil, fmt.Errorf("%w: no graph", ErrNotONNX)
 	}
-	g := &Graph{Model: m, Values: map[string]*Value{}, InputShapes: map[string][]int64{}}
-
-	// Weights: initializers, then Constant nodes.
-	weightIdx := map[string]int{}
-	for _, t := range gp.GetInitializer() {
-		if _, dup := weightIdx[t.GetName()]; dup || t.GetName() == "" {
-			return nil, fmt.Errorf("%w: initializer %q", ErrDuplicateOutput, t.GetName())
-		}
-		b, _ := tensorDataBytes(t)
-		b = min(b, maxSize)
-		weightIdx[t.GetName()] = len(g.Weights)
-		g.Weights = append(g.Weights, Weight{Name: t.GetName(), Bytes: b, Initializer: t})
+	b := &graphBuilder{
+		g:          &Graph{Model: m, Values: map[string]*Value{}, InputShapes: map[string][]int64{}},
+		gp:         gp,
+		weightIdx:  map[string]int{},
+		isInput:    map[string]bool{},
+		producedBy: map[string]int{},
 	}
-	for _, sp := range gp.GetSparseInitializer() {
+	if err := b.collectWeights(); err != nil {
+		return nil, err
+	}
+	if err := b.collectInputs(); err != nil {
+		return nil, err
+	}
+	if err := b.collectComputeNodes(); err != nil {
+		return nil, err
+	}
+	succ, indeg, err := b.dependencies()
+	if err != nil {
+		return nil, err
+	}
+	order, err := b.topologicalOrder(succ, indeg)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.buildNodesAndValues(b.liveNodes(order)); err != nil {
+		return nil, err
+	}
+	g := b.g
+	if err := g.inferShapes(opts); err != nil {
+		return nil, err
+	}
+	for pos := range g.Nodes {
+		g.FLOPs += g.Nodes[pos].FLOPs
+	}
+	g.findCuts()
+	return g, nil
+}
+
+// graphBuilder carries what AnalyzeWith learns about a graph from one phase to the
+// next.
+type graphBuilder struct {
+	g          *Graph
+	gp         *onnxpb.GraphProto
+	weightIdx  map[string]int      // weight name -> index into g.Weights
+	isInput    map[string]bool     // graph inputs that are not weights
+	compute    []*onnxpb.NodeProto // nodes other than Constant, in file order
+	producedBy map[string]int      // tensor name -> index into compute
+	inputsOf   [][]string          // per compute node: inputs and subgraph captures, deduplicated
+}
+
+// collectWeights records the initializers, dense and sparse.
+func (b *graphBuilder) collectWeights() error {
+	for _, t := range b.gp.GetInitializer() {
+		if _, dup := b.weightIdx[t.GetName()]; dup || t.GetName() == "" {
+			return fmt.Errorf("%w: initializer %q", ErrDuplicateOutput, t.GetName())
+		}
+		n, _ := tensorDataBytes(t)
+		n = min(n, maxSize)
+		b.weightIdx[t.GetName()] = len(b.g.Weights)
+		b.g.Weights = append(b.g.Weights, Weight{Name: t.GetName(), Bytes: n, Initializer: t})
+	}
+	for _, sp := range b.gp.GetSparseInitializer() {
 		// Sparse initializers are rare; they are kept whole in every stage that reads them.
 		name := sp.GetValues().GetName()
-		b, _ := tensorDataBytes(sp.GetValues())
-		ib, _ := tensorDataBytes(sp.GetIndices())
-		weightIdx[name] = len(g.Weights)
-		g.Weights = append(g.Weights, Weight{Name: name, Bytes: min(b+ib, maxSize)})
+		n, _ := tensorDataBytes(sp.GetValues())
+		in, _ := tensorDataBytes(sp.GetIndices())
+		b.weightIdx[name] = len(b.g.Weights)
+		b.g.Weights = append(b.g.Weights, Weight{Name: name, Bytes: min(n+in, maxSize)})
 	}
-	isInput := map[string]bool{}
-	for _, vi := range gp.GetInput() {
-		if _, ok := weightIdx[vi.GetName()]; ok {
+	return nil
+}
+
+// collectInputs records the graph inputs that are not weights.
+func (b *graphBuilder) collectInputs() error {
+	for _, vi := range b.gp.GetInput() {
+		if _, ok := b.weightIdx[vi.GetName()]; ok {
 			// An input with an initializer of the same name is a weight with a default
 			// (IR < 4 style); treat it as a weight.
 			continue
 		}
-		if isInput[vi.GetName()] {
-			return nil, fmt.Errorf("%w: graph input %q", ErrDuplicateOutput, vi.GetName())
+		if b.isInput[vi.GetName()] {
+			return fmt.Errorf("%w: graph input %q", ErrDuplicateOutput, vi.GetName())
 		}
-		isInput[vi.GetName()] = true
-		g.Inputs = append(g.Inputs, vi.GetName())
+		b.isInput[vi.GetName()] = true
+		b.g.Inputs = append(b.g.Inputs, vi.GetName())
 	}
-	var compute []*onnxpb.NodeProto
-	producedBy := map[string]int{} // name -> index into compute
-	for _, n := range gp.GetNode() {
-		if isConstantNode(n) {
-			if len(n.GetOutput()) != 1 || n.GetOutput()[0] == "" {
-				return nil, fmt.Errorf("%w: Constant node %q needs exactly one output", ErrNotONNX, n.GetName())
-			}
-			name := n.GetOutput()[0]
-			if _, dup := weightIdx[name]; dup || isInput[name] {
-				return nil, fmt.Errorf("%w: %q", ErrDuplicateOutput, name)
-			}
-			weightIdx[name] = len(g.Weights)
-			g.Weights = append(g.Weights, Weight{Name: name, Bytes: min(constantBytes(n), maxSize), Constant: n})
+	return nil
+}
+
+// collectComputeNodes turns Constant nodes into weights and indexes the producers
+// of the other nodes' outputs, each tensor name produced once.
+func (b *graphBuilder) collectComputeNodes() error {
+	for _, n := range b.gp.GetNode() {
+		if !isConstantNode(n) {
+			b.compute = append(b.compute, n)
 			continue
 		}
-		compute = append(compute, n)
+		if len(n.GetOutput()) != 1 || n.GetOutput()[0] == "" {
+			return fmt.Errorf("%w: Constant node %q needs exactly one output", ErrNotONNX, n.GetName())
+		}
+		name := n.GetOutput()[0]
+		if _, dup := b.weightIdx[name]; dup || b.isInput[name] {
+			return fmt.Errorf("%w: %q", ErrDuplicateOutput, name)
+		}
+		b.weightIdx[name] = len(b.g.Weights)
+		b.g.Weights = append(b.g.Weights, Weight{Name: name, Bytes: min(constantBytes(n), maxSize), Constant: n})
 	}
-	for i, n := range compute {
+	for i, n := range b.compute {
 		for _, o := range n.GetOutput() {
 			if o == "" {
 				continue
 			}
-			_, w := weightIdx[o]
-			_, p := producedBy[o]
-			if w || p || isInput[o] {
-				return nil, fmt.Errorf("%w: %q (node %q)", ErrDuplicateOutput, o, nodeLabel(n, i))
+			_, w := b.weightIdx[o]
+			_, p := b.producedBy[o]
+			if w || p || b.isInput[o] {
+				return fmt.Errorf("%w: %q (node %q)", ErrDuplicateOutput, o, nodeLabel(n, i))
 			}
-			producedBy[o] = i
+			b.producedBy[o] = i
 		}
 	}
+	return nil
+}
 
-	// Dependencies, with subgraph captures as inputs.
-	inputsOf := make([][]string, len(compute))
-	succ := make([][]int, len(compute))
-	indeg := make([]int, len(compute))
-	for i, n := range compute {
+// dependencies fills inputsOf, with subgraph captures as inputs, and returns each
+// compute node's successors and in-degree.
+func (b *graphBuilder) dependencies() (succ [][]int, indeg []int, err error) {
+	b.inputsOf = make([][]string, len(b.compute))
+	succ = make([][]int, len(b.compute))
+	indeg = make([]int, len(b.compute))
+	for i, n := range b.compute {
 		seen := map[string]bool{}
 		var ins []string
 		add := func(name string) {
@@ -229,25 +289,30 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 		for _, c := range subgraphCaptures(n) {
 			add(c)
 		}
-		inputsOf[i] = ins
+		b.inputsOf[i] = ins
 		for _, in := range ins {
-			if p, ok := producedBy[in]; ok {
+			if p, ok := b.producedBy[in]; ok {
 				if p == i {
-					return nil, fmt.Errorf("%w: node %q reads its own output %q", ErrCycle, nodeLabel(n, i), in)
+					return nil, nil, fmt.Errorf("%w: node %q reads its own output %q", ErrCycle, nodeLabel(n, i), in)
 				}
 				succ[p] = append(succ[p], i)
 				indeg[i]++
 				continue
 			}
-			if _, ok := weightIdx[in]; ok || isInput[in] {
+			if _, ok := b.weightIdx[in]; ok || b.isInput[in] {
 				continue
 			}
-			return nil, fmt.Errorf("%w: node %q (%s) reads %q, which is no graph input, initializer or node output", ErrDanglingInput, nodeLabel(n, i), n.GetOpType(), in)
+			return nil, nil, fmt.Errorf("%w: node %q (%s) reads %q, which is no graph input, initializer or node output", ErrDanglingInput, nodeLabel(n, i), n.GetOpType(), in)
 		}
 	}
+	return succ, indeg, nil
+}
 
-	// Kahn's algorithm, always taking the ready node that came first in the file, so
-	// an already sorted graph keeps its order (exporters put related nodes together).
+// topologicalOrder is Kahn's algorithm, always taking the ready node that came first
+// in the file, so an already sorted graph keeps its order (exporters put related
+// nodes together).
+func (b *graphBuilder) topologicalOrder(succ [][]int, indeg []int) ([]int, error) {
+	compute := b.compute
 	order := make([]int, 0, len(compute))
 	ready := &intHeap{}
 	for i := range compute {
@@ -277,36 +342,44 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 		}
 		return nil, fmt.Errorf("%w: %d of %d nodes are on or behind a cycle (e.g. %s)", ErrCycle, len(compute)-len(order), len(compute), strings.Join(stuck, ", "))
 	}
+	return order, nil
+}
 
-	// Drop dead nodes (nothing reads their outputs, transitively, and none is a graph
-	// output), as ONNX Runtime does: a stage made only of them would have no outputs.
+// liveNodes drops dead nodes from order (nothing reads their outputs, transitively,
+// and none is a graph output), as ONNX Runtime does: a stage made only of them would
+// have no outputs.
+func (b *graphBuilder) liveNodes(order []int) []int {
 	needed := map[string]bool{}
-	for _, o := range gp.GetOutput() {
+	for _, o := range b.gp.GetOutput() {
 		needed[o.GetName()] = true
 	}
 	live := order[:0:0]
 	for j := len(order) - 1; j >= 0; j-- {
 		i := order[j]
 		used := false
-		for _, o := range compute[i].GetOutput() {
+		for _, o := range b.compute[i].GetOutput() {
 			used = used || (o != "" && needed[o])
 		}
 		if !used {
 			continue
 		}
-		for _, in := range inputsOf[i] {
+		for _, in := range b.inputsOf[i] {
 			needed[in] = true
 		}
 		live = append(live, i)
 	}
 	slices.Reverse(live)
-	order = live
+	return live
+}
 
-	// Nodes and values.
+// buildNodesAndValues lays the compute nodes out in order and links every value to
+// its producer, its consumers and, for weights, its users.
+func (b *graphBuilder) buildNodesAndValues(order []int) error {
+	g := b.g
 	g.Nodes = make([]Node, len(order))
 	for pos, i := range order {
-		n := compute[i]
-		g.Nodes[pos] = Node{Position: pos, Proto: n, Name: n.GetName(), OpType: n.GetOpType(), Inputs: inputsOf[i]}
+		n := b.compute[i]
+		g.Nodes[pos] = Node{Position: pos, Proto: n, Name: n.GetName(), OpType: n.GetOpType(), Inputs: b.inputsOf[i]}
 		for _, o := range n.GetOutput() {
 			if o != "" {
 				g.Nodes[pos].Outputs = append(g.Nodes[pos].Outputs, o)
@@ -329,31 +402,23 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 		for _, in := range nd.Inputs {
 			v := g.Values[in]
 			v.Consumers = append(v.Consumers, pos)
-			if wi, ok := weightIdx[in]; ok {
+			if wi, ok := b.weightIdx[in]; ok {
 				nd.Weights = append(nd.Weights, wi)
 				nd.ParamBytes += g.Weights[wi].Bytes
 				g.Weights[wi].Users = append(g.Weights[wi].Users, pos)
 			}
 		}
 	}
-	for _, o := range gp.GetOutput() {
+	for _, o := range b.gp.GetOutput() {
 		g.Outputs = append(g.Outputs, o.GetName())
 		if _, ok := g.Values[o.GetName()]; !ok {
-			return nil, fmt.Errorf("%w: graph output %q is produced by nothing", ErrDanglingInput, o.GetName())
+			return fmt.Errorf("%w: graph output %q is produced by nothing", ErrDanglingInput, o.GetName())
 		}
 	}
 	for _, w := range g.Weights {
 		g.ParamBytes += w.Bytes
 	}
-
-	if err := g.inferShapes(opts); err != nil {
-		return nil, err
-	}
-	for pos := range g.Nodes {
-		g.FLOPs += g.Nodes[pos].FLOPs
-	}
-	g.findCuts()
-	return g, nil
+	return nil
 }
 
 // findCuts computes the crossing tensors of every cut. A tensor produced at position

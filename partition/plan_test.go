@@ -154,7 +154,29 @@ func outputBandwidthFor(iter int) float64 {
 }
 
 func TestPlanMatchesBruteForce(t *testing.T) {
+	// One random stream for both phases, so each phase sees the same cases on every run.
 	r := rand.New(rand.NewPCG(42, 7))
+	if !t.Run("fixed device order", func(t *testing.T) { checkPlansAgainstBruteForce(t, r) }) {
+		return
+	}
+	t.Run("reordered devices", func(t *testing.T) { checkReorderedPlansAgainstBruteForce(t, r) })
+}
+
+// randomLinks draws the bandwidth of every link between nd devices.
+func randomLinks(r *rand.Rand, nd int) [][]float64 {
+	bwm := make([][]float64, nd)
+	for i := range bwm {
+		bwm[i] = make([]float64, nd)
+		for j := range bwm[i] {
+			bwm[i][j] = 1 + 100*r.Float64()
+		}
+	}
+	return bwm
+}
+
+// checkPlansAgainstBruteForce: for 400 random graphs and device sets and every stage
+// count, Plan finds the brute-force optimum or, where nothing fits, ErrDoesNotFit.
+func checkPlansAgainstBruteForce(t *testing.T, r *rand.Rand) {
 	feasible, infeasible := 0, 0
 	for iter := 0; iter < 400; iter++ {
 		n := 1 + r.IntN(9)
@@ -168,13 +190,7 @@ func TestPlanMatchesBruteForce(t *testing.T) {
 		for i := range devices {
 			devices[i] = Device{Name: fmt.Sprintf("d%d", i), MemBudget: int64(r.IntN(int(total)+600)) + 100, Speed: 0.5 + 4*r.Float64()}
 		}
-		bwm := make([][]float64, nd)
-		for i := range bwm {
-			bwm[i] = make([]float64, nd)
-			for j := range bwm[i] {
-				bwm[i][j] = 1 + 100*r.Float64()
-			}
-		}
+		bwm := randomLinks(r, nd)
 		bw := func(i, j int) float64 { return bwm[i][j] }
 		outBW := outputBandwidthFor(iter)
 		maxK := min(nd, len(g.ValidCuts())+1)
@@ -203,28 +219,36 @@ func TestPlanMatchesBruteForce(t *testing.T) {
 			if math.Abs(p.Bottleneck-want) > 1e-9*math.Max(1, want) {
 				t.Fatalf("iter %d k=%d: planner bottleneck %g, brute force %g (cuts %v)", iter, k, p.Bottleneck, want, p.Cuts())
 			}
-			// The plan itself is what it claims: contiguous, on valid cuts, fitting.
-			worst := 0.0
-			for j, s := range p.Stages {
-				mem, secs := naiveStage(g, devices, bw, outBW, j, s.Start, s.End)
-				if mem != s.MemoryBytes || mem > devices[j].MemBudget || math.Abs(secs-s.Seconds) > 1e-9*math.Max(1, secs) {
-					t.Fatalf("iter %d k=%d stage %d: reports mem %d secs %g, recomputed %d %g, budget %d", iter, k, j, s.MemoryBytes, s.Seconds, mem, secs, devices[j].MemBudget)
-				}
-				if j > 0 && !g.Cuts[s.Start].Valid {
-					t.Fatalf("iter %d: stage %d starts at invalid cut %d", iter, j, s.Start)
-				}
-				worst = math.Max(worst, secs)
-			}
-			if err := g.checkPlan(p); err != nil {
-				t.Fatal(err)
-			}
+			checkPlanStages(t, fmt.Sprintf("iter %d k=%d", iter, k), g, devices, bw, outBW, p)
 		}
 	}
 	t.Logf("%d feasible and %d infeasible cases agree with brute force", feasible, infeasible)
-	if t.Failed() {
-		return
+	if feasible < 400 || infeasible < 400 {
+		t.Fatalf("random cases do not cover both outcomes: %d feasible, %d infeasible", feasible, infeasible)
 	}
-	// ReorderDevices: the best over every order of the devices, each order brute-forced.
+}
+
+// checkPlanStages: the plan itself is what it claims: contiguous, on valid cuts,
+// fitting, each stage's memory and time as recomputed naively.
+func checkPlanStages(t *testing.T, label string, g *Graph, devices []Device, bw func(i, j int) float64, outBW float64, p *StagePlan) {
+	t.Helper()
+	for j, s := range p.Stages {
+		mem, secs := naiveStage(g, devices, bw, outBW, j, s.Start, s.End)
+		if mem != s.MemoryBytes || mem > devices[j].MemBudget || math.Abs(secs-s.Seconds) > 1e-9*math.Max(1, secs) {
+			t.Fatalf("%s stage %d: reports mem %d secs %g, recomputed %d %g, budget %d", label, j, s.MemoryBytes, s.Seconds, mem, secs, devices[j].MemBudget)
+		}
+		if j > 0 && !g.Cuts[s.Start].Valid {
+			t.Fatalf("%s: stage %d starts at invalid cut %d", label, j, s.Start)
+		}
+	}
+	if err := g.checkPlan(p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkReorderedPlansAgainstBruteForce: with ReorderDevices, Plan finds the best over
+// every order of the devices, each order brute-forced, and uses each device once.
+func checkReorderedPlansAgainstBruteForce(t *testing.T, r *rand.Rand) {
 	reordered := 0
 	for iter := 0; iter < 150; iter++ {
 		g := randomGraph(r, 1+r.IntN(7))
@@ -233,35 +257,11 @@ func TestPlanMatchesBruteForce(t *testing.T) {
 		for i := range devices {
 			devices[i] = Device{Name: fmt.Sprintf("d%d", i), MemBudget: int64(300 + r.IntN(3000)), Speed: 0.5 + 4*r.Float64()}
 		}
-		bwm := make([][]float64, nd)
-		for i := range bwm {
-			bwm[i] = make([]float64, nd)
-			for j := range bwm[i] {
-				bwm[i][j] = 1 + 100*r.Float64()
-			}
-		}
+		bwm := randomLinks(r, nd)
 		bw := func(i, j int) float64 { return bwm[i][j] }
 		outBW := outputBandwidthFor(iter)
 		k := r.IntN(min(nd, len(g.ValidCuts())+1) + 1)
-		want := math.Inf(1)
-		order := make([]int, nd)
-		for i := range order {
-			order[i] = i
-		}
-		permute(order, 0, func(perm []int) {
-			pd := make([]Device, nd)
-			for j, d := range perm {
-				pd[j] = devices[d]
-			}
-			pbw := func(i, j int) float64 { return bwm[perm[i]][perm[j]] }
-			kmin, kmaxB := k, k
-			if k == 0 {
-				kmin, kmaxB = 1, min(nd, len(g.ValidCuts())+1)
-			}
-			for kk := kmin; kk <= kmaxB; kk++ {
-				want = math.Min(want, bruteForce(g, pd, pbw, outBW, kk))
-			}
-		})
+		want := bestOverDeviceOrders(g, devices, bwm, outBW, k)
 		p, err := Plan(g, devices, PlanOptions{Stages: k, LinkBandwidth: bw, OutputBandwidth: outBW, ReorderDevices: true})
 		if math.IsInf(want, 1) {
 			if !errors.Is(err, ErrDoesNotFit) {
@@ -285,9 +285,32 @@ func TestPlanMatchesBruteForce(t *testing.T) {
 	if reordered < 50 {
 		t.Fatalf("only %d feasible ReorderDevices cases", reordered)
 	}
-	if feasible < 400 || infeasible < 400 {
-		t.Fatalf("random cases do not cover both outcomes: %d feasible, %d infeasible", feasible, infeasible)
+}
+
+// bestOverDeviceOrders is the brute-force bottleneck for k stages (any count when k
+// is 0) over every order of the devices.
+func bestOverDeviceOrders(g *Graph, devices []Device, bwm [][]float64, outBW float64, k int) float64 {
+	nd := len(devices)
+	want := math.Inf(1)
+	order := make([]int, nd)
+	for i := range order {
+		order[i] = i
 	}
+	permute(order, 0, func(perm []int) {
+		pd := make([]Device, nd)
+		for j, d := range perm {
+			pd[j] = devices[d]
+		}
+		pbw := func(i, j int) float64 { return bwm[perm[i]][perm[j]] }
+		kmin, kmaxB := k, k
+		if k == 0 {
+			kmin, kmaxB = 1, min(nd, len(g.ValidCuts())+1)
+		}
+		for kk := kmin; kk <= kmaxB; kk++ {
+			want = math.Min(want, bruteForce(g, pd, pbw, outBW, kk))
+		}
+	})
+	return want
 }
 
 // TestHeterogeneousBudgets: budgets summing to just above the model's size, none able

@@ -84,38 +84,38 @@ job() {
   fi
 }
 
-# Issue 2: the fixed cost accel adds around one ORT run, and building the 12 x 768 GPT.
+# The fixed cost accel adds around one ORT run, and building the 12 x 768 GPT.
 job accel-ort-run "go test -run '^\$' -bench '^BenchmarkORTRun\$' -benchtime 1s -count $(q 1 3) -benchmem ./accel/ort/"
 job modelgen-gpt2 "go test -run '^\$' -bench '^BenchmarkBuildGPT2Small\$' -benchtime 1x -count $(q 1 3) -benchmem ./partition/modelgen/"
 
-# Issue 2 point 5: HTTP (binary and JSON) against a direct accel call, 12 x 768 GPT at
+# HTTP inference path (binary and JSON) against a direct accel call, 12 x 768 GPT at
 # 1x128, interleaved in one run; and the same path on a model that computes nothing.
 job api-infer "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 5x 10x) -count 1 -benchmem -timeout 30m ./api/"
 job api-infer-2t "LAYERMESH_BENCH_THREADS=2 go test -run '^\$' -bench '^BenchmarkInfer\$' -benchtime $(q 3x 6x) -count 1 -benchmem -timeout 30m ./api/"
 job api-logits "go test -run '^\$' -bench '^BenchmarkInferLogitsTransport\$' -benchtime $(q 5x 10x) -count $(q 1 3) -benchmem -timeout 10m ./api/"
 
-# Issue 3 point 5: analyse and write 3 stages of the 24 x 1024 GPT (child process, peak
+# Partitioner: analyse and write 3 stages of the 24 x 1024 GPT (child process, peak
 # RSS); and, full runs only, a 36 x 1280 GPT over 2 GiB with external data.
 job partition-gpt-large "go test -run '^\$' -bench '^BenchmarkPartitionGPTLarge\$' -benchtime 1x -count $(q 1 3) -timeout 20m ./partition/"
 if [[ $quick != 1 ]]; then
   job partition-gpt-xl "go test -run '^\$' -bench '^BenchmarkPartitionGPTXL\$' -benchtime 1x -count 1 -timeout 30m ./partition/"
 fi
 
-# Issue 4 point 3: stage RPC of one hidden state and 25.7 MB tensors, each path against
+# Stage RPC of one hidden state and 25.7 MB tensors, each path against
 # raw loopback TCP in the same run; in one process and across two processes.
 job mesh-stage-rpc "go test -run '^\$' -bench '^BenchmarkStageRPC_1x128x768\$' -benchtime $(q 200x 500x) -count $(q 1 3) -benchmem -timeout 10m ./mesh/"
 job mesh-throughput "go test -run '^\$' -bench '^BenchmarkThroughput\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 15m ./mesh/"
 job mesh-throughput-processes "go test -run '^\$' -bench '^BenchmarkThroughputProcesses\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 15m ./mesh/"
 
-# Issue 5 point 2: leader failover of a 3-node cluster with the default Raft timings;
+# Leader failover of a 3-node cluster with the default Raft timings;
 # and the cost of a committed write and of a linearizable read.
 job consensus-failover "go test -run '^\$' -bench '^BenchmarkLeaderFailover\$' -benchtime $(q 3x 10x) -count 1 -timeout 10m ./consensus/"
 job consensus-apply "go test -run '^\$' -bench '^(BenchmarkApply|BenchmarkLinearizableRead)\$' -benchtime $(q 200x 500x) -count 1 -timeout 10m ./consensus/"
 
-# Issue 6 point 5: real meshnode processes on the 12 x 768 GPT. (a, d) 3-stage split
-# against one node, requests interleaved, with 1 and 2 intra-op threads per node, and
-# the split's deploy; (b) 2 taskset-pinned nodes against 1; (c) failover, measured by
-# the stage-holder kill system test, whose figures are in its -v log.
+# Split serving, real meshnode processes on the 12 x 768 GPT: 3-stage split against
+# one node, requests interleaved, with 1 and 2 intra-op threads per node, and the
+# split's deploy; pipeline parallelism, 2 taskset-pinned nodes against 1; failover of a
+# killed stage holder, measured by its system test, whose figures are in its -v log.
 job split-latency-1t "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^BenchmarkSplitVsWhole\$' -benchtime $(q 1x 10x) -count 1 -timeout 20m ./test/split/"
 job split-latency-2t "LAYERMESH_BENCH_THREADS=2 go test -run '^\$' -bench '^BenchmarkSplitVsWhole\$' -benchtime $(q 1x 10x) -count 1 -timeout 20m ./test/split/"
 job split-pipeline "go test -run '^\$' -bench '^BenchmarkSplitPipelineParallel\$' -benchtime $(q 1x 12x) -count 1 -timeout 20m ./test/split/"

@@ -36,8 +36,8 @@ func int64Rows(t *testing.T, in tensor.Tensor) [][]int64 {
 	return rows
 }
 
-// TestGPTMatchesReference is issue 2's check 3: ONNX Runtime's logits for the
-// tiny GPT equal an independent plain-Go forward pass of the same weights.
+// TestGPTMatchesReference: ONNX Runtime's logits for the tiny GPT equal an independent
+// plain-Go forward pass of the same weights.
 func TestGPTMatchesReference(t *testing.T) {
 	// The second configuration has more heads and layers, so a mistake in
 	// splitting or merging heads cannot hide behind a 2-head model.

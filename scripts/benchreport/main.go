@@ -1,6 +1,6 @@
 // Command benchreport turns the raw output of scripts/bench.sh (one `go test -bench`
 // output and one JSON side file per job, plus run.json for the whole run) into
-// BENCHMARKS.md: the machine, then one section per issue point with what is
+// BENCHMARKS.md: the machine, then one section per measured behaviour with what is
 // measured, the figures, the target and whether it is met, and the command that
 // reproduces them.
 //

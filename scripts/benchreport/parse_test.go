@@ -144,15 +144,15 @@ func TestRenderPending(t *testing.T) {
 		"BenchmarkY": {{Iterations: 5, Metrics: map[string]float64{"ns/op": 12}}},
 	}}}}
 	sections := []Section{
-		{Title: "Issue 1, point 1: thing", Jobs: []string{"j"}, Figures: []Figure{{Job: "j", Bench: "BenchmarkX", Metric: "ratio", Label: "x ratio", Target: &Target{Op: ">=", Value: 0.5}}}},
-		{Title: "Issue 9, point 9: later", Jobs: []string{"k"}, Pending: "No benchmark yet."},
+		{Title: "Thing", Jobs: []string{"j"}, Figures: []Figure{{Job: "j", Bench: "BenchmarkX", Metric: "ratio", Label: "x ratio", Target: &Target{Op: ">=", Value: 0.5}}}},
+		{Title: "Later", Jobs: []string{"k"}, Pending: "No benchmark yet."},
 	}
 	var buf bytes.Buffer
 	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, sections)
 	s := buf.String()
 	for _, want := range []string{
-		"| Issue 1, point 1 | x ratio | 0.7 | >= 0.5 | yes |",
-		"| Issue 9, point 9 | later | not yet measured | | |",
+		"| Thing | x ratio | 0.7 | >= 0.5 | yes |",
+		"| Later | | not yet measured | | |",
 		"**Not yet measured.** No benchmark yet.",
 		"    go test -bench X ./x/",
 		"| j | BenchmarkY | 5 | 12 ns/op |",

@@ -2,13 +2,13 @@ package main
 
 import "regexp"
 
-// reportSections is the report's content: for each issue point, which benchmark
-// metrics answer it and what the issue asks of them. The job ids are those of
+// reportSections is the report's content: for each measured behaviour, which
+// benchmark metrics measure it and the targets they must meet. The job ids are those of
 // scripts/bench.sh; the benchmark names are the go test names without the
 // GOMAXPROCS suffix.
 var reportSections = []Section{
 	{
-		Title: "Issue 2, point 5: HTTP inference path against a direct accel call",
+		Title: "HTTP inference path against a direct accel call",
 		Measures: `
 BenchmarkInfer builds the 12 x 768 GPT (GPT-2-small shape, 125M parameters, about 500 MB),
 serves it from one in-process node with 1 intra-op thread (LAYERMESH_BENCH_THREADS=1; the
@@ -24,7 +24,7 @@ measures, in the same run and on the same node, what the HTTP path adds for the 
 25.7 MB answer on a model that computes almost nothing (Cast, Unsqueeze, Expand to
 1x128x50257), paired the same way, and divides it by the GPT's own latency measured in
 the same iterations: that is the figure held against the target (under 3% at 1 intra-op
-thread, the configuration of the issue's baseline of about 430 ms). The HTTP path adds
+thread, the configuration in which the GPT takes about 430 ms). The HTTP path adds
 the same work whatever computed the answer: reading the request, writing the answer's
 bytes to the socket and the client reading them (the answer is written from the
 tensor's own bytes, and read into the client's reused buffer). The JSON figure is
@@ -62,11 +62,11 @@ reported beside it.`,
 		}},
 	},
 	{
-		Title: "Issue 2: building the 12 x 768 GPT, and the fixed cost of one ORT run",
+		Title: "Building the 12 x 768 GPT, and the fixed cost of one ORT run",
 		Measures: `
 BenchmarkBuildGPT2Small builds the GPT-2-small-shaped model (12 layers, d=768, 125M
-parameters, 498 MB of float32 weights) in memory with partition/modelgen; the issue asks
-that this takes seconds, not minutes. BenchmarkORTRun runs a tiny MatMul model
+parameters, 498 MB of float32 weights) in memory with partition/modelgen; the target
+is that this takes seconds, not minutes. BenchmarkORTRun runs a tiny MatMul model
 ([64 2] x [2 2]) through accel, so its time is what accel adds around ONNX Runtime:
 input validation, tensor wrapping, output copy.`,
 		Jobs: []string{"modelgen-gpt2", "accel-ort-run"},
@@ -78,7 +78,7 @@ input validation, tensor wrapping, output copy.`,
 		},
 	},
 	{
-		Title: "Issue 3, point 5: analysing and writing 3 stages of the 24 x 1024 GPT",
+		Title: "Analysing and writing 3 stages of the 24 x 1024 GPT",
 		Measures: `
 Model: the 24 x 1024 GPT (modelgen.GPTLarge: 24 layers, d=1024, vocab 50257, tied LM
 head), one .onnx file of about 1.35 GiB. The benchmark generates it once into
@@ -114,7 +114,7 @@ model in ONNX Runtime (CPU, 8 tokens) and fails if they differ (its log above). 
 only (BENCH_QUICK=1 leaves it out).`,
 	},
 	{
-		Title: "Issue 4, point 3: stage RPC and large-tensor throughput against raw loopback TCP",
+		Title: "Stage RPC and large-tensor throughput against raw loopback TCP",
 		Measures: `
 Two meshes on 127.0.0.1 (real libp2p hosts) and a plain TCP connection between the same
 two ends, used alternately in every iteration. *data-tls* is the product's data path: a
@@ -179,14 +179,14 @@ CPU per byte (getrusage of the benchmark process) tells cost apart from contenti
 shared machine, where wall-clock rates swing with other processes' load.`,
 	},
 	{
-		Title: "Issue 5, point 2: leader failover",
+		Title: "Leader failover",
 		Measures: `
 A 3-node cluster in one process on real libp2p and badger, with Raft's default timings
 (the ones meshnode uses: heartbeat 1 s, election 1 s, leader lease 500 ms). Each
 iteration kills the leader without warning (host closed, Raft stopped, no leadership
 transfer) and measures the time until the two survivors agree on a new leader; the
 killed node then restarts from its data dir and catches up before the next round. The
-issue asks for the time to be measured and recorded. For scale, the cost of one
+time is measured and recorded, with no target. For scale, the cost of one
 committed write (badger syncing every log write) and of one linearizable read, on the
 leader and through a follower.`,
 		Jobs: []string{"consensus-failover", "consensus-apply"},
@@ -207,7 +207,7 @@ leader and through a follower.`,
 		}},
 	},
 	{
-		Title: "Issue 6, point 5 (a, d): 3-stage split against one node, and the deploy",
+		Title: "3-stage split against one node, and the deploy",
 		Measures: `
 BenchmarkSplitVsWhole starts real meshnode processes: a 3-node cluster that deploys
 the 12 x 768 GPT (about 500 MB) in 3 stages, and a one-node cluster serving the whole
@@ -215,20 +215,20 @@ model; every node has --threads from LAYERMESH_BENCH_THREADS. Requests of 1x128
 tokens go over HTTP with the binary tensor extension, to the node holding the last
 stage in the split (so the 25.7 MB of logits never cross the mesh) and to the single
 node, interleaved one by one after two warm-up pairs; the medians and their ratio are
-reported. Target (a): ratio at most 1.08 with 1 intra-op thread per node; 2 threads
-reported too. (d): the split deploy, seconds from the start of the upload to every
+reported. Target: ratio at most 1.08 with 1 intra-op thread per node; 2 threads
+reported too. The split deploy: seconds from the start of the upload to every
 stage ready, and the blob bytes the nodes served each other
 (layermesh_blob_served_bytes_total summed over the nodes).`,
 		Jobs: []string{"split-latency-1t", "split-latency-2t"},
 		Figures: []Figure{
-			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "ratio", Label: "(a) 1 thread: split latency / one node", Unit: "x", Target: &Target{Op: "<=", Value: 1.08}},
-			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "split-ms", Label: "(a) 1 thread: 3-stage split, median", Unit: "ms"},
-			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "whole-ms", Label: "(a) 1 thread: one node, median", Unit: "ms"},
-			{Job: "split-latency-2t", Bench: "BenchmarkSplitVsWhole", Metric: "ratio", Label: "(a) 2 threads: split latency / one node", Unit: "x", Summary: true},
-			{Job: "split-latency-2t", Bench: "BenchmarkSplitVsWhole", Metric: "split-ms", Label: "(a) 2 threads: 3-stage split, median", Unit: "ms"},
-			{Job: "split-latency-2t", Bench: "BenchmarkSplitVsWhole", Metric: "whole-ms", Label: "(a) 2 threads: one node, median", Unit: "ms"},
-			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "deploy-s", Label: "(d) deploy to 3 nodes, upload to ready", Unit: "s", Summary: true},
-			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "deploy-moved-MB", Label: "(d) deploy to 3 nodes, blob bytes moved between nodes", Unit: "MB", Summary: true},
+			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "ratio", Label: "1 thread: split latency / one node", Unit: "x", Target: &Target{Op: "<=", Value: 1.08}},
+			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "split-ms", Label: "1 thread: 3-stage split, median", Unit: "ms"},
+			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "whole-ms", Label: "1 thread: one node, median", Unit: "ms"},
+			{Job: "split-latency-2t", Bench: "BenchmarkSplitVsWhole", Metric: "ratio", Label: "2 threads: split latency / one node", Unit: "x", Summary: true},
+			{Job: "split-latency-2t", Bench: "BenchmarkSplitVsWhole", Metric: "split-ms", Label: "2 threads: 3-stage split, median", Unit: "ms"},
+			{Job: "split-latency-2t", Bench: "BenchmarkSplitVsWhole", Metric: "whole-ms", Label: "2 threads: one node, median", Unit: "ms"},
+			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "deploy-s", Label: "deploy to 3 nodes, upload to ready", Unit: "s", Summary: true},
+			{Job: "split-latency-1t", Bench: "BenchmarkSplitVsWhole", Metric: "deploy-moved-MB", Label: "deploy to 3 nodes, blob bytes moved between nodes", Unit: "MB", Summary: true},
 		},
 		Logs: []string{"BenchmarkSplitVsWhole"},
 		Notes: `
@@ -238,7 +238,7 @@ run (-benchtime 10x) sets up and deploys everything twice and reports the N=10 c
 the medians are over 10 interleaved pairs. A quick run (1x) has one pair.`,
 	},
 	{
-		Title: "Issue 6, point 5 (b): pipeline parallelism on pinned cores",
+		Title: "Pipeline parallelism on pinned cores",
 		Measures: `
 BenchmarkSplitPipelineParallel runs 2 meshnode processes, each pinned with taskset to
 its own core and given 1 intra-op thread, serving the 12 x 768 GPT in 2 stages, and one
@@ -253,9 +253,9 @@ balance of the two stages. Target: the split's throughput at least 1.7 x the sin
 node's.`,
 		Jobs: []string{"split-pipeline"},
 		Figures: []Figure{
-			{Job: "split-pipeline", Bench: "BenchmarkSplitPipelineParallel", Metric: "speedup", Label: "(b) 2 pinned nodes / 1 pinned node, throughput", Unit: "x", Target: &Target{Op: ">=", Value: 1.7}},
-			{Job: "split-pipeline", Bench: "BenchmarkSplitPipelineParallel", Metric: "split-req/s", Label: "(b) 2 pinned nodes, 2 stages", Unit: "req/s"},
-			{Job: "split-pipeline", Bench: "BenchmarkSplitPipelineParallel", Metric: "whole-req/s", Label: "(b) 1 pinned node, whole model", Unit: "req/s"},
+			{Job: "split-pipeline", Bench: "BenchmarkSplitPipelineParallel", Metric: "speedup", Label: "2 pinned nodes / 1 pinned node, throughput", Unit: "x", Target: &Target{Op: ">=", Value: 1.7}},
+			{Job: "split-pipeline", Bench: "BenchmarkSplitPipelineParallel", Metric: "split-req/s", Label: "2 pinned nodes, 2 stages", Unit: "req/s"},
+			{Job: "split-pipeline", Bench: "BenchmarkSplitPipelineParallel", Metric: "whole-req/s", Label: "1 pinned node, whole model", Unit: "req/s"},
 		},
 		Logs: []string{"BenchmarkSplitPipelineParallel"},
 		Notes: `
@@ -263,7 +263,7 @@ On this machine 2 pinned nodes take both cores, so the other processes of the sh
 machine compete with them, and with the benchmark's own client, for the same cores.`,
 	},
 	{
-		Title: "Issue 6, point 5 (c): failover of a killed stage holder",
+		Title: "Failover of a killed stage holder",
 		Measures: `
 Measured by the system test TestSplitStageHolderKilled (not a go benchmark): 4 meshnode
 processes serve a 4 x 256 GPT in 3 stages with 2 replicas; 200 requests at concurrency
@@ -275,12 +275,12 @@ latency). The figures are read from the line the test logs (go test -v); the tes
 if any request fails or answers wrongly.`,
 		Jobs: []string{"split-failover"},
 		Figures: []Figure{
-			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "first-ms", Label: "(c) kill -> first retried request answered", Unit: "ms", Summary: true},
-			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "p50-ms", Label: "(c) kill -> retried requests answered, p50", Unit: "ms", Summary: true},
-			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "max-ms", Label: "(c) kill -> retried requests answered, max", Unit: "ms", Summary: true},
-			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "added-p50-ms", Label: "(c) added latency of the retried requests, p50", Unit: "ms"},
-			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "added-max-ms", Label: "(c) added latency of the retried requests, max", Unit: "ms"},
-			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "in-flight", Label: "(c) requests in flight at the kill", Unit: ""},
+			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "first-ms", Label: "kill -> first retried request answered", Unit: "ms", Summary: true},
+			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "p50-ms", Label: "kill -> retried requests answered, p50", Unit: "ms", Summary: true},
+			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "max-ms", Label: "kill -> retried requests answered, max", Unit: "ms", Summary: true},
+			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "added-p50-ms", Label: "added latency of the retried requests, p50", Unit: "ms"},
+			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "added-max-ms", Label: "added latency of the retried requests, max", Unit: "ms"},
+			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "in-flight", Label: "requests in flight at the kill", Unit: ""},
 		},
 	},
 }

@@ -29,17 +29,49 @@ import (
 func TestFaultHostilePeers(t *testing.T) {
 	requireFaults(t)
 	const nodes = 3
-	wrongSecret := filepath.Join(t.TempDir(), "wrong.secret")
-	if err := os.WriteFile(wrongSecret, []byte(strings.Repeat("f00d", 16)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	// Budgets of 4 MiB hold the test GPT and the add models many times over, and
 	// make a 6 x 256 GPT (about 20 MB) a deploy no set of nodes can hold.
 	const budget = 4 << 20
 	c := startFaultCluster(t, nodes, nil, "--mem-budget", strconv.Itoa(budget))
 	result := harness.Result{Scenario: "hostile-peers", Trial: 1, Started: time.Now()}
+	deployAddEverywhere(t, c, nodes)
 
-	// The add model as "add", so that the single-node bad-request rows apply here too.
+	lctx, stop := context.WithCancel(context.Background())
+	waitLoad := runLoad(lctx, c.load(c.HTTPAddrs(), 2, time.Hour, 20*time.Second))
+	checkWrongSecretRefused(t, c, nodes, &result)
+	sendJunkToPeerPorts(t, c, nodes, &result)
+	sendBadRequestCatalogue(t, c, budget, &result)
+	time.Sleep(2 * time.Second)
+	stop()
+	st, err := waitLoad()
+	if err != nil {
+		t.Fatal(err)
+	}
+	countFailures(t, &result, st, "inference during the abuse")
+	if st.Failures > 0 {
+		t.Errorf("%d inferences failed during the abuse: %v", st.Failures, st.ByCode)
+	}
+	for i := range nodes {
+		if !c.Node(i).Running() {
+			t.Errorf("node %d exited", i)
+		}
+	}
+	if err := c.waitAlive(nodes, 20*time.Second); err != nil {
+		t.Errorf("membership disturbed: %v", err)
+	}
+	for i := range nodes {
+		if l := c.Node(i).LogTail(1 << 22); strings.Contains(l, "panic") {
+			t.Errorf("node %d log shows a panic", i)
+		}
+	}
+	result.Finished = time.Now()
+	result.Passed = !t.Failed()
+	harness.RecordResult(t, result)
+}
+
+// deployAddEverywhere deploys the add model as "add", so that the single-node
+// bad-request rows apply here too, and waits until every node answers it ready.
+func deployAddEverywhere(t *testing.T, c *faultCluster, nodes int) {
 	raw := addModel(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -55,11 +87,16 @@ func TestFaultHostilePeers(t *testing.T) {
 		}
 		return nil
 	})
+}
 
-	lctx, stop := context.WithCancel(context.Background())
-	waitLoad := runLoad(lctx, c.load(c.HTTPAddrs(), 2, time.Hour, 20*time.Second))
-
-	// A node with the wrong secret, flags otherwise like the others'.
+// checkWrongSecretRefused starts a node with the wrong cluster secret, flags
+// otherwise like the others': it must never be ready nor a member, and its log must
+// say why it was refused.
+func checkWrongSecretRefused(t *testing.T, c *faultCluster, nodes int, result *harness.Result) {
+	wrongSecret := filepath.Join(t.TempDir(), "wrong.secret")
+	if err := os.WriteFile(wrongSecret, []byte(strings.Repeat("f00d", 16)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	c.flagHook = wrongSecretFlags(nodes, wrongSecret)
 	bad, err := c.Add()
 	if err != nil {
@@ -98,8 +135,11 @@ func TestFaultHostilePeers(t *testing.T) {
 	if impostor.Running() {
 		_ = c.Kill(bad)
 	}
+}
 
-	// Junk on every node's libp2p and memberlist ports.
+// sendJunkToPeerPorts sends junk to every node's libp2p and memberlist ports: each
+// connection must be closed on it.
+func sendJunkToPeerPorts(t *testing.T, c *faultCluster, nodes int, result *harness.Result) {
 	for i := range nodes {
 		p2p := c.P2PAddr(i)
 		host, port := multiaddrHostPort(p2p)
@@ -118,9 +158,12 @@ func TestFaultHostilePeers(t *testing.T) {
 			}
 		}
 	}
+}
 
-	// Every bad request of the catalogue, to a cluster node. One token is made first,
-	// so that a second one under its name is a conflict.
+// sendBadRequestCatalogue sends every bad request of the API catalogue to a cluster
+// node; each must get its own refusal. One token is made first, so that a second one
+// under its name is a conflict.
+func sendBadRequestCatalogue(t *testing.T, c *faultCluster, budget int64, result *harness.Result) {
 	target := &singleNode{addr: c.HTTPAddr(1), token: c.token}
 	hc := &http.Client{Timeout: 30 * time.Second}
 	if err := createToken(hc, target, takenTokenName); err != nil {
@@ -133,33 +176,6 @@ func TestFaultHostilePeers(t *testing.T) {
 			t.Errorf("cluster node, %s: %v", r.name, err)
 		}
 	}
-
-	time.Sleep(2 * time.Second)
-	stop()
-	st, err := waitLoad()
-	if err != nil {
-		t.Fatal(err)
-	}
-	countFailures(t, &result, st, "inference during the abuse")
-	if st.Failures > 0 {
-		t.Errorf("%d inferences failed during the abuse: %v", st.Failures, st.ByCode)
-	}
-	for i := range nodes {
-		if !c.Node(i).Running() {
-			t.Errorf("node %d exited", i)
-		}
-	}
-	if err := c.waitAlive(nodes, 20*time.Second); err != nil {
-		t.Errorf("membership disturbed: %v", err)
-	}
-	for i := range nodes {
-		if l := c.Node(i).LogTail(1 << 22); strings.Contains(l, "panic") {
-			t.Errorf("node %d log shows a panic", i)
-		}
-	}
-	result.Finished = time.Now()
-	result.Passed = !t.Failed()
-	harness.RecordResult(t, result)
 }
 
 // takenTokenName names the token TestFaultHostilePeers creates before asking for it again.

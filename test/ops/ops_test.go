@@ -378,7 +378,7 @@ func (c *opsCluster) status(t *testing.T, i int, method, path, token string) int
 }
 
 // testTokens: token create/list/revoke in both forms, and what each token may do on
-// every node (issue 7, what must hold 4).
+// every node.
 func testTokens(t *testing.T, c *opsCluster) {
 	var infer wire.TokenCreated
 	c.okJSON(t, &infer, "token", "create", "--scope", "infer", "--name", "ci")

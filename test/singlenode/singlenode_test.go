@@ -21,6 +21,7 @@ import (
 	"github.com/layermesh/layermesh/api/client"
 	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/partition/modelgen"
+	"github.com/layermesh/layermesh/partition/onnxpb"
 	"github.com/layermesh/layermesh/test/harness"
 	"google.golang.org/protobuf/proto"
 )
@@ -80,66 +81,99 @@ func waitReady(ctx context.Context, t *testing.T, c *client.Client, p *harness.P
 	}
 }
 
+// TestSingleNode walks one meshnode process through its life: serve a generated model,
+// answer over HTTP and through meshctl, admin commands, deploy and undeploy, usage
+// errors, and a clean stop on SIGTERM.
 func TestSingleNode(t *testing.T) {
+	s := startSoloNode(t)
+	logits := s.checkBinaryInference(t)
+	s.checkMeshctlInference(t, logits)
+	s.checkAdminCommands(t)
+	s.checkDeployAndUndeploy(t)
+	s.checkUsageErrors(t)
+	s.checkCleanStop(t)
+}
+
+// soloNode is one running meshnode serving the generated gpt-tiny, and the clients
+// that talk to it.
+type soloNode struct {
+	meshctl   cli
+	node      *harness.Proc
+	dir       string
+	dataDir   string
+	tokenFile string
+	ctx       context.Context
+	open      *client.Client // no token
+	admin     *client.Client
+	gen       struct {
+		Params int64 `json:"params"`
+		Bytes  int64 `json:"bytes"`
+	}
+	gpt   *onnxpb.ModelProto // the model the node serves, rebuilt in-process
+	input tensor.Tensor      // token ids the inference checks send
+}
+
+// startSoloNode: meshctl writes the model, and the node serves it from --model-dir.
+func startSoloNode(t *testing.T) *soloNode {
 	meshnode := harness.BuildBinary(t, "./cmd/meshnode")
-	meshctl := cli{t: t, path: harness.BuildBinary(t, "./cmd/meshctl")}
-	dir := t.TempDir()
-	modelDir, dataDir := filepath.Join(dir, "models"), filepath.Join(dir, "data")
+	s := &soloNode{meshctl: cli{t: t, path: harness.BuildBinary(t, "./cmd/meshctl")}, dir: t.TempDir()}
+	modelDir := filepath.Join(s.dir, "models")
+	s.dataDir = filepath.Join(s.dir, "data")
 	if err := os.MkdirAll(modelDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 
-	// 1. meshctl writes the model the node will serve.
+	// meshctl writes the model the node will serve.
 	gptFile := filepath.Join(modelDir, "gpt.onnx")
-	var gen struct {
-		Params int64 `json:"params"`
-		Bytes  int64 `json:"bytes"`
-	}
-	if err := json.Unmarshal([]byte(meshctl.mustRun("gen-model", "gpt-tiny", "-o", gptFile, "--json")), &gen); err != nil || gen.Params == 0 {
-		t.Fatalf("gen-model --json: %+v %v", gen, err)
+	if err := json.Unmarshal([]byte(s.meshctl.mustRun("gen-model", "gpt-tiny", "-o", gptFile, "--json")), &s.gen); err != nil || s.gen.Params == 0 {
+		t.Fatalf("gen-model --json: %+v %v", s.gen, err)
 	}
 
-	// 2. The node serves it.
-	node := harness.StartProc(t, harness.ProcSpec{
+	// The node serves it.
+	s.node = harness.StartProc(t, harness.ProcSpec{
 		Name: "meshnode",
 		Path: meshnode,
-		Args: []string{"--data-dir", dataDir, "--model-dir", modelDir, "--http", "127.0.0.1:0", "--name", "solo",
+		Args: []string{"--data-dir", s.dataDir, "--model-dir", modelDir, "--http", "127.0.0.1:0", "--name", "solo",
 			"--accel", "cpu", "--threads", "1", "--log-format", "json"},
 	})
-	addr, err := harness.ReadAddrFile(node, filepath.Join(dataDir, "http.addr"), 30*time.Second)
+	addr, err := harness.ReadAddrFile(s.node, filepath.Join(s.dataDir, "http.addr"), 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	open, err := client.New(addr)
+	t.Cleanup(cancel)
+	s.ctx = ctx
+	if s.open, err = client.New(addr); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(ctx, t, s.open, s.node)
+	s.tokenFile = filepath.Join(s.dataDir, "admin.token")
+	tok, err := os.ReadFile(s.tokenFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitReady(ctx, t, open, node)
-	tokenFile := filepath.Join(dataDir, "admin.token")
-	tok, err := os.ReadFile(tokenFile)
-	if err != nil {
+	s.meshctl.env = []string{"LAYERMESH_ADDR=" + addr}
+	if s.admin, err = client.New(addr, client.WithToken(string(tok))); err != nil {
 		t.Fatal(err)
 	}
-	meshctl.env = []string{"LAYERMESH_ADDR=" + addr}
-	admin, err := client.New(addr, client.WithToken(string(tok)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	return s
+}
 
-	// 3. api/client, binary extension: the logits equal the reference forward pass.
+// checkBinaryInference: api/client, binary extension: the logits equal the reference
+// forward pass. It returns them for the meshctl checks.
+func (s *soloNode) checkBinaryInference(t *testing.T) []float32 {
 	ids := [][]int64{{5, 17, 3, 96, 0, 42}}
 	m, err := modelgen.GPT(modelgen.GPTTiny)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.gpt = m
 	want, err := modelgen.ReferenceGPT(m, modelgen.GPTTiny, ids)
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := tensor.FromInt64(modelgen.GPTInput, []int64{1, 6}, ids[0])
-	resp, err := open.Infer(ctx, "gpt", &wire.Request{Inputs: []tensor.Tensor{in}, BinaryOutputs: true}, client.InferOptions{BinaryInputs: true})
+	s.input = tensor.FromInt64(modelgen.GPTInput, []int64{1, 6}, ids[0])
+	resp, err := s.open.Infer(s.ctx, "gpt", &wire.Request{Inputs: []tensor.Tensor{s.input}, BinaryOutputs: true}, client.InferOptions{BinaryInputs: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,10 +196,15 @@ func TestSingleNode(t *testing.T) {
 		t.Errorf("logits differ from the reference by %g (> 1e-4)", maxDiff)
 	}
 	t.Logf("gpt-tiny over HTTP vs plain-Go reference: max |diff| = %.2g over %d logits", maxDiff, len(got))
+	return got
+}
 
-	// 4. meshctl infer --json gives the same numbers through the JSON rendering.
+// checkMeshctlInference: meshctl infer --json gives the same numbers as the client
+// through the JSON rendering, its table names the output, and meshctl bench reports
+// what it sent.
+func (s *soloNode) checkMeshctlInference(t *testing.T, got []float32) {
 	var jr wire.ResponseHeader
-	out := meshctl.mustRun("infer", "gpt", "--input", "input_ids=5,17,3,96,0,42", "--shape", "input_ids=1x6", "--json")
+	out := s.meshctl.mustRun("infer", "gpt", "--input", "input_ids=5,17,3,96,0,42", "--shape", "input_ids=1x6", "--json")
 	if err := json.Unmarshal([]byte(out), &jr); err != nil || len(jr.Outputs) != 1 {
 		t.Fatalf("infer --json: %v\n%s", err, out)
 	}
@@ -179,44 +218,49 @@ func TestSingleNode(t *testing.T) {
 		}
 	}
 	// The human form names the output and its shape.
-	if out := meshctl.mustRun("infer", "gpt", "--input", "input_ids=5,17,3,96,0,42", "--shape", "input_ids=1x6"); !strings.Contains(out, "logits FP32 [1 6 97]") {
+	if out := s.meshctl.mustRun("infer", "gpt", "--input", "input_ids=5,17,3,96,0,42", "--shape", "input_ids=1x6"); !strings.Contains(out, "logits FP32 [1 6 97]") {
 		t.Errorf("infer table: %s", out)
 	}
 
-	// meshctl bench reports what it sent.
 	var br struct {
 		Requests int     `json:"requests"`
 		Failed   int     `json:"failed"`
 		P50      float64 `json:"p50_ms"`
 	}
-	if err := json.Unmarshal([]byte(meshctl.mustRun("bench", "gpt", "--input", "input_ids=1,2,3", "--shape", "input_ids=1x3", "--requests", "12", "--concurrency", "3", "--json")), &br); err != nil ||
+	if err := json.Unmarshal([]byte(s.meshctl.mustRun("bench", "gpt", "--input", "input_ids=1,2,3", "--shape", "input_ids=1x3", "--requests", "12", "--concurrency", "3", "--json")), &br); err != nil ||
 		br.Requests != 12 || br.Failed != 0 || br.P50 <= 0 {
 		t.Errorf("bench --json = %+v, %v", br, err)
 	}
+}
 
-	// 5. Admin through meshctl: without a token exit 1 and the code; with it the JSON.
-	if _, errOut, code := meshctl.run("models"); code != 1 || !strings.Contains(errOut, "unauthorized") {
+// checkAdminCommands: admin through meshctl: without a token exit 1 and the code;
+// with it the JSON.
+func (s *soloNode) checkAdminCommands(t *testing.T) {
+	if _, errOut, code := s.meshctl.run("models"); code != 1 || !strings.Contains(errOut, "unauthorized") {
 		t.Errorf("models without token: exit %d, %s", code, errOut)
 	}
 	var list wire.ModelList
-	if err := json.Unmarshal([]byte(meshctl.mustRun("models", "--token-file", tokenFile, "--json")), &list); err != nil ||
-		len(list.Models) != 1 || list.Models[0].Name != "gpt" || !list.Models[0].Ready || list.Models[0].Source != "model-dir" || list.Models[0].Size != gen.Bytes {
+	if err := json.Unmarshal([]byte(s.meshctl.mustRun("models", "--token-file", s.tokenFile, "--json")), &list); err != nil ||
+		len(list.Models) != 1 || list.Models[0].Name != "gpt" || !list.Models[0].Ready || list.Models[0].Source != "model-dir" || list.Models[0].Size != s.gen.Bytes {
 		t.Errorf("models --json = %+v, %v", list, err)
 	}
 	var st struct {
 		Readiness wire.Readiness      `json:"readiness"`
 		Cluster   *wire.ClusterStatus `json:"cluster"`
 	}
-	if err := json.Unmarshal([]byte(meshctl.mustRun("status", "--token-file", tokenFile, "--json")), &st); err != nil ||
+	if err := json.Unmarshal([]byte(s.meshctl.mustRun("status", "--token-file", s.tokenFile, "--json")), &st); err != nil ||
 		!st.Readiness.Ready || st.Cluster == nil || st.Cluster.Mode != "single-node" || st.Cluster.Self != "solo" {
 		t.Errorf("status --json = %+v, %v", st, err)
 	}
+}
 
-	// 6. Deploy a second model with meshctl, run it, refuse a corrupt one, undeploy.
-	lstmFile := filepath.Join(dir, "lstm.onnx")
-	meshctl.mustRun("gen-model", "lstm-tiny", "-o", lstmFile)
+// checkDeployAndUndeploy: deploy a second model with meshctl, run it, refuse a
+// corrupt one (the model it would replace keeps serving), undeploy.
+func (s *soloNode) checkDeployAndUndeploy(t *testing.T) {
+	lstmFile := filepath.Join(s.dir, "lstm.onnx")
+	s.meshctl.mustRun("gen-model", "lstm-tiny", "-o", lstmFile)
 	var dep wire.ModelStatus
-	if err := json.Unmarshal([]byte(meshctl.mustRun("deploy", lstmFile, "--name", "lstm", "--token-file", tokenFile, "--json")), &dep); err != nil || !dep.Ready || dep.Source != "upload" {
+	if err := json.Unmarshal([]byte(s.meshctl.mustRun("deploy", lstmFile, "--name", "lstm", "--token-file", s.tokenFile, "--json")), &dep); err != nil || !dep.Ready || dep.Source != "upload" {
 		t.Fatalf("deploy --json = %+v, %v", dep, err)
 	}
 	lstmCfg, _ := modelgen.Lookup("lstm-tiny", nil)
@@ -224,41 +268,45 @@ func TestSingleNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := open.Infer(ctx, "lstm", &wire.Request{Inputs: lstmIn}, client.InferOptions{}); err != nil {
+	if _, err := s.open.Infer(s.ctx, "lstm", &wire.Request{Inputs: lstmIn}, client.InferOptions{}); err != nil {
 		t.Errorf("infer on the deployed model: %v", err)
 	}
-	corrupt := filepath.Join(dir, "corrupt.onnx")
-	good, _ := proto.Marshal(m)
+	corrupt := filepath.Join(s.dir, "corrupt.onnx")
+	good, _ := proto.Marshal(s.gpt)
 	if err := os.WriteFile(corrupt, good[:len(good)/3], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, errOut, code := meshctl.run("deploy", corrupt, "--name", "gpt", "--token-file", tokenFile, "--quiet"); code != 1 || !strings.Contains(errOut, "invalid_model") {
+	if _, errOut, code := s.meshctl.run("deploy", corrupt, "--name", "gpt", "--token-file", s.tokenFile, "--quiet"); code != 1 || !strings.Contains(errOut, "invalid_model") {
 		t.Errorf("corrupt deploy: exit %d, %s", code, errOut)
 	}
-	if _, err := open.Infer(ctx, "gpt", &wire.Request{Inputs: []tensor.Tensor{in}}, client.InferOptions{}); err != nil {
+	if _, err := s.open.Infer(s.ctx, "gpt", &wire.Request{Inputs: []tensor.Tensor{s.input}}, client.InferOptions{}); err != nil {
 		t.Errorf("gpt stopped serving after a corrupt upload over it: %v", err)
 	}
-	meshctl.mustRun("undeploy", "lstm", "--token-file", tokenFile)
-	if _, err := admin.Model(ctx, "lstm"); !client.IsCode(err, "model_not_found") {
+	s.meshctl.mustRun("undeploy", "lstm", "--token-file", s.tokenFile)
+	if _, err := s.admin.Model(s.ctx, "lstm"); !client.IsCode(err, "model_not_found") {
 		t.Errorf("after undeploy: %v", err)
 	}
+}
 
-	// 7. Exit code 2 for a wrong command line.
-	if _, _, code := meshctl.run("infer"); code != 2 {
+// checkUsageErrors: exit code 2 for a wrong command line.
+func (s *soloNode) checkUsageErrors(t *testing.T) {
+	if _, _, code := s.meshctl.run("infer"); code != 2 {
 		t.Errorf("meshctl infer without a model: exit %d, want 2", code)
 	}
-	if _, _, code := meshctl.run("no-such-command"); code != 2 {
+	if _, _, code := s.meshctl.run("no-such-command"); code != 2 {
 		t.Errorf("unknown command: exit %d, want 2", code)
 	}
+}
 
-	// 8. SIGTERM stops the node cleanly and promptly; it removes http.addr.
-	if err := node.Stop(20 * time.Second); err != nil {
+// checkCleanStop: SIGTERM stops the node cleanly and promptly; it removes http.addr.
+func (s *soloNode) checkCleanStop(t *testing.T) {
+	if err := s.node.Stop(20 * time.Second); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	if _, waitErr := node.Exited(); waitErr() != nil {
+	if _, waitErr := s.node.Exited(); waitErr() != nil {
 		t.Errorf("meshnode exit after SIGTERM: %v", waitErr())
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, "http.addr")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(s.dataDir, "http.addr")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("http.addr left behind: %v", err)
 	}
 }

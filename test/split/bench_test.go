@@ -23,7 +23,7 @@ import (
 	"github.com/layermesh/layermesh/test/harness"
 )
 
-// The benchmarks of issue 6 run real node processes on the 12 x 768 GPT (GPT-2-small
+// The split benchmarks run real node processes on the 12 x 768 GPT (GPT-2-small
 // shape, about 500 MB). Each compares the split deployment with one node serving the
 // whole model the same way (a one-node cluster, one stage), measured in the same run.
 // LAYERMESH_BENCH_THREADS sets the intra-op threads of every node (default 1).
@@ -218,7 +218,7 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-// BenchmarkSplitVsWhole (issue 6, benchmarks a and d): latency of the 3-stage
+// BenchmarkSplitVsWhole: latency of the 3-stage
 // deployment of the 12 x 768 GPT at 1x128 tokens over HTTP with the binary tensor
 // extension, entered at the node holding the last stage, against a one-node cluster
 // serving the whole model, requests interleaved; plus the deploy of the split: seconds
@@ -256,7 +256,7 @@ func BenchmarkSplitVsWhole(b *testing.B) {
 		benchThreads(), size, ms, mw, float64(ms)/float64(mw), deploySplit.Round(time.Millisecond), moved, measured)
 }
 
-// BenchmarkSplitPipelineParallel (issue 6, benchmark b): 2 nodes, each pinned to one
+// BenchmarkSplitPipelineParallel: 2 nodes, each pinned to one
 // core with 1 intra-op thread, 2 stages, concurrency 4, against one node pinned to one
 // core serving the whole model at the same concurrency: throughput ratio.
 //

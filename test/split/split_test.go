@@ -314,11 +314,23 @@ func TestSplitStageHolderKilled(t *testing.T) {
 	if err := c.waitReplicas(0, 2, 90*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	victim := pickStageHolder(t, c)
+	killedAt := killUnderLoad(t, c, ref, victim)
+	entry := (victim + 1) % 4
+	if err := c.waitReplicas(entry, 2, 15*time.Second-time.Since(killedAt), c.Node(victim).Name); err != nil {
+		t.Fatalf("replicas not back to 2 within 15 s of the kill: %v", err)
+	}
+	t.Logf("replicas back to 2 %v after the kill", time.Since(killedAt).Round(time.Millisecond))
+	checkRestartRejoins(t, c, ref, victim, entry)
+}
+
+// pickStageHolder returns a node that holds stages and is neither the leader nor an
+// entry node (node 0).
+func pickStageHolder(t *testing.T, c *splitCluster) int {
 	leader, err := c.Leader(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The victim holds stages and is neither the leader nor an entry node.
 	victim := -1
 	nodes, err := c.client(0).Nodes(context.Background())
 	if err != nil {
@@ -334,6 +346,13 @@ func TestSplitStageHolderKilled(t *testing.T) {
 	if victim < 0 {
 		t.Fatalf("no non-leader stage holder among nodes 1..3: %+v", nodes)
 	}
+	return victim
+}
+
+// killUnderLoad sends 200 requests at concurrency 4 to the other nodes, kills victim
+// with SIGKILL after the 60th answer, and fails the test unless every request got
+// the reference's logits. It records the failover figures and returns the kill time.
+func killUnderLoad(t *testing.T, c *splitCluster, ref *reference, victim int) time.Time {
 	var targets []string
 	for i := range 4 {
 		if i != victim {
@@ -400,13 +419,12 @@ func TestSplitStageHolderKilled(t *testing.T) {
 	if stats.Failures != 0 || stats.Successes != 200 {
 		t.Fatalf("%d of 200 requests failed: %v", stats.Failures, stats.ByCode)
 	}
-	entry := (victim + 1) % 4
-	if err := c.waitReplicas(entry, 2, 15*time.Second-time.Since(killedAt), c.Node(victim).Name); err != nil {
-		t.Fatalf("replicas not back to 2 within 15 s of the kill: %v", err)
-	}
-	t.Logf("replicas back to 2 %v after the kill", time.Since(killedAt).Round(time.Millisecond))
+	return killedAt
+}
 
-	// Restart: same identity (the peer id lives in the data dir), stages again.
+// checkRestartRejoins: the killed node, restarted, keeps its identity (the peer id
+// lives in the data dir), serves stages again as entry sees it, and answers.
+func checkRestartRejoins(t *testing.T, c *splitCluster, ref *reference, victim, entry int) {
 	before, err := os.ReadFile(filepath.Join(c.Node(victim).DataDir, "p2p.addr"))
 	if err != nil {
 		t.Fatal(err)
