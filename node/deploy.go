@@ -41,9 +41,9 @@ import (
 // deployInfo reads the deploy figures a model version was committed with.
 type deployInfo consensus.DeployInfo
 
-// deployAnnotation returns m's deploy figures; a zero field (a model deployed by a
+// deployFigures returns m's deploy figures; a zero field (a model deployed by a
 // build that did not record it) makes placement fall back to the manifest's sizes.
-func deployAnnotation(m consensus.Model) deployInfo { return deployInfo(m.Deploy) }
+func deployFigures(m consensus.Model) deployInfo { return deployInfo(m.Deploy) }
 
 func (d deployInfo) memBytes(m consensus.Model, k int) int64 {
 	if k < len(d.StageMem) && d.StageMem[k] > 0 {
@@ -93,7 +93,7 @@ func (c *Cluster) PutModel(ctx context.Context, name string, body io.Reader, opt
 	st := c.store.State()
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
-			deployAnnotation(m).replicas(c.opts.Replicas) == replicas {
+			deployFigures(m).replicas(c.opts.Replicas) == replicas {
 			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
 			return c.ModelStatus(ctx, name, m.Version)
 		}
@@ -291,7 +291,7 @@ func usedBytes(st *consensus.ClusterState, skip string) map[string]int64 {
 		if key == skip || !ok {
 			continue
 		}
-		info := deployAnnotation(m)
+		info := deployFigures(m)
 		for k, reps := range pl.Stages {
 			if k >= len(m.Stages) {
 				continue
