@@ -7,11 +7,11 @@ package node
 // manifest with its deploy figures (replication factor, per-stage memory and FLOPs,
 // which node cut it); the FSM allocates the version number. A leader lost at any point
 // leaves either no model or a complete one (the same command retried after an unknown
-// outcome is deduplicated by the FSM), never half a deploy. Placement is the leader's controller's job: it is
-// level-triggered from the Raft state, so whichever node leads after the manifest is
-// committed places it. Serving nodes pull their stage blobs from the cutting node (or
-// any replica that already has them); identical stage files hash the same, so a
-// redeploy of the same weights moves nothing.
+// outcome is deduplicated by the FSM), never half a deploy. Placement is the leader's
+// controller's job: it is level-triggered from the Raft state, so whichever node leads
+// after the manifest is committed places it. Serving nodes pull their stage blobs from
+// the cutting node (or any replica that already has them); identical stage files hash
+// the same, so a redeploy of the same weights moves nothing.
 
 import (
 	"context"
