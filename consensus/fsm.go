@@ -172,9 +172,23 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // in only when it is complete.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	raw, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("consensus: read snapshot: %w", err)
+	}
+	// The format number first: a newer format may not even parse as this one.
+	var format struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(raw, &format); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidSnapshot, err)
+	}
+	if err := checkSnapshotFormat(format.Version); err != nil {
+		return err
+	}
 	var d snapshotData
-	if err := json.NewDecoder(rc).Decode(&d); err != nil {
-		return fmt.Errorf("consensus: decode snapshot: %w", err)
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return fmt.Errorf("%w: format %d: %w", ErrInvalidSnapshot, format.Version, err)
 	}
 	st, err := restoredState(d)
 	if err != nil {
@@ -202,16 +216,21 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-// restoredState checks the snapshot's format and brings its state to the
-// current one.
+// checkSnapshotFormat accepts the formats this build reads.
+func checkSnapshotFormat(v int) error {
+	if v > snapshotVersion {
+		return fmt.Errorf("%w: snapshot format %d is newer than this build's %d; upgrade this node",
+			ErrInvalidSnapshot, v, snapshotVersion)
+	}
+	if v != 1 && v != snapshotVersion {
+		return fmt.Errorf("%w: snapshot format %d was never written", ErrInvalidSnapshot, v)
+	}
+	return nil
+}
+
+// restoredState brings the state of a snapshot in a format this build reads to
+// the current form.
 func restoredState(d snapshotData) (*ClusterState, error) {
-	if d.Version > snapshotVersion {
-		return nil, fmt.Errorf("%w: snapshot format %d is newer than this build's %d; upgrade this node",
-			ErrInvalidSnapshot, d.Version, snapshotVersion)
-	}
-	if d.Version != 1 && d.Version != snapshotVersion {
-		return nil, fmt.Errorf("%w: snapshot format %d was never written", ErrInvalidSnapshot, d.Version)
-	}
 	st := NewClusterState()
 	if d.State != nil {
 		st = d.State.Clone() // Clone allocates any map the JSON left nil

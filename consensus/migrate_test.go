@@ -236,6 +236,9 @@ func TestSnapshotFormatChecked(t *testing.T) {
 		want string
 	}{
 		{`{"version":3,"state":{}}`, "newer than this build's 2"},
+		{`{"version":3,"state":["a future shape"]}`, "newer than this build's 2"},
+		{`{"version":2,"state":["not a state"]}`, "format 2"},
+		{`{not json`, "invalid character"},
 		{`{"version":0,"state":{}}`, "never written"},
 		{`{"version":1,"state":{"models":{"m@x":{"name":"m","version":"x"}}}}`, "not a positive decimal"},
 		{`{"version":1,"state":{"catalog":{"deploy/m@1":"{"}}}`, "deploy/m@1"},
