@@ -8,10 +8,15 @@ import (
 	"fmt"
 )
 
-// CommandVersion is the envelope version this build writes and understands.
-// A node that meets a higher version in the log panics instead of skipping the
-// entry, because skipping would make its state diverge from newer replicas.
-const CommandVersion byte = 1
+// CommandVersion is the envelope version this build writes. It also reads
+// version 1 (migrate.go). A node that meets a higher version in the log panics
+// instead of skipping the entry, because skipping would make its state diverge
+// from newer replicas.
+//
+// Version 2: models carry their deploy figures (Model.Deploy) and PutModel
+// leaves the version to the FSM. Version 1 kept the figures as JSON strings in
+// the catalogue and let the proposer pick the version.
+const CommandVersion byte = 2
 
 // CommandType selects the FSM handler. Values are part of the log format: never
 // renumber, only append.
@@ -40,8 +45,15 @@ const maxRequestIDLen = 128
 type Payload interface {
 	// CommandType names the FSM handler for this payload.
 	CommandType() CommandType
-	// apply changes st (a private copy) and returns the epoch for SetPlacement.
-	apply(st *ClusterState) (uint64, error)
+	// apply changes st (a private copy) and says what it allocated.
+	apply(st *ClusterState) (outcome, error)
+}
+
+// outcome is what a command allocated while applying: the placement epoch of a
+// SetPlacement, the version of a PutModel.
+type outcome struct {
+	epoch        uint64
+	modelVersion string
 }
 
 // Command is one write to the cluster state. Build it with NewCommand, which
@@ -58,6 +70,8 @@ type Result struct {
 	Index uint64
 	// Epoch is the new placement epoch after a SetPlacement, else 0.
 	Epoch uint64
+	// ModelVersion is the version a PutModel allocated, else "".
+	ModelVersion string
 	// Duplicate reports that the request id had been applied before and this
 	// result is the remembered one.
 	Duplicate bool
@@ -108,6 +122,9 @@ func EncodeCommand(c Command) ([]byte, error) {
 	if c.RequestID == "" || len(c.RequestID) > maxRequestIDLen {
 		return nil, fmt.Errorf("%w: request id must be 1..%d bytes", ErrInvalidCommand, maxRequestIDLen)
 	}
+	if _, old := c.Payload.(formatOnePayload); old {
+		return nil, fmt.Errorf("%w: a format-1 %T is read from old logs, never written", ErrInvalidCommand, c.Payload)
+	}
 	t := c.Payload.CommandType()
 	if _, ok := payloadDecoders[t]; !ok {
 		return nil, fmt.Errorf("%w: unknown command type %d", ErrInvalidCommand, t)
@@ -141,11 +158,20 @@ func decodeEnvelope(b []byte) (Command, bool, error) {
 	if len(b) < 2 {
 		return Command{}, false, fmt.Errorf("%w: envelope too short (%d bytes)", ErrInvalidCommand, len(b))
 	}
-	if b[0] != CommandVersion {
-		return Command{}, true, fmt.Errorf("%w: %w", ErrInvalidCommand, errUnknownCommand{fmt.Sprintf("unknown command version %d", b[0])})
+	var decoders map[CommandType]func([]byte) (Payload, error)
+	switch {
+	case b[0] == CommandVersion:
+		decoders = payloadDecoders
+	case b[0] == 1:
+		decoders = formatOneDecoders
+	case b[0] > CommandVersion:
+		return Command{}, true, fmt.Errorf("%w: %w", ErrInvalidCommand, errUnknownCommand{
+			fmt.Sprintf("command format %d is newer than this build's %d", b[0], CommandVersion)})
+	default:
+		return Command{}, false, fmt.Errorf("%w: command format %d was never written", ErrInvalidCommand, b[0])
 	}
 	t := CommandType(b[1])
-	dec, ok := payloadDecoders[t]
+	dec, ok := decoders[t]
 	if !ok {
 		return Command{}, true, fmt.Errorf("%w: %w", ErrInvalidCommand, errUnknownCommand{fmt.Sprintf("unknown command type %d", t)})
 	}

@@ -28,6 +28,19 @@
 // rather than let replicas diverge. FSM handlers never read the clock or any
 // other local input: every time stamp travels inside the command.
 //
+// The command envelope and the snapshot carry a format number (CommandVersion
+// and snapshotVersion, both 2). This build still reads format 1, the one the
+// builds before typed model records wrote, and migrates it as it applies or
+// restores it (migrate.go), so a data dir of such a build starts as it was. A
+// newer format is never guessed at: a log entry stops the replica with a panic
+// that says to upgrade, a snapshot fails Restore with ErrInvalidSnapshot, and a
+// forwarded command is refused to its sender.
+//
+// A model version's record is typed: manifest and deploy figures (Model.Deploy)
+// are one value, committed by one PutModel. The FSM allocates the version
+// number from a per-model counter (ClusterState.ModelVersions), so deleting a
+// version removes it entirely while its number is never handed out again.
+//
 // Only members speak to us: streams on RaftProtocol and ApplyProtocol from a
 // peer that is neither in the Raft configuration nor a member record (left and
 // removed excluded) are dropped, so a peer still in the mesh's join handshake

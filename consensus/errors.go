@@ -46,6 +46,9 @@ var (
 	// ErrCorruptStore means the on-disk Raft data could not be opened. The node
 	// must not start; an operator moves the directory aside and rejoins.
 	ErrCorruptStore = errors.New("consensus: raft data directory is damaged")
+	// ErrInvalidSnapshot means a Raft snapshot could not be read into the state:
+	// written by a newer build, or damaged.
+	ErrInvalidSnapshot = errors.New("consensus: unreadable snapshot")
 	// ErrConfig means Config is missing something required.
 	ErrConfig = errors.New("consensus: invalid config")
 )

@@ -39,12 +39,13 @@ type forwardRequest struct {
 // forwardResponse carries the result and, on error, its class and code (see
 // codes.go) so the follower returns the same sentinels as the leader would.
 type forwardResponse struct {
-	Index     uint64 `json:"index"`
-	Epoch     uint64 `json:"epoch,omitempty"`
-	Duplicate bool   `json:"duplicate,omitempty"`
-	Class     string `json:"class,omitempty"`
-	Code      string `json:"code,omitempty"`
-	Msg       string `json:"msg,omitempty"`
+	Index        uint64 `json:"index"`
+	Epoch        uint64 `json:"epoch,omitempty"`
+	ModelVersion string `json:"model_version,omitempty"`
+	Duplicate    bool   `json:"duplicate,omitempty"`
+	Class        string `json:"class,omitempty"`
+	Code         string `json:"code,omitempty"`
+	Msg          string `json:"msg,omitempty"`
 }
 
 func writeFrame(w io.Writer, v any) error {
@@ -191,9 +192,7 @@ func (s *Store) handleForward(st network.Stream) {
 	} else {
 		switch req.Op {
 		case opApply:
-			var res Result
-			res, err = s.applyLocal(ctx, req.Command)
-			resp = forwardResponse{Index: res.Index, Epoch: res.Epoch, Duplicate: res.Duplicate}
+			resp, err = s.applyForwarded(ctx, req.Command)
 		case opBarrier:
 			resp.Index, err = s.barrierLocal(ctx)
 		case opAdd:
@@ -210,4 +209,15 @@ func (s *Store) handleForward(st network.Stream) {
 	if err := writeFrame(st, resp); err != nil {
 		s.logger.Debug("answer forwarded request", "peer", st.Conn().RemotePeer(), "err", err)
 	}
+}
+
+// applyForwarded appends a follower's command after decoding it here: a command
+// this build cannot read (a newer follower's format) is refused to its sender
+// instead of stopping every replica that meets it in the log.
+func (s *Store) applyForwarded(ctx context.Context, data []byte) (forwardResponse, error) {
+	if _, err := DecodeCommand(data); err != nil {
+		return forwardResponse{}, fmt.Errorf("%w: %w", ErrFailed, err)
+	}
+	res, err := s.applyLocal(ctx, data)
+	return forwardResponse{Index: res.Index, Epoch: res.Epoch, ModelVersion: res.ModelVersion, Duplicate: res.Duplicate}, err
 }

@@ -16,8 +16,9 @@ import (
 // within seconds, so the window is generous.
 const dedupWindow = 8192
 
-// snapshotVersion is the format of Persist's output.
-const snapshotVersion = 1
+// snapshotVersion is the format of Persist's output. Restore also reads format
+// 1 (migrate.go) and refuses a newer one, whose meaning this build cannot know.
+const snapshotVersion = 2
 
 // dedupEntry remembers the outcome of one request id so that a duplicate gets
 // the same answer as the original.
@@ -25,8 +26,10 @@ type dedupEntry struct {
 	ID    string `json:"id"`
 	Index uint64 `json:"index"`
 	Epoch uint64 `json:"epoch,omitempty"`
-	Code  string `json:"code,omitempty"` // errCode of a rejected command
-	Msg   string `json:"msg,omitempty"`
+	// ModelVersion is the version a PutModel allocated.
+	ModelVersion string `json:"model_version,omitempty"`
+	Code         string `json:"code,omitempty"` // errCode of a rejected command
+	Msg          string `json:"msg,omitempty"`
 }
 
 // applyResponse is what fsm.Apply hands back through raft's ApplyFuture.
@@ -88,12 +91,12 @@ func (f *fsm) applyLocked(index uint64, cmd Command, decodeErr error) (applyResp
 		return applyResponse{result: Result{Index: index}, err: fmt.Errorf("%w: %w", ErrFailed, decodeErr)}, false
 	}
 	if e, ok := f.seen[cmd.RequestID]; ok {
-		r := Result{Index: e.Index, Epoch: e.Epoch, Duplicate: true}
+		r := Result{Index: e.Index, Epoch: e.Epoch, ModelVersion: e.ModelVersion, Duplicate: true}
 		return applyResponse{result: r, err: errorFromCode(classFailed, e.Code, e.Msg)}, false
 	}
 	next := f.state.Clone()
-	epoch, err := cmd.Payload.apply(next)
-	e := dedupEntry{ID: cmd.RequestID, Index: index, Epoch: epoch}
+	out, err := cmd.Payload.apply(next)
+	e := dedupEntry{ID: cmd.RequestID, Index: index, Epoch: out.epoch, ModelVersion: out.modelVersion}
 	changed := err == nil
 	if err != nil {
 		e.Code, e.Msg = codeOf(err), err.Error()
@@ -102,7 +105,7 @@ func (f *fsm) applyLocked(index uint64, cmd Command, decodeErr error) (applyResp
 		f.state = next
 	}
 	f.remember(e)
-	resp := applyResponse{result: Result{Index: index, Epoch: epoch}}
+	resp := applyResponse{result: Result{Index: index, Epoch: out.epoch, ModelVersion: out.modelVersion}}
 	if err != nil {
 		resp.err = fmt.Errorf("%w: %w", ErrFailed, err)
 	}
@@ -169,16 +172,27 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // in only when it is complete.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	raw, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("consensus: read snapshot: %w", err)
+	}
+	// The format number first: a newer format may not even parse as this one.
+	var format struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(raw, &format); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidSnapshot, err)
+	}
+	if err := checkSnapshotFormat(format.Version); err != nil {
+		return err
+	}
 	var d snapshotData
-	if err := json.NewDecoder(rc).Decode(&d); err != nil {
-		return fmt.Errorf("consensus: decode snapshot: %w", err)
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return fmt.Errorf("%w: format %d: %w", ErrInvalidSnapshot, format.Version, err)
 	}
-	if d.Version != snapshotVersion {
-		return fmt.Errorf("consensus: snapshot format %d, this build reads %d", d.Version, snapshotVersion)
-	}
-	st := NewClusterState()
-	if d.State != nil {
-		st = d.State.Clone() // Clone allocates any map the JSON left nil
+	st, err := restoredState(d)
+	if err != nil {
+		return err
 	}
 	seen := make(map[string]dedupEntry, len(d.Dedup))
 	order := make([]string, 0, len(d.Dedup))
@@ -195,11 +209,38 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.waitCh = make(chan struct{})
 	f.mu.Unlock()
 	close(ch)
-	f.logger.Info("restored state from snapshot", "applied", d.Applied, "members", len(st.Members), "models", len(st.Models))
+	f.logger.Info("restored state from snapshot", "format", d.Version, "applied", d.Applied, "members", len(st.Members), "models", len(st.Models))
 	if f.notify != nil {
 		f.notify()
 	}
 	return nil
+}
+
+// checkSnapshotFormat accepts the formats this build reads.
+func checkSnapshotFormat(v int) error {
+	if v > snapshotVersion {
+		return fmt.Errorf("%w: snapshot format %d is newer than this build's %d; upgrade this node",
+			ErrInvalidSnapshot, v, snapshotVersion)
+	}
+	if v != 1 && v != snapshotVersion {
+		return fmt.Errorf("%w: snapshot format %d was never written", ErrInvalidSnapshot, v)
+	}
+	return nil
+}
+
+// restoredState brings the state of a snapshot in a format this build reads to
+// the current form.
+func restoredState(d snapshotData) (*ClusterState, error) {
+	st := NewClusterState()
+	if d.State != nil {
+		st = d.State.Clone() // Clone allocates any map the JSON left nil
+	}
+	if d.Version == 1 {
+		if err := migrateFormatOne(st); err != nil {
+			return nil, fmt.Errorf("%w: format-1 snapshot: %w", ErrInvalidSnapshot, err)
+		}
+	}
+	return st, nil
 }
 
 type fsmSnapshot struct{ data snapshotData }

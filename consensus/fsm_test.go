@@ -63,11 +63,16 @@ func TestFSMCommands(t *testing.T) {
 	fail(NewCommand(UpsertMember{Member{ID: "c", State: "zombie"}}), ErrInvalidCommand)
 	ok(NewCommand(SetMemberState{ID: "b", State: MemberDead, At: at}))
 	fail(NewCommand(SetMemberState{ID: "nobody", State: MemberDead, At: at}), ErrNotFound)
-	ok(NewCommand(PutModel{Model{Name: "gpt", Version: "1", SourceSHA256: "ab", SourceSize: 10,
+	r := ok(NewCommand(PutModel{Model{Name: "gpt", SourceSHA256: "ab", SourceSize: 10,
 		Signature: Signature{Inputs: []TensorSpec{{Name: "ids", DType: 7, Shape: []int64{1, -1}}}},
-		Stages:    []StageManifest{{Index: 0, SHA256: "s0", Size: 5, Inputs: []string{"ids"}, Outputs: []string{"h"}, ParamBytes: 4}}}}))
-	fail(NewCommand(PutModel{Model{Name: "gpt"}}), ErrInvalidCommand)
-	r := ok(NewCommand(SetPlacement{Placement: Placement{Model: "gpt", Version: "1", Stages: [][]string{{"a", "b"}}}, ExpectedEpoch: 0}))
+		Stages:    []StageManifest{{Index: 0, SHA256: "s0", Size: 5, Inputs: []string{"ids"}, Outputs: []string{"h"}, ParamBytes: 4}},
+		Deploy:    DeployInfo{Replicas: 2, StageMem: []int64{9}, StageFLOPs: []int64{7}, Cutter: "a"}}}))
+	if r.ModelVersion != "1" {
+		t.Fatalf("first version of gpt is %q, want 1", r.ModelVersion)
+	}
+	fail(NewCommand(PutModel{Model{Name: "gpt", Version: "7"}}), ErrInvalidCommand)
+	fail(NewCommand(PutModel{Model{}}), ErrInvalidCommand)
+	r = ok(NewCommand(SetPlacement{Placement: Placement{Model: "gpt", Version: "1", Stages: [][]string{{"a", "b"}}}, ExpectedEpoch: 0}))
 	if r.Epoch != 1 {
 		t.Fatalf("first placement epoch %d, want 1", r.Epoch)
 	}
@@ -104,6 +109,9 @@ func TestFSMCommands(t *testing.T) {
 	}
 	if tok := st.Tokens["t1"]; !tok.Revoked || !tok.RevokedAt.Equal(at) {
 		t.Fatalf("token = %+v", tok)
+	}
+	if d := st.Models[ModelKey("gpt", "1")].Deploy; d.Replicas != 2 || d.StageMem[0] != 9 || d.StageFLOPs[0] != 7 || d.Cutter != "a" {
+		t.Fatalf("deploy figures = %+v", d)
 	}
 	if st.Catalog["k"] != "v3" || st.Config.ClusterID != "c1" {
 		t.Fatalf("catalog/config = %v %+v", st.Catalog, st.Config)
@@ -174,7 +182,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	dup := NewCommand(CatalogPut{Key: "dup", Value: "1"})
 	applyCmd(t, f, 1, dup)
 	applyCmd(t, f, 2, NewCommand(UpsertMember{Member{ID: "a", Addrs: []string{"x"}}}))
-	applyCmd(t, f, 3, NewCommand(PutModel{Model{Name: "m", Version: "1", Stages: []StageManifest{{Inputs: []string{"i"}}}}}))
+	applyCmd(t, f, 3, NewCommand(PutModel{Model{Name: "m", Stages: []StageManifest{{Inputs: []string{"i"}}}}}))
 	snap, err := f.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +251,9 @@ func TestFSMUnknownTypePanics(t *testing.T) {
 func TestStateCloneIsDeep(t *testing.T) {
 	s := NewClusterState()
 	s.Members["a"] = Member{ID: "a", Addrs: []string{"x"}}
-	s.Models["m@1"] = Model{Name: "m", Signature: Signature{Inputs: []TensorSpec{{Shape: []int64{1}}}}, Stages: []StageManifest{{Inputs: []string{"i"}}}}
+	s.Models["m@1"] = Model{Name: "m", Signature: Signature{Inputs: []TensorSpec{{Shape: []int64{1}}}}, Stages: []StageManifest{{Inputs: []string{"i"}}},
+		Deploy: DeployInfo{StageMem: []int64{1}, StageFLOPs: []int64{1}}}
+	s.LegacyDeploys = map[string]DeployInfo{"m@2": {StageMem: []int64{1}}}
 	s.Placements["m@1"] = Placement{Stages: [][]string{{"a"}}}
 	c := s.Clone()
 	c.Members["a"].Addrs[0] = "changed"
@@ -251,6 +261,14 @@ func TestStateCloneIsDeep(t *testing.T) {
 	c.Models["m@1"].Stages[0].Inputs[0] = "changed"
 	c.Placements["m@1"].Stages[0][0] = "changed"
 	c.Catalog["new"] = "v"
+	c.ModelVersions["m"] = 5
+	c.Models["m@1"].Deploy.StageMem[0] = 9
+	c.Models["m@1"].Deploy.StageFLOPs[0] = 9
+	c.LegacyDeploys["m@2"].StageMem[0] = 9
+	if s.Models["m@1"].Deploy.StageMem[0] != 1 || s.Models["m@1"].Deploy.StageFLOPs[0] != 1 ||
+		s.LegacyDeploys["m@2"].StageMem[0] != 1 || len(s.ModelVersions) != 0 {
+		t.Fatal("Clone shares deploy figures or version counters with the original")
+	}
 	if s.Members["a"].Addrs[0] != "x" || s.Models["m@1"].Signature.Inputs[0].Shape[0] != 1 ||
 		s.Models["m@1"].Stages[0].Inputs[0] != "i" || s.Placements["m@1"].Stages[0][0] != "a" || len(s.Catalog) != 0 {
 		t.Fatal("Clone shares memory with the original")

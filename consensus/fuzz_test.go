@@ -2,6 +2,9 @@ package consensus
 
 import (
 	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -9,8 +12,10 @@ import (
 
 // FuzzDecodeCommand feeds arbitrary bytes to the envelope decoder, which reads
 // what followers forward over the network and what the log holds. It must
-// never panic, and whatever it accepts must re-encode to an envelope that
-// decodes to the same command.
+// never panic, and whatever it accepts in the current format must re-encode to
+// an envelope that decodes to the same command. Format-1 entries (seeded from
+// testdata/v1) decode too; the format-1 payloads among them are never written
+// again, so EncodeCommand must refuse them.
 func FuzzDecodeCommand(f *testing.F) {
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, c := range []Command{
@@ -18,11 +23,22 @@ func FuzzDecodeCommand(f *testing.F) {
 		{RequestID: "r2", Payload: UpsertMember{Member{ID: "p", Addrs: []string{"/ip4/127.0.0.1/tcp/1"}, Capacity: Capacity{MemBudget: 1, Cores: 2, Speed: 3}}}},
 		{RequestID: "r3", Payload: SetPlacement{Placement: Placement{Model: "m", Version: "1", Stages: [][]string{{"a"}}}, ExpectedEpoch: 4}},
 		{RequestID: "r4", Payload: SetMemberState{ID: "p", State: MemberDead, At: at}},
-		{RequestID: "r5", Payload: PutModel{Model{Name: "m", Version: "1", Stages: []StageManifest{{SHA256: "aa"}}}}},
+		{RequestID: "r5", Payload: PutModel{Model{Name: "m", Stages: []StageManifest{{SHA256: "aa"}}, Deploy: DeployInfo{Replicas: 2, StageMem: []int64{1}, StageFLOPs: []int64{2}, Cutter: "p"}}}},
 		{RequestID: "r6", Payload: RevokeToken{ID: "t", At: at}},
 		{RequestID: "r7", Payload: ReportServing{Node: "p", Serving: Serving{Boot: "b", Stages: []ServedRef{{Model: "m", Version: "1", Stage: 2, Ready: true}}}}},
 	} {
 		b, err := EncodeCommand(c)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	old, err := filepath.Glob("testdata/v1/log/*.bin")
+	if err != nil || len(old) == 0 {
+		f.Fatalf("format-1 seeds: %v", err)
+	}
+	for _, name := range old {
+		b, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -33,6 +49,12 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)
 		if err != nil {
+			return
+		}
+		if _, formatOne := c.Payload.(formatOnePayload); formatOne {
+			if _, err := EncodeCommand(c); !errors.Is(err, ErrInvalidCommand) {
+				t.Fatalf("EncodeCommand wrote a format-1 %T: %v", c.Payload, err)
+			}
 			return
 		}
 		again, err := EncodeCommand(c)

@@ -3,6 +3,7 @@ package consensus
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -25,7 +26,9 @@ type RemoveMember struct {
 	ID string `json:"id"`
 }
 
-// PutModel creates or replaces one model version.
+// PutModel adds a new version of a model, manifest and deploy figures in one
+// write. Model.Version must be empty: the FSM allocates the next number from
+// ClusterState.ModelVersions and reports it in Result.ModelVersion.
 type PutModel struct {
 	Model Model `json:"model"`
 }
@@ -121,56 +124,64 @@ func (CatalogPut) CommandType() CommandType { return CmdCatalogPut }
 // CommandType implements Payload.
 func (ReportServing) CommandType() CommandType { return CmdReportServing }
 
-func (p UpsertMember) apply(st *ClusterState) (uint64, error) {
+func (p UpsertMember) apply(st *ClusterState) (outcome, error) {
 	m := p.Member.Clone()
 	if m.ID == "" {
-		return 0, fmt.Errorf("%w: member without id", ErrInvalidCommand)
+		return outcome{}, fmt.Errorf("%w: member without id", ErrInvalidCommand)
 	}
 	if m.State == "" {
 		m.State = MemberAlive
 	}
 	if !m.State.valid() {
-		return 0, fmt.Errorf("%w: member state %q", ErrInvalidCommand, m.State)
+		return outcome{}, fmt.Errorf("%w: member state %q", ErrInvalidCommand, m.State)
 	}
 	m.Voter = false
 	st.Members[m.ID] = m
-	return 0, nil
+	return outcome{}, nil
 }
 
-func (p SetMemberState) apply(st *ClusterState) (uint64, error) {
+func (p SetMemberState) apply(st *ClusterState) (outcome, error) {
 	if !p.State.valid() {
-		return 0, fmt.Errorf("%w: member state %q", ErrInvalidCommand, p.State)
+		return outcome{}, fmt.Errorf("%w: member state %q", ErrInvalidCommand, p.State)
 	}
 	m, ok := st.Members[p.ID]
 	if !ok {
-		return 0, fmt.Errorf("%w: member %s", ErrNotFound, p.ID)
+		return outcome{}, fmt.Errorf("%w: member %s", ErrNotFound, p.ID)
 	}
 	if m.State != p.State {
 		m.State = p.State
 		m.StateSince = p.At
 	}
 	st.Members[p.ID] = m
-	return 0, nil
+	return outcome{}, nil
 }
 
-func (p RemoveMember) apply(st *ClusterState) (uint64, error) {
+func (p RemoveMember) apply(st *ClusterState) (outcome, error) {
 	if _, ok := st.Members[p.ID]; !ok {
-		return 0, fmt.Errorf("%w: member %s", ErrNotFound, p.ID)
+		return outcome{}, fmt.Errorf("%w: member %s", ErrNotFound, p.ID)
 	}
 	delete(st.Members, p.ID)
 	delete(st.Serving, p.ID)
-	return 0, nil
+	return outcome{}, nil
 }
 
-func (p PutModel) apply(st *ClusterState) (uint64, error) {
-	if p.Model.Name == "" || p.Model.Version == "" {
-		return 0, fmt.Errorf("%w: model needs a name and a version", ErrInvalidCommand)
+func (p PutModel) apply(st *ClusterState) (outcome, error) {
+	if p.Model.Name == "" {
+		return outcome{}, fmt.Errorf("%w: model needs a name", ErrInvalidCommand)
 	}
-	st.Models[ModelKey(p.Model.Name, p.Model.Version)] = p.Model.Clone()
-	return 0, nil
+	if p.Model.Version != "" {
+		return outcome{}, fmt.Errorf("%w: model version %q given; the cluster allocates versions", ErrInvalidCommand, p.Model.Version)
+	}
+	n := st.ModelVersions[p.Model.Name] + 1
+	m := p.Model.Clone()
+	m.Version = strconv.FormatUint(n, 10)
+	st.ModelVersions[m.Name] = n
+	dropLegacyDeploys(st, m.Name)
+	st.Models[ModelKey(m.Name, m.Version)] = m
+	return outcome{modelVersion: m.Version}, nil
 }
 
-func (p DeleteModel) apply(st *ClusterState) (uint64, error) {
+func (p DeleteModel) apply(st *ClusterState) (outcome, error) {
 	found := false
 	for k, m := range st.Models {
 		if m.Name == p.Name && (p.Version == "" || m.Version == p.Version) {
@@ -180,100 +191,101 @@ func (p DeleteModel) apply(st *ClusterState) (uint64, error) {
 		}
 	}
 	if !found {
-		return 0, fmt.Errorf("%w: model %s version %q", ErrNotFound, p.Name, p.Version)
+		return outcome{}, fmt.Errorf("%w: model %s version %q", ErrNotFound, p.Name, p.Version)
 	}
-	return 0, nil
+	dropLegacyDeploys(st, p.Name)
+	return outcome{}, nil
 }
 
-func (p SetPlacement) apply(st *ClusterState) (uint64, error) {
+func (p SetPlacement) apply(st *ClusterState) (outcome, error) {
 	pl := p.Placement.Clone()
 	key := ModelKey(pl.Model, pl.Version)
 	if _, ok := st.Models[key]; !ok {
-		return 0, fmt.Errorf("%w: model %s", ErrNotFound, key)
+		return outcome{}, fmt.Errorf("%w: model %s", ErrNotFound, key)
 	}
 	var current uint64
 	if old, ok := st.Placements[key]; ok {
 		current = old.Epoch
 	}
 	if current != p.ExpectedEpoch {
-		return 0, fmt.Errorf("%w: %s is at epoch %d, expected %d", ErrEpochMismatch, key, current, p.ExpectedEpoch)
+		return outcome{}, fmt.Errorf("%w: %s is at epoch %d, expected %d", ErrEpochMismatch, key, current, p.ExpectedEpoch)
 	}
 	pl.Epoch = current + 1
 	st.Placements[key] = pl
-	return pl.Epoch, nil
+	return outcome{epoch: pl.Epoch}, nil
 }
 
-func (p PutToken) apply(st *ClusterState) (uint64, error) {
+func (p PutToken) apply(st *ClusterState) (outcome, error) {
 	if p.Token.ID == "" || p.Token.Hash == "" {
-		return 0, fmt.Errorf("%w: token needs an id and a hash", ErrInvalidCommand)
+		return outcome{}, fmt.Errorf("%w: token needs an id and a hash", ErrInvalidCommand)
 	}
 	if p.Token.Scope != ScopeAdmin && p.Token.Scope != ScopeInfer {
-		return 0, fmt.Errorf("%w: token scope %q", ErrInvalidCommand, p.Token.Scope)
+		return outcome{}, fmt.Errorf("%w: token scope %q", ErrInvalidCommand, p.Token.Scope)
 	}
 	st.Tokens[p.Token.ID] = p.Token
-	return 0, nil
+	return outcome{}, nil
 }
 
-func (p RevokeToken) apply(st *ClusterState) (uint64, error) {
+func (p RevokeToken) apply(st *ClusterState) (outcome, error) {
 	t, ok := st.Tokens[p.ID]
 	if !ok {
-		return 0, fmt.Errorf("%w: token %s", ErrNotFound, p.ID)
+		return outcome{}, fmt.Errorf("%w: token %s", ErrNotFound, p.ID)
 	}
 	if !t.Revoked {
 		t.Revoked = true
 		t.RevokedAt = p.At
 	}
 	st.Tokens[p.ID] = t
-	return 0, nil
+	return outcome{}, nil
 }
 
-func (p SetConfig) apply(st *ClusterState) (uint64, error) {
+func (p SetConfig) apply(st *ClusterState) (outcome, error) {
 	if p.Config.ReplicationFactor < 0 || p.Config.DeadNodeTimeout < 0 {
-		return 0, fmt.Errorf("%w: negative config value", ErrInvalidCommand)
+		return outcome{}, fmt.Errorf("%w: negative config value", ErrInvalidCommand)
 	}
 	st.Config = p.Config
-	return 0, nil
+	return outcome{}, nil
 }
 
-func (p CatalogPut) apply(st *ClusterState) (uint64, error) {
+func (p CatalogPut) apply(st *ClusterState) (outcome, error) {
 	if p.Key == "" {
-		return 0, fmt.Errorf("%w: empty catalogue key", ErrInvalidCommand)
+		return outcome{}, fmt.Errorf("%w: empty catalogue key", ErrInvalidCommand)
 	}
 	_, present := st.Catalog[p.Key]
 	switch p.Mode {
 	case CatalogUpsert:
 	case CatalogRegister:
 		if present {
-			return 0, fmt.Errorf("%w: catalogue key %q", ErrExists, p.Key)
+			return outcome{}, fmt.Errorf("%w: catalogue key %q", ErrExists, p.Key)
 		}
 	case CatalogUpdate:
 		if !present {
-			return 0, fmt.Errorf("%w: catalogue key %q", ErrNotFound, p.Key)
+			return outcome{}, fmt.Errorf("%w: catalogue key %q", ErrNotFound, p.Key)
 		}
 	default:
-		return 0, fmt.Errorf("%w: catalogue mode %q", ErrInvalidCommand, p.Mode)
+		return outcome{}, fmt.Errorf("%w: catalogue mode %q", ErrInvalidCommand, p.Mode)
 	}
 	st.Catalog[p.Key] = p.Value
-	return 0, nil
+	return outcome{}, nil
 }
 
-func (p ReportServing) apply(st *ClusterState) (uint64, error) {
+func (p ReportServing) apply(st *ClusterState) (outcome, error) {
 	if _, ok := st.Members[p.Node]; !ok {
-		return 0, fmt.Errorf("%w: member %s", ErrNotFound, p.Node)
+		return outcome{}, fmt.Errorf("%w: member %s", ErrNotFound, p.Node)
 	}
 	if p.Serving.Boot == "" {
-		return 0, fmt.Errorf("%w: serving report without a boot id", ErrInvalidCommand)
+		return outcome{}, fmt.Errorf("%w: serving report without a boot id", ErrInvalidCommand)
 	}
 	if len(p.Serving.Stages) > MaxServedStages {
-		return 0, fmt.Errorf("%w: %d served stages, at most %d", ErrInvalidCommand, len(p.Serving.Stages), MaxServedStages)
+		return outcome{}, fmt.Errorf("%w: %d served stages, at most %d", ErrInvalidCommand, len(p.Serving.Stages), MaxServedStages)
 	}
 	for _, r := range p.Serving.Stages {
 		if r.Model == "" || r.Version == "" || r.Stage < 0 {
-			return 0, fmt.Errorf("%w: served stage %+v", ErrInvalidCommand, r)
+			return outcome{}, fmt.Errorf("%w: served stage %+v", ErrInvalidCommand, r)
 		}
 	}
 	s := p.Serving
 	s.Stages = slices.Clone(s.Stages)
 	st.Serving[p.Node] = s
-	return 0, nil
+	return outcome{}, nil
 }

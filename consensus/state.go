@@ -72,6 +72,15 @@ type StageManifest struct {
 	ParamBytes int64    `json:"param_bytes"`
 }
 
+// DeployInfo is what a deploy records with its manifest: the figures placement
+// needs that the stage files do not carry.
+type DeployInfo struct {
+	Replicas   int     `json:"replicas"`    // replicas asked per stage; 0: the cluster's default
+	StageMem   []int64 `json:"stage_mem"`   // per stage: parameter bytes plus activation allowance
+	StageFLOPs []int64 `json:"stage_flops"` // per stage: compute cost the planner balances
+	Cutter     string  `json:"cutter"`      // peer id of the node that cut the stages and holds their blobs
+}
+
 // Model is one version of a deployed model.
 type Model struct {
 	Name         string          `json:"name"`
@@ -81,6 +90,7 @@ type Model struct {
 	Signature    Signature       `json:"signature"`
 	Stages       []StageManifest `json:"stages"`
 	Created      time.Time       `json:"created"`
+	Deploy       DeployInfo      `json:"deploy"`
 }
 
 // ModelKey identifies a model version in ClusterState.Models and Placements.
@@ -158,8 +168,18 @@ type ClusterState struct {
 	Models     map[string]Model     `json:"models"`     // by ModelKey(name, version)
 	Placements map[string]Placement `json:"placements"` // by ModelKey(name, version)
 	Tokens     map[string]Token     `json:"tokens"`     // by token id
-	Catalog    map[string]string    `json:"catalog"`    // small key/value catalogue for annotations
+	Catalog    map[string]string    `json:"catalog"`    // small key/value catalogue; model figures live in Model.Deploy
 	Serving    map[string]Serving   `json:"serving"`    // by peer id: the stages each node reports
+	// ModelVersions holds, per model name, the highest version number ever
+	// allocated. PutModel allocates the next one, so a deleted version's number is
+	// never handed out again (nodes may still serve its stages for a moment, and a
+	// reused number would route requests to them) without keeping the deleted
+	// version in the state.
+	ModelVersions map[string]uint64 `json:"model_versions"`
+	// LegacyDeploys holds format-1 deploy annotations (see migrate.go) whose
+	// manifest has not been applied yet, by ModelKey. A format-2 command never
+	// adds to it.
+	LegacyDeploys map[string]DeployInfo `json:"legacy_deploys,omitempty"`
 	// Index is the Raft log index of the last applied entry that changed or
 	// could have changed this state.
 	Index uint64 `json:"index"`
@@ -174,6 +194,8 @@ func NewClusterState() *ClusterState {
 		Tokens:     map[string]Token{},
 		Catalog:    map[string]string{},
 		Serving:    map[string]Serving{},
+
+		ModelVersions: map[string]uint64{},
 	}
 }
 
@@ -208,6 +230,16 @@ func (s *ClusterState) Clone() *ClusterState {
 		v.Stages = slices.Clone(v.Stages)
 		c.Serving[k] = v
 	}
+	c.ModelVersions = maps.Clone(s.ModelVersions)
+	if c.ModelVersions == nil {
+		c.ModelVersions = map[string]uint64{}
+	}
+	if len(s.LegacyDeploys) > 0 {
+		c.LegacyDeploys = make(map[string]DeployInfo, len(s.LegacyDeploys))
+		for k, d := range s.LegacyDeploys {
+			c.LegacyDeploys[k] = d.Clone()
+		}
+	}
 	return c
 }
 
@@ -229,7 +261,15 @@ func (m Model) Clone() Model {
 		}
 		m.Stages = st
 	}
+	m.Deploy = m.Deploy.Clone()
 	return m
+}
+
+// Clone returns a deep copy of d.
+func (d DeployInfo) Clone() DeployInfo {
+	d.StageMem = slices.Clone(d.StageMem)
+	d.StageFLOPs = slices.Clone(d.StageFLOPs)
+	return d
 }
 
 func cloneSpecs(in []TensorSpec) []TensorSpec {

@@ -375,7 +375,7 @@ func (s *Store) Apply(ctx context.Context, cmd Command) (Result, error) {
 		}
 		var resp forwardResponse
 		resp, err = s.forward(ctx, forwardRequest{Op: opApply, Command: data})
-		res = Result{Index: resp.Index, Epoch: resp.Epoch, Duplicate: resp.Duplicate}
+		res = Result{Index: resp.Index, Epoch: resp.Epoch, ModelVersion: resp.ModelVersion, Duplicate: resp.Duplicate}
 		return err
 	})
 	return res, err

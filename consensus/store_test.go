@@ -57,6 +57,11 @@ func TestClusterFailover(t *testing.T) {
 	if !errors.Is(err, ErrExists) || !errors.Is(err, ErrFailed) {
 		t.Fatalf("forwarded register of existing key: %v, want ErrExists+ErrFailed", err)
 	}
+	// A forwarded PutModel brings back the version the leader's FSM allocated.
+	applyVia(t, c.nodes[leader].store, PutModel{Model{Name: "m"}})
+	if r := applyVia(t, c.nodes[f].store, PutModel{Model{Name: "m"}}); r.ModelVersion != "2" {
+		t.Fatalf("forwarded PutModel allocated version %q, want 2", r.ModelVersion)
+	}
 	// A retried command (same request id) through another node is deduplicated.
 	cmd := NewCommand(CatalogPut{Key: "counter", Value: "x"})
 	r1, err := c.nodes[f].store.Apply(context.Background(), cmd)

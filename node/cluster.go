@@ -663,7 +663,7 @@ func assignmentsFor(st *consensus.ClusterState, self string) []StageAssignment {
 		if !ok {
 			continue
 		}
-		ann := deployAnnotation(st, model)
+		ann := deployFigures(model)
 		for k, reps := range pl.Stages {
 			if k >= len(model.Stages) || !slices.Contains(reps, self) {
 				continue

@@ -205,8 +205,16 @@ func deploy(t *testing.T, c *Cluster, name, path string, stages, replicas int) {
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := c.PutModel(ctx, name, f, api.DeployOptions{Stages: stages, Replicas: replicas, Size: -1}); err != nil {
+	st, err := c.PutModel(ctx, name, f, api.DeployOptions{Stages: stages, Replicas: replicas, Size: -1})
+	if err != nil {
 		t.Fatalf("deploy: %v", err)
+	}
+	// The version comes back from the leader's FSM, through forwarding when c follows.
+	if st.Version == "" {
+		t.Fatal("deploy answered no version")
+	}
+	if _, err := c.ModelStatus(ctx, name, st.Version); err != nil {
+		t.Fatalf("deploy answered version %q: %v", st.Version, err)
 	}
 }
 

@@ -3,21 +3,20 @@ package node
 // Deploy: the node that receives an upload does all the heavy work before anything is
 // committed. It stores the source as a blob, plans the stages over the live members'
 // free budgets and speeds (partition's exact planner), cuts the stage files and stores
-// them as content-addressed blobs, and only then commits, through Raft, first the
-// deploy annotation (replication factor, per-stage memory and FLOPs, which node cut it)
-// and then the model manifest. A leader lost at any point leaves either no model or a
-// complete manifest (the same command retried after an unknown outcome is deduplicated
-// by the FSM), never half a deploy. Placement is the leader's controller's job: it is
-// level-triggered from the Raft state, so whichever node leads after the manifest is
-// committed places it. Serving nodes pull their stage blobs from the cutting node (or
-// any replica that already has them); identical stage files hash the same, so a
-// redeploy of the same weights moves nothing.
+// them as content-addressed blobs, and only then commits, in one Raft write, the model
+// manifest with its deploy figures (replication factor, per-stage memory and FLOPs,
+// which node cut it); the FSM allocates the version number. A leader lost at any point
+// leaves either no model or a complete one (the same command retried after an unknown
+// outcome is deduplicated by the FSM), never half a deploy. Placement is the leader's
+// controller's job: it is level-triggered from the Raft state, so whichever node leads
+// after the manifest is committed places it. Serving nodes pull their stage blobs from
+// the cutting node (or any replica that already has them); identical stage files hash
+// the same, so a redeploy of the same weights moves nothing.
 
 import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,7 +25,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -40,42 +38,23 @@ import (
 	"github.com/layermesh/layermesh/partition"
 )
 
-// annotationPrefix keys deploy annotations in the Raft catalogue.
-const annotationPrefix = "deploy/"
+// deployInfo reads the deploy figures a model version was committed with.
+type deployInfo consensus.DeployInfo
 
-// deployInfo is what a deploy records beside the manifest: the figures placement needs
-// that the manifest does not carry.
-type deployInfo struct {
-	Replicas int     `json:"r"`
-	Mem      []int64 `json:"m"` // per stage: parameters + activation allowance
-	FLOPs    []int64 `json:"f"`
-	Cutter   string  `json:"c"` // peer id of the node that cut the stages
-}
-
-func annotationKey(name, version string) string {
-	return annotationPrefix + consensus.ModelKey(name, version)
-}
-
-// deployAnnotation returns the model's annotation, or a zero one when it is missing or
-// unreadable (then placement falls back to the manifest's sizes).
-func deployAnnotation(st *consensus.ClusterState, m consensus.Model) deployInfo {
-	var info deployInfo
-	if raw, ok := st.Catalog[annotationKey(m.Name, m.Version)]; ok {
-		_ = json.Unmarshal([]byte(raw), &info)
-	}
-	return info
-}
+// deployFigures returns m's deploy figures; a zero field (a model deployed by a
+// build that did not record it) makes placement fall back to the manifest's sizes.
+func deployFigures(m consensus.Model) deployInfo { return deployInfo(m.Deploy) }
 
 func (d deployInfo) memBytes(m consensus.Model, k int) int64 {
-	if k < len(d.Mem) && d.Mem[k] > 0 {
-		return d.Mem[k]
+	if k < len(d.StageMem) && d.StageMem[k] > 0 {
+		return d.StageMem[k]
 	}
 	return max(m.Stages[k].ParamBytes, m.Stages[k].Size)
 }
 
 func (d deployInfo) cost(m consensus.Model, k int) float64 {
-	if k < len(d.FLOPs) && d.FLOPs[k] > 0 {
-		return float64(d.FLOPs[k])
+	if k < len(d.StageFLOPs) && d.StageFLOPs[k] > 0 {
+		return float64(d.StageFLOPs[k])
 	}
 	return float64(m.Stages[k].ParamBytes)
 }
@@ -114,27 +93,21 @@ func (c *Cluster) PutModel(ctx context.Context, name string, body io.Reader, opt
 	st := c.store.State()
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
-			deployAnnotation(st, m).replicas(c.opts.Replicas) == replicas {
+			deployFigures(m).replicas(c.opts.Replicas) == replicas {
 			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
 			return c.ModelStatus(ctx, name, m.Version)
 		}
 	}
 
-	model, info, err := c.cut(name, srcHash, srcSize, opts.Stages, replicas, tmpDir, st)
+	model, err := c.cut(name, srcHash, srcSize, opts.Stages, replicas, tmpDir, st)
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
-	raw, err := json.Marshal(info)
+	res, err := c.commitRetrying(ctx, consensus.NewCommand(consensus.PutModel{Model: model}))
 	if err != nil {
-		return wire.ModelStatus{}, err
-	}
-	// The annotation goes first: a manifest is never committed without it.
-	if err := c.applyRetrying(ctx, consensus.NewCommand(consensus.CatalogPut{Key: annotationKey(name, model.Version), Value: string(raw)})); err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
 	}
-	if err := c.applyRetrying(ctx, consensus.NewCommand(consensus.PutModel{Model: model})); err != nil {
-		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
-	}
+	model.Version = res.ModelVersion
 	c.log.Info("model deployed; waiting for placement", "model", name, "version", model.Version,
 		"stages", len(model.Stages), "replicas", replicas, "source_bytes", srcSize)
 	// A linearizable read makes this node's state include the commit before answering.
@@ -181,23 +154,24 @@ func (c *Cluster) putBlobFile(hash, path string) error {
 	return err
 }
 
-// cut plans the stages over the live members and writes them as blobs.
-func (c *Cluster) cut(name, srcHash string, srcSize int64, stages, replicas int, tmpDir string, st *consensus.ClusterState) (consensus.Model, deployInfo, error) {
+// cut plans the stages over the live members and writes them as blobs. The model it
+// returns has no version yet: the FSM allocates it on commit.
+func (c *Cluster) cut(name, srcHash string, srcSize int64, stages, replicas int, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
 	srcPath := c.mesh.Blobs().Path(srcHash)
 	pm, err := partition.Load(srcPath)
 	if err != nil {
-		return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
+		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
 	}
 	g, err := partition.Analyze(pm, nil)
 	if err != nil {
-		return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
+		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
 	}
 	devices := c.planDevices(st)
 	if len(devices) == 0 {
-		return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: %w: no live member", name, ErrInsufficientCapacity)
+		return consensus.Model{}, fmt.Errorf("deploy %s: %w: no live member", name, ErrInsufficientCapacity)
 	}
 	if stages > len(devices) {
-		return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: %w: %d stages asked, %d live members",
+		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %d stages asked, %d live members",
 			name, ErrInsufficientCapacity, stages, len(devices))
 	}
 	plan, err := partition.Plan(g, devices, partition.PlanOptions{
@@ -206,30 +180,30 @@ func (c *Cluster) cut(name, srcHash string, srcSize int64, stages, replicas int,
 	if err != nil {
 		switch {
 		case errors.Is(err, partition.ErrDoesNotFit):
-			return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: %w: %w", name, ErrInsufficientCapacity, err)
+			return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, ErrInsufficientCapacity, err)
 		case errors.Is(err, partition.ErrTooManyStages):
-			return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
+			return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
 		}
-		return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: plan: %w", name, err)
+		return consensus.Model{}, fmt.Errorf("deploy %s: plan: %w", name, err)
 	}
 	outDir := filepath.Join(tmpDir, "stages")
 	man, err := partition.Extract(pm, g, plan, outDir)
 	if err != nil {
-		return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: cut stages: %w", name, err)
+		return consensus.Model{}, fmt.Errorf("deploy %s: cut stages: %w", name, err)
 	}
 	model := consensus.Model{
-		Name: name, Version: nextVersion(st, name), SourceSHA256: srcHash, SourceSize: srcSize,
+		Name: name, SourceSHA256: srcHash, SourceSize: srcSize,
 		Signature: consensus.Signature{Inputs: specs(man.Inputs), Outputs: specs(man.Outputs)},
 		Created:   time.Now().UTC(),
+		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.self},
 	}
-	info := deployInfo{Replicas: replicas, Cutter: c.self}
 	for _, s := range man.Stages {
 		if s.DataFile != "" {
-			return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: stage %d needs external data (%s): not supported by the cluster runtime yet",
+			return consensus.Model{}, fmt.Errorf("deploy %s: stage %d needs external data (%s): not supported by the cluster runtime yet",
 				name, s.Index, s.DataFile)
 		}
 		if err := c.putBlobFile(s.SHA256, filepath.Join(outDir, s.File)); err != nil {
-			return consensus.Model{}, deployInfo{}, fmt.Errorf("deploy %s: store stage %d: %w", name, s.Index, err)
+			return consensus.Model{}, fmt.Errorf("deploy %s: store stage %d: %w", name, s.Index, err)
 		}
 		sm := consensus.StageManifest{Index: s.Index, SHA256: s.SHA256, Size: s.Size, ParamBytes: s.ParamBytes}
 		for _, in := range s.Inputs {
@@ -239,10 +213,10 @@ func (c *Cluster) cut(name, srcHash string, srcSize int64, stages, replicas int,
 			sm.Outputs = append(sm.Outputs, out.Name)
 		}
 		model.Stages = append(model.Stages, sm)
-		info.Mem = append(info.Mem, s.MemoryBytes)
-		info.FLOPs = append(info.FLOPs, s.FLOPs)
+		model.Deploy.StageMem = append(model.Deploy.StageMem, s.MemoryBytes)
+		model.Deploy.StageFLOPs = append(model.Deploy.StageFLOPs, s.FLOPs)
 	}
-	return model, info, nil
+	return model, nil
 }
 
 // outputHandoffRate is the rate, in bytes/s, at which the planner counts the last
@@ -317,7 +291,7 @@ func usedBytes(st *consensus.ClusterState, skip string) map[string]int64 {
 		if key == skip || !ok {
 			continue
 		}
-		info := deployAnnotation(st, m)
+		info := deployFigures(m)
 		for k, reps := range pl.Stages {
 			if k >= len(m.Stages) {
 				continue
@@ -328,23 +302,6 @@ func usedBytes(st *consensus.ClusterState, skip string) map[string]int64 {
 		}
 	}
 	return used
-}
-
-func nextVersion(st *consensus.ClusterState, name string) string {
-	highest := 0
-	for _, m := range st.Models {
-		if v, err := strconv.Atoi(m.Version); m.Name == name && err == nil && v > highest {
-			highest = v
-		}
-	}
-	// Annotations outlive deleted versions, so a version number is never reused.
-	prefix := annotationPrefix + consensus.ModelKey(name, "")
-	for key := range st.Catalog {
-		if v, err := strconv.Atoi(strings.TrimPrefix(key, prefix)); strings.HasPrefix(key, prefix) && err == nil && v > highest {
-			highest = v
-		}
-	}
-	return strconv.Itoa(highest + 1)
 }
 
 func specs(in []partition.TensorSpec) []consensus.TensorSpec {
@@ -358,18 +315,24 @@ func specs(in []partition.TensorSpec) []consensus.TensorSpec {
 // applyRetrying commits cmd, retrying the same command (same request id, so the FSM
 // applies it once) while the outcome is unknown or no leader is known.
 func (c *Cluster) applyRetrying(ctx context.Context, cmd consensus.Command) error {
+	_, err := c.commitRetrying(ctx, cmd)
+	return err
+}
+
+// commitRetrying is applyRetrying for a caller that needs the result.
+func (c *Cluster) commitRetrying(ctx context.Context, cmd consensus.Command) (consensus.Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, writeRetryBudget)
 	defer cancel()
 	backoff := 100 * time.Millisecond
 	for {
-		_, err := c.store.Apply(ctx, cmd)
+		res, err := c.store.Apply(ctx, cmd)
 		if err == nil {
-			return nil
+			return res, nil
 		}
 		retry := errors.Is(err, consensus.ErrUnknownOutcome) || errors.Is(err, consensus.ErrNoLeader) ||
 			errors.Is(err, consensus.ErrNotLeader) || errors.Is(err, consensus.ErrForward) || errors.Is(err, consensus.ErrTimeout)
 		if !retry {
-			return err
+			return consensus.Result{}, err
 		}
 		if ctx.Err() == nil {
 			c.log.Warn("raft write not confirmed; retrying the same command", "err", err)
@@ -381,7 +344,7 @@ func (c *Cluster) applyRetrying(ctx context.Context, cmd consensus.Command) erro
 		// No leader confirmed the write in time: this node is likely cut off from the
 		// majority. Say so (503 with Retry-After) rather than hang until the client
 		// gives up; the message keeps the outcome (failed or unknown) Raft reported.
-		return fmt.Errorf("%w: the cluster did not confirm the write within %v: %w", api.ErrNotReady, writeRetryBudget, err)
+		return consensus.Result{}, fmt.Errorf("%w: the cluster did not confirm the write within %v: %w", api.ErrNotReady, writeRetryBudget, err)
 	}
 }
 

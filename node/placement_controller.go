@@ -180,7 +180,7 @@ func (c *Cluster) reconcilePlacements(ctx context.Context) {
 
 // placementRequest builds Place's input from the Raft state and memberlist.
 func (c *Cluster) placementRequest(st *consensus.ClusterState, key string, m consensus.Model, live map[string]mesh.NodeMeta) PlacementRequest {
-	info := deployAnnotation(st, m)
+	info := deployFigures(m)
 	used := usedBytes(st, key)
 	req := PlacementRequest{Replicas: info.replicas(c.opts.Replicas)}
 	for k := range m.Stages {
