@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api/client"
 	"github.com/layermesh/layermesh/api/wire"
@@ -149,7 +150,7 @@ func inputs(t *testing.T) []tensor.Tensor {
 // reference runs the model file in one ONNX Runtime session.
 func reference(t *testing.T, path string) []float32 {
 	t.Helper()
-	backend, err := accel.NewORT(accel.ORTConfig{IntraOpThreads: 1, Provider: accel.ProviderCPU})
+	backend, err := ort.New(ort.Config{IntraOpThreads: 1, Provider: accel.ProviderCPU})
 	if err != nil {
 		t.Fatalf("ONNX Runtime is needed for the reference answer and did not load: %v", err)
 	}
