@@ -19,6 +19,7 @@ import (
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/partition/modelgen"
+	"github.com/layermesh/layermesh/pipeline"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -63,7 +64,7 @@ func (tc *testCluster) start(i int, bootstrap bool, budget int64) *Cluster {
 		Listen: []string{"/ip4/127.0.0.1/tcp/0"}, FastGossip: true, MemBudget: budget,
 		Backend: testBackend(t), Session: accel.SessionOptions{IntraOpThreads: 1},
 		Logger: testLogger(t, fmt.Sprintf("n%d", i)),
-		Router: RouterConfig{RequestTimeout: 20 * time.Second},
+		Router: pipeline.RouterConfig{RequestTimeout: 20 * time.Second},
 	}
 	if bootstrap {
 		opts.Bootstrap = true
@@ -107,8 +108,8 @@ func startTestCluster(t *testing.T, n int, budget int64) *testCluster {
 			if len(st.Members) != n {
 				return fmt.Errorf("node %d sees %d members", i, len(st.Members))
 			}
-			if len(c.liveMembers()) != n {
-				return fmt.Errorf("node %d sees %d live members", i, len(c.liveMembers()))
+			if len(c.view.LiveMembers()) != n {
+				return fmt.Errorf("node %d sees %d live members", i, len(c.view.LiveMembers()))
 			}
 		}
 		return nil
@@ -204,7 +205,7 @@ func deploy(t *testing.T, c *Cluster, name, path string, stages, replicas int) {
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := c.PutModel(ctx, name, f, api.DeployOptions{Stages: stages, Replicas: replicas, Size: -1}); err != nil {
+	if _, err := c.Control().PutModel(ctx, name, f, api.DeployOptions{Stages: stages, Replicas: replicas, Size: -1}); err != nil {
 		t.Fatalf("deploy: %v", err)
 	}
 }
@@ -212,7 +213,7 @@ func deploy(t *testing.T, c *Cluster, name, path string, stages, replicas int) {
 func waitReplicas(t *testing.T, c *Cluster, name string, want int, total time.Duration) {
 	t.Helper()
 	eventually(t, total, func() error {
-		st, err := c.ModelStatus(context.Background(), name, "")
+		st, err := c.Control().ModelStatus(context.Background(), name, "")
 		if err != nil {
 			return err
 		}
@@ -220,10 +221,10 @@ func waitReplicas(t *testing.T, c *Cluster, name string, want int, total time.Du
 			return fmt.Errorf("model not ready: %s %+v", st.Reason, st.Stages)
 		}
 		cs := c.Store().State()
-		m, _ := c.resolveVersion(cs, name, "")
-		live := c.liveMembers()
+		m, _ := c.view.ResolveVersion(cs, name, "")
+		live := c.view.LiveMembers()
 		for k := range m.Stages {
-			if got := len(c.readyReplicas(cs, m, k, live)); got != want {
+			if got := len(c.view.ReadyReplicas(cs, m, k, live)); got != want {
 				return fmt.Errorf("stage %d has %d ready replicas, want %d", k, got, want)
 			}
 		}
@@ -234,7 +235,7 @@ func waitReplicas(t *testing.T, c *Cluster, name string, want int, total time.Du
 func inferGPT(c *Cluster, name string, inputs []tensor.Tensor) ([]float32, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	res, err := c.Infer(ctx, api.InferRequest{Model: name, Inputs: inputs})
+	res, err := c.Inference().Infer(ctx, api.InferRequest{Model: name, Inputs: inputs})
 	if err != nil {
 		return nil, err
 	}
@@ -298,14 +299,14 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 
 	// Bad requests are refused before any stage sees them, with the API's sentinels.
 	ctx := context.Background()
-	if _, err := tc.nodes[0].Infer(ctx, api.InferRequest{Model: "nope", Inputs: inputs}); !errors.Is(err, api.ErrModelNotFound) {
+	if _, err := tc.nodes[0].Inference().Infer(ctx, api.InferRequest{Model: "nope", Inputs: inputs}); !errors.Is(err, api.ErrModelNotFound) {
 		t.Fatalf("unknown model: %v", err)
 	}
 	wrong := []tensor.Tensor{tensor.FromFloat32(inputs[0].Name, inputs[0].Shape, make([]float32, 8))}
-	if _, err := tc.nodes[0].Infer(ctx, api.InferRequest{Model: "gpt", Inputs: wrong}); !errors.Is(err, accel.ErrDTypeMismatch) {
+	if _, err := tc.nodes[0].Inference().Infer(ctx, api.InferRequest{Model: "gpt", Inputs: wrong}); !errors.Is(err, accel.ErrDTypeMismatch) {
 		t.Fatalf("wrong dtype: %v", err)
 	}
-	if _, err := tc.nodes[0].Infer(ctx, api.InferRequest{Model: "gpt", Inputs: inputs, Outputs: []string{"nope"}}); !errors.Is(err, accel.ErrInputMismatch) {
+	if _, err := tc.nodes[0].Inference().Infer(ctx, api.InferRequest{Model: "gpt", Inputs: inputs, Outputs: []string{"nope"}}); !errors.Is(err, accel.ErrInputMismatch) {
 		t.Fatalf("unknown output: %v", err)
 	}
 
@@ -346,12 +347,12 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	}
 	eventually(t, 15*time.Second, func() error {
 		st := survivor.Store().State()
-		m, err := survivor.resolveVersion(st, "gpt", "")
+		m, err := survivor.view.ResolveVersion(st, "gpt", "")
 		if err != nil {
 			return err
 		}
 		pl := st.Placements[m.Name+"@"+m.Version]
-		live := survivor.liveMembers()
+		live := survivor.view.LiveMembers()
 		if _, ok := live[victimID]; ok {
 			return fmt.Errorf("stopped node still in memberlist")
 		}
@@ -359,7 +360,7 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 			if slices.Contains(reps, victimID) || len(reps) != 2 {
 				return fmt.Errorf("stage %d placed on %v", k, reps)
 			}
-			if ready := survivor.readyReplicas(st, m, k, live); len(ready) != 2 {
+			if ready := survivor.view.ReadyReplicas(st, m, k, live); len(ready) != 2 {
 				return fmt.Errorf("stage %d ready on %v", k, ready)
 			}
 		}
@@ -393,18 +394,18 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 
 	// Drain it again: its stages move to the others first, then it serves nothing,
 	// and every stage keeps 2 ready replicas throughout.
-	if err := survivor.DrainNode(ctx, back.opts.Name); err != nil {
+	if err := survivor.Control().DrainNode(ctx, back.opts.Name); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, func() error {
 		st := survivor.Store().State()
-		m, err := survivor.resolveVersion(st, "gpt", "")
+		m, err := survivor.view.ResolveVersion(st, "gpt", "")
 		if err != nil {
 			return err
 		}
-		live := survivor.liveMembers()
+		live := survivor.view.LiveMembers()
 		for k := range m.Stages {
-			ready := survivor.readyReplicas(st, m, k, live)
+			ready := survivor.view.ReadyReplicas(st, m, k, live)
 			if len(ready) < 2 {
 				return fmt.Errorf("stage %d has ready replicas %v", k, ready)
 			}
@@ -483,7 +484,7 @@ func TestClusterCollectsUnreferencedBlobs(t *testing.T) {
 	waitReplicas(t, tc.nodes[0], "drop", 2, 30*time.Second)
 	st := tc.nodes[0].Store().State()
 	blobs := func(name string) []string {
-		m, err := tc.nodes[0].resolveVersion(st, name, "")
+		m, err := tc.nodes[0].view.ResolveVersion(st, name, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -494,9 +495,9 @@ func TestClusterCollectsUnreferencedBlobs(t *testing.T) {
 		return out
 	}
 	keep, drop := blobs("keep"), blobs("drop")
-	dm, _ := tc.nodes[0].resolveVersion(st, "drop", "")
+	dm, _ := tc.nodes[0].view.ResolveVersion(st, "drop", "")
 	dropKey := dm.Name + "@" + dm.Version
-	if err := tc.nodes[1].DeleteModel(context.Background(), "drop"); err != nil {
+	if err := tc.nodes[1].Control().DeleteModel(context.Background(), "drop"); err != nil {
 		t.Fatal(err)
 	}
 	for i, c := range tc.nodes {
@@ -506,10 +507,10 @@ func TestClusterCollectsUnreferencedBlobs(t *testing.T) {
 			}
 			return nil
 		})
-		if n, _ := c.collectBlobs(time.Hour); n != 0 {
+		if n, _ := c.control.CollectBlobs(time.Hour); n != 0 {
 			t.Fatalf("node %d removed %d blobs within the grace period", i, n)
 		}
-		n, freed := c.collectBlobs(0)
+		n, freed := c.control.CollectBlobs(0)
 		t.Logf("node %d removed %d blobs, %d bytes", i, n, freed)
 		store := c.mesh.Blobs()
 		for _, h := range keep {

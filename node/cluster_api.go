@@ -49,7 +49,7 @@ func (s clusterServices) ListModels(ctx context.Context) ([]wire.ModelStatus, er
 	if err != nil {
 		return nil, err
 	}
-	return c.ListModels(ctx)
+	return c.control.ListModels(ctx)
 }
 
 func (s clusterServices) ModelStatus(ctx context.Context, name, version string) (wire.ModelStatus, error) {
@@ -57,7 +57,7 @@ func (s clusterServices) ModelStatus(ctx context.Context, name, version string) 
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
-	return c.ModelStatus(ctx, name, version)
+	return c.control.ModelStatus(ctx, name, version)
 }
 
 func (s clusterServices) Infer(ctx context.Context, req api.InferRequest) (api.InferResult, error) {
@@ -67,7 +67,7 @@ func (s clusterServices) Infer(ctx context.Context, req api.InferRequest) (api.I
 	}
 	s.n.inferInFlight.Add(1)
 	defer s.n.inferInFlight.Add(-1)
-	return c.Infer(ctx, req)
+	return c.infer.Infer(ctx, req)
 }
 
 func (s clusterServices) PutModel(ctx context.Context, name string, body io.Reader, opts api.DeployOptions) (wire.ModelStatus, error) {
@@ -75,7 +75,7 @@ func (s clusterServices) PutModel(ctx context.Context, name string, body io.Read
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
-	return c.PutModel(ctx, name, body, opts)
+	return c.control.PutModel(ctx, name, body, opts)
 }
 
 func (s clusterServices) DeleteModel(ctx context.Context, name string) error {
@@ -83,7 +83,7 @@ func (s clusterServices) DeleteModel(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return c.DeleteModel(ctx, name)
+	return c.control.DeleteModel(ctx, name)
 }
 
 func (s clusterServices) Cluster(ctx context.Context) (wire.ClusterStatus, error) {
@@ -159,7 +159,7 @@ func (s clusterServices) DrainNode(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return c.DrainNode(ctx, name)
+	return c.control.DrainNode(ctx, name)
 }
 
 func (s clusterServices) RemoveNode(ctx context.Context, name string) error {
@@ -167,7 +167,7 @@ func (s clusterServices) RemoveNode(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return c.RemoveNode(ctx, name)
+	return c.control.RemoveNode(ctx, name)
 }
 
 func (s clusterServices) UndrainNode(ctx context.Context, name string) error {
@@ -175,18 +175,7 @@ func (s clusterServices) UndrainNode(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	id, err := c.memberByName(name)
-	if err != nil {
-		return err
-	}
-	switch state := c.store.State().Members[id].State; state {
-	case consensus.MemberAlive:
-		return nil
-	case consensus.MemberDraining:
-		return c.applyRetrying(ctx, consensus.NewCommand(consensus.SetMemberState{ID: id, State: consensus.MemberAlive, At: nowUTC()}))
-	default:
-		return fmt.Errorf("%w: node %s is %s, not draining", api.ErrConflict, name, state)
-	}
+	return c.control.UndrainNode(ctx, name)
 }
 
 // doctorTimeout bounds a diagnosis: each unreachable peer costs a dial timeout.
@@ -256,7 +245,7 @@ func (s clusterServices) CreateToken(ctx context.Context, scope api.Scope, name 
 		return wire.TokenCreated{}, fmt.Errorf("%w: token %s", api.ErrConflict, id)
 	}
 	tok := consensus.Token{ID: id, Hash: consensus.TokenHash(secret), Scope: consensus.TokenScope(scope), Created: nowUTC()}
-	if err := c.applyRetrying(ctx, consensus.NewCommand(consensus.PutToken{Token: tok})); err != nil {
+	if err := c.control.Apply(ctx, consensus.NewCommand(consensus.PutToken{Token: tok})); err != nil {
 		return wire.TokenCreated{}, err
 	}
 	if err := waitState(ctx, c, func(st *consensus.ClusterState) bool { _, ok := st.Tokens[id]; return ok }); err != nil {
@@ -287,7 +276,7 @@ func (s clusterServices) RevokeToken(ctx context.Context, id string) error {
 	if _, ok := c.store.State().Tokens[id]; !ok {
 		return fmt.Errorf("%w: %s", api.ErrTokenNotFound, id)
 	}
-	if err := c.applyRetrying(ctx, consensus.NewCommand(consensus.RevokeToken{ID: id, At: nowUTC()})); err != nil {
+	if err := c.control.Apply(ctx, consensus.NewCommand(consensus.RevokeToken{ID: id, At: nowUTC()})); err != nil {
 		return err
 	}
 	s.n.log.Info("token revoked", "token", id)
