@@ -12,6 +12,7 @@ import (
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api"
 )
 
 // The router tests run an in-memory cluster: every fake node has its own Router, its
@@ -442,6 +443,29 @@ func TestRouterDeadline(t *testing.T) {
 	_, err := m.node("b").router.Infer(ctx, Request{Model: "m", Inputs: []tensor.Tensor{tensor.FromFloat32("x", []int64{1}, []float32{1})}})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want the request deadline", err)
+	}
+}
+
+// TestRouterDeadlineAfterFailedAttemptIsTimeout: a request whose deadline passes
+// after an attempt failed ends as a timeout (504), not as "every replica failed"
+// (503 no_replica): the failure is detail, the deadline is what ended it.
+func TestRouterDeadlineAfterFailedAttemptIsTimeout(t *testing.T) {
+	cfg := fastRetries
+	cfg.StageTimeout = time.Hour
+	m := newFakeMesh(t, cfg, threeByTwo)
+	m.node("a").setFault(0, faultDead)
+	m.node("c").setFault(0, faultHang)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := m.node("b").router.Infer(ctx, Request{Model: "m", Inputs: []tensor.Tensor{tensor.FromFloat32("x", []int64{1}, []float32{1})}})
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrStageFailed) {
+		t.Fatalf("got %v, want the request deadline and not ErrStageFailed", err)
+	}
+	if m.node("b").router.Stats().Retries == 0 {
+		t.Fatal("no attempt failed before the deadline: the case is not exercised")
+	}
+	if code := api.Classify(toAPI(err)).Code; code != api.CodeTimeout {
+		t.Fatalf("API code %s, want %s", code, api.CodeTimeout)
 	}
 }
 
