@@ -250,19 +250,7 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	path, inputs, want := gptFixture(t, cfg, 8, 7)
 
 	tc := startTestCluster(t, 3, 1<<30)
-	// Every node measured its speed at start and reports the same figure in its
-	// membership metadata and its member record (the planner's and placement's input);
-	// 1 would be the fallback of a benchmark that did not run.
-	eventually(t, 10*time.Second, func() error {
-		for i, c := range tc.nodes {
-			meta := c.mesh.Meta().Speed
-			rec := tc.nodes[0].Store().State().Members[c.Self()].Capacity.Speed
-			if meta <= 1 || rec != meta {
-				return fmt.Errorf("node %d: speed %v in metadata, %v in its member record", i, meta, rec)
-			}
-		}
-		return nil
-	})
+	checkSpeedsReported(t, tc)
 	reg := prometheus.NewRegistry()
 	if err := tc.nodes[2].RegisterMetrics(reg); err != nil {
 		t.Fatal(err)
@@ -279,36 +267,8 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 			t.Fatalf("node %d: split output differs from the whole model by %g", i, d)
 		}
 	}
-
-	// Node 2 drove or forwarded one request: its stage-call histogram counts it.
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	calls := uint64(0)
-	for _, f := range families {
-		if f.GetName() == "layermesh_stage_call_duration_seconds" {
-			for _, m := range f.GetMetric() {
-				calls += m.GetHistogram().GetSampleCount()
-			}
-		}
-	}
-	if calls == 0 {
-		t.Fatal("no stage call recorded in layermesh_stage_call_duration_seconds")
-	}
-
-	// Bad requests are refused before any stage sees them, with the API's sentinels.
-	ctx := context.Background()
-	if _, err := tc.nodes[0].Inference().Infer(ctx, api.InferRequest{Model: "nope", Inputs: inputs}); !errors.Is(err, api.ErrModelNotFound) {
-		t.Fatalf("unknown model: %v", err)
-	}
-	wrong := []tensor.Tensor{tensor.FromFloat32(inputs[0].Name, inputs[0].Shape, make([]float32, 8))}
-	if _, err := tc.nodes[0].Inference().Infer(ctx, api.InferRequest{Model: "gpt", Inputs: wrong}); !errors.Is(err, accel.ErrDTypeMismatch) {
-		t.Fatalf("wrong dtype: %v", err)
-	}
-	if _, err := tc.nodes[0].Inference().Infer(ctx, api.InferRequest{Model: "gpt", Inputs: inputs, Outputs: []string{"nope"}}); !errors.Is(err, accel.ErrInputMismatch) {
-		t.Fatalf("unknown output: %v", err)
-	}
+	checkStageCallRecorded(t, reg)
+	checkBadRequestsRefused(t, tc.nodes[0], inputs)
 
 	// Redeploying the same bytes is a no-op.
 	versions := func() int {
@@ -325,8 +285,72 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 		t.Fatalf("identical redeploy made %d versions", v)
 	}
 
-	// Stop a node that is not the leader: every stage still answers, then heals to 2
-	// replicas on the two survivors.
+	victim, victimID, survivor := stopFollowerAndHeal(t, tc, inputs, want)
+	restartAndDrain(t, tc, victim, victimID, survivor, inputs, want)
+}
+
+// checkSpeedsReported: every node measured its speed at start and reports the same
+// figure in its membership metadata and its member record (the planner's and
+// placement's input); 1 would be the fallback of a benchmark that did not run.
+func checkSpeedsReported(t *testing.T, tc *testCluster) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() error {
+		for i, c := range tc.nodes {
+			meta := c.mesh.Meta().Speed
+			rec := tc.nodes[0].Store().State().Members[c.Self()].Capacity.Speed
+			if meta <= 1 || rec != meta {
+				return fmt.Errorf("node %d: speed %v in metadata, %v in its member record", i, meta, rec)
+			}
+		}
+		return nil
+	})
+}
+
+// checkStageCallRecorded: node 2 drove or forwarded one request, so its stage-call
+// histogram counts it.
+func checkStageCallRecorded(t *testing.T, reg *prometheus.Registry) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := uint64(0)
+	for _, f := range families {
+		if f.GetName() == "layermesh_stage_call_duration_seconds" {
+			for _, m := range f.GetMetric() {
+				calls += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if calls == 0 {
+		t.Fatal("no stage call recorded in layermesh_stage_call_duration_seconds")
+	}
+
+}
+
+// checkBadRequestsRefused: bad requests are refused before any stage sees them, with
+// the API's sentinels.
+func checkBadRequestsRefused(t *testing.T, c *Cluster, inputs []tensor.Tensor) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.Inference().Infer(ctx, api.InferRequest{Model: "nope", Inputs: inputs}); !errors.Is(err, api.ErrModelNotFound) {
+		t.Fatalf("unknown model: %v", err)
+	}
+	wrong := []tensor.Tensor{tensor.FromFloat32(inputs[0].Name, inputs[0].Shape, make([]float32, 8))}
+	if _, err := c.Inference().Infer(ctx, api.InferRequest{Model: "gpt", Inputs: wrong}); !errors.Is(err, accel.ErrDTypeMismatch) {
+		t.Fatalf("wrong dtype: %v", err)
+	}
+	if _, err := c.Inference().Infer(ctx, api.InferRequest{Model: "gpt", Inputs: inputs, Outputs: []string{"nope"}}); !errors.Is(err, accel.ErrInputMismatch) {
+		t.Fatalf("unknown output: %v", err)
+	}
+
+}
+
+// stopFollowerAndHeal stops a node that is not the leader: every stage still answers,
+// then heals to 2 replicas on the two survivors. It returns the stopped node's index
+// (index and peer id) and a survivor.
+func stopFollowerAndHeal(t *testing.T, tc *testCluster, inputs []tensor.Tensor, want []float32) (int, string, *Cluster) {
+	t.Helper()
 	victim := 0
 	for i, c := range tc.nodes {
 		if !c.Store().IsLeader() {
@@ -368,6 +392,15 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	})
 	t.Logf("replicas back to 2 %v after the stop", time.Since(killed).Round(time.Millisecond))
 
+	return victim, victimID, survivor
+}
+
+// restartAndDrain brings the stopped node back with its identity, sees it given
+// stages again, then drains it: its stages move to the others first, then it serves
+// nothing, and every stage keeps 2 ready replicas throughout.
+func restartAndDrain(t *testing.T, tc *testCluster, victim int, victimID string, survivor *Cluster, inputs []tensor.Tensor, want []float32) {
+	t.Helper()
+	ctx := context.Background()
 	// The stopped node comes back with its identity and is given stages again.
 	back := tc.start(victim, victim == 0, 1<<30)
 	if back.Self() != victimID {
@@ -387,7 +420,7 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 		}
 		return nil
 	})
-	got, err = inferGPT(back, "gpt", inputs)
+	got, err := inferGPT(back, "gpt", inputs)
 	if err != nil || maxRelDiff(got, want) > 1e-4 {
 		t.Fatalf("infer via the restarted node: %v (diff %g)", err, maxRelDiff(got, want))
 	}
