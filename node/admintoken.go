@@ -1,5 +1,8 @@
 package node
 
+// The node's API tokens: the admin token a single node or a cluster's founder writes
+// to its data dir, and the checks of a bearer token in either mode.
+
 import (
 	"context"
 	"crypto/rand"
@@ -9,108 +12,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
+	"time"
 
 	"github.com/layermesh/layermesh/api"
-	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/consensus"
 )
-
-// modeSingleNode is what /v1/cluster reports until the node joins a cluster.
-const modeSingleNode = "single-node"
-
-// Ready reports the node's readiness layer by layer: the backend, the models found
-// at start, and the cluster (which a single node does not need).
-func (n *Node) Ready(ctx context.Context) []wire.ReadyCheck {
-	checks := []wire.ReadyCheck{
-		{Layer: "backend", Ready: true, Reason: "onnx runtime, provider " + string(n.backend.Provider())},
-	}
-	if n.modelsLoaded.Load() {
-		n.mu.RLock()
-		loaded, failed := len(n.models), len(n.failed)
-		n.mu.RUnlock()
-		reason := fmt.Sprintf("%d loaded", loaded)
-		if failed > 0 {
-			reason += fmt.Sprintf(", %d failed to load (see /v1/models)", failed)
-		}
-		checks = append(checks, wire.ReadyCheck{Layer: "models", Ready: true, Reason: reason})
-	} else {
-		checks = append(checks, wire.ReadyCheck{Layer: "models", Ready: false, Reason: "loading the models found at start"})
-	}
-	checks = append(checks, wire.ReadyCheck{Layer: "cluster", Ready: true, Reason: modeSingleNode + " mode"})
-	return checks
-}
-
-func (n *Node) self() wire.NodeStatus {
-	return wire.NodeStatus{
-		Name: n.name, HTTPAddr: n.Addr(), State: "alive", Accel: string(n.backend.Provider()),
-		Cores: runtime.NumCPU(), Models: n.modelNames(),
-	}
-}
-
-// Cluster reports single-node mode: the node is its own and only member.
-func (n *Node) Cluster(ctx context.Context) (wire.ClusterStatus, error) {
-	return wire.ClusterStatus{Mode: modeSingleNode, Self: n.name, Version: Version, Nodes: []wire.NodeStatus{n.self()}}, nil
-}
-
-// Nodes lists this node only.
-func (n *Node) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
-	return []wire.NodeStatus{n.self()}, nil
-}
-
-// DrainNode has nowhere to move stages to outside a cluster.
-func (n *Node) DrainNode(ctx context.Context, name string) error {
-	return fmt.Errorf("%w: draining %s needs other nodes to take its stages", api.ErrNotClusterMode, name)
-}
-
-// RemoveNode has no cluster to remove a node from.
-func (n *Node) RemoveNode(ctx context.Context, name string) error {
-	return fmt.Errorf("%w: there is no cluster to remove %s from", api.ErrNotClusterMode, name)
-}
-
-// UndrainNode has no drained node outside a cluster.
-func (n *Node) UndrainNode(ctx context.Context, name string) error {
-	return fmt.Errorf("%w: nothing to undrain on a single node", api.ErrNotClusterMode)
-}
-
-// Diagnose has no peers to diagnose outside a cluster.
-func (n *Node) Diagnose(ctx context.Context, targets []string) (wire.DoctorReport, error) {
-	return wire.DoctorReport{}, fmt.Errorf("%w: a single node has no peers to diagnose", api.ErrNotClusterMode)
-}
-
-// JoinToken has no cluster to join.
-func (n *Node) JoinToken(ctx context.Context) (wire.JoinToken, error) {
-	return wire.JoinToken{}, fmt.Errorf("%w: start the node with --bootstrap to found a cluster others can join", api.ErrNotClusterMode)
-}
-
-// CreateToken needs the cluster state, where tokens are kept; a single node has its
-// admin token only.
-func (n *Node) CreateToken(ctx context.Context, scope api.Scope, name string) (wire.TokenCreated, error) {
-	return wire.TokenCreated{}, fmt.Errorf("%w: tokens live in the cluster state; a single node has its admin token only", api.ErrNotClusterMode)
-}
-
-// ListTokens: see CreateToken.
-func (n *Node) ListTokens(ctx context.Context) ([]wire.TokenInfo, error) {
-	return nil, fmt.Errorf("%w: tokens live in the cluster state; a single node has its admin token only", api.ErrNotClusterMode)
-}
-
-// RevokeToken: see CreateToken.
-func (n *Node) RevokeToken(ctx context.Context, id string) error {
-	return fmt.Errorf("%w: tokens live in the cluster state; a single node has its admin token only", api.ErrNotClusterMode)
-}
-
-// VerifyToken checks a bearer token: against the cluster's tokens in cluster mode,
-// else against this node's admin token.
-func (n *Node) VerifyToken(ctx context.Context, token string) (api.Scope, error) {
-	if n.cfg.Cluster.configured() {
-		return n.verifyClusterToken(token)
-	}
-	return n.tokens.verify(token)
-}
 
 // tokenStore holds the sha256 of this node's admin token; the plain token stays only
 // in the file the operator reads. In cluster mode the Raft state holds the hashes of
-// every token (clustermode.go).
+// every token (cluster_tokens.go).
 type tokenStore struct {
 	adminHash [sha256.Size]byte
 }
@@ -147,4 +58,74 @@ func (s *tokenStore) verify(token string) (api.Scope, error) {
 		return api.ScopeAdmin, nil
 	}
 	return "", fmt.Errorf("%w: token not recognised", api.ErrUnauthorized)
+}
+
+// VerifyToken checks a bearer token: against the cluster's tokens in cluster mode,
+// else against this node's admin token.
+func (n *Node) VerifyToken(ctx context.Context, token string) (api.Scope, error) {
+	if n.cfg.Cluster.configured() {
+		return n.verifyClusterToken(token)
+	}
+	return n.tokens.verify(token)
+}
+
+// Tokens in cluster mode are the cluster's: their sha256 lives in the Raft state, so
+// every node accepts the same tokens and a revocation reaches all of them. A node that
+// founds the cluster (--bootstrap or --bootstrap-expect) publishes the admin token it
+// wrote to <data-dir>/admin.token; a joining node has no token of its own.
+
+// adminTokenID names the published admin token of the node called name.
+func adminTokenID(name string) string { return "admin@" + name }
+
+// founding reports whether this node may found the cluster and so owns an admin token.
+func (c ClusterConfig) founding() bool { return c.Bootstrap || c.BootstrapExpect > 0 }
+
+// verifyClusterToken checks token against the replicated tokens, and against this
+// node's own admin token while the cluster state is not reachable yet (so the operator
+// of a founding node can use its token from the first second).
+func (n *Node) verifyClusterToken(token string) (api.Scope, error) {
+	if c := n.cluster.Load(); c != nil {
+		if t, ok := c.Store().View().TokenForSecret(token); ok {
+			if t.Revoked {
+				return "", fmt.Errorf("%w: token %s was revoked", api.ErrUnauthorized, t.ID)
+			}
+			return api.Scope(t.Scope), nil
+		}
+	}
+	if n.tokens != nil {
+		return n.tokens.verify(token)
+	}
+	return "", fmt.Errorf("%w: token not recognised", api.ErrUnauthorized)
+}
+
+// publishAdminToken commits this founding node's admin token to the cluster state,
+// retrying until it is there or ctx ends (the first leader election takes a moment).
+func (n *Node) publishAdminToken(ctx context.Context, c *Cluster) {
+	if n.tokens == nil {
+		return
+	}
+	id, hash := adminTokenID(n.name), n.tokens.hashHex()
+	for {
+		if t, ok := c.Store().State().Tokens[id]; ok && t.Hash == hash && !t.Revoked {
+			return
+		}
+		if t, ok := c.Store().State().Tokens[id]; ok && t.Revoked {
+			n.log.Warn("this node's admin token was revoked; not publishing it again", "token", id)
+			return
+		}
+		cmd := consensus.NewCommand(consensus.PutToken{Token: consensus.Token{
+			ID: id, Hash: hash, Scope: consensus.ScopeAdmin, Created: time.Now().UTC(),
+		}})
+		_, err := c.Store().Apply(ctx, cmd)
+		if err == nil {
+			n.log.Info("admin token published to the cluster", "token", id)
+			return
+		}
+		n.log.Debug("publishing the admin token failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }

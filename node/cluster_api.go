@@ -9,21 +9,15 @@ package node
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
-	"log/slog"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
-	"github.com/layermesh/layermesh/consensus"
 	"github.com/layermesh/layermesh/mesh"
 )
 
@@ -221,90 +215,6 @@ func (s clusterServices) JoinToken(ctx context.Context) (wire.JoinToken, error) 
 	return wire.JoinToken{ClusterID: clusterID([]byte(secret)), Secret: secret, Seeds: c.Addrs()}, nil
 }
 
-// tokenWait bounds how long a token call waits for its change to reach this node's
-// copy of the state, so that the next call here already sees it.
-const tokenWait = 10 * time.Second
-
-func (s clusterServices) CreateToken(ctx context.Context, scope api.Scope, name string) (wire.TokenCreated, error) {
-	c, err := s.part()
-	if err != nil {
-		return wire.TokenCreated{}, err
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return wire.TokenCreated{}, err
-	}
-	secret := hex.EncodeToString(raw)
-	id := name
-	if id == "" {
-		id = "tok-" + secret[:8]
-	}
-	// A name taken twice at the same moment can still race here; the later write
-	// replaces the earlier token, whose holder then gets 401 and asks again.
-	if _, ok := c.store.State().Tokens[id]; ok {
-		return wire.TokenCreated{}, fmt.Errorf("%w: token %s", api.ErrConflict, id)
-	}
-	tok := consensus.Token{ID: id, Hash: consensus.TokenHash(secret), Scope: consensus.TokenScope(scope), Created: nowUTC()}
-	if err := c.control.Apply(ctx, consensus.NewCommand(consensus.PutToken{Token: tok})); err != nil {
-		return wire.TokenCreated{}, err
-	}
-	if err := waitState(ctx, c, func(st *consensus.ClusterState) bool { _, ok := st.Tokens[id]; return ok }); err != nil {
-		return wire.TokenCreated{}, err
-	}
-	s.n.log.Info("token created", "token", id, "scope", scope)
-	return wire.TokenCreated{TokenInfo: tokenInfo(tok), Secret: secret}, nil
-}
-
-func (s clusterServices) ListTokens(ctx context.Context) ([]wire.TokenInfo, error) {
-	c, err := s.part()
-	if err != nil {
-		return nil, err
-	}
-	toks := c.store.State().Tokens
-	out := make([]wire.TokenInfo, 0, len(toks))
-	for _, id := range slices.Sorted(maps.Keys(toks)) {
-		out = append(out, tokenInfo(toks[id]))
-	}
-	return out, nil
-}
-
-func (s clusterServices) RevokeToken(ctx context.Context, id string) error {
-	c, err := s.part()
-	if err != nil {
-		return err
-	}
-	if _, ok := c.store.State().Tokens[id]; !ok {
-		return fmt.Errorf("%w: %s", api.ErrTokenNotFound, id)
-	}
-	if err := c.control.Apply(ctx, consensus.NewCommand(consensus.RevokeToken{ID: id, At: nowUTC()})); err != nil {
-		return err
-	}
-	s.n.log.Info("token revoked", "token", id)
-	return waitState(ctx, c, func(st *consensus.ClusterState) bool { return st.Tokens[id].Revoked })
-}
-
-func tokenInfo(t consensus.Token) wire.TokenInfo {
-	return wire.TokenInfo{ID: t.ID, Scope: string(t.Scope), Created: t.Created, Revoked: t.Revoked, RevokedAt: t.RevokedAt}
-}
-
-// waitState waits until this node's copy of the state satisfies ok: a write forwarded
-// to the leader is committed before this node has applied it.
-func waitState(ctx context.Context, c *Cluster, ok func(*consensus.ClusterState) bool) error {
-	ctx, cancel := context.WithTimeout(ctx, tokenWait)
-	defer cancel()
-	changes, stop := c.store.Watch()
-	defer stop()
-	for !ok(c.store.State()) {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: the change was committed but has not reached this node yet", api.ErrNotReady)
-		case <-changes:
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
 // Ready is the backend's check followed by the cluster part's own checks.
 func (s clusterServices) Ready(ctx context.Context) []wire.ReadyCheck {
 	checks := []wire.ReadyCheck{
@@ -315,130 +225,4 @@ func (s clusterServices) Ready(ctx context.Context) []wire.ReadyCheck {
 		return append(checks, wire.ReadyCheck{Layer: "cluster", Ready: false, Reason: "joining the cluster"})
 	}
 	return append(checks, c.Ready(ctx)...)
-}
-
-// startCluster starts the cluster part once HTTP is serving.
-func (n *Node) startCluster(ctx context.Context) error {
-	// The cluster's components name themselves (component=cluster, raft, mesh, ...);
-	// they get the node's name, not n.log's component=node, so that a JSON line has
-	// one component key.
-	base := n.cfg.Logger
-	if base == nil {
-		base = slog.Default()
-	}
-	c, err := NewNodeCluster(ctx, n.cfg, n.name, n.Addr(), base.With("node", n.name))
-	if err != nil {
-		return fmt.Errorf("node: start cluster: %w", err)
-	}
-	if err := c.RegisterMetrics(n.reg); err != nil {
-		_ = c.Close()
-		return fmt.Errorf("node: cluster metrics: %w", err)
-	}
-	if err := registerClusterMetrics(n.reg, c); err != nil {
-		_ = c.Close()
-		return fmt.Errorf("node: cluster metrics: %w", err)
-	}
-	n.cluster.Store(c)
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		n.publishLoad(ctx, c)
-	}()
-	if n.cfg.Cluster.founding() {
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			n.publishAdminToken(ctx, c)
-		}()
-	}
-	return nil
-}
-
-// Tokens in cluster mode are the cluster's: their sha256 lives in the Raft state, so
-// every node accepts the same tokens and a revocation reaches all of them. A node that
-// founds the cluster (--bootstrap or --bootstrap-expect) publishes the admin token it
-// wrote to <data-dir>/admin.token; a joining node has no token of its own.
-
-// adminTokenID names the published admin token of the node called name.
-func adminTokenID(name string) string { return "admin@" + name }
-
-// founding reports whether this node may found the cluster and so owns an admin token.
-func (c ClusterConfig) founding() bool { return c.Bootstrap || c.BootstrapExpect > 0 }
-
-// verifyClusterToken checks token against the replicated tokens, and against this
-// node's own admin token while the cluster state is not reachable yet (so the operator
-// of a founding node can use its token from the first second).
-func (n *Node) verifyClusterToken(token string) (api.Scope, error) {
-	if c := n.cluster.Load(); c != nil {
-		if t, ok := c.Store().View().TokenForSecret(token); ok {
-			if t.Revoked {
-				return "", fmt.Errorf("%w: token %s was revoked", api.ErrUnauthorized, t.ID)
-			}
-			return api.Scope(t.Scope), nil
-		}
-	}
-	if n.tokens != nil {
-		return n.tokens.verify(token)
-	}
-	return "", fmt.Errorf("%w: token not recognised", api.ErrUnauthorized)
-}
-
-// publishAdminToken commits this founding node's admin token to the cluster state,
-// retrying until it is there or ctx ends (the first leader election takes a moment).
-func (n *Node) publishAdminToken(ctx context.Context, c *Cluster) {
-	if n.tokens == nil {
-		return
-	}
-	id, hash := adminTokenID(n.name), n.tokens.hashHex()
-	for {
-		if t, ok := c.Store().State().Tokens[id]; ok && t.Hash == hash && !t.Revoked {
-			return
-		}
-		if t, ok := c.Store().State().Tokens[id]; ok && t.Revoked {
-			n.log.Warn("this node's admin token was revoked; not publishing it again", "token", id)
-			return
-		}
-		cmd := consensus.NewCommand(consensus.PutToken{Token: consensus.Token{
-			ID: id, Hash: hash, Scope: consensus.ScopeAdmin, Created: time.Now().UTC(),
-		}})
-		_, err := c.Store().Apply(ctx, cmd)
-		if err == nil {
-			n.log.Info("admin token published to the cluster", "token", id)
-			return
-		}
-		n.log.Debug("publishing the admin token failed; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-// loadInterval is how often a changed load is published in the node's membership
-// metadata: often enough for status pages, rare enough not to flood the gossip.
-const loadInterval = 2 * time.Second
-
-// publishLoad keeps the node's metadata Load equal to its inference requests in
-// flight, so that every node's status shows every node's load.
-func (n *Node) publishLoad(ctx context.Context, c *Cluster) {
-	tick := time.NewTicker(loadInterval)
-	defer tick.Stop()
-	last := 0
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		load := int(n.inferInFlight.Load())
-		if load == last {
-			continue
-		}
-		if err := c.mesh.UpdateMeta(func(m *mesh.NodeMeta) { m.Load = load }); err != nil {
-			n.log.Debug("publishing load", "err", err)
-			continue
-		}
-		last = load
-	}
 }
