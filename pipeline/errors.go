@@ -60,21 +60,26 @@ type wireReason struct {
 	// wire is the mesh sentinel that picks the wire code; nil lets the mesh derive it
 	// (CodeDeadline, CodeCanceled, CodeInternal).
 	wire error
+	// remote, when set, replaces is on the calling side: what the error means there.
+	remote []error
 }
 
 var wireReasons = []wireReason{
-	{"shape_mismatch", []error{accel.ErrShapeMismatch, accel.ErrInputMismatch}, mesh.ErrBadRequest},
-	{"dtype_mismatch", []error{accel.ErrDTypeMismatch, accel.ErrInputMismatch}, mesh.ErrBadRequest},
-	{"unsupported_input", []error{accel.ErrUnsupportedInput}, mesh.ErrBadRequest},
-	{"input_mismatch", []error{accel.ErrInputMismatch}, mesh.ErrBadRequest},
-	{"stage_not_served", []error{ErrStageNotServed}, mesh.ErrStageNotLoaded},
-	{"unknown_model", []error{ErrUnknownModel}, mesh.ErrStageNotLoaded},
+	{"shape_mismatch", []error{accel.ErrShapeMismatch, accel.ErrInputMismatch}, mesh.ErrBadRequest, nil},
+	{"dtype_mismatch", []error{accel.ErrDTypeMismatch, accel.ErrInputMismatch}, mesh.ErrBadRequest, nil},
+	{"unsupported_input", []error{accel.ErrUnsupportedInput}, mesh.ErrBadRequest, nil},
+	{"input_mismatch", []error{accel.ErrInputMismatch}, mesh.ErrBadRequest, nil},
+	{"stage_not_served", []error{ErrStageNotServed}, mesh.ErrStageNotLoaded, nil},
+	// A peer that does not know the model version lags behind the state (or has
+	// dropped it): to the caller it is a replica that does not serve the stage, and
+	// another one is tried.
+	{"unknown_model", []error{ErrUnknownModel}, mesh.ErrStageNotLoaded, []error{ErrStageNotServed}},
 	// A deadline that passed after failed attempts is still a deadline.
-	{"timeout", []error{context.DeadlineExceeded}, nil},
-	{"canceled", []error{context.Canceled}, nil},
-	{"no_replica", []error{ErrNoReplica}, nil},
-	{"bad_stage_response", []error{ErrBadStageResponse}, nil},
-	{"stage_failed", []error{ErrStageFailed}, nil},
+	{"timeout", []error{context.DeadlineExceeded}, nil, nil},
+	{"canceled", []error{context.Canceled}, nil, nil},
+	{"no_replica", []error{ErrNoReplica}, nil, nil},
+	{"bad_stage_response", []error{ErrBadStageResponse}, nil, nil},
+	{"stage_failed", []error{ErrStageFailed}, nil, nil},
 }
 
 // wireError is a handler's error on its way out: the reason word, the mesh sentinel
@@ -131,6 +136,9 @@ func fromWire(err error) error {
 	// serving mesh may put its own words before it ("mesh: deadline exceeded: ...").
 	for _, word := range strings.Split(re.Message, ": ") {
 		for _, row := range wireReasons {
+			if row.reason == word && row.remote != nil {
+				return &remoteError{is: row.remote, err: err}
+			}
 			if row.reason == word {
 				return &remoteError{is: row.is, err: err}
 			}
