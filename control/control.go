@@ -33,6 +33,23 @@ import (
 	"github.com/layermesh/layermesh/mesh"
 )
 
+// RaftStore is the replicated state as the control loop reads and writes it
+// (consensus.Store).
+type RaftStore interface {
+	// State is a copy of this node's state with Member.Voter filled in; View is the
+	// shared, read-only published state.
+	State() *consensus.ClusterState
+	View() *consensus.ClusterState
+	// Read is a read through the leader, linearizable when asked.
+	Read(ctx context.Context, linearizable bool) (*consensus.ClusterState, error)
+	Apply(ctx context.Context, cmd consensus.Command) (consensus.Result, error)
+	// Watch signals every change of this node's copy of the state.
+	Watch() (<-chan struct{}, func())
+	IsLeader() bool
+	AddNode(ctx context.Context, id string) error
+	RemoveNode(ctx context.Context, id string) error
+}
+
 // ModelView is what the control loop needs to know about serving: the live members,
 // which of them serve a stage ready, and which version a name resolves to.
 type ModelView interface {
@@ -61,7 +78,7 @@ type Config struct {
 	DataDir string
 	// Replicas is the default replication factor of a deploy.
 	Replicas int
-	Store    *consensus.Store
+	Store    RaftStore
 	Blobs    *mesh.BlobStore
 	Links    LinkProbes
 	View     ModelView
@@ -81,7 +98,7 @@ type Config struct {
 type Controller struct {
 	cfg   Config
 	log   *slog.Logger
-	store *consensus.Store
+	store RaftStore
 	blobs *mesh.BlobStore
 	links LinkProbes
 	view  ModelView
