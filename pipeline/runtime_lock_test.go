@@ -118,6 +118,9 @@ func TestRuntimeAnswersWhileReadyElsewhereBlocks(t *testing.T) {
 		HandoverTimeout: time.Hour, RetryInterval: 50 * time.Millisecond, Logger: testLogger(t, "rt"),
 	})
 	defer rt.Close()
+	// Released on every way out, so that a failing run still closes the runtime.
+	unblock := sync.OnceFunc(func() { close(release) })
+	defer unblock()
 
 	rt.SetAssignments(as[:1])
 	eventually(t, 10*time.Second, func() error {
@@ -151,7 +154,7 @@ func TestRuntimeAnswersWhileReadyElsewhereBlocks(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("the runtime blocked its callers while ReadyElsewhere was asked")
 	}
-	close(release)
+	unblock()
 	eventually(t, 5*time.Second, func() error {
 		if rt.Serves(as[0].Key) {
 			return errors.New("stage 0 not unloaded once ready elsewhere")
