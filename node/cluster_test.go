@@ -20,6 +20,7 @@ import (
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/partition/modelgen"
+	"github.com/layermesh/layermesh/pipeline"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -64,7 +65,7 @@ func (tc *testCluster) start(i int, bootstrap bool, budget int64) *Cluster {
 		Listen: []string{"/ip4/127.0.0.1/tcp/0"}, FastGossip: true, MemBudget: budget,
 		Backend: testBackend(t), Session: accel.SessionOptions{IntraOpThreads: 1},
 		Logger: testLogger(t, fmt.Sprintf("n%d", i)),
-		Router: RouterConfig{RequestTimeout: 20 * time.Second},
+		Router: pipeline.RouterConfig{RequestTimeout: 20 * time.Second},
 	}
 	if bootstrap {
 		opts.Bootstrap = true
@@ -108,8 +109,8 @@ func startTestCluster(t *testing.T, n int, budget int64) *testCluster {
 			if len(st.Members) != n {
 				return fmt.Errorf("node %d sees %d members", i, len(st.Members))
 			}
-			if len(c.liveMembers()) != n {
-				return fmt.Errorf("node %d sees %d live members", i, len(c.liveMembers()))
+			if len(c.view.LiveMembers()) != n {
+				return fmt.Errorf("node %d sees %d live members", i, len(c.view.LiveMembers()))
 			}
 		}
 		return nil
@@ -205,7 +206,7 @@ func deploy(t *testing.T, c *Cluster, name, path string, stages, replicas int) {
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	st, err := c.PutModel(ctx, name, f, api.DeployOptions{Stages: stages, Replicas: replicas, Size: -1})
+	st, err := c.Control().PutModel(ctx, name, f, api.DeployOptions{Stages: stages, Replicas: replicas, Size: -1})
 	if err != nil {
 		t.Fatalf("deploy: %v", err)
 	}
@@ -213,7 +214,7 @@ func deploy(t *testing.T, c *Cluster, name, path string, stages, replicas int) {
 	if st.Version == "" {
 		t.Fatal("deploy answered no version")
 	}
-	if _, err := c.ModelStatus(ctx, name, st.Version); err != nil {
+	if _, err := c.Control().ModelStatus(ctx, name, st.Version); err != nil {
 		t.Fatalf("deploy answered version %q: %v", st.Version, err)
 	}
 }
@@ -221,7 +222,7 @@ func deploy(t *testing.T, c *Cluster, name, path string, stages, replicas int) {
 func waitReplicas(t *testing.T, c *Cluster, name string, want int, total time.Duration) {
 	t.Helper()
 	eventually(t, total, func() error {
-		st, err := c.ModelStatus(context.Background(), name, "")
+		st, err := c.Control().ModelStatus(context.Background(), name, "")
 		if err != nil {
 			return err
 		}
@@ -229,10 +230,10 @@ func waitReplicas(t *testing.T, c *Cluster, name string, want int, total time.Du
 			return fmt.Errorf("model not ready: %s %+v", st.Reason, st.Stages)
 		}
 		cs := c.Store().State()
-		m, _ := c.resolveVersion(cs, name, "")
-		live := c.liveMembers()
+		m, _ := c.view.ResolveVersion(cs, name, "")
+		live := c.view.LiveMembers()
 		for k := range m.Stages {
-			if got := len(c.readyReplicas(cs, m, k, live)); got != want {
+			if got := len(c.view.ReadyReplicas(cs, m, k, live)); got != want {
 				return fmt.Errorf("stage %d has %d ready replicas, want %d", k, got, want)
 			}
 		}
@@ -243,7 +244,7 @@ func waitReplicas(t *testing.T, c *Cluster, name string, want int, total time.Du
 func inferGPT(c *Cluster, name string, inputs []tensor.Tensor) ([]float32, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	res, err := c.Infer(ctx, api.InferRequest{Model: name, Inputs: inputs})
+	res, err := c.Inference().Infer(ctx, api.InferRequest{Model: name, Inputs: inputs})
 	if err != nil {
 		return nil, err
 	}
@@ -258,19 +259,7 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	path, inputs, want := gptFixture(t, cfg, 8, 7)
 
 	tc := startTestCluster(t, 3, 1<<30)
-	// Every node measured its speed at start and reports the same figure in its
-	// membership metadata and its member record (the planner's and placement's input);
-	// 1 would be the fallback of a benchmark that did not run.
-	eventually(t, 10*time.Second, func() error {
-		for i, c := range tc.nodes {
-			meta := c.mesh.Meta().Speed
-			rec := tc.nodes[0].Store().State().Members[c.Self()].Capacity.Speed
-			if meta <= 1 || rec != meta {
-				return fmt.Errorf("node %d: speed %v in metadata, %v in its member record", i, meta, rec)
-			}
-		}
-		return nil
-	})
+	checkSpeedsReported(t, tc)
 	reg := prometheus.NewRegistry()
 	if err := tc.nodes[2].RegisterMetrics(reg); err != nil {
 		t.Fatal(err)
@@ -287,36 +276,8 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 			t.Fatalf("node %d: split output differs from the whole model by %g", i, d)
 		}
 	}
-
-	// Node 2 drove or forwarded one request: its stage-call histogram counts it.
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	calls := uint64(0)
-	for _, f := range families {
-		if f.GetName() == "layermesh_stage_call_duration_seconds" {
-			for _, m := range f.GetMetric() {
-				calls += m.GetHistogram().GetSampleCount()
-			}
-		}
-	}
-	if calls == 0 {
-		t.Fatal("no stage call recorded in layermesh_stage_call_duration_seconds")
-	}
-
-	// Bad requests are refused before any stage sees them, with the API's sentinels.
-	ctx := context.Background()
-	if _, err := tc.nodes[0].Infer(ctx, api.InferRequest{Model: "nope", Inputs: inputs}); !errors.Is(err, api.ErrModelNotFound) {
-		t.Fatalf("unknown model: %v", err)
-	}
-	wrong := []tensor.Tensor{tensor.FromFloat32(inputs[0].Name, inputs[0].Shape, make([]float32, 8))}
-	if _, err := tc.nodes[0].Infer(ctx, api.InferRequest{Model: "gpt", Inputs: wrong}); !errors.Is(err, accel.ErrDTypeMismatch) {
-		t.Fatalf("wrong dtype: %v", err)
-	}
-	if _, err := tc.nodes[0].Infer(ctx, api.InferRequest{Model: "gpt", Inputs: inputs, Outputs: []string{"nope"}}); !errors.Is(err, accel.ErrInputMismatch) {
-		t.Fatalf("unknown output: %v", err)
-	}
+	checkStageCallRecorded(t, reg)
+	checkBadRequestsRefused(t, tc.nodes[0], inputs)
 
 	// Redeploying the same bytes is a no-op.
 	versions := func() int {
@@ -333,8 +294,72 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 		t.Fatalf("identical redeploy made %d versions", v)
 	}
 
-	// Stop a node that is not the leader: every stage still answers, then heals to 2
-	// replicas on the two survivors.
+	victim, victimID, survivor := stopFollowerAndHeal(t, tc, inputs, want)
+	restartAndDrain(t, tc, victim, victimID, survivor, inputs, want)
+}
+
+// checkSpeedsReported: every node measured its speed at start and reports the same
+// figure in its membership metadata and its member record (the planner's and
+// placement's input); 1 would be the fallback of a benchmark that did not run.
+func checkSpeedsReported(t *testing.T, tc *testCluster) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() error {
+		for i, c := range tc.nodes {
+			meta := c.mesh.Meta().Speed
+			rec := tc.nodes[0].Store().State().Members[c.Self()].Capacity.Speed
+			if meta <= 1 || rec != meta {
+				return fmt.Errorf("node %d: speed %v in metadata, %v in its member record", i, meta, rec)
+			}
+		}
+		return nil
+	})
+}
+
+// checkStageCallRecorded: node 2 drove or forwarded one request, so its stage-call
+// histogram counts it.
+func checkStageCallRecorded(t *testing.T, reg *prometheus.Registry) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := uint64(0)
+	for _, f := range families {
+		if f.GetName() == "layermesh_stage_call_duration_seconds" {
+			for _, m := range f.GetMetric() {
+				calls += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if calls == 0 {
+		t.Fatal("no stage call recorded in layermesh_stage_call_duration_seconds")
+	}
+
+}
+
+// checkBadRequestsRefused: bad requests are refused before any stage sees them, with
+// the API's sentinels.
+func checkBadRequestsRefused(t *testing.T, c *Cluster, inputs []tensor.Tensor) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.Inference().Infer(ctx, api.InferRequest{Model: "nope", Inputs: inputs}); !errors.Is(err, api.ErrModelNotFound) {
+		t.Fatalf("unknown model: %v", err)
+	}
+	wrong := []tensor.Tensor{tensor.FromFloat32(inputs[0].Name, inputs[0].Shape, make([]float32, 8))}
+	if _, err := c.Inference().Infer(ctx, api.InferRequest{Model: "gpt", Inputs: wrong}); !errors.Is(err, accel.ErrDTypeMismatch) {
+		t.Fatalf("wrong dtype: %v", err)
+	}
+	if _, err := c.Inference().Infer(ctx, api.InferRequest{Model: "gpt", Inputs: inputs, Outputs: []string{"nope"}}); !errors.Is(err, accel.ErrInputMismatch) {
+		t.Fatalf("unknown output: %v", err)
+	}
+
+}
+
+// stopFollowerAndHeal stops a node that is not the leader: every stage still answers,
+// then heals to 2 replicas on the two survivors. It returns the stopped node's index
+// (index and peer id) and a survivor.
+func stopFollowerAndHeal(t *testing.T, tc *testCluster, inputs []tensor.Tensor, want []float32) (int, string, *Cluster) {
+	t.Helper()
 	victim := 0
 	for i, c := range tc.nodes {
 		if !c.Store().IsLeader() {
@@ -355,12 +380,12 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	}
 	eventually(t, 15*time.Second, func() error {
 		st := survivor.Store().State()
-		m, err := survivor.resolveVersion(st, "gpt", "")
+		m, err := survivor.view.ResolveVersion(st, "gpt", "")
 		if err != nil {
 			return err
 		}
 		pl := st.Placements[m.Name+"@"+m.Version]
-		live := survivor.liveMembers()
+		live := survivor.view.LiveMembers()
 		if _, ok := live[victimID]; ok {
 			return fmt.Errorf("stopped node still in memberlist")
 		}
@@ -368,7 +393,7 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 			if slices.Contains(reps, victimID) || len(reps) != 2 {
 				return fmt.Errorf("stage %d placed on %v", k, reps)
 			}
-			if ready := survivor.readyReplicas(st, m, k, live); len(ready) != 2 {
+			if ready := survivor.view.ReadyReplicas(st, m, k, live); len(ready) != 2 {
 				return fmt.Errorf("stage %d ready on %v", k, ready)
 			}
 		}
@@ -376,6 +401,15 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 	})
 	t.Logf("replicas back to 2 %v after the stop", time.Since(killed).Round(time.Millisecond))
 
+	return victim, victimID, survivor
+}
+
+// restartAndDrain brings the stopped node back with its identity, sees it given
+// stages again, then drains it: its stages move to the others first, then it serves
+// nothing, and every stage keeps 2 ready replicas throughout.
+func restartAndDrain(t *testing.T, tc *testCluster, victim int, victimID string, survivor *Cluster, inputs []tensor.Tensor, want []float32) {
+	t.Helper()
+	ctx := context.Background()
 	// The stopped node comes back with its identity and is given stages again.
 	back := tc.start(victim, victim == 0, 1<<30)
 	if back.Self() != victimID {
@@ -395,25 +429,25 @@ func TestClusterSplitInferenceAndHealing(t *testing.T) {
 		}
 		return nil
 	})
-	got, err = inferGPT(back, "gpt", inputs)
+	got, err := inferGPT(back, "gpt", inputs)
 	if err != nil || maxRelDiff(got, want) > 1e-4 {
 		t.Fatalf("infer via the restarted node: %v (diff %g)", err, maxRelDiff(got, want))
 	}
 
 	// Drain it again: its stages move to the others first, then it serves nothing,
 	// and every stage keeps 2 ready replicas throughout.
-	if err := survivor.DrainNode(ctx, back.opts.Name); err != nil {
+	if err := survivor.Control().DrainNode(ctx, back.opts.Name); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, func() error {
 		st := survivor.Store().State()
-		m, err := survivor.resolveVersion(st, "gpt", "")
+		m, err := survivor.view.ResolveVersion(st, "gpt", "")
 		if err != nil {
 			return err
 		}
-		live := survivor.liveMembers()
+		live := survivor.view.LiveMembers()
 		for k := range m.Stages {
-			ready := survivor.readyReplicas(st, m, k, live)
+			ready := survivor.view.ReadyReplicas(st, m, k, live)
 			if len(ready) < 2 {
 				return fmt.Errorf("stage %d has ready replicas %v", k, ready)
 			}
@@ -492,7 +526,7 @@ func TestClusterCollectsUnreferencedBlobs(t *testing.T) {
 	waitReplicas(t, tc.nodes[0], "drop", 2, 30*time.Second)
 	st := tc.nodes[0].Store().State()
 	blobs := func(name string) []string {
-		m, err := tc.nodes[0].resolveVersion(st, name, "")
+		m, err := tc.nodes[0].view.ResolveVersion(st, name, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -503,9 +537,9 @@ func TestClusterCollectsUnreferencedBlobs(t *testing.T) {
 		return out
 	}
 	keep, drop := blobs("keep"), blobs("drop")
-	dm, _ := tc.nodes[0].resolveVersion(st, "drop", "")
+	dm, _ := tc.nodes[0].view.ResolveVersion(st, "drop", "")
 	dropKey := dm.Name + "@" + dm.Version
-	if err := tc.nodes[1].DeleteModel(context.Background(), "drop"); err != nil {
+	if err := tc.nodes[1].Control().DeleteModel(context.Background(), "drop"); err != nil {
 		t.Fatal(err)
 	}
 	for i, c := range tc.nodes {
@@ -515,10 +549,10 @@ func TestClusterCollectsUnreferencedBlobs(t *testing.T) {
 			}
 			return nil
 		})
-		if n, _ := c.collectBlobs(time.Hour); n != 0 {
+		if n, _ := c.control.CollectBlobs(time.Hour); n != 0 {
 			t.Fatalf("node %d removed %d blobs within the grace period", i, n)
 		}
-		n, freed := c.collectBlobs(0)
+		n, freed := c.control.CollectBlobs(0)
 		t.Logf("node %d removed %d blobs, %d bytes", i, n, freed)
 		store := c.mesh.Blobs()
 		for _, h := range keep {

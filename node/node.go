@@ -1,12 +1,19 @@
-// Package node owns a running layermesh node and wires its parts together: the
-// accel backend and the models loaded into it, the token store, and the HTTP API,
+// Package node runs a layermesh node and wires its parts together: the HTTP API,
 // whose service interfaces (api.ModelService, api.HealthService, api.ClusterService,
-// api.TokenVerifier) *Node implements.
+// api.TokenVerifier) it serves, the accel backend, the admin token, and either the
+// single-node model service or the cluster part.
 //
 // A node runs alone ("single-node mode": it serves the models of --model-dir and those
-// uploaded to it) unless cluster settings are given; then the cluster part (*Cluster:
-// membership, Raft state, placement, stage runtime, request router) serves the API
-// (clustermode.go).
+// uploaded to it; singlenode_models.go, singlenode_admin.go) unless cluster settings
+// are given. Then the cluster part (*Cluster, cluster_wiring.go) starts the mesh and
+// the Raft store and connects the request path (package pipeline) and the control
+// loop (package control) to them; cluster_api.go hands the API's calls to those.
+//
+// Files: node.go (config, start, shutdown), admintoken.go (the admin token and token
+// checks), cluster_start.go, cluster_wiring.go, cluster_api.go, cluster_admin.go
+// (cluster status answers), cluster_tokens.go, cluster_metrics.go, membership.go (the
+// node's member record and gossip), secret.go (cluster secret and id), speed.go and
+// membudget.go (what the node offers the planner).
 package node
 
 import (
@@ -185,7 +192,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("node: clear upload dir: %w", err)
 	}
 	// A single node and a cluster's founder own an admin token; a node joining a
-	// cluster uses the cluster's tokens (clustermode.go).
+	// cluster uses the cluster's tokens (admintoken.go).
 	var err error
 	if !cfg.Cluster.configured() || cfg.Cluster.founding() {
 		tokens, err := openTokenStore(filepath.Join(cfg.DataDir, adminTokenFile))

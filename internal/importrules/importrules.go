@@ -55,11 +55,6 @@ type Rule struct {
 	// Direct limits the rule to direct imports; otherwise an import through other
 	// packages counts too.
 	Direct bool
-	// WhenPresent lets the rule's patterns match nothing, for packages that do not
-	// exist in every checkout; the rule applies as soon as they do. Without it, a
-	// pattern that matches nothing is an error, so that a renamed package cannot turn
-	// a rule off silently.
-	WhenPresent bool
 }
 
 // Rules is the module's layering.
@@ -75,16 +70,14 @@ var Rules = []Rule{
 	{
 		// The request path and the control loop meet only through the Raft state and
 		// the interfaces node wires between them.
-		Name:        "pipeline does not import control",
-		From:        []string{"pipeline/..."},
-		Forbid:      []string{"control/..."},
-		WhenPresent: true,
+		Name:   "pipeline does not import control",
+		From:   []string{"pipeline/..."},
+		Forbid: []string{"control/..."},
 	},
 	{
-		Name:        "control does not import pipeline",
-		From:        []string{"control/..."},
-		Forbid:      []string{"pipeline/..."},
-		WhenPresent: true,
+		Name:   "control does not import pipeline",
+		From:   []string{"control/..."},
+		Forbid: []string{"pipeline/..."},
 	},
 	{
 		// node wires everything; whatever it wires cannot depend on it.
@@ -112,7 +105,8 @@ var Rules = []Rule{
 }
 
 // Check returns one error per violation of rules in g, and one per pattern that matches
-// no package of the module where the rule is not WhenPresent.
+// no package of the module (a pattern that matches nothing is an error, so that a
+// renamed package cannot turn a rule off silently).
 func Check(g Graph, rules []Rule) []error {
 	own := g.modulePackages()
 	var errs []error
@@ -132,9 +126,6 @@ func Check(g Graph, rules []Rule) []error {
 
 // unmatched reports the patterns of r that match none of the module's packages.
 func (r Rule) unmatched(own []string) []error {
-	if r.WhenPresent {
-		return nil
-	}
 	var errs []error
 	for _, p := range slices.Concat(r.From, r.Except, r.Forbid) {
 		if !slices.ContainsFunc(own, func(path string) bool { return match(p, path) }) {

@@ -1,4 +1,4 @@
-package node
+package control
 
 // Stage and source blobs stay on disk while some model version in the cluster state
 // names them. Once none does (the model was deleted or its version superseded), each
@@ -20,17 +20,17 @@ const (
 )
 
 // blobGCLoop removes unreferenced blobs every blobGCInterval.
-func (c *Cluster) blobGCLoop(ctx context.Context) {
-	everyTick(ctx, blobGCInterval, func() { c.collectBlobs(blobGCGrace) })
+func (c *Controller) blobGCLoop(ctx context.Context) {
+	everyTick(ctx, blobGCInterval, func() { c.CollectBlobs(blobGCGrace) })
 }
 
-// collectBlobs removes the blobs (complete or partial) that no model version in the
+// CollectBlobs removes the blobs (complete or partial) that no model version in the
 // cluster state names and that nobody stored, touched or fetched into for grace. It
 // does nothing until this node's state has caught up with the leader's: a node behind
 // the log would take blobs of models it has not heard of yet for garbage. It returns
 // how many blobs it removed and the bytes they held.
-func (c *Cluster) collectBlobs(grace time.Duration) (removed int, freed int64) {
-	if !c.caughtUp.Load() {
+func (c *Controller) CollectBlobs(grace time.Duration) (removed int, freed int64) {
+	if !c.cfg.CaughtUp() {
 		return 0, 0
 	}
 	st := c.store.View()
@@ -41,7 +41,7 @@ func (c *Cluster) collectBlobs(grace time.Duration) (removed int, freed int64) {
 			keep[s.SHA256] = true
 		}
 	}
-	store := c.mesh.Blobs()
+	store := c.blobs
 	blobs, err := store.List()
 	if err != nil {
 		c.log.Warn("listing blobs for collection", "err", err)

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/layermesh/layermesh/consensus"
+	"github.com/layermesh/layermesh/pipeline"
 )
 
 // clusterCollector reads the cluster part's figures at scrape time.
@@ -86,14 +87,7 @@ func (k *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(k.bandwidth, ls.Bandwidth, m.PeerID.String())
 		}
 	}
-	r := c.router
-	r.mu.Lock()
-	calls := 0
-	for _, n := range r.inFlight {
-		calls += n
-	}
-	r.mu.Unlock()
-	gauge(k.callsInFlight, float64(calls))
+	gauge(k.callsInFlight, float64(c.router.CallsInFlight()))
 	ready, loading := 0, 0
 	for _, s := range c.runtime.Served() {
 		if s.Ready {
@@ -119,7 +113,7 @@ func registerClusterMetrics(reg prometheus.Registerer, c *Cluster) error {
 			return err
 		}
 	}
-	c.runtime.SetComputeObserver(func(k StageKey, d time.Duration, err error) {
+	c.runtime.SetComputeObserver(func(k pipeline.StageKey, d time.Duration, err error) {
 		outcome := "ok"
 		if err != nil {
 			outcome = "error"

@@ -1,4 +1,4 @@
-package node
+package pipeline
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ type idRecorder struct {
 
 func (r *idRecorder) CallStage(ctx context.Context, peer string, call StageCall) ([]tensor.Tensor, error) {
 	r.mu.Lock()
-	r.ids = append(r.ids, call.RequestID)
+	r.ids = append(r.ids, call.ID)
 	r.mu.Unlock()
 	return r.next.CallStage(ctx, peer, call)
 }
@@ -61,7 +61,7 @@ func TestRequestIDReachesStageCallsAndLogs(t *testing.T) {
 
 	ctx := api.WithRequestID(context.Background(), "trace-42")
 	x := []float32{1, 2}
-	out, err := r.Infer(ctx, "m", "", []tensor.Tensor{tensor.FromFloat32("x", []int64{2}, x)}, nil)
+	out, err := r.Infer(ctx, Request{Model: "m", Inputs: []tensor.Tensor{tensor.FromFloat32("x", []int64{2}, x)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestRequestIDReachesStageCallsAndLogs(t *testing.T) {
 
 	// Without an id in the context the router makes one per request.
 	rec.ids = nil
-	if _, err := r.Infer(context.Background(), "m", "", []tensor.Tensor{tensor.FromFloat32("x", []int64{2}, x)}, nil); err != nil {
+	if _, err := r.Infer(context.Background(), Request{Model: "m", Inputs: []tensor.Tensor{tensor.FromFloat32("x", []int64{2}, x)}}); err != nil {
 		t.Fatal(err)
 	}
 	if len(rec.ids) == 0 || len(rec.ids[0]) != 16 || rec.ids[0] == "trace-42" {

@@ -1,4 +1,4 @@
-package node
+package control
 
 import (
 	"context"
@@ -21,48 +21,48 @@ import (
 // move their stages for nothing.
 const missingGrace = 2 * time.Second
 
-// controller is the leader's placement loop state. It lives on every node but acts only
-// while the node leads.
-type controller struct {
+// leaderState is the leader's placement loop state. It lives on every node but acts
+// only while the node leads.
+type leaderState struct {
 	mu        sync.Mutex
 	missing   map[string]time.Time // member id -> first seen absent from memberlist
 	errs      map[string]string    // model key -> why it could not be placed, or placement warnings
 	leadSince time.Time
 }
 
-// placementError is the last reason the controller could not place the model, or the
+// PlacementError is the last reason the controller could not place the model, or the
 // warnings of its last placement (stages short of replicas), if any.
-func (c *Cluster) placementError(key string) string {
-	c.ctrl.mu.Lock()
-	defer c.ctrl.mu.Unlock()
-	return c.ctrl.errs[key]
+func (c *Controller) PlacementError(key string) string {
+	c.leader.mu.Lock()
+	defer c.leader.mu.Unlock()
+	return c.leader.errs[key]
 }
 
 // leaderLoop reconciles member states and placements whenever the Raft state or the
 // membership changes, and every second, while this node leads.
-func (c *Cluster) leaderLoop(ctx context.Context) {
+func (c *Controller) leaderLoop(ctx context.Context) {
 	changes, stopWatch := c.store.Watch()
 	defer stopWatch()
-	events, stopEvents := c.mesh.Subscribe()
+	events, stopEvents := c.cfg.Events.Subscribe()
 	defer stopEvents()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		if c.store.IsLeader() {
-			c.ctrl.mu.Lock()
-			if c.ctrl.leadSince.IsZero() {
-				c.ctrl.leadSince = time.Now()
+			c.leader.mu.Lock()
+			if c.leader.leadSince.IsZero() {
+				c.leader.leadSince = time.Now()
 			}
-			c.ctrl.mu.Unlock()
+			c.leader.mu.Unlock()
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			c.reconcileMembers(rctx)
 			c.reconcilePlacements(rctx)
 			cancel()
 		} else {
-			c.ctrl.mu.Lock()
-			c.ctrl.leadSince = time.Time{}
-			clear(c.ctrl.missing)
-			c.ctrl.mu.Unlock()
+			c.leader.mu.Lock()
+			c.leader.leadSince = time.Time{}
+			clear(c.leader.missing)
+			c.leader.mu.Unlock()
 		}
 		select {
 		case <-ctx.Done():
@@ -77,9 +77,9 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 // reconcileMembers records memberlist's view of liveness in Raft: a member gone from
 // memberlist for missingGrace becomes dead, a dead one seen again becomes alive.
 // Draining, left and removed are admin decisions and stay.
-func (c *Cluster) reconcileMembers(ctx context.Context) {
+func (c *Controller) reconcileMembers(ctx context.Context) {
 	st := c.store.State()
-	live := c.liveMembers()
+	live := c.view.LiveMembers()
 	now := time.Now()
 	// memberlist admits only nodes holding the cluster secret: the leader brings each
 	// into the Raft configuration, after which the node writes its own member record.
@@ -93,18 +93,18 @@ func (c *Cluster) reconcileMembers(ctx context.Context) {
 	}
 	for id, m := range st.Members {
 		_, isLive := live[id]
-		c.ctrl.mu.Lock()
-		if isLive || id == c.self {
-			delete(c.ctrl.missing, id)
-		} else if _, ok := c.ctrl.missing[id]; !ok {
-			c.ctrl.missing[id] = now
+		c.leader.mu.Lock()
+		if isLive || id == c.cfg.Self {
+			delete(c.leader.missing, id)
+		} else if _, ok := c.leader.missing[id]; !ok {
+			c.leader.missing[id] = now
 		}
-		since, absent := c.ctrl.missing[id]
-		leadFor := now.Sub(c.ctrl.leadSince)
-		c.ctrl.mu.Unlock()
+		since, absent := c.leader.missing[id]
+		leadFor := now.Sub(c.leader.leadSince)
+		c.leader.mu.Unlock()
 		var next consensus.MemberState
 		switch {
-		case (isLive || id == c.self) && (m.State == consensus.MemberDead || m.State == consensus.MemberSuspect):
+		case (isLive || id == c.cfg.Self) && (m.State == consensus.MemberDead || m.State == consensus.MemberSuspect):
 			next = consensus.MemberAlive
 		case absent && now.Sub(since) >= missingGrace && leadFor >= missingGrace &&
 			(m.State == consensus.MemberAlive || m.State == consensus.MemberSuspect || m.State == consensus.MemberDraining):
@@ -122,9 +122,9 @@ func (c *Cluster) reconcileMembers(ctx context.Context) {
 
 // reconcilePlacements places every model version whose committed placement differs
 // from what Place computes now, and drops versions superseded by a ready newer one.
-func (c *Cluster) reconcilePlacements(ctx context.Context) {
+func (c *Controller) reconcilePlacements(ctx context.Context) {
 	st := c.store.State()
-	live := c.liveMembers()
+	live := c.view.LiveMembers()
 	keys := slices.Sorted(maps.Keys(st.Models))
 	for _, key := range keys {
 		m := st.Models[key]
@@ -133,19 +133,19 @@ func (c *Cluster) reconcilePlacements(ctx context.Context) {
 		}
 		req := c.placementRequest(st, key, m, live)
 		res, err := Place(req)
-		c.ctrl.mu.Lock()
+		c.leader.mu.Lock()
 		switch {
 		case err != nil:
-			if c.ctrl.errs[key] != err.Error() {
+			if c.leader.errs[key] != err.Error() {
 				c.log.Error("cannot place model", "model", key, "err", err)
 			}
-			c.ctrl.errs[key] = err.Error()
+			c.leader.errs[key] = err.Error()
 		case len(res.Warnings) > 0:
-			c.ctrl.errs[key] = strings.Join(res.Warnings, "; ")
+			c.leader.errs[key] = strings.Join(res.Warnings, "; ")
 		default:
-			delete(c.ctrl.errs, key)
+			delete(c.leader.errs, key)
 		}
-		c.ctrl.mu.Unlock()
+		c.leader.mu.Unlock()
 		if err != nil {
 			continue
 		}
@@ -179,18 +179,16 @@ func (c *Cluster) reconcilePlacements(ctx context.Context) {
 }
 
 // placementRequest builds Place's input from the Raft state and memberlist.
-func (c *Cluster) placementRequest(st *consensus.ClusterState, key string, m consensus.Model, live map[string]mesh.NodeMeta) PlacementRequest {
+func (c *Controller) placementRequest(st *consensus.ClusterState, key string, m consensus.Model, live map[string]mesh.NodeMeta) PlacementRequest {
 	info := deployFigures(m)
 	used := usedBytes(st, key)
-	req := PlacementRequest{Replicas: info.replicas(c.opts.Replicas)}
+	req := PlacementRequest{Replicas: info.replicas(c.cfg.Replicas)}
 	for k := range m.Stages {
 		req.Stages = append(req.Stages, PlacementStage{
 			MemBytes: info.memBytes(m, k), Cost: info.cost(m, k), Blob: m.Stages[k].SHA256,
 		})
 	}
-	c.suspectMu.Lock()
-	suspect := maps.Clone(c.suspect)
-	c.suspectMu.Unlock()
+	suspect := c.view.Suspects()
 	for id, mem := range st.Members {
 		pm := PlacementMember{ID: id, MemBudget: mem.Capacity.MemBudget, Used: used[id], Speed: mem.Capacity.Speed,
 			Blobs: make(map[string]bool)}
@@ -200,7 +198,7 @@ func (c *Cluster) placementRequest(st *consensus.ClusterState, key string, m con
 			pm.State = MemberDraining
 		case mem.State != consensus.MemberAlive && mem.State != consensus.MemberSuspect:
 			pm.State = MemberDead
-		case !isLive && id != c.self:
+		case !isLive && id != c.cfg.Self:
 			// Recorded alive but gone from memberlist: keep what it has until it is
 			// recorded dead, give it nothing new.
 			pm.State = MemberSuspect
@@ -210,13 +208,13 @@ func (c *Cluster) placementRequest(st *consensus.ClusterState, key string, m con
 			pm.State = MemberAlive
 		}
 		for k := range m.Stages {
-			if servesReady(st, id, meta, StageKey{Model: m.Name, Version: m.Version, Stage: k}) || id == info.Cutter {
+			if st.Serving[id].Serves(meta.Boot, m.Name, m.Version, k) || id == info.Cutter {
 				pm.Blobs[m.Stages[k].SHA256] = true
 			}
 		}
 		req.Members = append(req.Members, pm)
 	}
-	slices.SortFunc(req.Members, func(a, b PlacementMember) int { return cmpStrings(a.ID, b.ID) })
+	slices.SortFunc(req.Members, func(a, b PlacementMember) int { return strings.Compare(a.ID, b.ID) })
 	if pl, ok := st.Placements[key]; ok && len(pl.Stages) == len(m.Stages) {
 		req.Previous = pl.Stages
 	}
@@ -225,10 +223,10 @@ func (c *Cluster) placementRequest(st *consensus.ClusterState, key string, m con
 
 // dropSuperseded deletes the older versions of a model once a newer version serves:
 // a redeploy replaces the model without a moment where neither version answers.
-func (c *Cluster) dropSuperseded(ctx context.Context, st *consensus.ClusterState, live map[string]mesh.NodeMeta) {
+func (c *Controller) dropSuperseded(ctx context.Context, st *consensus.ClusterState, live map[string]mesh.NodeMeta) {
 	newestReady := make(map[string]int)
 	for _, m := range st.Models {
-		if v := versionNumber(m.Version); v > newestReady[m.Name] && c.modelReady(st, m, live) {
+		if v := versionNumber(m.Version); v > newestReady[m.Name] && c.view.ModelReady(st, m, live) {
 			newestReady[m.Name] = v
 		}
 	}
@@ -246,9 +244,9 @@ func (c *Cluster) dropSuperseded(ctx context.Context, st *consensus.ClusterState
 }
 
 // allPlacedReady says whether every node the placement names serves its stage ready.
-func (c *Cluster) allPlacedReady(st *consensus.ClusterState, m consensus.Model, stages [][]string, live map[string]mesh.NodeMeta) bool {
+func (c *Controller) allPlacedReady(st *consensus.ClusterState, m consensus.Model, stages [][]string, live map[string]mesh.NodeMeta) bool {
 	for k, reps := range stages {
-		ready := c.readyReplicas(st, m, k, live)
+		ready := c.view.ReadyReplicas(st, m, k, live)
 		for _, id := range reps {
 			if !slices.Contains(ready, id) {
 				return false
@@ -256,4 +254,9 @@ func (c *Cluster) allPlacedReady(st *consensus.ClusterState, m consensus.Model, 
 		}
 	}
 	return true
+}
+
+func versionNumber(v string) int {
+	n, _ := strconv.Atoi(v)
+	return n
 }

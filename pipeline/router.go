@@ -1,14 +1,12 @@
-package node
+package pipeline
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,48 +16,33 @@ import (
 	"github.com/layermesh/layermesh/api"
 )
 
-// Router errors. The API maps ErrNoReplica to 503 with Retry-After.
-var (
-	// ErrNoReplica means a stage of the model has no live, ready replica anywhere.
-	ErrNoReplica = errors.New("no live replica of stage")
-	// ErrStageFailed means every attempt on a stage failed within the request's budget.
-	ErrStageFailed = errors.New("stage failed on every replica")
-	// ErrBadStageResponse means a peer answered with tensors that do not match the
-	// stage's manifest (missing outputs, malformed data): garbage, retried elsewhere.
-	ErrBadStageResponse = errors.New("bad stage response")
-	// ErrUnknownModel means the router has no plan for the model version asked for.
-	ErrUnknownModel = errors.New("model not deployed")
-)
-
-// DriveStage is the stage index of a StageCall that asks the peer to drive the whole
-// pipeline itself: run every stage (its own locally) and answer with the outputs. It
-// stays inside this package (the router keys learned timeouts and metrics by it); on
-// the wire a hand-over is the stage RPC's explicit drive flag (mesh.StageRequest.Drive).
-const DriveStage = -1
-
-// NoReplicaError names the stage that has no live replica; it wraps ErrNoReplica.
-type NoReplicaError struct {
+// Request is one inference request as it travels from the API boundary to the stage
+// RPC: the entry node's router, a driver it hands the request to and every stage call
+// carry the same id, model version and client inputs/outputs.
+type Request struct {
+	// ID follows the request through every node's logs (the HTTP request id).
+	ID             string
 	Model, Version string
-	Stage          int
-}
-
-func (e *NoReplicaError) Error() string {
-	return fmt.Sprintf("%v %d of %s version %s", ErrNoReplica, e.Stage, e.Model, e.Version)
-}
-
-// Unwrap lets errors.Is match ErrNoReplica.
-func (e *NoReplicaError) Unwrap() error { return ErrNoReplica }
-
-// StageCall is one request for a stage (or, with Stage == DriveStage, for the whole
-// pipeline) sent to a peer.
-type StageCall struct {
-	RequestID      string
-	Model, Version string
-	Stage          int
 	Inputs         []tensor.Tensor
-	// Outputs names the tensors wanted back; for a stage call these are the stage's
-	// outputs, for a drive call the model outputs the client asked for.
+	// Outputs names the model outputs the client wants; empty means all of them.
 	Outputs []string
+}
+
+// StageCall is one request sent to a peer: either one stage (Inputs and Outputs are
+// the stage's tensors) or, with Drive, the whole request handed over to a driver that
+// runs every stage itself (Inputs and Outputs are the client's, Stage means nothing).
+type StageCall struct {
+	Request
+	Stage int
+	Drive bool
+}
+
+// label names the call's target in logs and metrics: the stage index, or "drive".
+func (c StageCall) label() string {
+	if c.Drive {
+		return "drive"
+	}
+	return strconv.Itoa(c.Stage)
 }
 
 // StageCaller sends a StageCall to a peer and waits for its tensors. The mesh's stage
@@ -205,6 +188,11 @@ func NewRouter(cfg RouterConfig, plans PlanSource, view ReplicaView, caller Stag
 type usualKey struct {
 	model, version string
 	stage          int
+	drive          bool
+}
+
+func keyOf(call StageCall) usualKey {
+	return usualKey{model: call.Model, version: call.Version, stage: call.Stage, drive: call.Drive}
 }
 
 // usualDuration is an exponentially weighted mean of successful attempts.
@@ -216,17 +204,17 @@ type usualDuration struct {
 // learnedSamples is how many answers a stage needs before its learned timeout is used.
 const learnedSamples = 3
 
-// attemptTimeout is the bound for one attempt at stage k (or the drive): the configured
-// one until the stage has answered a few times, then a multiple of its usual duration.
-func (r *Router) attemptTimeout(plan RoutePlan, stage int, configured time.Duration) time.Duration {
+// attemptTimeout is the bound for one attempt of call: the configured one until the
+// stage (or the drive) has answered a few times, then a multiple of its usual duration.
+func (r *Router) attemptTimeout(call StageCall, configured time.Duration) time.Duration {
 	r.mu.Lock()
-	u := r.usual[usualKey{plan.Model, plan.Version, stage}]
+	u := r.usual[keyOf(call)]
 	r.mu.Unlock()
 	if u == nil || u.samples < learnedSamples {
 		return configured
 	}
 	floor := r.cfg.MinStageTimeout
-	if stage == DriveStage {
+	if call.Drive {
 		floor = max(floor, 5*time.Second)
 	}
 	learned := max(time.Duration(r.cfg.TimeoutFactor*float64(u.mean)), floor)
@@ -236,8 +224,8 @@ func (r *Router) attemptTimeout(plan RoutePlan, stage int, configured time.Durat
 	return learned
 }
 
-func (r *Router) learn(plan RoutePlan, stage int, d time.Duration) {
-	k := usualKey{plan.Model, plan.Version, stage}
+func (r *Router) learn(call StageCall, d time.Duration) {
+	k := keyOf(call)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	u := r.usual[k]
@@ -262,57 +250,75 @@ func (r *Router) Stats() RouterStats {
 	}
 }
 
+// CallsInFlight is the number of stage calls this router has open (local runs and
+// calls to peers), for the operator's metrics.
+func (r *Router) CallsInFlight() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	calls := 0
+	for _, n := range r.inFlight {
+		calls += n
+	}
+	return calls
+}
+
 // Infer answers one request on the entry node. It picks the driver: this node when it
 // serves the stage on the heavy side (the last stage for a GPT) itself, otherwise a
 // replica of that stage, to which the whole request is handed. A driver that fails is
 // replaced by another replica with the same inputs, so a request is lost only when
-// every replica of a stage is gone. outputs empty means every model output.
-func (r *Router) Infer(ctx context.Context, model, version string, inputs []tensor.Tensor, outputs []string) ([]tensor.Tensor, error) {
-	plan, err := r.plans.RoutePlan(model, version)
+// every replica of a stage is gone. An empty req.ID takes the context's HTTP request
+// id, or a fresh one.
+func (r *Router) Infer(ctx context.Context, req Request) ([]tensor.Tensor, error) {
+	plan, err := r.plans.RoutePlan(req.Model, req.Version)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := r.requestContext(ctx)
 	defer cancel()
 	r.requests.Add(1)
-	if len(outputs) == 0 {
-		outputs = plan.Outputs
+	req.Model, req.Version = plan.Model, plan.Version
+	if len(req.Outputs) == 0 {
+		req.Outputs = plan.Outputs
 	}
 	// The HTTP request's id, so one id follows the request through every node's logs.
-	requestID := api.RequestID(ctx)
-	if requestID == "" {
-		requestID = newRequestID()
+	if req.ID == "" {
+		req.ID = api.RequestID(ctx)
 	}
-	side := 0
-	if plan.DriveFromLast {
-		side = len(plan.Stages) - 1
+	if req.ID == "" {
+		req.ID = newRequestID()
 	}
+	side := plan.driverStage()
 	for _, rep := range r.view.Replicas(plan.Model, plan.Version, side) {
 		if rep.Local && r.local != nil {
-			return r.drive(ctx, plan, requestID, inputs, outputs)
+			return r.drive(ctx, plan, req)
 		}
 	}
 	r.forwarded.Add(1)
 	r.metrics().forward()
-	call := StageCall{RequestID: requestID, Model: plan.Model, Version: plan.Version, Stage: DriveStage, Inputs: inputs, Outputs: outputs}
 	// A drive runs every stage, so it gets the whole request budget, not a stage's.
-	return r.callStage(ctx, plan, side, call, outputs, false, 0)
+	return r.callStage(ctx, plan, side, StageCall{Request: req, Drive: true}, req.Outputs, false, 0)
 }
 
-// Drive runs the whole pipeline on this node for a request a peer handed over with a
-// DriveStage call.
-func (r *Router) Drive(ctx context.Context, call StageCall) ([]tensor.Tensor, error) {
-	plan, err := r.plans.RoutePlan(call.Model, call.Version)
+// Drive runs the whole pipeline on this node for a request a peer handed over.
+func (r *Router) Drive(ctx context.Context, req Request) ([]tensor.Tensor, error) {
+	plan, err := r.plans.RoutePlan(req.Model, req.Version)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := r.requestContext(ctx)
 	defer cancel()
-	outputs := call.Outputs
-	if len(outputs) == 0 {
-		outputs = plan.Outputs
+	if len(req.Outputs) == 0 {
+		req.Outputs = plan.Outputs
 	}
-	return r.drive(ctx, plan, call.RequestID, call.Inputs, outputs)
+	return r.drive(ctx, plan, req)
+}
+
+// driverStage is the stage whose replicas drive a request: the heavy side.
+func (p RoutePlan) driverStage() int {
+	if p.DriveFromLast {
+		return len(p.Stages) - 1
+	}
+	return 0
 }
 
 func (r *Router) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -324,9 +330,9 @@ func (r *Router) requestContext(ctx context.Context) (context.Context, context.C
 
 // drive runs the stages in order, keeping every tensor a later stage or the client
 // still needs and dropping the rest as soon as its last reader is done.
-func (r *Router) drive(ctx context.Context, plan RoutePlan, requestID string, inputs []tensor.Tensor, outputs []string) ([]tensor.Tensor, error) {
-	env := make(map[string]tensor.Tensor, len(inputs))
-	for _, t := range inputs {
+func (r *Router) drive(ctx context.Context, plan RoutePlan, req Request) ([]tensor.Tensor, error) {
+	env := make(map[string]tensor.Tensor, len(req.Inputs))
+	for _, t := range req.Inputs {
 		env[t.Name] = t
 	}
 	lastUse := make(map[string]int)
@@ -335,13 +341,10 @@ func (r *Router) drive(ctx context.Context, plan RoutePlan, requestID string, in
 			lastUse[name] = k
 		}
 	}
-	for _, name := range outputs {
+	for _, name := range req.Outputs {
 		lastUse[name] = len(plan.Stages)
 	}
-	side := 0
-	if plan.DriveFromLast {
-		side = len(plan.Stages) - 1
-	}
+	side := plan.driverStage()
 	for k, st := range plan.Stages {
 		in := make([]tensor.Tensor, 0, len(st.Inputs))
 		for _, name := range st.Inputs {
@@ -352,7 +355,7 @@ func (r *Router) drive(ctx context.Context, plan RoutePlan, requestID string, in
 			}
 			in = append(in, t)
 		}
-		call := StageCall{RequestID: requestID, Model: plan.Model, Version: plan.Version, Stage: k, Inputs: in, Outputs: st.Outputs}
+		call := StageCall{Request: Request{ID: req.ID, Model: plan.Model, Version: plan.Version, Inputs: in, Outputs: st.Outputs}, Stage: k}
 		out, err := r.callStage(ctx, plan, k, call, st.Outputs, k == side, r.cfg.StageTimeout)
 		if err != nil {
 			return nil, err
@@ -367,8 +370,8 @@ func (r *Router) drive(ctx context.Context, plan RoutePlan, requestID string, in
 			}
 		}
 	}
-	result := make([]tensor.Tensor, 0, len(outputs))
-	for _, name := range outputs {
+	result := make([]tensor.Tensor, 0, len(req.Outputs))
+	for _, name := range req.Outputs {
 		t, ok := env[name]
 		if !ok {
 			return nil, fmt.Errorf("%w: %q is not an output of model %s", accel.ErrInputMismatch, name, plan.Model)
@@ -378,66 +381,47 @@ func (r *Router) drive(ctx context.Context, plan RoutePlan, requestID string, in
 	return result, nil
 }
 
+// stageAttempts is one callStage's retry bookkeeping.
+type stageAttempts struct {
+	tried      map[string]bool
+	backoff    time.Duration
+	attempts   int
+	lastErr    error
+	emptySince time.Time
+}
+
 // callStage sends call to a replica of stage k and retries the same inputs on other
 // replicas until one answers with the expected tensors, the attempts run out or the
 // request's deadline passes. preferLocal runs the stage here whenever this node
-// serves it. attemptTimeout 0 gives each attempt the whole remaining budget.
+// serves it. attemptTimeout 0 gives each attempt the whole remaining budget. A
+// deadline that passes after a failed attempt is still the deadline: the error wraps
+// the context's error only, so the client hears "timeout", with the last failure as
+// text.
 func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call StageCall, want []string, preferLocal bool, attemptTimeout time.Duration) ([]tensor.Tensor, error) {
-	log := r.log.With("model", plan.Model, "stage", k, "request", call.RequestID)
-	if call.Stage == DriveStage {
-		log = log.With("drive", true)
-	}
-	var (
-		tried      = make(map[string]bool)
-		backoff    = r.cfg.BackoffBase
-		attempts   int
-		lastErr    error
-		emptySince time.Time
-	)
+	log := r.log.With("model", plan.Model, "stage", call.label(), "request", call.ID)
+	st := stageAttempts{tried: make(map[string]bool), backoff: r.cfg.BackoffBase}
 	for {
 		if err := ctx.Err(); err != nil {
-			if lastErr != nil {
-				return nil, fmt.Errorf("%w: stage %d: %w (last error: %w)", ErrStageFailed, k, err, lastErr)
+			if st.lastErr != nil {
+				// The last failure is detail only: the request ended by its deadline.
+				return nil, fmt.Errorf("stage %d: %w (after %d failed attempts; last error: %v)", k, err, st.attempts, st.lastErr)
 			}
 			return nil, fmt.Errorf("stage %d: %w", k, err)
 		}
-		all := r.view.Replicas(plan.Model, plan.Version, k)
-		if len(all) == 0 {
-			if emptySince.IsZero() {
-				emptySince = time.Now()
-			}
-			if time.Since(emptySince) >= r.cfg.NoReplicaWait {
-				r.noReplica.Add(1)
-				r.metrics().noReplicaFor(plan.Model, call.Stage)
-				return nil, &NoReplicaError{Model: plan.Model, Version: plan.Version, Stage: k}
-			}
-			if err := sleepCtx(ctx, r.jitter(backoff)); err != nil {
-				continue
-			}
-			backoff = min(2*backoff, r.cfg.BackoffMax)
-			continue
+		candidates, err := r.candidates(ctx, plan, k, call, &st)
+		if err != nil {
+			return nil, err
 		}
-		emptySince = time.Time{}
-		candidates := slices.DeleteFunc(slices.Clone(all), func(rep Replica) bool {
-			return tried[rep.Node] || (rep.Local && r.local == nil)
-		})
 		if len(candidates) == 0 {
-			// Every replica failed once: wait, then give them all another chance, as a
-			// heal or a restart may have brought one back.
-			if err := sleepCtx(ctx, r.jitter(backoff)); err != nil {
-				continue
-			}
-			backoff = min(2*backoff, r.cfg.BackoffMax)
-			clear(tried)
 			continue
 		}
-		if attempts >= r.cfg.MaxAttempts {
-			return nil, fmt.Errorf("%w: stage %d of %s after %d attempts: %w", ErrStageFailed, k, plan.Model, attempts, lastErr)
+		if st.attempts >= r.cfg.MaxAttempts {
+			return nil, fmt.Errorf("%w: stage %d of %s after %d attempts: %w", ErrStageFailed, k, plan.Model, st.attempts, st.lastErr)
 		}
-		attempts++
+		st.attempts++
 		rep := r.pick(candidates, preferLocal)
 		start := time.Now()
-		out, err := r.attempt(ctx, rep, call, r.attemptTimeout(plan, call.Stage, attemptTimeout))
+		out, err := r.attempt(ctx, rep, call, r.attemptTimeout(call, attemptTimeout))
 		if err == nil {
 			err = checkStageOutputs(out, want)
 			if err != nil {
@@ -445,10 +429,10 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 			}
 		}
 		if err == nil {
-			r.learn(plan, call.Stage, time.Since(start))
+			r.learn(call, time.Since(start))
 			r.clearPenalty(rep.Node)
-			if attempts > 1 {
-				r.metrics().failover(plan.Model, call.Stage)
+			if st.attempts > 1 {
+				r.metrics().failover(plan.Model, call.label())
 			}
 			return out, nil
 		}
@@ -456,12 +440,47 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 			return nil, err
 		}
 		r.retries.Add(1)
-		r.metrics().retry(plan.Model, call.Stage)
-		log.Warn("stage attempt failed, retrying on another replica", "peer", rep.Node, "attempt", attempts, "err", err)
-		tried[rep.Node] = true
+		r.metrics().retry(plan.Model, call.label())
+		log.Warn("stage attempt failed, retrying on another replica", "peer", rep.Node, "attempt", st.attempts, "err", err)
+		st.tried[rep.Node] = true
 		r.penalize(rep.Node)
-		lastErr = err
+		st.lastErr = err
 	}
+}
+
+// candidates lists the replicas of stage k not yet tried in this round. With none
+// ready it waits (a replica may be loading after a heal) up to NoReplicaWait, then
+// fails with a NoReplicaError; with every replica tried once it waits a backoff and
+// starts a new round. An empty answer with no error means "look again".
+func (r *Router) candidates(ctx context.Context, plan RoutePlan, k int, call StageCall, st *stageAttempts) ([]Replica, error) {
+	all := r.view.Replicas(plan.Model, plan.Version, k)
+	if len(all) == 0 {
+		if st.emptySince.IsZero() {
+			st.emptySince = time.Now()
+		}
+		if time.Since(st.emptySince) >= r.cfg.NoReplicaWait {
+			r.noReplica.Add(1)
+			r.metrics().noReplicaFor(plan.Model, call.label())
+			return nil, &NoReplicaError{Model: plan.Model, Version: plan.Version, Stage: k}
+		}
+		if sleepCtx(ctx, r.jitter(st.backoff)) == nil {
+			st.backoff = min(2*st.backoff, r.cfg.BackoffMax)
+		}
+		return nil, nil
+	}
+	st.emptySince = time.Time{}
+	candidates := slices.DeleteFunc(slices.Clone(all), func(rep Replica) bool {
+		return st.tried[rep.Node] || (rep.Local && r.local == nil)
+	})
+	if len(candidates) == 0 {
+		// Every replica failed once: wait, then give them all another chance, as a
+		// heal or a restart may have brought one back.
+		if sleepCtx(ctx, r.jitter(st.backoff)) == nil {
+			st.backoff = min(2*st.backoff, r.cfg.BackoffMax)
+			clear(st.tried)
+		}
+	}
+	return candidates, nil
 }
 
 // attempt runs call once on rep, locally or over the mesh, counting it in flight.
@@ -488,14 +507,14 @@ func (r *Router) attempt(ctx context.Context, rep Replica, call StageCall, timeo
 		err error
 	)
 	switch {
-	case rep.Local && call.Stage == DriveStage:
-		out, err = r.Drive(ctx, call)
+	case rep.Local && call.Drive:
+		out, err = r.Drive(ctx, call.Request)
 	case rep.Local:
 		out, err = r.local.RunStage(ctx, call.Model, call.Version, call.Stage, call.Inputs, call.Outputs)
 	default:
 		out, err = r.caller.CallStage(ctx, rep.Node, call)
 	}
-	r.metrics().observeAttempt(call.Model, call.Stage, rep.Local, err, time.Since(start))
+	r.metrics().observeAttempt(call.Model, call.label(), rep.Local, err, time.Since(start))
 	if !rep.Local {
 		r.metrics().observeLink(rep.Node, call.Inputs, out)
 	}
@@ -556,52 +575,4 @@ func (r *Router) clearPenalty(node string) {
 // failed together do not retry together.
 func (r *Router) jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
-}
-
-// retryable says whether another replica could answer where this one failed. A
-// request the model rejects is rejected everywhere; a cancelled or expired request is
-// over. Everything else (a dead peer, a reset stream, a timeout of one attempt, a
-// stage not loaded there, garbage on the wire) is the replica's problem.
-func retryable(ctx context.Context, err error) bool {
-	if ctx.Err() != nil {
-		return false
-	}
-	for _, final := range []error{accel.ErrInputMismatch, accel.ErrShapeMismatch, accel.ErrDTypeMismatch, ErrUnknownModel} {
-		if errors.Is(err, final) {
-			return false
-		}
-	}
-	return true
-}
-
-// checkStageOutputs rejects a response that lacks an expected tensor or carries an
-// invalid one, so that a confused or malicious peer cannot poison a later stage.
-func checkStageOutputs(out []tensor.Tensor, want []string) error {
-	for _, name := range want {
-		i := slices.IndexFunc(out, func(t tensor.Tensor) bool { return t.Name == name })
-		if i < 0 {
-			return fmt.Errorf("%w: output %q missing", ErrBadStageResponse, name)
-		}
-		if err := out[i].Validate(); err != nil {
-			return fmt.Errorf("%w: %w", ErrBadStageResponse, err)
-		}
-	}
-	return nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-func newRequestID() string {
-	var b [8]byte
-	_, _ = crand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }

@@ -1,4 +1,4 @@
-package node
+package control
 
 // Deploy: the node that receives an upload does all the heavy work before anything is
 // committed. It stores the source as a blob, plans the stages over the live members'
@@ -20,21 +20,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/layermesh/layermesh/accel"
-	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/consensus"
-	"github.com/layermesh/layermesh/mesh"
 	"github.com/layermesh/layermesh/partition"
 )
 
@@ -70,30 +67,37 @@ func (d deployInfo) replicas(def int) int {
 // once the manifest is committed; the model turns ready when every stage has a ready
 // replica (ModelStatus says so). Uploading the same bytes with the same options again
 // returns the existing version and moves nothing.
-func (c *Cluster) PutModel(ctx context.Context, name string, body io.Reader, opts api.DeployOptions) (wire.ModelStatus, error) {
-	if !validName.MatchString(name) {
+func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, opts api.DeployOptions) (wire.ModelStatus, error) {
+	if !ValidModelName(name) {
 		return wire.ModelStatus{}, fmt.Errorf("%w: %q (want 1-128 of [A-Za-z0-9._-], not starting with . or -)", api.ErrInvalidName, name)
 	}
-	c.deployMu.Lock()
-	defer c.deployMu.Unlock()
-	tmpDir, err := os.MkdirTemp(c.opts.DataDir, "deploy-")
+	tmpDir, err := os.MkdirTemp(c.cfg.DataDir, "deploy-")
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
 	}
 	defer os.RemoveAll(tmpDir)
 
+	// The body is read before the deploy slot is taken: a slow client delays only
+	// its own deploy.
 	srcHash, srcSize, err := c.storeUpload(body, filepath.Join(tmpDir, "source.onnx"))
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
 	}
+	// One deploy at a time on this node: cutting is CPU- and disk-bound, and the
+	// version number is taken from the state. A deploy waiting here gives up when its
+	// request ends.
+	if err := c.deploys.acquire(ctx); err != nil {
+		return wire.ModelStatus{}, fmt.Errorf("deploy %s: waiting for the deploy before it: %w", name, err)
+	}
+	defer c.deploys.release()
 	replicas := opts.Replicas
 	if replicas <= 0 {
-		replicas = c.opts.Replicas
+		replicas = c.cfg.Replicas
 	}
 	st := c.store.State()
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
-			deployFigures(m).replicas(c.opts.Replicas) == replicas {
+			deployFigures(m).replicas(c.cfg.Replicas) == replicas {
 			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
 			return c.ModelStatus(ctx, name, m.Version)
 		}
@@ -115,11 +119,11 @@ func (c *Cluster) PutModel(ctx context.Context, name string, body io.Reader, opt
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: committed, but reading it back: %w", name, err)
 	}
-	return c.status(st, model, c.liveMembers()), nil
+	return c.status(st, model, c.view.LiveMembers()), nil
 }
 
 // storeUpload streams body to path while hashing it, then stores it as a blob.
-func (c *Cluster) storeUpload(body io.Reader, path string) (string, int64, error) {
+func (c *Controller) storeUpload(body io.Reader, path string) (string, int64, error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return "", 0, err
@@ -139,8 +143,8 @@ func (c *Cluster) storeUpload(body io.Reader, path string) (string, int64, error
 	return sum, n, nil
 }
 
-func (c *Cluster) putBlobFile(hash, path string) error {
-	store := c.mesh.Blobs()
+func (c *Controller) putBlobFile(hash, path string) error {
+	store := c.blobs
 	if store.Has(hash) {
 		// Reused by this deploy: no longer as old as its first store to the collector.
 		return store.Touch(hash)
@@ -156,8 +160,8 @@ func (c *Cluster) putBlobFile(hash, path string) error {
 
 // cut plans the stages over the live members and writes them as blobs. The model it
 // returns has no version yet: the FSM allocates it on commit.
-func (c *Cluster) cut(name, srcHash string, srcSize int64, stages, replicas int, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
-	srcPath := c.mesh.Blobs().Path(srcHash)
+func (c *Controller) cut(name, srcHash string, srcSize int64, stages, replicas int, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
+	srcPath := c.blobs.Path(srcHash)
 	pm, err := partition.Load(srcPath)
 	if err != nil {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
@@ -195,7 +199,7 @@ func (c *Cluster) cut(name, srcHash string, srcSize int64, stages, replicas int,
 		Name: name, SourceSHA256: srcHash, SourceSize: srcSize,
 		Signature: consensus.Signature{Inputs: specs(man.Inputs), Outputs: specs(man.Outputs)},
 		Created:   time.Now().UTC(),
-		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.self},
+		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self},
 	}
 	for _, s := range man.Stages {
 		if s.DataFile != "" {
@@ -230,8 +234,8 @@ const outputHandoffRate = 2e9
 
 // planDevices lists the live members as planner devices: their budget minus what other
 // models' placements already hold there, fastest first (ties: most free memory).
-func (c *Cluster) planDevices(st *consensus.ClusterState) []partition.Device {
-	live := c.liveMembers()
+func (c *Controller) planDevices(st *consensus.ClusterState) []partition.Device {
+	live := c.view.LiveMembers()
 	used := usedBytes(st, "")
 	var out []partition.Device
 	for id, m := range st.Members {
@@ -259,7 +263,7 @@ func (c *Cluster) planDevices(st *consensus.ClusterState) []partition.Device {
 			}
 			return 1
 		}
-		return cmpStrings(a.Name, b.Name)
+		return strings.Compare(a.Name, b.Name)
 	})
 	return out
 }
@@ -267,14 +271,14 @@ func (c *Cluster) planDevices(st *consensus.ClusterState) []partition.Device {
 // linkBandwidth gives the planner the link probes' measured bandwidth. This node only
 // measures its own links, so the link from device i to device j is taken as this
 // node's measured link to j (else to i), else the planner's default.
-func (c *Cluster) linkBandwidth(devices []partition.Device) func(i, j int) float64 {
+func (c *Controller) linkBandwidth(devices []partition.Device) func(i, j int) float64 {
 	return func(i, j int) float64 {
 		for _, d := range []string{devices[j].Name, devices[i].Name} {
 			p, err := peer.Decode(d)
-			if d == c.self || err != nil {
+			if d == c.cfg.Self || err != nil {
 				continue
 			}
-			if ls, ok := c.mesh.Link(p); ok && ls.Bandwidth > 0 {
+			if ls, ok := c.links.Link(p); ok && ls.Bandwidth > 0 {
 				return ls.Bandwidth
 			}
 		}
@@ -312,15 +316,17 @@ func specs(in []partition.TensorSpec) []consensus.TensorSpec {
 	return out
 }
 
-// applyRetrying commits cmd, retrying the same command (same request id, so the FSM
-// applies it once) while the outcome is unknown or no leader is known.
-func (c *Cluster) applyRetrying(ctx context.Context, cmd consensus.Command) error {
+// Apply commits cmd, retrying the same command (same request id, so the FSM applies
+// it once) while the outcome is unknown or no leader is known. Past writeRetryBudget
+// it answers api.ErrNotReady (503), keeping Raft's outcome in the message. The node's
+// token calls use it too.
+func (c *Controller) Apply(ctx context.Context, cmd consensus.Command) error {
 	_, err := c.commitRetrying(ctx, cmd)
 	return err
 }
 
-// commitRetrying is applyRetrying for a caller that needs the result.
-func (c *Cluster) commitRetrying(ctx context.Context, cmd consensus.Command) (consensus.Result, error) {
+// commitRetrying is Apply for a caller that needs the result.
+func (c *Controller) commitRetrying(ctx context.Context, cmd consensus.Command) (consensus.Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, writeRetryBudget)
 	defer cancel()
 	backoff := 100 * time.Millisecond
@@ -355,7 +361,7 @@ const writeRetryBudget = 4 * time.Second
 
 // DeleteModel removes every version of name and its placements; nodes unload the
 // stages once their in-flight requests end.
-func (c *Cluster) DeleteModel(ctx context.Context, name string) error {
+func (c *Controller) DeleteModel(ctx context.Context, name string) error {
 	found := false
 	for _, m := range c.store.State().Models {
 		found = found || m.Name == name
@@ -363,237 +369,5 @@ func (c *Cluster) DeleteModel(ctx context.Context, name string) error {
 	if !found {
 		return fmt.Errorf("%w: %s", api.ErrModelNotFound, name)
 	}
-	return c.applyRetrying(ctx, consensus.NewCommand(consensus.DeleteModel{Name: name}))
-}
-
-// Infer validates the request against the model's signature and routes it through the
-// stages.
-func (c *Cluster) Infer(ctx context.Context, req api.InferRequest) (api.InferResult, error) {
-	if !c.caughtUp.Load() {
-		return api.InferResult{}, fmt.Errorf("%w: cluster state not caught up since start", api.ErrNotReady)
-	}
-	st := c.store.View()
-	m, err := c.resolveVersion(st, req.Model, req.Version)
-	if err != nil {
-		return api.InferResult{}, err
-	}
-	if err := checkSignature(m.Signature, req.Inputs, req.Outputs); err != nil {
-		return api.InferResult{}, err
-	}
-	out, err := c.router.Infer(ctx, m.Name, m.Version, req.Inputs, req.Outputs)
-	if err != nil {
-		switch {
-		case errors.Is(err, ErrNoReplica), errors.Is(err, ErrStageFailed):
-			// Every replica of a stage is gone or failed: the client may retry once
-			// the placement has healed (503 with Retry-After).
-			return api.InferResult{}, fmt.Errorf("%w: %w", api.ErrNoReplica, err)
-		case errors.Is(err, ErrUnknownModel):
-			return api.InferResult{}, fmt.Errorf("%w: %w", api.ErrModelNotFound, err)
-		}
-		return api.InferResult{}, err
-	}
-	return api.InferResult{Version: m.Version, Outputs: out}, nil
-}
-
-// resolveVersion finds the model version asked for; "" means the newest version whose
-// every stage has a ready replica, else the newest placed one.
-func (c *Cluster) resolveVersion(st *consensus.ClusterState, name, version string) (consensus.Model, error) {
-	if version != "" {
-		m, ok := st.Models[consensus.ModelKey(name, version)]
-		if !ok {
-			return consensus.Model{}, fmt.Errorf("%w: %s version %s", api.ErrModelNotFound, name, version)
-		}
-		return m, nil
-	}
-	var versions []consensus.Model
-	for _, m := range st.Models {
-		if m.Name == name {
-			versions = append(versions, m)
-		}
-	}
-	if len(versions) == 0 {
-		return consensus.Model{}, fmt.Errorf("%w: %s", api.ErrModelNotFound, name)
-	}
-	slices.SortFunc(versions, func(a, b consensus.Model) int { return versionNumber(b.Version) - versionNumber(a.Version) })
-	live := c.liveMembers()
-	for _, m := range versions {
-		if c.modelReady(st, m, live) {
-			return m, nil
-		}
-	}
-	return versions[0], nil
-}
-
-func versionNumber(v string) int {
-	n, _ := strconv.Atoi(v)
-	return n
-}
-
-// modelReady says whether every stage of m has a ready replica among the live members.
-func (c *Cluster) modelReady(st *consensus.ClusterState, m consensus.Model, live map[string]mesh.NodeMeta) bool {
-	if _, ok := st.Placements[consensus.ModelKey(m.Name, m.Version)]; !ok {
-		return false
-	}
-	for k := range m.Stages {
-		if len(c.readyReplicas(st, m, k, live)) == 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// readyReplicas lists the live nodes serving stage k of m ready.
-func (c *Cluster) readyReplicas(st *consensus.ClusterState, m consensus.Model, k int, live map[string]mesh.NodeMeta) []string {
-	key := StageKey{Model: m.Name, Version: m.Version, Stage: k}
-	var out []string
-	for id, meta := range live {
-		if (id == c.self && c.runtime.Serves(key)) || (id != c.self && servesReady(st, id, meta, key)) {
-			out = append(out, id)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-// checkSignature rejects inputs the model cannot take before any stage sees them:
-// unknown, missing or repeated names, a wrong dtype, rank or fixed dim, and unknown
-// output names.
-func checkSignature(sig consensus.Signature, inputs []tensor.Tensor, outputs []string) error {
-	seen := make(map[string]bool, len(inputs))
-	for _, t := range inputs {
-		i := slices.IndexFunc(sig.Inputs, func(s consensus.TensorSpec) bool { return s.Name == t.Name })
-		if i < 0 {
-			return fmt.Errorf("%w: unknown input %q", accel.ErrInputMismatch, t.Name)
-		}
-		if seen[t.Name] {
-			return fmt.Errorf("%w: input %q given twice", accel.ErrInputMismatch, t.Name)
-		}
-		seen[t.Name] = true
-		spec := sig.Inputs[i]
-		if int32(t.DType) != spec.DType {
-			return fmt.Errorf("%w: %w: input %q is %s, the model takes %s", accel.ErrInputMismatch, accel.ErrDTypeMismatch,
-				t.Name, t.DType, tensor.DType(spec.DType))
-		}
-		if len(t.Shape) != len(spec.Shape) {
-			return fmt.Errorf("%w: %w: input %q has rank %d, the model takes %d", accel.ErrInputMismatch, accel.ErrShapeMismatch,
-				t.Name, len(t.Shape), len(spec.Shape))
-		}
-		for d, want := range spec.Shape {
-			if want >= 0 && t.Shape[d] != want {
-				return fmt.Errorf("%w: %w: input %q dim %d is %d, the model takes %d", accel.ErrInputMismatch, accel.ErrShapeMismatch,
-					t.Name, d, t.Shape[d], want)
-			}
-		}
-		if err := t.Validate(); err != nil {
-			return err
-		}
-	}
-	for _, s := range sig.Inputs {
-		if !seen[s.Name] {
-			return fmt.Errorf("%w: input %q missing", accel.ErrInputMismatch, s.Name)
-		}
-	}
-	for _, name := range outputs {
-		if !slices.ContainsFunc(sig.Outputs, func(s consensus.TensorSpec) bool { return s.Name == name }) {
-			return fmt.Errorf("%w: unknown output %q", accel.ErrInputMismatch, name)
-		}
-	}
-	return nil
-}
-
-// ListModels describes every deployed model version.
-func (c *Cluster) ListModels(ctx context.Context) ([]wire.ModelStatus, error) {
-	st, err := c.readCatalogue(ctx)
-	if err != nil {
-		return nil, err
-	}
-	live := c.liveMembers()
-	keys := slices.Sorted(maps.Keys(st.Models))
-	out := make([]wire.ModelStatus, 0, len(keys))
-	for _, k := range keys {
-		out = append(out, c.status(st, st.Models[k], live))
-	}
-	return out, nil
-}
-
-// ModelStatus describes one model version ("" means the one Infer would use).
-func (c *Cluster) ModelStatus(ctx context.Context, name, version string) (wire.ModelStatus, error) {
-	if !c.caughtUp.Load() {
-		return wire.ModelStatus{}, fmt.Errorf("%w: cluster state not caught up since start", api.ErrNotReady)
-	}
-	st, err := c.readCatalogue(ctx)
-	if err != nil {
-		return wire.ModelStatus{}, err
-	}
-	m, err := c.resolveVersion(st, name, version)
-	if err != nil {
-		return wire.ModelStatus{}, err
-	}
-	return c.status(st, m, c.liveMembers()), nil
-}
-
-// readCatalogue is a linearizable read of the cluster state for the model catalogue
-// answers: a model whose upload was acknowledged is listed by every node from then on,
-// even a follower that has not applied the entry yet or an old leader just resumed
-// from a pause. A node that cannot reach the majority answers 503. Inference keeps
-// reading the local state: it needs placements, not a fresh catalogue.
-func (c *Cluster) readCatalogue(ctx context.Context) (*consensus.ClusterState, error) {
-	ctx, cancel := context.WithTimeout(ctx, writeRetryBudget)
-	defer cancel()
-	st, err := c.store.Read(ctx, true)
-	if err != nil {
-		return nil, fmt.Errorf("%w: cannot confirm the cluster state with a majority: %w", api.ErrNotReady, err)
-	}
-	return st, nil
-}
-
-func (c *Cluster) status(st *consensus.ClusterState, m consensus.Model, live map[string]mesh.NodeMeta) wire.ModelStatus {
-	s := wire.ModelStatus{Name: m.Name, Version: m.Version, SHA256: m.SourceSHA256, Size: m.SourceSize, Source: "upload",
-		LoadedAt: m.Created}
-	for _, in := range m.Signature.Inputs {
-		s.Inputs = append(s.Inputs, tensorMeta(in))
-	}
-	for _, out := range m.Signature.Outputs {
-		s.Outputs = append(s.Outputs, tensorMeta(out))
-	}
-	pl, placed := st.Placements[consensus.ModelKey(m.Name, m.Version)]
-	s.Ready = placed
-	for k := range m.Stages {
-		ss := wire.StageStatus{Index: k}
-		if placed && k < len(pl.Stages) {
-			ss.Replicas = c.names(st, pl.Stages[k])
-		}
-		ss.Ready = len(c.readyReplicas(st, m, k, live)) > 0
-		s.Ready = s.Ready && ss.Ready
-		s.Stages = append(s.Stages, ss)
-	}
-	switch {
-	case !placed:
-		s.Reason = "waiting for placement"
-		if reason := c.placementError(consensus.ModelKey(m.Name, m.Version)); reason != "" {
-			s.Reason = reason
-		}
-	case !s.Ready:
-		s.Reason = "stages loading"
-	default:
-		// Serving, but possibly with fewer replicas than asked for.
-		s.Reason = c.placementError(consensus.ModelKey(m.Name, m.Version))
-	}
-	return s
-}
-
-func tensorMeta(t consensus.TensorSpec) wire.TensorMetadata {
-	return wire.TensorMetadata{Name: t.Name, Datatype: tensor.DType(t.DType).KServe(), Shape: slices.Clone(t.Shape)}
-}
-
-// names maps peer ids to member names where known.
-func (c *Cluster) names(st *consensus.ClusterState, ids []string) []string {
-	out := make([]string, len(ids))
-	for i, id := range ids {
-		out[i] = id
-		if m, ok := st.Members[id]; ok && m.Name != "" {
-			out[i] = m.Name
-		}
-	}
-	return out
+	return c.Apply(ctx, consensus.NewCommand(consensus.DeleteModel{Name: name}))
 }

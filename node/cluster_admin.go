@@ -1,5 +1,9 @@
 package node
 
+// The cluster admin answers that describe the cluster as this node sees it: its
+// readiness, the members with their stages. Changes to members are the control
+// loop's (control/members.go).
+
 import (
 	"context"
 	"fmt"
@@ -7,9 +11,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
-	"github.com/layermesh/layermesh/consensus"
 )
 
 // Ready reports the cluster layer's readiness: a leader is known and this node's member
@@ -43,7 +45,7 @@ func (c *Cluster) Cluster(ctx context.Context) (wire.ClusterStatus, error) {
 // record, when it is from the run the member's metadata names).
 func (c *Cluster) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
 	st := c.store.State()
-	live := c.liveMembers()
+	live := c.view.LiveMembers()
 	var out []wire.NodeStatus
 	for _, id := range slices.Sorted(maps.Keys(st.Members)) {
 		m := st.Members[id]
@@ -66,38 +68,6 @@ func (c *Cluster) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
 		out = append(out, ns)
 	}
 	return out, nil
-}
-
-// memberByName finds a member's peer id by name (or by id).
-func (c *Cluster) memberByName(name string) (string, error) {
-	for id, m := range c.store.State().Members {
-		if m.Name == name || id == name {
-			return id, nil
-		}
-	}
-	return "", fmt.Errorf("%w: %s", api.ErrNodeNotFound, name)
-}
-
-// DrainNode marks the node draining: it gets no new stages and the leader moves its
-// stages elsewhere; the node unloads each once a replacement is ready.
-func (c *Cluster) DrainNode(ctx context.Context, name string) error {
-	id, err := c.memberByName(name)
-	if err != nil {
-		return err
-	}
-	return c.applyRetrying(ctx, consensus.NewCommand(consensus.SetMemberState{ID: id, State: consensus.MemberDraining, At: nowUTC()}))
-}
-
-// RemoveNode takes the node out of the Raft configuration and records it as left.
-func (c *Cluster) RemoveNode(ctx context.Context, name string) error {
-	id, err := c.memberByName(name)
-	if err != nil {
-		return err
-	}
-	if err := c.applyRetrying(ctx, consensus.NewCommand(consensus.SetMemberState{ID: id, State: consensus.MemberLeft, At: nowUTC()})); err != nil {
-		return err
-	}
-	return c.store.RemoveNode(ctx, id)
 }
 
 func nowUTC() time.Time { return time.Now().UTC() }

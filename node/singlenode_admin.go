@@ -1,16 +1,12 @@
 package node
 
+// The admin answers of a single node: it is its own and only member, and the calls
+// that need a cluster say so (501 not_cluster_mode).
+
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"os"
 	"runtime"
-	"strings"
 
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
@@ -97,54 +93,4 @@ func (n *Node) ListTokens(ctx context.Context) ([]wire.TokenInfo, error) {
 // RevokeToken: see CreateToken.
 func (n *Node) RevokeToken(ctx context.Context, id string) error {
 	return fmt.Errorf("%w: tokens live in the cluster state; a single node has its admin token only", api.ErrNotClusterMode)
-}
-
-// VerifyToken checks a bearer token: against the cluster's tokens in cluster mode,
-// else against this node's admin token.
-func (n *Node) VerifyToken(ctx context.Context, token string) (api.Scope, error) {
-	if n.cfg.Cluster.configured() {
-		return n.verifyClusterToken(token)
-	}
-	return n.tokens.verify(token)
-}
-
-// tokenStore holds the sha256 of this node's admin token; the plain token stays only
-// in the file the operator reads. In cluster mode the Raft state holds the hashes of
-// every token (clustermode.go).
-type tokenStore struct {
-	adminHash [sha256.Size]byte
-}
-
-// openTokenStore reads the admin token file, creating it with a fresh random token
-// (mode 0600) at first start, as k3s leaves its node-token on the server.
-func openTokenStore(path string) (*tokenStore, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		raw := make([]byte, 32)
-		if _, err := rand.Read(raw); err != nil {
-			return nil, fmt.Errorf("node: admin token: %w", err)
-		}
-		b = []byte(hex.EncodeToString(raw) + "\n")
-		if err := writeFileAtomic(path, b, 0o600); err != nil {
-			return nil, fmt.Errorf("node: admin token: %w", err)
-		}
-	} else if err != nil {
-		return nil, fmt.Errorf("node: admin token: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return nil, fmt.Errorf("%w: %s is empty", ErrConfig, path)
-	}
-	return &tokenStore{adminHash: sha256.Sum256([]byte(tok))}, nil
-}
-
-// hashHex is the token's hash in the form the cluster state keeps (consensus.TokenHash).
-func (s *tokenStore) hashHex() string { return hex.EncodeToString(s.adminHash[:]) }
-
-func (s *tokenStore) verify(token string) (api.Scope, error) {
-	h := sha256.Sum256([]byte(token))
-	if subtle.ConstantTimeCompare(h[:], s.adminHash[:]) == 1 {
-		return api.ScopeAdmin, nil
-	}
-	return "", fmt.Errorf("%w: token not recognised", api.ErrUnauthorized)
 }

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/control"
 )
 
 // Where a model came from; an uploaded model's file belongs to the node, a model-dir
@@ -30,9 +30,6 @@ const (
 
 // singleVersion is the only version a single node serves of a model.
 const singleVersion = "1"
-
-// validName keeps model names safe as file names and URL path segments.
-var validName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
 
 // model is one loaded model. Runs hold mu for reading; close takes it for writing,
 // so a replaced or deleted model's session closes only after its last run.
@@ -161,7 +158,7 @@ func (n *Node) loadAtStart(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if !validName.MatchString(f.name) {
+		if !control.ValidModelName(f.name) {
 			n.log.Warn("skipping model with an invalid name", "path", f.path)
 			continue
 		}
@@ -268,7 +265,7 @@ func (n *Node) Infer(ctx context.Context, req api.InferRequest) (api.InferResult
 // place and swaps it in. A corrupt or truncated upload is refused with
 // accel.ErrInvalidModel and leaves the serving models untouched.
 func (n *Node) PutModel(ctx context.Context, name string, body io.Reader, opts api.DeployOptions) (wire.ModelStatus, error) {
-	if !validName.MatchString(name) {
+	if !control.ValidModelName(name) {
 		return wire.ModelStatus{}, fmt.Errorf("%w: %q (want 1-128 of [A-Za-z0-9._-], not starting with . or -)", api.ErrInvalidName, name)
 	}
 	if opts.Stages > 1 || opts.Replicas > 1 {

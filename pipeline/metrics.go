@@ -1,7 +1,6 @@
-package node
+package pipeline
 
 import (
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,14 +62,7 @@ func NewRouterMetrics(reg prometheus.Registerer) (*RouterMetrics, error) {
 	return m, nil
 }
 
-func stageLabel(stage int) string {
-	if stage == DriveStage {
-		return "drive"
-	}
-	return strconv.Itoa(stage)
-}
-
-func (m *RouterMetrics) observeAttempt(model string, stage int, local bool, err error, d time.Duration) {
+func (m *RouterMetrics) observeAttempt(model string, stage string, local bool, err error, d time.Duration) {
 	if m == nil {
 		return
 	}
@@ -81,18 +73,18 @@ func (m *RouterMetrics) observeAttempt(model string, stage int, local bool, err 
 	if err != nil {
 		outcome = "error"
 	}
-	m.stageSeconds.WithLabelValues(model, stageLabel(stage), where, outcome).Observe(d.Seconds())
+	m.stageSeconds.WithLabelValues(model, stage, where, outcome).Observe(d.Seconds())
 }
 
-func (m *RouterMetrics) retry(model string, stage int) {
+func (m *RouterMetrics) retry(model string, stage string) {
 	if m != nil {
-		m.retries.WithLabelValues(model, stageLabel(stage)).Inc()
+		m.retries.WithLabelValues(model, stage).Inc()
 	}
 }
 
-func (m *RouterMetrics) noReplicaFor(model string, stage int) {
+func (m *RouterMetrics) noReplicaFor(model string, stage string) {
 	if m != nil {
-		m.noReplica.WithLabelValues(model, stageLabel(stage)).Inc()
+		m.noReplica.WithLabelValues(model, stage).Inc()
 	}
 }
 
@@ -102,9 +94,9 @@ func (m *RouterMetrics) forward() {
 	}
 }
 
-func (m *RouterMetrics) failover(model string, stage int) {
+func (m *RouterMetrics) failover(model string, stage string) {
 	if m != nil {
-		m.failovers.WithLabelValues(model, stageLabel(stage)).Inc()
+		m.failovers.WithLabelValues(model, stage).Inc()
 	}
 }
 

@@ -1,8 +1,7 @@
-package node
+package pipeline
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -13,15 +12,6 @@ import (
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
-)
-
-// Stage runtime errors.
-var (
-	// ErrStageNotServed means this node has no ready session for the stage asked for;
-	// the caller retries on another replica.
-	ErrStageNotServed = errors.New("stage not served here")
-	// ErrOverBudget means loading a stage would exceed the node's --mem-budget.
-	ErrOverBudget = errors.New("stage exceeds memory budget")
 )
 
 // StageKey identifies one stage of one model version.
@@ -65,12 +55,14 @@ type RuntimeConfig struct {
 	// no bound.
 	MemBudget int64
 	Blobs     StageBlobs
-	// Report publishes the served stages (membership metadata); it is called after
-	// every change, never concurrently.
+	// Report publishes the served stages (the serving record, membership metadata).
+	// It runs on the runtime's own reporting goroutine after changes, never
+	// concurrently and with no lock held, so a Report that blocks on the network
+	// (memberlist's UpdateNode) delays only later reports, never a load or an unload.
 	Report func([]ServedStage)
 	// ReadyElsewhere says whether another node serves the stage ready; a stage no
 	// longer assigned here is unloaded once it does (make before break) or after
-	// HandoverTimeout.
+	// HandoverTimeout. It is called with no lock held.
 	ReadyElsewhere func(StageKey) bool
 	// HandoverTimeout bounds how long an unassigned stage is kept waiting for a
 	// replacement. Default 30s.
@@ -107,7 +99,7 @@ type loadedStage struct {
 // requests finish. It never lets the stages it holds exceed the memory budget.
 //
 // Lock order: mu is the only lock; it is never held across a blob fetch, a session
-// open, a run or Report (reportMu serialises Report and is taken without mu).
+// open, a run, Report or ReadyElsewhere.
 type StageRuntime struct {
 	cfg RuntimeConfig
 	log *slog.Logger
@@ -117,7 +109,8 @@ type StageRuntime struct {
 	want   map[StageKey]StageAssignment
 	closed bool
 
-	reportMu sync.Mutex
+	// reportKick wakes reportLoop, the one goroutine that calls Report.
+	reportKick chan struct{}
 	// observe, when set, hears each run's compute time (SetComputeObserver).
 	observe atomic.Pointer[func(k StageKey, d time.Duration, err error)]
 	kick    chan struct{}
@@ -146,10 +139,13 @@ func NewStageRuntime(cfg RuntimeConfig) *StageRuntime {
 		stages: make(map[StageKey]*loadedStage),
 		want:   make(map[StageKey]StageAssignment),
 		kick:   make(chan struct{}, 1),
+
+		reportKick: make(chan struct{}, 1),
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.wg.Add(1)
+	r.wg.Add(2)
 	go r.loop()
+	go r.reportLoop()
 	return r
 }
 
@@ -299,6 +295,7 @@ func (r *StageRuntime) loop() {
 // replacement is ready elsewhere (or the handover times out, or their memory is needed
 // by an assigned stage), then new stages load while the budget allows.
 func (r *StageRuntime) reconcile() {
+	elsewhere := r.readyElsewhere()
 	now := time.Now()
 	var unload []*loadedStage
 	var refused []StageAssignment
@@ -320,7 +317,7 @@ func (r *StageRuntime) reconcile() {
 		if s.unassignedAt.IsZero() {
 			s.unassignedAt = now
 		}
-		if s.status != stageReady || now.Sub(s.unassignedAt) >= r.cfg.HandoverTimeout || r.cfg.ReadyElsewhere(k) {
+		if s.status != stageReady || now.Sub(s.unassignedAt) >= r.cfg.HandoverTimeout || elsewhere[s] {
 			delete(r.stages, k)
 			unload = append(unload, s)
 			changed = true
@@ -365,6 +362,26 @@ func (r *StageRuntime) reconcile() {
 		r.wg.Add(1)
 		go r.unload(s)
 	}
+}
+
+// readyElsewhere asks ReadyElsewhere, with no lock held, about every ready stage no
+// longer assigned here. reconcile acts on the answer only for the very stage it asked
+// about (the map is keyed by the stage, not its key), so a stage reloaded meanwhile
+// is not taken for one that may go.
+func (r *StageRuntime) readyElsewhere() map[*loadedStage]bool {
+	r.mu.Lock()
+	var asked []*loadedStage
+	for k, s := range r.stages {
+		if _, ok := r.want[k]; !ok && s.status == stageReady {
+			asked = append(asked, s)
+		}
+	}
+	r.mu.Unlock()
+	out := make(map[*loadedStage]bool, len(asked))
+	for _, s := range asked {
+		out[s] = r.cfg.ReadyElsewhere(s.a.Key)
+	}
+	return out
 }
 
 // unload waits for the stage's in-flight runs (no new ones can start: it left the map)
@@ -417,11 +434,26 @@ func (r *StageRuntime) load(ctx context.Context, s *loadedStage) {
 	r.Kick()
 }
 
+// report asks reportLoop to publish the served stages soon; changes that come while
+// a Report runs fold into one more call.
 func (r *StageRuntime) report() {
-	if r.cfg.Report == nil {
-		return
+	select {
+	case r.reportKick <- struct{}{}:
+	default:
 	}
-	r.reportMu.Lock()
-	defer r.reportMu.Unlock()
-	r.cfg.Report(r.Served())
+}
+
+// reportLoop calls Report with what is served now whenever report asked, until Close.
+func (r *StageRuntime) reportLoop() {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.reportKick:
+		}
+		if r.cfg.Report != nil {
+			r.cfg.Report(r.Served())
+		}
+	}
 }

@@ -1,4 +1,4 @@
-package node
+package pipeline
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api"
 )
 
 // The router tests run an in-memory cluster: every fake node has its own Router, its
@@ -79,6 +80,10 @@ const (
 	faultReject
 )
 
+// driveCalls is the fake nodes' key for drive calls in their fault and run counts,
+// beside the stage indexes.
+const driveCalls = -1
+
 type fakeNode struct {
 	id     string
 	mesh   *fakeMesh
@@ -88,7 +93,7 @@ type fakeNode struct {
 
 	mu     sync.Mutex
 	stages map[int]bool
-	faults map[int]fault // stage (or DriveStage) -> injected fault
+	faults map[int]fault // stage (or driveCalls) -> injected fault
 	ran    map[int]int
 }
 
@@ -177,7 +182,11 @@ func (m *fakeMesh) node(id string) *fakeNode {
 // CallStage implements StageCaller.
 func (m *fakeMesh) CallStage(ctx context.Context, peer string, call StageCall) ([]tensor.Tensor, error) {
 	n := m.node(peer)
-	if n == nil || n.fault(call.Stage) == faultDead {
+	key := call.Stage
+	if call.Drive {
+		key = driveCalls
+	}
+	if n == nil || n.fault(key) == faultDead {
 		return nil, fmt.Errorf("dial %s: connection refused", peer)
 	}
 	m.sent.Add(tensor.EncodedLen(call.Inputs))
@@ -185,11 +194,11 @@ func (m *fakeMesh) CallStage(ctx context.Context, peer string, call StageCall) (
 		out []tensor.Tensor
 		err error
 	)
-	if call.Stage == DriveStage {
+	if call.Drive {
 		n.mu.Lock()
-		n.ran[DriveStage]++
+		n.ran[driveCalls]++
 		n.mu.Unlock()
-		out, err = n.router.Drive(ctx, call)
+		out, err = n.router.Drive(ctx, call.Request)
 	} else {
 		out, err = n.RunStage(ctx, call.Model, call.Version, call.Stage, call.Inputs, call.Outputs)
 	}
@@ -250,7 +259,7 @@ var fastRetries = RouterConfig{StageTimeout: 200 * time.Millisecond, BackoffBase
 
 func infer(t *testing.T, r *Router, x []float32) ([]float32, error) {
 	t.Helper()
-	out, err := r.Infer(context.Background(), "m", "", []tensor.Tensor{tensor.FromFloat32("x", []int64{int64(len(x))}, x)}, nil)
+	out, err := r.Infer(context.Background(), Request{Model: "m", Inputs: []tensor.Tensor{tensor.FromFloat32("x", []int64{int64(len(x))}, x)}})
 	if err != nil {
 		return nil, err
 	}
@@ -301,7 +310,7 @@ func TestRouterDriverPlacementMovesFewestBytes(t *testing.T) {
 	if _, err := infer(t, m.node("entry").router, x); err != nil {
 		t.Fatal(err)
 	}
-	drivers := m.node("b").runs(DriveStage) + m.node("c").runs(DriveStage)
+	drivers := m.node("b").runs(driveCalls) + m.node("c").runs(driveCalls)
 	if drivers != 1 || m.node("entry").router.Stats().Forwarded != 1 {
 		t.Fatalf("want one drive handed to a last-stage replica, got %d", drivers)
 	}
@@ -320,7 +329,7 @@ func TestRouterDriverPlacementMovesFewestBytes(t *testing.T) {
 	if _, err := infer(t, m.node("entry").router, x); err != nil {
 		t.Fatal(err)
 	}
-	if got := m.node("a").runs(DriveStage) + m.node("c").runs(DriveStage); got != 1 {
+	if got := m.node("a").runs(driveCalls) + m.node("c").runs(driveCalls); got != 1 {
 		t.Fatalf("want the drive on a first-stage replica, got %d", got)
 	}
 }
@@ -367,14 +376,14 @@ func TestRouterRetriesSameStageElsewhere(t *testing.T) {
 
 func TestRouterDriverFailover(t *testing.T) {
 	m := newFakeMesh(t, fastRetries, threeByTwo)
-	m.node("b").setFault(DriveStage, faultDead)
+	m.node("b").setFault(driveCalls, faultDead)
 	x := []float32{1}
 	y, err := infer(t, m.node("entry").router, x)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mustMatch(t, y, x)
-	if m.node("c").runs(DriveStage) != 1 || m.node("entry").router.Stats().Retries != 1 {
+	if m.node("c").runs(driveCalls) != 1 || m.node("entry").router.Stats().Retries != 1 {
 		t.Fatalf("drive not retried on c: %+v", m.node("entry").router.Stats())
 	}
 }
@@ -418,7 +427,7 @@ func TestRouterDoesNotRetryRejectedInput(t *testing.T) {
 	if got := m.node("a").runs(0) + m.node("c").runs(0); got != 1 {
 		t.Fatalf("rejected input tried %d times", got)
 	}
-	if _, err := m.node("b").router.Infer(context.Background(), "nope", "", nil, nil); !errors.Is(err, ErrUnknownModel) {
+	if _, err := m.node("b").router.Infer(context.Background(), Request{Model: "nope"}); !errors.Is(err, ErrUnknownModel) {
 		t.Fatalf("got %v, want ErrUnknownModel", err)
 	}
 }
@@ -431,9 +440,32 @@ func TestRouterDeadline(t *testing.T) {
 	m.node("c").setFault(0, faultHang)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err := m.node("b").router.Infer(ctx, "m", "", []tensor.Tensor{tensor.FromFloat32("x", []int64{1}, []float32{1})}, nil)
+	_, err := m.node("b").router.Infer(ctx, Request{Model: "m", Inputs: []tensor.Tensor{tensor.FromFloat32("x", []int64{1}, []float32{1})}})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want the request deadline", err)
+	}
+}
+
+// TestRouterDeadlineAfterFailedAttemptIsTimeout: a request whose deadline passes
+// after an attempt failed ends as a timeout (504), not as "every replica failed"
+// (503 no_replica): the failure is detail, the deadline is what ended it.
+func TestRouterDeadlineAfterFailedAttemptIsTimeout(t *testing.T) {
+	cfg := fastRetries
+	cfg.StageTimeout = time.Hour
+	m := newFakeMesh(t, cfg, threeByTwo)
+	m.node("a").setFault(0, faultDead)
+	m.node("c").setFault(0, faultHang)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := m.node("b").router.Infer(ctx, Request{Model: "m", Inputs: []tensor.Tensor{tensor.FromFloat32("x", []int64{1}, []float32{1})}})
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrStageFailed) {
+		t.Fatalf("got %v, want the request deadline and not ErrStageFailed", err)
+	}
+	if m.node("b").router.Stats().Retries == 0 {
+		t.Fatal("no attempt failed before the deadline: the case is not exercised")
+	}
+	if code := api.Classify(toAPI(err)).Code; code != api.CodeTimeout {
+		t.Fatalf("API code %s, want %s", code, api.CodeTimeout)
 	}
 }
 

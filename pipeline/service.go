@@ -1,0 +1,115 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/consensus"
+)
+
+// Service is the cluster's inference entry: it resolves the model version, validates
+// the request against the model's signature (the one place a cluster checks a
+// client's inputs; the stages' sessions check again only what reaches them) and
+// routes it through the stages. It implements the Infer part of api.ModelService.
+type Service struct {
+	state    StateView
+	view     *ClusterView
+	router   *Router
+	caughtUp func() bool
+}
+
+// NewService returns the inference service; caughtUp says whether this node's state
+// has caught up with the leader's since start (until then a model may look missing).
+func NewService(state StateView, view *ClusterView, router *Router, caughtUp func() bool) *Service {
+	return &Service{state: state, view: view, router: router, caughtUp: caughtUp}
+}
+
+// Infer answers one inference request of the API.
+func (s *Service) Infer(ctx context.Context, req api.InferRequest) (api.InferResult, error) {
+	if !s.caughtUp() {
+		return api.InferResult{}, fmt.Errorf("%w: cluster state not caught up since start", api.ErrNotReady)
+	}
+	st := s.state.View()
+	m, err := s.view.ResolveVersion(st, req.Model, req.Version)
+	if err != nil {
+		return api.InferResult{}, err
+	}
+	if err := CheckSignature(m.Signature, req.Inputs, req.Outputs); err != nil {
+		return api.InferResult{}, err
+	}
+	out, err := s.router.Infer(ctx, Request{Model: m.Name, Version: m.Version, Inputs: req.Inputs, Outputs: req.Outputs})
+	if err != nil {
+		return api.InferResult{}, toAPI(err)
+	}
+	return api.InferResult{Version: m.Version, Outputs: out}, nil
+}
+
+// toAPI is the pipeline's one mapping onto the API's sentinels. A stage with no
+// replica, or whose every replica failed, is 503 with Retry-After (the placement may
+// heal); a deadline, even one that passed after failed attempts, is the context's
+// error (504 timeout); input errors keep their accel sentinels (shape_mismatch,
+// dtype_mismatch, input_mismatch), however many hops away they arose.
+func toAPI(err error) error {
+	switch {
+	case errors.Is(err, ErrNoReplica), errors.Is(err, ErrStageFailed):
+		return fmt.Errorf("%w: %w", api.ErrNoReplica, err)
+	case errors.Is(err, ErrUnknownModel):
+		return fmt.Errorf("%w: %w", api.ErrModelNotFound, err)
+	}
+	return err
+}
+
+// CheckSignature rejects inputs the model cannot take before any stage sees them:
+// unknown, missing or repeated names, a wrong dtype, rank or fixed dim, and unknown
+// output names.
+func CheckSignature(sig consensus.Signature, inputs []tensor.Tensor, outputs []string) error {
+	seen := make(map[string]bool, len(inputs))
+	for _, t := range inputs {
+		i := slices.IndexFunc(sig.Inputs, func(s consensus.TensorSpec) bool { return s.Name == t.Name })
+		if i < 0 {
+			return fmt.Errorf("%w: unknown input %q", accel.ErrInputMismatch, t.Name)
+		}
+		if seen[t.Name] {
+			return fmt.Errorf("%w: input %q given twice", accel.ErrInputMismatch, t.Name)
+		}
+		seen[t.Name] = true
+		if err := checkInput(sig.Inputs[i], t); err != nil {
+			return err
+		}
+	}
+	for _, s := range sig.Inputs {
+		if !seen[s.Name] {
+			return fmt.Errorf("%w: input %q missing", accel.ErrInputMismatch, s.Name)
+		}
+	}
+	for _, name := range outputs {
+		if !slices.ContainsFunc(sig.Outputs, func(s consensus.TensorSpec) bool { return s.Name == name }) {
+			return fmt.Errorf("%w: unknown output %q", accel.ErrInputMismatch, name)
+		}
+	}
+	return nil
+}
+
+// checkInput checks one input tensor against its spec: dtype, rank, fixed dims, data.
+func checkInput(spec consensus.TensorSpec, t tensor.Tensor) error {
+	if int32(t.DType) != spec.DType {
+		return fmt.Errorf("%w: %w: input %q is %s, the model takes %s", accel.ErrInputMismatch, accel.ErrDTypeMismatch,
+			t.Name, t.DType, tensor.DType(spec.DType))
+	}
+	if len(t.Shape) != len(spec.Shape) {
+		return fmt.Errorf("%w: %w: input %q has rank %d, the model takes %d", accel.ErrInputMismatch, accel.ErrShapeMismatch,
+			t.Name, len(t.Shape), len(spec.Shape))
+	}
+	for d, want := range spec.Shape {
+		if want >= 0 && t.Shape[d] != want {
+			return fmt.Errorf("%w: %w: input %q dim %d is %d, the model takes %d", accel.ErrInputMismatch, accel.ErrShapeMismatch,
+				t.Name, d, t.Shape[d], want)
+		}
+	}
+	return t.Validate()
+}
