@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
@@ -57,6 +58,42 @@ func TestDefaultLibraryPath(t *testing.T) {
 	t.Setenv("ORT_LIB", "/elsewhere/libonnxruntime.so")
 	if p, _ := DefaultLibraryPath(); p != "/elsewhere/libonnxruntime.so" {
 		t.Fatalf("ORT_LIB must win, got %s", p)
+	}
+}
+
+// TestLibraryBesideBinaryComesFirst: an unpacked release tarball (binary and library in
+// one folder) loads its own library even when run from inside a checkout, whose
+// current library is the host's architecture; without one beside it, the checkout's
+// is found above the working directory, then above the binary.
+func TestLibraryBesideBinaryComesFirst(t *testing.T) {
+	touch := func(p string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkout := t.TempDir()
+	touch(filepath.Join(checkout, libraryRelPath))
+	release := t.TempDir()
+	exe := filepath.Join(release, "meshnode")
+	touch(exe)
+
+	if p, err := findLibrary(exe, checkout); err != nil || p != filepath.Join(checkout, libraryRelPath) {
+		t.Fatalf("no library beside the binary: want the checkout's, got %q, %v", p, err)
+	}
+	touch(filepath.Join(release, libraryName))
+	if p, err := findLibrary(exe, filepath.Join(checkout, "sub")); err != nil || p != filepath.Join(release, libraryName) {
+		t.Fatalf("library beside the binary: want it, got %q, %v", p, err)
+	}
+	inBin := filepath.Join(checkout, "bin", "meshnode")
+	if p, err := findLibrary(inBin, t.TempDir()); err != nil || p != filepath.Join(checkout, libraryRelPath) {
+		t.Fatalf("binary in bin/ of a checkout: want the checkout's library, got %q, %v", p, err)
+	}
+	if _, err := findLibrary(filepath.Join(t.TempDir(), "meshnode"), t.TempDir()); !errors.Is(err, accel.ErrLibraryNotFound) {
+		t.Fatalf("nothing anywhere: want ErrLibraryNotFound, got %v", err)
 	}
 }
 
@@ -282,5 +319,15 @@ func TestExternalData(t *testing.T) {
 	}
 	if y, _ := out[0].Float32s(); fmt.Sprint(y) != "[11 22]" {
 		t.Fatalf("y = %v, want [11 22]", y)
+	}
+}
+
+// TestHostByteOrderDetected: the order New checks is the one the machine really uses,
+// read from the memory of a uint16 rather than through encoding/binary.
+func TestHostByteOrderDetected(t *testing.T) {
+	v := uint16(1)
+	first := *(*byte)(unsafe.Pointer(&v))
+	if hostLittleEndian != (first == 1) {
+		t.Fatalf("hostLittleEndian = %v, but the low byte of 1 is stored %s", hostLittleEndian, map[bool]string{true: "first", false: "last"}[first == 1])
 	}
 }
