@@ -42,8 +42,8 @@ type ClusterOptions struct {
 	// DefaultFlags and append.
 	Flags func(c *Cluster, n *Node) []string
 	// Command, when set, returns the command line that runs node n, before its flags:
-	// the program and its leading arguments. nil means just Binary. It lets one node
-	// of a cluster run another build, such as an arm64 meshnode under qemu-user.
+	// the program and its leading arguments, or nil for Binary. It lets one node of a
+	// cluster run another build, such as an arm64 meshnode under qemu-user.
 	Command func(n *Node) []string
 	// Env is added to each node's environment.
 	Env []string
@@ -331,8 +331,11 @@ func (c *Cluster) Start(i int) error {
 		flags = c.opts.Flags(c, n)
 	}
 	n.spec.Path, n.spec.Args = c.opts.Binary, flags
+	var cmd []string
 	if c.opts.Command != nil {
-		cmd := c.opts.Command(n)
+		cmd = c.opts.Command(n)
+	}
+	if len(cmd) > 0 {
 		n.spec.Path, n.spec.Args = cmd[0], append(slices.Clone(cmd[1:]), flags...)
 	}
 	if err := n.Start(); err != nil {
