@@ -76,7 +76,14 @@ func arm64Build(t *testing.T) armBuild {
 // dereferences NULL while the library is being loaded (dlopen). So the node runs in a
 // private mount namespace where /proc/cpuinfo is an ARM one (Cortex-A72, a Raspberry
 // Pi 4's core) with one entry per present host CPU; that needs root.
-func (b armBuild) command(t *testing.T) []string {
+//
+// pageSize is the page size the guest sees (qemu -p): arm64 kernels run with 4 KiB,
+// 16 KiB (Raspberry Pi 5, Apple silicon) or 64 KiB pages (some server and Jetson
+// kernels), and the Go runtime, badger's memory maps and ONNX Runtime must not assume
+// the amd64 host's 4 KiB. qemu-user 7.2 emulates 16 KiB faithfully enough to run the
+// node; with 64 KiB its loading of ONNX Runtime faults, so 64 KiB is covered by the
+// segment alignment TestArm64BuildIsAArch64ELF checks, not by a run.
+func (b armBuild) command(t *testing.T, pageSize int) []string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the emulated node needs root: it runs in a private mount namespace that shows ONNX Runtime an ARM /proc/cpuinfo (qemu-user 7.2 shows the host's)")
@@ -90,7 +97,7 @@ func (b armBuild) command(t *testing.T) []string {
 		t.Fatal(err)
 	}
 	return []string{unshare, "--mount", "--propagation", "private", "sh", "-c", `mount --bind "$0" /proc/cpuinfo && exec "$@"`,
-		cpuinfo, b.qemu, "-L", sysroot, "-U", "ORT_LIB", b.meshnode}
+		cpuinfo, b.qemu, "-L", sysroot, "-p", strconv.Itoa(pageSize), "-U", "ORT_LIB", b.meshnode}
 }
 
 // armCPUInfo is a /proc/cpuinfo of Cortex-A72 cores numbered as the host's present CPUs.
@@ -119,8 +126,13 @@ func armCPUInfo(t *testing.T) []byte {
 	return out
 }
 
+// largestPage is the largest page size of an arm64 Linux kernel (64 KiB): a loadable
+// segment aligned to less cannot be mapped there.
+const largestPage = 64 << 10
+
 // TestArm64BuildIsAArch64ELF: make build-arm64 leaves 64-bit little-endian aarch64
-// executables and the arm64 ONNX Runtime library beside them.
+// executables and the arm64 ONNX Runtime library beside them, all with their loadable
+// segments aligned for 64 KiB pages.
 func TestArm64BuildIsAArch64ELF(t *testing.T) {
 	b := arm64Build(t)
 	for _, c := range []struct {
@@ -138,6 +150,11 @@ func TestArm64BuildIsAArch64ELF(t *testing.T) {
 		// default; the library must be a shared object either way.
 		if c.typ == elf.ET_DYN && f.Type != elf.ET_DYN {
 			t.Errorf("%s: type %v, want a shared object", c.path, f.Type)
+		}
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_LOAD && (p.Align < largestPage || (p.Vaddr-p.Off)%largestPage != 0) {
+				t.Errorf("%s: a LOAD segment (vaddr %#x, offset %#x) is aligned to %#x, not for 64 KiB pages", c.path, p.Vaddr, p.Off, p.Align)
+			}
 		}
 		if c.path == b.meshnode {
 			interp := f.Section(".interp")
@@ -230,14 +247,15 @@ func soloNode(t *testing.T, name string, command []string, modelDir string) *cli
 	return cl
 }
 
-// TestEmulatedNodeAnswersLikeNative: the arm64 meshnode under qemu serves a model alone,
-// says it is linux/arm64, and its KServe v2 answers equal the native node's within 1e-5.
+// TestEmulatedNodeAnswersLikeNative: the arm64 meshnode under qemu, with 16 KiB pages
+// (a Raspberry Pi 5's kernel), serves a model alone, says it is linux/arm64, and its
+// KServe v2 answers equal the native node's within 1e-5.
 func TestEmulatedNodeAnswersLikeNative(t *testing.T) {
 	b := arm64Build(t)
 	modelDir := t.TempDir()
 	writeModel(t, modelDir, "gpt")
 	native := soloNode(t, "native", []string{harness.MeshnodeBinary(t)}, modelDir)
-	emulated := soloNode(t, "emulated", b.command(t), modelDir)
+	emulated := soloNode(t, "emulated", b.command(t, 16<<10), modelDir)
 
 	for _, c := range []struct {
 		cl   *client.Client

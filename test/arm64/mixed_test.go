@@ -34,7 +34,9 @@ const (
 // their platform advertised.
 func mixedMesh(t *testing.T, b armBuild) (*harness.Cluster, *client.Client) {
 	t.Helper()
-	emulated := b.command(t)
+	// 16 KiB pages: the emulated node also keeps Raft's log in badger, whose files are
+	// memory-mapped.
+	emulated := b.command(t, 16<<10)
 	c := harness.StartCluster(t, 3, harness.ClusterOptions{
 		StartTimeout: emulatedStart,
 		Flags: func(c *harness.Cluster, n *harness.Node) []string {
@@ -196,7 +198,7 @@ func lightStage(t *testing.T, path string, fast, slow wire.NodeStatus) (int, [2]
 }
 
 // TestMixedMeshGivesEmulatedNodeTheLightStage: two native nodes and one arm64 node
-// under qemu form a cluster; with one native node drained, a 2-stage deploy puts one
+// under qemu (16 KiB pages) form a cluster; with one native node drained, a 2-stage deploy puts one
 // stage on the emulated node, and it is the stage with fewer FLOPs; the split answers
 // equal one ONNX Runtime session on the whole model, through every node.
 func TestMixedMeshGivesEmulatedNodeTheLightStage(t *testing.T) {
