@@ -21,9 +21,10 @@ type NodeMeta struct {
 	MemBudget int64    `json:"mb,omitempty"` // bytes this node may use for stages
 	FreeMem   int64    `json:"mf,omitempty"` // bytes free right now
 	Cores     int      `json:"c,omitempty"`
-	Accels    []string `json:"x,omitempty"` // accelerator kinds: "cpu", "cuda", ...
-	Speed     float64  `json:"s,omitempty"` // measured speed score (GFLOP/s of a matmul)
-	Load      int      `json:"l,omitempty"` // requests in flight
+	Accels    []string `json:"x,omitempty"`  // accelerator kinds: "cpu", "cuda", ...
+	Platform  string   `json:"os,omitempty"` // GOOS/GOARCH of the node's binary: "linux/arm64"
+	Speed     float64  `json:"s,omitempty"`  // measured speed score (GFLOP/s of a matmul)
+	Load      int      `json:"l,omitempty"`  // requests in flight
 	// Boot identifies this run of the node's process (random, drawn at start), so
 	// that what an earlier run reported is not taken for this one's.
 	Boot    string `json:"b,omitempty"`

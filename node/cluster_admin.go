@@ -55,6 +55,7 @@ func (c *Cluster) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
 			if len(meta.Accels) > 0 {
 				ns.Accel = meta.Accels[0]
 			}
+			ns.Platform = meta.Platform
 			if rec := st.Serving[id]; rec.Boot == meta.Boot {
 				for _, s := range rec.Stages {
 					state := "loading"

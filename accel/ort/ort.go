@@ -8,6 +8,7 @@ package ort
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,16 +41,56 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// libraryName is the ONNX Runtime library's file name, as a release tarball puts it
+// beside the binaries.
+const libraryName = "libonnxruntime.so.1"
+
+// ErrBigEndianHost is returned by New on a big-endian machine.
+var ErrBigEndianHost = errors.New("ONNX Runtime backend needs a little-endian host")
+
+// hostLittleEndian reports whether this machine stores integers little-endian. Tensor
+// data travels (wire codec, KServe binary extension, ONNX raw_data) as little-endian
+// bytes and is handed to ONNX Runtime as it is, which reads it in the host's order:
+// that is right on amd64 and arm64 (and every platform the onnxruntime-node tarball
+// ships for) and would silently read every tensor wrong on a big-endian host, so New
+// refuses one instead.
+var hostLittleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
 // DefaultLibraryPath finds the ONNX Runtime library: $ORT_LIB if set, else
+// libonnxruntime.so.1 beside the executable (an unpacked release tarball, or
+// bin/linux-arm64 after make build-arm64), else
 // third_party/onnxruntime/current/libonnxruntime.so.1 in the working directory or any
 // directory above it, else the same path under the executable's parent directory (a
-// binary in bin/ of a checkout).
+// binary in bin/ of a checkout). The library beside the binary comes before the
+// checkout's because it is the one built for the binary's architecture: current is
+// the host's, which an arm64 binary run from an amd64 checkout cannot load.
 func DefaultLibraryPath() (string, error) {
 	if p := os.Getenv("ORT_LIB"); p != "" {
 		return p, nil
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		exe = ""
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		wd = ""
+	}
+	return findLibrary(exe, wd)
+}
+
+// findLibrary is DefaultLibraryPath's search after $ORT_LIB, for the executable exe
+// and working directory wd ("" for one that is unknown).
+func findLibrary(exe, wd string) (string, error) {
 	var tried []string
-	if wd, err := os.Getwd(); err == nil {
+	if exe != "" {
+		p := filepath.Join(filepath.Dir(exe), libraryName)
+		if fileExists(p) {
+			return p, nil
+		}
+		tried = append(tried, p)
+	}
+	if wd != "" {
 		for dir := wd; ; dir = filepath.Dir(dir) {
 			p := filepath.Join(dir, libraryRelPath)
 			if fileExists(p) {
@@ -61,7 +102,7 @@ func DefaultLibraryPath() (string, error) {
 		}
 		tried = append(tried, libraryRelPath+" above "+wd)
 	}
-	if exe, err := os.Executable(); err == nil {
+	if exe != "" {
 		p := filepath.Join(filepath.Dir(filepath.Dir(exe)), libraryRelPath)
 		if fileExists(p) {
 			return p, nil
@@ -125,6 +166,9 @@ func New(cfg Config) (accel.Backend, error) {
 		log = slog.Default()
 	}
 	log = log.With("component", "accel")
+	if !hostLittleEndian {
+		return nil, fmt.Errorf("%w: %s/%s", ErrBigEndianHost, runtime.GOOS, runtime.GOARCH)
+	}
 	path := cfg.LibraryPath
 	if path == "" {
 		p, err := DefaultLibraryPath()

@@ -222,6 +222,21 @@ func (c *cValues) release() {
 	c.pinner.Unpin()
 }
 
+// elementAligned returns data itself when its first byte sits at a multiple of the
+// element size (at most 8, a complex128's alignment in C), else an aligned copy. A tensor cut from a KServe binary body starts
+// wherever the one before it ended, and ONNX Runtime's kernels read a float* or
+// int64_t* as C++ does, which assumes natural alignment: amd64 and arm64 forgive an
+// unaligned load in plain code, but not every instruction a compiler may choose for
+// it does, so ONNX Runtime never gets one. A Go allocation of n bytes is aligned to
+// the largest power of two up to 8 that divides n, enough for every element size.
+func elementAligned(data []byte, size int) []byte {
+	align := uintptr(min(size, 8))
+	if align <= 1 || uintptr(unsafe.Pointer(&data[0]))%align == 0 {
+		return data
+	}
+	return append(make([]byte, 0, len(data)), data...)
+}
+
 // add wraps t (already validated) as an OrtValue. Numeric data is pinned and used in
 // place, not copied; it must not change until release.
 func (c *cValues) add(t *tensor.Tensor) error {
@@ -249,8 +264,9 @@ func (c *cValues) add(t *tensor.Tensor) error {
 	case len(t.Data) == 0:
 		err = statusErr(C.lm_tensor_alloc(shapePtr, rank, C.int(t.DType), &v))
 	default:
-		c.pinner.Pin(&t.Data[0])
-		err = statusErr(C.lm_tensor_with_data(unsafe.Pointer(&t.Data[0]), C.size_t(len(t.Data)), shapePtr, rank, C.int(t.DType), &v))
+		data := elementAligned(t.Data, t.DType.Size())
+		c.pinner.Pin(&data[0])
+		err = statusErr(C.lm_tensor_with_data(unsafe.Pointer(&data[0]), C.size_t(len(data)), shapePtr, rank, C.int(t.DType), &v))
 	}
 	if v != nil {
 		c.vals = append(c.vals, v)

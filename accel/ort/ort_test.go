@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
@@ -57,6 +58,42 @@ func TestDefaultLibraryPath(t *testing.T) {
 	t.Setenv("ORT_LIB", "/elsewhere/libonnxruntime.so")
 	if p, _ := DefaultLibraryPath(); p != "/elsewhere/libonnxruntime.so" {
 		t.Fatalf("ORT_LIB must win, got %s", p)
+	}
+}
+
+// TestLibraryBesideBinaryComesFirst: an unpacked release tarball (binary and library in
+// one folder) loads its own library even when run from inside a checkout, whose
+// current library is the host's architecture; without one beside it, the checkout's
+// is found above the working directory, then above the binary.
+func TestLibraryBesideBinaryComesFirst(t *testing.T) {
+	touch := func(p string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkout := t.TempDir()
+	touch(filepath.Join(checkout, libraryRelPath))
+	release := t.TempDir()
+	exe := filepath.Join(release, "meshnode")
+	touch(exe)
+
+	if p, err := findLibrary(exe, checkout); err != nil || p != filepath.Join(checkout, libraryRelPath) {
+		t.Fatalf("no library beside the binary: want the checkout's, got %q, %v", p, err)
+	}
+	touch(filepath.Join(release, libraryName))
+	if p, err := findLibrary(exe, filepath.Join(checkout, "sub")); err != nil || p != filepath.Join(release, libraryName) {
+		t.Fatalf("library beside the binary: want it, got %q, %v", p, err)
+	}
+	inBin := filepath.Join(checkout, "bin", "meshnode")
+	if p, err := findLibrary(inBin, t.TempDir()); err != nil || p != filepath.Join(checkout, libraryRelPath) {
+		t.Fatalf("binary in bin/ of a checkout: want the checkout's library, got %q, %v", p, err)
+	}
+	if _, err := findLibrary(filepath.Join(t.TempDir(), "meshnode"), t.TempDir()); !errors.Is(err, accel.ErrLibraryNotFound) {
+		t.Fatalf("nothing anywhere: want ErrLibraryNotFound, got %v", err)
 	}
 }
 
@@ -282,5 +319,47 @@ func TestExternalData(t *testing.T) {
 	}
 	if y, _ := out[0].Float32s(); fmt.Sprint(y) != "[11 22]" {
 		t.Fatalf("y = %v, want [11 22]", y)
+	}
+}
+
+// TestHostByteOrderDetected: the order New checks is the one the machine really uses,
+// read from the memory of a uint16 rather than through encoding/binary.
+func TestHostByteOrderDetected(t *testing.T) {
+	v := uint16(1)
+	first := *(*byte)(unsafe.Pointer(&v))
+	if hostLittleEndian != (first == 1) {
+		t.Fatalf("hostLittleEndian = %v, but the low byte of 1 is stored %s", hostLittleEndian, map[bool]string{true: "first", false: "last"}[first == 1])
+	}
+}
+
+// TestMisalignedInputsRun: float32 inputs that start one byte into a buffer, as a
+// tensor cut from a KServe binary body after a bool tensor does, reach ONNX Runtime
+// aligned and give the same sums as aligned ones; the caller's bytes are left as they
+// were.
+func TestMisalignedInputsRun(t *testing.T) {
+	s := open(t, newCPU(t), addModel(t), accel.SessionOptions{})
+	in := addInputs(1)
+	for i := range in {
+		buf := make([]byte, len(in[i].Data)+1)
+		copy(buf[1:], in[i].Data)
+		in[i].Data = buf[1:]
+		if uintptr(unsafe.Pointer(&in[i].Data[0]))%4 == 0 {
+			t.Fatal("the test input is aligned after all")
+		}
+		if aligned := elementAligned(in[i].Data, 4); uintptr(unsafe.Pointer(&aligned[0]))%4 != 0 || !bytes.Equal(aligned, in[i].Data) {
+			t.Fatalf("elementAligned gave %p with bytes %v for %v", &aligned[0], aligned, in[i].Data)
+		}
+	}
+	before := append([]byte(nil), in[0].Data...)
+	out, err := s.Run(context.Background(), in, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := out[0].Float32s()
+	if want := []float32{11, 22, 33, 44, 55, 66}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("z = %v, want %v", got, want)
+	}
+	if !bytes.Equal(before, in[0].Data) {
+		t.Fatal("the caller's input bytes changed")
 	}
 }

@@ -83,10 +83,13 @@ type ModelList struct {
 
 // NodeStatus is an admin view of one node.
 type NodeStatus struct {
-	Name     string   `json:"name"`
-	HTTPAddr string   `json:"http_addr"`
-	State    string   `json:"state"` // alive, suspect, dead, draining, left
-	Accel    string   `json:"accel"`
+	Name     string `json:"name"`
+	HTTPAddr string `json:"http_addr"`
+	State    string `json:"state"` // alive, suspect, dead, draining, left
+	Accel    string `json:"accel"`
+	// Platform is the GOOS/GOARCH the node's binary runs as ("linux/arm64"); empty
+	// for a member that is not live.
+	Platform string   `json:"platform,omitempty"`
 	Cores    int      `json:"cores"`
 	MemTotal uint64   `json:"mem_total,omitempty"`
 	Models   []string `json:"models"`

@@ -175,7 +175,7 @@ func callNodes(ctx context.Context, in invocation) (output, error) {
 
 // nodeTable writes one row per node: state, health, Raft role, capacity, load, stages.
 func nodeTable(w io.Writer, nodes []wire.NodeStatus) {
-	fmt.Fprintln(w, "NODE\tSTATE\tHEALTH\tRAFT\tHTTP\tACCEL\tCORES\tMEM FREE/BUDGET\tLOAD\tSTAGES")
+	fmt.Fprintln(w, "NODE\tSTATE\tHEALTH\tRAFT\tHTTP\tPLATFORM\tACCEL\tCORES\tMEM FREE/BUDGET\tLOAD\tSTAGES")
 	for _, n := range nodes {
 		role := "-"
 		switch {
@@ -194,7 +194,11 @@ func nodeTable(w io.Writer, nodes []wire.NodeStatus) {
 		if health == "" {
 			health = "-"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", n.Name, n.State, health, role, n.HTTPAddr, n.Accel, n.Cores, mem, n.Load, strings.Join(n.Models, ","))
+		platform := n.Platform
+		if platform == "" {
+			platform = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", n.Name, n.State, health, role, n.HTTPAddr, platform, n.Accel, n.Cores, mem, n.Load, strings.Join(n.Models, ","))
 	}
 }
 

@@ -113,15 +113,25 @@ func (g *graphBuilder) constInt64(name string, dims []int64, vals ...int64) stri
 	return g.addInit(&onnxpb.TensorProto{Name: proto.String(name), Dims: dims, DataType: proto.Int32(elemInt64), RawData: b})
 }
 
-// floatTensor wraps vals as a TensorProto without copying: raw_data aliases
-// the float slice's memory (little-endian hosts only, which is every platform
-// ONNX Runtime ships for).
+// hostLittleEndian says whether a float slice's memory already is ONNX raw_data,
+// which the format defines as little-endian: true on amd64 and arm64, and every
+// platform ONNX Runtime ships for.
+var hostLittleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// floatTensor wraps vals as a TensorProto. On a little-endian host raw_data aliases
+// the float slice's memory, so that the weights of a 500 MB model are not copied
+// once more; elsewhere it is an explicit little-endian copy.
 func floatTensor(name string, dims []int64, vals []float32) *onnxpb.TensorProto {
-	var raw []byte
-	if len(vals) > 0 {
+	raw := []byte{}
+	switch {
+	case len(vals) == 0:
+	case hostLittleEndian:
 		raw = unsafe.Slice((*byte)(unsafe.Pointer(&vals[0])), 4*len(vals))
-	} else {
-		raw = []byte{}
+	default:
+		raw = make([]byte, 4*len(vals))
+		for i, v := range vals {
+			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
+		}
 	}
 	return &onnxpb.TensorProto{Name: proto.String(name), Dims: dims, DataType: proto.Int32(elemFloat), RawData: raw}
 }

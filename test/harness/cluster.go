@@ -41,6 +41,10 @@ type ClusterOptions struct {
 	// Flags, when set, returns node n's flags instead of DefaultFlags; it may call
 	// DefaultFlags and append.
 	Flags func(c *Cluster, n *Node) []string
+	// Command, when set, returns the command line that runs node n, before its flags:
+	// the program and its leading arguments, or nil for Binary. It lets one node of a
+	// cluster run another build, such as an arm64 meshnode under qemu-user.
+	Command func(n *Node) []string
 	// Env is added to each node's environment.
 	Env []string
 	// Network, when set, runs node i inside namespace i, listening on its test address;
@@ -326,7 +330,14 @@ func (c *Cluster) Start(i int) error {
 	if c.opts.Flags != nil {
 		flags = c.opts.Flags(c, n)
 	}
-	n.spec.Args = flags
+	n.spec.Path, n.spec.Args = c.opts.Binary, flags
+	var cmd []string
+	if c.opts.Command != nil {
+		cmd = c.opts.Command(n)
+	}
+	if len(cmd) > 0 {
+		n.spec.Path, n.spec.Args = cmd[0], append(slices.Clone(cmd[1:]), flags...)
+	}
 	if err := n.Start(); err != nil {
 		return err
 	}
