@@ -74,6 +74,12 @@ type Mesh struct {
 	returning     map[string]returningMember
 	returningKick chan struct{}
 
+	// knownMu guards known: the last known addresses of every member seen, kept in the
+	// peers file (peers.go).
+	knownMu   sync.Mutex
+	known     map[peer.ID]knownPeer
+	knownKick chan struct{}
+
 	metaMu  sync.Mutex
 	meta    NodeMeta
 	metaRaw []byte
@@ -138,6 +144,8 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 		members:       make(map[string]Member),
 		returning:     make(map[string]returningMember),
 		returningKick: make(chan struct{}, 1),
+		known:         make(map[peer.ID]knownPeer),
+		knownKick:     make(chan struct{}, 1),
 		links:         make(map[peer.ID]LinkStats),
 	}
 	m.SetIsMember(c.IsMember)
@@ -202,6 +210,11 @@ func (m *Mesh) start(ctx context.Context) error {
 		return err
 	}
 	m.goRun(m.reclaimLoop)
+	// The peers of the last run go into the peerstore before anything dials, and the
+	// loop hears every member event from the first join on.
+	m.loadKnownPeers()
+	memberEvents, _ := m.Subscribe()
+	m.goRun(func(ctx context.Context) { m.knownPeersLoop(ctx, memberEvents) })
 	if err := m.startDiscovery(ctx); err != nil {
 		return err
 	}

@@ -157,6 +157,9 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := keepSecretCopy(opts.DataDir, secret); err != nil {
+		return nil, err
+	}
 	c := &Cluster{opts: opts, log: opts.Logger.With("component", "cluster"), suspect: make(map[string]bool),
 		ctrl: controller{missing: make(map[string]time.Time), errs: make(map[string]string)},
 		boot: consensus.NewRequestID()[:16], served: []consensus.ServedRef{}, servedKick: make(chan struct{}, 1)}
