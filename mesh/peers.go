@@ -165,6 +165,8 @@ func (m *Mesh) knownPeersLoop(ctx context.Context, events <-chan MemberEvent) {
 	tick := time.NewTicker(knownTick)
 	defer tick.Stop()
 	dirty := false
+	var announce <-chan time.Time // armed by the first member joined; fires once
+	announced := false
 	m.dialKnown(ctx, dials)
 	for {
 		select {
@@ -178,7 +180,14 @@ func (m *Mesh) knownPeersLoop(ctx context.Context, events <-chan MemberEvent) {
 				if m.setKnown(ev.Member.PeerID, ev.Member.Meta.Addrs, time.Now()) {
 					dirty = true
 				}
+				if !announced && announce == nil {
+					announce = time.After(announceDelay)
+				}
 			}
+			continue
+		case <-announce:
+			announce, announced = nil, true
+			m.announceSelf()
 			continue
 		case <-m.knownKick:
 			dirty = true

@@ -58,6 +58,30 @@ func (d *conflictDelegate) NotifyConflict(existing, other *memberlist.Node) {
 
 var _ memberlist.ConflictDelegate = (*conflictDelegate)(nil)
 
+// announceDelay is how long after its first join a node announces itself to every
+// member directly: long enough for the push-pull with its seed to list them all.
+const announceDelay = time.Second
+
+// announceSelf push-pulls once with every member listed. memberlist spreads a node's
+// alive message by gossip alone, retransmitted a few times to random members, so a
+// member may never hear that this node restarted on a new address: after declaring
+// the old entry dead it would wait for a push-pull that happens to bring the news. A
+// direct push-pull makes each member either take the new address at once or refuse it
+// as a conflict, which its reclaimLoop then resolves.
+func (m *Mesh) announceSelf() {
+	var addrs []string
+	for _, mem := range m.Members() {
+		if mem.PeerID != m.id && mem.GossipAddr != "" {
+			addrs = append(addrs, mem.GossipAddr)
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	n, err := m.list.Join(addrs)
+	m.log.Debug("announced to every member", "members", len(addrs), "reached", n, "err", err)
+}
+
 // reclaimLoop push-pulls with each refused member's new address until memberlist holds
 // it alive there, retrying while the old entry is still alive or too freshly dead.
 func (m *Mesh) reclaimLoop(ctx context.Context) {
