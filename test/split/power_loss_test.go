@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,7 +114,7 @@ func (c *splitCluster) powerBack(ref *reference, back []int) (leader, answer tim
 	ctx, cancel := context.WithTimeout(context.Background(), powerLeaderWithin-time.Since(start))
 	defer cancel()
 	if _, err := c.WaitForLeader(ctx, down...); err != nil {
-		c.t.Fatalf("nodes %v elected no leader within %v of their restart: %v\n%s", back, powerLeaderWithin, err, c.Nodes[back[0]].LogTail(30))
+		c.t.Fatalf("nodes %v elected no leader within %v of their restart: %v\n%s", back, powerLeaderWithin, err, c.Nodes[back[0]].LogTail(8<<10))
 	}
 	leader = time.Since(start)
 	in := powerInputs(c.t, 5)
@@ -133,7 +134,7 @@ func (c *splitCluster) powerBack(ref *reference, back []int) (leader, answer tim
 			c.t.Fatal(err)
 		}
 		if err != nil {
-			c.t.Fatalf("model did not answer through node %d within %v of the restart: %v\n%s", i, powerAnswerWithin, err, c.Nodes[i].LogTail(30))
+			c.t.Fatalf("model did not answer through node %d within %v of the restart: %v\n%s", i, powerAnswerWithin, err, c.Nodes[i].LogTail(8<<10))
 		}
 	}
 	return leader, time.Since(start)
@@ -161,7 +162,7 @@ func TestSplitPowerLossJoinersComeBackWithoutTheFounder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := c.WaitReady(ctx, 0); err != nil {
-		t.Fatalf("founder never turned ready after coming back: %v\n%s", err, c.Nodes[0].LogTail(40))
+		t.Fatalf("founder never turned ready after coming back: %v\n%s", err, c.Nodes[0].LogTail(8<<10))
 	}
 	harness.Eventually(t, 30*time.Second, 200*time.Millisecond, func() error { return c.allAlive(3) })
 	in := powerInputs(t, 9)
@@ -212,4 +213,132 @@ func (c *splitCluster) allAlive(want int) error {
 		}
 	}
 	return nil
+}
+
+// withoutClusterFlags drops the flags that put a node in cluster mode (--bootstrap,
+// --join, --cluster-secret-file), keeping its data dir, name and addresses.
+func withoutClusterFlags(flags []string) []string {
+	var out []string
+	for i := 0; i < len(flags); i++ {
+		switch flags[i] {
+		case "--bootstrap":
+		case "--join", "--cluster-secret-file":
+			i++
+		default:
+			out = append(out, flags[i])
+		}
+	}
+	return out
+}
+
+// TestSplitNodeWithoutClusterFlagsResumesItsCluster: a joiner is killed and started
+// again on its data dir without its cluster flags. With --model-dir it must refuse to
+// start, naming the conflict; without, it must resume its cluster (not come up as an
+// empty single node), say so in its log, be seen alive by all and answer correctly.
+func TestSplitNodeWithoutClusterFlagsResumesItsCluster(t *testing.T) {
+	var mode string // how node 2 is started next: "", "model-dir" or "bare"
+	modelDir := t.TempDir()
+	path, size := powerModel(t)
+	ref := newReference(t, path)
+	hc := harness.StartCluster(t, 3, harness.ClusterOptions{
+		Flags: func(c *harness.Cluster, node *harness.Node) []string {
+			flags := append(c.DefaultFlags(node), "--gossip-port", "0", "--threads", "1")
+			if node.Index != 2 || mode == "" {
+				return flags
+			}
+			flags = withoutClusterFlags(flags)
+			if mode == "model-dir" {
+				flags = append(flags, "--model-dir", modelDir)
+			}
+			return flags
+		},
+	})
+	token, err := hc.AdminToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &splitCluster{Cluster: hc, t: t, token: token}
+	if _, err := c.deploy(0, path, size, 2, 2); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+	if err := c.waitReplicas(0, 2, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kill(2); err != nil {
+		t.Fatal(err)
+	}
+
+	mode = "model-dir"
+	if err := c.Start(2); err == nil {
+		t.Fatalf("node 2 started with --model-dir on a cluster data dir")
+	}
+	log := c.Nodes[2].LogTail(4096)
+	for _, want := range []string{"--model-dir asks for a single node", "holds the Raft state of a cluster"} {
+		if !strings.Contains(log, want) {
+			t.Fatalf("--model-dir on a cluster data dir: the error does not say %q:\n%s", want, log)
+		}
+	}
+
+	mode = "bare"
+	if err := c.Start(2); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx, 2); err != nil {
+		t.Fatalf("node 2 without cluster flags never turned ready: %v\n%s", err, c.Nodes[2].LogTail(8<<10))
+	}
+	if log := c.Nodes[2].LogTail(64 << 10); !strings.Contains(log, "resuming cluster mode without cluster flags") {
+		t.Fatalf("node 2 resumed without saying so:\n%s", log)
+	}
+	st, err := c.client(2).Cluster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode != "cluster" {
+		t.Fatalf("node 2 without cluster flags runs in %q mode, want cluster", st.Mode)
+	}
+	harness.Eventually(t, 30*time.Second, 200*time.Millisecond, func() error { return c.allAlive(3) })
+	in := powerInputs(t, 3)
+	got, err := c.infer(2, in)
+	if err != nil {
+		t.Fatalf("infer through the resumed node: %v", err)
+	}
+	if d := harness.MaxRelDiff(got, ref.logits(t, in)); d > 1e-4 {
+		t.Fatalf("resumed node answers %g away from the whole model", d)
+	}
+}
+
+// TestSplitNodeOnANewPortIsFoundAgain: a joiner is killed and comes back on a new
+// libp2p port and a new gossip port, as after a new DHCP lease. The others must list it
+// alive again within 30 s, and the model must answer correctly through it.
+func TestSplitNodeOnANewPortIsFoundAgain(t *testing.T) {
+	c, ref := startPowerCluster(t, 3, 2)
+	oldAddr := c.P2PAddr(2)
+	if err := c.Kill(2); err != nil {
+		t.Fatal(err)
+	}
+	c.Nodes[2].P2PListen = "/ip4/127.0.0.1/tcp/0"
+	start := time.Now()
+	if err := c.Start(2); err != nil {
+		t.Fatal(err)
+	}
+	if c.P2PAddr(2) == oldAddr {
+		t.Fatalf("node 2 came back on its old address %s; the test needs a new one", oldAddr)
+	}
+	harness.Eventually(t, 30*time.Second, 200*time.Millisecond, func() error { return c.allAlive(3) })
+	t.Logf("node 2 back on %s (was %s), alive for all %v after its restart", c.P2PAddr(2), oldAddr, time.Since(start).Round(time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx, 2); err != nil {
+		t.Fatalf("node 2 on its new port never turned ready: %v\n%s", err, c.Nodes[2].LogTail(8<<10))
+	}
+	in := powerInputs(t, 4)
+	got, err := c.infer(2, in)
+	if err != nil {
+		t.Fatalf("infer through node 2 on its new port: %v", err)
+	}
+	if d := harness.MaxRelDiff(got, ref.logits(t, in)); d > 1e-4 {
+		t.Fatalf("node 2 answers %g away from the whole model", d)
+	}
 }
