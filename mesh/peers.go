@@ -84,20 +84,19 @@ func (m *Mesh) loadKnownPeers() {
 }
 
 // AddKnownPeer records addresses of a cluster member learned outside gossip (the Raft
-// state's member records), so that the node dials it while gossip does not list it
-// alive, and keeps them in the peers file. addrs are libp2p multiaddrs, with or
-// without /p2p/<id>.
+// state's member records) when this node knows none for it, so that the node dials it
+// while gossip does not list it alive, and keeps them in the peers file. Addresses
+// already known are left alone: they came from the member's own gossip, which is
+// fresher than a record it may not have rewritten yet after moving. addrs are libp2p
+// multiaddrs, with or without /p2p/<id>.
 func (m *Mesh) AddKnownPeer(id peer.ID, addrs []string) {
-	if id == m.id || len(addrs) == 0 {
+	if id == m.id {
 		return
 	}
 	m.knownMu.Lock()
-	cur, ok := m.known[id]
+	_, ok := m.known[id]
 	m.knownMu.Unlock()
-	if ok && slices.Equal(cur.Addrs, transportAddrs(addrs)) {
-		return
-	}
-	if m.setKnown(id, addrs, time.Now()) {
+	if !ok && m.setKnown(id, addrs, time.Now()) {
 		m.kickKnown()
 	}
 }

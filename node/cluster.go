@@ -216,6 +216,7 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	c.goRun(c.servingLoop)
 	c.goRun(c.blobGCLoop)
 	c.goRun(c.rejoinLoop)
+	c.goRun(c.knownPeersLoop)
 	c.goRun(c.memberEventLoop)
 	c.goRun(c.leaderLoop)
 	if opts.BootstrapExpect > 0 {
