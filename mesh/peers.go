@@ -32,15 +32,23 @@ const (
 	knownTick = time.Second
 )
 
+// errJoinedWithoutPeer: the gossip was joined through a peer's old address, but the
+// peer itself is not in it.
+var errJoinedWithoutPeer = errors.New("mesh: joined the gossip there, but the peer is not in it")
+
 // SourceKnown is the discovery source of a peer dialled from the peers file or given
 // by AddKnownPeer, as Diagnose reports it.
 const SourceKnown = "known"
 
 // knownPeer is one entry of the peers file.
 type knownPeer struct {
-	ID    string    `json:"id"`
-	Addrs []string  `json:"addrs"` // libp2p multiaddrs without /p2p/
-	Seen  time.Time `json:"seen"`  // when these addresses were last learned
+	ID    string   `json:"id"`
+	Addrs []string `json:"addrs"` // libp2p multiaddrs without /p2p/
+	// Gossip is the member's memberlist host:port, tried when its libp2p addresses do
+	// not answer: a node started with --listen .../tcp/0 comes back on another libp2p
+	// port but on the same --gossip-port.
+	Gossip string    `json:"gossip,omitempty"`
+	Seen   time.Time `json:"seen"` // when these addresses were last learned
 }
 
 type peersFile struct {
@@ -78,7 +86,7 @@ func (m *Mesh) loadKnownPeers() {
 		if err != nil || id == m.id {
 			continue
 		}
-		m.setKnown(id, kp.Addrs, kp.Seen)
+		m.setKnown(id, kp.Addrs, kp.Gossip, kp.Seen)
 	}
 	m.log.Info("known peers loaded", "peers", len(f.Peers), "path", path)
 }
@@ -96,7 +104,7 @@ func (m *Mesh) AddKnownPeer(id peer.ID, addrs []string) {
 	m.knownMu.Lock()
 	_, ok := m.known[id]
 	m.knownMu.Unlock()
-	if !ok && m.setKnown(id, addrs, time.Now()) {
+	if !ok && m.setKnown(id, addrs, "", time.Now()) {
 		m.kickKnown()
 	}
 }
@@ -104,17 +112,21 @@ func (m *Mesh) AddKnownPeer(id peer.ID, addrs []string) {
 // setKnown replaces id's known addresses and reports whether they changed. The
 // peerstore's addresses for id are replaced too, so that nobody keeps dialling the
 // address a member had before it moved.
-func (m *Mesh) setKnown(id peer.ID, addrs []string, seen time.Time) bool {
+func (m *Mesh) setKnown(id peer.ID, addrs []string, gossip string, seen time.Time) bool {
 	clean := transportAddrs(addrs)
 	if len(clean) == 0 {
 		return false
 	}
 	m.knownMu.Lock()
 	cur, ok := m.known[id]
-	changed := !ok || !slices.Equal(cur.Addrs, clean)
-	m.known[id] = knownPeer{ID: id.String(), Addrs: clean, Seen: seen}
+	if gossip == "" {
+		gossip = cur.Gossip
+	}
+	changed := !ok || !slices.Equal(cur.Addrs, clean) || cur.Gossip != gossip
+	addrsChanged := !ok || !slices.Equal(cur.Addrs, clean)
+	m.known[id] = knownPeer{ID: id.String(), Addrs: clean, Gossip: gossip, Seen: seen}
 	m.knownMu.Unlock()
-	if changed && m.host != nil {
+	if addrsChanged && m.host != nil {
 		var parsed []ma.Multiaddr
 		for _, s := range clean {
 			if a, err := ma.NewMultiaddr(s); err == nil {
@@ -176,7 +188,7 @@ func (m *Mesh) knownPeersLoop(ctx context.Context, events <-chan MemberEvent) {
 				return
 			}
 			if (ev.Type == MemberJoin || ev.Type == MemberUpdate) && ev.Member.PeerID != m.id {
-				if m.setKnown(ev.Member.PeerID, ev.Member.Meta.Addrs, time.Now()) {
+				if m.setKnown(ev.Member.PeerID, ev.Member.Meta.Addrs, ev.Member.GossipAddr, time.Now()) {
 					dirty = true
 				}
 				if !announced && announce == nil {
@@ -245,11 +257,16 @@ func (m *Mesh) dialKnown(ctx context.Context, dials map[peer.ID]*knownDial) {
 		d.attempts++
 		due++
 		ai := peer.AddrInfo{ID: id, Addrs: m.host.Peerstore().Addrs(id)}
-		go func() { results <- dialResult{id: id, kp: kp, err: m.connectAndJoin(ctx, ai, SourceKnown)} }()
+		go func() { results <- dialResult{id: id, kp: kp, err: m.joinKnown(ctx, ai, kp.Gossip)} }()
 	}
 	for range due {
 		r := <-results
 		d := dials[r.id]
+		if r.err == nil && !m.memberAlive(r.id) {
+			// Joined through an address the peer no longer holds (another member
+			// answers there now): no reason to dial it again at once.
+			r.err = errJoinedWithoutPeer
+		}
 		if r.err == nil {
 			m.log.Info("joined the gossip through a known peer", "peer", shortID(r.id), "attempts", d.attempts)
 			*d = knownDial{backoff: knownDialFirst}
@@ -263,6 +280,21 @@ func (m *Mesh) dialKnown(ctx context.Context, dials map[peer.ID]*knownDial) {
 		d.next = time.Now().Add(d.backoff)
 		d.backoff = min(2*d.backoff, knownDialMax)
 	}
+}
+
+// joinKnown joins the gossip through a known peer: over libp2p with the join
+// handshake, or, when its libp2p addresses do not answer, straight through its last
+// gossip address (memberlist's traffic is encrypted with the cluster key, so only a
+// member answers there; it is admitted as a member of the Raft state).
+func (m *Mesh) joinKnown(ctx context.Context, ai peer.AddrInfo, gossip string) error {
+	err := m.connectAndJoin(ctx, ai, SourceKnown)
+	if err == nil || gossip == "" || ctx.Err() != nil {
+		return err
+	}
+	if _, gerr := m.list.Join([]string{gossip}); gerr != nil {
+		return fmt.Errorf("%w; gossip %s: %w", err, gossip, gerr)
+	}
+	return nil
 }
 
 // writeKnownPeers replaces the peers file atomically: a temporary file, fsynced, renamed

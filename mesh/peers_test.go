@@ -3,9 +3,11 @@ package mesh
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -93,4 +95,62 @@ func peersInFile(dir string) ([]string, error) {
 		ids = append(ids, p.ID)
 	}
 	return ids, nil
+}
+
+// TestKnownPeersRejoinThroughGossipPort: two nodes come back on new libp2p ports (as
+// with --listen .../tcp/0) but on their old gossip ports, with no seed at all. Their
+// peers files name only libp2p addresses nobody listens on any more, and gossip
+// addresses that answer again: they must find each other through the latter.
+func TestKnownPeersRejoinThroughGossipPort(t *testing.T) {
+	dirs := []string{t.TempDir(), t.TempDir()}
+	a := startMesh(t, testConfig(t, dirs[0]))
+	cfg := testConfig(t, dirs[1])
+	cfg.Join = []string{a.Addrs()[0]}
+	b := startMesh(t, cfg)
+	eventually(t, 20*time.Second, 100*time.Millisecond, func() error { return allSeeAll([]*Mesh{a, b}) })
+	for i, dir := range dirs {
+		other := []*Mesh{b, a}[i]
+		eventually(t, 10*time.Second, 100*time.Millisecond, func() error {
+			raw, err := os.ReadFile(filepath.Join(dir, PeersFileName))
+			if err != nil {
+				return err
+			}
+			var f peersFile
+			if err := json.Unmarshal(raw, &f); err != nil {
+				return err
+			}
+			for _, p := range f.Peers {
+				if p.ID == other.ID().String() && p.Gossip == other.GossipAddr() {
+					return nil
+				}
+			}
+			return fmt.Errorf("peers file of node %d lacks %s at gossip %s: %s", i, shortID(other.ID()), other.GossipAddr(), raw)
+		})
+	}
+	ports := []int{gossipPortOf(t, a), gossipPortOf(t, b)}
+	for _, m := range []*Mesh{a, b} {
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back := make([]*Mesh, 2)
+	for i := range back {
+		cfg := testConfig(t, dirs[i])
+		cfg.GossipPort = ports[i]
+		back[i] = startMesh(t, cfg)
+	}
+	eventually(t, 10*time.Second, 100*time.Millisecond, func() error { return allSeeAll(back) })
+}
+
+func gossipPortOf(t *testing.T, m *Mesh) int {
+	t.Helper()
+	_, port, err := net.SplitHostPort(m.GossipAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
