@@ -122,8 +122,8 @@ func (m *Mesh) setKnown(id peer.ID, addrs []string, gossip string, seen time.Tim
 	if gossip == "" {
 		gossip = cur.Gossip
 	}
-	changed := !ok || !slices.Equal(cur.Addrs, clean) || cur.Gossip != gossip
 	addrsChanged := !ok || !slices.Equal(cur.Addrs, clean)
+	changed := addrsChanged || cur.Gossip != gossip
 	m.known[id] = knownPeer{ID: id.String(), Addrs: clean, Gossip: gossip, Seen: seen}
 	m.knownMu.Unlock()
 	if addrsChanged && m.host != nil {
