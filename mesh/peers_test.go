@@ -154,3 +154,21 @@ func gossipPortOf(t *testing.T, m *Mesh) int {
 	}
 	return n
 }
+
+// TestAddKnownPeerDialsAndGossipWins: a node told a member's addresses (as the node
+// package does from the Raft state) dials it and joins, with no seed; once gossip has
+// given the member's addresses, an older record handed in later does not replace them.
+func TestAddKnownPeerDialsAndGossipWins(t *testing.T) {
+	a := startMesh(t, testConfig(t, t.TempDir()))
+	b := startMesh(t, testConfig(t, t.TempDir()))
+	b.AddKnownPeer(a.ID(), a.Addrs())
+	eventually(t, 10*time.Second, 100*time.Millisecond, func() error { return allSeeAll([]*Mesh{a, b}) })
+
+	stale := "/ip4/127.0.0.1/tcp/9/p2p/" + a.ID().String()
+	b.AddKnownPeer(a.ID(), []string{stale})
+	for _, addr := range b.host.Peerstore().Addrs(a.ID()) {
+		if addr.String() == "/ip4/127.0.0.1/tcp/9" {
+			t.Fatalf("a stale record replaced the address gossip gave: %v", b.host.Peerstore().Addrs(a.ID()))
+		}
+	}
+}
