@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,6 +31,8 @@ const (
 	knownDialMax   = time.Minute
 	// knownTick is how often the known peers are checked against the member list.
 	knownTick = time.Second
+	// knownGossipProbe bounds the bare connection to a known peer's gossip port.
+	knownGossipProbe = 2 * time.Second
 )
 
 // errJoinedWithoutPeer: the gossip was joined through a peer's old address, but the
@@ -291,6 +294,16 @@ func (m *Mesh) joinKnown(ctx context.Context, ai peer.AddrInfo, gossip string) e
 	if err == nil || gossip == "" || ctx.Err() != nil {
 		return err
 	}
+	// A bare connection first: memberlist logs a warning for every join that fails,
+	// and a peer that is down for good would get one every backoff period.
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, knownGossipProbe)
+	conn, derr := d.DialContext(dctx, "tcp", gossip)
+	cancel()
+	if derr != nil {
+		return fmt.Errorf("%w; gossip %s: %w", err, gossip, derr)
+	}
+	_ = conn.Close()
 	if _, gerr := m.list.Join([]string{gossip}); gerr != nil {
 		return fmt.Errorf("%w; gossip %s: %w", err, gossip, gerr)
 	}
