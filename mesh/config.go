@@ -22,7 +22,8 @@ const (
 // Config describes one node's network layer. Zero values pick the defaults noted on
 // each field.
 type Config struct {
-	// DataDir holds identity.key and blobs/. Required.
+	// DataDir holds identity.key, blobs/ and peers.json (the last known addresses of
+	// every member, see PeersFileName). Required.
 	DataDir string
 	// ListenAddrs are libp2p multiaddrs; default /ip4/0.0.0.0/tcp/0.
 	ListenAddrs []string

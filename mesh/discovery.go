@@ -110,15 +110,28 @@ func (m *Mesh) resolveSeed(ctx context.Context, s string) (peer.AddrInfo, error)
 // seedLoop keeps trying the seeds: often while this node knows nobody, rarely after,
 // so a seed that starts later or a healed partition still gets joined. A seed given as
 // host:port is resolved to a peer id once and re-resolved only when joining it fails.
+//
+// A seed that stays down (the node it first joined through, gone for good after a
+// power cut) is logged once, when it starts failing, and once when it answers again;
+// the node finds its other peers through its peers file meanwhile (peers.go).
 func (m *Mesh) seedLoop(ctx context.Context) {
 	resolved := make(map[string]peer.AddrInfo)
+	failing := make(map[string]bool)
+	failed := func(s string, err error) {
+		if !failing[s] {
+			m.log.Info("seed join failed; trying it again quietly", "seed", s, "err", err)
+			failing[s] = true
+			return
+		}
+		m.log.Debug("seed join failed", "seed", s, "err", err)
+	}
 	for {
 		for _, s := range m.cfg.Join {
 			ai, ok := resolved[s]
 			if !ok {
 				var err error
 				if ai, err = m.resolveSeed(ctx, s); err != nil {
-					m.log.Debug("seed unresolved", "seed", s, "err", err)
+					failed(s, err)
 					continue
 				}
 				resolved[s] = ai
@@ -127,8 +140,13 @@ func (m *Mesh) seedLoop(ctx context.Context) {
 				continue
 			}
 			if err := m.connectAndJoin(ctx, ai, SourceSeed); err != nil {
-				m.log.Info("seed join failed", "seed", s, "err", err)
+				failed(s, err)
 				delete(resolved, s)
+				continue
+			}
+			if failing[s] {
+				m.log.Info("seed answers again", "seed", s)
+				delete(failing, s)
 			}
 		}
 		wait := seedRetryMember

@@ -71,6 +71,7 @@ func (m *Mesh) startGossip() error {
 	// Peer ids are unforgeable, so a restarted node (same id, new port) may take over
 	// its dead entry at once instead of being refused as a name conflict.
 	mc.DeadNodeReclaimTime = time.Second
+	mc.Conflict = &conflictDelegate{m: m}
 	list, err := memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("mesh: memberlist: %w", err)

@@ -68,6 +68,18 @@ type Mesh struct {
 	members    map[string]Member
 	selfGossip string // host:port of our memberlist listener, from our own join event
 
+	// returningMu guards returning: members whose new gossip address memberlist
+	// refused, to be push-pulled once their old entry is dead (reclaim.go).
+	returningMu   sync.Mutex
+	returning     map[string]returningMember
+	returningKick chan struct{}
+
+	// knownMu guards known: the last known addresses of every member seen, kept in the
+	// peers file (peers.go).
+	knownMu   sync.Mutex
+	known     map[peer.ID]knownPeer
+	knownKick chan struct{}
+
 	metaMu  sync.Mutex
 	meta    NodeMeta
 	metaRaw []byte
@@ -119,18 +131,22 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 		return nil, fmt.Errorf("mesh: identity: %w", err)
 	}
 	m := &Mesh{
-		cfg:      c,
-		log:      c.Logger.With("component", "mesh", "self", shortID(id)),
-		key:      key,
-		id:       id,
-		joinKey:  deriveKey(c.Secret, c.ClusterID, keyJoin),
-		admitted: make(map[peer.ID]bool),
-		failures: make(map[peer.ID]int),
-		limiters: make(map[string]*joinLimiter),
-		peers:    make(map[peer.ID]*peerRecord),
-		subs:     make(map[int]chan MemberEvent),
-		members:  make(map[string]Member),
-		links:    make(map[peer.ID]LinkStats),
+		cfg:           c,
+		log:           c.Logger.With("component", "mesh", "self", shortID(id)),
+		key:           key,
+		id:            id,
+		joinKey:       deriveKey(c.Secret, c.ClusterID, keyJoin),
+		admitted:      make(map[peer.ID]bool),
+		failures:      make(map[peer.ID]int),
+		limiters:      make(map[string]*joinLimiter),
+		peers:         make(map[peer.ID]*peerRecord),
+		subs:          make(map[int]chan MemberEvent),
+		members:       make(map[string]Member),
+		returning:     make(map[string]returningMember),
+		returningKick: make(chan struct{}, 1),
+		known:         make(map[peer.ID]knownPeer),
+		knownKick:     make(chan struct{}, 1),
+		links:         make(map[peer.ID]LinkStats),
 	}
 	m.SetIsMember(c.IsMember)
 	m.ctx, m.cancel = context.WithCancel(context.Background())
@@ -193,6 +209,12 @@ func (m *Mesh) start(ctx context.Context) error {
 	if err := m.startGossip(); err != nil {
 		return err
 	}
+	m.goRun(m.reclaimLoop)
+	// The peers of the last run go into the peerstore before anything dials, and the
+	// loop hears every member event from the first join on.
+	m.loadKnownPeers()
+	memberEvents, _ := m.Subscribe()
+	m.goRun(func(ctx context.Context) { m.knownPeersLoop(ctx, memberEvents) })
 	if err := m.startDiscovery(ctx); err != nil {
 		return err
 	}

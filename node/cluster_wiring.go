@@ -133,6 +133,9 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := keepSecretCopy(opts.DataDir, secret); err != nil {
+		return nil, err
+	}
 	c := &Cluster{opts: opts, log: opts.Logger.With("component", "cluster"), boot: consensus.NewRequestID()[:16]}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
@@ -178,6 +181,7 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	c.wire()
 	c.goRun(c.joinLoop)
 	c.goRun(c.rejoinLoop)
+	c.goRun(c.knownPeersLoop)
 	c.goRun(c.memberEventLoop)
 	c.goRun(c.control.Run)
 	c.goRun(func(ctx context.Context) { c.control.WatchAssignments(ctx, c.assign) })

@@ -69,11 +69,16 @@ type ClusterConfig struct {
 	MDNS              bool
 	DHT               bool
 	MemBudgetBytes    int64
+
+	// resumed is set by New when no setting asks for a cluster but the data dir holds
+	// one's state (resume.go).
+	resumed bool
 }
 
-// configured reports whether any setting asks for cluster behaviour.
+// configured reports whether any setting asks for cluster behaviour, or the data dir
+// holds a cluster to resume.
 func (c ClusterConfig) configured() bool {
-	return len(c.Join) > 0 || c.Bootstrap || c.BootstrapExpect > 0 || c.ClusterSecretFile != "" || c.DHT
+	return len(c.Join) > 0 || c.Bootstrap || c.BootstrapExpect > 0 || c.ClusterSecretFile != "" || c.DHT || c.resumed
 }
 
 // Config configures a node.
@@ -172,6 +177,9 @@ func New(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("%w: no Name and no host name: %w", ErrConfig, err)
 		}
 		name = h
+	}
+	if err := resumeCluster(&cfg, log); err != nil {
+		return nil, err
 	}
 	n := &Node{
 		cfg:     cfg,

@@ -5,7 +5,9 @@
 //
 // Without cluster flags the node serves alone (--model-dir and uploads); with any of
 // --bootstrap, --bootstrap-expect, --join, --cluster-secret-file or --dht it joins or
-// founds a cluster and serves the models placed there.
+// founds a cluster and serves the models placed there. A node whose data dir holds the
+// Raft state of a cluster resumes that cluster even without cluster flags (and refuses
+// --model-dir there).
 package main
 
 import (
