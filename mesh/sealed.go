@@ -460,7 +460,7 @@ func (c *sealedConn) writeBulk(p []byte) error {
 	records := len(p) / sealedRecordSize
 	var prev *sealBatch
 	for j, first := 0, 0; first < records; j, first = j+1, first+k {
-		cur, err := c.sealBatch(p[first*sealedRecordSize:min(first+k, records)*sealedRecordSize], c.bulkOut[(j%2)*k:])
+		cur, err := c.launchBatch(p[first*sealedRecordSize:min(first+k, records)*sealedRecordSize], c.bulkOut[(j%2)*k:])
 		if err == nil && prev != nil {
 			prev.wg.Wait()
 			_, err = prev.bufs.WriteTo(c.conn)
@@ -479,10 +479,10 @@ func (c *sealedConn) writeBulk(p []byte) error {
 	return err
 }
 
-// sealBatch starts sealing the whole records of p into outs, one worker each. Nonces
+// launchBatch starts sealing the whole records of p into outs, one worker each. Nonces
 // and key moves are decided here, in record order; a key-update record, when one is
 // due, takes its place in the batch between the records of the two keys.
-func (c *sealedConn) sealBatch(p []byte, outs [][]byte) (*sealBatch, error) {
+func (c *sealedConn) launchBatch(p []byte, outs [][]byte) (*sealBatch, error) {
 	b := &sealBatch{}
 	for i := range len(p) / sealedRecordSize {
 		plain := p[i*sealedRecordSize : (i+1)*sealedRecordSize]
