@@ -9,6 +9,8 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,6 +144,8 @@ func TestSealedDisconnectsPeerThatDoesNotMoveKeys(t *testing.T) {
 			stubborn := sealedLimits{rekeyBlocks: math.MaxUint64, maxBlocks: math.MaxUint64}
 			strict := sealedLimits{rekeyBlocks: fullRecordBlocks, maxBlocks: 2*fullRecordBlocks + 1}
 			a, b, conn := sealedPairWith(t, stubborn, strict)
+			// Without the limit the record-by-record reader would wait for more forever.
+			_ = b.conn.(net.Conn).SetReadDeadline(time.Now().Add(20 * time.Second))
 			written := make(chan error, 1)
 			go func() {
 				_, err := a.Write(make([]byte, 10*sealedRecordSize))
@@ -332,5 +336,40 @@ func TestStageCallAcrossKeyMoves(t *testing.T) {
 	}
 	if send, recv := idle[0].sc.send.epoch, idle[0].sc.recv.epoch; send < 3*24 || recv < 3*24 {
 		t.Fatalf("client at send key epoch %d and receive key epoch %d, want at least %d each", send, recv, 3*24)
+	}
+}
+
+// A data connection whose peer seals past the receiver's limit without moving keys is
+// closed by the receiver before the request reaches the handler; the caller gets an
+// error and the connection is not pooled. Both ends here refuse to move keys and allow
+// two records per key.
+func TestDataConnClosedOnPeerPastKeyLimit(t *testing.T) {
+	saved := dataKeyLimits
+	dataKeyLimits = sealedLimits{rekeyBlocks: math.MaxUint64, maxBlocks: 2*fullRecordBlocks + 1}
+	t.Cleanup(func() { dataKeyLimits = saved })
+	a, b := pair(t)
+	var handled atomic.Int32
+	b.HandleStage(func(ctx context.Context, req *StageRequest) ([]tensor.Tensor, error) {
+		handled.Add(1)
+		return req.Tensors, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	big := tensor.Tensor{Name: "x", DType: tensor.Float32, Shape: []int64{4, sealedRecordSize / 4}, Data: make([]byte, 4*sealedRecordSize)}
+	_, err := a.CallStage(ctx, b.ID(), &StageRequest{RequestID: "past-limit", Model: "m", Version: "1", Stage: 1, Tensors: []tensor.Tensor{big}})
+	// The receiver cuts the connection, after an error frame saying why that the caller
+	// reads if its own writes got out before the cut.
+	var remote *RemoteError
+	if err == nil || ctx.Err() != nil || (errors.As(err, &remote) && remote.Code != CodeMalformed) {
+		t.Fatalf("call past the key limit: %v; want the connection cut", err)
+	}
+	if n := handled.Load(); n != 0 {
+		t.Fatalf("handler ran %d times for a request sealed past the key limit", n)
+	}
+	a.pool.mu.Lock()
+	idle := len(a.pool.idle[b.ID()])
+	a.pool.mu.Unlock()
+	if idle != 0 {
+		t.Fatalf("%d cut connections pooled", idle)
 	}
 }
