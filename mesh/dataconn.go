@@ -25,7 +25,9 @@ const (
 	kindPing      byte = 'P'
 	kindBandwidth byte = 'W'
 
-	dataALPN         = "layermesh-data/1"
+	// dataALPN names the record format (sealed.go): a peer speaking another one fails
+	// the TLS handshake instead of every record's authentication.
+	dataALPN         = "layermesh-data/2"
 	dataBufSize      = 256 << 10
 	dataHandshakeTTL = 10 * time.Second
 	dataIdleTimeout  = 5 * time.Minute

@@ -23,7 +23,6 @@ import (
 const (
 	metaUpdateTimeout = 5 * time.Second
 	subscriberBuffer  = 1024
-	suspectPoll       = 250 * time.Millisecond
 )
 
 func encodeMeta(meta *NodeMeta) ([]byte, error) {
@@ -66,8 +65,10 @@ func (m *Mesh) startGossip() error {
 	mc.GossipVerifyIncoming = true
 	mc.GossipVerifyOutgoing = true
 	mc.Delegate = &gossipDelegate{m: m}
-	mc.Events = &eventDelegate{m: m}
-	mc.Logger = log.New(&slogWriter{log: m.log.With("subsystem", "memberlist"), suspect: m.suspectByName}, "", 0)
+	watch := newSuspicionWatch(m, mc.ProbeInterval)
+	mc.Events = &eventDelegate{m: m, watch: watch}
+	mc.Ping = watch
+	mc.Logger = log.New(&slogWriter{log: m.log.With("subsystem", "memberlist")}, "", 0)
 	// Peer ids are unforgeable, so a restarted node (same id, new port) may take over
 	// its dead entry at once instead of being refused as a name conflict.
 	mc.DeadNodeReclaimTime = time.Second
@@ -77,6 +78,11 @@ func (m *Mesh) startGossip() error {
 		return fmt.Errorf("mesh: memberlist: %w", err)
 	}
 	m.list = list
+	watch.ping = func(name string, addr net.Addr) error {
+		_, err := list.Ping(name, addr)
+		return err
+	}
+	m.goRun(watch.run)
 	return nil
 }
 
@@ -98,22 +104,34 @@ func (d *gossipDelegate) LocalState(join bool) []byte                { return ni
 func (d *gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
 
 // eventDelegate turns memberlist callbacks into MemberEvents. memberlist calls it with
-// its own locks held, so it only converts and hands off.
-type eventDelegate struct{ m *Mesh }
+// its own locks held, so it only converts and hands off. Each callback supersedes what
+// the suspicion watch held against the member: memberlist has just heard from it (join,
+// update) or given up on it (dead, left).
+type eventDelegate struct {
+	m     *Mesh
+	watch *suspicionWatch
+}
 
-func (e *eventDelegate) NotifyJoin(n *memberlist.Node) { e.m.emit(MemberJoin, n) }
+func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
+	e.watch.forget(n.Name)
+	e.m.emit(MemberJoin, n)
+}
 
 // NotifyLeave covers both a graceful leave and a death. memberlist's Node.State is not
 // kept up to date in callbacks, so a leaving node says so in its metadata first
 // (Leave sets NodeMeta.Leaving) and everything else counts as dead.
 func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	e.watch.forget(n.Name)
 	if meta, err := decodeMeta(n.Meta); err == nil && meta.Leaving {
 		e.m.emit(MemberLeave, n)
 		return
 	}
 	e.m.emit(MemberDead, n)
 }
-func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.m.emit(MemberUpdate, n) }
+func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) {
+	e.watch.forget(n.Name)
+	e.m.emit(MemberUpdate, n)
+}
 
 // toMember copies what a member record needs out of n. memberlist rewrites its Node
 // structs in place under its own lock, so n may be read only while memberlist holds
@@ -233,10 +251,9 @@ func (m *Mesh) Subscribe() (<-chan MemberEvent, func()) {
 }
 
 // Members lists the members memberlist has not declared dead or left, this node
-// included, ordered by peer id. Their State is StateAlive: memberlist does not expose
-// suspicion through its API, only through the MemberSuspect events this node derives
-// from its own probes. The records are copies; their slices are shared between callers
-// and must not be modified.
+// included, ordered by peer id. Their State is StateSuspect while this node's probes
+// go unanswered (see suspicionWatch), StateAlive otherwise. The records are copies;
+// their slices are shared between callers and must not be modified.
 func (m *Mesh) Members() []Member {
 	m.membersMu.Lock()
 	out := make([]Member, 0, len(m.members))
@@ -248,17 +265,19 @@ func (m *Mesh) Members() []Member {
 	return out
 }
 
-// suspectByName emits MemberSuspect for the member memberlist just reported, in its
-// log, as failing this node's probes; memberlist has no callback for suspicion.
-func (m *Mesh) suspectByName(name string) {
+// setMemberState records the state the suspicion watch found for a member still in
+// the table, and tells subscribers with an event of type t.
+func (m *Mesh) setMemberState(name string, state MemberState, t MemberEventType) {
 	m.membersMu.Lock()
 	mem, ok := m.members[name]
-	m.membersMu.Unlock()
-	if !ok {
-		return
+	if ok {
+		mem.State = state
+		m.members[name] = mem
 	}
-	mem.State = StateSuspect
-	m.publish(MemberEvent{Type: MemberSuspect, Member: mem})
+	m.membersMu.Unlock()
+	if ok {
+		m.publish(MemberEvent{Type: t, Member: mem})
+	}
 }
 
 // Member returns one member by peer id.
@@ -269,9 +288,11 @@ func (m *Mesh) Member(p peer.ID) (Member, bool) {
 	return mem, ok
 }
 
+// memberAlive reports whether memberlist holds p as a live member: alive or suspect,
+// since only memberlist declares it dead.
 func (m *Mesh) memberAlive(p peer.ID) bool {
 	mem, ok := m.Member(p)
-	return ok && mem.State == StateAlive
+	return ok && (mem.State == StateAlive || mem.State == StateSuspect)
 }
 
 // Meta returns this node's current metadata.
@@ -311,12 +332,9 @@ func (m *Mesh) UpdateMeta(fn func(*NodeMeta)) error {
 }
 
 // slogWriter bridges memberlist's standard logger into slog, mapping its "[LEVEL]"
-// prefixes to slog levels.
-// It also watches for the one line that reports a suspicion, memberlist's only signal
-// of it.
+// prefixes to slog levels. It only logs: membership comes from memberlist's delegates.
 type slogWriter struct {
-	log     *slog.Logger
-	suspect func(name string)
+	log *slog.Logger
 }
 
 func (w *slogWriter) Write(p []byte) (int, error) {
@@ -326,11 +344,6 @@ func (w *slogWriter) Write(p []byte) (int, error) {
 		if rest, ok := strings.CutPrefix(line, prefix); ok {
 			level, line = l, strings.TrimSpace(rest)
 			break
-		}
-	}
-	if rest, ok := strings.CutPrefix(line, "memberlist: Suspect "); ok && w.suspect != nil {
-		if name, ok := strings.CutSuffix(rest, " has failed, no acks received"); ok {
-			w.suspect(name)
 		}
 	}
 	w.log.Log(context.Background(), level, line)

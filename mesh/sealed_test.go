@@ -9,8 +9,14 @@ import (
 	"testing"
 )
 
-// sealedPair returns the two ends of a loopback TCP connection under the record layer.
+// sealedPair returns the two ends of a loopback TCP connection under the record layer,
+// with the production key usage limits.
 func sealedPair(t testing.TB) (*sealedConn, *sealedConn, net.Conn) {
+	return sealedPairWith(t, dataKeyLimits, dataKeyLimits)
+}
+
+// sealedPairWith is sealedPair with each end's own key usage limits.
+func sealedPairWith(t testing.TB, limitsA, limitsB sealedLimits) (*sealedConn, *sealedConn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -28,16 +34,33 @@ func sealedPair(t testing.TB) (*sealedConn, *sealedConn, net.Conn) {
 	}
 	sc := <-accepted
 	t.Cleanup(func() { cc.Close(); sc.Close() })
-	k1, k2 := bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{2}, 16)
-	a, err := sealedFromKeys(cc, k1, k2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := sealedFromKeys(sc, k2, k1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newSealed(cc, testTrafficKey(t, 1, dirClientToServer), testTrafficKey(t, 2, dirServerToClient), limitsA)
+	b := newSealed(sc, testTrafficKey(t, 2, dirServerToClient), testTrafficKey(t, 1, dirClientToServer), limitsB)
 	return a, b, cc
+}
+
+// testTrafficKey is a direction's key schedule from a fixed secret.
+func testTrafficKey(t testing.TB, fill byte, dir string) *trafficKey {
+	t.Helper()
+	k, err := newTrafficKey(bytes.Repeat([]byte{fill}, sealedSecretLen), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// loopbackSealed is a record layer whose two directions share one key schedule, for
+// writing a stream into a buffer and reading it back.
+func loopbackSealed(t testing.TB, conn io.ReadWriter, limits sealedLimits) *sealedConn {
+	return newSealed(conn, testTrafficKey(t, 3, dirClientToServer), testTrafficKey(t, 3, dirClientToServer), limits)
+}
+
+// readerOf is a connection that reads stream and discards what is written.
+func readerOf(stream []byte) io.ReadWriter {
+	return struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(stream), io.Discard}
 }
 
 func TestSealedRoundTrip(t *testing.T) {
@@ -80,9 +103,8 @@ func TestSealedRoundTrip(t *testing.T) {
 }
 
 func TestSealedRejectsTampering(t *testing.T) {
-	k := bytes.Repeat([]byte{3}, 16)
 	var wire bytes.Buffer
-	w, _ := sealedFromKeys(&wire, k, k)
+	w := loopbackSealed(t, &wire, dataKeyLimits)
 	_, _ = w.Write([]byte("tensor bytes"))
 	_ = w.flush()
 	_, _ = w.Write([]byte("second record"))
@@ -90,10 +112,7 @@ func TestSealedRejectsTampering(t *testing.T) {
 	good := bytes.Clone(wire.Bytes())
 
 	read := func(stream []byte) error {
-		r, _ := sealedFromKeys(struct {
-			io.Reader
-			io.Writer
-		}{bytes.NewReader(stream), io.Discard}, k, k)
+		r := loopbackSealed(t, readerOf(stream), dataKeyLimits)
 		buf := make([]byte, 64)
 		for {
 			if _, err := r.Read(buf); err != nil {
@@ -108,40 +127,49 @@ func TestSealedRejectsTampering(t *testing.T) {
 		t.Fatalf("untouched stream: %v", err)
 	}
 	flipped := bytes.Clone(good)
-	flipped[6] ^= 1
+	flipped[sealedHeaderLen+2] ^= 1
 	if err := read(flipped); !errors.Is(err, errSealedRecord) {
 		t.Fatalf("flipped bit: got %v, want an authentication failure", err)
 	}
 	// Records swapped: the counter nonce catches reordering.
-	first := 4 + len("tensor bytes") + 16
+	first := sealedHeaderLen + len("tensor bytes") + sealedTagLen
 	swapped := append(bytes.Clone(good[first:]), good[:first]...)
 	if err := read(swapped); !errors.Is(err, errSealedRecord) {
 		t.Fatalf("reordered records: got %v, want an authentication failure", err)
 	}
-	huge := append([]byte{0xff, 0xff, 0xff, 0xff}, good[4:]...)
+	huge := append(append(bytes.Clone(good[:4]), recordData, 0xff, 0xff, 0xff), good[8:]...)
 	if err := read(huge); !errors.Is(err, ErrFrameTooLarge) {
 		t.Fatalf("oversized record: got %v, want ErrFrameTooLarge", err)
 	}
 }
 
+// FuzzSealedRead feeds arbitrary bytes to both read paths (record by record, and a
+// read spanning several records on parallel workers) of a receiver whose key usage
+// limit is low enough to be reached, after seeds that hold key updates.
 func FuzzSealedRead(f *testing.F) {
-	k := bytes.Repeat([]byte{3}, 16)
+	limits := fuzzSealedLimits
 	var wire bytes.Buffer
-	w, _ := sealedFromKeys(&wire, k, k)
-	_, _ = w.Write([]byte("tensor bytes"))
-	_ = w.flush()
+	w := loopbackSealed(f, &wire, limits)
+	for _, msg := range []string{"tensor bytes", "more tensor bytes", "and a third record"} {
+		_, _ = w.Write([]byte(msg))
+		_ = w.flush()
+	}
 	f.Add(wire.Bytes())
+	f.Add([]byte{0, 0, 0, 0, recordKeyUpdate, 0, 0, 0})
 	f.Add([]byte{0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r, _ := sealedFromKeys(struct {
-			io.Reader
-			io.Writer
-		}{bytes.NewReader(data), io.Discard}, k, k)
-		buf := make([]byte, 3*sealedRecordSize)
-		for range 4 {
-			if _, err := r.Read(buf); err != nil {
-				return
+		for _, size := range []int{64, 3 * sealedRecordSize} {
+			r := loopbackSealed(t, readerOf(data), limits)
+			buf := make([]byte, size)
+			for range 4 {
+				if _, err := r.Read(buf); err != nil {
+					break
+				}
 			}
 		}
 	})
 }
+
+// fuzzSealedLimits make a writer move to a new key every two small records and a
+// reader give up after a few dozen blocks under one key.
+var fuzzSealedLimits = sealedLimits{rekeyBlocks: 4, maxBlocks: 4 + recordBlocks(64) + 1}
