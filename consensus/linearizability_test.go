@@ -15,7 +15,7 @@ import (
 	"github.com/anishathalye/porcupine"
 )
 
-// Linearizability run length: the issue asks for 60 s; -short runs 10 s.
+// Linearizability run length: 60 s, enough for several leader kills; -short runs 10 s.
 const (
 	linearizabilityDuration      = 60 * time.Second
 	linearizabilityShortDuration = 10 * time.Second

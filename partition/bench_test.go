@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/layermesh/layermesh/partition/modelgen"
 )
 
@@ -23,7 +25,8 @@ func TestMain(m *testing.M) {
 	if model := os.Getenv(envChildModel); model != "" {
 		os.Exit(benchChild(model, os.Getenv(envChildOut)))
 	}
-	os.Exit(m.Run())
+	// Extract writes stages on worker goroutines; none may outlive the call.
+	goleak.VerifyTestMain(m)
 }
 
 // benchChild partitions model into 3 stages in outDir: Load, Analyze, Plan, Extract.

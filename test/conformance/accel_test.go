@@ -16,7 +16,8 @@ import (
 	"github.com/layermesh/layermesh/accel/tensor"
 )
 
-// minPasses is the floor the foundation issue sets for the 932 node tests.
+// minPasses is the floor of node tests (of 932) that must pass through accel: a drop
+// below it means the backend lost ops it ran before.
 const minPasses = 800
 
 // TestAccelConformance runs every ONNX backend node test through the ONNX Runtime
