@@ -121,6 +121,10 @@ job split-latency-2t "LAYERMESH_BENCH_THREADS=2 go test -run '^\$' -bench '^Benc
 job split-pipeline "go test -run '^\$' -bench '^BenchmarkSplitPipelineParallel\$' -benchtime $(q 1x 12x) -count 1 -timeout 20m ./test/split/"
 job split-failover "go test -run '^TestSplitStageHolderKilled\$' -count 1 -v -timeout 15m ./test/split/"
 
+# Speed scores of two native nodes and one arm64 node under qemu-user (a sanity figure),
+# from the mixed-mesh system test's -v log; needs the arm64 build (make build-arm64).
+job arm64-speed "make build-arm64 >/dev/null && go test -tags arm64emu -run '^TestMixedMeshGivesEmulatedNodeTheLightStage\$' -count 1 -v -timeout 10m ./test/arm64/"
+
 run_secs=$(( $(date +%s) - run_start ))
 {
   printf '{"quick":%s,"only":%s,"commit":%s,"seconds":%d,"load_start":%s,"load_end":%s,"procs":%d,"finished":%s}\n' \

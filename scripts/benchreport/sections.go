@@ -283,6 +283,24 @@ if any request fails or answers wrongly.`,
 			{Job: "split-failover", Bench: "TestSplitStageHolderKilled", Metric: "in-flight", Label: "requests in flight at the kill", Unit: ""},
 		},
 	},
+	{
+		Title: "Speed scores of native and emulated arm64 nodes",
+		Measures: `
+Measured by the system test TestMixedMeshGivesEmulatedNodeTheLightStage (make test-arm64;
+not a go benchmark): two native meshnode processes and one linux/arm64 meshnode under
+qemu-user (16 KiB pages), each with 1 intra-op thread, measure their speed score at
+start-up (a [256x512]x[512x512] float32 MatMul through ONNX Runtime, the fastest of
+about 0.3 s of runs) and advertise it; the planner divides each stage's FLOPs by it.
+The emulated figure is a sanity check that the planner sees an emulated board as slow
+(the test asserts it gets the light stage), not a claim about a real ARM board's speed.
+The figures are read from the line the test logs (go test -v).`,
+		Jobs: []string{"arm64-speed"},
+		Figures: []Figure{
+			{Job: "arm64-speed", Bench: "TestMixedMeshGivesEmulatedNodeTheLightStage", Metric: "native0-gflops", Label: "native node 0", Unit: "GFLOP/s", Summary: true},
+			{Job: "arm64-speed", Bench: "TestMixedMeshGivesEmulatedNodeTheLightStage", Metric: "native1-gflops", Label: "native node 1", Unit: "GFLOP/s"},
+			{Job: "arm64-speed", Bench: "TestMixedMeshGivesEmulatedNodeTheLightStage", Metric: "emulated-gflops", Label: "arm64 node under qemu-user", Unit: "GFLOP/s", Summary: true},
+		},
+	},
 }
 
 // logFigures turns lines that tests log into figures, for measurements that live in a
@@ -296,6 +314,11 @@ var logFigures = []LogFigure{{
 	// With no request in flight at the kill there was no failover to time; the test
 	// then logs zeros, which are not figures.
 	Skip: func(m map[string]float64) bool { return m["in-flight"] == 0 },
+}, {
+	Job:     "arm64-speed",
+	Name:    "TestMixedMeshGivesEmulatedNodeTheLightStage",
+	Pattern: regexp.MustCompile(`speed scores \(GFLOP/s\): node0 ([\d.]+), node1 ([\d.]+), node2 \(arm64 under qemu\) ([\d.]+)`),
+	Metrics: []string{"native0-gflops", "native1-gflops", "emulated-gflops"},
 }}
 
 var throughputCols = []Col{
