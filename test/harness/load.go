@@ -77,7 +77,8 @@ type LoadConfig struct {
 	// client with a list of nodes does; default 1 (no retry).
 	Attempts int
 	// Retryable says which answers are worth another try; default: no HTTP answer, 429,
-	// 502, 503 and 504. 4xx input errors are never worth it.
+	// 502, 503 and 504. 4xx input errors are never worth it. An answer cut off in its
+	// body is always tried again, whatever its status.
 	Retryable func(status int) bool
 	// Backoff is the pause between tries when the answer has no Retry-After; default
 	// 50 ms. A Retry-After is honoured within the deadline.
@@ -283,7 +284,10 @@ func sendOne(ctx context.Context, cfg *LoadConfig, seq int, buf *[]byte) (o Outc
 		o.Target = cfg.Targets[(seq+attempt)%len(cfg.Targets)]
 		var wait time.Duration
 		o.Status, o.Code, o.Err, wait = tryOnce(ctx, cfg, seq, o.Target, body, buf)
-		if o.Code == OutcomeOK || !cfg.Retryable(o.Status) || o.Code == OutcomeBadAnswer {
+		// A transport error is no answer, whatever status came first: a node killed
+		// while it writes a 200 leaves a truncated body, which a client sends again.
+		retry := o.Code == OutcomeTransport || cfg.Retryable(o.Status)
+		if o.Code == OutcomeOK || o.Code == OutcomeBadAnswer || !retry {
 			return o
 		}
 		if wait <= 0 {
