@@ -253,3 +253,23 @@ func FuzzEncodeDecodeRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+func TestChatTemplateRendersAndRefusesBrokenTemplates(t *testing.T) {
+	msgs := []ChatMessage{{"system", "Be brief."}, {"user", "Hi"}}
+	got, err := DefaultChatTemplate.Render(msgs, "")
+	if err != nil || got != "system: Be brief.\nuser: Hi\nassistant:" {
+		t.Fatalf("default template = %q, %v", got, err)
+	}
+	custom, err := ParseChatTemplate(`{{range .Messages}}<|{{.Role}}|>{{.Content}}{{$.EOS}}{{end}}<|assistant|>`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := custom.Render(msgs, "<|endoftext|>"); err != nil || got != "<|system|>Be brief.<|endoftext|><|user|>Hi<|endoftext|><|assistant|>" {
+		t.Errorf("custom template = %q, %v", got, err)
+	}
+	for _, src := range []string{"{{range .Messages}", "{{.Nope}}", "{{index .Messages 9}}"} {
+		if _, err := ParseChatTemplate(src); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseChatTemplate(%q) error = %v, want ErrInvalid", src, err)
+		}
+	}
+}
