@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/api/client"
 	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/tokenizer"
 )
@@ -105,8 +106,8 @@ func (genModels) ListModels(ctx context.Context) ([]wire.ModelStatus, error) {
 }
 
 func (genModels) ModelStatus(ctx context.Context, name, version string) (wire.ModelStatus, error) {
-	if !slices.Contains(genModelNames, name) {
-		return wire.ModelStatus{}, fmt.Errorf("%w: %s", api.ErrModelNotFound, name)
+	if !slices.Contains(genModelNames, name) || (version != "" && version != "1") {
+		return wire.ModelStatus{}, fmt.Errorf("%w: %s version %q", api.ErrModelNotFound, name, version)
 	}
 	return wire.ModelStatus{Name: name, Version: "1", Ready: true, LoadedAt: time.Unix(1700000000, 0)}, nil
 }
@@ -651,5 +652,85 @@ func TestGenerationWithoutGeneratorIsNotGenerative(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 400 || !strings.Contains(string(b), `"code":"not_generative"`) {
 		t.Errorf("%d %s, want 400 not_generative", resp.StatusCode, b)
+	}
+}
+
+func TestKServeGenerateStreamSendsTextThenFinish(t *testing.T) {
+	gen := newScripted(genContextLen, []int32{530, 734, 1115, 1440})
+	url := startGenServer(t, gen)
+	c, err := client.New(url, client.WithToken(inferToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	three, topLevel, half := 3, 9, float32(0.5)
+	req := wire.GenerateRequest{TextInput: "Hello world", Parameters: &wire.GenerateParameters{MaxTokens: &three, Temperature: &half}}
+	req.MaxTokens = &topLevel // "parameters" wins
+	var events []wire.GenerateResponse
+	err = c.GenerateStream(context.Background(), "gpt", "", req, func(ev wire.GenerateResponse) error {
+		events = append(events, ev)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []wire.GenerateResponse{
+		{ModelName: "gpt", ModelVersion: "1", TextOutput: " one"},
+		{ModelName: "gpt", ModelVersion: "1", TextOutput: " two"},
+		{ModelName: "gpt", ModelVersion: "1", TextOutput: " three"},
+		{ModelName: "gpt", ModelVersion: "1", FinishReason: "length", PromptTokens: 2, CompletionTokens: 3},
+	}
+	if !slices.Equal(events, want) {
+		t.Errorf("events %+v\nwant   %+v", events, want)
+	}
+	if r := gen.requests()[0]; r.MaxTokens != 3 || r.Temperature != 0.5 {
+		t.Errorf("generator got max_tokens %d temperature %g, want the parameters object's 3 and 0.5", r.MaxTokens, r.Temperature)
+	}
+}
+
+func TestKServeGenerateAnswersTritonShape(t *testing.T) {
+	gen := newScripted(genContextLen, tokenizerEncode(t, " alpha beta STOP gamma"))
+	url := startGenServer(t, gen)
+	// TensorRT-LLM's ensemble takes its parameters at the top level, stop_words "" included.
+	resp := post(t, context.Background(), url+"/v2/models/gpt/versions/1/generate",
+		`{"text_input":"Hello world","max_tokens":10,"bad_words":"","stop_words":["STOP"],"parameters":{"temperature":0}}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := `{"model_name":"gpt","model_version":"1","text_output":" alpha beta ","finish_reason":"stop","prompt_tokens":2,"completion_tokens":3}` + "\n"
+	if resp.StatusCode != 200 || string(b) != want {
+		t.Errorf("%d %s\nwant %s", resp.StatusCode, b, want)
+	}
+}
+
+func tokenizerEncode(t *testing.T, s string) []int32 { return gpt2(t).Encode(s) }
+
+func TestKServeGenerateBadInputs(t *testing.T) {
+	gen := newScripted(genContextLen, []int32{530})
+	url := startGenServer(t, gen)
+	cases := []struct {
+		name, path, body string
+		status           int
+		code             api.Code
+	}{
+		{"bad json", "gpt/generate", `{"text_input":`, 400, api.CodeBadJSON},
+		{"stop_words a number", "gpt/generate_stream", `{"text_input":"x","stop_words":5}`, 400, api.CodeBadJSON},
+		{"max_tokens 0", "gpt/generate_stream", `{"text_input":"x","parameters":{"max_tokens":0}}`, 400, api.CodeInvalidMaxTokens},
+		{"max_tokens over limit", "gpt/generate", `{"text_input":"x","max_tokens":1000}`, 400, api.CodeInvalidMaxTokens},
+		{"context", "gpt/generate", `{"text_input":"Hello world","max_tokens":31}`, 400, api.CodeContextExceeded},
+		{"empty text", "gpt/generate", `{"text_input":""}`, 400, api.CodeInvalidParameter},
+		{"unknown model", "nope/generate", `{"text_input":"x"}`, 404, api.CodeModelNotFound},
+		{"unknown version", "gpt/versions/7/generate", `{"text_input":"x"}`, 404, api.CodeModelNotFound},
+		{"not generative", "add/generate_stream", `{"text_input":"x"}`, 400, api.CodeNotGenerative},
+	}
+	for _, c := range cases {
+		resp := post(t, context.Background(), url+"/v2/models/"+c.path, c.body)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var e wire.ErrorBody
+		if err := json.Unmarshal(b, &e); err != nil || resp.StatusCode != c.status || e.Code != string(c.code) {
+			t.Errorf("%s: %d %s, want %d %s", c.name, resp.StatusCode, b, c.status, c.code)
+		}
+	}
+	if n := len(gen.requests()); n != 0 {
+		t.Errorf("the generator ran %d times for refused requests", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -39,7 +40,11 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handleServerMetadata(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, wire.ServerMetadata{Name: "layermesh", Version: s.cfg.Version, Extensions: extensions})
+	ext := extensions
+	if s.cfg.Generator != nil && s.cfg.Text != nil {
+		ext = append(slices.Clip(ext), "generate")
+	}
+	writeJSON(w, http.StatusOK, wire.ServerMetadata{Name: "layermesh", Version: s.cfg.Version, Extensions: ext})
 	return nil
 }
 

@@ -134,6 +134,11 @@ func (s *Server) routes() {
 	s.handle("GET /v1/tokens", admin, s.handleListTokens)
 	s.handle("DELETE /v1/tokens/{id}", admin, s.handleRevokeToken)
 
+	s.handle("POST /v2/models/{name}/generate", inference, s.handleGenerate)
+	s.handle("POST /v2/models/{name}/versions/{version}/generate", inference, s.handleGenerate)
+	s.handle("POST /v2/models/{name}/generate_stream", inference, s.handleGenerateStream)
+	s.handle("POST /v2/models/{name}/versions/{version}/generate_stream", inference, s.handleGenerateStream)
+
 	s.handle("POST /openai/v1/completions", inference, s.handleCompletions)
 	s.handle("POST /openai/v1/chat/completions", inference, s.handleChatCompletions)
 	s.handle("GET /openai/v1/models", inference, s.handleOpenAIModels)
