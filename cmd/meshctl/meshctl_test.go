@@ -134,6 +134,9 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"infer"}, 2},
 		{[]string{"infer", "m", "--input", "x"}, 2},
 		{[]string{"gen-model"}, 2},
+		{[]string{"generate", "m"}, 2},
+		{[]string{"generate", "m", "hi", "--top-p", "2"}, 2},
+		{[]string{"generate", "m", "hi", "--max-tokens", "-1"}, 2},
 		{[]string{"gen-model", "no-such-kind", "-o", "x"}, 2},
 		{[]string{"models", "--addr", "127.0.0.1:1"}, 1}, // nothing listens on port 1
 	} {
@@ -180,7 +183,7 @@ func TestCompletionListsEveryCommand(t *testing.T) {
 // version, which reports the unreachable node in its output.
 func TestNodeCommandsShareExitCodes(t *testing.T) {
 	wellFormed := map[string][]string{
-		"infer": {"m", "--input", "x=1"}, "bench": {"m", "--input", "x=1"},
+		"infer": {"m", "--input", "x=1"}, "bench": {"m", "--input", "x=1"}, "generate": {"m", "Hello", "--max-tokens", "4"},
 		"model": {"m"}, "deploy": {"meshctl_test.go"}, "undeploy": {"m"}, "plan": {"m"},
 		"drain": {"n"}, "undrain": {"n"}, "remove": {"n"},
 		"token create": {"--scope", "infer"}, "token revoke": {"id"},
