@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -115,14 +116,20 @@ func (genModels) ModelStatus(ctx context.Context, name, version string) (wire.Mo
 type genHealth struct{ api.HealthService }
 type genCluster struct{ api.ClusterService }
 
-// inferToken is the one token genTokens knows.
-const inferToken = "infer-secret"
+// The tokens genTokens knows.
+const (
+	inferToken = "infer-secret"
+	adminToken = "admin-secret"
+)
 
 type genTokens struct{}
 
 func (genTokens) VerifyToken(ctx context.Context, token string) (api.Scope, error) {
-	if token == inferToken {
+	switch token {
+	case inferToken:
 		return api.ScopeInfer, nil
+	case adminToken:
+		return api.ScopeAdmin, nil
 	}
 	return "", api.ErrUnauthorized
 }
@@ -732,5 +739,83 @@ func TestKServeGenerateBadInputs(t *testing.T) {
 	}
 	if n := len(gen.requests()); n != 0 {
 		t.Errorf("the generator ran %d times for refused requests", n)
+	}
+}
+
+// deployRecorder is a ModelService that keeps what PutModel got.
+type deployRecorder struct {
+	genModels
+	model []byte
+	opts  api.DeployOptions
+}
+
+func (d *deployRecorder) PutModel(ctx context.Context, name string, body io.Reader, opts api.DeployOptions) (wire.ModelStatus, error) {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return wire.ModelStatus{}, err
+	}
+	d.model, d.opts = b, opts
+	return wire.ModelStatus{Name: name, Version: "1"}, nil
+}
+
+func TestDeployCarriesTokenizerAndChatTemplate(t *testing.T) {
+	rec := &deployRecorder{}
+	srv, err := api.New(api.Config{Models: rec, Health: genHealth{}, Cluster: genCluster{}, Tokens: genTokens{}, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	c, err := client.New(hs.URL, client.WithToken(adminToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokJSON, err := json.Marshal(gpt2(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := []byte("not really onnx, the service only stores it")
+	tmpl := "{{range .Messages}}<{{.Role}}>{{.Content}}{{end}}<assistant>"
+	var sent, total int64
+	opts := client.UploadOptions{Tokenizer: tokJSON, ChatTemplate: tmpl, Progress: func(s, t int64) { sent, total = s, t }}
+	if _, err := c.UploadModel(context.Background(), "gpt", bytes.NewReader(model), int64(len(model)), opts); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(rec.model, model) || !bytes.Equal(rec.opts.Tokenizer, tokJSON) || rec.opts.ChatTemplate != tmpl {
+		t.Errorf("service got model %q, %d tokenizer bytes, template %q", rec.model, len(rec.opts.Tokenizer), rec.opts.ChatTemplate)
+	}
+	if sent != total || total <= int64(len(model)+len(tokJSON)) {
+		t.Errorf("progress %d of %d: the multipart length must be known and reached", sent, total)
+	}
+
+	rec.opts = api.DeployOptions{}
+	for name, o := range map[string]client.UploadOptions{
+		"tokenizer not BPE":       {Tokenizer: []byte(`{"model":{"type":"WordPiece"}}`)},
+		"template does not parse": {ChatTemplate: "{{range .Messages}"},
+	} {
+		_, err := c.UploadModel(context.Background(), "gpt", bytes.NewReader(model), int64(len(model)), o)
+		if !client.IsCode(err, string(api.CodeTokenizerInvalid)) {
+			t.Errorf("%s: %v, want tokenizer_invalid", name, err)
+		}
+	}
+	for name, body := range map[string]string{
+		"no model part": "--b\r\nContent-Disposition: form-data; name=\"chat_template\"\r\n\r\nx\r\n--b--\r\n",
+		"unknown part":  "--b\r\nContent-Disposition: form-data; name=\"weights\"\r\n\r\nx\r\n--b--\r\n",
+	} {
+		req, _ := http.NewRequest(http.MethodPut, hs.URL+"/v1/models/gpt", strings.NewReader(body))
+		req.Header.Set("Content-Type", "multipart/form-data; boundary=b")
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !strings.Contains(string(b), `"code":"bad_request"`) {
+			t.Errorf("%s: %d %s, want 400 bad_request", name, resp.StatusCode, b)
+		}
+	}
+	if rec.opts.Tokenizer != nil || rec.opts.ChatTemplate != "" {
+		t.Errorf("a refused deploy reached the service: %+v", rec.opts)
 	}
 }

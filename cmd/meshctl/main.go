@@ -122,7 +122,7 @@ func init() {
 		"model":      {summary: "show one model: status, plan and signature", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callModel)},
 		"status":     {summary: "node and cluster status, readiness and models", flags: statusFlags},
 		"nodes":      {summary: "list the nodes", flags: commonFlagsOnly(exactArgs(0, "nodes takes no arguments"), callNodes)},
-		"deploy":     {summary: "upload and deploy a model: deploy FILE.onnx --name NAME", flags: deployFlags},
+		"deploy":     {summary: "upload and deploy a model: deploy FILE.onnx --name NAME [--tokenizer PATH --chat-template FILE]", flags: deployFlags},
 		"undeploy":   {summary: "remove a model: undeploy NAME", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callUndeploy)},
 		"partition":  {summary: "split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", offline: runPartition},
 		"gen-model":  {summary: "write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", offline: runGenModel},
