@@ -5,10 +5,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +22,7 @@ import (
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/client"
 	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/node"
 	"github.com/layermesh/layermesh/tokenizer"
 )
 
@@ -817,5 +821,62 @@ func TestDeployCarriesTokenizerAndChatTemplate(t *testing.T) {
 	}
 	if rec.opts.Tokenizer != nil || rec.opts.ChatTemplate != "" {
 		t.Errorf("a refused deploy reached the service: %+v", rec.opts)
+	}
+}
+
+// TestSingleNodeServesTokenizerBesideModel: a real single node finds NAME.tokenizer.json
+// and NAME.chat.tmpl beside NAME.onnx in its model dir, and keeps those of an upload
+// beside the uploaded file, replacing and deleting them with the model.
+func TestSingleNodeServesTokenizerBesideModel(t *testing.T) {
+	tokJSON, err := json.Marshal(gpt2(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := "{{range .Messages}}<|{{.Role}}|>{{.Content}}{{end}}<|assistant|>"
+	n := startNode(t, func(cfg *node.Config) {
+		for name, b := range map[string][]byte{"add.tokenizer.json": tokJSON, "add.chat.tmpl": []byte(tmpl)} {
+			if err := os.WriteFile(filepath.Join(cfg.ModelDir, name), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	ctx := context.Background()
+	mt, err := n.ModelText(ctx, "add")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt, err := mt.Chat.Render([]tokenizer.ChatMessage{{Role: "user", Content: "Hello world"}}, "")
+	if err != nil || prompt != "<|user|>Hello world<|assistant|>" || mt.Tokenizer.VocabSize() != 50257 {
+		t.Errorf("model-dir text: prompt %q (%v), vocabulary %d", prompt, err, mt.Tokenizer.VocabSize())
+	}
+	for model, want := range map[string]error{"scale": api.ErrNotGenerative, "nope": api.ErrModelNotFound} {
+		if _, err := n.ModelText(ctx, model); !errors.Is(err, want) {
+			t.Errorf("ModelText(%s) = %v, want %v", model, err, want)
+		}
+	}
+
+	c := n.client(t, n.token)
+	upload := func(opts client.UploadOptions) {
+		t.Helper()
+		b := addModel(t)
+		if _, err := c.UploadModel(ctx, "up", bytes.NewReader(b), int64(len(b)), opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	upload(client.UploadOptions{Tokenizer: tokJSON})
+	if mt, err := n.ModelText(ctx, "up"); err != nil || mt.Tokenizer == nil || mt.Chat != nil {
+		t.Errorf("uploaded with a tokenizer: %+v, %v", mt, err)
+	}
+	upload(client.UploadOptions{})
+	if _, err := n.ModelText(ctx, "up"); !errors.Is(err, api.ErrNotGenerative) {
+		t.Errorf("re-uploaded without a tokenizer: %v, want not generative", err)
+	}
+	upload(client.UploadOptions{Tokenizer: tokJSON, ChatTemplate: tmpl})
+	if err := c.DeleteModel(ctx, "up"); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(n.dataDir, "*", "up.*"))
+	if len(left) != 0 {
+		t.Errorf("files of the deleted upload left: %v", left)
 	}
 }
