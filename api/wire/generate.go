@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 )
 
 // GenerateRequest is the body of the KServe/Triton generate extension:
@@ -52,8 +53,8 @@ func (r *GenerateRequest) Merged() GenerateParameters {
 	if p.Seed != nil {
 		out.Seed = p.Seed
 	}
-	out.Stop = append(out.Stop, p.Stop...)
-	out.StopWords = append(out.StopWords, p.StopWords...)
+	out.Stop = slices.Concat(out.Stop, p.Stop)
+	out.StopWords = slices.Concat(out.StopWords, p.StopWords)
 	return out
 }
 
