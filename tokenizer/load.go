@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,9 +24,13 @@ type hfFile struct {
 }
 
 type hfAdded struct {
-	ID      int32  `json:"id"`
-	Content string `json:"content"`
-	Special bool   `json:"special"`
+	ID         int32  `json:"id"`
+	Content    string `json:"content"`
+	SingleWord bool   `json:"single_word"`
+	LStrip     bool   `json:"lstrip"`
+	RStrip     bool   `json:"rstrip"`
+	Normalized bool   `json:"normalized"`
+	Special    bool   `json:"special"`
 }
 
 type hfComponent struct {
@@ -38,6 +43,28 @@ type hfModel struct {
 	Type   string           `json:"type"`
 	Vocab  map[string]int32 `json:"vocab"`
 	Merges json.RawMessage  `json:"merges"`
+	// Options that change how BPE merges; GPT-2's values are the zero values.
+	Dropout                 *float64 `json:"dropout"`
+	ContinuingSubwordPrefix string   `json:"continuing_subword_prefix"`
+	EndOfWordSuffix         string   `json:"end_of_word_suffix"`
+	ByteFallback            bool     `json:"byte_fallback"`
+	IgnoreMerges            bool     `json:"ignore_merges"`
+}
+
+// checkOptions refuses BPE options this package does not implement, rather than
+// tokenize differently from the model's training.
+func (m *hfModel) checkOptions() error {
+	switch {
+	case m.Dropout != nil && *m.Dropout != 0:
+		return fmt.Errorf("%w: BPE dropout is not supported", ErrInvalid)
+	case m.ContinuingSubwordPrefix != "" || m.EndOfWordSuffix != "":
+		return fmt.Errorf("%w: BPE subword prefixes and suffixes are not supported", ErrInvalid)
+	case m.ByteFallback:
+		return fmt.Errorf("%w: BPE byte_fallback is not supported", ErrInvalid)
+	case m.IgnoreMerges:
+		return fmt.Errorf("%w: BPE ignore_merges is not supported", ErrInvalid)
+	}
+	return nil
 }
 
 // Parse reads a Hugging Face tokenizer.json. It accepts a BPE model with a ByteLevel
@@ -63,6 +90,9 @@ func Parse(data []byte) (*Tokenizer, error) {
 	}
 	if len(f.Normalizer) > 0 && !bytes.Equal(bytes.TrimSpace(f.Normalizer), []byte("null")) {
 		return nil, fmt.Errorf("%w: normalizers are not supported", ErrInvalid)
+	}
+	if err := f.Model.checkOptions(); err != nil {
+		return nil, err
 	}
 	merges, err := parseMerges(f.Model.Merges)
 	if err != nil {
@@ -210,10 +240,19 @@ func (t *Tokenizer) MarshalJSON() ([]byte, error) {
 	for i, a := range t.added {
 		added[i] = hfAdded{ID: a.ID, Content: a.Content, Special: a.Special}
 	}
+	// Every key a Hugging Face tokenizer.json has, with GPT-2's values, so other
+	// readers of the format (the Rust and JavaScript tokenizers) take it too.
 	type model struct {
-		Type   string           `json:"type"`
-		Vocab  map[string]int32 `json:"vocab"`
-		Merges [][2]string      `json:"merges"`
+		Type                    string           `json:"type"`
+		Dropout                 *float64         `json:"dropout"`
+		UnkToken                *string          `json:"unk_token"`
+		ContinuingSubwordPrefix string           `json:"continuing_subword_prefix"`
+		EndOfWordSuffix         string           `json:"end_of_word_suffix"`
+		FuseUnk                 bool             `json:"fuse_unk"`
+		ByteFallback            bool             `json:"byte_fallback"`
+		IgnoreMerges            bool             `json:"ignore_merges"`
+		Vocab                   map[string]int32 `json:"vocab"`
+		Merges                  [][2]string      `json:"merges"`
 	}
 	type byteLevel struct {
 		Type           string `json:"type"`
@@ -222,12 +261,20 @@ func (t *Tokenizer) MarshalJSON() ([]byte, error) {
 		UseRegex       bool   `json:"use_regex"`
 	}
 	bl := &byteLevel{Type: "ByteLevel", TrimOffsets: true, UseRegex: true}
+	vocab := maps.Clone(t.vocab)
+	for _, a := range t.added {
+		vocab[a.Content] = a.ID // the format lists added tokens in the vocabulary too
+	}
 	return json.Marshal(struct {
-		Version      string    `json:"version"`
-		AddedTokens  []hfAdded `json:"added_tokens"`
-		Normalizer   any       `json:"normalizer"`
-		PreTokenizer any       `json:"pre_tokenizer"`
-		Decoder      any       `json:"decoder"`
-		Model        model     `json:"model"`
-	}{"1.0", added, nil, bl, bl, model{"BPE", t.vocab, merges}})
+		Version       string    `json:"version"`
+		Truncation    any       `json:"truncation"`
+		Padding       any       `json:"padding"`
+		AddedTokens   []hfAdded `json:"added_tokens"`
+		Normalizer    any       `json:"normalizer"`
+		PreTokenizer  any       `json:"pre_tokenizer"`
+		PostProcessor any       `json:"post_processor"`
+		Decoder       any       `json:"decoder"`
+		Model         model     `json:"model"`
+	}{Version: "1.0", AddedTokens: added, PreTokenizer: bl, PostProcessor: bl, Decoder: bl,
+		Model: model{Type: "BPE", Vocab: vocab, Merges: merges}})
 }

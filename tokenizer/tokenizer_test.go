@@ -184,6 +184,9 @@ func TestInvalidTokenizerFilesAreRefused(t *testing.T) {
 		"merge of unknown token": hf(`{"type":"BPE","vocab":`+string(mustJSON(t, vocab))+`,"merges":["a zz"]}`, byteLevel),
 		"merge result unknown":   hf(`{"type":"BPE","vocab":`+string(mustJSON(t, vocab))+`,"merges":["a b"]}`, byteLevel),
 		"malformed merge":        hf(`{"type":"BPE","vocab":`+string(mustJSON(t, vocab))+`,"merges":["a"]}`, byteLevel),
+		"dropout":                hf(`{"type":"BPE","dropout":0.1,"vocab":`+string(mustJSON(t, vocab))+`,"merges":[]}`, byteLevel),
+		"ignore_merges":          hf(`{"type":"BPE","ignore_merges":true,"vocab":`+string(mustJSON(t, vocab))+`,"merges":[]}`, byteLevel),
+		"subword prefix":         hf(`{"type":"BPE","continuing_subword_prefix":"##","vocab":`+string(mustJSON(t, vocab))+`,"merges":[]}`, byteLevel),
 		"huge id":                hf(`{"type":"BPE","vocab":{"a":2000000000},"merges":[]}`, byteLevel),
 	}
 	for name, data := range cases {
