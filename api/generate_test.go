@@ -880,3 +880,44 @@ func TestSingleNodeServesTokenizerBesideModel(t *testing.T) {
 		t.Errorf("files of the deleted upload left: %v", left)
 	}
 }
+
+// failingGenerator emits `before` tokens of " the", then fails with err.
+type failingGenerator struct {
+	before int
+	err    error
+}
+
+func (g failingGenerator) Generate(ctx context.Context, req api.GenerateRequest, emit func(api.GeneratedToken) error) (api.GenerateResult, error) {
+	for i := range g.before {
+		if err := emit(api.GeneratedToken{ID: endlessToken, Index: i}); err != nil {
+			return api.GenerateResult{}, err
+		}
+	}
+	return api.GenerateResult{}, g.err
+}
+
+func (g failingGenerator) ModelContext(ctx context.Context, model string) (int, error) {
+	return genContextLen, nil
+}
+
+func TestGenerationFailureBeforeAndAfterTheStreamStarts(t *testing.T) {
+	failure := fmt.Errorf("stage 1: %w", api.ErrNoReplica)
+	// Before any token: an ordinary error answer, with its status and Retry-After.
+	url := startGenServer(t, failingGenerator{before: 0, err: failure})
+	resp := post(t, context.Background(), url+"/openai/v1/chat/completions", `{"model":"gpt","messages":[{"role":"user","content":"x"}],"stream":true}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(b), `"code":"no_replica"`) {
+		t.Errorf("failure before the stream: %d %s", resp.StatusCode, b)
+	}
+	// After a token: the stream ends with an error event and no [DONE].
+	url = startGenServer(t, failingGenerator{before: 1, err: failure})
+	events := readSSE(t, post(t, context.Background(), url+"/openai/v1/completions", `{"model":"gpt","prompt":"x","stream":true}`))
+	if len(events) != 2 || !strings.Contains(events[1], `"code":"no_replica"`) || !strings.HasPrefix(events[1], `{"error":{`) {
+		t.Errorf("failure during an OpenAI stream: events %q", events)
+	}
+	events = readSSE(t, post(t, context.Background(), url+"/v2/models/gpt/generate_stream", `{"text_input":"x"}`))
+	if len(events) != 2 || events[1] != `{"error":"stage 1: no ready replica","code":"no_replica"}` {
+		t.Errorf("failure during a generate stream: events %q", events)
+	}
+}
