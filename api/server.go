@@ -36,6 +36,12 @@ type Config struct {
 	Health  HealthService
 	Cluster ClusterService
 	Tokens  TokenVerifier
+	// Generator and Text serve text generation (/openai/v1, /v2/.../generate); when
+	// either is nil those routes answer not_generative.
+	Generator Generator
+	Text      TextService
+	// MaxTokens bounds max_tokens of one generation; 0 means DefaultMaxTokens.
+	MaxTokens int
 	// RequireInferToken gates inference and model metadata behind a token of scope
 	// infer (or admin). Admin routes always need an admin token.
 	RequireInferToken bool
@@ -70,6 +76,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxModelBytes <= 0 {
 		cfg.MaxModelBytes = DefaultMaxModelBytes
+	}
+	if cfg.MaxTokens <= 0 {
+		cfg.MaxTokens = DefaultMaxTokens
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
@@ -125,13 +134,23 @@ func (s *Server) routes() {
 	s.handle("GET /v1/tokens", admin, s.handleListTokens)
 	s.handle("DELETE /v1/tokens/{id}", admin, s.handleRevokeToken)
 
+	s.handle("POST /v2/models/{name}/generate", inference, s.handleGenerate)
+	s.handle("POST /v2/models/{name}/versions/{version}/generate", inference, s.handleGenerate)
+	s.handle("POST /v2/models/{name}/generate_stream", inference, s.handleGenerateStream)
+	s.handle("POST /v2/models/{name}/versions/{version}/generate_stream", inference, s.handleGenerateStream)
+
+	s.handle("POST /openai/v1/completions", inference, s.handleCompletions)
+	s.handle("POST /openai/v1/chat/completions", inference, s.handleChatCompletions)
+	s.handle("GET /openai/v1/models", inference, s.handleOpenAIModels)
+	s.handle("GET /openai/v1/models/{name}", inference, s.handleOpenAIModel)
+
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 }
 
 // handle registers h behind authentication and request metrics.
 func (s *Server) handle(pattern string, acc access, h func(http.ResponseWriter, *http.Request) error) {
 	route := pattern[strings.IndexByte(pattern, ' ')+1:]
-	infer := strings.HasSuffix(route, "/infer")
+	infer := strings.HasSuffix(route, "/infer") || strings.Contains(route, "/generate") || strings.HasSuffix(route, "/completions")
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := requestIDOf(r)
@@ -185,6 +204,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfterSeconds)
+	}
+	if strings.HasPrefix(r.URL.Path, openAIPrefix) {
+		writeJSON(w, e.Status, openAIError(e, err))
+		return
 	}
 	writeJSON(w, e.Status, body(e, err))
 }

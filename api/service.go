@@ -42,6 +42,12 @@ type DeployOptions struct {
 	// Size is the upload's declared length (Content-Length), -1 when unknown. The
 	// body is already limited by the API; Size lets the service refuse early.
 	Size int64
+	// Tokenizer is the model's tokenizer.json, already checked to be byte-level BPE;
+	// nil for a model that does not generate text.
+	Tokenizer []byte
+	// ChatTemplate is the Go template chat messages are rendered with, already checked
+	// to parse; "" means tokenizer.DefaultChatTemplate.
+	ChatTemplate string
 }
 
 // ModelService owns the models: their metadata, inference and deployment.

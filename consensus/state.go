@@ -91,6 +91,17 @@ type Model struct {
 	Stages       []StageManifest `json:"stages"`
 	Created      time.Time       `json:"created"`
 	Deploy       DeployInfo      `json:"deploy"`
+	// Text is set for a model deployed to generate text; nil for any other.
+	Text *TextInfo `json:"text,omitempty"`
+}
+
+// TextInfo is what a text-generating model is deployed with besides its graph. The
+// tokenizer is a blob like the stages (entry nodes fetch it from a holder); the chat
+// template, a few KB, travels in the state.
+type TextInfo struct {
+	TokenizerSHA256 string `json:"tokenizer_sha256"` // hex, the blob id of its tokenizer.json
+	TokenizerSize   int64  `json:"tokenizer_size"`
+	ChatTemplate    string `json:"chat_template,omitempty"` // "": the default template
 }
 
 // ModelKey identifies a model version in ClusterState.Models and Placements.

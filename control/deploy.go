@@ -14,6 +14,7 @@ package control
 // the same, so a redeploy of the same weights moves nothing.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -90,6 +91,10 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: waiting for the deploy before it: %w", name, err)
 	}
 	defer c.deploys.release()
+	text, err := c.storeText(opts)
+	if err != nil {
+		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
+	}
 	replicas := opts.Replicas
 	if replicas <= 0 {
 		replicas = c.cfg.Replicas
@@ -97,7 +102,7 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 	st := c.store.State()
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
-			deployFigures(m).replicas(c.cfg.Replicas) == replicas {
+			deployFigures(m).replicas(c.cfg.Replicas) == replicas && sameText(m.Text, text) {
 			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
 			return c.ModelStatus(ctx, name, m.Version)
 		}
@@ -107,6 +112,7 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
+	model.Text = text
 	res, err := c.commitRetrying(ctx, consensus.NewCommand(consensus.PutModel{Model: model}))
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
@@ -120,6 +126,34 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: committed, but reading it back: %w", name, err)
 	}
 	return c.status(st, model, c.view.LiveMembers()), nil
+}
+
+// storeText stores a deploy's tokenizer as a blob and says what the model records of
+// its text side; nil when the deploy has no tokenizer. The API has checked both parts.
+func (c *Controller) storeText(opts api.DeployOptions) (*consensus.TextInfo, error) {
+	if opts.Tokenizer == nil {
+		if opts.ChatTemplate != "" {
+			return nil, fmt.Errorf("%w: a chat template needs a tokenizer", api.ErrBadRequest)
+		}
+		return nil, nil
+	}
+	sum := sha256.Sum256(opts.Tokenizer)
+	hash := hex.EncodeToString(sum[:])
+	if c.blobs.Has(hash) {
+		if err := c.blobs.Touch(hash); err != nil {
+			return nil, err
+		}
+	} else if _, err := c.blobs.Put(hash, bytes.NewReader(opts.Tokenizer)); err != nil {
+		return nil, fmt.Errorf("storing the tokenizer: %w", err)
+	}
+	return &consensus.TextInfo{TokenizerSHA256: hash, TokenizerSize: int64(len(opts.Tokenizer)), ChatTemplate: opts.ChatTemplate}, nil
+}
+
+func sameText(a, b *consensus.TextInfo) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
 }
 
 // storeUpload streams body to path while hashing it, then stores it as a blob.

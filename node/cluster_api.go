@@ -29,7 +29,17 @@ var (
 	_ api.ModelService   = clusterServices{}
 	_ api.HealthService  = clusterServices{}
 	_ api.ClusterService = clusterServices{}
+	_ api.TextService    = clusterServices{}
 )
+
+// ModelText serves the tokenizer and chat template deployed with the model.
+func (s clusterServices) ModelText(ctx context.Context, model string) (api.ModelText, error) {
+	c, err := s.part()
+	if err != nil {
+		return api.ModelText{}, err
+	}
+	return c.text.ModelText(ctx, model)
+}
 
 func (s clusterServices) part() (*Cluster, error) {
 	if c := s.n.cluster.Load(); c != nil {

@@ -99,6 +99,7 @@ type Cluster struct {
 	router  *pipeline.Router
 	infer   *pipeline.Service
 	control *control.Controller
+	text    *modelTexts
 
 	// caughtUp turns true once this node's state has caught up with the leader's
 	// after start (a linearizable read succeeded): until then a restarted node's
@@ -217,6 +218,23 @@ func (c *Cluster) wire() {
 	c.router = pipeline.NewRouter(opts.Router, c.view, c.view, pipeline.MeshCaller{Transport: c.mesh}, c.runtime, opts.Logger)
 	c.infer = pipeline.NewService(c.store, c.view, c.router, c.caughtUp.Load)
 	c.mesh.HandleStage(pipeline.StageServer{Driver: c.router, Local: c.runtime}.Handle)
+	c.text = newModelTexts(c.modelTextFiles)
+}
+
+// modelTextFiles finds a model's text side in the state; its tokenizer blob is
+// fetched from a holder the first time this node needs it.
+func (c *Cluster) modelTextFiles(ctx context.Context, model string) (textFiles, error) {
+	info, err := c.control.ModelTextInfo(ctx, model)
+	if err != nil {
+		return textFiles{}, err
+	}
+	read := func(ctx context.Context) ([]byte, error) {
+		if err := (meshBlobs{c}).Fetch(ctx, info.TokenizerSHA256, info.TokenizerSize); err != nil {
+			return nil, err
+		}
+		return os.ReadFile(c.mesh.Blobs().Path(info.TokenizerSHA256))
+	}
+	return textFiles{key: info.TokenizerSHA256, tokenizer: read, chatTemplate: info.ChatTemplate}, nil
 }
 
 // assign hands the runtime the stages the committed placements give this node.

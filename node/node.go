@@ -136,6 +136,9 @@ type Node struct {
 
 	uploadMu sync.Mutex // serialises the swap step of uploads and deletes of one node
 
+	// texts caches the tokenizers of a single node's generative models.
+	texts *modelTexts
+
 	// cluster is the cluster part, set by Run in cluster mode once it has started.
 	cluster atomic.Pointer[Cluster]
 	// inferInFlight counts inference requests being answered (the load published to
@@ -190,6 +193,7 @@ func New(cfg Config) (*Node, error) {
 		models:  make(map[string]*model),
 		failed:  make(map[string]string),
 	}
+	n.texts = newModelTexts(n.singleNodeText)
 	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, modelStoreDir), filepath.Join(cfg.DataDir, uploadTempDir)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("node: data dir: %w", err)
@@ -213,13 +217,14 @@ func New(cfg Config) (*Node, error) {
 		models  api.ModelService   = n
 		health  api.HealthService  = n
 		cluster api.ClusterService = n
+		text    api.TextService    = n
 	)
 	if cfg.Cluster.configured() {
 		if cfg.ModelDir != "" {
 			return nil, fmt.Errorf("%w: --model-dir serves models on a single node; in a cluster, deploy them with meshctl deploy", ErrConfig)
 		}
 		svc := clusterServices{n}
-		models, health, cluster = svc, svc, svc
+		models, health, cluster, text = svc, svc, svc, svc
 	}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	n.api, err = api.New(api.Config{
@@ -227,6 +232,7 @@ func New(cfg Config) (*Node, error) {
 		Health:            health,
 		Cluster:           cluster,
 		Tokens:            n,
+		Text:              text,
 		RequireInferToken: cfg.RequireInferToken,
 		MaxBodyBytes:      cfg.MaxBodyBytes,
 		MaxModelBytes:     cfg.MaxModelBytes,

@@ -271,6 +271,9 @@ func (n *Node) PutModel(ctx context.Context, name string, body io.Reader, opts a
 	if opts.Stages > 1 || opts.Replicas > 1 {
 		return wire.ModelStatus{}, fmt.Errorf("%w: stages=%d replicas=%d need a cluster", api.ErrNotClusterMode, opts.Stages, opts.Replicas)
 	}
+	if opts.ChatTemplate != "" && opts.Tokenizer == nil {
+		return wire.ModelStatus{}, fmt.Errorf("%w: a chat template needs a tokenizer", api.ErrBadRequest)
+	}
 	tmp, err := os.CreateTemp(filepath.Join(n.cfg.DataDir, uploadTempDir), name+".*.part")
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("upload %s: %w", name, err)
@@ -306,6 +309,11 @@ func (n *Node) PutModel(ctx context.Context, name string, body io.Reader, opts a
 	m.path = final
 	n.uploadMu.Lock()
 	defer n.uploadMu.Unlock()
+	// The text files first: a model that turns up generates with its own tokenizer.
+	if err := writeUploadText(final, opts); err != nil {
+		m.close(n.log)
+		return wire.ModelStatus{}, fmt.Errorf("upload %s: %w", name, err)
+	}
 	if err := os.Rename(tmpPath, final); err != nil {
 		m.close(n.log)
 		return wire.ModelStatus{}, fmt.Errorf("upload %s: %w", name, err)
@@ -336,6 +344,9 @@ func (n *Node) DeleteModel(ctx context.Context, name string) error {
 	m.close(n.log)
 	if m.source == sourceUpload {
 		if err := os.Remove(m.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("delete %s: %w", name, err)
+		}
+		if err := removeUploadText(m.path); err != nil {
 			return fmt.Errorf("delete %s: %w", name, err)
 		}
 	}

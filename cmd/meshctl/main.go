@@ -76,6 +76,8 @@ type invocation struct {
 	pos    []string
 	// json is --json: the output goes as JSON, and nothing else is drawn.
 	json bool
+	// stdout is for a command that prints as it goes (generate); others return output.
+	stdout io.Writer
 }
 
 // output is what a node command prints: value as indented JSON with --json (a rawJSON
@@ -86,6 +88,8 @@ type output struct {
 	// failed, when set, is the command's error after its output is printed: it ran, and
 	// found a problem (doctor, bench).
 	failed error
+	// streamed says the call printed its output to invocation.stdout as it came.
+	streamed bool
 }
 
 // rawJSON is JSON printed as it is, followed by a newline.
@@ -113,11 +117,12 @@ var commands map[string]command
 func init() {
 	commands = map[string]command{
 		"infer":      {summary: "run a model: infer MODEL --input NAME=VALUES|@file.json|@file.npy", flags: inferFlags},
+		"generate":   {summary: `generate text, printed as it comes: generate MODEL "PROMPT" [--max-tokens N --temperature T --seed S]`, flags: generateFlags},
 		"models":     {summary: "list the models and their readiness", flags: commonFlagsOnly(exactArgs(0, "models takes no arguments"), callModels)},
 		"model":      {summary: "show one model: status, plan and signature", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callModel)},
 		"status":     {summary: "node and cluster status, readiness and models", flags: statusFlags},
 		"nodes":      {summary: "list the nodes", flags: commonFlagsOnly(exactArgs(0, "nodes takes no arguments"), callNodes)},
-		"deploy":     {summary: "upload and deploy a model: deploy FILE.onnx --name NAME", flags: deployFlags},
+		"deploy":     {summary: "upload and deploy a model: deploy FILE.onnx --name NAME [--tokenizer PATH --chat-template FILE]", flags: deployFlags},
 		"undeploy":   {summary: "remove a model: undeploy NAME", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callUndeploy)},
 		"partition":  {summary: "split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", offline: runPartition},
 		"gen-model":  {summary: "write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", offline: runGenModel},
@@ -230,9 +235,12 @@ func runNodeCommand(ctx context.Context, name string, cmd command, args []string
 		ctx, cancel = c.context(ctx)
 	}
 	defer cancel()
-	out, err := st.call(ctx, invocation{client: cl, pos: pos, json: c.json})
+	out, err := st.call(ctx, invocation{client: cl, pos: pos, json: c.json, stdout: stdout})
 	if err != nil {
 		return err
+	}
+	if out.streamed {
+		return out.failed
 	}
 	raw, isRaw := out.value.(rawJSON)
 	switch {
