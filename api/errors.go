@@ -30,6 +30,16 @@ var (
 	// ErrInsufficientCapacity: the live members cannot hold the model; the message
 	// says by how many bytes it falls short.
 	ErrInsufficientCapacity = errors.New("insufficient capacity")
+	// ErrContextExceeded: a generation's prompt (or prompt plus max_tokens) does not
+	// fit the model's context.
+	ErrContextExceeded = errors.New("context length exceeded")
+	// ErrInvalidMaxTokens: a generation's max_tokens is below 1 or above the limit.
+	ErrInvalidMaxTokens = errors.New("invalid max_tokens")
+	// ErrNotGenerative: the model has no state pairs, so it cannot run as a session.
+	ErrNotGenerative = errors.New("model is not generative")
+	// ErrKVExhausted: the stage nodes have no memory left for another session's
+	// state; running sessions go on, a new one may retry later.
+	ErrKVExhausted = errors.New("session memory exhausted")
 )
 
 // Code is a stable error code: clients and scripts match on it, so a code never
@@ -69,6 +79,10 @@ const (
 	CodeUnavailable          Code = "unavailable"
 	CodeTimeout              Code = "timeout"
 	CodeInternal             Code = "internal"
+	CodeContextExceeded      Code = "context_exceeded"
+	CodeInvalidMaxTokens     Code = "invalid_max_tokens"
+	CodeNotGenerative        Code = "not_generative"
+	CodeKVExhausted          Code = "kv_exhausted"
 )
 
 // Entry is one row of the error catalogue.
@@ -112,6 +126,10 @@ var catalogue = map[Code]Entry{
 	CodeUnavailable:          {CodeUnavailable, http.StatusServiceUnavailable, "the model was unloaded while the request ran; retry"},
 	CodeTimeout:              {CodeTimeout, http.StatusGatewayTimeout, "the request's deadline passed before an answer"},
 	CodeInternal:             {CodeInternal, http.StatusInternalServerError, "a fault inside the node; the log has the details"},
+	CodeContextExceeded:      {CodeContextExceeded, http.StatusBadRequest, "a generation's prompt does not fit the model's context"},
+	CodeInvalidMaxTokens:     {CodeInvalidMaxTokens, http.StatusBadRequest, "a generation's max_tokens is below 1 or above the model's context"},
+	CodeNotGenerative:        {CodeNotGenerative, http.StatusBadRequest, "the model has no state pairs, so it cannot generate"},
+	CodeKVExhausted:          {CodeKVExhausted, http.StatusServiceUnavailable, "the stage nodes have no memory left for another session's state; retry after Retry-After seconds"},
 }
 
 // classifiers map sentinel errors to codes. Order matters: the first match wins, so
@@ -150,6 +168,10 @@ var classifiers = []struct {
 	{ErrInsufficientCapacity, CodeInsufficientCapacity},
 	{ErrNotReady, CodeNotReady},
 	{ErrNotClusterMode, CodeNotClusterMode},
+	{ErrContextExceeded, CodeContextExceeded},
+	{ErrInvalidMaxTokens, CodeInvalidMaxTokens},
+	{ErrNotGenerative, CodeNotGenerative},
+	{ErrKVExhausted, CodeKVExhausted},
 	{context.DeadlineExceeded, CodeTimeout},
 }
 
