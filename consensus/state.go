@@ -70,6 +70,16 @@ type StageManifest struct {
 	Inputs     []string `json:"inputs"`
 	Outputs    []string `json:"outputs"`
 	ParamBytes int64    `json:"param_bytes"`
+	// State are the state pairs the stage owns: its node keeps each pair's value
+	// between a session's steps. A model with any runs as a session.
+	State []StatePair `json:"state,omitempty"`
+}
+
+// StatePair is a stage input and output that carry a session's state from one step
+// to the next (partition.StatePair).
+type StatePair struct {
+	In  string `json:"in"`
+	Out string `json:"out"`
 }
 
 // DeployInfo is what a deploy records with its manifest: the figures placement

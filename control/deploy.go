@@ -103,7 +103,15 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		}
 	}
 
-	model, err := c.cut(name, srcHash, srcSize, opts.Stages, replicas, tmpDir, st)
+	var state []partition.StatePair
+	for _, s := range opts.State {
+		p, err := partition.ParseStatePair(s)
+		if err != nil {
+			return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
+		}
+		state = append(state, p)
+	}
+	model, err := c.cut(name, srcHash, srcSize, cutOptions{stages: opts.Stages, replicas: replicas, state: state}, tmpDir, st)
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
@@ -158,15 +166,26 @@ func (c *Controller) putBlobFile(hash, path string) error {
 	return err
 }
 
+// cutOptions are a deploy's choices for cut: stage count (0: the planner's), replicas
+// per stage, and declared state pairs (nil: detected by name).
+type cutOptions struct {
+	stages, replicas int
+	state            []partition.StatePair
+}
+
 // cut plans the stages over the live members and writes them as blobs. The model it
 // returns has no version yet: the FSM allocates it on commit.
-func (c *Controller) cut(name, srcHash string, srcSize int64, stages, replicas int, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
+func (c *Controller) cut(name, srcHash string, srcSize int64, co cutOptions, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
+	stages, replicas := co.stages, co.replicas
 	srcPath := c.blobs.Path(srcHash)
 	pm, err := partition.Load(srcPath)
 	if err != nil {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
 	}
-	g, err := partition.Analyze(pm, nil)
+	g, err := partition.AnalyzeWith(pm, partition.AnalyzeOptions{State: co.state})
+	if errors.Is(err, partition.ErrStatePair) {
+		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
+	}
 	if err != nil {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
 	}
@@ -210,6 +229,9 @@ func (c *Controller) cut(name, srcHash string, srcSize int64, stages, replicas i
 			return consensus.Model{}, fmt.Errorf("deploy %s: store stage %d: %w", name, s.Index, err)
 		}
 		sm := consensus.StageManifest{Index: s.Index, SHA256: s.SHA256, Size: s.Size, ParamBytes: s.ParamBytes}
+		for _, p := range s.State {
+			sm.State = append(sm.State, consensus.StatePair{In: p.In, Out: p.Out})
+		}
 		for _, in := range s.Inputs {
 			sm.Inputs = append(sm.Inputs, in.Name)
 		}

@@ -215,6 +215,8 @@ func deployFlags(fs *flag.FlagSet) step {
 	name := fs.String("name", "", "model name (default: the file name without .onnx)")
 	stages := fs.Int("stages", 0, "pipeline stages (0: let the planner choose)")
 	replicas := fs.Int("replicas", 0, "replicas per stage (0: the cluster default)")
+	var state stringsFlag
+	fs.Var(&state, "state", "declare a state pair IN=OUT (repeatable; default: detected by name, e.g. past_key_values.*/present.*)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	wait := fs.Duration("wait", 0, "wait up to this long until every stage has a ready replica (0: return after the upload)")
 	return step{check: exactArgs(1, "want exactly one model FILE"), call: func(ctx context.Context, in invocation) (output, error) {
@@ -230,7 +232,7 @@ func deployFlags(fs *flag.FlagSet) step {
 		if err != nil {
 			return output{}, err
 		}
-		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas}
+		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas, State: state}
 		// Progress goes to stderr, and not at all when stdout is JSON for a script.
 		var progress io.Writer
 		if !*quiet && !in.json {
