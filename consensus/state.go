@@ -89,6 +89,9 @@ type DeployInfo struct {
 	StageMem   []int64 `json:"stage_mem"`   // per stage: parameter bytes plus activation allowance
 	StageFLOPs []int64 `json:"stage_flops"` // per stage: compute cost the planner balances
 	Cutter     string  `json:"cutter"`      // peer id of the node that cut the stages and holds their blobs
+	// ContextLen is a generative model's context length in tokens (its position
+	// table's rows); 0 when unknown or not generative.
+	ContextLen int `json:"context_len,omitempty"`
 }
 
 // Model is one version of a deployed model.

@@ -218,7 +218,7 @@ func (c *Controller) cut(name, srcHash string, srcSize int64, co cutOptions, tmp
 		Name: name, SourceSHA256: srcHash, SourceSize: srcSize,
 		Signature: consensus.Signature{Inputs: specs(man.Inputs), Outputs: specs(man.Outputs)},
 		Created:   time.Now().UTC(),
-		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self},
+		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self, ContextLen: g.ContextLen()},
 	}
 	for _, s := range man.Stages {
 		if s.DataFile != "" {

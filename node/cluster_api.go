@@ -29,6 +29,7 @@ var (
 	_ api.ModelService   = clusterServices{}
 	_ api.HealthService  = clusterServices{}
 	_ api.ClusterService = clusterServices{}
+	_ api.Generator      = clusterServices{}
 )
 
 func (s clusterServices) part() (*Cluster, error) {
@@ -62,6 +63,26 @@ func (s clusterServices) Infer(ctx context.Context, req api.InferRequest) (api.I
 	s.n.inferInFlight.Add(1)
 	defer s.n.inferInFlight.Add(-1)
 	return c.infer.Infer(ctx, req)
+}
+
+// Generate runs a generation through the model's stages (api.Generator).
+func (s clusterServices) Generate(ctx context.Context, req api.GenerateRequest, emit func(api.GeneratedToken) error) (api.GenerateResult, error) {
+	c, err := s.part()
+	if err != nil {
+		return api.GenerateResult{}, err
+	}
+	s.n.inferInFlight.Add(1)
+	defer s.n.inferInFlight.Add(-1)
+	return c.infer.Generate(ctx, req, emit)
+}
+
+// ModelContext returns a generative model's context length (api.Generator).
+func (s clusterServices) ModelContext(ctx context.Context, model string) (int, error) {
+	c, err := s.part()
+	if err != nil {
+		return 0, err
+	}
+	return c.infer.ModelContext(ctx, model)
 }
 
 func (s clusterServices) PutModel(ctx context.Context, name string, body io.Reader, opts api.DeployOptions) (wire.ModelStatus, error) {

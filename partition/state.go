@@ -128,3 +128,19 @@ func (g *Graph) stageState(sm *StageManifest) []StatePair {
 	}
 	return out
 }
+
+// ContextLen is a generative model's context length: the rows of the table that the
+// position_ids input indexes (a Gather of a weight by position_ids, as GPT-2-style
+// models embed positions). 0 when the model has no such table.
+func (g *Graph) ContextLen() int {
+	for _, nd := range g.Nodes {
+		in := nd.Proto.GetInput()
+		if nd.Proto.GetOpType() != "Gather" || len(in) < 2 || in[1] != "position_ids" {
+			continue
+		}
+		if v := g.Values[in[0]]; v != nil && v.Kind == KindWeight && len(v.Shape) >= 1 && v.Shape[0] > 0 {
+			return int(v.Shape[0])
+		}
+	}
+	return 0
+}
