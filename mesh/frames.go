@@ -103,19 +103,20 @@ func encodeStageHeader(req *StageRequest) ([]byte, error) {
 		}
 	}
 	if req.Session == "" {
-		if req.Step != StepNone || req.Pos != 0 {
+		if req.Step != StepNone || req.Pos != 0 || req.Len != 0 {
 			return nil, fmt.Errorf("%w: a session step without a session id", ErrBadRequest)
 		}
 		return buf, nil
 	}
-	if req.Step < StepPrefill || req.Step > StepClose || req.Pos < 0 || int64(req.Pos) > maxPos {
-		return nil, fmt.Errorf("%w: session step %d at %d", ErrBadRequest, req.Step, req.Pos)
+	if req.Step < StepPrefill || req.Step > StepClose || req.Pos < 0 || int64(req.Pos) > maxPos || req.Len < 0 || int64(req.Len) > maxPos {
+		return nil, fmt.Errorf("%w: session step %d at %d of %d", ErrBadRequest, req.Step, req.Pos, req.Len)
 	}
 	if buf, err = appendStr(buf, req.Session); err != nil {
 		return nil, err
 	}
 	buf = append(buf, byte(req.Step))
-	return binary.BigEndian.AppendUint32(buf, uint32(req.Pos)), nil
+	buf = binary.BigEndian.AppendUint32(buf, uint32(req.Pos))
+	return binary.BigEndian.AppendUint32(buf, uint32(req.Len)), nil
 }
 
 // readSessionStep reads the session part of a stage header (flagSession).
@@ -124,15 +125,15 @@ func readSessionStep(r io.Reader, req *StageRequest) error {
 	if err != nil {
 		return fmt.Errorf("%w: session id: %w", ErrMalformedFrame, err)
 	}
-	var fixed [5]byte
+	var fixed [9]byte
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return fmt.Errorf("%w: session step: %w", ErrMalformedFrame, err)
 	}
-	step, pos := StepKind(fixed[0]), binary.BigEndian.Uint32(fixed[1:])
-	if s == "" || step < StepPrefill || step > StepClose || pos > maxPos {
-		return fmt.Errorf("%w: session %q step %d at %d", ErrMalformedFrame, s, step, pos)
+	step, pos, n := StepKind(fixed[0]), binary.BigEndian.Uint32(fixed[1:5]), binary.BigEndian.Uint32(fixed[5:])
+	if s == "" || step < StepPrefill || step > StepClose || pos > maxPos || n > maxPos {
+		return fmt.Errorf("%w: session %q step %d at %d of %d", ErrMalformedFrame, s, step, pos, n)
 	}
-	req.Session, req.Step, req.Pos = s, step, int(pos)
+	req.Session, req.Step, req.Pos, req.Len = s, step, int(pos), int(n)
 	return nil
 }
 

@@ -116,12 +116,13 @@ type StageRequest struct {
 	// Outputs names the tensors wanted back; empty means all of the stage's outputs.
 	Outputs []string
 	// Session, when set, makes the call one step of a stateful session: the peer
-	// keeps the stage's state between steps under this id. Step says which step and
-	// Pos how many tokens the session had before it (the peer checks its state
-	// agrees).
+	// keeps the stage's state between steps under this id. Step says which step, Pos
+	// how many tokens the session had before it (the peer checks its state agrees)
+	// and Len how many tokens it runs.
 	Session string
 	Step    StepKind
 	Pos     int
+	Len     int
 }
 
 // StepKind is the kind of a session step.

@@ -202,7 +202,7 @@ func (r *Router) sessionPass(ctx context.Context, gs *genSession, step mesh.Step
 			want = gs.plan.crossing(k)
 		}
 		call := StageCall{Request: Request{ID: gs.reqID, Model: gs.plan.Model, Version: gs.plan.Version, Inputs: in, Outputs: want},
-			Stage: k, Session: gs.id, Step: step, Pos: pos}
+			Stage: k, Session: gs.id, Step: step, Pos: pos, Len: len(ids)}
 		if k == last {
 			call.Outputs = nil
 		}

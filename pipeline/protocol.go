@@ -33,7 +33,7 @@ func (mc MeshCaller) CallStage(ctx context.Context, node string, call StageCall)
 	}
 	req := &mesh.StageRequest{
 		RequestID: call.ID, Model: call.Model, Version: call.Version, Stage: call.Stage, Drive: call.Drive,
-		Tensors: call.Inputs, Outputs: call.Outputs, Session: call.Session, Step: call.Step, Pos: call.Pos,
+		Tensors: call.Inputs, Outputs: call.Outputs, Session: call.Session, Step: call.Step, Pos: call.Pos, Len: call.Len,
 	}
 	if call.Drive {
 		// The wire's stage index is never negative and means nothing in a hand-over.
@@ -73,7 +73,7 @@ func (s StageServer) Handle(ctx context.Context, req *mesh.StageRequest) ([]tens
 		if s.Sessions == nil {
 			return nil, toWire(fmt.Errorf("%w: this node runs no sessions", ErrStageNotServed))
 		}
-		out, err := s.Sessions.SessionStep(ctx, SessionStep{Session: req.Session, Step: req.Step, Pos: req.Pos,
+		out, err := s.Sessions.SessionStep(ctx, SessionStep{Session: req.Session, Step: req.Step, Pos: req.Pos, Len: req.Len,
 			Key: StageKey{Model: req.Model, Version: req.Version, Stage: req.Stage}, Inputs: req.Tensors, Outputs: req.Outputs})
 		return out, toWire(err)
 	}

@@ -36,10 +36,11 @@ type StageCall struct {
 	Request
 	Stage int
 	Drive bool
-	// Session, Step and Pos make the call one step of a session (mesh.StageRequest).
-	Session string
-	Step    mesh.StepKind
-	Pos     int
+	// Session, Step, Pos and Len make the call one step of a session
+	// (mesh.StageRequest).
+	Session  string
+	Step     mesh.StepKind
+	Pos, Len int
 }
 
 // label names the call's target in logs and metrics: the stage index, or "drive".
@@ -533,7 +534,7 @@ func (r *Router) attempt(ctx context.Context, rep Replica, call StageCall, timeo
 	case rep.Local && call.Drive:
 		out, err = r.Drive(ctx, call.Request)
 	case rep.Local && call.Session != "":
-		out, err = r.sessions.SessionStep(ctx, SessionStep{Session: call.Session, Step: call.Step, Pos: call.Pos,
+		out, err = r.sessions.SessionStep(ctx, SessionStep{Session: call.Session, Step: call.Step, Pos: call.Pos, Len: call.Len,
 			Key: StageKey{Model: call.Model, Version: call.Version, Stage: call.Stage}, Inputs: call.Inputs, Outputs: call.Outputs})
 	case rep.Local:
 		out, err = r.local.RunStage(ctx, call.Model, call.Version, call.Stage, call.Inputs, call.Outputs)

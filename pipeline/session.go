@@ -42,9 +42,10 @@ type SessionStep struct {
 	Session string
 	Key     StageKey
 	Step    mesh.StepKind
-	// Pos is the number of tokens the session had before this step.
-	Pos    int
-	Inputs []tensor.Tensor
+	// Pos is the number of tokens the session had before this step, Len the number
+	// it runs.
+	Pos, Len int
+	Inputs   []tensor.Tensor
 	// Outputs names the tensors wanted back; empty means every output that is not
 	// state. With a SamplingTensor among the inputs the answer is TokenTensor.
 	Outputs []string
@@ -98,7 +99,7 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 	defer s.inFlight.Done()
 	sampling, inputs, err := samplingFrom(req.Inputs)
 	if err == nil {
-		inputs, err = sessionInputs(s.sess, s.a.State, sess, req.Pos, inputs)
+		inputs, err = sessionInputs(s.sess, s.a.State, sess, req.Pos, req.Len, inputs)
 	}
 	var out []tensor.Tensor
 	if err == nil {
@@ -114,7 +115,7 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		return nil, err
 	}
 	state, rest := splitState(s.a.State, out)
-	r.endStep(sk, sess, state, req.Pos+stepLen(inputs))
+	r.endStep(sk, sess, state, req.Pos+req.Len)
 	if sampling != nil {
 		return sampleToken(rest, *sampling)
 	}
@@ -215,10 +216,9 @@ func (r *StageRuntime) expireSessions(now time.Time) {
 // sessionInputs completes a step's inputs: each state input from the session (empty
 // at a prefill), and the attention mask and positions the stage reads when the
 // caller did not send them.
-func sessionInputs(model accel.Session, pairs []StatePair, sess *stageSession, pos int, in []tensor.Tensor) ([]tensor.Tensor, error) {
-	seq := stepLen(in)
+func sessionInputs(model accel.Session, pairs []StatePair, sess *stageSession, pos, seq int, in []tensor.Tensor) ([]tensor.Tensor, error) {
 	if seq < 1 {
-		return nil, fmt.Errorf("%w: a session step needs a [batch, seq, ...] input", accel.ErrInputMismatch)
+		return nil, fmt.Errorf("%w: a session step of %d tokens", accel.ErrInputMismatch, seq)
 	}
 	out := slices.Clone(in)
 	have := func(name string) bool {
@@ -274,17 +274,6 @@ func initialState(info accel.TensorInfo) tensor.Tensor {
 	}
 	n, _ := tensor.ByteSize(info.DType, shape)
 	return tensor.Tensor{Name: info.Name, DType: info.DType, Shape: shape, Data: make([]byte, n)}
-}
-
-// stepLen is the number of tokens a step runs: dim 1 of its first [batch, seq, ...]
-// input (token ids or a hidden state).
-func stepLen(in []tensor.Tensor) int {
-	for _, t := range in {
-		if len(t.Shape) >= 2 && t.Name != attentionMaskInput && t.Name != positionIDsInput {
-			return int(t.Shape[1])
-		}
-	}
-	return 0
 }
 
 // splitState separates a run's outputs into the new state (renamed to the inputs

@@ -54,7 +54,7 @@ func sessionRuntime(t *testing.T, stateBudget int64, ttl time.Duration) (*StageR
 
 func step(rt *StageRuntime, key StageKey, session string, kind mesh.StepKind, pos int, ids ...int64) (int64, error) {
 	in := []tensor.Tensor{tensor.FromInt64("input_ids", []int64{1, int64(len(ids))}, ids), Sampling{}.tensor()}
-	out, err := rt.SessionStep(context.Background(), SessionStep{Session: session, Key: key, Step: kind, Pos: pos, Inputs: in})
+	out, err := rt.SessionStep(context.Background(), SessionStep{Session: session, Key: key, Step: kind, Pos: pos, Len: len(ids), Inputs: in})
 	if err != nil || kind == mesh.StepClose {
 		return 0, err
 	}

@@ -40,14 +40,15 @@ const attentionPadding = 1e9
 // gptPastShared holds the constants and per-graph tensors every block of the
 // with-past GPT reads.
 type gptPastShared struct {
-	g                                         *graphBuilder
-	cfg                                       GPTConfig
-	d, hd                                     int64
-	one1, headsShape, mergeShape, splitQKV    string
-	scale, sqrt2, fOne, fHalf, axes0, padding string
-	negInf                                    *onnxpb.AttributeProto
-	f                                         func(name string, dims ...any) string
-	i64                                       func(name string, dims ...any) string
+	g                                      *graphBuilder
+	cfg                                    GPTConfig
+	d, hd                                  int64
+	one1, headsShape, mergeShape, splitQKV string
+	scale, sqrt2, fOne, fHalf, axes0, big  string
+	padShape                               string
+	negInf                                 *onnxpb.AttributeProto
+	f                                      func(name string, dims ...any) string
+	i64                                    func(name string, dims ...any) string
 }
 
 // GPTWithPast builds the GPT of GPT(cfg), same weights (same names, same
@@ -59,9 +60,10 @@ type gptPastShared struct {
 // whole sequence is its reference: the logits of a step equal the last seq
 // rows of a full recomputation.
 //
-// A block derives its causal mask from its own tensors (the new rows and the
-// present keys), so between blocks only the hidden state flows, and each
-// block's state pair is read and written inside the block.
+// A block derives its causal and padding masks from its own tensors (the new
+// rows, the present keys, the attention_mask input), so between blocks only the
+// hidden state flows, and each block's state pair is read and written inside the
+// block.
 func GPTWithPast(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -112,13 +114,8 @@ func GPTWithPast(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	pos := f(g.op1("Gather", "embed/pos", []string{wpe, GPTPositionIDs}), bsd...)
 	x := f(g.op1("Add", "embed/sum", []string{tok, pos}), bsd...)
 
-	// Padding: (mask - 1) * 1e9, as [batch, 1, 1, total], added to every score.
-	maskF := f(g.op1("Cast", "pad/cast", []string{GPTAttentionMask}, attrInt("to", int64(elemFloat))), "batch", "total")
-	minus := f(g.op1("Sub", "pad/minus_one", []string{maskF, s.fOne}), "batch", "total")
-	big := g.constFloat("const/padding", nil, attentionPadding)
-	padFlat := f(g.op1("Mul", "pad/scaled", []string{minus, big}), "batch", "total")
-	padShape := g.constInt64("const/pad_shape", []int64{4}, 0, 1, 1, -1)
-	s.padding = f(g.op1("Reshape", "pad", []string{padFlat, padShape}), "batch", 1, 1, "total")
+	s.big = g.constFloat("const/padding", nil, attentionPadding)
+	s.padShape = g.constInt64("const/pad_shape", []int64{4}, 0, 1, 1, -1)
 
 	for i := 0; i < cfg.Layers; i++ {
 		x = s.block(i, x)
@@ -207,11 +204,19 @@ func (s *gptPastShared) block(i int, x string) string {
 	full := f(g.op1("ConstantOfShape", p+"mask/fill", []string{shape}, s.negInf), "seq", "total")
 	mask := f(g.op1("Trilu", p+"mask", []string{full, diagScalar}, attrInt("upper", 1)), "seq", "total")
 
+	// Padding: (mask - 1) * 1e9, as [batch, 1, 1, total], added to every score. Each
+	// block computes it from the attention_mask input itself, so that no cut carries
+	// a tensor that grows with the context.
+	maskF := f(g.op1("Cast", p+"pad/cast", []string{GPTAttentionMask}, attrInt("to", int64(elemFloat))), "batch", "total")
+	minus := f(g.op1("Sub", p+"pad/minus_one", []string{maskF, s.fOne}), "batch", "total")
+	padFlat := f(g.op1("Mul", p+"pad/scaled", []string{minus, s.big}), "batch", "total")
+	padding := f(g.op1("Reshape", p+"pad", []string{padFlat, s.padShape}), "batch", 1, 1, "total")
+
 	bhst := []any{"batch", heads, "seq", "total"}
 	scores := f(g.op1("MatMul", p+"attn/scores", []string{q, kT}), bhst...)
 	scaled := f(g.op1("Mul", p+"attn/scaled", []string{scores, s.scale}), bhst...)
 	causal := f(g.op1("Add", p+"attn/causal", []string{scaled, mask}), bhst...)
-	masked := f(g.op1("Add", p+"attn/masked", []string{causal, s.padding}), bhst...)
+	masked := f(g.op1("Add", p+"attn/masked", []string{causal, padding}), bhst...)
 	probs := f(g.op1("Softmax", p+"attn/probs", []string{masked}, attrInt("axis", -1)), bhst...)
 	ctx := f(g.op1("MatMul", p+"attn/context", []string{probs, presentV}), "batch", heads, "seq", s.hd)
 	merged := f(g.op1("Transpose", p+"attn/merge", []string{ctx}, attrInts("perm", 0, 2, 1, 3)), "batch", "seq", heads, s.hd)
