@@ -23,7 +23,6 @@ type clusterCollector struct {
 	members                               *prometheus.Desc // state
 	rtt, bandwidth                        *prometheus.Desc // peer
 	callsInFlight, stagesServed           *prometheus.Desc
-	sessions, sessionBytes, sessionsGone  *prometheus.Desc
 }
 
 func newClusterCollector(c *Cluster) *clusterCollector {
@@ -42,16 +41,11 @@ func newClusterCollector(c *Cluster) *clusterCollector {
 			[]string{"peer"}, nil),
 		callsInFlight: prometheus.NewDesc("layermesh_stage_calls_in_flight", "Stage calls this node's router has open (local runs and calls to peers).", nil, nil),
 		stagesServed:  prometheus.NewDesc("layermesh_stages_served", "Stages this node holds, by readiness.", []string{"ready"}, nil),
-		sessions:      prometheus.NewDesc("layermesh_sessions_active", "Generation sessions whose state this node's stages hold (one per session and stage).", nil, nil),
-		sessionBytes: prometheus.NewDesc("layermesh_session_state_bytes", "Bytes of session state (KV caches) this node's stages hold, counted against --mem-budget.",
-			nil, nil),
-		sessionsGone: prometheus.NewDesc("layermesh_sessions_expired_total", "Session states this node freed after their idle TTL (or when their stage left).", nil, nil),
 	}
 }
 
 func (k *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{k.term, k.commit, k.applied, k.leader, k.voters, k.members, k.rtt, k.bandwidth, k.callsInFlight, k.stagesServed,
-		k.sessions, k.sessionBytes, k.sessionsGone} {
+	for _, d := range []*prometheus.Desc{k.term, k.commit, k.applied, k.leader, k.voters, k.members, k.rtt, k.bandwidth, k.callsInFlight, k.stagesServed} {
 		ch <- d
 	}
 }
@@ -104,10 +98,6 @@ func (k *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(k.stagesServed, float64(ready), "true")
 	gauge(k.stagesServed, float64(loading), "false")
-	ss := c.runtime.SessionStats()
-	gauge(k.sessions, float64(ss.Sessions))
-	gauge(k.sessionBytes, float64(ss.Bytes))
-	ch <- prometheus.MustNewConstMetric(k.sessionsGone, prometheus.CounterValue, float64(ss.Expired))
 }
 
 // registerClusterMetrics registers the collector above and the stage compute

@@ -322,6 +322,18 @@ func (c *Cluster) RegisterMetrics(reg prometheus.Registerer) error {
 			Name: "layermesh_blob_served_bytes_total",
 			Help: "Blob bytes (stage files) this node has sent to peers since start.",
 		}, func() float64 { return float64(c.mesh.BlobBytesServed()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "layermesh_sessions_active",
+			Help: "Generation sessions whose state this node's stages hold (one per session and stage).",
+		}, func() float64 { return float64(c.runtime.SessionStats().Sessions) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "layermesh_session_state_bytes",
+			Help: "Bytes of session state (KV caches) this node's stages hold, counted against --mem-budget.",
+		}, func() float64 { return float64(c.runtime.SessionStats().Bytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "layermesh_sessions_expired_total",
+			Help: "Session states this node freed after their idle TTL (or when their stage left).",
+		}, func() float64 { return float64(c.runtime.SessionStats().Expired) }),
 	} {
 		if err := reg.Register(col); err != nil {
 			return err

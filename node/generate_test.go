@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
@@ -127,6 +129,41 @@ func generate(c *Cluster, req api.GenerateRequest, onToken func(i int) error) ([
 
 func seedOf(v uint64) *uint64 { return &v }
 
+// metricSum adds up every series of a counter or gauge family in reg.
+func metricSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+		return sum
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// registries registers each node's metrics on a registry of its own.
+func registries(t *testing.T, tc *testCluster) []*prometheus.Registry {
+	t.Helper()
+	var out []*prometheus.Registry
+	for _, c := range tc.nodes {
+		reg := prometheus.NewRegistry()
+		if err := c.RegisterMetrics(reg); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, reg)
+	}
+	return out
+}
+
 // TestClusterGenerateMatchesWholeModelLoop: generation through a 3-stage, 2-replica
 // deployment gives exactly the tokens of one ORT session of the whole with-past
 // model in a plain loop, greedy and seeded, from any entry node; the loop's greedy
@@ -154,6 +191,7 @@ func TestClusterGenerateMatchesWholeModelLoop(t *testing.T) {
 	defer plain.Close()
 
 	tc := startTestCluster(t, 3, 1<<30)
+	regs := registries(t, tc)
 	deploy(t, tc.nodes[1], "gen", path, 3, 2)
 	deploy(t, tc.nodes[1], "plain", plainPath, 2, 1)
 	waitReplicas(t, tc.nodes[0], "gen", 2, 60*time.Second)
@@ -188,7 +226,7 @@ func TestClusterGenerateMatchesWholeModelLoop(t *testing.T) {
 		t.Logf("prompt %d via node %d: greedy and seeded (%v...) match the whole-model loop", i, i%3, got[:8])
 	}
 	checkDecodeStepBytes(t, tc, cfg)
-	checkDisconnectFrees(t, tc)
+	checkDisconnectFrees(t, tc, regs)
 	checkGenerateRefusals(t, tc, cfg)
 }
 
@@ -201,6 +239,7 @@ func checkDecodeStepBytes(t *testing.T, tc *testCluster, cfg modelgen.GPTConfig)
 	hidden := uint64(cfg.Dim * 4)
 	const stages = 3
 	bound := 2*(stages-1)*hidden + 128
+	perStep := map[uint64]bool{}
 	for _, promptLen := range []int{4, 160} {
 		prompt := make([]int32, promptLen)
 		for i := range prompt {
@@ -217,6 +256,7 @@ func checkDecodeStepBytes(t *testing.T, tc *testCluster, cfg modelgen.GPTConfig)
 		kvBytes := uint64(2*cfg.Layers*cfg.Dim*4) * uint64(promptLen) / stages
 		for i := 1; i < len(marks); i++ {
 			step := marks[i] - marks[i-1]
+			perStep[step] = true
 			if step > bound {
 				t.Fatalf("context %d: a decode step moved %d bytes, bound %d (hidden %d)", promptLen, step, bound, hidden)
 			}
@@ -226,11 +266,14 @@ func checkDecodeStepBytes(t *testing.T, tc *testCluster, cfg modelgen.GPTConfig)
 			}
 		}
 	}
+	if len(perStep) != 1 {
+		t.Fatalf("decode steps moved different byte counts at different context lengths: %v", perStep)
+	}
 }
 
 // checkDisconnectFrees: a client that goes away mid-stream (emit fails) leaves no
 // session state on any node within a second.
-func checkDisconnectFrees(t *testing.T, tc *testCluster) {
+func checkDisconnectFrees(t *testing.T, tc *testCluster, regs []*prometheus.Registry) {
 	t.Helper()
 	gone := errors.New("client gone")
 	var sawState bool
@@ -260,6 +303,11 @@ func checkDisconnectFrees(t *testing.T, tc *testCluster) {
 				t.Fatalf("session state not freed within 1s of the disconnect: %+v", st)
 			}
 			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for i, reg := range regs {
+		if b, n := metricSum(t, reg, "layermesh_session_state_bytes"), metricSum(t, reg, "layermesh_sessions_active"); b != 0 || n != 0 {
+			t.Errorf("node %d metrics after the disconnect: %v sessions, %v bytes", i, n, b)
 		}
 	}
 }
@@ -296,6 +344,10 @@ func TestClusterGenerateSurvivesStageHolderLoss(t *testing.T) {
 	}
 	path := writeGenModel(t, genConfig)
 	tc := startTestCluster(t, 3, 1<<30)
+	reg := prometheus.NewRegistry()
+	if err := tc.nodes[0].RegisterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
 	deploy(t, tc.nodes[0], "gen", path, 3, 2)
 	waitReplicas(t, tc.nodes[0], "gen", 2, 60*time.Second)
 	req := api.GenerateRequest{Model: "gen", Prompt: []int32{7, 3, 11, 42}, MaxTokens: 200, Temperature: 0.8, TopK: 50, Seed: seedOf(9)}
@@ -334,5 +386,8 @@ func TestClusterGenerateSurvivesStageHolderLoss(t *testing.T) {
 	}
 	if r := entry.router.Stats().SessionReplays; r < 1 {
 		t.Fatalf("no session replay counted (%d)", r)
+	}
+	if r := metricSum(t, reg, "layermesh_session_replays_total"); r < 1 {
+		t.Fatalf("layermesh_session_replays_total is %v", r)
 	}
 }
