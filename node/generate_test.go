@@ -225,9 +225,41 @@ func TestClusterGenerateMatchesWholeModelLoop(t *testing.T) {
 		}
 		t.Logf("prompt %d via node %d: greedy and seeded (%v...) match the whole-model loop", i, i%3, got[:8])
 	}
+	checkConcurrentSessions(t, tc, whole, cfg, prompts)
 	checkDecodeStepBytes(t, tc, cfg)
 	checkDisconnectFrees(t, tc, regs)
 	checkGenerateRefusals(t, tc, cfg)
+}
+
+// checkConcurrentSessions runs several seeded sessions at once through different
+// entry nodes (they sit in different stages at the same time); each gets exactly its
+// own whole-model loop's tokens.
+func checkConcurrentSessions(t *testing.T, tc *testCluster, whole accel.Session, cfg modelgen.GPTConfig, prompts [][]int32) {
+	t.Helper()
+	const n = 40
+	var wg sync.WaitGroup
+	errs := make([]error, 2*len(prompts))
+	wants := make([][]int32, len(errs))
+	for i := range errs {
+		s := pipeline.Sampling{Temperature: 1, TopK: 20, Seed: uint64(1000 + i)}
+		wants[i] = loopGenerate(t, whole, cfg, prompts[i%len(prompts)], n, s)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := api.GenerateRequest{Model: "gen", Prompt: prompts[i%len(prompts)], MaxTokens: n, Temperature: s.Temperature, TopK: s.TopK, Seed: seedOf(s.Seed)}
+			got, _, err := generate(tc.nodes[i%len(tc.nodes)], req, nil)
+			if err == nil && !slices.Equal(got, wants[i]) {
+				err = fmt.Errorf("got %v, want %v", got, wants[i])
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("concurrent session %d: %v", i, err)
+		}
+	}
 }
 
 // checkDecodeStepBytes measures the tensor bytes one decode step moves between nodes

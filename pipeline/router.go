@@ -207,59 +207,6 @@ func NewRouter(cfg RouterConfig, plans PlanSource, view ReplicaView, caller Stag
 	}
 }
 
-// usualKey names a stage (or the drive) of a model version whose durations are learned.
-type usualKey struct {
-	model, version string
-	stage          int
-	drive          bool
-}
-
-func keyOf(call StageCall) usualKey {
-	return usualKey{model: call.Model, version: call.Version, stage: call.Stage, drive: call.Drive}
-}
-
-// usualDuration is an exponentially weighted mean of successful attempts.
-type usualDuration struct {
-	mean    time.Duration
-	samples int
-}
-
-// learnedSamples is how many answers a stage needs before its learned timeout is used.
-const learnedSamples = 3
-
-// attemptTimeout is the bound for one attempt of call: the configured one until the
-// stage (or the drive) has answered a few times, then a multiple of its usual duration.
-func (r *Router) attemptTimeout(call StageCall, configured time.Duration) time.Duration {
-	r.mu.Lock()
-	u := r.usual[keyOf(call)]
-	r.mu.Unlock()
-	if u == nil || u.samples < learnedSamples {
-		return configured
-	}
-	floor := r.cfg.MinStageTimeout
-	if call.Drive {
-		floor = max(floor, 5*time.Second)
-	}
-	learned := max(time.Duration(r.cfg.TimeoutFactor*float64(u.mean)), floor)
-	if configured > 0 {
-		learned = min(learned, configured)
-	}
-	return learned
-}
-
-func (r *Router) learn(call StageCall, d time.Duration) {
-	k := keyOf(call)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	u := r.usual[k]
-	if u == nil {
-		u = &usualDuration{mean: d}
-		r.usual[k] = u
-	}
-	u.mean += (d - u.mean) / 8
-	u.samples++
-}
-
 // SetMetrics makes the router record its Prometheus series.
 func (r *Router) SetMetrics(m *RouterMetrics) { r.metricsP.Store(m) }
 
