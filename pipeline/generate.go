@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/mesh"
@@ -58,25 +59,16 @@ func (e *stepError) Unwrap() error { return e.err }
 // on every replica.
 func (r *Router) Generate(ctx context.Context, plan RoutePlan, req api.GenerateRequest, emit func(api.GeneratedToken) error) (api.GenerateResult, error) {
 	gs := &genSession{id: newRequestID() + newRequestID(), plan: plan, reqID: api.RequestID(ctx), failed: map[string]bool{},
-		tokens: slices.Clone(req.Prompt), prompt: len(req.Prompt),
-		samp: Sampling{Temperature: req.Temperature, TopK: req.TopK, TopP: req.TopP}}
+		tokens: slices.Clone(req.Prompt), prompt: len(req.Prompt), samp: samplingOf(req)}
 	if gs.reqID == "" {
 		gs.reqID = newRequestID()
 	}
-	if req.Seed != nil {
-		gs.samp.Seed = *req.Seed
-	} else {
-		var b [8]byte
-		_, _ = crand.Read(b[:])
-		gs.samp.Seed = binary.LittleEndian.Uint64(b[:])
-	}
 	gs.log = r.log.With("model", plan.Model, "version", plan.Version, "session", gs.id, "request", gs.reqID)
-	res := api.GenerateResult{PromptTokens: len(req.Prompt)}
+	gen := newGeneration(req, plan.ContextLen, emit)
 	defer func() { r.closeSession(ctx, gs, gs.pinned) }()
 	if err := r.pinSession(ctx, gs, -1); err != nil {
-		return res, err
+		return gen.res, err
 	}
-	out := stopFilter{stops: req.StopTokens}
 	step, pos, pending := mesh.StepPrefill, 0, gs.tokens
 	replays := 0
 	for {
@@ -84,10 +76,10 @@ func (r *Router) Generate(ctx context.Context, plan RoutePlan, req api.GenerateR
 		if err != nil {
 			var se *stepError
 			if !errors.As(err, &se) || !retryable(ctx, err) {
-				return res, err
+				return gen.res, err
 			}
 			if replays >= r.cfg.MaxAttempts {
-				return res, fmt.Errorf("%w: session of %s after %d replays: %w", ErrStageFailed, plan.Model, replays, err)
+				return gen.res, fmt.Errorf("%w: session of %s after %d replays: %w", ErrStageFailed, plan.Model, replays, err)
 			}
 			replays++
 			r.sessionReplays.Add(1)
@@ -98,32 +90,15 @@ func (r *Router) Generate(ctx context.Context, plan RoutePlan, req api.GenerateR
 			gs.failed[se.node] = true
 			r.penalize(se.node)
 			if err := r.pinSession(ctx, gs, se.stage); err != nil {
-				return res, err
+				return gen.res, err
 			}
 			r.closeSession(ctx, gs, replaced(old, gs.pinned))
 			step, pos, pending = mesh.StepPrefill, 0, gs.tokens
 			continue
 		}
 		gs.tokens = append(gs.tokens, tok)
-		res.CompletionTokens++
-		stopped, ready := out.push(tok)
-		for _, t := range ready {
-			if err := emit(t); err != nil {
-				return res, err
-			}
-		}
-		switch {
-		case stopped:
-			res.FinishReason = "stop"
-			return res, nil
-		case res.CompletionTokens >= req.MaxTokens || (plan.ContextLen > 0 && len(gs.tokens) >= plan.ContextLen):
-			res.FinishReason = "length"
-			for _, t := range out.flush() {
-				if err := emit(t); err != nil {
-					return res, err
-				}
-			}
-			return res, nil
+		if done, err := gen.add(tok, len(gs.tokens)); done || err != nil {
+			return gen.res, err
 		}
 		step, pos, pending = mesh.StepDecode, len(gs.tokens)-1, gs.tokens[len(gs.tokens)-1:]
 	}
@@ -322,6 +297,110 @@ func (f *stopFilter) upTo(n int) []api.GeneratedToken {
 	var out []api.GeneratedToken
 	for ; f.emitted < n; f.emitted++ {
 		out = append(out, api.GeneratedToken{ID: f.gen[f.emitted], Index: f.emitted})
+	}
+	return out
+}
+
+// samplingOf is a request's sampling; without a seed, a random one, drawn once so
+// that a replayed session draws the same tokens.
+func samplingOf(req api.GenerateRequest) Sampling {
+	s := Sampling{Temperature: req.Temperature, TopK: req.TopK, TopP: req.TopP}
+	if req.Seed != nil {
+		s.Seed = *req.Seed
+	} else {
+		var b [8]byte
+		_, _ = crand.Read(b[:])
+		s.Seed = binary.LittleEndian.Uint64(b[:])
+	}
+	return s
+}
+
+// generation is the client's side of a generation: the result so far, the stop
+// filter and the end conditions, whichever way the tokens are computed.
+type generation struct {
+	res        api.GenerateResult
+	out        stopFilter
+	maxTokens  int
+	contextLen int
+	emit       func(api.GeneratedToken) error
+}
+
+func newGeneration(req api.GenerateRequest, contextLen int, emit func(api.GeneratedToken) error) *generation {
+	return &generation{res: api.GenerateResult{PromptTokens: len(req.Prompt)}, out: stopFilter{stops: req.StopTokens},
+		maxTokens: req.MaxTokens, contextLen: contextLen, emit: emit}
+}
+
+// add takes the next generated token (total: the session's tokens with it) and emits
+// what can be emitted; done says the generation ended, with its finish reason set.
+func (g *generation) add(tok int32, total int) (bool, error) {
+	g.res.CompletionTokens++
+	stopped, ready := g.out.push(tok)
+	for _, t := range ready {
+		if err := g.emit(t); err != nil {
+			return true, err
+		}
+	}
+	switch {
+	case stopped:
+		g.res.FinishReason = "stop"
+		return true, nil
+	case g.res.CompletionTokens >= g.maxTokens || (g.contextLen > 0 && total >= g.contextLen):
+		g.res.FinishReason = "length"
+		for _, t := range g.out.flush() {
+			if err := g.emit(t); err != nil {
+				return true, err
+			}
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// GenerateLocal runs a generation on one session of a whole model with state pairs
+// (single-node mode): a prefill of the prompt, then one token a step, the state kept
+// here between steps and sampled as the last stage of a pipeline does. req must have
+// passed CheckGenerate.
+func GenerateLocal(ctx context.Context, sess accel.Session, pairs []StatePair, contextLen int, req api.GenerateRequest, emit func(api.GeneratedToken) error) (api.GenerateResult, error) {
+	gen := newGeneration(req, contextLen, emit)
+	samp := samplingOf(req)
+	state := &stageSession{}
+	tokens := slices.Clone(req.Prompt)
+	pos, pending := 0, tokens
+	for {
+		ids := make([]int64, len(pending))
+		for i, id := range pending {
+			ids[i] = int64(id)
+		}
+		in := []tensor.Tensor{tensor.FromInt64(sessionTokenInput(inputNames(sess)), []int64{1, int64(len(ids))}, ids)}
+		in, err := sessionInputs(sess, pairs, state, pos, len(ids), in)
+		if err != nil {
+			return gen.res, err
+		}
+		out, err := sess.Run(ctx, in, nil)
+		if err != nil {
+			return gen.res, err
+		}
+		var rest []tensor.Tensor
+		state.state, rest = splitState(pairs, out)
+		samp.Index = len(tokens) - len(req.Prompt)
+		tok, err := sampleToken(rest, samp)
+		if err != nil {
+			return gen.res, err
+		}
+		v, _ := tok[0].Int64s()
+		pos += len(pending)
+		tokens = append(tokens, int32(v[0]))
+		if done, err := gen.add(int32(v[0]), len(tokens)); done || err != nil {
+			return gen.res, err
+		}
+		pending = tokens[len(tokens)-1:]
+	}
+}
+
+func inputNames(sess accel.Session) []string {
+	var out []string
+	for _, in := range sess.Inputs() {
+		out = append(out, in.Name)
 	}
 	return out
 }

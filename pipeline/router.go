@@ -94,6 +94,9 @@ type RoutePlan struct {
 	// (Router.Generate). ContextLen is its context length in tokens (0: unknown).
 	Generative bool
 	ContextLen int
+	// Vocab is the size of a generative model's vocabulary (the last dim of its
+	// logits), 0 when unknown.
+	Vocab int
 	// StageState lists, per stage, the state outputs it keeps (never sent).
 	StageState [][]string
 	// DriveFromLast says the output is the larger side (a GPT's logits), so the request

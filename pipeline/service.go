@@ -127,23 +127,38 @@ func (s *Service) Generate(ctx context.Context, req api.GenerateRequest, emit fu
 	if err != nil {
 		return api.GenerateResult{}, err
 	}
-	limit := maxGenerateTokens
-	if plan.ContextLen > 0 {
-		limit = plan.ContextLen
-	}
-	switch {
-	case len(req.Prompt) == 0:
-		return api.GenerateResult{}, fmt.Errorf("%w: empty prompt", api.ErrBadRequest)
-	case len(req.Prompt) >= limit:
-		return api.GenerateResult{}, fmt.Errorf("%w: prompt of %d tokens, model %s has a context of %d", api.ErrContextExceeded,
-			len(req.Prompt), plan.Model, limit)
-	case req.MaxTokens < 1 || req.MaxTokens > limit:
-		return api.GenerateResult{}, fmt.Errorf("%w: %d (want 1..%d)", api.ErrInvalidMaxTokens, req.MaxTokens, limit)
-	case req.Temperature < 0 || req.TopK < 0 || req.TopP < 0 || req.TopP > 1:
-		return api.GenerateResult{}, fmt.Errorf("%w: temperature and top_k must not be negative, top_p must be in [0, 1]", api.ErrBadRequest)
+	if err := CheckGenerate(req, plan.ContextLen, plan.Vocab); err != nil {
+		return api.GenerateResult{}, err
 	}
 	res, err := s.router.Generate(ctx, plan, req, emit)
 	return res, toAPI(err)
+}
+
+// CheckGenerate refuses a generation request the model cannot run: an empty prompt,
+// a prompt that fills the context (api.ErrContextExceeded), max_tokens outside
+// 1..context (api.ErrInvalidMaxTokens), token ids outside the vocabulary, sampling
+// figures out of range. contextLen and vocab are 0 when unknown.
+func CheckGenerate(req api.GenerateRequest, contextLen, vocab int) error {
+	limit := maxGenerateTokens
+	if contextLen > 0 {
+		limit = contextLen
+	}
+	switch {
+	case len(req.Prompt) == 0:
+		return fmt.Errorf("%w: empty prompt", api.ErrBadRequest)
+	case len(req.Prompt) >= limit:
+		return fmt.Errorf("%w: prompt of %d tokens, model %s has a context of %d", api.ErrContextExceeded, len(req.Prompt), req.Model, limit)
+	case req.MaxTokens < 1 || req.MaxTokens > limit:
+		return fmt.Errorf("%w: %d (want 1..%d)", api.ErrInvalidMaxTokens, req.MaxTokens, limit)
+	case req.Temperature < 0 || req.TopK < 0 || req.TopP < 0 || req.TopP > 1:
+		return fmt.Errorf("%w: temperature and top_k must not be negative, top_p must be in [0, 1]", api.ErrBadRequest)
+	}
+	for _, id := range req.Prompt {
+		if id < 0 || (vocab > 0 && int(id) >= vocab) {
+			return fmt.Errorf("%w: token id %d outside the vocabulary (%d)", api.ErrBadRequest, id, vocab)
+		}
+	}
+	return nil
 }
 
 // ModelContext returns the context length of a generative model's newest version

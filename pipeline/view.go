@@ -209,6 +209,11 @@ func (v *ClusterView) RoutePlan(model, version string) (RoutePlan, error) {
 	}
 	plan.ContextLen = m.Deploy.ContextLen
 	for _, o := range m.Signature.Outputs {
+		if n := len(o.Shape); plan.Vocab == 0 && o.DType == int32(tensor.Float32) && n == 3 && o.Shape[n-1] > 0 {
+			plan.Vocab = int(o.Shape[n-1])
+		}
+	}
+	for _, o := range m.Signature.Outputs {
 		plan.Outputs = append(plan.Outputs, o.Name)
 	}
 	plan.DriveFromLast = signatureBytes(m.Signature.Outputs) > signatureBytes(m.Signature.Inputs)
