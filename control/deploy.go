@@ -94,15 +94,6 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 	if replicas <= 0 {
 		replicas = c.cfg.Replicas
 	}
-	st := c.store.State()
-	for _, m := range st.Models {
-		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
-			deployFigures(m).replicas(c.cfg.Replicas) == replicas {
-			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
-			return c.ModelStatus(ctx, name, m.Version)
-		}
-	}
-
 	var state []partition.StatePair
 	for _, s := range opts.State {
 		p, err := partition.ParseStatePair(s)
@@ -111,6 +102,15 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		}
 		state = append(state, p)
 	}
+	st := c.store.State()
+	for _, m := range st.Models {
+		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
+			deployFigures(m).replicas(c.cfg.Replicas) == replicas && sameState(m, state) {
+			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
+			return c.ModelStatus(ctx, name, m.Version)
+		}
+	}
+
 	model, err := c.cut(name, srcHash, srcSize, cutOptions{stages: opts.Stages, replicas: replicas, state: state}, tmpDir, st)
 	if err != nil {
 		return wire.ModelStatus{}, err
@@ -164,6 +164,25 @@ func (c *Controller) putBlobFile(hash, path string) error {
 	defer f.Close()
 	_, err = store.Put(hash, f)
 	return err
+}
+
+// sameState says whether a deployed version has the declared state pairs; none
+// declared (detected by name) matches any version of the same bytes.
+func sameState(m consensus.Model, declared []partition.StatePair) bool {
+	if declared == nil {
+		return true
+	}
+	var have []partition.StatePair
+	for _, s := range m.Stages {
+		for _, p := range s.State {
+			have = append(have, partition.StatePair{In: p.In, Out: p.Out})
+		}
+	}
+	cmp := func(a, b partition.StatePair) int { return strings.Compare(a.In+"\x00"+a.Out, b.In+"\x00"+b.Out) }
+	want := slices.Clone(declared)
+	slices.SortFunc(want, cmp)
+	slices.SortFunc(have, cmp)
+	return slices.Equal(want, have)
 }
 
 // cutOptions are a deploy's choices for cut: stage count (0: the planner's), replicas

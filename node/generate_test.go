@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -229,6 +230,56 @@ func TestClusterGenerateMatchesWholeModelLoop(t *testing.T) {
 	checkDecodeStepBytes(t, tc, cfg)
 	checkDisconnectFrees(t, tc, regs)
 	checkGenerateRefusals(t, tc, cfg)
+	checkDeclaredState(t, tc, cfg, path, plainPath)
+}
+
+// checkDeclaredState: the manifest records which stage owns which state pair; a
+// deploy declaring the same pairs as detected is the same deploy; a declared pair that
+// is not an input and output of the model is refused with bad_request.
+func checkDeclaredState(t *testing.T, tc *testCluster, cfg modelgen.GPTConfig, path, plainPath string) {
+	t.Helper()
+	st := tc.nodes[0].Store().State()
+	m, err := tc.nodes[0].view.ResolveVersion(st, "gen", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var declared []string
+	owners := map[string]int{}
+	for _, s := range m.Stages {
+		for _, p := range s.State {
+			declared = append(declared, p.In+"="+p.Out)
+			owners[p.In] = s.Index
+		}
+	}
+	if len(declared) != 2*cfg.Layers {
+		t.Fatalf("manifest records %d state pairs, want %d: %v", len(declared), 2*cfg.Layers, owners)
+	}
+	put := func(name, p string, state []string) error {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		_, err = tc.nodes[1].Control().PutModel(context.Background(), name, f, api.DeployOptions{Stages: 3, Replicas: 2, Size: -1, State: state})
+		return err
+	}
+	if err := put("gen", path, declared); err != nil {
+		t.Fatal(err)
+	}
+	versions := 0
+	for _, m := range tc.nodes[1].Store().State().Models {
+		if m.Name == "gen" {
+			versions++
+		}
+	}
+	if versions != 1 {
+		t.Fatalf("declaring the detected pairs made %d versions", versions)
+	}
+	for _, bad := range [][]string{{"nope=present.0.key"}, {"input_ids"}} {
+		if err := put("plain2", plainPath, bad); api.Classify(err).Code != api.CodeBadRequest {
+			t.Errorf("deploy declaring %v: %v", bad, err)
+		}
+	}
 }
 
 // checkConcurrentSessions runs several seeded sessions at once through different

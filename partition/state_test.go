@@ -40,6 +40,9 @@ func TestSplitGPTWithPastKeepsStateInStage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if g.ContextLen() != cfg.Context {
+		t.Errorf("context length %d, want %d", g.ContextLen(), cfg.Context)
+	}
 	if len(g.State) != 2*cfg.Layers {
 		t.Fatalf("detected %d state pairs, want %d: %v", len(g.State), 2*cfg.Layers, g.State)
 	}

@@ -182,12 +182,22 @@ func (r *Router) sessionPass(ctx context.Context, gs *genSession, step mesh.Step
 			call.Outputs = nil
 		}
 		rep := gs.pinned[k]
-		out, err := r.attempt(ctx, rep, call, r.attemptTimeout(call, r.cfg.StageTimeout))
+		// A prefill's time grows with the prompt: it gets the configured bound, and
+		// only decode steps learn their usual time (which then bounds them).
+		timeout := r.cfg.StageTimeout
+		if step == mesh.StepDecode {
+			timeout = r.attemptTimeout(call, timeout)
+		}
+		start := time.Now()
+		out, err := r.attempt(ctx, rep, call, timeout)
 		if err == nil {
 			err = checkStageOutputs(out, want)
 		}
 		if err != nil {
 			return 0, &stepError{stage: k, node: rep.Node, err: err}
+		}
+		if step == mesh.StepDecode {
+			r.learn(call, time.Since(start))
 		}
 		if !rep.Local {
 			r.sessionWireBytes.Add(uint64(tensorBytes(in) + tensorBytes(out)))

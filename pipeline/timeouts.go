@@ -4,17 +4,22 @@ package pipeline
 // gets a multiple of its usual duration instead of the configured bound, so a hung
 // replica costs about a second rather than the whole stage timeout.
 
-import "time"
+import (
+	"time"
+
+	"github.com/layermesh/layermesh/mesh"
+)
 
 // usualKey names a stage (or the drive) of a model version whose durations are learned.
+// Decode steps of sessions are learned apart: one token is far quicker than a request.
 type usualKey struct {
 	model, version string
 	stage          int
-	drive          bool
+	drive, decode  bool
 }
 
 func keyOf(call StageCall) usualKey {
-	return usualKey{model: call.Model, version: call.Version, stage: call.Stage, drive: call.Drive}
+	return usualKey{model: call.Model, version: call.Version, stage: call.Stage, drive: call.Drive, decode: call.Step == mesh.StepDecode}
 }
 
 // usualDuration is an exponentially weighted mean of successful attempts.
