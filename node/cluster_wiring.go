@@ -268,7 +268,7 @@ func NewNodeCluster(ctx context.Context, cfg Config, name, httpAddr string, log 
 		Name: name, DataDir: cfg.DataDir, HTTPAddr: httpAddr,
 		Listen: cc.Listen, GossipPort: cc.GossipPort, Join: cc.Join,
 		Bootstrap: cc.Bootstrap, BootstrapExpect: cc.BootstrapExpect, SecretFile: cc.ClusterSecretFile,
-		MDNS: cc.MDNS, DHT: cc.DHT, MemBudget: cc.MemBudgetBytes,
+		MDNS: cc.MDNS, DHT: cc.DHT, MemBudget: cc.MemBudgetBytes, SessionTTL: cc.SessionTTL,
 		Backend: cfg.Backend, Session: accel.SessionOptions{IntraOpThreads: cfg.IntraOpThreads, PoolSize: cfg.SessionPool},
 		Logger: log,
 	})

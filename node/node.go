@@ -69,6 +69,9 @@ type ClusterConfig struct {
 	MDNS              bool
 	DHT               bool
 	MemBudgetBytes    int64
+	// SessionTTL is how long a generation session's state stays on a stage without a
+	// step; 0 means pipeline.DefaultSessionTTL.
+	SessionTTL time.Duration
 }
 
 // configured reports whether any setting asks for cluster behaviour.
