@@ -16,6 +16,7 @@ import (
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/mesh"
 	"github.com/layermesh/layermesh/partition/modelgen"
 	"github.com/layermesh/layermesh/pipeline"
 )
@@ -191,7 +192,7 @@ func TestClusterGenerateMatchesWholeModelLoop(t *testing.T) {
 	}
 	defer plain.Close()
 
-	tc := startTestCluster(t, 3, 1<<30)
+	tc := startTestClusterTTL(t, 3, 1<<30, 2*time.Second)
 	regs := registries(t, tc)
 	deploy(t, tc.nodes[1], "gen", path, 3, 2)
 	deploy(t, tc.nodes[1], "plain", plainPath, 2, 1)
@@ -229,6 +230,7 @@ func TestClusterGenerateMatchesWholeModelLoop(t *testing.T) {
 	checkConcurrentSessions(t, tc, whole, cfg, prompts)
 	checkDecodeStepBytes(t, tc, cfg)
 	checkDisconnectFrees(t, tc, regs)
+	checkIdleSessionExpires(t, tc, regs)
 	checkGenerateRefusals(t, tc, cfg)
 	checkDeclaredState(t, tc, cfg, path, plainPath)
 }
@@ -392,6 +394,42 @@ func checkDisconnectFrees(t *testing.T, tc *testCluster, regs []*prometheus.Regi
 		if b, n := metricSum(t, reg, "layermesh_session_state_bytes"), metricSum(t, reg, "layermesh_sessions_active"); b != 0 || n != 0 {
 			t.Errorf("node %d metrics after the disconnect: %v sessions, %v bytes", i, n, b)
 		}
+	}
+}
+
+// checkIdleSessionExpires: a session whose entry node went away without closing it
+// (here: a prefill sent straight to a stage, never followed) is freed after the idle
+// TTL, and the metrics say so.
+func checkIdleSessionExpires(t *testing.T, tc *testCluster, regs []*prometheus.Registry) {
+	t.Helper()
+	st := tc.nodes[0].Store().State()
+	m, err := tc.nodes[0].view.ResolveVersion(st, "gen", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := pipeline.StageKey{Model: m.Name, Version: m.Version, Stage: 0}
+	holder := slices.IndexFunc(tc.nodes, func(c *Cluster) bool { return c.runtime.Serves(key) })
+	if holder < 0 {
+		t.Fatal("no node serves stage 0")
+	}
+	c := tc.nodes[holder]
+	expired := metricSum(t, regs[holder], "layermesh_sessions_expired_total")
+	in := []tensor.Tensor{tensor.FromInt64(modelgen.GPTInput, []int64{1, 3}, []int64{1, 2, 3})}
+	if _, err := c.runtime.SessionStep(context.Background(), pipeline.SessionStep{Session: "abandoned", Key: key,
+		Step: mesh.StepPrefill, Len: 3, Inputs: in}); err != nil {
+		t.Fatal(err)
+	}
+	if b := metricSum(t, regs[holder], "layermesh_session_state_bytes"); b <= 0 {
+		t.Fatalf("state bytes after a prefill: %v", b)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if b, n := metricSum(t, regs[holder], "layermesh_session_state_bytes"), metricSum(t, regs[holder], "layermesh_sessions_active"); b != 0 || n != 0 {
+			return fmt.Errorf("abandoned session still held: %v sessions, %v bytes", n, b)
+		}
+		return nil
+	})
+	if e := metricSum(t, regs[holder], "layermesh_sessions_expired_total"); e != expired+1 {
+		t.Fatalf("layermesh_sessions_expired_total went from %v to %v", expired, e)
 	}
 }
 
