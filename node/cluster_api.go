@@ -158,7 +158,8 @@ func describeNodes(c *Cluster, nodes []wire.NodeStatus) {
 		capacity := wire.NodeCapacity{MemBudget: m.Capacity.MemBudget, MemFree: m.Capacity.MemBudget, Cores: m.Capacity.Cores, Speed: m.Capacity.Speed}
 		if id == c.self {
 			nd.Health = "alive"
-			capacity.MemFree = max(m.Capacity.MemBudget-c.runtime.UsedBytes(), 0)
+			// Session state (KV caches) counts against the budget as stages do.
+			capacity.MemFree = max(m.Capacity.MemBudget-c.runtime.UsedBytes()-c.runtime.SessionStats().Bytes, 0)
 		} else if meta, ok := metas[id]; ok {
 			capacity.MemFree, nd.Load = meta.FreeMem, meta.Load
 		}
