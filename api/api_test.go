@@ -452,7 +452,7 @@ func checkResponseBodies(t *testing.T, n *testNode) {
 		t.Errorf("metadata = %+v, %v", md, err)
 	}
 	sm, err := c.ServerMetadata(ctx)
-	if err != nil || sm.Name != "layermesh" || fmt.Sprint(sm.Extensions) != "[binary_tensor_data]" {
+	if err != nil || sm.Name != "layermesh" || fmt.Sprint(sm.Extensions) != "[binary_tensor_data generate]" {
 		t.Errorf("server metadata = %+v, %v", sm, err)
 	}
 	ready, err := c.Ready(ctx)

@@ -37,6 +37,9 @@ var (
 	ErrInvalidMaxTokens = errors.New("invalid max_tokens")
 	ErrInvalidMessages  = errors.New("invalid chat messages")
 	ErrInvalidParameter = errors.New("invalid generation parameter")
+	// ErrKVExhausted: the stage nodes have no memory left for another session's
+	// state; running sessions go on, a new one may retry later.
+	ErrKVExhausted = errors.New("session memory exhausted")
 )
 
 // Code is a stable error code: clients and scripts match on it, so a code never
@@ -82,6 +85,7 @@ const (
 	CodeInvalidMessages      Code = "invalid_messages"
 	CodeInvalidParameter     Code = "invalid_parameter"
 	CodeTokenizerInvalid     Code = "tokenizer_invalid"
+	CodeKVExhausted          Code = "kv_exhausted"
 )
 
 // Entry is one row of the error catalogue.
@@ -131,6 +135,7 @@ var catalogue = map[Code]Entry{
 	CodeInvalidMessages:      {CodeInvalidMessages, http.StatusBadRequest, "chat messages are missing, have an unknown role, or content that is not text"},
 	CodeInvalidParameter:     {CodeInvalidParameter, http.StatusBadRequest, "a generation parameter is out of range or unsupported (temperature, top_p, top_k, n, stop, prompt)"},
 	CodeTokenizerInvalid:     {CodeTokenizerInvalid, http.StatusBadRequest, "the tokenizer or chat template given at deploy cannot be used (not byte-level BPE, does not parse)"},
+	CodeKVExhausted:          {CodeKVExhausted, http.StatusServiceUnavailable, "the stage nodes have no memory left for another session's state; retry after Retry-After seconds"},
 }
 
 // classifiers map sentinel errors to codes. Order matters: the first match wins, so
@@ -175,6 +180,7 @@ var classifiers = []struct {
 	{ErrInvalidMessages, CodeInvalidMessages},
 	{ErrInvalidParameter, CodeInvalidParameter},
 	{tokenizer.ErrInvalid, CodeTokenizerInvalid},
+	{ErrKVExhausted, CodeKVExhausted},
 	{context.DeadlineExceeded, CodeTimeout},
 }
 

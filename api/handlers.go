@@ -215,6 +215,7 @@ func (s *Server) handlePutModel(w http.ResponseWriter, r *http.Request) error {
 	if opts.Replicas, err = queryInt(r, "replicas"); err != nil {
 		return err
 	}
+	opts.State = r.URL.Query()["state"]
 	if r.ContentLength > s.cfg.MaxModelBytes {
 		return &http.MaxBytesError{Limit: s.cfg.MaxModelBytes}
 	}

@@ -39,6 +39,10 @@ type DeployOptions struct {
 	Stages int
 	// Replicas is how many nodes serve each stage; 0 means the cluster default.
 	Replicas int
+	// State declares the model's state pairs, each "IN=OUT" (query: state, repeatable);
+	// none lets the deploy detect them by name. A model with state pairs runs as a
+	// session (generation).
+	State []string
 	// Size is the upload's declared length (Content-Length), -1 when unknown. The
 	// body is already limited by the API; Size lets the service refuse early.
 	Size int64

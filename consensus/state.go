@@ -70,6 +70,16 @@ type StageManifest struct {
 	Inputs     []string `json:"inputs"`
 	Outputs    []string `json:"outputs"`
 	ParamBytes int64    `json:"param_bytes"`
+	// State are the state pairs the stage owns: its node keeps each pair's value
+	// between a session's steps. A model with any runs as a session.
+	State []StatePair `json:"state,omitempty"`
+}
+
+// StatePair is a stage input and output that carry a session's state from one step
+// to the next (partition.StatePair).
+type StatePair struct {
+	In  string `json:"in"`
+	Out string `json:"out"`
 }
 
 // DeployInfo is what a deploy records with its manifest: the figures placement
@@ -79,6 +89,9 @@ type DeployInfo struct {
 	StageMem   []int64 `json:"stage_mem"`   // per stage: parameter bytes plus activation allowance
 	StageFLOPs []int64 `json:"stage_flops"` // per stage: compute cost the planner balances
 	Cutter     string  `json:"cutter"`      // peer id of the node that cut the stages and holds their blobs
+	// ContextLen is a generative model's context length in tokens (its position
+	// table's rows); 0 when unknown or not generative.
+	ContextLen int `json:"context_len,omitempty"`
 }
 
 // Model is one version of a deployed model.

@@ -99,16 +99,24 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 	if replicas <= 0 {
 		replicas = c.cfg.Replicas
 	}
+	var state []partition.StatePair
+	for _, s := range opts.State {
+		p, err := partition.ParseStatePair(s)
+		if err != nil {
+			return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
+		}
+		state = append(state, p)
+	}
 	st := c.store.State()
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
-			deployFigures(m).replicas(c.cfg.Replicas) == replicas && sameText(m.Text, text) {
+			deployFigures(m).replicas(c.cfg.Replicas) == replicas && sameText(m.Text, text) && sameState(m, state) {
 			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
 			return c.ModelStatus(ctx, name, m.Version)
 		}
 	}
 
-	model, err := c.cut(name, srcHash, srcSize, opts.Stages, replicas, tmpDir, st)
+	model, err := c.cut(name, srcHash, srcSize, cutOptions{stages: opts.Stages, replicas: replicas, state: state}, tmpDir, st)
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
@@ -192,15 +200,45 @@ func (c *Controller) putBlobFile(hash, path string) error {
 	return err
 }
 
+// sameState says whether a deployed version has the declared state pairs; none
+// declared (detected by name) matches any version of the same bytes.
+func sameState(m consensus.Model, declared []partition.StatePair) bool {
+	if declared == nil {
+		return true
+	}
+	var have []partition.StatePair
+	for _, s := range m.Stages {
+		for _, p := range s.State {
+			have = append(have, partition.StatePair{In: p.In, Out: p.Out})
+		}
+	}
+	cmp := func(a, b partition.StatePair) int { return strings.Compare(a.In+"\x00"+a.Out, b.In+"\x00"+b.Out) }
+	want := slices.Clone(declared)
+	slices.SortFunc(want, cmp)
+	slices.SortFunc(have, cmp)
+	return slices.Equal(want, have)
+}
+
+// cutOptions are a deploy's choices for cut: stage count (0: the planner's), replicas
+// per stage, and declared state pairs (nil: detected by name).
+type cutOptions struct {
+	stages, replicas int
+	state            []partition.StatePair
+}
+
 // cut plans the stages over the live members and writes them as blobs. The model it
 // returns has no version yet: the FSM allocates it on commit.
-func (c *Controller) cut(name, srcHash string, srcSize int64, stages, replicas int, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
+func (c *Controller) cut(name, srcHash string, srcSize int64, co cutOptions, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
+	stages, replicas := co.stages, co.replicas
 	srcPath := c.blobs.Path(srcHash)
 	pm, err := partition.Load(srcPath)
 	if err != nil {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
 	}
-	g, err := partition.Analyze(pm, nil)
+	g, err := partition.AnalyzeWith(pm, partition.AnalyzeOptions{State: co.state})
+	if errors.Is(err, partition.ErrStatePair) {
+		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
+	}
 	if err != nil {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
 	}
@@ -233,7 +271,7 @@ func (c *Controller) cut(name, srcHash string, srcSize int64, stages, replicas i
 		Name: name, SourceSHA256: srcHash, SourceSize: srcSize,
 		Signature: consensus.Signature{Inputs: specs(man.Inputs), Outputs: specs(man.Outputs)},
 		Created:   time.Now().UTC(),
-		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self},
+		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self, ContextLen: g.ContextLen()},
 	}
 	for _, s := range man.Stages {
 		if s.DataFile != "" {
@@ -244,6 +282,9 @@ func (c *Controller) cut(name, srcHash string, srcSize int64, stages, replicas i
 			return consensus.Model{}, fmt.Errorf("deploy %s: store stage %d: %w", name, s.Index, err)
 		}
 		sm := consensus.StageManifest{Index: s.Index, SHA256: s.SHA256, Size: s.Size, ParamBytes: s.ParamBytes}
+		for _, p := range s.State {
+			sm.State = append(sm.State, consensus.StatePair{In: p.In, Out: p.Out})
+		}
 		for _, in := range s.Inputs {
 			sm.Inputs = append(sm.Inputs, in.Name)
 		}

@@ -69,6 +69,9 @@ type ClusterConfig struct {
 	MDNS              bool
 	DHT               bool
 	MemBudgetBytes    int64
+	// SessionTTL is how long a generation session's state stays on a stage without a
+	// step; 0 means pipeline.DefaultSessionTTL.
+	SessionTTL time.Duration
 
 	// resumed is set by New when no setting asks for a cluster but the data dir holds
 	// one's state (resume.go).
@@ -218,13 +221,14 @@ func New(cfg Config) (*Node, error) {
 		health  api.HealthService  = n
 		cluster api.ClusterService = n
 		text    api.TextService    = n
+		gen     api.Generator      = n
 	)
 	if cfg.Cluster.configured() {
 		if cfg.ModelDir != "" {
 			return nil, fmt.Errorf("%w: --model-dir serves models on a single node; in a cluster, deploy them with meshctl deploy", ErrConfig)
 		}
 		svc := clusterServices{n}
-		models, health, cluster, text = svc, svc, svc, svc
+		models, health, cluster, text, gen = svc, svc, svc, svc, svc
 	}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	n.api, err = api.New(api.Config{
@@ -233,6 +237,7 @@ func New(cfg Config) (*Node, error) {
 		Cluster:           cluster,
 		Tokens:            n,
 		Text:              text,
+		Generator:         gen,
 		RequireInferToken: cfg.RequireInferToken,
 		MaxBodyBytes:      cfg.MaxBodyBytes,
 		MaxModelBytes:     cfg.MaxModelBytes,

@@ -19,6 +19,7 @@ import (
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/control"
+	"github.com/layermesh/layermesh/pipeline"
 )
 
 // Where a model came from; an uploaded model's file belongs to the node, a model-dir
@@ -43,6 +44,10 @@ type model struct {
 	loadedAt time.Time
 	inputs   []wire.TensorMetadata
 	outputs  []wire.TensorMetadata
+	// state are the model's state pairs (detected by name) and contextLen its context:
+	// a model with state pairs serves generation (singlenode_generate.go).
+	state      []pipeline.StatePair
+	contextLen int
 
 	mu     sync.RWMutex
 	sess   accel.Session
@@ -112,11 +117,13 @@ func (n *Node) openModel(ctx context.Context, name, path, source, sum string, si
 	if err != nil {
 		return nil, err
 	}
-	return &model{
+	m := &model{
 		name: name, version: singleVersion, path: path, source: source, sha256: sum, size: size,
 		loadedAt: time.Now(), inputs: tensorMetadata(sess.Inputs()), outputs: tensorMetadata(sess.Outputs()),
 		sess: sess,
-	}, nil
+	}
+	m.state, m.contextLen = generativeInfo(path, sess)
+	return m, nil
 }
 
 func hashFile(path string) (string, int64, error) {

@@ -247,6 +247,9 @@ type UploadOptions struct {
 	// Stages and Replicas are the deploy's plan; 0 lets the cluster choose.
 	Stages   int
 	Replicas int
+	// State declares the model's state pairs, each "IN=OUT"; none lets the cluster
+	// detect them by name.
+	State []string
 	// Progress, when set, is called as bytes go out (sent so far, total; total is -1
 	// when unknown).
 	Progress func(sent, total int64)
@@ -266,6 +269,9 @@ func (c *Client) UploadModel(ctx context.Context, name string, r io.Reader, size
 	}
 	if opts.Replicas > 0 {
 		q.Set("replicas", strconv.Itoa(opts.Replicas))
+	}
+	for _, s := range opts.State {
+		q.Add("state", s)
 	}
 	path := "/v1/models/" + url.PathEscape(name)
 	if len(q) > 0 {

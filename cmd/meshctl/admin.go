@@ -221,6 +221,8 @@ func deployFlags(fs *flag.FlagSet) step {
 	name := fs.String("name", "", "model name (default: the file name without .onnx)")
 	stages := fs.Int("stages", 0, "pipeline stages (0: let the planner choose)")
 	replicas := fs.Int("replicas", 0, "replicas per stage (0: the cluster default)")
+	var state stringsFlag
+	fs.Var(&state, "state", "declare a state pair IN=OUT (repeatable; default: detected by name, e.g. past_key_values.*/present.*)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	wait := fs.Duration("wait", 0, "wait up to this long until every stage has a ready replica (0: return after the upload)")
 	tokenizerPath := fs.String("tokenizer", "", "tokenizer of a text-generating model: a tokenizer.json, or a folder with tokenizer.json, vocab.json + merges.txt or encoder.json + vocab.bpe")
@@ -242,7 +244,7 @@ func deployFlags(fs *flag.FlagSet) step {
 		if err != nil {
 			return output{}, err
 		}
-		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas, Tokenizer: text.tokenizer, ChatTemplate: text.chatTemplate}
+		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas, State: state, Tokenizer: text.tokenizer, ChatTemplate: text.chatTemplate}
 		// Progress goes to stderr, and not at all when stdout is JSON for a script.
 		var progress io.Writer
 		if !*quiet && !in.json {

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -34,6 +35,7 @@ type config struct {
 	BootstrapExpect   int
 	ClusterSecretFile string
 	MemBudget         byteSize
+	SessionTTL        time.Duration
 	Accel             string
 	Threads           int
 	SessionPool       int
@@ -67,6 +69,7 @@ func newFlagSet(c *config, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.BootstrapExpect, "bootstrap-expect", 0, "wait for this many nodes before bootstrapping (cluster mode)")
 	fs.StringVar(&c.ClusterSecretFile, "cluster-secret-file", "", "file holding the cluster secret (cluster mode)")
 	fs.Var(&c.MemBudget, "mem-budget", "memory this node offers for model stages, e.g. 2GiB (default: half the memory available at start)")
+	fs.DurationVar(&c.SessionTTL, "session-ttl", 5*time.Minute, "how long a generation session's state stays on a stage without a step (cluster mode)")
 	fs.StringVar(&c.Accel, "accel", "auto", "execution provider: auto, cpu, cuda or tensorrt")
 	fs.IntVar(&c.Threads, "threads", 0, "ONNX Runtime intra-op threads per session (default: number of cores)")
 	fs.IntVar(&c.SessionPool, "session-pool", 1, "ONNX Runtime sessions per model, for concurrent requests")

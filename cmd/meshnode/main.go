@@ -98,6 +98,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			MDNS:              !cfg.NoMDNS,
 			DHT:               cfg.DHT,
 			MemBudgetBytes:    int64(cfg.MemBudget),
+			SessionTTL:        cfg.SessionTTL,
 		},
 		Logger: log,
 	})
