@@ -9,10 +9,13 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/layermesh/layermesh/events"
 )
 
 // Defaults for Config's limits.
@@ -49,6 +52,11 @@ type Config struct {
 	// new registry. The node passes its own so every component's metrics share it.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
+	// Events feeds GET /v1/events; nil means a bus nothing publishes to.
+	Events EventSource
+	// Links answers GET /v1/links (the dashboard's link figures); nil answers
+	// not_cluster_mode.
+	Links LinkSource
 }
 
 // Server is the HTTP API. Its Handler is safe for concurrent use.
@@ -58,6 +66,10 @@ type Server struct {
 	mux     *http.ServeMux
 	metrics *metrics
 	handler http.Handler
+	// closing closes when the HTTP server shuts down, ending the event streams that
+	// would otherwise hold Shutdown until its deadline.
+	closing   chan struct{}
+	closeOnce sync.Once
 }
 
 // New checks cfg and builds the routes.
@@ -82,7 +94,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: metrics: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log.With("component", "api"), mux: http.NewServeMux(), metrics: m}
+	if cfg.Events == nil {
+		cfg.Events = events.NewBus(0, 0)
+	}
+	s := &Server{cfg: cfg, log: log.With("component", "api"), mux: http.NewServeMux(), metrics: m, closing: make(chan struct{})}
 	s.routes()
 	s.handler = s.recoverPanics(s.jsonMuxErrors(s.mux))
 	return s, nil
@@ -124,6 +139,9 @@ func (s *Server) routes() {
 	s.handle("POST /v1/tokens", admin, s.handleCreateToken)
 	s.handle("GET /v1/tokens", admin, s.handleListTokens)
 	s.handle("DELETE /v1/tokens/{id}", admin, s.handleRevokeToken)
+	s.handle("GET /v1/events", admin, s.handleEvents)
+	s.handle("GET /v1/links", admin, s.handleLinks)
+	s.uiRoutes()
 
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 }
@@ -163,7 +181,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // HTTPServer returns an http.Server for the handler with the timeouts set. tlsConfig
 // may be nil.
 func (s *Server) HTTPServer(tlsConfig *tls.Config) *http.Server {
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
@@ -171,7 +189,13 @@ func (s *Server) HTTPServer(tlsConfig *tls.Config) *http.Server {
 		TLSConfig:         tlsConfig,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(s.CloseStreams)
+	return srv
 }
+
+// CloseStreams ends the open event streams (Shutdown does not wait for them to end
+// on their own, which they never would). HTTPServer's server calls it on Shutdown.
+func (s *Server) CloseStreams() { s.closeOnce.Do(func() { close(s.closing) }) }
 
 // writeError answers with err's catalogue entry and logs what the client cannot see.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {

@@ -35,6 +35,7 @@ import (
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/events"
 )
 
 // Errors of the node's own making.
@@ -138,6 +139,8 @@ type Node struct {
 	inferInFlight atomic.Int64
 	// wg tracks the node's own background work, waited for in shutdown.
 	wg sync.WaitGroup
+	// events is the node's event feed (GET /v1/events, the dashboard).
+	events *events.Bus
 }
 
 // Compile-time proof that Node serves the API's interfaces.
@@ -181,6 +184,7 @@ func New(cfg Config) (*Node, error) {
 		reg:     prometheus.NewRegistry(),
 		models:  make(map[string]*model),
 		failed:  make(map[string]string),
+		events:  events.NewBus(events.DefaultWindow, events.DefaultClientBuffer),
 	}
 	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, modelStoreDir), filepath.Join(cfg.DataDir, uploadTempDir)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -205,6 +209,7 @@ func New(cfg Config) (*Node, error) {
 		models  api.ModelService   = n
 		health  api.HealthService  = n
 		cluster api.ClusterService = n
+		links   api.LinkSource
 	)
 	if cfg.Cluster.configured() {
 		if cfg.ModelDir != "" {
@@ -212,6 +217,7 @@ func New(cfg Config) (*Node, error) {
 		}
 		svc := clusterServices{n}
 		models, health, cluster = svc, svc, svc
+		links = svc
 	}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	n.api, err = api.New(api.Config{
@@ -225,6 +231,8 @@ func New(cfg Config) (*Node, error) {
 		Version:           Version,
 		Registry:          n.reg,
 		Logger:            log,
+		Events:            n.events,
+		Links:             links,
 	})
 	if err != nil {
 		return nil, err
@@ -253,6 +261,10 @@ func New(cfg Config) (*Node, error) {
 	}
 	return n, nil
 }
+
+// Events is the node's event feed. Components outside the node's own loops (the
+// generation path's session replays) publish on it.
+func (n *Node) Events() *events.Bus { return n.events }
 
 // Name is the node's name.
 func (n *Node) Name() string { return n.name }
@@ -344,6 +356,7 @@ func (n *Node) shutdown() {
 	for _, m := range models {
 		m.close(n.log)
 	}
+	n.events.Close()
 	_ = os.Remove(filepath.Join(n.cfg.DataDir, httpAddrFile))
 	n.log.Info("node stopped")
 }
