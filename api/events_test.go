@@ -169,6 +169,8 @@ func TestEventStreamRefusesWithoutAdminTokenAndBadResumeIDs(t *testing.T) {
 		{"/v1/events?recent=-1", token, "", 400, api.CodeBadRequest},
 		{"/v1/links", "", "", 401, api.CodeUnauthorized},
 		{"/v1/links", token, "", 501, api.CodeNotClusterMode},
+		{"/v1/stage-stats", "", "", 401, api.CodeUnauthorized},
+		{"/v1/stage-stats", token, "", 501, api.CodeNotClusterMode},
 	} {
 		req, _ := http.NewRequest("GET", base+r.path, nil)
 		if r.token != "" {

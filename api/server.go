@@ -57,6 +57,8 @@ type Config struct {
 	// Links answers GET /v1/links (the dashboard's link figures); nil answers
 	// not_cluster_mode.
 	Links LinkSource
+	// StageStats answers GET /v1/stage-stats; nil answers not_cluster_mode.
+	StageStats StageStatsSource
 }
 
 // Server is the HTTP API. Its Handler is safe for concurrent use.
@@ -141,6 +143,7 @@ func (s *Server) routes() {
 	s.handle("DELETE /v1/tokens/{id}", admin, s.handleRevokeToken)
 	s.handle("GET /v1/events", admin, s.handleEvents)
 	s.handle("GET /v1/links", admin, s.handleLinks)
+	s.handle("GET /v1/stage-stats", admin, s.handleStageStats)
 	s.uiRoutes()
 
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))

@@ -15,6 +15,11 @@ type LinkSource interface {
 	Links(ctx context.Context) (wire.LinkList, error)
 }
 
+// StageStatsSource sums the cluster's stage-call histograms (GET /v1/stage-stats).
+type StageStatsSource interface {
+	StageStats(ctx context.Context) (wire.StageStats, error)
+}
+
 // uiFiles is the dashboard: plain HTML, CSS and JavaScript embedded in the binary,
 // because edge sites are often offline (no CDN, no web fonts).
 //
@@ -64,5 +69,21 @@ func (s *Server) handleLinks(w http.ResponseWriter, r *http.Request) error {
 		links.Links = []wire.Link{}
 	}
 	writeJSON(w, http.StatusOK, links)
+	return nil
+}
+
+// handleStageStats answers GET /v1/stage-stats.
+func (s *Server) handleStageStats(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.StageStats == nil {
+		return fmt.Errorf("%w: a single node has no stage calls", ErrNotClusterMode)
+	}
+	st, err := s.cfg.StageStats.StageStats(r.Context())
+	if err != nil {
+		return err
+	}
+	if st.Stages == nil {
+		st.Stages = []wire.StageHistogram{}
+	}
+	writeJSON(w, http.StatusOK, st)
 	return nil
 }

@@ -206,10 +206,11 @@ func New(cfg Config) (*Node, error) {
 		n.tokens = tokens
 	}
 	var (
-		models  api.ModelService   = n
-		health  api.HealthService  = n
-		cluster api.ClusterService = n
-		links   api.LinkSource
+		models     api.ModelService   = n
+		health     api.HealthService  = n
+		cluster    api.ClusterService = n
+		links      api.LinkSource
+		stageStats api.StageStatsSource
 	)
 	if cfg.Cluster.configured() {
 		if cfg.ModelDir != "" {
@@ -217,7 +218,7 @@ func New(cfg Config) (*Node, error) {
 		}
 		svc := clusterServices{n}
 		models, health, cluster = svc, svc, svc
-		links = svc
+		links, stageStats = svc, svc
 	}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	n.api, err = api.New(api.Config{
@@ -233,6 +234,7 @@ func New(cfg Config) (*Node, error) {
 		Logger:            log,
 		Events:            n.events,
 		Links:             links,
+		StageStats:        stageStats,
 	})
 	if err != nil {
 		return nil, err

@@ -131,10 +131,12 @@ async function pollLinks() {
   } catch (err) { handleError(err); }
 }
 
-// health folds Raft's member state and memberlist's view into the one word shown.
+// health folds Raft's member state and memberlist's view into the one word shown. A
+// member memberlist no longer lists ("unknown") has been declared dead by it.
 function health(n) {
   const s = n.state, h = n.health || s;
   if (h === 'dead' || s === 'dead') return 'dead';
+  if (h === 'unknown' && s !== 'left' && s !== 'removed') return 'dead';
   if (s === 'removed' || s === 'left') return s;
   if (h === 'suspect' || s === 'suspect') return 'suspect';
   if (s === 'draining') return 'draining';
@@ -211,12 +213,12 @@ function renderNodes(nodes) {
     body.append(el('tr', { 'data-node': n.name, 'data-health': h, 'data-state': n.state },
       el('th', { scope: 'row' }, n.name, n.leader ? el('span', { class: 'badge ok', title: 'Raft leader' }, ' leader') : null),
       el('td', {}, el('span', { class: 'health ' + h }, el('span', { class: 'dot ' + h, 'aria-hidden': 'true' }), h)),
-      el('td', {}, (n.accel || '?') + (n.cores ? ` · ${n.cores} cores` : '')),
+      el('td', { class: 'opt' }, (n.accel || '?') + (n.cores ? ` · ${n.cores} cores` : '')),
       el('td', {}, el('div', { class: 'bar', role: 'meter', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': pct,
         'aria-label': `memory ${pct}% of budget` }, el('span', { style: `width:${pct}%` })),
       el('span', { class: 'bar-label' }, `${fmtBytes(used)} / ${fmtBytes(budget)}`)),
       el('td', { class: 'num' }, String(n.load ?? 0)),
-      el('td', {}, stages.length ? stages.join(', ') : '–'),
+      el('td', { class: 'opt' }, stages.length ? stages.join(', ') : '–'),
       el('td', {}, action)));
   }
 }
@@ -246,7 +248,9 @@ function renderMap() {
       const l = measured.get([a.name, b.name].sort().join('|'));
       linkLayer.append(svg('line', { x1, y1, x2, y2, class: 'link' + (l ? ' measured' : '') }));
       if (l) {
-        const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 - 6;
+        // Away from the higher node, whose own labels hang below it.
+        const f = Math.abs(y1 - y2) < 20 ? 0.5 : y1 < y2 ? 0.62 : 0.38;
+        const mx = x1 + (x2 - x1) * f, my = y1 + (y2 - y1) * f - 6;
         linkLayer.append(svg('text', { x: mx, y: my, 'text-anchor': 'middle', class: 'link-label' },
           `${l.rtt_ms.toFixed(2)} ms · ${fmtRate(l.bandwidth_bytes_per_second)}`));
       }
@@ -288,7 +292,7 @@ function renderModels(nodes) {
       const chips = (s.replicas || []).map((r) => {
         const dead = healthOf.get(r) === 'dead';
         const st = dead ? 'dead' : reports[r] === 'ready' ? 'ready' : 'loading';
-        return el('span', { class: 'chip ' + st, 'data-model': m.name, 'data-stage': s.index, 'data-replica': r, 'data-ready': st === 'ready' },
+        return el('span', { class: 'chip ' + st, 'data-model': m.name, 'data-stage': s.index, 'data-replica': r, 'data-ready': String(st === 'ready') },
           r, el('span', { class: 'sr-only' }, ' ' + st), st === 'loading' ? ' …' : '');
       });
       const stats = state.stageStats.get(`${m.name}/${s.index}`) || {};
@@ -309,30 +313,16 @@ function renderModels(nodes) {
   }
 }
 
-// ---- metrics: stage rates and latency quantiles from this node's histograms ------
+// ---- metrics: stage rates and latency quantiles from the nodes' histograms ------
 
-const HIST = 'layermesh_stage_call_duration_seconds_bucket';
-
-function parseLabels(s) {
-  const out = {};
-  for (const m of s.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) out[m[1]] = m[2];
-  return out;
-}
-
-// readHistograms sums the stage-call histogram over where and outcome, per model and
-// stage: {key: Map(le -> cumulative count)}.
-function readHistograms(text) {
+// readHistograms turns GET /v1/stage-stats into {"model/stage": Map(le -> cumulative
+// count)}, the +Inf bucket being the count.
+function readHistograms(stats) {
   const out = new Map();
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(HIST + '{')) continue;
-    const close = line.lastIndexOf('}');
-    const l = parseLabels(line.slice(HIST.length + 1, close));
-    const v = parseFloat(line.slice(close + 1));
-    const key = `${l.model}/${l.stage}`;
-    if (!out.has(key)) out.set(key, new Map());
-    const b = out.get(key);
-    const le = l.le === '+Inf' ? Infinity : parseFloat(l.le);
-    b.set(le, (b.get(le) || 0) + v);
+  for (const h of stats.stages || []) {
+    const b = new Map(h.buckets.map((x) => [x.le, x.count]));
+    b.set(Infinity, h.count);
+    out.set(`${h.model}/${h.stage}`, b);
   }
   return out;
 }
@@ -358,9 +348,9 @@ function quantile(q, buckets) {
 
 async function pollMetrics() {
   try {
-    const text = await (await api('/metrics')).text();
+    const answer = await (await api('/v1/stage-stats')).json();
     const now = performance.now();
-    const hist = readHistograms(text);
+    const hist = readHistograms(answer);
     const prev = state.prevHist;
     const stats = new Map();
     for (const [key, b] of hist) {

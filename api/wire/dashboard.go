@@ -17,3 +17,33 @@ type Link struct {
 type LinkList struct {
 	Links []Link `json:"links"`
 }
+
+// StageHistogram is the stage-call latency histogram of one stage of one model,
+// summed over the nodes that answered (each node records the calls it drove).
+type StageHistogram struct {
+	Model string `json:"model"`
+	// Stage is the stage index, or "drive" for requests handed to a driver.
+	Stage string `json:"stage"`
+	// Count and Sum are the calls and their total seconds since the nodes started.
+	Count uint64  `json:"count"`
+	Sum   float64 `json:"sum_seconds"`
+	// Buckets are cumulative counts of calls at most LE seconds (the +Inf bucket is
+	// Count).
+	Buckets []HistogramBucket `json:"buckets"`
+}
+
+// HistogramBucket is one cumulative histogram bucket.
+type HistogramBucket struct {
+	LE    float64 `json:"le"`
+	Count uint64  `json:"count"`
+}
+
+// StageStats is the body of GET /v1/stage-stats: rates and quantiles come from the
+// difference of two readings.
+type StageStats struct {
+	Stages []StageHistogram `json:"stages"`
+	// Nodes are the nodes whose figures are included; Missing those that did not
+	// answer in time.
+	Nodes   []string `json:"nodes"`
+	Missing []string `json:"missing,omitempty"`
+}

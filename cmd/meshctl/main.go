@@ -86,6 +86,9 @@ type output struct {
 	// failed, when set, is the command's error after its output is printed: it ran, and
 	// found a problem (doctor, bench).
 	failed error
+	// stream, when set, prints as the command runs (events), --json or not; value
+	// and human are then unused.
+	stream func(w io.Writer) error
 }
 
 // rawJSON is JSON printed as it is, followed by a newline.
@@ -132,6 +135,7 @@ func init() {
 		"remove":     {summary: "take a node out of the cluster: remove NODE", flags: commonFlagsOnly(exactArgs(1, "want exactly one NAME"), callRemove)},
 		"join-token": {summary: "print the cluster secret and seeds a new node joins with", flags: commonFlagsOnly(exactArgs(0, "join-token takes no arguments"), callJoinToken)},
 		"doctor":     {summary: "why can't a node see its peers: doctor [NODE|PEER-ID|ADDR ...]", flags: commonFlagsOnly(nil, callDoctor)},
+		"events":     {summary: "the cluster's recent events: events [--follow] [--recent N] (--json: one object a line)", flags: eventsFlags},
 		"token": {
 			summary:     "API tokens: token create --scope admin|infer [--name N] | token list | token revoke ID",
 			usage:       "want: token create --scope admin|infer [--name N] | token list | token revoke ID",
@@ -236,6 +240,8 @@ func runNodeCommand(ctx context.Context, name string, cmd command, args []string
 	}
 	raw, isRaw := out.value.(rawJSON)
 	switch {
+	case out.stream != nil:
+		err = out.stream(stdout)
 	case c.json && isRaw:
 		_, err = fmt.Fprintf(stdout, "%s\n", raw)
 	case c.json:
