@@ -39,6 +39,7 @@ func (c *Cluster) runEvents(ctx context.Context, bus events.Publisher) {
 	// the baseline moves with it silently.
 	prev := c.store.View()
 	leader := ""
+	seen := map[string]string{} // node -> the last member state published
 	for {
 		select {
 		case <-ctx.Done():
@@ -58,7 +59,9 @@ func (c *Cluster) runEvents(ctx context.Context, bus events.Publisher) {
 			if !ok {
 				return
 			}
-			if e, ok := memberEvent(ev); ok {
+			// memberlist may report one suspicion several times; the feed says it once.
+			if e, ok := memberEvent(ev); ok && seen[e.Node] != e.State {
+				seen[e.Node] = e.State
 				bus.Publish(e)
 			}
 		case <-tick.C:

@@ -146,6 +146,29 @@ func (c *dashCluster) infer(t *testing.T, via, n int) {
 	}
 }
 
+// traffic sends requests through node via, one at a time, until the returned func
+// is called: the page then shows live rates.
+func (c *dashCluster) traffic(t *testing.T, via int) func() {
+	t.Helper()
+	ids := []int64{3, 1, 4, 1, 5, 9, 2, 6}
+	req := &wire.Request{Inputs: []tensor.Tensor{tensor.FromInt64(modelgen.GPTInput, []int64{1, int64(len(ids))}, ids)}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+			_, _ = c.client(via).Infer(rctx, model, req, client.InferOptions{}) // figures only; correctness is other tests' business
+			rcancel()
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
 // plan is the model's stages and their replicas as the API reports them.
 func (c *dashCluster) plan(t *testing.T) [][]string {
 	t.Helper()
@@ -299,8 +322,10 @@ func TestDashboardShowsTheMeshFailoverAndDrain(t *testing.T) {
 	})
 	waitFor(t, ctx, fmt.Sprintf("stages moved to %v", plan), planShownJS(plan), 30*time.Second)
 	waitFor(t, ctx, "placement event shown", `!!document.querySelector('#events li[data-type="placement"]')`, 30*time.Second)
-	c.infer(t, ui, 12)
-	waitFor(t, ctx, "latencies after the move", `[...document.querySelectorAll('[data-stage-row] td:nth-child(4)')].every((td) => td.textContent.endsWith('ms'))`, 30*time.Second)
+	stopTraffic := c.traffic(t, ui)
+	waitFor(t, ctx, "rates and latencies after the move", `[...document.querySelectorAll('[data-stage-row]')].every((tr) =>
+		parseFloat(tr.children[2].textContent) > 0 && tr.children[3].textContent.endsWith('ms'))`, 60*time.Second)
+	stopTraffic()
 	png := c.screenshot(t, ctx, "03-failover")
 	if os.Getenv("LAYERMESH_DASH_SCREENSHOT") == "docs" {
 		root, _ := harness.RepoRoot()
