@@ -51,6 +51,8 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	// The connection may carry later requests: leave it without this stream's deadline.
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	send := func(write func(io.Writer) error) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(eventWriteTimeout))
 		return write(w) == nil && rc.Flush() == nil
