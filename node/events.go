@@ -12,7 +12,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/consensus"
 	"github.com/layermesh/layermesh/events"
 	"github.com/layermesh/layermesh/mesh"
@@ -298,41 +297,4 @@ func servedSet(s consensus.Serving) map[servedStage]bool {
 func stageEvent(t events.Type, node string, r consensus.ServedRef) events.Event {
 	return events.Event{Type: t, Subject: consensus.ModelKey(r.Model, r.Version), Node: node,
 		Model: r.Model, Version: r.Version, Stage: events.StageIndex(r.Stage)}
-}
-
-// Links lists the links this node's probes have measured, to every live member.
-func (c *Cluster) Links() wire.LinkList {
-	st := c.store.View()
-	self := memberName(st, c.self)
-	out := wire.LinkList{Links: []wire.Link{}}
-	for _, m := range c.mesh.Members() {
-		if m.PeerID.String() == c.self {
-			continue
-		}
-		stats, ok := c.mesh.Link(m.PeerID)
-		if !ok {
-			continue
-		}
-		out.Links = append(out.Links, wire.Link{From: self, To: memberName(st, m.PeerID.String()),
-			RTTMillis: float64(stats.RTT.Microseconds()) / 1000, BandwidthBytes: stats.Bandwidth, Updated: stats.Updated.UTC()})
-	}
-	slices.SortFunc(out.Links, func(a, b wire.Link) int {
-		if a.To < b.To {
-			return -1
-		}
-		if a.To > b.To {
-			return 1
-		}
-		return 0
-	})
-	return out
-}
-
-// Links answers GET /v1/links from the cluster part.
-func (s clusterServices) Links(ctx context.Context) (wire.LinkList, error) {
-	c, err := s.part()
-	if err != nil {
-		return wire.LinkList{}, err
-	}
-	return c.Links(), nil
 }

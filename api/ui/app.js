@@ -113,6 +113,8 @@ async function refresh() {
   try {
     const [c, m] = await Promise.all([api('/v1/cluster'), api('/v1/models')]);
     state.cluster = await c.json();
+    // By name: the map and the table keep their places from one refresh to the next.
+    (state.cluster.nodes || []).sort((a, b) => a.name.localeCompare(b.name));
     state.models = (await m.json()).models || [];
     render();
   } catch (err) { handleError(err); }

@@ -285,6 +285,9 @@ func TestDashboardShowsTheMeshFailoverAndDrain(t *testing.T) {
 	}
 	plan := c.plan(t)
 	waitFor(t, ctx, fmt.Sprintf("plan %v shown", plan), planShownJS(plan), 30*time.Second)
+	// Every pair of nodes has probed its link; the map labels all three.
+	waitFor(t, ctx, "3 measured links shown", `document.querySelectorAll('#map .link-label').length === 3 &&
+		[...document.querySelectorAll('#map .link-label')].every((l) => / ms · /.test(l.textContent))`, 60*time.Second)
 	c.infer(t, ui, 12)
 	waitFor(t, ctx, "stage latencies shown", `[...document.querySelectorAll('[data-stage-row] td:nth-child(4)')].some((td) => td.textContent.endsWith('ms'))`, 30*time.Second)
 	c.screenshot(t, ctx, "02-mesh")

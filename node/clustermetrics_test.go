@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	promodel "github.com/prometheus/common/model"
 )
@@ -50,8 +49,8 @@ func TestStageSumsAddNodesHistogramsFromRegistriesAndText(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := stageSums{}
-	sum.add(own)
-	sum.add([]*dto.MetricFamily{parsed[stageHistogramName]})
+	sum.add(keepFamilies(own, []string{stageHistogramName})[stageHistogramName])
+	sum.add(parsed[stageHistogramName])
 	got := sum.list()
 	if len(got) != 1 || got[0].Model != "m" || got[0].Stage != "0" {
 		t.Fatalf("stages = %+v, want one for m stage 0", got)
