@@ -1,6 +1,7 @@
 package dash
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -337,8 +338,9 @@ func TestDashboardShowsTheMeshFailoverAndDrain(t *testing.T) {
 		}
 	}
 
-	// Drain from the page, with its confirmation.
+	// Drain from the page, with its confirmation, while meshctl follows the events.
 	dname := c.Node(drained).Name
+	followed := c.followEvents(t)
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(fmt.Sprintf(`#nodes tr[data-node=%q] button[data-action="drain"]`, dname)))); err != nil {
 		t.Fatal(err)
 	}
@@ -358,6 +360,14 @@ func TestDashboardShowsTheMeshFailoverAndDrain(t *testing.T) {
 		if n.Name == dname && n.State != "draining" {
 			t.Fatalf("the page shows %s draining, the API says %q", dname, n.State)
 		}
+	}
+	select {
+	case e := <-followed:
+		if e.Node != dname {
+			t.Fatalf("meshctl events --follow printed a drain of %q, want %s", e.Node, dname)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("meshctl events --follow did not print the drain within 30s")
 	}
 	c.screenshot(t, ctx, "05-drained")
 	c.phoneScreenshot(t, ctx)
@@ -382,6 +392,36 @@ func (c *dashCluster) phoneScreenshot(t *testing.T, ctx context.Context) {
 		t.Errorf("on a 390 px wide screen the page scrolls sideways; too wide: %v", wide)
 	}
 	c.screenshot(t, ctx, "06-phone")
+}
+
+// followEvents runs meshctl events --follow --json and delivers the first drain event
+// it prints. It starts with the recent events, so a drain that happens before its
+// stream is open is still printed (the test drains only once).
+func (c *dashCluster) followEvents(t *testing.T) <-chan events.Event {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, c.meshctl, "events", "--follow", "--json", "--recent", "50")
+	cmd.Env = append(os.Environ(), "LAYERMESH_ADDR="+c.HTTPAddr(ui), "LAYERMESH_TOKEN_FILE="+c.tokenFile, "LAYERMESH_TOKEN=")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	drains := make(chan events.Event, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var e events.Event
+			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Type == events.Drain {
+				drains <- e
+				return
+			}
+		}
+	}()
+	return drains
 }
 
 // checkMeshctlEvents reads the story back with meshctl events --json: the victim
