@@ -9,10 +9,13 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/layermesh/layermesh/events"
 )
 
 // Defaults for Config's limits.
@@ -55,6 +58,13 @@ type Config struct {
 	// new registry. The node passes its own so every component's metrics share it.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
+	// Events feeds GET /v1/events; nil means a bus nothing publishes to.
+	Events EventSource
+	// Links answers GET /v1/links (the dashboard's link figures); nil answers
+	// not_cluster_mode.
+	Links LinkSource
+	// StageStats answers GET /v1/stage-stats; nil answers not_cluster_mode.
+	StageStats StageStatsSource
 }
 
 // Server is the HTTP API. Its Handler is safe for concurrent use.
@@ -64,6 +74,10 @@ type Server struct {
 	mux     *http.ServeMux
 	metrics *metrics
 	handler http.Handler
+	// closing closes when the HTTP server shuts down, ending the event streams that
+	// would otherwise hold Shutdown until its deadline.
+	closing   chan struct{}
+	closeOnce sync.Once
 }
 
 // New checks cfg and builds the routes.
@@ -91,7 +105,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: metrics: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log.With("component", "api"), mux: http.NewServeMux(), metrics: m}
+	if cfg.Events == nil {
+		cfg.Events = events.NewBus(0, 0)
+	}
+	s := &Server{cfg: cfg, log: log.With("component", "api"), mux: http.NewServeMux(), metrics: m, closing: make(chan struct{})}
 	s.routes()
 	s.handler = s.recoverPanics(s.jsonMuxErrors(s.mux))
 	return s, nil
@@ -133,6 +150,10 @@ func (s *Server) routes() {
 	s.handle("POST /v1/tokens", admin, s.handleCreateToken)
 	s.handle("GET /v1/tokens", admin, s.handleListTokens)
 	s.handle("DELETE /v1/tokens/{id}", admin, s.handleRevokeToken)
+	s.handle("GET /v1/events", admin, s.handleEvents)
+	s.handle("GET /v1/links", admin, s.handleLinks)
+	s.handle("GET /v1/stage-stats", admin, s.handleStageStats)
+	s.uiRoutes()
 
 	s.handle("POST /v2/models/{name}/generate", inference, s.handleGenerate)
 	s.handle("POST /v2/models/{name}/versions/{version}/generate", inference, s.handleGenerate)
@@ -182,7 +203,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // HTTPServer returns an http.Server for the handler with the timeouts set. tlsConfig
 // may be nil.
 func (s *Server) HTTPServer(tlsConfig *tls.Config) *http.Server {
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
@@ -190,7 +211,13 @@ func (s *Server) HTTPServer(tlsConfig *tls.Config) *http.Server {
 		TLSConfig:         tlsConfig,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(s.CloseStreams)
+	return srv
 }
+
+// CloseStreams ends the open event streams (Shutdown does not wait for them to end
+// on their own, which they never would). HTTPServer's server calls it on Shutdown.
+func (s *Server) CloseStreams() { s.closeOnce.Do(func() { close(s.closing) }) }
 
 // writeError answers with err's catalogue entry and logs what the client cannot see.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {

@@ -35,6 +35,7 @@ import (
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/events"
 )
 
 // Errors of the node's own making.
@@ -149,6 +150,8 @@ type Node struct {
 	inferInFlight atomic.Int64
 	// wg tracks the node's own background work, waited for in shutdown.
 	wg sync.WaitGroup
+	// events is the node's event feed (GET /v1/events, the dashboard).
+	events *events.Bus
 }
 
 // Compile-time proof that Node serves the API's interfaces.
@@ -195,6 +198,7 @@ func New(cfg Config) (*Node, error) {
 		reg:     prometheus.NewRegistry(),
 		models:  make(map[string]*model),
 		failed:  make(map[string]string),
+		events:  events.NewBus(events.DefaultWindow, events.DefaultClientBuffer),
 	}
 	n.texts = newModelTexts(n.singleNodeText)
 	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, modelStoreDir), filepath.Join(cfg.DataDir, uploadTempDir)} {
@@ -217,11 +221,13 @@ func New(cfg Config) (*Node, error) {
 		n.tokens = tokens
 	}
 	var (
-		models  api.ModelService   = n
-		health  api.HealthService  = n
-		cluster api.ClusterService = n
-		text    api.TextService    = n
-		gen     api.Generator      = n
+		models     api.ModelService   = n
+		health     api.HealthService  = n
+		cluster    api.ClusterService = n
+		text       api.TextService    = n
+		gen        api.Generator      = n
+		links      api.LinkSource
+		stageStats api.StageStatsSource
 	)
 	if cfg.Cluster.configured() {
 		if cfg.ModelDir != "" {
@@ -229,6 +235,7 @@ func New(cfg Config) (*Node, error) {
 		}
 		svc := clusterServices{n}
 		models, health, cluster, text, gen = svc, svc, svc, svc, svc
+		links, stageStats = svc, svc
 	}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	n.api, err = api.New(api.Config{
@@ -244,6 +251,9 @@ func New(cfg Config) (*Node, error) {
 		Version:           Version,
 		Registry:          n.reg,
 		Logger:            log,
+		Events:            n.events,
+		Links:             links,
+		StageStats:        stageStats,
 	})
 	if err != nil {
 		return nil, err
@@ -272,6 +282,10 @@ func New(cfg Config) (*Node, error) {
 	}
 	return n, nil
 }
+
+// Events is the node's event feed. Components outside the node's own loops (the
+// generation path's session replays) publish on it.
+func (n *Node) Events() *events.Bus { return n.events }
 
 // Name is the node's name.
 func (n *Node) Name() string { return n.name }
@@ -363,6 +377,7 @@ func (n *Node) shutdown() {
 	for _, m := range models {
 		m.close(n.log)
 	}
+	n.events.Close()
 	_ = os.Remove(filepath.Join(n.cfg.DataDir, httpAddrFile))
 	n.log.Info("node stopped")
 }

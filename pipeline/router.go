@@ -183,6 +183,8 @@ type Router struct {
 	log      *slog.Logger
 	// metrics may be set while the router serves (SetMetrics); nil records nothing.
 	metricsP atomic.Pointer[RouterMetrics]
+	// failoverP is told of every failover (OnFailover); nil tells no one.
+	failoverP atomic.Pointer[FailoverFunc]
 
 	mu       sync.Mutex
 	inFlight map[string]int       // node -> calls this router has open to it
@@ -361,6 +363,7 @@ type stageAttempts struct {
 	backoff    time.Duration
 	attempts   int
 	lastErr    error
+	lastNode   string // the replica lastErr came from
 	emptySince time.Time
 }
 
@@ -407,6 +410,7 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 			r.clearPenalty(rep.Node)
 			if st.attempts > 1 {
 				r.metrics().failover(plan.Model, call.label())
+				r.reportFailover(call, st.lastNode, rep.Node)
 			}
 			return out, nil
 		}
@@ -418,7 +422,7 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 		log.Warn("stage attempt failed, retrying on another replica", "peer", rep.Node, "attempt", st.attempts, "err", err)
 		st.tried[rep.Node] = true
 		r.penalize(rep.Node)
-		st.lastErr = err
+		st.lastErr, st.lastNode = err, rep.Node
 	}
 }
 

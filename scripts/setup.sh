@@ -35,7 +35,7 @@ OCR_SHA=06b3e6af6c59a1ba5d53790ed8c2e4b2de389870b6cf5a97f349f3412cb269c0
 log() { echo "setup: $*"; }
 
 # --- Debian packages --------------------------------------------------------------
-pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc file "${cross_pkgs[@]}")
+pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc chromium file "${cross_pkgs[@]}")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -42,15 +42,17 @@ func generateFlags(fs *flag.FlagSet) step {
 			params.Seed = &s
 		}
 		req := wire.GenerateRequest{TextInput: in.pos[1], Parameters: &params}
-		print := printGeneratedText(in.stdout)
-		if in.json {
-			print = printGeneratedEvent(in.stdout)
-		}
-		err := in.client.GenerateStream(ctx, in.pos[0], *version, req, print)
-		if err == nil && !in.json {
-			_, err = fmt.Fprintln(in.stdout)
-		}
-		return output{streamed: true}, err
+		return output{stream: func(w io.Writer) error {
+			print := printGeneratedText(w)
+			if in.json {
+				print = printGeneratedEvent(w)
+			}
+			err := in.client.GenerateStream(ctx, in.pos[0], *version, req, print)
+			if err == nil && !in.json {
+				_, err = fmt.Fprintln(w)
+			}
+			return err
+		}}, nil
 	}}
 }
 

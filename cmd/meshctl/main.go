@@ -76,8 +76,6 @@ type invocation struct {
 	pos    []string
 	// json is --json: the output goes as JSON, and nothing else is drawn.
 	json bool
-	// stdout is for a command that prints as it goes (generate); others return output.
-	stdout io.Writer
 }
 
 // output is what a node command prints: value as indented JSON with --json (a rawJSON
@@ -88,8 +86,9 @@ type output struct {
 	// failed, when set, is the command's error after its output is printed: it ran, and
 	// found a problem (doctor, bench).
 	failed error
-	// streamed says the call printed its output to invocation.stdout as it came.
-	streamed bool
+	// stream, when set, prints as the command runs (events, generate), --json or not;
+	// value and human are then unused.
+	stream func(w io.Writer) error
 }
 
 // rawJSON is JSON printed as it is, followed by a newline.
@@ -137,6 +136,7 @@ func init() {
 		"remove":     {summary: "take a node out of the cluster: remove NODE", flags: commonFlagsOnly(exactArgs(1, "want exactly one NAME"), callRemove)},
 		"join-token": {summary: "print the cluster secret and seeds a new node joins with", flags: commonFlagsOnly(exactArgs(0, "join-token takes no arguments"), callJoinToken)},
 		"doctor":     {summary: "why can't a node see its peers: doctor [NODE|PEER-ID|ADDR ...]", flags: commonFlagsOnly(nil, callDoctor)},
+		"events":     {summary: "the cluster's recent events: events [--follow] [--recent N] (--json: one object a line)", flags: eventsFlags},
 		"token": {
 			summary:     "API tokens: token create --scope admin|infer [--name N] | token list | token revoke ID",
 			usage:       "want: token create --scope admin|infer [--name N] | token list | token revoke ID",
@@ -235,15 +235,14 @@ func runNodeCommand(ctx context.Context, name string, cmd command, args []string
 		ctx, cancel = c.context(ctx)
 	}
 	defer cancel()
-	out, err := st.call(ctx, invocation{client: cl, pos: pos, json: c.json, stdout: stdout})
+	out, err := st.call(ctx, invocation{client: cl, pos: pos, json: c.json})
 	if err != nil {
 		return err
 	}
-	if out.streamed {
-		return out.failed
-	}
 	raw, isRaw := out.value.(rawJSON)
 	switch {
+	case out.stream != nil:
+		err = out.stream(stdout)
 	case c.json && isRaw:
 		_, err = fmt.Fprintf(stdout, "%s\n", raw)
 	case c.json:
