@@ -92,6 +92,7 @@ func (r *Router) Generate(ctx context.Context, plan RoutePlan, req api.GenerateR
 			if err := r.pinSession(ctx, gs, se.stage); err != nil {
 				return gen.res, err
 			}
+			r.reportSessionReplay(plan, se.stage, se.node, gs.pinned[se.stage].Node)
 			r.closeSession(ctx, gs, replaced(old, gs.pinned))
 			step, pos, pending = mesh.StepPrefill, 0, gs.tokens
 			continue
