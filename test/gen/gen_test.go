@@ -391,4 +391,3 @@ func checkReplayEvent(t *testing.T, m *mesh, victim string) {
 	}
 	t.Fatalf("no session_replay event from %s on /v1/events of the entry node: %+v", victim, replays)
 }
-
