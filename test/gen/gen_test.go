@@ -264,13 +264,13 @@ func checkStreamSurvivesStageHolderKill(t *testing.T, m *mesh, ref *reference) {
 		t.Fatalf("the seeded run ends after %d tokens: too short to kill a node in", len(want))
 	}
 	waitNoSessions(t, m)
-	victim := -1
+	victim, held := -1, 0
 	var killedAt time.Time
 	var arrivals []time.Time
 	got, err := streamCompletion(url, m.token, body, func(i int, at time.Time) {
 		arrivals = append(arrivals, at)
 		if i == 60 {
-			victim, killedAt = killSessionHolder(t, m)
+			victim, held, killedAt = killSessionHolder(t, m)
 		}
 	})
 	if err != nil {
@@ -282,12 +282,13 @@ func checkStreamSurvivesStageHolderKill(t *testing.T, m *mesh, ref *reference) {
 	if got.text != undisturbed.text || got.usage != undisturbed.usage || got.finish != undisturbed.finish {
 		t.Fatalf("the stream across the kill differs from the undisturbed run:\n got %q (%+v)\nwant %q (%+v)", got.text, got.usage, undisturbed.text, undisturbed.usage)
 	}
+	// One replay re-pins every stage the dead node held, however many.
 	replays, err := harness.Metric(context.Background(), m.HTTPAddr(0), "layermesh_session_replays_total")
-	if err != nil || replays < 1 {
-		t.Fatalf("layermesh_session_replays_total on the entry node: %v, %v (the kill did not hit the session)", replays, err)
+	if err != nil || replays != 1 {
+		t.Fatalf("layermesh_session_replays_total on the entry node: %v, %v; want 1 (the kill hit %d of the session's stages)", replays, err, held)
 	}
 	logStall(t, arrivals, killedAt)
-	checkReplayEvent(t, m, m.Node(victim).Name)
+	checkReplayEvents(t, m, m.Node(victim).Name, held)
 }
 
 // waitNoSessions waits until no node holds session state (the last generation's
@@ -304,8 +305,9 @@ func waitNoSessions(t *testing.T, m *mesh) {
 }
 
 // killSessionHolder kills (SIGKILL) a node other than the entry (node 0) that holds
-// the running session's state, as its /metrics says.
-func killSessionHolder(t *testing.T, m *mesh) (int, time.Time) {
+// the running session's state, as its /metrics says; it returns the node, how many of
+// the session's stages it held, and when it was killed.
+func killSessionHolder(t *testing.T, m *mesh) (int, int, time.Time) {
 	for i := 1; i < 3; i++ {
 		n, err := harness.Metric(context.Background(), m.HTTPAddr(i), "layermesh_sessions_active")
 		if err != nil || n == 0 {
@@ -315,11 +317,11 @@ func killSessionHolder(t *testing.T, m *mesh) (int, time.Time) {
 			t.Fatal(err)
 		}
 		at := time.Now()
-		t.Logf("killed node %d (%s), which holds a stage of the session, after the 60th chunk", i, m.Node(i).Name)
-		return i, at
+		t.Logf("killed node %d (%s), which holds %v of the session's stages, after the 60th chunk", i, m.Node(i).Name, n)
+		return i, int(n), at
 	}
 	t.Fatal("neither node 1 nor node 2 holds the session's state")
-	return -1, time.Time{}
+	return -1, 0, time.Time{}
 }
 
 // logStall logs the failover as the benchmark report reads it: the longest wait for
@@ -352,9 +354,9 @@ func logStall(t *testing.T, arrivals []time.Time, killedAt time.Time) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// checkReplayEvent: the entry node's /v1/events holds a session_replay event from
-// the killed node.
-func checkReplayEvent(t *testing.T, m *mesh, victim string) {
+// checkReplayEvents: the entry node's /v1/events holds a session_replay event from
+// the killed node for each of the session's stages it held.
+func checkReplayEvents(t *testing.T, m *mesh, victim string, held int) {
 	req, err := http.NewRequest(http.MethodGet, m.URL(0, "/v1/events?recent=1000"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -383,11 +385,14 @@ func checkReplayEvent(t *testing.T, m *mesh, victim string) {
 	if err := sc.Err(); err != nil && !errors.Is(err, io.EOF) {
 		t.Fatal(err)
 	}
+	moved := 0
 	for _, e := range replays {
 		if e.From == victim && e.To != "" && e.To != victim && e.Model == model && e.Stage != nil {
 			t.Logf("event: %s %s stage %d from %s to %s", e.Type, e.Subject, *e.Stage, e.From, e.To)
-			return
+			moved++
 		}
 	}
-	t.Fatalf("no session_replay event from %s on /v1/events of the entry node: %+v", victim, replays)
+	if moved != held || len(replays) != held {
+		t.Fatalf("want %d session_replay events from %s on /v1/events of the entry node: %+v", held, victim, replays)
+	}
 }
