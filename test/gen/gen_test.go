@@ -279,15 +279,24 @@ func checkStreamSurvivesStageHolderKill(t *testing.T, m *mesh, ref *reference) {
 	if victim < 0 {
 		t.Fatal("the kill never happened")
 	}
-	if got.text != undisturbed.text || got.usage != undisturbed.usage || got.finish != undisturbed.finish {
+	same := got.text == undisturbed.text && got.usage == undisturbed.usage && got.finish == undisturbed.finish
+	// One replay re-pins every stage the dead node held, however many.
+	replays, metricErr := harness.Metric(context.Background(), m.HTTPAddr(0), "layermesh_session_replays_total")
+	stall := logStall(t, arrivals, killedAt)
+	res := harness.Result{Scenario: "generation-stage-holder-kill", Requests: 1, FailoverMS: ms(stall),
+		Started: arrivals[0], Finished: time.Now(), Passed: same && metricErr == nil && replays == 1}
+	if !same {
+		res.ClientErrors = 1
+	}
+	res.Notef("killed node %d (%s), holding %d of the session's stages, after 60 of 200 streamed chunks; session replays %v; stall %.0f ms",
+		victim, m.Node(victim).Name, held, replays, ms(stall))
+	harness.RecordResult(t, res)
+	if !same {
 		t.Fatalf("the stream across the kill differs from the undisturbed run:\n got %q (%+v)\nwant %q (%+v)", got.text, got.usage, undisturbed.text, undisturbed.usage)
 	}
-	// One replay re-pins every stage the dead node held, however many.
-	replays, err := harness.Metric(context.Background(), m.HTTPAddr(0), "layermesh_session_replays_total")
-	if err != nil || replays != 1 {
-		t.Fatalf("layermesh_session_replays_total on the entry node: %v, %v; want 1 (the kill hit %d of the session's stages)", replays, err, held)
+	if metricErr != nil || replays != 1 {
+		t.Fatalf("layermesh_session_replays_total on the entry node: %v, %v; want 1 (the kill hit %d of the session's stages)", replays, metricErr, held)
 	}
-	logStall(t, arrivals, killedAt)
 	checkReplayEvents(t, m, m.Node(victim).Name, held)
 }
 
@@ -327,7 +336,7 @@ func killSessionHolder(t *testing.T, m *mesh) (int, int, time.Time) {
 // logStall logs the failover as the benchmark report reads it: the longest wait for
 // a token from the kill on (the kill counting as the wait's start), the wait from the
 // kill to the first token after it, and the usual gap between tokens.
-func logStall(t *testing.T, arrivals []time.Time, killedAt time.Time) {
+func logStall(t *testing.T, arrivals []time.Time, killedAt time.Time) time.Duration {
 	var gaps []time.Duration
 	stall, first := time.Duration(0), time.Duration(-1)
 	for i := 1; i < len(arrivals); i++ {
@@ -350,6 +359,7 @@ func logStall(t *testing.T, arrivals []time.Time, killedAt time.Time) {
 	}
 	t.Logf("generation failover: stall %.0f ms (longest wait for a token after the kill; kill to the next token %.0f ms; usual gap between tokens %.1f ms)",
 		ms(stall), ms(first), float64(usual.Microseconds())/1000)
+	return stall
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
