@@ -8,6 +8,8 @@ package control
 import (
 	"context"
 	"time"
+
+	"github.com/layermesh/layermesh/internal/ctxtime"
 )
 
 const (
@@ -21,7 +23,7 @@ const (
 
 // blobGCLoop removes unreferenced blobs every blobGCInterval.
 func (c *Controller) blobGCLoop(ctx context.Context) {
-	everyTick(ctx, blobGCInterval, func() { c.CollectBlobs(blobGCGrace) })
+	ctxtime.EveryTick(ctx, blobGCInterval, func() { c.CollectBlobs(blobGCGrace) })
 }
 
 // CollectBlobs removes the blobs (complete or partial) that no model version in the

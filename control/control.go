@@ -169,20 +169,6 @@ func (s semaphore) acquire(ctx context.Context) error {
 
 func (s semaphore) release() { <-s }
 
-// everyTick calls fn every d until ctx ends (first after d).
-func everyTick(ctx context.Context, d time.Duration, fn func()) {
-	tick := time.NewTicker(d)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		fn()
-	}
-}
-
 // everyChange calls fn now, then after every change of the Raft state, every signal on
 // kick (nil: none) and every 2 s, until ctx ends: the level-triggered loops that keep
 // something equal to the state.
@@ -200,17 +186,6 @@ func (c *Controller) everyChange(ctx context.Context, kick <-chan struct{}, fn f
 		case <-changes:
 		case <-tick.C:
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
 

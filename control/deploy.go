@@ -33,6 +33,7 @@ import (
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/consensus"
+	"github.com/layermesh/layermesh/internal/ctxtime"
 	"github.com/layermesh/layermesh/partition"
 )
 
@@ -417,7 +418,7 @@ func (c *Controller) commitRetrying(ctx context.Context, cmd consensus.Command) 
 		}
 		if ctx.Err() == nil {
 			c.log.Warn("raft write not confirmed; retrying the same command", "err", err)
-			if sleepCtx(ctx, backoff) == nil {
+			if ctxtime.Sleep(ctx, backoff) == nil {
 				backoff = min(2*backoff, time.Second)
 				continue
 			}

@@ -13,6 +13,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/layermesh/layermesh/consensus"
+	"github.com/layermesh/layermesh/internal/ctxtime"
 	"github.com/layermesh/layermesh/mesh"
 )
 
@@ -39,7 +40,7 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 				return
 			}
 			c.log.Info("joining cluster: state not caught up yet", "err", err)
-			if sleepCtx(ctx, backoff) != nil {
+			if ctxtime.Sleep(ctx, backoff) != nil {
 				return
 			}
 			continue
@@ -51,7 +52,7 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 			continue
 		}
 		c.log.Info("joining cluster: member record not committed yet", "err", err)
-		if sleepCtx(ctx, backoff) != nil {
+		if ctxtime.Sleep(ctx, backoff) != nil {
 			return
 		}
 		backoff = min(2*backoff, 2*time.Second)
@@ -69,7 +70,7 @@ const rejoinInterval = 5 * time.Second
 // see no stage of theirs and route nothing to them, although Raft reaches it. One
 // successful join per round is enough; gossip brings the rest.
 func (c *Cluster) rejoinLoop(ctx context.Context) {
-	everyTick(ctx, rejoinInterval, func() {
+	ctxtime.EveryTick(ctx, rejoinInterval, func() {
 		live := c.view.LiveMembers()
 		for id, m := range c.store.View().Members {
 			if _, ok := live[id]; ok || id == c.self || m.State == consensus.MemberDead {
@@ -89,20 +90,6 @@ func (c *Cluster) rejoinLoop(ctx context.Context) {
 			c.log.Debug("rejoining the gossip", "member", m.Name, "err", err)
 		}
 	})
-}
-
-// everyTick calls fn every d until ctx ends (first after d).
-func everyTick(ctx context.Context, d time.Duration, fn func()) {
-	tick := time.NewTicker(d)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		fn()
-	}
 }
 
 // p2pAddrs parses the multiaddrs that parse.
@@ -129,7 +116,7 @@ func (c *Cluster) expectLoop(ctx context.Context) {
 				c.log.Warn("bootstrap expect", "peer", m.PeerID.String(), "err", err)
 			}
 		}
-		if sleepCtx(ctx, 500*time.Millisecond) != nil {
+		if ctxtime.Sleep(ctx, 500*time.Millisecond) != nil {
 			return
 		}
 	}
@@ -152,16 +139,5 @@ func (c *Cluster) memberEventLoop(ctx context.Context) {
 			c.view.SetSuspect(id, ev.Type == mesh.MemberSuspect)
 			c.runtime.Kick()
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/internal/ctxtime"
 	"github.com/layermesh/layermesh/mesh"
 )
 
@@ -443,7 +444,7 @@ func (r *Router) candidates(ctx context.Context, plan RoutePlan, k int, call Sta
 			r.metrics().noReplicaFor(plan.Model, call.label())
 			return nil, &NoReplicaError{Model: plan.Model, Version: plan.Version, Stage: k}
 		}
-		if sleepCtx(ctx, r.jitter(st.backoff)) == nil {
+		if ctxtime.Sleep(ctx, r.jitter(st.backoff)) == nil {
 			st.backoff = min(2*st.backoff, r.cfg.BackoffMax)
 		}
 		return nil, nil
@@ -455,7 +456,7 @@ func (r *Router) candidates(ctx context.Context, plan RoutePlan, k int, call Sta
 	if len(candidates) == 0 {
 		// Every replica failed once: wait, then give them all another chance, as a
 		// heal or a restart may have brought one back.
-		if sleepCtx(ctx, r.jitter(st.backoff)) == nil {
+		if ctxtime.Sleep(ctx, r.jitter(st.backoff)) == nil {
 			st.backoff = min(2*st.backoff, r.cfg.BackoffMax)
 			clear(st.tried)
 		}
