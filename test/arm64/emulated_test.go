@@ -166,32 +166,15 @@ func TestArm64BuildIsAArch64ELF(t *testing.T) {
 	}
 }
 
-// writeModel writes the test GPT to dir/name.onnx and returns its path and size.
 func writeModel(t *testing.T, dir, name string) (string, int64) {
 	t.Helper()
-	m, err := modelgen.GPT(testGPT)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, name+".onnx")
-	if err := modelgen.WriteFile(m, path); err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, fi.Size()
+	return harness.WriteGPT(t, testGPT, dir, name)
 }
 
 // inputs returns request seq's token ids.
 func inputs(t *testing.T, seq int) []tensor.Tensor {
 	t.Helper()
-	in, err := testGPT.ExampleInputs(1, seqLen, int64(seq))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return in
+	return harness.GPTInputs(t, testGPT, seqLen, seq)
 }
 
 // logits asks cl for model's output on in through KServe v2 with binary tensors.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,29 +26,13 @@ const (
 
 func powerModel(t *testing.T) (string, int64) {
 	t.Helper()
-	m, err := modelgen.GPT(powerGPT)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "gpt-power.onnx")
-	if err := modelgen.WriteFile(m, path); err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, fi.Size()
+	return harness.WriteGPT(t, powerGPT, t.TempDir(), "gpt-power")
 }
 
 // powerInputs returns request seq's token ids for powerGPT.
 func powerInputs(t *testing.T, seq int) []tensor.Tensor {
 	t.Helper()
-	in, err := powerGPT.ExampleInputs(1, seqLen, int64(seq))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return in
+	return harness.GPTInputs(t, powerGPT, seqLen, seq)
 }
 
 // startPowerCluster starts n nodes (node 0 founds, the others join it) and deploys the

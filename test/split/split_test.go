@@ -50,29 +50,13 @@ func backend(t *testing.T) accel.Backend {
 // model writes the test GPT and returns its path and size.
 func model(t *testing.T) (string, int64) {
 	t.Helper()
-	m, err := modelgen.GPT(testGPT)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "gpt.onnx")
-	if err := modelgen.WriteFile(m, path); err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, fi.Size()
+	return harness.WriteGPT(t, testGPT, t.TempDir(), "gpt")
 }
 
 // inputs returns request seq's token ids.
 func inputs(t *testing.T, seq int) []tensor.Tensor {
 	t.Helper()
-	in, err := testGPT.ExampleInputs(1, seqLen, int64(seq))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return in
+	return harness.GPTInputs(t, testGPT, seqLen, seq)
 }
 
 // reference runs the whole model in one session.
