@@ -39,7 +39,7 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handleServerMetadata(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, wire.ServerMetadata{Name: "layermesh", Version: s.cfg.Version, Extensions: extensions})
+	writeJSON(w, http.StatusOK, wire.ServerMetadata{Name: "layermesh", Version: s.cfg.Version, Extensions: extensions, Accelerator: s.cfg.Accelerator})
 	return nil
 }
 
