@@ -12,7 +12,7 @@
 #                  (default third_party/onnxruntime-gpu/current, env GPU_ORT_DIR)
 #     OUT_DIR      logs and BENCHMARKS-gpu.md (default gpu-check-out, env OUT_DIR)
 #   env CUDA_LIB_DIRS  extra folders for LD_LIBRARY_PATH, colon-separated
-#   env SEQ            tokens per request (default 128), REQUESTS (default 50)
+#   env SEQ            tokens per request (default 64), REQUESTS (default 50)
 #   env DRY_RUN_CPU=1  exercises the script's plumbing on a machine without a GPU: every
 #                      "GPU" node runs --accel cpu on gpt-tiny; the report says so and
 #                      the exit status is 3 (nothing measured) whatever happens
@@ -34,7 +34,7 @@ root=$(pwd)
 BIN_DIR=${1:-${BIN_DIR:-bin}}
 GPU_ORT_DIR=${2:-${GPU_ORT_DIR:-third_party/onnxruntime-gpu/current}}
 OUT_DIR=${3:-${OUT_DIR:-gpu-check-out}}
-SEQ=${SEQ:-128}
+SEQ=${SEQ:-64}
 REQUESTS=${REQUESTS:-50}
 DRY_RUN_CPU=${DRY_RUN_CPU:-0}
 GPU_ACCEL=cuda MODEL_KIND=gpt VOCAB=50257

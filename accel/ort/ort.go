@@ -167,8 +167,12 @@ type Backend struct {
 }
 
 // New loads ONNX Runtime (once per process) and settles the execution provider:
-// auto takes the first of TensorRT, CUDA, CPU that can create a session; an explicit
-// GPU provider that cannot is an error wrapping ErrProviderUnavailable.
+// auto takes the first of TensorRT, CUDA, CPU that can create a session, and logs why
+// each GPU provider could not; an explicit GPU provider that cannot is an error
+// wrapping ErrProviderUnavailable (and ErrPluginLoad or ErrNotPlugin when its plugin
+// library is at fault). A GPU provider comes from its plugin library (ORT's EP ABI:
+// Config.PluginLibraries, else the plugin beside the core library), else from the
+// core itself where it is a GPU build with the legacy provider append.
 func New(cfg Config) (accel.Backend, error) {
 	log := cfg.Logger
 	if log == nil {
