@@ -141,10 +141,17 @@ func setUpProvider(p accel.Provider, libs map[accel.Provider]string, opts Provid
 		if err := usePlugin(p, path); err != nil {
 			return err
 		}
-	} else if path := filepath.Join(filepath.Dir(runtimeState.path), pluginNames[p]); fileExists(path) {
+	} else if path := filepath.Join(filepath.Dir(loadedPath()), pluginNames[p]); fileExists(path) {
 		if err := usePlugin(p, path); err != nil && !errors.Is(err, ErrNotPlugin) {
 			return err
 		}
 	}
 	return probeProvider(p, opts)
+}
+
+// loadedPath is the path of the ONNX Runtime library this process loaded.
+func loadedPath() string {
+	runtimeState.mu.Lock()
+	defer runtimeState.mu.Unlock()
+	return runtimeState.path
 }
