@@ -83,6 +83,7 @@ EOF
   [ -n "$pydirs" ] && libdirs="${libdirs:+$libdirs:}$pydirs"
 fi
 export LD_LIBRARY_PATH="${libdirs:+$libdirs:}${LD_LIBRARY_PATH:-}"
+log "plugin sha256 $(sha256sum "$plugin" | cut -c1-64) (setup-gpu pins 56cf3254b118ad837ccc4ed8f6d1b23504bbf7ef91b34cbc0b289cb7f10b3037 for ORT 1.29.0)"
 log "plugin needs: $(readelf -d "$plugin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -E 'cu|nv' | tr '\n' ' ')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu-check: gpu: /' >&2
 
@@ -164,7 +165,7 @@ mkdir -p "$work/models"
 "$meshctl" gen-model "$MODEL_KIND" -o "$work/models/gpt.onnx" >/dev/null || { log "gen-model failed"; exit 1; }
 python3 -c "import json,random; r=random.Random(7); json.dump([[r.randrange($VOCAB) for _ in range($SEQ)]], open('$work/ids.json','w'))"
 model_bytes=$(stat -c %s "$work/models/gpt.onnx")
-log "model: 12 x 768 GPT, $model_bytes bytes, $SEQ tokens per request"
+log "model: meshctl gen-model $MODEL_KIND, $model_bytes bytes, $SEQ tokens per request"
 
 # --- 1. CPU reference ---------------------------------------------------------------
 start cpu-ref cpu --model-dir "$work/models" || exit 1
