@@ -70,7 +70,8 @@ if [ ! -e "$core" ] && [ -f "$core.xz" ]; then xz -dk "$core.xz"; fi
 [ -e "$core" ] || core="$GPU_ORT_DIR/libonnxruntime.so"
 [ -f "$core" ] && [ -f "$plugin" ] || not_measured "$GPU_ORT_DIR lacks libonnxruntime.so(.1) or libonnxruntime_providers_cuda.so"
 
-# CUDA 13 and cuDNN 9 from python's nvidia wheels when the system has none.
+# CUDA 13 and cuDNN 9: python's nvidia wheels (torch's, onnxruntime-gpu's) and the
+# CUDA toolkit's folder, besides what ldconfig knows.
 libdirs=${CUDA_LIB_DIRS:-}
 if command -v python3 >/dev/null; then
   pydirs=$(python3 - <<'EOF' 2>/dev/null
@@ -82,6 +83,7 @@ EOF
 )
   [ -n "$pydirs" ] && libdirs="${libdirs:+$libdirs:}$pydirs"
 fi
+for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64; do [ -d "$d" ] && libdirs="${libdirs:+$libdirs:}$d"; done
 export LD_LIBRARY_PATH="${libdirs:+$libdirs:}${LD_LIBRARY_PATH:-}"
 log "plugin sha256 $(sha256sum "$plugin" | cut -c1-64) (setup-gpu pins 56cf3254b118ad837ccc4ed8f6d1b23504bbf7ef91b34cbc0b289cb7f10b3037 for ORT 1.29.0)"
 log "plugin needs: $(readelf -d "$plugin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -E 'cu|nv' | tr '\n' ' ')"
