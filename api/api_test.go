@@ -32,10 +32,17 @@ func withMaxBody(n int64) nodeOption { return func(c *node.Config) { c.MaxBodyBy
 func errorCode(t *testing.T, b []byte) string {
 	t.Helper()
 	var eb wire.ErrorBody
-	if err := json.Unmarshal(b, &eb); err != nil || eb.Code == "" || eb.Error == "" {
+	if err := json.Unmarshal(b, &eb); err == nil && eb.Code != "" && eb.Error != "" {
+		return eb.Code
+	}
+	// The /openai/v1 routes answer in OpenAI's envelope.
+	var oe struct {
+		Error struct{ Message, Code string }
+	}
+	if err := json.Unmarshal(b, &oe); err != nil || oe.Error.Code == "" || oe.Error.Message == "" {
 		t.Fatalf("not an error body: %q", b)
 	}
-	return eb.Code
+	return oe.Error.Code
 }
 
 func TestInferJSONAndBinary(t *testing.T) {
@@ -384,6 +391,17 @@ func routeCases(admin string) []routeCase {
 		{"DELETE", "/v1/tokens/x", "", 401, api.CodeUnauthorized},
 		{"DELETE", "/v1/tokens/x", admin, 501, api.CodeNotClusterMode},
 		{"GET", "/v1/tokens/x", admin, 405, api.CodeMethodNotAllowed},
+		// Generation: this node has no Generator; errors on /openai/v1 use OpenAI's envelope.
+		{"GET", "/openai/v1/models", "", 200, ""},
+		{"GET", "/openai/v1/models/add", "", 400, api.CodeNotGenerative},
+		{"GET", "/openai/v1/models/nope", "", 404, api.CodeModelNotFound},
+		{"GET", "/openai/v1/completions", "", 405, api.CodeMethodNotAllowed},
+		{"PUT", "/openai/v1/chat/completions", "", 405, api.CodeMethodNotAllowed},
+		{"GET", "/openai/v1/nope", "", 404, api.CodeRouteNotFound},
+		{"POST", "/openai/v1/completions", "", 400, api.CodeBadJSON},
+		{"GET", "/v2/models/add/generate", "", 405, api.CodeMethodNotAllowed},
+		{"POST", "/v2/models/add/generate_stream", "", 400, api.CodeBadJSON},
+		{"POST", "/v2/models/add/versions/1/generate", "", 400, api.CodeBadJSON},
 	}
 }
 
@@ -434,7 +452,7 @@ func checkResponseBodies(t *testing.T, n *testNode) {
 		t.Errorf("metadata = %+v, %v", md, err)
 	}
 	sm, err := c.ServerMetadata(ctx)
-	if err != nil || sm.Name != "layermesh" || fmt.Sprint(sm.Extensions) != "[binary_tensor_data]" {
+	if err != nil || sm.Name != "layermesh" || fmt.Sprint(sm.Extensions) != "[binary_tensor_data generate]" {
 		t.Errorf("server metadata = %+v, %v", sm, err)
 	}
 	ready, err := c.Ready(ctx)

@@ -9,6 +9,7 @@ import (
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/tokenizer"
 )
 
 // Errors the services behind the API return (wrapped with %w) so that the API can
@@ -30,6 +31,15 @@ var (
 	// ErrInsufficientCapacity: the live members cannot hold the model; the message
 	// says by how many bytes it falls short.
 	ErrInsufficientCapacity = errors.New("insufficient capacity")
+	// Generation: the request is refused before any token is generated.
+	ErrContextExceeded  = errors.New("prompt and max_tokens exceed the model's context")
+	ErrNotGenerative    = errors.New("model does not generate text")
+	ErrInvalidMaxTokens = errors.New("invalid max_tokens")
+	ErrInvalidMessages  = errors.New("invalid chat messages")
+	ErrInvalidParameter = errors.New("invalid generation parameter")
+	// ErrKVExhausted: the stage nodes have no memory left for another session's
+	// state; running sessions go on, a new one may retry later.
+	ErrKVExhausted = errors.New("session memory exhausted")
 )
 
 // Code is a stable error code: clients and scripts match on it, so a code never
@@ -69,6 +79,13 @@ const (
 	CodeUnavailable          Code = "unavailable"
 	CodeTimeout              Code = "timeout"
 	CodeInternal             Code = "internal"
+	CodeContextExceeded      Code = "context_exceeded"
+	CodeNotGenerative        Code = "not_generative"
+	CodeInvalidMaxTokens     Code = "invalid_max_tokens"
+	CodeInvalidMessages      Code = "invalid_messages"
+	CodeInvalidParameter     Code = "invalid_parameter"
+	CodeTokenizerInvalid     Code = "tokenizer_invalid"
+	CodeKVExhausted          Code = "kv_exhausted"
 )
 
 // Entry is one row of the error catalogue.
@@ -112,6 +129,13 @@ var catalogue = map[Code]Entry{
 	CodeUnavailable:          {CodeUnavailable, http.StatusServiceUnavailable, "the model was unloaded while the request ran; retry"},
 	CodeTimeout:              {CodeTimeout, http.StatusGatewayTimeout, "the request's deadline passed before an answer"},
 	CodeInternal:             {CodeInternal, http.StatusInternalServerError, "a fault inside the node; the log has the details"},
+	CodeContextExceeded:      {CodeContextExceeded, http.StatusBadRequest, "the prompt's tokens plus max_tokens do not fit in the model's context"},
+	CodeNotGenerative:        {CodeNotGenerative, http.StatusBadRequest, "the model was not deployed for generation (no tokenizer, or not a generative model)"},
+	CodeInvalidMaxTokens:     {CodeInvalidMaxTokens, http.StatusBadRequest, "max_tokens is below 1 or above the node's limit (4096 unless the node sets another)"},
+	CodeInvalidMessages:      {CodeInvalidMessages, http.StatusBadRequest, "chat messages are missing, have an unknown role, or content that is not text"},
+	CodeInvalidParameter:     {CodeInvalidParameter, http.StatusBadRequest, "a generation parameter is out of range or unsupported (temperature, top_p, top_k, n, stop, prompt)"},
+	CodeTokenizerInvalid:     {CodeTokenizerInvalid, http.StatusBadRequest, "the tokenizer or chat template given at deploy cannot be used (not byte-level BPE, does not parse)"},
+	CodeKVExhausted:          {CodeKVExhausted, http.StatusServiceUnavailable, "the stage nodes have no memory left for another session's state; retry after Retry-After seconds"},
 }
 
 // classifiers map sentinel errors to codes. Order matters: the first match wins, so
@@ -150,6 +174,13 @@ var classifiers = []struct {
 	{ErrInsufficientCapacity, CodeInsufficientCapacity},
 	{ErrNotReady, CodeNotReady},
 	{ErrNotClusterMode, CodeNotClusterMode},
+	{ErrContextExceeded, CodeContextExceeded},
+	{ErrNotGenerative, CodeNotGenerative},
+	{ErrInvalidMaxTokens, CodeInvalidMaxTokens},
+	{ErrInvalidMessages, CodeInvalidMessages},
+	{ErrInvalidParameter, CodeInvalidParameter},
+	{tokenizer.ErrInvalid, CodeTokenizerInvalid},
+	{ErrKVExhausted, CodeKVExhausted},
 	{context.DeadlineExceeded, CodeTimeout},
 }
 

@@ -4,11 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/tokenizer"
 )
 
 // Extensions of the KServe v2 protocol this server implements, as GET /v2 lists them.
@@ -39,7 +43,11 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handleServerMetadata(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, wire.ServerMetadata{Name: "layermesh", Version: s.cfg.Version, Extensions: extensions, Accelerator: s.cfg.Accelerator})
+	ext := extensions
+	if s.cfg.Generator != nil && s.cfg.Text != nil {
+		ext = append(slices.Clip(ext), "generate")
+	}
+	writeJSON(w, http.StatusOK, wire.ServerMetadata{Name: "layermesh", Version: s.cfg.Version, Extensions: ext, Accelerator: s.cfg.Accelerator})
 	return nil
 }
 
@@ -207,10 +215,17 @@ func (s *Server) handlePutModel(w http.ResponseWriter, r *http.Request) error {
 	if opts.Replicas, err = queryInt(r, "replicas"); err != nil {
 		return err
 	}
+	opts.State = r.URL.Query()["state"]
 	if r.ContentLength > s.cfg.MaxModelBytes {
 		return &http.MaxBytesError{Limit: s.cfg.MaxModelBytes}
 	}
-	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxModelBytes)
+	var body io.Reader = http.MaxBytesReader(w, r.Body, s.cfg.MaxModelBytes)
+	if mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
+		opts.Size = -1 // the length counts the other parts too
+		if body, err = readDeployParts(multipart.NewReader(body, params["boundary"]), &opts); err != nil {
+			return err
+		}
+	}
 	st, err := s.cfg.Models.PutModel(r.Context(), r.PathValue("name"), body, opts)
 	if err != nil {
 		return err
@@ -225,6 +240,69 @@ func (s *Server) handleDeleteModel(w http.ResponseWriter, r *http.Request) error
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// Limits on the small parts of a multipart deploy. GPT-2's tokenizer.json is 1.4 MB;
+// the largest byte-level BPE vocabularies (250k tokens) stay under 32 MB.
+const (
+	maxTokenizerBytes    = 32 << 20
+	maxChatTemplateBytes = 1 << 20
+)
+
+// readDeployParts reads a multipart deploy: "tokenizer" and "chat_template" parts,
+// which are checked here so a bad one is refused before the model is stored, then the
+// "model" part, which must come last and is returned unread for the service to stream.
+func readDeployParts(mr *multipart.Reader, opts *DeployOptions) (io.Reader, error) {
+	for {
+		part, err := mr.NextPart()
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: multipart deploy without a model part: %w", ErrBadRequest, err)
+		}
+		switch part.FormName() {
+		case "model":
+			return part, nil
+		case "tokenizer":
+			b, err := readPart(part, maxTokenizerBytes)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tokenizer.Parse(b); err != nil {
+				return nil, err
+			}
+			opts.Tokenizer = b
+		case "chat_template":
+			b, err := readPart(part, maxChatTemplateBytes)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tokenizer.ParseChatTemplate(string(b)); err != nil {
+				return nil, err
+			}
+			opts.ChatTemplate = string(b)
+		default:
+			return nil, fmt.Errorf("%w: unknown multipart deploy part %q (want tokenizer, chat_template, model)", ErrBadRequest, part.FormName())
+		}
+	}
+}
+
+// readPart reads a small part whole, refusing one over limit.
+func readPart(part *multipart.Part, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(part, limit+1))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: reading part %s: %w", ErrBadRequest, part.FormName(), err)
+	}
+	if int64(len(b)) > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
+	return b, nil
 }
 
 // queryInt reads a non-negative integer query parameter; absent or "auto" is 0.

@@ -9,12 +9,14 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/events"
 )
 
 // Defaults for Config's limits.
@@ -38,6 +40,12 @@ type Config struct {
 	Health  HealthService
 	Cluster ClusterService
 	Tokens  TokenVerifier
+	// Generator and Text serve text generation (/openai/v1, /v2/.../generate); when
+	// either is nil those routes answer not_generative.
+	Generator Generator
+	Text      TextService
+	// MaxTokens bounds max_tokens of one generation; 0 means DefaultMaxTokens.
+	MaxTokens int
 	// RequireInferToken gates inference and model metadata behind a token of scope
 	// infer (or admin). Admin routes always need an admin token.
 	RequireInferToken bool
@@ -53,6 +61,13 @@ type Config struct {
 	// new registry. The node passes its own so every component's metrics share it.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
+	// Events feeds GET /v1/events; nil means a bus nothing publishes to.
+	Events EventSource
+	// Links answers GET /v1/links (the dashboard's link figures); nil answers
+	// not_cluster_mode.
+	Links LinkSource
+	// StageStats answers GET /v1/stage-stats; nil answers not_cluster_mode.
+	StageStats StageStatsSource
 }
 
 // Server is the HTTP API. Its Handler is safe for concurrent use.
@@ -62,6 +77,10 @@ type Server struct {
 	mux     *http.ServeMux
 	metrics *metrics
 	handler http.Handler
+	// closing closes when the HTTP server shuts down, ending the event streams that
+	// would otherwise hold Shutdown until its deadline.
+	closing   chan struct{}
+	closeOnce sync.Once
 }
 
 // New checks cfg and builds the routes.
@@ -75,6 +94,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxModelBytes <= 0 {
 		cfg.MaxModelBytes = DefaultMaxModelBytes
 	}
+	if cfg.MaxTokens <= 0 {
+		cfg.MaxTokens = DefaultMaxTokens
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
@@ -86,7 +108,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: metrics: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log.With("component", "api"), mux: http.NewServeMux(), metrics: m}
+	if cfg.Events == nil {
+		cfg.Events = events.NewBus(0, 0)
+	}
+	s := &Server{cfg: cfg, log: log.With("component", "api"), mux: http.NewServeMux(), metrics: m, closing: make(chan struct{})}
 	s.routes()
 	s.handler = s.recoverPanics(s.jsonMuxErrors(s.mux))
 	return s, nil
@@ -128,6 +153,20 @@ func (s *Server) routes() {
 	s.handle("POST /v1/tokens", admin, s.handleCreateToken)
 	s.handle("GET /v1/tokens", admin, s.handleListTokens)
 	s.handle("DELETE /v1/tokens/{id}", admin, s.handleRevokeToken)
+	s.handle("GET /v1/events", admin, s.handleEvents)
+	s.handle("GET /v1/links", admin, s.handleLinks)
+	s.handle("GET /v1/stage-stats", admin, s.handleStageStats)
+	s.uiRoutes()
+
+	s.handle("POST /v2/models/{name}/generate", inference, s.handleGenerate)
+	s.handle("POST /v2/models/{name}/versions/{version}/generate", inference, s.handleGenerate)
+	s.handle("POST /v2/models/{name}/generate_stream", inference, s.handleGenerateStream)
+	s.handle("POST /v2/models/{name}/versions/{version}/generate_stream", inference, s.handleGenerateStream)
+
+	s.handle("POST /openai/v1/completions", inference, s.handleCompletions)
+	s.handle("POST /openai/v1/chat/completions", inference, s.handleChatCompletions)
+	s.handle("GET /openai/v1/models", inference, s.handleOpenAIModels)
+	s.handle("GET /openai/v1/models/{name}", inference, s.handleOpenAIModel)
 
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 }
@@ -135,7 +174,7 @@ func (s *Server) routes() {
 // handle registers h behind authentication and request metrics.
 func (s *Server) handle(pattern string, acc access, h func(http.ResponseWriter, *http.Request) error) {
 	route := pattern[strings.IndexByte(pattern, ' ')+1:]
-	infer := strings.HasSuffix(route, "/infer")
+	infer := strings.HasSuffix(route, "/infer") || strings.Contains(route, "/generate") || strings.HasSuffix(route, "/completions")
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := requestIDOf(r)
@@ -167,7 +206,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // HTTPServer returns an http.Server for the handler with the timeouts set. tlsConfig
 // may be nil.
 func (s *Server) HTTPServer(tlsConfig *tls.Config) *http.Server {
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
@@ -175,7 +214,13 @@ func (s *Server) HTTPServer(tlsConfig *tls.Config) *http.Server {
 		TLSConfig:         tlsConfig,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(s.CloseStreams)
+	return srv
 }
+
+// CloseStreams ends the open event streams (Shutdown does not wait for them to end
+// on their own, which they never would). HTTPServer's server calls it on Shutdown.
+func (s *Server) CloseStreams() { s.closeOnce.Do(func() { close(s.closing) }) }
 
 // writeError answers with err's catalogue entry and logs what the client cannot see.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
@@ -189,6 +234,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfterSeconds)
+	}
+	if strings.HasPrefix(r.URL.Path, openAIPrefix) {
+		writeJSON(w, e.Status, openAIError(e, err))
+		return
 	}
 	writeJSON(w, e.Status, body(e, err))
 }

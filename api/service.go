@@ -39,9 +39,19 @@ type DeployOptions struct {
 	Stages int
 	// Replicas is how many nodes serve each stage; 0 means the cluster default.
 	Replicas int
+	// State declares the model's state pairs, each "IN=OUT" (query: state, repeatable);
+	// none lets the deploy detect them by name. A model with state pairs runs as a
+	// session (generation).
+	State []string
 	// Size is the upload's declared length (Content-Length), -1 when unknown. The
 	// body is already limited by the API; Size lets the service refuse early.
 	Size int64
+	// Tokenizer is the model's tokenizer.json, already checked to be byte-level BPE;
+	// nil for a model that does not generate text.
+	Tokenizer []byte
+	// ChatTemplate is the Go template chat messages are rendered with, already checked
+	// to parse; "" means tokenizer.DefaultChatTemplate.
+	ChatTemplate string
 }
 
 // ModelService owns the models: their metadata, inference and deployment.

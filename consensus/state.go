@@ -70,6 +70,16 @@ type StageManifest struct {
 	Inputs     []string `json:"inputs"`
 	Outputs    []string `json:"outputs"`
 	ParamBytes int64    `json:"param_bytes"`
+	// State are the state pairs the stage owns: its node keeps each pair's value
+	// between a session's steps. A model with any runs as a session.
+	State []StatePair `json:"state,omitempty"`
+}
+
+// StatePair is a stage input and output that carry a session's state from one step
+// to the next (partition.StatePair).
+type StatePair struct {
+	In  string `json:"in"`
+	Out string `json:"out"`
 }
 
 // DeployInfo is what a deploy records with its manifest: the figures placement
@@ -79,6 +89,9 @@ type DeployInfo struct {
 	StageMem   []int64 `json:"stage_mem"`   // per stage: parameter bytes plus activation allowance
 	StageFLOPs []int64 `json:"stage_flops"` // per stage: compute cost the planner balances
 	Cutter     string  `json:"cutter"`      // peer id of the node that cut the stages and holds their blobs
+	// ContextLen is a generative model's context length in tokens (its position
+	// table's rows); 0 when unknown or not generative.
+	ContextLen int `json:"context_len,omitempty"`
 }
 
 // Model is one version of a deployed model.
@@ -91,6 +104,17 @@ type Model struct {
 	Stages       []StageManifest `json:"stages"`
 	Created      time.Time       `json:"created"`
 	Deploy       DeployInfo      `json:"deploy"`
+	// Text is set for a model deployed to generate text; nil for any other.
+	Text *TextInfo `json:"text,omitempty"`
+}
+
+// TextInfo is what a text-generating model is deployed with besides its graph. The
+// tokenizer is a blob like the stages (entry nodes fetch it from a holder); the chat
+// template, a few KB, travels in the state.
+type TextInfo struct {
+	TokenizerSHA256 string `json:"tokenizer_sha256"` // hex, the blob id of its tokenizer.json
+	TokenizerSize   int64  `json:"tokenizer_size"`
+	ChatTemplate    string `json:"chat_template,omitempty"` // "": the default template
 }
 
 // ModelKey identifies a model version in ClusterState.Models and Placements.

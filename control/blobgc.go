@@ -1,6 +1,6 @@
 package control
 
-// Stage and source blobs stay on disk while some model version in the cluster state
+// Stage, source and tokenizer blobs stay on disk while some model version in the cluster state
 // names them. Once none does (the model was deleted or its version superseded), each
 // node removes them after a grace period, so a device that deploys and replaces models
 // for months does not fill its disk.
@@ -37,6 +37,9 @@ func (c *Controller) CollectBlobs(grace time.Duration) (removed int, freed int64
 	keep := make(map[string]bool)
 	for _, m := range st.Models {
 		keep[m.SourceSHA256] = true
+		if m.Text != nil {
+			keep[m.Text.TokenizerSHA256] = true
+		}
 		for _, s := range m.Stages {
 			keep[s.SHA256] = true
 		}

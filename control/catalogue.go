@@ -109,3 +109,17 @@ func (c *Controller) names(st *consensus.ClusterState, ids []string) []string {
 	}
 	return out
 }
+
+// ModelTextInfo is the text side of the model version generation would use: its
+// tokenizer blob and chat template. It reads the local state, as inference does. A
+// model deployed without a tokenizer wraps api.ErrNotGenerative.
+func (c *Controller) ModelTextInfo(ctx context.Context, name string) (consensus.TextInfo, error) {
+	m, err := c.view.ResolveVersion(c.store.View(), name, "")
+	if err != nil {
+		return consensus.TextInfo{}, err
+	}
+	if m.Text == nil {
+		return consensus.TextInfo{}, fmt.Errorf("%w: %s version %s was deployed without a tokenizer", api.ErrNotGenerative, name, m.Version)
+	}
+	return *m.Text, nil
+}

@@ -14,6 +14,7 @@ package control
 // the same, so a redeploy of the same weights moves nothing.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -90,23 +91,36 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: waiting for the deploy before it: %w", name, err)
 	}
 	defer c.deploys.release()
+	text, err := c.storeText(opts)
+	if err != nil {
+		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
+	}
 	replicas := opts.Replicas
 	if replicas <= 0 {
 		replicas = c.cfg.Replicas
 	}
+	var state []partition.StatePair
+	for _, s := range opts.State {
+		p, err := partition.ParseStatePair(s)
+		if err != nil {
+			return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
+		}
+		state = append(state, p)
+	}
 	st := c.store.State()
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
-			deployFigures(m).replicas(c.cfg.Replicas) == replicas {
+			deployFigures(m).replicas(c.cfg.Replicas) == replicas && sameText(m.Text, text) && sameState(m, state) {
 			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
 			return c.ModelStatus(ctx, name, m.Version)
 		}
 	}
 
-	model, err := c.cut(name, srcHash, srcSize, opts.Stages, replicas, tmpDir, st)
+	model, err := c.cut(name, srcHash, srcSize, cutOptions{stages: opts.Stages, replicas: replicas, state: state}, tmpDir, st)
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
+	model.Text = text
 	res, err := c.commitRetrying(ctx, consensus.NewCommand(consensus.PutModel{Model: model}))
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
@@ -120,6 +134,34 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: committed, but reading it back: %w", name, err)
 	}
 	return c.status(st, model, c.view.LiveMembers()), nil
+}
+
+// storeText stores a deploy's tokenizer as a blob and says what the model records of
+// its text side; nil when the deploy has no tokenizer. The API has checked both parts.
+func (c *Controller) storeText(opts api.DeployOptions) (*consensus.TextInfo, error) {
+	if opts.Tokenizer == nil {
+		if opts.ChatTemplate != "" {
+			return nil, fmt.Errorf("%w: a chat template needs a tokenizer", api.ErrBadRequest)
+		}
+		return nil, nil
+	}
+	sum := sha256.Sum256(opts.Tokenizer)
+	hash := hex.EncodeToString(sum[:])
+	if c.blobs.Has(hash) {
+		if err := c.blobs.Touch(hash); err != nil {
+			return nil, err
+		}
+	} else if _, err := c.blobs.Put(hash, bytes.NewReader(opts.Tokenizer)); err != nil {
+		return nil, fmt.Errorf("storing the tokenizer: %w", err)
+	}
+	return &consensus.TextInfo{TokenizerSHA256: hash, TokenizerSize: int64(len(opts.Tokenizer)), ChatTemplate: opts.ChatTemplate}, nil
+}
+
+func sameText(a, b *consensus.TextInfo) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
 }
 
 // storeUpload streams body to path while hashing it, then stores it as a blob.
@@ -158,15 +200,45 @@ func (c *Controller) putBlobFile(hash, path string) error {
 	return err
 }
 
+// sameState says whether a deployed version has the declared state pairs; none
+// declared (detected by name) matches any version of the same bytes.
+func sameState(m consensus.Model, declared []partition.StatePair) bool {
+	if declared == nil {
+		return true
+	}
+	var have []partition.StatePair
+	for _, s := range m.Stages {
+		for _, p := range s.State {
+			have = append(have, partition.StatePair{In: p.In, Out: p.Out})
+		}
+	}
+	cmp := func(a, b partition.StatePair) int { return strings.Compare(a.In+"\x00"+a.Out, b.In+"\x00"+b.Out) }
+	want := slices.Clone(declared)
+	slices.SortFunc(want, cmp)
+	slices.SortFunc(have, cmp)
+	return slices.Equal(want, have)
+}
+
+// cutOptions are a deploy's choices for cut: stage count (0: the planner's), replicas
+// per stage, and declared state pairs (nil: detected by name).
+type cutOptions struct {
+	stages, replicas int
+	state            []partition.StatePair
+}
+
 // cut plans the stages over the live members and writes them as blobs. The model it
 // returns has no version yet: the FSM allocates it on commit.
-func (c *Controller) cut(name, srcHash string, srcSize int64, stages, replicas int, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
+func (c *Controller) cut(name, srcHash string, srcSize int64, co cutOptions, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
+	stages, replicas := co.stages, co.replicas
 	srcPath := c.blobs.Path(srcHash)
 	pm, err := partition.Load(srcPath)
 	if err != nil {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
 	}
-	g, err := partition.Analyze(pm, nil)
+	g, err := partition.AnalyzeWith(pm, partition.AnalyzeOptions{State: co.state})
+	if errors.Is(err, partition.ErrStatePair) {
+		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
+	}
 	if err != nil {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
 	}
@@ -199,7 +271,7 @@ func (c *Controller) cut(name, srcHash string, srcSize int64, stages, replicas i
 		Name: name, SourceSHA256: srcHash, SourceSize: srcSize,
 		Signature: consensus.Signature{Inputs: specs(man.Inputs), Outputs: specs(man.Outputs)},
 		Created:   time.Now().UTC(),
-		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self},
+		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self, ContextLen: g.ContextLen()},
 	}
 	for _, s := range man.Stages {
 		if s.DataFile != "" {
@@ -210,6 +282,9 @@ func (c *Controller) cut(name, srcHash string, srcSize int64, stages, replicas i
 			return consensus.Model{}, fmt.Errorf("deploy %s: store stage %d: %w", name, s.Index, err)
 		}
 		sm := consensus.StageManifest{Index: s.Index, SHA256: s.SHA256, Size: s.Size, ParamBytes: s.ParamBytes}
+		for _, p := range s.State {
+			sm.State = append(sm.State, consensus.StatePair{In: p.In, Out: p.Out})
+		}
 		for _, in := range s.Inputs {
 			sm.Inputs = append(sm.Inputs, in.Name)
 		}
@@ -369,5 +444,11 @@ func (c *Controller) DeleteModel(ctx context.Context, name string) error {
 	if !found {
 		return fmt.Errorf("%w: %s", api.ErrModelNotFound, name)
 	}
-	return c.Apply(ctx, consensus.NewCommand(consensus.DeleteModel{Name: name}))
+	// This node's state may lag the leader's: a delete that another node committed
+	// first reaches the FSM as not found, which is the same answer.
+	err := c.Apply(ctx, consensus.NewCommand(consensus.DeleteModel{Name: name}))
+	if errors.Is(err, consensus.ErrNotFound) {
+		return fmt.Errorf("%w: %s: %w", api.ErrModelNotFound, name, err)
+	}
+	return err
 }

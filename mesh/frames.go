@@ -36,6 +36,11 @@ const (
 	// flagDrive marks a stage request that hands the whole request to the peer
 	// (StageRequest.Drive).
 	flagDrive = 1 << 0
+	// flagSession marks a session step: the session id, step kind and position follow
+	// the outputs (StageRequest.Session).
+	flagSession = 1 << 1
+	// maxPos bounds a session position on the wire.
+	maxPos = 1<<31 - 1
 )
 
 func appendStr(buf []byte, s string) ([]byte, error) {
@@ -79,6 +84,9 @@ func encodeStageHeader(req *StageRequest) ([]byte, error) {
 	if req.Drive {
 		flags |= flagDrive
 	}
+	if req.Session != "" {
+		flags |= flagSession
+	}
 	buf = append(buf, flags)
 	var dl int64
 	if !req.Deadline.IsZero() {
@@ -94,7 +102,39 @@ func encodeStageHeader(req *StageRequest) ([]byte, error) {
 			return nil, err
 		}
 	}
-	return buf, nil
+	if req.Session == "" {
+		if req.Step != StepNone || req.Pos != 0 || req.Len != 0 {
+			return nil, fmt.Errorf("%w: a session step without a session id", ErrBadRequest)
+		}
+		return buf, nil
+	}
+	if req.Step < StepPrefill || req.Step > StepClose || req.Pos < 0 || int64(req.Pos) > maxPos || req.Len < 0 || int64(req.Len) > maxPos {
+		return nil, fmt.Errorf("%w: session step %d at %d of %d", ErrBadRequest, req.Step, req.Pos, req.Len)
+	}
+	if buf, err = appendStr(buf, req.Session); err != nil {
+		return nil, err
+	}
+	buf = append(buf, byte(req.Step))
+	buf = binary.BigEndian.AppendUint32(buf, uint32(req.Pos))
+	return binary.BigEndian.AppendUint32(buf, uint32(req.Len)), nil
+}
+
+// readSessionStep reads the session part of a stage header (flagSession).
+func readSessionStep(r io.Reader, req *StageRequest) error {
+	s, err := readStr(r)
+	if err != nil {
+		return fmt.Errorf("%w: session id: %w", ErrMalformedFrame, err)
+	}
+	var fixed [9]byte
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return fmt.Errorf("%w: session step: %w", ErrMalformedFrame, err)
+	}
+	step, pos, n := StepKind(fixed[0]), binary.BigEndian.Uint32(fixed[1:5]), binary.BigEndian.Uint32(fixed[5:])
+	if s == "" || step < StepPrefill || step > StepClose || pos > maxPos || n > maxPos {
+		return fmt.Errorf("%w: session %q step %d at %d of %d", ErrMalformedFrame, s, step, pos, n)
+	}
+	req.Session, req.Step, req.Pos, req.Len = s, step, int(pos), int(n)
+	return nil
 }
 
 func readStageHeader(r io.Reader) (*StageRequest, error) {
@@ -123,7 +163,7 @@ func readStageHeader(r io.Reader) (*StageRequest, error) {
 	}
 	req.Stage = int(stage)
 	flags := fixed[4]
-	if flags&^flagDrive != 0 {
+	if flags&^(flagDrive|flagSession) != 0 {
 		return nil, fmt.Errorf("%w: unknown stage flags %#x", ErrMalformedFrame, flags)
 	}
 	req.Drive = flags&flagDrive != 0
@@ -140,6 +180,11 @@ func readStageHeader(r io.Reader) (*StageRequest, error) {
 			return nil, fmt.Errorf("%w: stage outputs: %w", ErrMalformedFrame, err)
 		}
 		req.Outputs = append(req.Outputs, s)
+	}
+	if flags&flagSession != 0 {
+		if err := readSessionStep(r, req); err != nil {
+			return nil, err
+		}
 	}
 	return req, nil
 }

@@ -18,6 +18,7 @@ func FuzzStageHeader(f *testing.F) {
 	for _, req := range []*StageRequest{
 		{RequestID: "r1", Model: "gpt2", Version: "3", Stage: 1, Deadline: time.Unix(1700000000, 5), Outputs: []string{"logits"}},
 		{RequestID: "r2", Model: "gpt2", Version: "3", Drive: true, Outputs: []string{"logits"}},
+		{RequestID: "r3", Model: "gpt2", Version: "3", Stage: 2, Session: "s1", Step: StepDecode, Pos: 17, Len: 1},
 		{},
 	} {
 		hdr, _ := encodeStageHeader(req)

@@ -118,7 +118,28 @@ type StageRequest struct {
 	Tensors  []tensor.Tensor
 	// Outputs names the tensors wanted back; empty means all of the stage's outputs.
 	Outputs []string
+	// Session, when set, makes the call one step of a stateful session: the peer
+	// keeps the stage's state between steps under this id. Step says which step, Pos
+	// how many tokens the session had before it (the peer checks its state agrees)
+	// and Len how many tokens it runs.
+	Session string
+	Step    StepKind
+	Pos     int
+	Len     int
 }
+
+// StepKind is the kind of a session step.
+type StepKind uint8
+
+// Session step kinds. A prefill starts (or restarts, replacing any state) a session
+// at position 0 with a whole prompt; a decode runs the next tokens on the kept state;
+// a close frees it.
+const (
+	StepNone StepKind = iota
+	StepPrefill
+	StepDecode
+	StepClose
+)
 
 // StageHandler runs a stage request; it must honour ctx, which is cancelled when the
 // caller gives up or the deadline passes.

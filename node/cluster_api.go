@@ -29,7 +29,18 @@ var (
 	_ api.ModelService   = clusterServices{}
 	_ api.HealthService  = clusterServices{}
 	_ api.ClusterService = clusterServices{}
+	_ api.TextService    = clusterServices{}
+	_ api.Generator      = clusterServices{}
 )
+
+// ModelText serves the tokenizer and chat template deployed with the model.
+func (s clusterServices) ModelText(ctx context.Context, model string) (api.ModelText, error) {
+	c, err := s.part()
+	if err != nil {
+		return api.ModelText{}, err
+	}
+	return c.text.ModelText(ctx, model)
+}
 
 func (s clusterServices) part() (*Cluster, error) {
 	if c := s.n.cluster.Load(); c != nil {
@@ -62,6 +73,26 @@ func (s clusterServices) Infer(ctx context.Context, req api.InferRequest) (api.I
 	s.n.inferInFlight.Add(1)
 	defer s.n.inferInFlight.Add(-1)
 	return c.infer.Infer(ctx, req)
+}
+
+// Generate runs a generation through the model's stages (api.Generator).
+func (s clusterServices) Generate(ctx context.Context, req api.GenerateRequest, emit func(api.GeneratedToken) error) (api.GenerateResult, error) {
+	c, err := s.part()
+	if err != nil {
+		return api.GenerateResult{}, err
+	}
+	s.n.inferInFlight.Add(1)
+	defer s.n.inferInFlight.Add(-1)
+	return c.infer.Generate(ctx, req, emit)
+}
+
+// ModelContext returns a generative model's context length (api.Generator).
+func (s clusterServices) ModelContext(ctx context.Context, model string) (int, error) {
+	c, err := s.part()
+	if err != nil {
+		return 0, err
+	}
+	return c.infer.ModelContext(ctx, model)
 }
 
 func (s clusterServices) PutModel(ctx context.Context, name string, body io.Reader, opts api.DeployOptions) (wire.ModelStatus, error) {
@@ -137,7 +168,8 @@ func describeNodes(c *Cluster, nodes []wire.NodeStatus) {
 		capacity := wire.NodeCapacity{MemBudget: m.Capacity.MemBudget, MemFree: m.Capacity.MemBudget, Cores: m.Capacity.Cores, Speed: m.Capacity.Speed}
 		if id == c.self {
 			nd.Health = "alive"
-			capacity.MemFree = max(m.Capacity.MemBudget-c.runtime.UsedBytes(), 0)
+			// Session state (KV caches) counts against the budget as stages do.
+			capacity.MemFree = max(m.Capacity.MemBudget-c.runtime.UsedBytes()-c.runtime.SessionStats().Bytes, 0)
 		} else if meta, ok := metas[id]; ok {
 			capacity.MemFree, nd.Load = meta.FreeMem, meta.Load
 		}

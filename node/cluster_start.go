@@ -34,7 +34,11 @@ func (n *Node) startCluster(ctx context.Context) error {
 		return fmt.Errorf("node: cluster metrics: %w", err)
 	}
 	n.cluster.Store(c)
-	n.wg.Add(1)
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		c.runEvents(ctx, n.events)
+	}()
 	go func() {
 		defer n.wg.Done()
 		n.publishLoad(ctx, c)

@@ -48,6 +48,8 @@ type testCluster struct {
 	t     *testing.T
 	nodes []*Cluster
 	dirs  []string
+	// sessionTTL is the nodes' session TTL; 0 takes the default.
+	sessionTTL time.Duration
 }
 
 func testLogger(t *testing.T, name string) *slog.Logger {
@@ -64,8 +66,9 @@ func (tc *testCluster) start(i int, bootstrap bool, budget int64) *Cluster {
 		Name: fmt.Sprintf("n%d", i), DataDir: tc.dirs[i], HTTPAddr: "127.0.0.1:1",
 		Listen: []string{"/ip4/127.0.0.1/tcp/0"}, FastGossip: true, MemBudget: budget,
 		Backend: testBackend(t), Session: accel.SessionOptions{IntraOpThreads: 1},
-		Logger: testLogger(t, fmt.Sprintf("n%d", i)),
-		Router: pipeline.RouterConfig{RequestTimeout: 20 * time.Second},
+		Logger:     testLogger(t, fmt.Sprintf("n%d", i)),
+		Router:     pipeline.RouterConfig{RequestTimeout: 20 * time.Second},
+		SessionTTL: tc.sessionTTL,
 	}
 	if bootstrap {
 		opts.Bootstrap = true
@@ -88,7 +91,12 @@ func (tc *testCluster) start(i int, bootstrap bool, budget int64) *Cluster {
 }
 
 func startTestCluster(t *testing.T, n int, budget int64) *testCluster {
-	tc := &testCluster{t: t, nodes: make([]*Cluster, n)}
+	return startTestClusterTTL(t, n, budget, 0)
+}
+
+// startTestClusterTTL is startTestCluster with a session TTL on every node.
+func startTestClusterTTL(t *testing.T, n int, budget int64, sessionTTL time.Duration) *testCluster {
+	tc := &testCluster{t: t, nodes: make([]*Cluster, n), sessionTTL: sessionTTL}
 	for range n {
 		tc.dirs = append(tc.dirs, t.TempDir())
 	}

@@ -74,6 +74,9 @@ type ClusterOptions struct {
 	// MemBudget bounds the bytes of stages this node holds; 0 means half the memory
 	// the kernel reports available (defaultMemBudget).
 	MemBudget int64
+	// SessionTTL is how long a generation session's state stays on a stage without a
+	// step; 0 means pipeline.DefaultSessionTTL (5 min).
+	SessionTTL time.Duration
 	// Speed is this node's compute speed for the planner and the placement, in GFLOP/s;
 	// 0 means measure it at start (MeasureSpeed: a short matmul through Backend with
 	// Session's thread count). Set it to skip the benchmark or to pin a figure.
@@ -102,6 +105,7 @@ type Cluster struct {
 	router  *pipeline.Router
 	infer   *pipeline.Service
 	control *control.Controller
+	text    *modelTexts
 
 	// caughtUp turns true once this node's state has caught up with the leader's
 	// after start (a linearizable read succeeded): until then a restarted node's
@@ -217,22 +221,46 @@ func (c *Cluster) wire() {
 		CaughtUp: c.caughtUp.Load, Logger: opts.Logger,
 	})
 	c.runtime = pipeline.NewStageRuntime(pipeline.RuntimeConfig{
-		Backend: opts.Backend, Session: opts.Session, MemBudget: opts.MemBudget,
+		Backend: opts.Backend, Session: opts.Session, MemBudget: opts.MemBudget, SessionTTL: opts.SessionTTL,
 		Blobs: meshBlobs{c}, Report: c.reportStages, ReadyElsewhere: c.view.ReadyElsewhere, Logger: opts.Logger,
 	})
 	c.view.SetLocal(c.runtime)
 	c.router = pipeline.NewRouter(opts.Router, c.view, c.view, pipeline.MeshCaller{Transport: c.mesh}, c.runtime, opts.Logger)
 	c.infer = pipeline.NewService(c.store, c.view, c.router, c.caughtUp.Load)
-	c.mesh.HandleStage(pipeline.StageServer{Driver: c.router, Local: c.runtime}.Handle)
+	c.mesh.HandleStage(pipeline.StageServer{Driver: c.router, Local: c.runtime, Sessions: c.runtime}.Handle)
+	c.text = newModelTexts(c.modelTextFiles)
+}
+
+// modelTextFiles finds a model's text side in the state; its tokenizer blob is
+// fetched from a holder the first time this node needs it.
+func (c *Cluster) modelTextFiles(ctx context.Context, model string) (textFiles, error) {
+	info, err := c.control.ModelTextInfo(ctx, model)
+	if err != nil {
+		return textFiles{}, err
+	}
+	read := func(ctx context.Context) ([]byte, error) {
+		if err := (meshBlobs{c}).Fetch(ctx, info.TokenizerSHA256, info.TokenizerSize); err != nil {
+			return nil, err
+		}
+		return os.ReadFile(c.mesh.Blobs().Path(info.TokenizerSHA256))
+	}
+	return textFiles{key: info.TokenizerSHA256, tokenizer: read, chatTemplate: info.ChatTemplate}, nil
 }
 
 // assign hands the runtime the stages the committed placements give this node.
 func (c *Cluster) assign(as []control.Assignment) {
 	want := make([]pipeline.StageAssignment, len(as))
+	st := c.store.State()
 	for i, a := range as {
 		want[i] = pipeline.StageAssignment{
 			Key:  pipeline.StageKey{Model: a.Model, Version: a.Version, Stage: a.Stage},
 			Blob: a.Blob, Size: a.Size, MemBytes: a.MemBytes,
+		}
+		// The state pairs the stage owns: with any, it serves generation sessions.
+		if m, ok := st.Models[consensus.ModelKey(a.Model, a.Version)]; ok && a.Stage < len(m.Stages) {
+			for _, p := range m.Stages[a.Stage].State {
+				want[i].State = append(want[i].State, pipeline.StatePair{In: p.In, Out: p.Out})
+			}
 		}
 	}
 	c.runtime.SetAssignments(want)
@@ -269,7 +297,7 @@ func NewNodeCluster(ctx context.Context, cfg Config, name, httpAddr string, log 
 		Name: name, DataDir: cfg.DataDir, HTTPAddr: httpAddr,
 		Listen: cc.Listen, GossipPort: cc.GossipPort, Join: cc.Join,
 		Bootstrap: cc.Bootstrap, BootstrapExpect: cc.BootstrapExpect, SecretFile: cc.ClusterSecretFile,
-		MDNS: cc.MDNS, DHT: cc.DHT, MemBudget: cc.MemBudgetBytes, GPUs: cfg.GPUs,
+		MDNS: cc.MDNS, DHT: cc.DHT, MemBudget: cc.MemBudgetBytes, SessionTTL: cc.SessionTTL, GPUs: cfg.GPUs,
 		Backend: cfg.Backend, Session: accel.SessionOptions{IntraOpThreads: cfg.IntraOpThreads, PoolSize: cfg.SessionPool},
 		Logger: log,
 	})
@@ -323,6 +351,18 @@ func (c *Cluster) RegisterMetrics(reg prometheus.Registerer) error {
 			Name: "layermesh_blob_served_bytes_total",
 			Help: "Blob bytes (stage files) this node has sent to peers since start.",
 		}, func() float64 { return float64(c.mesh.BlobBytesServed()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "layermesh_sessions_active",
+			Help: "Generation sessions whose state this node's stages hold (one per session and stage).",
+		}, func() float64 { return float64(c.runtime.SessionStats().Sessions) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "layermesh_session_state_bytes",
+			Help: "Bytes of session state (KV caches) this node's stages hold, counted against --mem-budget.",
+		}, func() float64 { return float64(c.runtime.SessionStats().Bytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "layermesh_sessions_expired_total",
+			Help: "Session states this node freed after their idle TTL (or when their stage left).",
+		}, func() float64 { return float64(c.runtime.SessionStats().Expired) }),
 	} {
 		if err := reg.Register(col); err != nil {
 			return err

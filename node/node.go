@@ -36,6 +36,7 @@ import (
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/gpu"
 	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/events"
 )
 
 // Errors of the node's own making.
@@ -70,6 +71,9 @@ type ClusterConfig struct {
 	MDNS              bool
 	DHT               bool
 	MemBudgetBytes    int64
+	// SessionTTL is how long a generation session's state stays on a stage without a
+	// step; 0 means pipeline.DefaultSessionTTL.
+	SessionTTL time.Duration
 
 	// resumed is set by New when no setting asks for a cluster but the data dir holds
 	// one's state (resume.go).
@@ -140,6 +144,9 @@ type Node struct {
 
 	uploadMu sync.Mutex // serialises the swap step of uploads and deletes of one node
 
+	// texts caches the tokenizers of a single node's generative models.
+	texts *modelTexts
+
 	// cluster is the cluster part, set by Run in cluster mode once it has started.
 	cluster atomic.Pointer[Cluster]
 	// inferInFlight counts inference requests being answered (the load published to
@@ -147,6 +154,8 @@ type Node struct {
 	inferInFlight atomic.Int64
 	// wg tracks the node's own background work, waited for in shutdown.
 	wg sync.WaitGroup
+	// events is the node's event feed (GET /v1/events, the dashboard).
+	events *events.Bus
 }
 
 // Compile-time proof that Node serves the API's interfaces.
@@ -193,7 +202,9 @@ func New(cfg Config) (*Node, error) {
 		reg:     prometheus.NewRegistry(),
 		models:  make(map[string]*model),
 		failed:  make(map[string]string),
+		events:  events.NewBus(events.DefaultWindow, events.DefaultClientBuffer),
 	}
+	n.texts = newModelTexts(n.singleNodeText)
 	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, modelStoreDir), filepath.Join(cfg.DataDir, uploadTempDir)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("node: data dir: %w", err)
@@ -214,16 +225,21 @@ func New(cfg Config) (*Node, error) {
 		n.tokens = tokens
 	}
 	var (
-		models  api.ModelService   = n
-		health  api.HealthService  = n
-		cluster api.ClusterService = n
+		models     api.ModelService   = n
+		health     api.HealthService  = n
+		cluster    api.ClusterService = n
+		text       api.TextService    = n
+		gen        api.Generator      = n
+		links      api.LinkSource
+		stageStats api.StageStatsSource
 	)
 	if cfg.Cluster.configured() {
 		if cfg.ModelDir != "" {
 			return nil, fmt.Errorf("%w: --model-dir serves models on a single node; in a cluster, deploy them with meshctl deploy", ErrConfig)
 		}
 		svc := clusterServices{n}
-		models, health, cluster = svc, svc, svc
+		models, health, cluster, text, gen = svc, svc, svc, svc, svc
+		links, stageStats = svc, svc
 	}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := registerAccelMetrics(n.reg, cfg.Backend.Provider(), cfg.GPUs); err != nil {
@@ -234,6 +250,8 @@ func New(cfg Config) (*Node, error) {
 		Health:            health,
 		Cluster:           cluster,
 		Tokens:            n,
+		Text:              text,
+		Generator:         gen,
 		RequireInferToken: cfg.RequireInferToken,
 		MaxBodyBytes:      cfg.MaxBodyBytes,
 		MaxModelBytes:     cfg.MaxModelBytes,
@@ -241,6 +259,9 @@ func New(cfg Config) (*Node, error) {
 		Accelerator:       accelerator(cfg.Backend.Provider(), cfg.GPUs),
 		Registry:          n.reg,
 		Logger:            log,
+		Events:            n.events,
+		Links:             links,
+		StageStats:        stageStats,
 	})
 	if err != nil {
 		return nil, err
@@ -269,6 +290,10 @@ func New(cfg Config) (*Node, error) {
 	}
 	return n, nil
 }
+
+// Events is the node's event feed. Components outside the node's own loops (the
+// generation path's session replays) publish on it.
+func (n *Node) Events() *events.Bus { return n.events }
 
 // Name is the node's name.
 func (n *Node) Name() string { return n.name }
@@ -360,6 +385,7 @@ func (n *Node) shutdown() {
 	for _, m := range models {
 		m.close(n.log)
 	}
+	n.events.Close()
 	_ = os.Remove(filepath.Join(n.cfg.DataDir, httpAddrFile))
 	n.log.Info("node stopped")
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/control"
+	"github.com/layermesh/layermesh/pipeline"
 )
 
 // Where a model came from; an uploaded model's file belongs to the node, a model-dir
@@ -43,6 +44,10 @@ type model struct {
 	loadedAt time.Time
 	inputs   []wire.TensorMetadata
 	outputs  []wire.TensorMetadata
+	// state are the model's state pairs (detected by name) and contextLen its context:
+	// a model with state pairs serves generation (singlenode_generate.go).
+	state      []pipeline.StatePair
+	contextLen int
 
 	mu     sync.RWMutex
 	sess   accel.Session
@@ -112,11 +117,13 @@ func (n *Node) openModel(ctx context.Context, name, path, source, sum string, si
 	if err != nil {
 		return nil, err
 	}
-	return &model{
+	m := &model{
 		name: name, version: singleVersion, path: path, source: source, sha256: sum, size: size,
 		loadedAt: time.Now(), inputs: tensorMetadata(sess.Inputs()), outputs: tensorMetadata(sess.Outputs()),
 		sess: sess,
-	}, nil
+	}
+	m.state, m.contextLen = generativeInfo(path, sess)
+	return m, nil
 }
 
 func hashFile(path string) (string, int64, error) {
@@ -271,6 +278,9 @@ func (n *Node) PutModel(ctx context.Context, name string, body io.Reader, opts a
 	if opts.Stages > 1 || opts.Replicas > 1 {
 		return wire.ModelStatus{}, fmt.Errorf("%w: stages=%d replicas=%d need a cluster", api.ErrNotClusterMode, opts.Stages, opts.Replicas)
 	}
+	if opts.ChatTemplate != "" && opts.Tokenizer == nil {
+		return wire.ModelStatus{}, fmt.Errorf("%w: a chat template needs a tokenizer", api.ErrBadRequest)
+	}
 	tmp, err := os.CreateTemp(filepath.Join(n.cfg.DataDir, uploadTempDir), name+".*.part")
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("upload %s: %w", name, err)
@@ -306,6 +316,11 @@ func (n *Node) PutModel(ctx context.Context, name string, body io.Reader, opts a
 	m.path = final
 	n.uploadMu.Lock()
 	defer n.uploadMu.Unlock()
+	// The text files first: a model that turns up generates with its own tokenizer.
+	if err := writeUploadText(final, opts); err != nil {
+		m.close(n.log)
+		return wire.ModelStatus{}, fmt.Errorf("upload %s: %w", name, err)
+	}
 	if err := os.Rename(tmpPath, final); err != nil {
 		m.close(n.log)
 		return wire.ModelStatus{}, fmt.Errorf("upload %s: %w", name, err)
@@ -336,6 +351,9 @@ func (n *Node) DeleteModel(ctx context.Context, name string) error {
 	m.close(n.log)
 	if m.source == sourceUpload {
 		if err := os.Remove(m.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("delete %s: %w", name, err)
+		}
+		if err := removeUploadText(m.path); err != nil {
 			return fmt.Errorf("delete %s: %w", name, err)
 		}
 	}

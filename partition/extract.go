@@ -70,6 +70,9 @@ type StageManifest struct {
 	MemoryBytes int64        `json:"memory_bytes"`
 	FLOPs       int64        `json:"flops"`
 	SendBytes   int64        `json:"send_bytes"`
+	// State are the state pairs the stage owns: it reads each In and writes its Out,
+	// and its node keeps the value between a session's steps.
+	State []StatePair `json:"state,omitempty"`
 }
 
 // Manifest describes a partitioned model: its signature and its stages in pipeline
@@ -84,6 +87,8 @@ type Manifest struct {
 	// device speeds are relative scores).
 	Bottleneck float64         `json:"bottleneck"`
 	Stages     []StageManifest `json:"stages"`
+	// State are the model's state pairs; a model with any runs as a session.
+	State []StatePair `json:"state,omitempty"`
 }
 
 // ExtractOptions tune Extract.
@@ -122,7 +127,7 @@ func ExtractWith(m *Model, g *Graph, p *StagePlan, outDir string, opts ExtractOp
 	if name == "" && m.Path != "" {
 		name = filepath.Base(m.Path)
 	}
-	man := &Manifest{Model: name, InputShapes: g.InputShapes, Bottleneck: p.Bottleneck}
+	man := &Manifest{Model: name, InputShapes: g.InputShapes, Bottleneck: p.Bottleneck, State: g.State}
 	for _, in := range g.Inputs {
 		man.Inputs = append(man.Inputs, g.spec(in, -1))
 	}
@@ -147,6 +152,7 @@ func ExtractWith(m *Model, g *Graph, p *StagePlan, outDir string, opts ExtractOp
 				errs[i] = err
 				return
 			}
+			sm.State = g.stageState(sm)
 			man.Stages[i] = *sm
 		}()
 	}

@@ -112,6 +112,8 @@ type Graph struct {
 	ParamBytes int64
 	// FLOPs is the sum over nodes.
 	FLOPs int64
+	// State are the model's state pairs (SetState); Analyze detects them by name.
+	State []StatePair
 }
 
 // AnalyzeOptions tune Analyze.
@@ -124,6 +126,9 @@ type AnalyzeOptions struct {
 	// Measured are exact types of intermediate tensors (MeasureValues obtains them
 	// from ONNX Runtime); they override inference.
 	Measured map[string]MeasuredValue
+	// State declares the model's state pairs; nil detects them by name
+	// (DetectStatePairs), an empty non-nil slice declares none.
+	State []StatePair
 }
 
 // MeasuredValue is the observed dtype and shape of a tensor.
@@ -179,6 +184,9 @@ func AnalyzeWith(m *Model, opts AnalyzeOptions) (*Graph, error) {
 		g.FLOPs += g.Nodes[pos].FLOPs
 	}
 	g.findCuts()
+	if err := g.SetState(opts.State); err != nil {
+		return nil, err
+	}
 	return g, nil
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/mesh"
 )
 
@@ -70,6 +71,9 @@ var wireReasons = []wireReason{
 	{"unsupported_input", []error{accel.ErrUnsupportedInput}, mesh.ErrBadRequest, nil},
 	{"input_mismatch", []error{accel.ErrInputMismatch}, mesh.ErrBadRequest, nil},
 	{"stage_not_served", []error{ErrStageNotServed}, mesh.ErrStageNotLoaded, nil},
+	{"session_lost", []error{ErrSessionLost}, mesh.ErrStageNotLoaded, nil},
+	{"kv_exhausted", []error{api.ErrKVExhausted}, nil, nil},
+	{"not_generative", []error{api.ErrNotGenerative}, mesh.ErrBadRequest, nil},
 	// A peer that does not know the model version lags behind the state (or has
 	// dropped it): to the caller it is a replica that does not serve the stage, and
 	// another one is tried.
@@ -163,7 +167,8 @@ func retryable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false
 	}
-	for _, final := range []error{accel.ErrInputMismatch, accel.ErrShapeMismatch, accel.ErrDTypeMismatch, accel.ErrUnsupportedInput, ErrUnknownModel} {
+	for _, final := range []error{accel.ErrInputMismatch, accel.ErrShapeMismatch, accel.ErrDTypeMismatch, accel.ErrUnsupportedInput, ErrUnknownModel,
+		api.ErrKVExhausted, api.ErrNotGenerative} {
 		if errors.Is(err, final) {
 			return false
 		}

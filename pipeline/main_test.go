@@ -49,7 +49,7 @@ func testBackend(t *testing.T) accel.Backend {
 // writeTestGPT writes a small GPT and returns its path.
 func writeTestGPT(t *testing.T, cfg modelgen.GPTConfig) string {
 	t.Helper()
-	m, err := modelgen.GPT(cfg)
+	m, err := cfg.Build()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ type RouterMetrics struct {
 	failovers    *prometheus.CounterVec // model, stage
 	linkSent     *prometheus.CounterVec // peer
 	linkReceived *prometheus.CounterVec // peer
+	replays      *prometheus.CounterVec // model
 }
 
 // NewRouterMetrics creates the series and registers them on reg.
@@ -53,8 +54,12 @@ func NewRouterMetrics(reg prometheus.Registerer) (*RouterMetrics, error) {
 			Name: "layermesh_link_received_bytes_total",
 			Help: "Tensor bytes this node's router received from a peer in stage answers, by peer id.",
 		}, []string{"peer"}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "layermesh_session_replays_total",
+			Help: "Generation sessions moved to other replicas after a pinned replica failed, which rebuilt their state by replaying the tokens.",
+		}, []string{"model"}),
 	}
-	for _, c := range []prometheus.Collector{m.stageSeconds, m.retries, m.noReplica, m.forwarded, m.failovers, m.linkSent, m.linkReceived} {
+	for _, c := range []prometheus.Collector{m.stageSeconds, m.retries, m.noReplica, m.forwarded, m.failovers, m.linkSent, m.linkReceived, m.replays} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -97,6 +102,12 @@ func (m *RouterMetrics) forward() {
 func (m *RouterMetrics) failover(model string, stage string) {
 	if m != nil {
 		m.failovers.WithLabelValues(model, stage).Inc()
+	}
+}
+
+func (m *RouterMetrics) replay(model string) {
+	if m != nil {
+		m.replays.WithLabelValues(model).Inc()
 	}
 }
 

@@ -33,7 +33,7 @@ func (mc MeshCaller) CallStage(ctx context.Context, node string, call StageCall)
 	}
 	req := &mesh.StageRequest{
 		RequestID: call.ID, Model: call.Model, Version: call.Version, Stage: call.Stage, Drive: call.Drive,
-		Tensors: call.Inputs, Outputs: call.Outputs,
+		Tensors: call.Inputs, Outputs: call.Outputs, Session: call.Session, Step: call.Step, Pos: call.Pos, Len: call.Len,
 	}
 	if call.Drive {
 		// The wire's stage index is never negative and means nothing in a hand-over.
@@ -53,6 +53,13 @@ type Driver interface {
 type StageServer struct {
 	Driver Driver
 	Local  LocalStages
+	// Sessions runs session steps (requests with a session id); nil refuses them.
+	Sessions LocalSessions
+}
+
+// LocalSessions runs session steps on the stages this node serves (StageRuntime).
+type LocalSessions interface {
+	SessionStep(ctx context.Context, step SessionStep) ([]tensor.Tensor, error)
 }
 
 // Handle is the mesh's stage handler (mesh.StageHandler).
@@ -60,6 +67,14 @@ func (s StageServer) Handle(ctx context.Context, req *mesh.StageRequest) ([]tens
 	if req.Drive {
 		out, err := s.Driver.Drive(ctx, Request{ID: req.RequestID, Model: req.Model, Version: req.Version,
 			Inputs: req.Tensors, Outputs: req.Outputs})
+		return out, toWire(err)
+	}
+	if req.Session != "" {
+		if s.Sessions == nil {
+			return nil, toWire(fmt.Errorf("%w: this node runs no sessions", ErrStageNotServed))
+		}
+		out, err := s.Sessions.SessionStep(ctx, SessionStep{Session: req.Session, Step: req.Step, Pos: req.Pos, Len: req.Len,
+			Key: StageKey{Model: req.Model, Version: req.Version, Stage: req.Stage}, Inputs: req.Tensors, Outputs: req.Outputs})
 		return out, toWire(err)
 	}
 	out, err := s.Local.RunStage(ctx, req.Model, req.Version, req.Stage, req.Tensors, req.Outputs)

@@ -14,6 +14,7 @@ import (
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/mesh"
 )
 
 // Request is one inference request as it travels from the API boundary to the stage
@@ -35,6 +36,11 @@ type StageCall struct {
 	Request
 	Stage int
 	Drive bool
+	// Session, Step, Pos and Len make the call one step of a session
+	// (mesh.StageRequest).
+	Session  string
+	Step     mesh.StepKind
+	Pos, Len int
 }
 
 // label names the call's target in logs and metrics: the stage index, or "drive".
@@ -84,6 +90,15 @@ type RoutePlan struct {
 	Stages         []RouteStage
 	// Outputs are the model's outputs, in signature order.
 	Outputs []string
+	// Generative says some stage owns state pairs: the model runs as sessions
+	// (Router.Generate). ContextLen is its context length in tokens (0: unknown).
+	Generative bool
+	ContextLen int
+	// Vocab is the size of a generative model's vocabulary (the last dim of its
+	// logits), 0 when unknown.
+	Vocab int
+	// StageState lists, per stage, the state outputs it keeps (never sent).
+	StageState [][]string
 	// DriveFromLast says the output is the larger side (a GPT's logits), so the request
 	// is driven by a replica of the last stage, which then never ships its own output
 	// to another stage; otherwise a replica of the first stage drives.
@@ -147,6 +162,11 @@ func (c RouterConfig) withDefaults() RouterConfig {
 // RouterStats are cumulative counters for metrics and tests.
 type RouterStats struct {
 	Requests, Forwarded, StageCalls, Retries, BadResponses, NoReplica uint64
+	// SessionSteps counts passes of session steps (one token, or a prefill) through
+	// every stage; SessionReplays the sessions rebuilt on other replicas after a
+	// failure; SessionWireBytes the tensor bytes of session step calls to peers, both
+	// ways.
+	SessionSteps, SessionReplays, SessionWireBytes uint64
 }
 
 // Router drives requests through a model's stages. It holds no lock across a stage
@@ -158,9 +178,15 @@ type Router struct {
 	view   ReplicaView
 	caller StageCaller
 	local  LocalStages
-	log    *slog.Logger
+	// sessions is local as LocalSessions, when it runs sessions (StageRuntime does).
+	sessions LocalSessions
+	log      *slog.Logger
 	// metrics may be set while the router serves (SetMetrics); nil records nothing.
 	metricsP atomic.Pointer[RouterMetrics]
+	// failoverP is told of every failover (OnFailover); nil tells no one.
+	failoverP atomic.Pointer[FailoverFunc]
+	// replayP is told of every session replay (OnSessionReplay); nil tells no one.
+	replayP atomic.Pointer[SessionReplayFunc]
 
 	mu       sync.Mutex
 	inFlight map[string]int       // node -> calls this router has open to it
@@ -168,6 +194,9 @@ type Router struct {
 	usual    map[usualKey]*usualDuration
 
 	requests, forwarded, stageCalls, retries, badResponses, noReplica atomic.Uint64
+	// Sessions (generate.go): session steps, replays after a failover, and the tensor
+	// bytes of session steps sent to and received from peers.
+	sessionSteps, sessionReplays, sessionWireBytes atomic.Uint64
 }
 
 // NewRouter returns a router; local may be nil on a node that serves no stages.
@@ -175,66 +204,14 @@ func NewRouter(cfg RouterConfig, plans PlanSource, view ReplicaView, caller Stag
 	if logger == nil {
 		logger = slog.Default()
 	}
+	sessions, _ := local.(LocalSessions)
 	return &Router{
-		cfg: cfg.withDefaults(), plans: plans, view: view, caller: caller, local: local,
+		cfg: cfg.withDefaults(), plans: plans, view: view, caller: caller, local: local, sessions: sessions,
 		log:      logger.With("component", "router"),
 		inFlight: make(map[string]int),
 		penalty:  make(map[string]time.Time),
 		usual:    make(map[usualKey]*usualDuration),
 	}
-}
-
-// usualKey names a stage (or the drive) of a model version whose durations are learned.
-type usualKey struct {
-	model, version string
-	stage          int
-	drive          bool
-}
-
-func keyOf(call StageCall) usualKey {
-	return usualKey{model: call.Model, version: call.Version, stage: call.Stage, drive: call.Drive}
-}
-
-// usualDuration is an exponentially weighted mean of successful attempts.
-type usualDuration struct {
-	mean    time.Duration
-	samples int
-}
-
-// learnedSamples is how many answers a stage needs before its learned timeout is used.
-const learnedSamples = 3
-
-// attemptTimeout is the bound for one attempt of call: the configured one until the
-// stage (or the drive) has answered a few times, then a multiple of its usual duration.
-func (r *Router) attemptTimeout(call StageCall, configured time.Duration) time.Duration {
-	r.mu.Lock()
-	u := r.usual[keyOf(call)]
-	r.mu.Unlock()
-	if u == nil || u.samples < learnedSamples {
-		return configured
-	}
-	floor := r.cfg.MinStageTimeout
-	if call.Drive {
-		floor = max(floor, 5*time.Second)
-	}
-	learned := max(time.Duration(r.cfg.TimeoutFactor*float64(u.mean)), floor)
-	if configured > 0 {
-		learned = min(learned, configured)
-	}
-	return learned
-}
-
-func (r *Router) learn(call StageCall, d time.Duration) {
-	k := keyOf(call)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	u := r.usual[k]
-	if u == nil {
-		u = &usualDuration{mean: d}
-		r.usual[k] = u
-	}
-	u.mean += (d - u.mean) / 8
-	u.samples++
 }
 
 // SetMetrics makes the router record its Prometheus series.
@@ -247,6 +224,7 @@ func (r *Router) Stats() RouterStats {
 	return RouterStats{
 		Requests: r.requests.Load(), Forwarded: r.forwarded.Load(), StageCalls: r.stageCalls.Load(),
 		Retries: r.retries.Load(), BadResponses: r.badResponses.Load(), NoReplica: r.noReplica.Load(),
+		SessionSteps: r.sessionSteps.Load(), SessionReplays: r.sessionReplays.Load(), SessionWireBytes: r.sessionWireBytes.Load(),
 	}
 }
 
@@ -387,6 +365,7 @@ type stageAttempts struct {
 	backoff    time.Duration
 	attempts   int
 	lastErr    error
+	lastNode   string // the replica lastErr came from
 	emptySince time.Time
 }
 
@@ -433,6 +412,7 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 			r.clearPenalty(rep.Node)
 			if st.attempts > 1 {
 				r.metrics().failover(plan.Model, call.label())
+				r.reportFailover(call, st.lastNode, rep.Node)
 			}
 			return out, nil
 		}
@@ -444,7 +424,7 @@ func (r *Router) callStage(ctx context.Context, plan RoutePlan, k int, call Stag
 		log.Warn("stage attempt failed, retrying on another replica", "peer", rep.Node, "attempt", st.attempts, "err", err)
 		st.tried[rep.Node] = true
 		r.penalize(rep.Node)
-		st.lastErr = err
+		st.lastErr, st.lastNode = err, rep.Node
 	}
 }
 
@@ -509,6 +489,9 @@ func (r *Router) attempt(ctx context.Context, rep Replica, call StageCall, timeo
 	switch {
 	case rep.Local && call.Drive:
 		out, err = r.Drive(ctx, call.Request)
+	case rep.Local && call.Session != "":
+		out, err = r.sessions.SessionStep(ctx, SessionStep{Session: call.Session, Step: call.Step, Pos: call.Pos, Len: call.Len,
+			Key: StageKey{Model: call.Model, Version: call.Version, Stage: call.Stage}, Inputs: call.Inputs, Outputs: call.Outputs})
 	case rep.Local:
 		out, err = r.local.RunStage(ctx, call.Model, call.Version, call.Stage, call.Inputs, call.Outputs)
 	default:

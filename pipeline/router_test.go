@@ -562,3 +562,34 @@ func TestRouterLearnsStageTimeout(t *testing.T) {
 		t.Fatalf("stats %+v, want one retry after the learned timeout", r.Stats())
 	}
 }
+
+func TestRouterTellsWhichReplicaAStageFailedOverFrom(t *testing.T) {
+	m := newFakeMesh(t, fastRetries, threeByTwo)
+	m.node("a").setFault(0, faultDead)
+	r := m.node("b").router
+	type failover struct {
+		stage    int
+		drive    bool
+		from, to string
+	}
+	var got []failover
+	r.OnFailover(func(model, version string, stage int, drive bool, from, to string) {
+		got = append(got, failover{stage, drive, from, to})
+	})
+	x := []float32{5, 6}
+	if _, err := infer(t, r, x); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != (failover{0, false, "a", "c"}) {
+		t.Fatalf("failovers told = %+v, want stage 0 from a to c", got)
+	}
+	r.OnFailover(nil)
+	m.node("c").setFault(0, faultDead)
+	m.node("a").setFault(0, faultNone)
+	if _, err := infer(t, r, x); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("a failover was told after OnFailover(nil): %+v", got)
+	}
+}

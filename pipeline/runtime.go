@@ -30,6 +30,8 @@ type StageAssignment struct {
 	Size int64
 	// MemBytes is what the loaded stage counts against the memory budget.
 	MemBytes int64
+	// State are the state pairs the stage owns; with any, it serves sessions.
+	State []StatePair
 }
 
 // StageBlobs is where the runtime gets stage files: a local content-addressed store
@@ -67,6 +69,9 @@ type RuntimeConfig struct {
 	// HandoverTimeout bounds how long an unassigned stage is kept waiting for a
 	// replacement. Default 30s.
 	HandoverTimeout time.Duration
+	// SessionTTL is how long a session's state is kept without a step. Default
+	// DefaultSessionTTL. Session state counts against MemBudget too.
+	SessionTTL time.Duration
 	// RetryInterval is the wait before a failed load is tried again. Default 2s.
 	RetryInterval time.Duration
 	Logger        *slog.Logger
@@ -108,6 +113,10 @@ type StageRuntime struct {
 	stages map[StageKey]*loadedStage
 	want   map[StageKey]StageAssignment
 	closed bool
+	// sessions hold the state of the sessions on this node's stages (session.go).
+	sessions        map[sessionKey]*stageSession
+	sessionBytes    int64
+	sessionsExpired uint64
 
 	// reportKick wakes reportLoop, the one goroutine that calls Report.
 	reportKick chan struct{}
@@ -124,6 +133,9 @@ func NewStageRuntime(cfg RuntimeConfig) *StageRuntime {
 	if cfg.HandoverTimeout <= 0 {
 		cfg.HandoverTimeout = 30 * time.Second
 	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = DefaultSessionTTL
+	}
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = 2 * time.Second
 	}
@@ -138,7 +150,9 @@ func NewStageRuntime(cfg RuntimeConfig) *StageRuntime {
 		log:    cfg.Logger.With("component", "runtime"),
 		stages: make(map[StageKey]*loadedStage),
 		want:   make(map[StageKey]StageAssignment),
-		kick:   make(chan struct{}, 1),
+
+		sessions: make(map[sessionKey]*stageSession),
+		kick:     make(chan struct{}, 1),
 
 		reportKick: make(chan struct{}, 1),
 	}
@@ -282,6 +296,7 @@ func (r *StageRuntime) loop() {
 	defer tick.Stop()
 	for {
 		r.reconcile()
+		r.expireSessions(time.Now())
 		select {
 		case <-r.ctx.Done():
 			return

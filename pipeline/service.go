@@ -113,3 +113,80 @@ func checkInput(spec consensus.TensorSpec, t tensor.Tensor) error {
 	}
 	return t.Validate()
 }
+
+// maxGenerateTokens bounds max_tokens for a model whose context length is unknown.
+const maxGenerateTokens = 1 << 16
+
+var _ api.Generator = (*Service)(nil)
+
+// Generate runs a generation (api.Generator): the model must have state pairs, the
+// prompt must leave room in the context, and max_tokens must be 1..context. A
+// generation that reaches the end of the context stops with "length".
+func (s *Service) Generate(ctx context.Context, req api.GenerateRequest, emit func(api.GeneratedToken) error) (api.GenerateResult, error) {
+	plan, err := s.generativePlan(req.Model, req.Version)
+	if err != nil {
+		return api.GenerateResult{}, err
+	}
+	if err := CheckGenerate(req, plan.ContextLen, plan.Vocab); err != nil {
+		return api.GenerateResult{}, err
+	}
+	res, err := s.router.Generate(ctx, plan, req, emit)
+	return res, toAPI(err)
+}
+
+// CheckGenerate refuses a generation request the model cannot run: an empty prompt,
+// a prompt that fills the context (api.ErrContextExceeded), max_tokens outside
+// 1..context (api.ErrInvalidMaxTokens), token ids outside the vocabulary, sampling
+// figures out of range. contextLen and vocab are 0 when unknown.
+func CheckGenerate(req api.GenerateRequest, contextLen, vocab int) error {
+	limit := maxGenerateTokens
+	if contextLen > 0 {
+		limit = contextLen
+	}
+	switch {
+	case len(req.Prompt) == 0:
+		return fmt.Errorf("%w: empty prompt", api.ErrBadRequest)
+	case len(req.Prompt) >= limit:
+		return fmt.Errorf("%w: prompt of %d tokens, model %s has a context of %d", api.ErrContextExceeded, len(req.Prompt), req.Model, limit)
+	case req.MaxTokens < 1 || req.MaxTokens > limit:
+		return fmt.Errorf("%w: %d (want 1..%d)", api.ErrInvalidMaxTokens, req.MaxTokens, limit)
+	case req.Temperature < 0 || req.TopK < 0 || req.TopP < 0 || req.TopP > 1:
+		return fmt.Errorf("%w: temperature and top_k must not be negative, top_p must be in [0, 1]", api.ErrBadRequest)
+	}
+	for _, id := range req.Prompt {
+		if id < 0 || (vocab > 0 && int(id) >= vocab) {
+			return fmt.Errorf("%w: token id %d outside the vocabulary (%d)", api.ErrBadRequest, id, vocab)
+		}
+	}
+	return nil
+}
+
+// ModelContext returns the context length of a generative model's newest version
+// (api.Generator); 0 when the model does not say.
+func (s *Service) ModelContext(ctx context.Context, model string) (int, error) {
+	plan, err := s.generativePlan(model, "")
+	if err != nil {
+		return 0, err
+	}
+	return plan.ContextLen, nil
+}
+
+// generativePlan resolves a model version and its route plan, which must be
+// generative.
+func (s *Service) generativePlan(model, version string) (RoutePlan, error) {
+	if !s.caughtUp() {
+		return RoutePlan{}, fmt.Errorf("%w: cluster state not caught up since start", api.ErrNotReady)
+	}
+	m, err := s.view.ResolveVersion(s.state.View(), model, version)
+	if err != nil {
+		return RoutePlan{}, err
+	}
+	plan, err := s.view.RoutePlan(m.Name, m.Version)
+	if err != nil {
+		return RoutePlan{}, toAPI(err)
+	}
+	if !plan.Generative {
+		return RoutePlan{}, fmt.Errorf("%w: %s has no state pairs (past_key_values.*/present.*, or --state at deploy)", api.ErrNotGenerative, m.Name)
+	}
+	return plan, nil
+}

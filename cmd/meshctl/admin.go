@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/layermesh/layermesh/api/client"
 	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/tokenizer"
 )
 
 func shortHash(h string) string {
@@ -224,11 +226,19 @@ func deployFlags(fs *flag.FlagSet) step {
 	name := fs.String("name", "", "model name (default: the file name without .onnx)")
 	stages := fs.Int("stages", 0, "pipeline stages (0: let the planner choose)")
 	replicas := fs.Int("replicas", 0, "replicas per stage (0: the cluster default)")
+	var state stringsFlag
+	fs.Var(&state, "state", "declare a state pair IN=OUT (repeatable; default: detected by name, e.g. past_key_values.*/present.*)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	wait := fs.Duration("wait", 0, "wait up to this long until every stage has a ready replica (0: return after the upload)")
+	tokenizerPath := fs.String("tokenizer", "", "tokenizer of a text-generating model: a tokenizer.json, or a folder with tokenizer.json, vocab.json + merges.txt or encoder.json + vocab.bpe")
+	chatTemplate := fs.String("chat-template", "", "Go template file chat messages are rendered with (default: a plain role: content transcript)")
 	return step{check: exactArgs(1, "want exactly one model FILE"), call: func(ctx context.Context, in invocation) (output, error) {
 		if *name == "" {
 			*name = strings.TrimSuffix(filepath.Base(in.pos[0]), ".onnx")
+		}
+		text, err := readModelText(*tokenizerPath, *chatTemplate)
+		if err != nil {
+			return output{}, err
 		}
 		f, err := os.Open(in.pos[0])
 		if err != nil {
@@ -239,7 +249,7 @@ func deployFlags(fs *flag.FlagSet) step {
 		if err != nil {
 			return output{}, err
 		}
-		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas}
+		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas, State: state, Tokenizer: text.tokenizer, ChatTemplate: text.chatTemplate}
 		// Progress goes to stderr, and not at all when stdout is JSON for a script.
 		var progress io.Writer
 		if !*quiet && !in.json {
@@ -267,6 +277,39 @@ func deployFlags(fs *flag.FlagSet) step {
 			return nil
 		}}, nil
 	}}
+}
+
+// modelText is what a text-generating model is deployed with besides its graph.
+type modelText struct {
+	tokenizer    []byte
+	chatTemplate string
+}
+
+// readModelText loads and checks the tokenizer and chat template here, so a wrong
+// file is reported before a large model is uploaded. The tokenizer travels as the
+// tokenizer.json this build writes, whichever files it was read from.
+func readModelText(tokenizerPath, templatePath string) (modelText, error) {
+	var out modelText
+	if tokenizerPath != "" {
+		tok, err := tokenizer.Load(tokenizerPath)
+		if err != nil {
+			return out, fmt.Errorf("--tokenizer: %w", err)
+		}
+		if out.tokenizer, err = json.Marshal(tok); err != nil {
+			return out, err
+		}
+	}
+	if templatePath != "" {
+		b, err := os.ReadFile(templatePath)
+		if err != nil {
+			return out, fmt.Errorf("--chat-template: %w", err)
+		}
+		if _, err := tokenizer.ParseChatTemplate(string(b)); err != nil {
+			return out, fmt.Errorf("--chat-template %s: %w", templatePath, err)
+		}
+		out.chatTemplate = string(b)
+	}
+	return out, nil
 }
 
 // progressBar draws an upload's progress on one terminal line, at most once per

@@ -13,7 +13,8 @@ import (
 )
 
 // runGenModel writes one of modelgen's deterministic models. The options of a kind
-// become its flags (gpt: --layers --dim --heads --vocab --context --seed).
+// become its flags (gpt: --layers --dim --heads --vocab --context --seed, and the
+// switch --with-past).
 func runGenModel(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return usagef("want a KIND first (one of %s), then its flags", strings.Join(modelgen.Kinds(), ", "))
@@ -25,7 +26,13 @@ func runGenModel(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fs := flag.NewFlagSet("gen-model "+kind, flag.ContinueOnError)
 	vals := make(map[string]*int, len(keys))
+	withPast := false
 	for _, k := range keys {
+		if k == "with-past" {
+			// A switch, not a number: the GPT in the with-past layout.
+			fs.BoolVar(&withPast, k, false, "build the with-past layout (past_key_values -> present), which runs as a generation session")
+			continue
+		}
 		vals[k] = fs.Int(k, 0, k+" (default: the preset's)")
 	}
 	out := fs.String("o", "", "output file (.onnx)")
@@ -47,6 +54,9 @@ func runGenModel(ctx context.Context, args []string, stdout io.Writer) error {
 			opts[f.Name] = *v
 		}
 	})
+	if withPast {
+		opts["with-past"] = 1
+	}
 	start := time.Now()
 	m, cfg, err := modelgen.Generate(kind, opts)
 	if err != nil {

@@ -86,6 +86,9 @@ type output struct {
 	// failed, when set, is the command's error after its output is printed: it ran, and
 	// found a problem (doctor, bench).
 	failed error
+	// stream, when set, prints as the command runs (events, generate), --json or not;
+	// value and human are then unused.
+	stream func(w io.Writer) error
 }
 
 // rawJSON is JSON printed as it is, followed by a newline.
@@ -113,11 +116,12 @@ var commands map[string]command
 func init() {
 	commands = map[string]command{
 		"infer":      {summary: "run a model: infer MODEL --input NAME=VALUES|@file.json|@file.npy", flags: inferFlags},
+		"generate":   {summary: `generate text, printed as it comes: generate MODEL "PROMPT" [--max-tokens N --temperature T --seed S]`, flags: generateFlags},
 		"models":     {summary: "list the models and their readiness", flags: commonFlagsOnly(exactArgs(0, "models takes no arguments"), callModels)},
 		"model":      {summary: "show one model: status, plan and signature", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callModel)},
 		"status":     {summary: "node and cluster status, readiness and models", flags: statusFlags},
 		"nodes":      {summary: "list the nodes", flags: commonFlagsOnly(exactArgs(0, "nodes takes no arguments"), callNodes)},
-		"deploy":     {summary: "upload and deploy a model: deploy FILE.onnx --name NAME", flags: deployFlags},
+		"deploy":     {summary: "upload and deploy a model: deploy FILE.onnx --name NAME [--tokenizer PATH --chat-template FILE]", flags: deployFlags},
 		"undeploy":   {summary: "remove a model: undeploy NAME", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callUndeploy)},
 		"partition":  {summary: "split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", offline: runPartition},
 		"gen-model":  {summary: "write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", offline: runGenModel},
@@ -132,6 +136,7 @@ func init() {
 		"remove":     {summary: "take a node out of the cluster: remove NODE", flags: commonFlagsOnly(exactArgs(1, "want exactly one NAME"), callRemove)},
 		"join-token": {summary: "print the cluster secret and seeds a new node joins with", flags: commonFlagsOnly(exactArgs(0, "join-token takes no arguments"), callJoinToken)},
 		"doctor":     {summary: "why can't a node see its peers: doctor [NODE|PEER-ID|ADDR ...]", flags: commonFlagsOnly(nil, callDoctor)},
+		"events":     {summary: "the cluster's recent events: events [--follow] [--recent N] (--json: one object a line)", flags: eventsFlags},
 		"token": {
 			summary:     "API tokens: token create --scope admin|infer [--name N] | token list | token revoke ID",
 			usage:       "want: token create --scope admin|infer [--name N] | token list | token revoke ID",
@@ -236,6 +241,8 @@ func runNodeCommand(ctx context.Context, name string, cmd command, args []string
 	}
 	raw, isRaw := out.value.(rawJSON)
 	switch {
+	case out.stream != nil:
+		err = out.stream(stdout)
 	case c.json && isRaw:
 		_, err = fmt.Fprintf(stdout, "%s\n", raw)
 	case c.json:

@@ -17,6 +17,7 @@ import (
 
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/tokenizer"
 )
 
 // npyBytes writes a .npy file the way numpy.save does (format 1.0, header padded so
@@ -134,6 +135,9 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"infer"}, 2},
 		{[]string{"infer", "m", "--input", "x"}, 2},
 		{[]string{"gen-model"}, 2},
+		{[]string{"generate", "m"}, 2},
+		{[]string{"generate", "m", "hi", "--top-p", "2"}, 2},
+		{[]string{"generate", "m", "hi", "--max-tokens", "-1"}, 2},
 		{[]string{"gen-model", "no-such-kind", "-o", "x"}, 2},
 		{[]string{"models", "--addr", "127.0.0.1:1"}, 1}, // nothing listens on port 1
 	} {
@@ -180,7 +184,7 @@ func TestCompletionListsEveryCommand(t *testing.T) {
 // version, which reports the unreachable node in its output.
 func TestNodeCommandsShareExitCodes(t *testing.T) {
 	wellFormed := map[string][]string{
-		"infer": {"m", "--input", "x=1"}, "bench": {"m", "--input", "x=1"},
+		"infer": {"m", "--input", "x=1"}, "bench": {"m", "--input", "x=1"}, "generate": {"m", "Hello", "--max-tokens", "4"},
 		"model": {"m"}, "deploy": {"meshctl_test.go"}, "undeploy": {"m"}, "plan": {"m"},
 		"drain": {"n"}, "undrain": {"n"}, "remove": {"n"},
 		"token create": {"--scope", "infer"}, "token revoke": {"id"},
@@ -219,5 +223,37 @@ func TestNodeCommandsShareExitCodes(t *testing.T) {
 				t.Errorf("meshctl %v: exit %d, want %d", args, got, c.code)
 			}
 		}
+	}
+}
+
+func TestDeployReadsTokenizerAndTemplateBeforeUploading(t *testing.T) {
+	text, err := readModelText("../../third_party/tokenizers/gpt2", "")
+	if err != nil {
+		t.Fatalf("GPT-2's encoder.json + vocab.bpe (make setup fetches them): %v", err)
+	}
+	tok, err := tokenizer.Parse(text.tokenizer)
+	if err != nil || tok.VocabSize() != 50257 {
+		t.Fatalf("the tokenizer.json sent does not read back: %v", err)
+	}
+	dir := t.TempDir()
+	good, bad, notBPE := filepath.Join(dir, "good.tmpl"), filepath.Join(dir, "bad.tmpl"), filepath.Join(dir, "tokenizer.json")
+	for path, body := range map[string]string{good: "{{range .Messages}}{{.Content}}{{end}}", bad: "{{range .Messages}", notBPE: `{"model":{"type":"Unigram"}}`} {
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if text, err := readModelText("", good); err != nil || text.chatTemplate == "" || text.tokenizer != nil {
+		t.Errorf("good template: %+v, %v", text, err)
+	}
+	for _, c := range [][2]string{{"", bad}, {notBPE, ""}, {filepath.Join(dir, "missing"), ""}} {
+		if _, err := readModelText(c[0], c[1]); err == nil {
+			t.Errorf("readModelText(%q, %q) accepted it", c[0], c[1])
+		}
+	}
+	// Through the command: refused before any connection (nothing listens on port 1
+	// either, but the error must name the flag).
+	var stderr bytes.Buffer
+	if code := run([]string{"deploy", "meshctl_test.go", "--chat-template", bad, "--addr", "127.0.0.1:1"}, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "--chat-template") {
+		t.Errorf("exit %d, stderr %q", code, stderr.String())
 	}
 }

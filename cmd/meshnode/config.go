@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -37,6 +38,7 @@ type config struct {
 	ClusterSecretFile string
 	MemBudget         byteSize
 	GPUMemBudget      byteSize
+	SessionTTL        time.Duration
 	Accel             string
 	EPLib             stringList
 	EPOption          stringList
@@ -73,6 +75,7 @@ func newFlagSet(c *config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.ClusterSecretFile, "cluster-secret-file", "", "file holding the cluster secret (cluster mode)")
 	fs.Var(&c.MemBudget, "mem-budget", "memory this node offers for model stages, e.g. 2GiB (default: half the memory available at start)")
 	fs.Var(&c.GPUMemBudget, "gpu-mem-budget", "GPU memory this node offers for model stages when its provider is cuda or tensorrt, e.g. 40GiB (default: 90% of the GPU's free memory at start, as NVML reports it)")
+	fs.DurationVar(&c.SessionTTL, "session-ttl", 5*time.Minute, "how long a generation session's state stays on a stage without a step (cluster mode)")
 	fs.StringVar(&c.Accel, "accel", "auto", "execution provider: auto, cpu, cuda or tensorrt")
 	fs.Var(&c.EPLib, "ep-lib", "execution provider plugin library, PROVIDER=PATH (cuda=/opt/ort/libonnxruntime_providers_cuda.so), repeatable; default: the plugin beside the ONNX Runtime library")
 	fs.Var(&c.EPOption, "ep-option", "execution provider option, PROVIDER:KEY=VALUE (cuda:use_tf32=0), repeatable")

@@ -106,6 +106,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			MDNS:              !cfg.NoMDNS,
 			DHT:               cfg.DHT,
 			MemBudgetBytes:    budget,
+			SessionTTL:        cfg.SessionTTL,
 		},
 		Logger: log,
 	})

@@ -27,7 +27,12 @@ type Config interface {
 }
 
 // Build implements Config.
-func (c GPTConfig) Build() (*onnxpb.ModelProto, error) { return GPT(c) }
+func (c GPTConfig) Build() (*onnxpb.ModelProto, error) {
+	if c.WithPast {
+		return GPTWithPast(c)
+	}
+	return GPT(c)
+}
 
 // Build implements Config.
 func (c ResNetConfig) Build() (*onnxpb.ModelProto, error) { return ResNet(c) }
@@ -36,7 +41,15 @@ func (c ResNetConfig) Build() (*onnxpb.ModelProto, error) { return ResNet(c) }
 func (c LSTMConfig) Build() (*onnxpb.ModelProto, error) { return LSTM(c) }
 
 // OutputNames implements Config.
-func (c GPTConfig) OutputNames() []string { return []string{GPTOutput} }
+func (c GPTConfig) OutputNames() []string {
+	out := []string{GPTOutput}
+	if c.WithPast {
+		for i := 0; i < c.Layers; i++ {
+			out = append(out, GPTPresentKey(i), GPTPresentValue(i))
+		}
+	}
+	return out
+}
 
 // OutputNames implements Config.
 func (c ResNetConfig) OutputNames() []string { return []string{ResNetOutput} }
@@ -45,7 +58,8 @@ func (c ResNetConfig) OutputNames() []string { return []string{ResNetOutput} }
 func (c LSTMConfig) OutputNames() []string { return []string{LSTMOutput} }
 
 // ExampleInputs implements Config: "input_ids" int64 [batch, seq], token ids
-// spread over the whole vocabulary.
+// spread over the whole vocabulary; with past, also the other inputs of a
+// prefill step (see GPTWithPast).
 func (c GPTConfig) ExampleInputs(batch, seq int, seed int64) ([]tensor.Tensor, error) {
 	if batch < 1 || seq < 1 || seq > c.Context {
 		return nil, fmt.Errorf("%w: gpt inputs need batch >= 1 and 1 <= seq <= context %d, got %dx%d", ErrBadInput, c.Context, batch, seq)
@@ -56,7 +70,11 @@ func (c GPTConfig) ExampleInputs(batch, seq int, seed int64) ([]tensor.Tensor, e
 	for i, v := range u {
 		ids[i] = min(int64(v*float32(c.Vocab)), int64(c.Vocab-1))
 	}
-	return []tensor.Tensor{tensor.FromInt64(GPTInput, []int64{int64(batch), int64(seq)}, ids)}, nil
+	out := []tensor.Tensor{tensor.FromInt64(GPTInput, []int64{int64(batch), int64(seq)}, ids)}
+	if c.WithPast {
+		out = append(out, gptPastInputs(c, batch, seq)...)
+	}
+	return out, nil
 }
 
 // ExampleInputs implements Config: "image" float32 [batch, 3, size, size]
@@ -118,7 +136,7 @@ func OptionKeys(kind string) ([]string, error) {
 	var keys []string
 	switch base.(type) {
 	case GPTConfig:
-		keys = []string{"context", "dim", "heads", "layers", "seed", "vocab"}
+		keys = []string{"context", "dim", "heads", "layers", "seed", "vocab", "with-past"}
 	case ResNetConfig:
 		keys = []string{"blocks", "classes", "image", "seed", "stages", "stem", "width"}
 	case LSTMConfig:
@@ -131,7 +149,8 @@ func OptionKeys(kind string) ([]string, error) {
 // overriding its fields:
 //
 //	gpt*:    layers, dim, heads, vocab, context, seed (a changed dim without
-//	         heads gets dim/64 heads, GPT-2's head width, or 1)
+//	         heads gets dim/64 heads, GPT-2's head width, or 1), with-past
+//	         (non-zero: the with-past layout of GPTWithPast)
 //	resnet*: width, stages, blocks (per stage), image, classes, stem, seed
 //	lstm*:   layers, features, hidden, outputs, seed
 //
@@ -168,6 +187,7 @@ func Lookup(kind string, opts map[string]int) (Config, error) {
 		if v, ok := opts["seed"]; ok {
 			c.Seed = int64(v)
 		}
+		c.WithPast = opts["with-past"] != 0
 		c.Name = kind
 		cfg = c
 	case ResNetConfig:

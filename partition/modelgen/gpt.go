@@ -17,6 +17,9 @@ type GPTConfig struct {
 	Context int    // maximum sequence length (rows of the position table)
 	Seed    int64  // seeds every weight
 	Name    string // graph name; "gpt" when empty
+	// WithPast builds the with-past layout (GPTWithPast): the model runs as a
+	// session, one token per step, keeping its keys and values between steps.
+	WithPast bool
 }
 
 // Presets. GPT2Small has the shape of OpenAI's GPT-2 small (124M parameters,

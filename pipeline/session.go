@@ -1,0 +1,311 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/mesh"
+)
+
+// Session errors.
+var (
+	// ErrSessionLost means a stage replica does not hold the session's state at the
+	// step's position (expired, restarted, or a step failed there): the caller
+	// rebuilds it by replaying the session's tokens.
+	ErrSessionLost = errors.New("session state lost")
+)
+
+// StatePair is a stage input and output that carry a session's state between steps
+// (partition.StatePair): the runtime feeds In from what the previous step wrote to
+// Out, on this node.
+type StatePair struct{ In, Out string }
+
+// Names of the Optimum decoder layout's inputs that the stage runtime derives from a
+// session's position when a stage reads them and the caller does not send them: only
+// token ids and hidden states cross the wire.
+const (
+	attentionMaskInput = "attention_mask"
+	positionIDsInput   = "position_ids"
+)
+
+// DefaultSessionTTL is how long a session's state stays on a stage without a step.
+const DefaultSessionTTL = 5 * time.Minute
+
+// SessionStep is one step of a session on one stage of this node.
+type SessionStep struct {
+	Session string
+	Key     StageKey
+	Step    mesh.StepKind
+	// Pos is the number of tokens the session had before this step, Len the number
+	// it runs.
+	Pos, Len int
+	Inputs   []tensor.Tensor
+	// Outputs names the tensors wanted back; empty means every output that is not
+	// state. With a SamplingTensor among the inputs the answer is TokenTensor.
+	Outputs []string
+}
+
+// sessionKey is one session's state on one stage.
+type sessionKey struct {
+	id    string
+	stage StageKey
+}
+
+// stageSession is what a stage keeps of one session between steps.
+type stageSession struct {
+	state    []tensor.Tensor // named as the stage's state inputs
+	pos      int
+	bytes    int64
+	lastUsed time.Time
+	busy     bool
+}
+
+// SessionStats are the runtime's session figures, for metrics and tests.
+type SessionStats struct {
+	Sessions int
+	// Bytes is the state the sessions hold, counted against the memory budget.
+	Bytes   int64
+	Expired uint64
+}
+
+// SessionStats returns the sessions held now and their bytes.
+func (r *StageRuntime) SessionStats() SessionStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return SessionStats{Sessions: len(r.sessions), Bytes: r.sessionBytes, Expired: r.sessionsExpired}
+}
+
+// SessionStep runs one step of a session on a stage served here. A prefill replaces
+// any state the session had; a decode needs the state at exactly Pos (else
+// ErrSessionLost); a close frees it. A new session is refused with
+// api.ErrKVExhausted when the budget is spent; running ones go on. No lock is held
+// during the run, so steps of different sessions run at once.
+func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tensor.Tensor, error) {
+	sk := sessionKey{id: req.Session, stage: req.Key}
+	if req.Step == mesh.StepClose {
+		r.dropSession(sk)
+		return nil, nil
+	}
+	s, sess, err := r.beginStep(sk, req)
+	if err != nil {
+		return nil, err
+	}
+	defer s.inFlight.Done()
+	sampling, inputs, err := samplingFrom(req.Inputs)
+	if err == nil {
+		inputs, err = sessionInputs(s.sess, s.a.State, sess, req.Pos, req.Len, inputs)
+	}
+	var out []tensor.Tensor
+	if err == nil {
+		start := time.Now()
+		out, err = s.sess.Run(ctx, inputs, nil)
+		if fn := r.observe.Load(); fn != nil {
+			(*fn)(req.Key, time.Since(start), err)
+		}
+	}
+	if err != nil {
+		// The state is no longer known to match the session's tokens.
+		r.dropSession(sk)
+		return nil, err
+	}
+	state, rest := splitState(s.a.State, out)
+	r.endStep(sk, sess, state, req.Pos+req.Len)
+	if sampling != nil {
+		return sampleToken(rest, *sampling)
+	}
+	if len(req.Outputs) > 0 {
+		rest = slices.DeleteFunc(rest, func(t tensor.Tensor) bool { return !slices.Contains(req.Outputs, t.Name) })
+	}
+	return rest, nil
+}
+
+// beginStep finds the stage and the session's state for a prefill or decode, marks
+// the session busy and the stage in flight.
+func (r *StageRuntime) beginStep(sk sessionKey, req SessionStep) (*loadedStage, *stageSession, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.stages[req.Key]
+	if !ok || s.status != stageReady {
+		return nil, nil, fmt.Errorf("%w: %s", ErrStageNotServed, req.Key)
+	}
+	sess := r.sessions[sk]
+	switch req.Step {
+	case mesh.StepPrefill:
+		if req.Pos != 0 {
+			return nil, nil, fmt.Errorf("%w: prefill at %d", accel.ErrInputMismatch, req.Pos)
+		}
+		if sess != nil && sess.busy {
+			return nil, nil, fmt.Errorf("%w: session %s has a step running", ErrSessionLost, sk.id)
+		}
+		if sess != nil {
+			r.sessionBytes -= sess.bytes
+		} else if r.cfg.MemBudget > 0 && r.usedLocked()+r.sessionBytes >= r.cfg.MemBudget {
+			return nil, nil, fmt.Errorf("%w: stage %s holds %d bytes of session state, budget %d",
+				api.ErrKVExhausted, req.Key, r.sessionBytes, r.cfg.MemBudget)
+		}
+		sess = &stageSession{}
+		r.sessions[sk] = sess
+	case mesh.StepDecode:
+		if sess == nil || sess.busy || sess.pos != req.Pos {
+			if sess != nil && !sess.busy {
+				// Out of step with its caller: the state is of no use any more.
+				r.sessionBytes -= sess.bytes
+				delete(r.sessions, sk)
+			}
+			return nil, nil, fmt.Errorf("%w: session %s on %s at %d", ErrSessionLost, sk.id, req.Key, req.Pos)
+		}
+	default:
+		return nil, nil, fmt.Errorf("%w: session step kind %d", accel.ErrInputMismatch, req.Step)
+	}
+	sess.busy, sess.lastUsed = true, time.Now()
+	s.inFlight.Add(1)
+	return s, sess, nil
+}
+
+// endStep stores a step's state, unless the session was closed meanwhile.
+func (r *StageRuntime) endStep(sk sessionKey, sess *stageSession, state []tensor.Tensor, pos int) {
+	var n int64
+	for _, t := range state {
+		n += int64(len(t.Data))
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sessions[sk] != sess {
+		return
+	}
+	r.sessionBytes += n - sess.bytes
+	sess.state, sess.bytes, sess.pos, sess.busy, sess.lastUsed = state, n, pos, false, time.Now()
+}
+
+// dropSession frees one session's state on one stage.
+func (r *StageRuntime) dropSession(sk sessionKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if sess, ok := r.sessions[sk]; ok {
+		r.sessionBytes -= sess.bytes
+		delete(r.sessions, sk)
+	}
+}
+
+// expireSessions frees the sessions idle longer than the TTL, and those of stages
+// no longer held.
+func (r *StageRuntime) expireSessions(now time.Time) {
+	r.mu.Lock()
+	var gone []sessionKey
+	for sk, sess := range r.sessions {
+		_, held := r.stages[sk.stage]
+		if !held || (!sess.busy && now.Sub(sess.lastUsed) > r.cfg.SessionTTL) {
+			r.sessionBytes -= sess.bytes
+			delete(r.sessions, sk)
+			r.sessionsExpired++
+			gone = append(gone, sk)
+		}
+	}
+	r.mu.Unlock()
+	for _, sk := range gone {
+		r.log.Info("session state expired", "session", sk.id, "stage", sk.stage.String())
+	}
+}
+
+// sessionInputs completes a step's inputs: each state input from the session (empty
+// at a prefill), and the attention mask and positions the stage reads when the
+// caller did not send them.
+func sessionInputs(model accel.Session, pairs []StatePair, sess *stageSession, pos, seq int, in []tensor.Tensor) ([]tensor.Tensor, error) {
+	if seq < 1 {
+		return nil, fmt.Errorf("%w: a session step of %d tokens", accel.ErrInputMismatch, seq)
+	}
+	out := slices.Clone(in)
+	have := func(name string) bool {
+		return slices.ContainsFunc(out, func(t tensor.Tensor) bool { return t.Name == name })
+	}
+	for _, info := range model.Inputs() {
+		switch {
+		case have(info.Name):
+		case slices.ContainsFunc(pairs, func(p StatePair) bool { return p.In == info.Name }):
+			t, ok := stateOf(sess, info.Name)
+			if !ok {
+				t = initialState(info)
+			}
+			out = append(out, t)
+		case info.Name == attentionMaskInput:
+			mask := make([]int64, pos+seq)
+			for i := range mask {
+				mask[i] = 1
+			}
+			out = append(out, tensor.FromInt64(info.Name, []int64{1, int64(pos + seq)}, mask))
+		case info.Name == positionIDsInput:
+			ids := make([]int64, seq)
+			for i := range ids {
+				ids[i] = int64(pos + i)
+			}
+			out = append(out, tensor.FromInt64(info.Name, []int64{1, int64(seq)}, ids))
+		}
+	}
+	return out, nil
+}
+
+func stateOf(sess *stageSession, name string) (tensor.Tensor, bool) {
+	i := slices.IndexFunc(sess.state, func(t tensor.Tensor) bool { return t.Name == name })
+	if i < 0 {
+		return tensor.Tensor{}, false
+	}
+	return sess.state[i], true
+}
+
+// initialState is a state input before the first step: the first dynamic dim is the
+// batch (1), later dynamic dims are lengths (0: a KV cache with no past); fixed dims
+// stay, zero-filled (an RNN's h and c).
+func initialState(info accel.TensorInfo) tensor.Tensor {
+	shape := slices.Clone(info.Shape)
+	batch := true
+	for i, d := range shape {
+		if d < 0 {
+			shape[i] = 0
+			if batch {
+				shape[i], batch = 1, false
+			}
+		}
+	}
+	n, _ := tensor.ByteSize(info.DType, shape)
+	return tensor.Tensor{Name: info.Name, DType: info.DType, Shape: shape, Data: make([]byte, n)}
+}
+
+// splitState separates a run's outputs into the new state (renamed to the inputs
+// they feed next step) and the rest.
+func splitState(pairs []StatePair, out []tensor.Tensor) (state, rest []tensor.Tensor) {
+	for _, t := range out {
+		i := slices.IndexFunc(pairs, func(p StatePair) bool { return p.Out == t.Name })
+		if i < 0 {
+			rest = append(rest, t)
+			continue
+		}
+		t.Name = pairs[i].In
+		state = append(state, t)
+	}
+	return state, rest
+}
+
+// sampleToken picks the next token from the last row of the stage's logits (its
+// first float32 output of rank 3, [1, seq, vocab]).
+func sampleToken(out []tensor.Tensor, s Sampling) ([]tensor.Tensor, error) {
+	i := slices.IndexFunc(out, func(t tensor.Tensor) bool { return t.DType == tensor.Float32 && len(t.Shape) == 3 })
+	if i < 0 {
+		return nil, fmt.Errorf("%w: the last stage has no [batch, seq, vocab] logits to sample from", api.ErrNotGenerative)
+	}
+	logits, err := out[i].Float32s()
+	if err != nil {
+		return nil, err
+	}
+	seq, vocab := int(out[i].Shape[1]), int(out[i].Shape[2])
+	if seq < 1 || vocab < 1 {
+		return nil, fmt.Errorf("%w: logits of shape %v", ErrBadStageResponse, out[i].Shape)
+	}
+	tok := s.Sample(logits[(seq-1)*vocab : seq*vocab])
+	return []tensor.Tensor{tensor.FromInt64(TokenTensor, []int64{1}, []int64{int64(tok)})}, nil
+}
