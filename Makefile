@@ -5,12 +5,23 @@ GO ?= go
 TOOLS := $(CURDIR)/bin/tools
 PKGS := ./...
 
-.PHONY: all setup build build-arm64 dist test test-unit test-arm64 test-faults lint vet staticcheck fmt-check fuzz bench demo proto clean
+.PHONY: all setup setup-gpu gpu-bundle build build-arm64 dist test test-unit test-arm64 test-faults lint vet staticcheck fmt-check fuzz bench demo proto clean
 
 all: build
 
 setup:
 	@./scripts/setup.sh
+
+# Optional, for nodes with an NVIDIA GPU, never part of setup or CI: ONNX Runtime
+# 1.29.0 with its CUDA execution provider as a plugin library (pinned sha256) in
+# third_party/onnxruntime-gpu/, and which CUDA/cuDNN libraries it needs here.
+setup-gpu:
+	@./scripts/setup-gpu.sh
+
+# What scripts/gpu-check.sh needs on a GPU machine without Go or network, in dist/gpu/:
+# stripped binaries, the GPU ORT build, and parts small enough to carry one at a time.
+gpu-bundle: build setup-gpu
+	@./scripts/gpu-bundle.sh
 
 build: setup
 	$(GO) build -o bin/meshnode ./cmd/meshnode

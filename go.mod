@@ -3,6 +3,7 @@ module github.com/layermesh/layermesh
 go 1.26.0
 
 require (
+	github.com/NVIDIA/go-nvml v0.12.9-0
 	github.com/anishathalye/porcupine v1.3.1
 	github.com/chromedp/chromedp v0.24.0
 	github.com/dgraph-io/badger/v4 v4.9.6

@@ -47,7 +47,7 @@ func (s *Server) handleServerMetadata(w http.ResponseWriter, r *http.Request) er
 	if s.cfg.Generator != nil && s.cfg.Text != nil {
 		ext = append(slices.Clip(ext), "generate")
 	}
-	writeJSON(w, http.StatusOK, wire.ServerMetadata{Name: "layermesh", Version: s.cfg.Version, Extensions: ext})
+	writeJSON(w, http.StatusOK, wire.ServerMetadata{Name: "layermesh", Version: s.cfg.Version, Extensions: ext, Accelerator: s.cfg.Accelerator})
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/events"
 )
 
@@ -54,6 +55,8 @@ type Config struct {
 	MaxModelBytes int64
 	// Version is the software version GET /v2 reports.
 	Version string
+	// Accelerator is the execution provider GET /v2 reports; nil leaves it out.
+	Accelerator *wire.Accelerator
 	// Registry receives the API's metrics and is what /metrics serves; nil means a
 	// new registry. The node passes its own so every component's metrics share it.
 	Registry *prometheus.Registry

@@ -21,7 +21,9 @@ type NodeMeta struct {
 	MemBudget int64    `json:"mb,omitempty"` // bytes this node may use for stages
 	FreeMem   int64    `json:"mf,omitempty"` // bytes free right now
 	Cores     int      `json:"c,omitempty"`
-	Accels    []string `json:"x,omitempty"`  // accelerator kinds: "cpu", "cuda", ...
+	Accels    []string `json:"x,omitempty"`  // provider ("cpu", "cuda", ...), then the GPU's name if any
+	GPUMem    int64    `json:"gm,omitempty"` // GPU memory at start, from NVML
+	GPUFree   int64    `json:"gf,omitempty"` // free GPU memory at start, from NVML
 	Platform  string   `json:"os,omitempty"` // GOOS/GOARCH of the node's binary: "linux/arm64"
 	Speed     float64  `json:"s,omitempty"`  // measured speed score (GFLOP/s of a matmul)
 	Load      int      `json:"l,omitempty"`  // requests in flight

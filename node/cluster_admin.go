@@ -53,8 +53,12 @@ func (c *Cluster) Nodes(ctx context.Context) ([]wire.NodeStatus, error) {
 			MemTotal: uint64(max(m.Capacity.MemBudget, 0))}
 		if meta, ok := live[id]; ok {
 			if len(meta.Accels) > 0 {
-				ns.Accel = meta.Accels[0]
+				ns.Accel = accelLabel(meta.Accels[0], "")
 			}
+			if len(meta.Accels) > 1 {
+				ns.Accel = accelLabel(meta.Accels[0], meta.Accels[1])
+			}
+			ns.GPUMemTotal, ns.GPUMemFree = uint64(max(meta.GPUMem, 0)), uint64(max(meta.GPUFree, 0))
 			ns.Platform = meta.Platform
 			if rec := st.Serving[id]; rec.Boot == meta.Boot {
 				for _, s := range rec.Stages {

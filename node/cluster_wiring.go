@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/gpu"
 	"github.com/layermesh/layermesh/consensus"
 	"github.com/layermesh/layermesh/control"
 	"github.com/layermesh/layermesh/mesh"
@@ -68,6 +69,8 @@ type ClusterOptions struct {
 	// FastGossip uses memberlist's local-network timings: failures are detected in
 	// seconds. Meant for one-host clusters and tests.
 	FastGossip bool
+	// GPUs are the GPUs NVML reported at start; nil without NVML.
+	GPUs []gpu.Device
 	// MemBudget bounds the bytes of stages this node holds; 0 means half the memory
 	// the kernel reports available (defaultMemBudget).
 	MemBudget int64
@@ -141,6 +144,10 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{opts: opts, log: opts.Logger.With("component", "cluster"), boot: consensus.NewRequestID()[:16]}
+	var gpuMem gpu.Device
+	if usesGPU(opts.Backend.Provider()) && len(opts.GPUs) > 0 {
+		gpuMem = opts.GPUs[0]
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
 	gossipBind := opts.GossipBind
@@ -162,8 +169,8 @@ func NewCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		IsMember:       c.isMember,
 		Meta: mesh.NodeMeta{
 			Name: opts.Name, HTTPAddr: opts.HTTPAddr, MemBudget: opts.MemBudget, FreeMem: opts.MemBudget,
-			Cores: runtime.NumCPU(), Accels: []string{string(opts.Backend.Provider())}, Speed: opts.Speed,
-			Platform: platform(), Boot: c.boot,
+			Cores: runtime.NumCPU(), Accels: accelMeta(opts.Backend.Provider(), opts.GPUs), Speed: opts.Speed,
+			GPUMem: gpuMem.TotalBytes, GPUFree: gpuMem.FreeBytes, Platform: platform(), Boot: c.boot,
 		},
 	})
 	if err != nil {
@@ -290,7 +297,7 @@ func NewNodeCluster(ctx context.Context, cfg Config, name, httpAddr string, log 
 		Name: name, DataDir: cfg.DataDir, HTTPAddr: httpAddr,
 		Listen: cc.Listen, GossipPort: cc.GossipPort, Join: cc.Join,
 		Bootstrap: cc.Bootstrap, BootstrapExpect: cc.BootstrapExpect, SecretFile: cc.ClusterSecretFile,
-		MDNS: cc.MDNS, DHT: cc.DHT, MemBudget: cc.MemBudgetBytes, SessionTTL: cc.SessionTTL,
+		MDNS: cc.MDNS, DHT: cc.DHT, MemBudget: cc.MemBudgetBytes, SessionTTL: cc.SessionTTL, GPUs: cfg.GPUs,
 		Backend: cfg.Backend, Session: accel.SessionOptions{IntraOpThreads: cfg.IntraOpThreads, PoolSize: cfg.SessionPool},
 		Logger: log,
 	})

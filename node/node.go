@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/gpu"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/events"
 )
@@ -111,8 +112,11 @@ type Config struct {
 	MaxModelBytes int64
 	// RequireInferToken gates inference behind a token.
 	RequireInferToken bool
-	Cluster           ClusterConfig
-	Logger            *slog.Logger
+	// GPUs are the GPUs NVML reported at start (accel/gpu.Probe); nil without NVML.
+	// The node reports the first one's name and memory when its provider uses a GPU.
+	GPUs    []gpu.Device
+	Cluster ClusterConfig
+	Logger  *slog.Logger
 }
 
 // Node is one running layermesh node.
@@ -238,6 +242,9 @@ func New(cfg Config) (*Node, error) {
 		links, stageStats = svc, svc
 	}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := registerAccelMetrics(n.reg, cfg.Backend.Provider(), cfg.GPUs); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	n.api, err = api.New(api.Config{
 		Models:            models,
 		Health:            health,
@@ -249,6 +256,7 @@ func New(cfg Config) (*Node, error) {
 		MaxBodyBytes:      cfg.MaxBodyBytes,
 		MaxModelBytes:     cfg.MaxModelBytes,
 		Version:           Version,
+		Accelerator:       accelerator(cfg.Backend.Provider(), cfg.GPUs),
 		Registry:          n.reg,
 		Logger:            log,
 		Events:            n.events,

@@ -38,8 +38,11 @@ func (n *Node) Ready(ctx context.Context) []wire.ReadyCheck {
 }
 
 func (n *Node) self() wire.NodeStatus {
+	p := n.backend.Provider()
+	acc := accelerator(p, n.cfg.GPUs)
 	return wire.NodeStatus{
-		Name: n.name, HTTPAddr: n.Addr(), State: "alive", Accel: string(n.backend.Provider()),
+		Name: n.name, HTTPAddr: n.Addr(), State: "alive", Accel: accelLabel(string(p), acc.Device),
+		GPUMemTotal: acc.MemTotal, GPUMemFree: acc.MemFree,
 		Platform: platform(), Cores: runtime.NumCPU(), Models: n.modelNames(),
 	}
 }

@@ -39,6 +39,12 @@ type Config struct {
 	IntraOpThreads int
 	// Logger receives the backend's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// PluginLibraries names execution provider plugin libraries (ORT's EP ABI) by the
+	// provider they serve; a provider without one also finds its plugin beside the
+	// core library, and else uses the core's own (legacy) provider, if built in.
+	PluginLibraries map[accel.Provider]string
+	// ProviderOptions pass through to the GPU providers.
+	ProviderOptions ProviderOptions
 }
 
 // libraryName is the ONNX Runtime library's file name, as a release tarball puts it
@@ -126,6 +132,7 @@ var runtimeState struct {
 	version string
 	err     error
 	probed  map[accel.Provider]error // provider probe results, cached across backends
+	plugins map[accel.Provider]pluginState
 }
 
 // loadRuntime loads the library at path once per process.
@@ -147,19 +154,25 @@ func loadRuntime(path string) (string, error) {
 		runtimeState.err = fmt.Errorf("load onnx runtime %s: %w", path, runtimeState.err)
 	}
 	runtimeState.probed = map[accel.Provider]error{}
+	runtimeState.plugins = map[accel.Provider]pluginState{}
 	return runtimeState.version, runtimeState.err
 }
 
 // Backend is the ONNX Runtime backend; New returns it as an accel.Backend.
 type Backend struct {
 	provider accel.Provider
+	options  ProviderOptions
 	threads  int
 	log      *slog.Logger
 }
 
 // New loads ONNX Runtime (once per process) and settles the execution provider:
-// auto takes the first of TensorRT, CUDA, CPU that can create a session; an explicit
-// GPU provider that cannot is an error wrapping ErrProviderUnavailable.
+// auto takes the first of TensorRT, CUDA, CPU that can create a session, and logs why
+// each GPU provider could not; an explicit GPU provider that cannot is an error
+// wrapping ErrProviderUnavailable (and ErrPluginLoad or ErrNotPlugin when its plugin
+// library is at fault). A GPU provider comes from its plugin library (ORT's EP ABI:
+// Config.PluginLibraries, else the plugin beside the core library), else from the
+// core itself where it is a GPU build with the legacy provider append.
 func New(cfg Config) (accel.Backend, error) {
 	log := cfg.Logger
 	if log == nil {
@@ -186,11 +199,11 @@ func New(cfg Config) (accel.Backend, error) {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
-	o := &Backend{threads: threads, log: log}
+	o := &Backend{threads: threads, options: cfg.ProviderOptions, log: log}
 	switch p := cfg.Provider; p {
 	case accel.ProviderAuto, "":
 		for _, cand := range []accel.Provider{accel.ProviderTensorRT, accel.ProviderCUDA} {
-			err := probeProvider(cand)
+			err := setUpProvider(cand, cfg.PluginLibraries, cfg.ProviderOptions)
 			if err == nil {
 				o.provider = cand
 				break
@@ -199,11 +212,12 @@ func New(cfg Config) (accel.Backend, error) {
 		}
 		if o.provider == "" {
 			o.provider = accel.ProviderCPU
+			log.Info("no GPU execution provider loads: falling back to the CPU", "provider", o.provider)
 		}
 	case accel.ProviderCPU:
 		o.provider = accel.ProviderCPU
 	case accel.ProviderCUDA, accel.ProviderTensorRT:
-		if err := probeProvider(p); err != nil {
+		if err := setUpProvider(p, cfg.PluginLibraries, cfg.ProviderOptions); err != nil {
 			return nil, err
 		}
 		o.provider = p
@@ -217,7 +231,7 @@ func New(cfg Config) (accel.Backend, error) {
 // probeProvider creates a session for a one-node model with provider p. Appending a
 // GPU provider fails when its library (libonnxruntime_providers_cuda.so, CUDA, cuDNN,
 // TensorRT) is missing; creating the session fails when no device answers.
-func probeProvider(p accel.Provider) error {
+func probeProvider(p accel.Provider, opts ProviderOptions) error {
 	runtimeState.mu.Lock()
 	defer runtimeState.mu.Unlock()
 	if err, ok := runtimeState.probed[p]; ok {
@@ -227,7 +241,7 @@ func probeProvider(p accel.Provider) error {
 	if err == nil {
 		takeLastORTError()
 		var s *ortSession
-		s, err = newOrtSession("", model, 1, p)
+		s, err = newOrtSession("", model, 1, p, opts)
 		if err == nil {
 			s.release()
 		} else {
@@ -259,7 +273,7 @@ func explainProvider(err error, p accel.Provider, logged string) error {
 		}
 	}
 	if len(missing) > 0 {
-		err = fmt.Errorf("%w; missing %s in %s: the ONNX Runtime library there is a CPU-only build, point --ort-lib/ORT_LIB at a GPU build of ONNX Runtime", err, strings.Join(missing, ", "), dir)
+		err = fmt.Errorf("%w; missing %s in %s: the ONNX Runtime library there has no %s provider built in; name its plugin with --ep-lib %s=PATH (make setup-gpu fetches one), or point --ort-lib/ORT_LIB at a GPU build of ONNX Runtime", err, strings.Join(missing, ", "), dir, p, p)
 	}
 	if logged = strings.TrimSpace(logged); logged != "" {
 		err = fmt.Errorf("%w (onnxruntime: %s)", err, logged)

@@ -119,12 +119,114 @@ type ortSession struct {
 	s *C.OrtSession
 }
 
+// cStrings is a NUL-terminated C copy of some Go strings, in one C array.
+type cStrings struct {
+	arr  unsafe.Pointer
+	strs []*C.char
+}
+
+func newCStrings(ss []string) *cStrings {
+	c := &cStrings{arr: C.calloc(C.size_t(len(ss)+1), C.size_t(unsafe.Sizeof(uintptr(0))))}
+	a := unsafe.Slice((**C.char)(c.arr), len(ss)+1)
+	for i, s := range ss {
+		a[i] = C.CString(s)
+		c.strs = append(c.strs, a[i])
+	}
+	return c
+}
+
+func (c *cStrings) ptr() **C.char { return (**C.char)(c.arr) }
+
+func (c *cStrings) free() {
+	for _, s := range c.strs {
+		C.free(unsafe.Pointer(s))
+	}
+	C.free(c.arr)
+}
+
+// sessionOptions builds ORT session options for provider p with its string options.
+func sessionOptions(threads int, p accel.Provider, options ProviderOptions) (*C.OrtSessionOptions, error) {
+	po := (*C.lm_provider_options)(C.calloc(1, C.size_t(unsafe.Sizeof(C.lm_provider_options{}))))
+	defer C.free(unsafe.Pointer(po))
+	for _, side := range []struct {
+		provider   accel.Provider
+		keys, vals ***C.char
+		n          *C.size_t
+	}{
+		{accel.ProviderTensorRT, (***C.char)(unsafe.Pointer(&po.trt_keys)), (***C.char)(unsafe.Pointer(&po.trt_vals)), &po.n_trt},
+		{accel.ProviderCUDA, (***C.char)(unsafe.Pointer(&po.cuda_keys)), (***C.char)(unsafe.Pointer(&po.cuda_vals)), &po.n_cuda},
+	} {
+		keys, vals := options.pairs(side.provider)
+		ck, cv := newCStrings(keys), newCStrings(vals)
+		defer ck.free()
+		defer cv.free()
+		*side.keys, *side.vals, *side.n = ck.ptr(), cv.ptr(), C.size_t(len(keys))
+	}
+	var opts *C.OrtSessionOptions
+	if err := statusErr(C.lm_session_options(C.int(threads), providerCode(p), po, &opts)); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", accel.ErrProviderUnavailable, p, err)
+	}
+	return opts, nil
+}
+
+// pluginLoadError tells a plugin file that does not load (a missing dependency, a file
+// that is no shared library) from one that loads but is no EP plugin.
+func pluginLoadError(path string) error {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var kind C.int
+	msg := C.lm_plugin_check(cpath, &kind)
+	if msg == nil {
+		return nil
+	}
+	defer C.free(unsafe.Pointer(msg))
+	sentinel := ErrPluginLoad
+	if kind == 2 {
+		sentinel = ErrNotPlugin
+	}
+	return fmt.Errorf("%w: %s: %s", sentinel, path, C.GoString(msg))
+}
+
+// registerPlugin registers the EP plugin at path for provider p and returns how many
+// devices it offers.
+func registerPlugin(p accel.Provider, path string) (int, error) {
+	cname, cpath := C.CString("layermesh-"+string(p)), C.CString(path)
+	defer C.free(unsafe.Pointer(cname))
+	defer C.free(unsafe.Pointer(cpath))
+	var n C.size_t
+	if err := statusErr(C.lm_plugin_register(providerCode(p), cname, cpath, &n)); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+// hardwareTypes names ORT's OrtHardwareDeviceType values.
+var hardwareTypes = map[int]string{0: "cpu", 1: "gpu", 2: "npu"}
+
+// epDevices lists the execution provider and device pairs ORT knows.
+func epDevices() ([]EPDevice, error) {
+	var n C.size_t
+	if err := statusErr(C.lm_ep_device_count(&n)); err != nil {
+		return nil, err
+	}
+	out := make([]EPDevice, int(n))
+	for i := range out {
+		var ep, vendor *C.char
+		var hw C.int
+		var vendorID, deviceID C.uint32_t
+		C.lm_ep_device_info(C.size_t(i), &ep, &vendor, &hw, &vendorID, &deviceID)
+		out[i] = EPDevice{EP: C.GoString(ep), EPVendor: C.GoString(vendor), Hardware: hardwareTypes[int(hw)],
+			VendorID: uint32(vendorID), DeviceID: uint32(deviceID)}
+	}
+	return out, nil
+}
+
 // newOrtSession creates a session from a model path, or from model bytes when path is
 // empty (used by the provider probe).
-func newOrtSession(path string, model []byte, threads int, p accel.Provider) (*ortSession, error) {
-	var opts *C.OrtSessionOptions
-	if err := statusErr(C.lm_session_options(C.int(threads), providerCode(p), &opts)); err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", accel.ErrProviderUnavailable, p, err)
+func newOrtSession(path string, model []byte, threads int, p accel.Provider, options ProviderOptions) (*ortSession, error) {
+	opts, err := sessionOptions(threads, p, options)
+	if err != nil {
+		return nil, err
 	}
 	defer C.lm_session_options_release(opts)
 	var s *C.OrtSession

@@ -45,7 +45,7 @@ func openPool(ctx context.Context, o *Backend, path string, opts accel.SessionOp
 			p.releaseAll()
 			return nil, err
 		}
-		s, err := newOrtSession(path, nil, threads, o.provider)
+		s, err := newOrtSession(path, nil, threads, o.provider, o.options)
 		if err != nil {
 			p.releaseAll()
 			return nil, classifyOpenError(path, err)

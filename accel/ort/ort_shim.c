@@ -77,26 +77,145 @@ const char *lm_status_message(OrtStatus *st) { return api->GetErrorMessage(st); 
 int lm_status_code(OrtStatus *st) { return (int)api->GetErrorCode(st); }
 void lm_status_release(OrtStatus *st) { api->ReleaseStatus(st); }
 
-OrtStatus *lm_session_options(int intra_threads, int provider, OrtSessionOptions **out) {
+// The EP devices of the plugin registered for each provider code. They belong to the
+// environment, which lives for the process.
+#define LM_MAX_EP_DEVICES 16
+static const OrtEpDevice *plugin_devices[3][LM_MAX_EP_DEVICES];
+static size_t plugin_device_count[3];
+
+char *lm_plugin_check(const char *path, int *kind) {
+  *kind = 0;
+  // RTLD_NOW resolves every dependency now, so a missing libcublas is reported here
+  // by name rather than as ORT's terser "failed to load".
+  void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    const char *e = dlerror();
+    *kind = 1;
+    return strdup(e ? e : "dlopen failed");
+  }
+  // The handle stays open: ORT dlopens the same file again when registering it, and
+  // a second reference costs nothing.
+  if (!dlsym(lib, "CreateEpFactories")) {
+    *kind = 2;
+    return strdup("library exports no CreateEpFactories (not an ONNX Runtime execution provider plugin)");
+  }
+  return NULL;
+}
+
+static int known_device(const OrtEpDevice *d, const OrtEpDevice *const *before, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (before[i] == d) return 1;
+  return 0;
+}
+
+OrtStatus *lm_plugin_register(int provider, const char *name, const char *path,
+                              size_t *n_devices) {
+  const OrtEpDevice *const *devs = NULL;
+  size_t n_before = 0, n_after = 0;
+  *n_devices = 0;
+  OrtStatus *st = api->GetEpDevices(env, &devs, &n_before);
+  if (st) return st;
+  // GetEpDevices returns the environment's own array, which registration replaces, so
+  // the devices known before are copied aside to tell the plugin's new ones apart.
+  const OrtEpDevice **before = calloc(n_before + 1, sizeof *before);
+  if (!before) return api->CreateStatus(ORT_FAIL, "out of memory");
+  memcpy(before, devs, n_before * sizeof *before);
+  if ((st = api->RegisterExecutionProviderLibrary(env, name, path))) goto done;
+  if ((st = api->GetEpDevices(env, &devs, &n_after))) goto done;
+  size_t k = 0;
+  // GPU devices first: the session appends the first one.
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < n_after && k < LM_MAX_EP_DEVICES; i++) {
+      if (known_device(devs[i], before, n_before)) continue;
+      int gpu = api->HardwareDevice_Type(api->EpDevice_Device(devs[i])) == OrtHardwareDeviceType_GPU;
+      if (gpu == (pass == 0)) plugin_devices[provider][k++] = devs[i];
+    }
+  }
+  plugin_device_count[provider] = k;
+  *n_devices = k;
+done:
+  free(before);
+  return st;
+}
+
+int lm_plugin_registered(int provider) { return plugin_device_count[provider] > 0; }
+
+OrtStatus *lm_ep_device_count(size_t *n) {
+  const OrtEpDevice *const *devs = NULL;
+  return api->GetEpDevices(env, &devs, n);
+}
+
+void lm_ep_device_info(size_t i, const char **ep, const char **ep_vendor, int *hw_type,
+                       uint32_t *vendor_id, uint32_t *device_id) {
+  const OrtEpDevice *const *devs = NULL;
+  size_t n = 0;
+  *ep = *ep_vendor = "";
+  *hw_type = -1;
+  *vendor_id = *device_id = 0;
+  OrtStatus *st = api->GetEpDevices(env, &devs, &n);
+  if (st) {
+    api->ReleaseStatus(st);
+    return;
+  }
+  if (i >= n) return;
+  const OrtHardwareDevice *hw = api->EpDevice_Device(devs[i]);
+  *ep = api->EpDevice_EpName(devs[i]);
+  *ep_vendor = api->EpDevice_EpVendor(devs[i]);
+  *hw_type = (int)api->HardwareDevice_Type(hw);
+  *vendor_id = api->HardwareDevice_VendorId(hw);
+  *device_id = api->HardwareDevice_DeviceId(hw);
+}
+
+// append_plugin appends the first device of provider's plugin with its options.
+static OrtStatus *append_plugin(OrtSessionOptions *o, int provider, const char *const *keys,
+                                const char *const *vals, size_t n) {
+  return api->SessionOptionsAppendExecutionProvider_V2(o, env, &plugin_devices[provider][0], 1,
+                                                       keys, vals, n);
+}
+
+static OrtStatus *append_legacy_tensorrt(OrtSessionOptions *o, const lm_provider_options *po) {
+  OrtTensorRTProviderOptionsV2 *trt = NULL;
+  OrtStatus *st = api->CreateTensorRTProviderOptions(&trt);
+  if (st) return st;
+  if (po->n_trt > 0) st = api->UpdateTensorRTProviderOptions(trt, po->trt_keys, po->trt_vals, po->n_trt);
+  if (!st) st = api->SessionOptionsAppendExecutionProvider_TensorRT_V2(o, trt);
+  api->ReleaseTensorRTProviderOptions(trt);
+  return st;
+}
+
+static OrtStatus *append_legacy_cuda(OrtSessionOptions *o, const lm_provider_options *po) {
+  OrtCUDAProviderOptionsV2 *cuda = NULL;
+  OrtStatus *st = api->CreateCUDAProviderOptions(&cuda);
+  if (st) return st;
+  if (po->n_cuda > 0) st = api->UpdateCUDAProviderOptions(cuda, po->cuda_keys, po->cuda_vals, po->n_cuda);
+  if (!st) st = api->SessionOptionsAppendExecutionProvider_CUDA_V2(o, cuda);
+  api->ReleaseCUDAProviderOptions(cuda);
+  return st;
+}
+
+OrtStatus *lm_session_options(int intra_threads, int provider, const lm_provider_options *po,
+                              OrtSessionOptions **out) {
   OrtSessionOptions *o = NULL;
   OrtStatus *st = api->CreateSessionOptions(&o);
   if (st) return st;
   if (intra_threads > 0 && (st = api->SetIntraOpNumThreads(o, intra_threads))) goto fail;
   if ((st = api->SetInterOpNumThreads(o, 1))) goto fail;
   if (provider == LM_PROVIDER_TENSORRT) {
-    OrtTensorRTProviderOptionsV2 *trt = NULL;
-    if ((st = api->CreateTensorRTProviderOptions(&trt))) goto fail;
-    st = api->SessionOptionsAppendExecutionProvider_TensorRT_V2(o, trt);
-    api->ReleaseTensorRTProviderOptions(trt);
+    st = lm_plugin_registered(LM_PROVIDER_TENSORRT)
+             ? append_plugin(o, LM_PROVIDER_TENSORRT, po->trt_keys, po->trt_vals, po->n_trt)
+             : append_legacy_tensorrt(o, po);
     if (st) goto fail;
   }
-  // TensorRT sessions also get CUDA so that nodes TensorRT rejects still run on the GPU.
-  if (provider == LM_PROVIDER_CUDA || provider == LM_PROVIDER_TENSORRT) {
-    OrtCUDAProviderOptionsV2 *cuda = NULL;
-    if ((st = api->CreateCUDAProviderOptions(&cuda))) goto fail;
-    st = api->SessionOptionsAppendExecutionProvider_CUDA_V2(o, cuda);
-    api->ReleaseCUDAProviderOptions(cuda);
+  // TensorRT sessions also get CUDA so that nodes TensorRT rejects still run on the
+  // GPU; with a TensorRT plugin that is only possible when a CUDA plugin is registered.
+  if (provider == LM_PROVIDER_CUDA ||
+      (provider == LM_PROVIDER_TENSORRT && !lm_plugin_registered(LM_PROVIDER_TENSORRT))) {
+    st = lm_plugin_registered(LM_PROVIDER_CUDA)
+             ? append_plugin(o, LM_PROVIDER_CUDA, po->cuda_keys, po->cuda_vals, po->n_cuda)
+             : append_legacy_cuda(o, po);
     if (st) goto fail;
+  } else if (provider == LM_PROVIDER_TENSORRT && lm_plugin_registered(LM_PROVIDER_CUDA)) {
+    if ((st = append_plugin(o, LM_PROVIDER_CUDA, po->cuda_keys, po->cuda_vals, po->n_cuda))) goto fail;
   }
   *out = o;
   return NULL;

@@ -21,7 +21,38 @@ const char *lm_status_message(OrtStatus *st);
 int lm_status_code(OrtStatus *st);
 void lm_status_release(OrtStatus *st);
 
-OrtStatus *lm_session_options(int intra_threads, int provider, OrtSessionOptions **out);
+// lm_provider_options carries the string options of the GPU providers a session appends
+// (TensorRT sessions also get CUDA for the nodes TensorRT rejects).
+typedef struct {
+  const char *const *trt_keys;
+  const char *const *trt_vals;
+  size_t n_trt;
+  const char *const *cuda_keys;
+  const char *const *cuda_vals;
+  size_t n_cuda;
+} lm_provider_options;
+
+// lm_session_options appends provider's execution provider: through the plugin
+// registered for it with lm_plugin_register when there is one (the EP ABI), else
+// through the legacy AppendExecutionProvider_*_V2 calls of a GPU build of the core.
+OrtStatus *lm_session_options(int intra_threads, int provider, const lm_provider_options *po,
+                              OrtSessionOptions **out);
+
+// lm_plugin_check dlopens path and looks for the EP ABI's entry point. It returns NULL,
+// or a malloc'd message with *kind 1 when the library does not load (dlerror's text
+// names the missing dependency) and 2 when it loads but is no execution provider plugin.
+char *lm_plugin_check(const char *path, int *kind);
+// lm_plugin_register registers the plugin at path under name and keeps the devices it
+// added (a GPU one first) as provider's; *n_devices is how many it added.
+OrtStatus *lm_plugin_register(int provider, const char *name, const char *path,
+                              size_t *n_devices);
+int lm_plugin_registered(int provider);
+
+// lm_ep_device_count and lm_ep_device_info list what GetEpDevices reports: one entry
+// per execution provider and device pair. The strings belong to ORT.
+OrtStatus *lm_ep_device_count(size_t *n);
+void lm_ep_device_info(size_t i, const char **ep, const char **ep_vendor, int *hw_type,
+                       uint32_t *vendor_id, uint32_t *device_id);
 void lm_session_options_release(OrtSessionOptions *o);
 OrtStatus *lm_session_create(const char *path, OrtSessionOptions *o, OrtSession **out);
 OrtStatus *lm_session_create_bytes(const void *data, size_t len, OrtSessionOptions *o, OrtSession **out);

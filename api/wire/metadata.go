@@ -29,6 +29,17 @@ type ServerMetadata struct {
 	Name       string   `json:"name"`
 	Version    string   `json:"version"`
 	Extensions []string `json:"extensions"`
+	// Accelerator is layermesh's addition: the execution provider this node runs on.
+	Accelerator *Accelerator `json:"accelerator,omitempty"`
+}
+
+// Accelerator names a node's execution provider and, for a GPU one, the device.
+type Accelerator struct {
+	Provider string `json:"provider"`         // cpu, cuda or tensorrt
+	Device   string `json:"device,omitempty"` // GPU name, as NVML reports it
+	// MemTotal and MemFree are the GPU's memory at node start; absent without NVML.
+	MemTotal uint64 `json:"mem_total,omitempty"`
+	MemFree  uint64 `json:"mem_free,omitempty"`
 }
 
 // ReadyCheck is one layer of the node's readiness.
@@ -89,10 +100,14 @@ type NodeStatus struct {
 	Accel    string `json:"accel"`
 	// Platform is the GOOS/GOARCH the node's binary runs as ("linux/arm64"); empty
 	// for a member that is not live.
-	Platform string   `json:"platform,omitempty"`
-	Cores    int      `json:"cores"`
-	MemTotal uint64   `json:"mem_total,omitempty"`
-	Models   []string `json:"models"`
+	Platform string `json:"platform,omitempty"`
+	Cores    int    `json:"cores"`
+	MemTotal uint64 `json:"mem_total,omitempty"`
+	// GPUMemTotal and GPUMemFree are the node's GPU memory as NVML reported it at its
+	// start; absent for a node without a GPU provider or without NVML.
+	GPUMemTotal uint64   `json:"gpu_mem_total,omitempty"`
+	GPUMemFree  uint64   `json:"gpu_mem_free,omitempty"`
+	Models      []string `json:"models"`
 	// The fields below are filled in cluster mode.
 	// PeerID is the node's libp2p identity.
 	PeerID string `json:"peer_id,omitempty"`

@@ -177,7 +177,7 @@ func callNodes(ctx context.Context, in invocation) (output, error) {
 
 // nodeTable writes one row per node: state, health, Raft role, capacity, load, stages.
 func nodeTable(w io.Writer, nodes []wire.NodeStatus) {
-	fmt.Fprintln(w, "NODE\tSTATE\tHEALTH\tRAFT\tHTTP\tPLATFORM\tACCEL\tCORES\tMEM FREE/BUDGET\tLOAD\tSTAGES")
+	fmt.Fprintln(w, "NODE\tSTATE\tHEALTH\tRAFT\tHTTP\tPLATFORM\tACCEL\tGPU MEM FREE/TOTAL\tCORES\tMEM FREE/BUDGET\tLOAD\tSTAGES")
 	for _, n := range nodes {
 		role := "-"
 		switch {
@@ -200,7 +200,12 @@ func nodeTable(w io.Writer, nodes []wire.NodeStatus) {
 		if platform == "" {
 			platform = "-"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", n.Name, n.State, health, role, n.HTTPAddr, platform, n.Accel, n.Cores, mem, n.Load, strings.Join(n.Models, ","))
+		// A node without a GPU provider, or without NVML, has no GPU memory to show.
+		gpuMem := "—"
+		if n.GPUMemTotal > 0 {
+			gpuMem = humanBytes(int64(n.GPUMemFree)) + "/" + humanBytes(int64(n.GPUMemTotal))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", n.Name, n.State, health, role, n.HTTPAddr, platform, n.Accel, gpuMem, n.Cores, mem, n.Load, strings.Join(n.Models, ","))
 	}
 }
 

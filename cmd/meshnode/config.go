@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/layermesh/layermesh/accel/ort"
 )
 
 // errUsage marks a configuration mistake: main exits 2 for it.
@@ -35,8 +37,11 @@ type config struct {
 	BootstrapExpect   int
 	ClusterSecretFile string
 	MemBudget         byteSize
+	GPUMemBudget      byteSize
 	SessionTTL        time.Duration
 	Accel             string
+	EPLib             stringList
+	EPOption          stringList
 	Threads           int
 	SessionPool       int
 	NoMDNS            bool
@@ -69,8 +74,11 @@ func newFlagSet(c *config, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.BootstrapExpect, "bootstrap-expect", 0, "wait for this many nodes before bootstrapping (cluster mode)")
 	fs.StringVar(&c.ClusterSecretFile, "cluster-secret-file", "", "file holding the cluster secret (cluster mode)")
 	fs.Var(&c.MemBudget, "mem-budget", "memory this node offers for model stages, e.g. 2GiB (default: half the memory available at start)")
+	fs.Var(&c.GPUMemBudget, "gpu-mem-budget", "GPU memory this node offers for model stages when its provider is cuda or tensorrt, e.g. 40GiB (default: 90% of the GPU's free memory at start, as NVML reports it)")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", 5*time.Minute, "how long a generation session's state stays on a stage without a step (cluster mode)")
 	fs.StringVar(&c.Accel, "accel", "auto", "execution provider: auto, cpu, cuda or tensorrt")
+	fs.Var(&c.EPLib, "ep-lib", "execution provider plugin library, PROVIDER=PATH (cuda=/opt/ort/libonnxruntime_providers_cuda.so), repeatable; default: the plugin beside the ONNX Runtime library")
+	fs.Var(&c.EPOption, "ep-option", "execution provider option, PROVIDER:KEY=VALUE (cuda:use_tf32=0), repeatable")
 	fs.IntVar(&c.Threads, "threads", 0, "ONNX Runtime intra-op threads per session (default: number of cores)")
 	fs.IntVar(&c.SessionPool, "session-pool", 1, "ONNX Runtime sessions per model, for concurrent requests")
 	fs.BoolVar(&c.NoMDNS, "no-mdns", false, "disable mDNS discovery on the LAN (cluster mode)")
@@ -185,6 +193,16 @@ func (c *config) check() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return fmt.Errorf("%w: --tls-cert and --tls-key go together", errUsage)
+	}
+	for _, s := range c.EPLib {
+		if _, err := ort.ParsePluginLibrary(nil, s); err != nil {
+			return fmt.Errorf("%w: --ep-lib: %w", errUsage, err)
+		}
+	}
+	for _, s := range c.EPOption {
+		if _, err := ort.ParseProviderOption(nil, s); err != nil {
+			return fmt.Errorf("%w: --ep-option: %w", errUsage, err)
+		}
 	}
 	if c.Threads < 0 || c.SessionPool < 0 || c.BootstrapExpect < 0 {
 		return fmt.Errorf("%w: --threads, --session-pool and --bootstrap-expect cannot be negative", errUsage)

@@ -21,7 +21,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/gpu"
 	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/node"
 )
@@ -59,15 +59,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	// ONNX Runtime is a dlopen and, for auto, a probe of the GPU providers: it comes
 	// before the listener because the node is built around it, and it is quick.
-	backend, err := ort.New(ort.Config{
-		LibraryPath:    cfg.ORTLib,
-		Provider:       accel.Provider(cfg.Accel),
-		IntraOpThreads: cfg.Threads,
-		Logger:         log,
-	})
+	backend, err := ort.New(backendConfig(cfg, log))
 	if err != nil {
 		log.Error("onnx runtime", "err", err)
 		return 1
+	}
+	// NVML is read once: the GPU's name and memory go into the node's metadata and
+	// set the stage budget of a node whose stages run on the GPU.
+	gpus, gpuErr := gpu.Probe()
+	budget, budgetFrom := stageBudget(cfg, backend.Provider(), gpus)
+	if gpuErr != nil {
+		log.Info("no GPU memory to report", "component", "accel", "reason", gpuErr)
+	} else {
+		log.Info("gpu", "component", "accel", "name", gpus[0].Name, "total_bytes", gpus[0].TotalBytes, "free_bytes", gpus[0].FreeBytes, "count", len(gpus))
+	}
+	if budget > 0 {
+		log.Info("stage memory budget", "component", "accel", "provider", backend.Provider(), "bytes", budget, "from", budgetFrom)
 	}
 	// Closed last: the node closes its sessions on the way out of Run, and sessions
 	// must go before the runtime that made them.
@@ -88,6 +95,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		MaxBodyBytes:      int64(cfg.MaxBody),
 		MaxModelBytes:     int64(cfg.MaxModelSize),
 		RequireInferToken: cfg.RequireInferToken,
+		GPUs:              gpus,
 		Cluster: node.ClusterConfig{
 			Listen:            cfg.Listen,
 			GossipPort:        cfg.GossipPort,
@@ -97,7 +105,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			ClusterSecretFile: cfg.ClusterSecretFile,
 			MDNS:              !cfg.NoMDNS,
 			DHT:               cfg.DHT,
-			MemBudgetBytes:    int64(cfg.MemBudget),
+			MemBudgetBytes:    budget,
 			SessionTTL:        cfg.SessionTTL,
 		},
 		Logger: log,
