@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/layermesh/layermesh/accel"
-	"github.com/layermesh/layermesh/accel/gpu"
+	"github.com/layermesh/layermesh/accel/ort/gpu"
 	"github.com/layermesh/layermesh/api/wire"
 )
 

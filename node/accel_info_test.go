@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"github.com/layermesh/layermesh/accel"
-	"github.com/layermesh/layermesh/accel/gpu"
 	"github.com/layermesh/layermesh/accel/ort"
+	"github.com/layermesh/layermesh/accel/ort/gpu"
 	"github.com/layermesh/layermesh/api/client"
 )
 

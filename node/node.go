@@ -34,7 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/layermesh/layermesh/accel"
-	"github.com/layermesh/layermesh/accel/gpu"
+	"github.com/layermesh/layermesh/accel/ort/gpu"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/events"
 )
@@ -224,46 +224,7 @@ func New(cfg Config) (*Node, error) {
 		}
 		n.tokens = tokens
 	}
-	var (
-		models     api.ModelService   = n
-		health     api.HealthService  = n
-		cluster    api.ClusterService = n
-		text       api.TextService    = n
-		gen        api.Generator      = n
-		links      api.LinkSource
-		stageStats api.StageStatsSource
-	)
-	if cfg.Cluster.configured() {
-		if cfg.ModelDir != "" {
-			return nil, fmt.Errorf("%w: --model-dir serves models on a single node; in a cluster, deploy them with meshctl deploy", ErrConfig)
-		}
-		svc := clusterServices{n}
-		models, health, cluster, text, gen = svc, svc, svc, svc, svc
-		links, stageStats = svc, svc
-	}
-	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if err := registerAccelMetrics(n.reg, cfg.Backend.Provider(), cfg.GPUs); err != nil {
-		return nil, fmt.Errorf("node: %w", err)
-	}
-	n.api, err = api.New(api.Config{
-		Models:            models,
-		Health:            health,
-		Cluster:           cluster,
-		Tokens:            n,
-		Text:              text,
-		Generator:         gen,
-		RequireInferToken: cfg.RequireInferToken,
-		MaxBodyBytes:      cfg.MaxBodyBytes,
-		MaxModelBytes:     cfg.MaxModelBytes,
-		Version:           Version,
-		Accelerator:       accelerator(cfg.Backend.Provider(), cfg.GPUs),
-		Registry:          n.reg,
-		Logger:            log,
-		Events:            n.events,
-		Links:             links,
-		StageStats:        stageStats,
-	})
-	if err != nil {
+	if n.api, err = n.newAPI(); err != nil {
 		return nil, err
 	}
 	var tlsConfig *tls.Config
@@ -289,6 +250,55 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	return n, nil
+}
+
+// newAPI builds the HTTP API on this node's services: its own in single-node mode,
+// the cluster's (clusterServices) in cluster mode.
+func (n *Node) newAPI() (*api.Server, error) {
+	cfg := n.cfg
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	var (
+		models     api.ModelService   = n
+		health     api.HealthService  = n
+		cluster    api.ClusterService = n
+		text       api.TextService    = n
+		gen        api.Generator      = n
+		links      api.LinkSource
+		stageStats api.StageStatsSource
+	)
+	if cfg.Cluster.configured() {
+		if cfg.ModelDir != "" {
+			return nil, fmt.Errorf("%w: --model-dir serves models on a single node; in a cluster, deploy them with meshctl deploy", ErrConfig)
+		}
+		svc := clusterServices{n}
+		models, health, cluster, text, gen = svc, svc, svc, svc, svc
+		links, stageStats = svc, svc
+	}
+	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := registerAccelMetrics(n.reg, cfg.Backend.Provider(), cfg.GPUs); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	return api.New(api.Config{
+		Models:            models,
+		Health:            health,
+		Cluster:           cluster,
+		Tokens:            n,
+		Text:              text,
+		Generator:         gen,
+		RequireInferToken: cfg.RequireInferToken,
+		MaxBodyBytes:      cfg.MaxBodyBytes,
+		MaxModelBytes:     cfg.MaxModelBytes,
+		Version:           Version,
+		Accelerator:       accelerator(cfg.Backend.Provider(), cfg.GPUs),
+		Registry:          n.reg,
+		Logger:            log,
+		Events:            n.events,
+		Links:             links,
+		StageStats:        stageStats,
+	})
 }
 
 // Events is the node's event feed. Components outside the node's own loops (the

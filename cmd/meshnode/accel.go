@@ -4,8 +4,8 @@ import (
 	"log/slog"
 
 	"github.com/layermesh/layermesh/accel"
-	"github.com/layermesh/layermesh/accel/gpu"
 	"github.com/layermesh/layermesh/accel/ort"
+	"github.com/layermesh/layermesh/accel/ort/gpu"
 )
 
 // backendConfig maps the accel flags onto ort.Config; check has validated them.

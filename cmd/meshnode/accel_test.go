@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/layermesh/layermesh/accel"
-	"github.com/layermesh/layermesh/accel/gpu"
+	"github.com/layermesh/layermesh/accel/ort/gpu"
 )
 
 func TestAccelFlags(t *testing.T) {

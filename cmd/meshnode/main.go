@@ -21,8 +21,8 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/layermesh/layermesh/accel/gpu"
 	"github.com/layermesh/layermesh/accel/ort"
+	"github.com/layermesh/layermesh/accel/ort/gpu"
 	"github.com/layermesh/layermesh/node"
 )
 
