@@ -112,7 +112,7 @@ type Config struct {
 	MaxModelBytes int64
 	// RequireInferToken gates inference behind a token.
 	RequireInferToken bool
-	// GPUs are the GPUs NVML reported at start (accel/gpu.Probe); nil without NVML.
+	// GPUs are the GPUs NVML reported at start (accel/ort/gpu.Probe); nil without NVML.
 	// The node reports the first one's name and memory when its provider uses a GPU.
 	GPUs    []gpu.Device
 	Cluster ClusterConfig
