@@ -284,6 +284,19 @@ if any request fails or answers wrongly.`,
 		},
 	},
 	{
+		Title: "GPU execution through the CUDA plugin",
+		Measures: `
+scripts/gpu-check.sh, on a machine with an NVIDIA GPU, runs the prebuilt meshnode with
+ONNX Runtime 1.29.0 and its CUDA plugin (make gpu-bundle): the 12 x 768 GPT whole on
+the GPU against ONNX Runtime on the CPU (max relative error at most 1e-3 with TF32,
+1e-5 without), the direct-call and HTTP latency at 1x128 (target: at most 5 ms on an
+H100/H200-class GPU, where PyTorch eager takes 3.9 ms), 3 GPU nodes split, and a mixed
+mesh of 1 GPU node and 2 CPU nodes with its plan and per-stage timings. It writes this
+section with the GPU's name.`,
+		Jobs:    []string{"gpu-check"},
+		Pending: "No GPU was available where this report was made; nothing here is measured. scripts/gpu-check.sh writes this section on a machine with an NVIDIA GPU.",
+	},
+	{
 		Title: "Speed scores of native and emulated arm64 nodes",
 		Measures: `
 Measured by the system test TestMixedMeshGivesEmulatedNodeTheLightStage (make test-arm64;
