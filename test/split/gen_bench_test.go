@@ -280,19 +280,27 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 		addr   string
 		tokens int
 		span   time.Duration
+		cpu    cpuTimes
+		self   time.Duration
 	}
 	sp := &side{c: split, addr: split.HTTPAddr(entry)}
 	wh := &side{c: whole, addr: whole.HTTPAddr(0)}
 	n := max(b.N, 3)
 	b.ResetTimer()
 	for i, s := range []*side{sp, wh, wh, sp} {
+		before, self := s.c.cpuSeconds(b), selfCPU()
 		k, span := segment(s.addr, s.c.token, n, i*concurrency*n)
+		s.self += selfCPU() - self
+		s.cpu = s.cpu.plus(s.c.cpuSeconds(b).minus(before))
 		s.tokens, s.span = s.tokens+k, s.span+span
 	}
 	b.StopTimer()
 	splitTP, wholeTP := float64(sp.tokens)/sp.span.Seconds(), float64(wh.tokens)/wh.span.Seconds()
 	b.Logf("speed scores (GFLOP/s): split %s, whole %s", split.speeds(b), whole.speeds(b))
-	b.Logf("entry node's stage calls during the split runs: %s", stageMeans(b, split, entry))
+	b.Logf("entry node's stage calls during the split runs: %s; the whole node's: %s", stageMeans(b, split, entry), stageMeans(b, whole, 0))
+	b.Logf("CPU time per generated token (user+system): split (entry node%d) %s, load generator %.1f ms; whole %s, load generator %.1f ms",
+		entry, sp.cpu.perRequest(sp.tokens), 1000*sp.self.Seconds()/float64(sp.tokens),
+		wh.cpu.perRequest(wh.tokens), 1000*wh.self.Seconds()/float64(wh.tokens))
 	b.ReportMetric(splitTP, "split-tok/s")
 	b.ReportMetric(wholeTP, "whole-tok/s")
 	b.ReportMetric(splitTP/wholeTP, "speedup")
