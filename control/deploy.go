@@ -444,5 +444,11 @@ func (c *Controller) DeleteModel(ctx context.Context, name string) error {
 	if !found {
 		return fmt.Errorf("%w: %s", api.ErrModelNotFound, name)
 	}
-	return c.Apply(ctx, consensus.NewCommand(consensus.DeleteModel{Name: name}))
+	// This node's state may lag the leader's: a delete that another node committed
+	// first reaches the FSM as not found, which is the same answer.
+	err := c.Apply(ctx, consensus.NewCommand(consensus.DeleteModel{Name: name}))
+	if errors.Is(err, consensus.ErrNotFound) {
+		return fmt.Errorf("%w: %s: %w", api.ErrModelNotFound, name, err)
+	}
+	return err
 }

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/consensus"
 	"github.com/layermesh/layermesh/mesh"
 )
 
@@ -55,4 +57,32 @@ func TestDeployWaitingForAnotherGivesUpWithItsContext(t *testing.T) {
 		t.Fatalf("slot not free after release: %v", err)
 	}
 	c.deploys.release()
+}
+
+// staleStore is a RaftStore whose local copy still lists a model that the leader's
+// state no longer has: another node's delete committed first.
+type staleStore struct {
+	RaftStore
+	local *consensus.ClusterState
+}
+
+func (s staleStore) State() *consensus.ClusterState { return s.local }
+
+func (s staleStore) Apply(ctx context.Context, cmd consensus.Command) (consensus.Result, error) {
+	return consensus.Result{}, fmt.Errorf("leader: %w: %w: model gone", consensus.ErrFailed, consensus.ErrNotFound)
+}
+
+// TestDeleteOfAModelAnotherNodeDeletedIsNotFound: a delete that races another node's
+// delete of the same model answers 404 model_not_found, not 500, even when this node's
+// copy of the state still lists the model.
+func TestDeleteOfAModelAnotherNodeDeletedIsNotFound(t *testing.T) {
+	local := &consensus.ClusterState{Models: map[string]consensus.Model{
+		consensus.ModelKey("gone", "1"): {Name: "gone", Version: "1"},
+	}}
+	c := New(Config{Self: "self", DataDir: t.TempDir(), Store: staleStore{local: local},
+		CaughtUp: func() bool { return true }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	err := c.DeleteModel(context.Background(), "gone")
+	if code := api.Classify(err).Code; code != api.CodeModelNotFound {
+		t.Fatalf("delete answered %s (%v), want %s", code, err, api.CodeModelNotFound)
+	}
 }

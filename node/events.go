@@ -31,6 +31,10 @@ func (c *Cluster) runEvents(ctx context.Context, bus events.Publisher) {
 		c.publishFailover(bus, model, version, stage, drive, from, to)
 	})
 	defer c.router.OnFailover(nil)
+	c.router.OnSessionReplay(func(model, version string, stage int, from, to string) {
+		c.publishSessionReplay(bus, model, version, stage, from, to)
+	})
+	defer c.router.OnSessionReplay(nil)
 	tick := time.NewTicker(leaderPoll)
 	defer tick.Stop()
 
@@ -83,6 +87,15 @@ func (c *Cluster) publishFailover(bus events.Publisher, model, version string, s
 		e.Stage = events.StageIndex(stage)
 	}
 	bus.Publish(e)
+}
+
+// publishSessionReplay says that a generation session this node drives lost its
+// replica of stage and replays its tokens on another.
+func (c *Cluster) publishSessionReplay(bus events.Publisher, model, version string, stage int, from, to string) {
+	st := c.store.View()
+	bus.Publish(events.Event{Type: events.SessionReplay, Subject: consensus.ModelKey(model, version), Model: model, Version: version,
+		Stage: events.StageIndex(stage), From: memberName(st, from), To: memberName(st, to),
+		Detail: "generation session replayed on another replica"})
 }
 
 // memberEvents maps memberlist's reports onto member events; metadata updates (the

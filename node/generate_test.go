@@ -16,6 +16,7 @@ import (
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
+	"github.com/layermesh/layermesh/events"
 	"github.com/layermesh/layermesh/mesh"
 	"github.com/layermesh/layermesh/partition/modelgen"
 	"github.com/layermesh/layermesh/pipeline"
@@ -473,6 +474,14 @@ func TestClusterGenerateSurvivesStageHolderLoss(t *testing.T) {
 	waitReplicas(t, tc.nodes[0], "gen", 2, 60*time.Second)
 	req := api.GenerateRequest{Model: "gen", Prompt: []int32{7, 3, 11, 42}, MaxTokens: 200, Temperature: 0.8, TopK: 50, Seed: seedOf(9)}
 	entry := tc.nodes[0]
+	bus := events.NewBus(events.DefaultWindow, events.DefaultClientBuffer)
+	ctx, cancel := context.WithCancel(context.Background())
+	feedDone := make(chan struct{})
+	go func() {
+		defer close(feedDone)
+		entry.runEvents(ctx, bus)
+	}()
+	defer func() { cancel(); <-feedDone }()
 	want, _, err := generate(entry, req, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -511,4 +520,20 @@ func TestClusterGenerateSurvivesStageHolderLoss(t *testing.T) {
 	if r := metricSum(t, reg, "layermesh_session_replays_total"); r < 1 {
 		t.Fatalf("layermesh_session_replays_total is %v", r)
 	}
+	checkReplayPublished(t, bus)
+}
+
+// checkReplayPublished: the entry node's event feed holds a session_replay event
+// naming the stage and the replicas it moved between.
+func checkReplayPublished(t *testing.T, bus *events.Bus) {
+	t.Helper()
+	backlog, sub := bus.SubscribeRecent(events.DefaultWindow)
+	sub.Cancel()
+	for _, e := range backlog {
+		if e.Type == events.SessionReplay && e.Model == "gen" && e.Stage != nil && e.From != "" && e.To != "" && e.From != e.To {
+			t.Logf("published: %s %s stage %d %s -> %s", e.Type, e.Subject, *e.Stage, e.From, e.To)
+			return
+		}
+	}
+	t.Fatalf("no session_replay event on the entry node's feed: %+v", backlog)
 }

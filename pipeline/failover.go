@@ -20,3 +20,24 @@ func (r *Router) reportFailover(call StageCall, from, to string) {
 		(*fn)(call.Model, call.Version, call.Stage, call.Drive, from, to)
 	}
 }
+
+// SessionReplayFunc is told of a generation session that lost its replica of stage
+// (node id from) and is replaying its tokens on replica to. It runs on the session's
+// goroutine, before the replay: it must return at once.
+type SessionReplayFunc func(model, version string, stage int, from, to string)
+
+// OnSessionReplay sets the function told of every session replay (the node's event
+// feed); nil stops the telling. It may be called while the router serves.
+func (r *Router) OnSessionReplay(fn SessionReplayFunc) {
+	if fn == nil {
+		r.replayP.Store(nil)
+		return
+	}
+	r.replayP.Store(&fn)
+}
+
+func (r *Router) reportSessionReplay(plan RoutePlan, stage int, from, to string) {
+	if fn := r.replayP.Load(); fn != nil {
+		(*fn)(plan.Model, plan.Version, stage, from, to)
+	}
+}

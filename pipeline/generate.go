@@ -87,9 +87,7 @@ func (r *Router) Generate(ctx context.Context, plan RoutePlan, req api.GenerateR
 			gs.log.Warn("session stalled: its replica failed; replaying the session on other replicas",
 				"stage", se.stage, "peer", se.node, "tokens", len(gs.tokens), "generated", len(gs.tokens)-gs.prompt, "err", se.err)
 			old := slices.Clone(gs.pinned)
-			gs.failed[se.node] = true
-			r.penalize(se.node)
-			if err := r.pinSession(ctx, gs, se.stage); err != nil {
+			if err := r.repinFailed(ctx, gs, se.node); err != nil {
 				return gen.res, err
 			}
 			r.closeSession(ctx, gs, replaced(old, gs.pinned))
@@ -102,6 +100,24 @@ func (r *Router) Generate(ctx context.Context, plan RoutePlan, req api.GenerateR
 		}
 		step, pos, pending = mesh.StepDecode, len(gs.tokens)-1, gs.tokens[len(gs.tokens)-1:]
 	}
+}
+
+// repinFailed re-chooses the replica of every stage the session had pinned on the
+// failed node (a dead node usually held more than one of them: one replay then
+// covers them all) and tells of each move.
+func (r *Router) repinFailed(ctx context.Context, gs *genSession, node string) error {
+	gs.failed[node] = true
+	r.penalize(node)
+	for k, rep := range gs.pinned {
+		if rep.Node != node {
+			continue
+		}
+		if err := r.pinSession(ctx, gs, k); err != nil {
+			return err
+		}
+		r.reportSessionReplay(gs.plan, k, node, gs.pinned[k].Node)
+	}
+	return nil
 }
 
 // replaced keeps, per stage, the replica of old that pinned no longer has (an empty

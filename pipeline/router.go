@@ -185,6 +185,8 @@ type Router struct {
 	metricsP atomic.Pointer[RouterMetrics]
 	// failoverP is told of every failover (OnFailover); nil tells no one.
 	failoverP atomic.Pointer[FailoverFunc]
+	// replayP is told of every session replay (OnSessionReplay); nil tells no one.
+	replayP atomic.Pointer[SessionReplayFunc]
 
 	mu       sync.Mutex
 	inFlight map[string]int       // node -> calls this router has open to it

@@ -7,10 +7,13 @@
 #  3. deploy the model through node1 in 3 pipeline stages x 2 replicas and print the plan
 #  4. ask for the next token of "The quick brown fox" through every node
 #  5. check those answers against one ONNX Runtime session on the whole model
-#  6. SIGKILL the Raft leader (it also holds stages) while queries keep running
-#     through the two survivors; show zero failed queries, the new leader and the
-#     placement healed back to 2 ready replicas per stage on the survivors
-#  7. stop the survivors cleanly (SIGTERM) and remove the work folder
+#  6. text generation: deploy a small with-past GPT (GPT-2 vocabulary, random weights)
+#     with the GPT-2 tokenizer in 3 stages x 2 replicas and stream 200 seeded tokens
+#  7. SIGKILL the Raft leader (it also holds stages) while queries keep running
+#     through the two survivors and the same generation streams through one of them;
+#     show zero failed queries, the stream equal to the undisturbed one, the new
+#     leader and the placement healed back to 2 ready replicas per stage
+#  8. stop the survivors cleanly (SIGTERM) and remove the work folder
 #
 # Node logs go to files in the work folder; on a failure their tails are printed.
 # Knobs (environment): DEMO_LAYERS (default 12), DEMO_DIM (768), DEMO_KEEP=1 keeps the
@@ -23,6 +26,7 @@ export LC_ALL=C
 for b in bin/meshnode bin/meshctl; do
   [[ -x $b ]] || { echo "demo: $b missing; run make build" >&2; exit 1; }
 done
+[[ -s third_party/tokenizers/gpt2/vocab.bpe ]] || { echo "demo: the GPT-2 tokenizer is missing; run make setup" >&2; exit 1; }
 
 layers=${DEMO_LAYERS:-12}
 dim=${DEMO_DIM:-768}
@@ -35,10 +39,17 @@ prompt_len=4
 stages=3
 replicas=2
 max_diff=1e-4 # what the system tests require of the split against the whole model
+# The generation part: a with-past GPT small enough to deploy in seconds, the GPT-2
+# tokenizer (make setup fetches it) and one seeded sampling request.
+gen_name=gen
+gen_tokenizer=third_party/tokenizers/gpt2
+gen_prompt="In a hole in the ground there lived"
+gen_args=(--max-tokens 200 --temperature 0.8 --top-k 50 --seed 9)
 
 work=$(mktemp -d -t layermesh-demo.XXXXXX)
 declare -a pids=() # node index -> pid while it runs ("" once stopped or killed)
 whole_pid=""
+gen_pid=""
 load_pids=()
 t0=$EPOCHREALTIME
 
@@ -59,7 +70,7 @@ cleanup() {
   local rc=$?
   set +e
   touch "$work/stop"
-  for p in "${load_pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${load_pids[@]}" $gen_pid; do kill "$p" 2>/dev/null; done
   # The logs as they were at the failure, before the shutdown adds its own lines.
   if ((rc != 0 && rc != 130 && rc != 143)); then
     for log in "$work"/*.log; do
@@ -126,14 +137,15 @@ alive_count() { ctl nodes --addr "$(addr "$1")" 2>/dev/null | awk '$2 == "alive"
 # leader_of I: the leader node I names ("" when none).
 leader_of() { ctl status --addr "$(addr "$1")" 2>/dev/null | awk '$1 == "leader" { print $2 }'; }
 
-# ready_replicas I EXCLUDE: per stage of the model, the alive nodes other than EXCLUDE
-# that node I reports serving it ready, e.g. "2 2 1" (one count per stage).
+# ready_replicas I EXCLUDE [MODEL]: per stage of the model (default: the split GPT),
+# the alive nodes other than EXCLUDE that node I reports serving it ready, e.g. "2 2 1"
+# (one count per stage).
 ready_replicas() {
-  local version
-  version=$(ctl model "$model_name" --addr "$(addr "$1")" 2>/dev/null | awk '$1 == "version" { print $2 }')
+  local version name=${3:-$model_name}
+  version=$(ctl model "$name" --addr "$(addr "$1")" 2>/dev/null | awk '$1 == "version" { print $2 }')
   [[ -n $version ]] || { echo "?"; return; }
   ctl nodes --addr "$(addr "$1")" 2>/dev/null |
-    awk -v ex="$2" -v pre="$model_name@$version/stage" -v n="$stages" '
+    awk -v ex="$2" -v pre="$name@$version/stage" -v n="$stages" '
       $2 == "alive" && $1 != ex {
         for (k = 0; k < n; k++) if (index($0, pre k " (ready)")) c[k]++
       }
@@ -180,6 +192,31 @@ metric_sum() {
   shift
   for i in "$@"; do curl -s "http://$(addr "$i")/metrics" || true; done |
     awk -v n="$name" 'index($0, n) == 1 { s += $NF } END { printf "%.0f\n", s }'
+}
+
+# generate I OUT: streams the generation request through node I, one JSON event per
+# line into OUT as the tokens come (every event names only the model, its version, a
+# piece of text and, last, the finish reason and token counts: two runs of the same
+# seeded request give the same file).
+generate() {
+  ctl generate "$gen_name" "$gen_prompt" "${gen_args[@]}" --json --timeout 2m --addr "$(addr "$1")" >"$2"
+}
+
+# gen_text FILE: the text of a generation's events (JSON escapes left as they are).
+gen_text() { sed -n 's/.*"text_output":"\(\([^"\\]\|\\.\)*\)".*/\1/p' "$1" | tr -d '\n'; }
+
+# gen_tokens FILE: the completion token count of a generation's last event.
+gen_tokens() { grep -o '"completion_tokens":[0-9]*' "$1" | tail -n 1 | cut -d: -f2; }
+
+# lines FILE: how many lines FILE has so far (0 while it does not exist).
+lines() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
+
+# wait_no_sessions I...: waits up to 10 s until nodes I... hold no generation session.
+wait_no_sessions() {
+  for _ in $(seq 1 100); do
+    [[ $(metric_sum layermesh_sessions_active "$@") == 0 ]] && return 0
+    sleep 0.1
+  done
 }
 
 # --- the demo -------------------------------------------------------------------------
@@ -256,6 +293,26 @@ for i in 0 1 2; do
   echo "via node$i: equal to the whole model, max relative diff $d over $(wc -l <"$work/ref") logits (limit $max_diff)"
 done
 
+section "6. text generation: a with-past GPT (4 x 128, GPT-2 vocabulary, random weights) with the GPT-2 tokenizer"
+gen_model=$work/gen/$gen_name.onnx
+mkdir -p "$work/gen"
+bin/meshctl gen-model gpt --with-past --layers 4 --dim 128 --heads 4 --context 256 -o "$gen_model"
+t=$(now)
+ctl deploy "$gen_model" --name "$gen_name" --stages "$stages" --replicas "$replicas" --tokenizer "$gen_tokenizer" \
+  --wait 2m --quiet --addr "$(addr 2)" || fail "deploy of the generating model"
+for _ in $(seq 1 240); do
+  [[ $(ready_replicas 0 none "$gen_name") == "$full" ]] && break
+  sleep 0.25
+done
+counts=$(ready_replicas 0 none "$gen_name")
+[[ $counts == "$full" ]] || fail "ready replicas per stage of $gen_name: $counts 60 s after the deploy, want $full"
+echo "deployed with the GPT-2 tokenizer in $stages stages x $replicas replicas in $(since "$t") s"
+t=$(now)
+generate 0 "$work/gen_ref.jsonl" || fail "generate through node0"
+echo "meshctl generate $gen_name \"$gen_prompt\" ${gen_args[*]} through node0: $(gen_tokens "$work/gen_ref.jsonl") tokens streamed in $(since "$t") s"
+echo "text (random weights: not English): $(gen_text "$work/gen_ref.jsonl" | cut -c1-300)"
+tail -n 1 "$work/gen_ref.jsonl"
+
 # The leader as node1 sees it; on a loaded machine an election may be under way.
 for _ in $(seq 1 100); do
   leader=$(leader_of 1)
@@ -267,8 +324,8 @@ victim=${BASH_REMATCH[1]}
 survivors=()
 for i in 0 1 2; do ((i != victim)) && survivors+=("$i"); done
 held=$(ctl nodes --addr "$(addr "${survivors[0]}")" | awk -v n="node$victim" '$1 == n' |
-  grep -o "/stage[0-9]* (ready)" | tr -dc '0-9\n' | paste -sd, -)
-section "6. kill -9 node$victim (the Raft leader, serving stages ${held:-none}) while queries go through node${survivors[0]} and node${survivors[1]}"
+  grep -o "$model_name@[^/]*/stage[0-9]* (ready)" | sed 's/.*stage//' | tr -dc '0-9\n' | paste -sd, -)
+section "7. kill -9 node$victim (the Raft leader, serving stages ${held:-none}) while queries go through node${survivors[0]} and node${survivors[1]}"
 # Two clients query back to back, one through each survivor, from 1 s before the kill
 # until 2 s after the placement has healed; each answer is checked against the whole model.
 load() { # I: queries through node I until $work/stop exists; a "T ok MS" or "T FAIL WHY" line each
@@ -288,11 +345,37 @@ for i in "${survivors[@]}"; do
   load_pids+=($!)
 done
 sleep 1
+# The generation streams through node${survivors[0]} meanwhile. The kill waits until
+# it is 30 tokens in and, when it can, until node$victim holds part of the session's
+# state: a stream pinned to other replicas is dropped and started again (5 tries).
+gen_entry=${survivors[0]}
+gen_hit=0
+for try in 1 2 3 4 5; do
+  wait_no_sessions 0 1 2
+  rm -f "$work/gen_run.jsonl"
+  # meshctl itself in the background (not a function's subshell), so that dropping
+  # the stream ends the client and with it the session.
+  bin/meshctl generate "$gen_name" "$gen_prompt" "${gen_args[@]}" --json --timeout 2m --addr "$(addr "$gen_entry")" \
+    --token-file "$work/node0/admin.token" >"$work/gen_run.jsonl" &
+  gen_pid=$!
+  while (($(lines "$work/gen_run.jsonl") < 30)) && kill -0 "$gen_pid" 2>/dev/null; do sleep 0.02; done
+  held_state=$(metric_sum layermesh_sessions_active "$victim")
+  if [[ -z $held_state || $held_state != 0 ]]; then
+    gen_hit=1
+    break
+  fi
+  ((try == 5)) && break
+  kill "$gen_pid" 2>/dev/null
+  wait "$gen_pid" 2>/dev/null || true
+done
+gen_at=$(lines "$work/gen_run.jsonl")
 kill -KILL "${pids[victim]}"
 t_kill=$(now)
 wait "${pids[victim]}" 2>/dev/null || true
 pids[victim]=""
-echo "killed node$victim (SIGKILL) at +0.0 s"
+echo "killed node$victim (SIGKILL) at +0.0 s, $gen_at events into the generation streaming through node$gen_entry"
+((gen_hit)) && echo "node$victim held part of that generation's session state"
+((gen_hit)) || echo "node$victim held none of that generation's state after 5 tries: the kill misses the session this time"
 new_leader="" healed=""
 while [[ -z $healed ]]; do
   (($(awk -v a="$t_kill" -v b="$EPOCHREALTIME" 'BEGIN { print (b - a > 60) }'))) &&
@@ -315,6 +398,15 @@ sleep 2
 touch "$work/stop"
 wait "${load_pids[@]}"
 load_pids=()
+wait "$gen_pid" || fail "the generation streaming through node$gen_entry across the kill failed"
+gen_pid=""
+cmp -s "$work/gen_run.jsonl" "$work/gen_ref.jsonl" ||
+  fail "the generation across the kill differs from the undisturbed run:
+$(diff "$work/gen_run.jsonl" "$work/gen_ref.jsonl" | head -n 6)"
+echo "generation across the kill: $(gen_tokens "$work/gen_run.jsonl") tokens, equal to the undisturbed run event for event"
+replays=$(metric_sum layermesh_session_replays_total "$gen_entry")
+[[ -n $replays ]] && echo "sessions replayed on other replicas by node$gen_entry: $replays"
+ctl events --recent 1000 --addr "$(addr "$gen_entry")" | grep session_replay || true
 # Latencies sorted, so that awk (mawk: no asort) reads the median off by line number.
 sort -k3,3n "$work"/load*.txt | awk -v k="$t_kill" -v h="$healed" '
   { n++; if ($2 != "ok") { bad++; next } ok++; ms[ok] = $3
@@ -335,7 +427,7 @@ ctl plan "$model_name" --addr "$(addr "${survivors[0]}")"
 echo
 ctl status --addr "$(addr "${survivors[0]}")"
 
-section "7. stop the survivors cleanly (SIGTERM) and remove the work folder"
+section "8. stop the survivors cleanly (SIGTERM) and remove the work folder"
 t=$(now)
 for i in "${survivors[@]}"; do kill -TERM "${pids[i]}"; done
 for i in "${survivors[@]}"; do

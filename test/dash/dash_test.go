@@ -250,8 +250,17 @@ func TestDashboardShowsTheMeshFailoverAndDrain(t *testing.T) {
 	c.deploy(t)
 	ctx := browser(t)
 	url := "http://" + c.HTTPAddr(ui) + "/ui/"
+	plan := c.loginAndSeeTheMesh(t, ctx, url)
+	name := c.killAndSeeTheStagesMove(t, ctx, plan)
+	dname := c.drainFromThePage(t, ctx)
+	c.checkMeshctlEvents(t, name, dname)
+}
 
-	// Without a token: the login and nothing of the cluster.
+// loginAndSeeTheMesh: without a token the page shows the login and nothing of the
+// cluster; a wrong token is refused; the right one shows 3 nodes, their links and the
+// plan. It returns the plan.
+func (c *dashCluster) loginAndSeeTheMesh(t *testing.T, ctx context.Context, url string) [][]string {
+	t.Helper()
 	if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
 		t.Fatal(err)
 	}
@@ -293,8 +302,13 @@ func TestDashboardShowsTheMeshFailoverAndDrain(t *testing.T) {
 	waitFor(t, ctx, "stage latencies shown", `[...document.querySelectorAll('[data-stage-row] td:nth-child(4)')].some((td) => td.textContent.endsWith('ms'))`, 30*time.Second)
 	c.screenshot(t, ctx, "02-mesh")
 
-	// SIGKILL the victim: within deadWithin the page shows it dead, then its stages
-	// placed elsewhere and ready.
+	return plan
+}
+
+// killAndSeeTheStagesMove SIGKILLs the victim: within deadWithin the page shows it
+// dead, then its stages placed elsewhere and ready. It returns the victim's name.
+func (c *dashCluster) killAndSeeTheStagesMove(t *testing.T, ctx context.Context, plan [][]string) string {
+	t.Helper()
 	name := c.Node(victim).Name
 	var held bool
 	for _, reps := range plan {
@@ -338,7 +352,13 @@ func TestDashboardShowsTheMeshFailoverAndDrain(t *testing.T) {
 		}
 	}
 
-	// Drain from the page, with its confirmation, while meshctl follows the events.
+	return name
+}
+
+// drainFromThePage drains a node through the page's confirmation while meshctl
+// follows the events, and returns its name.
+func (c *dashCluster) drainFromThePage(t *testing.T, ctx context.Context) string {
+	t.Helper()
 	dname := c.Node(drained).Name
 	followed := c.followEvents(t)
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(fmt.Sprintf(`#nodes tr[data-node=%q] button[data-action="drain"]`, dname)))); err != nil {
@@ -372,7 +392,7 @@ func TestDashboardShowsTheMeshFailoverAndDrain(t *testing.T) {
 	c.screenshot(t, ctx, "05-drained")
 	c.phoneScreenshot(t, ctx)
 
-	c.checkMeshctlEvents(t, name, dname)
+	return dname
 }
 
 // phoneScreenshot shows the same page on a phone-sized screen.
