@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -17,6 +18,11 @@ import (
 // and the partial state of fetches in progress under partial/.
 type BlobStore struct {
 	dir string
+
+	// fetching holds the fetches into this store in progress, by hash: they share one
+	// partial file, so a second fetch of the same blob waits for the first.
+	mu       sync.Mutex
+	fetching map[string]*blobFetch
 }
 
 // OpenBlobStore opens (creating if needed) a blob store rooted at dir.
@@ -24,7 +30,7 @@ func OpenBlobStore(dir string) (*BlobStore, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "partial"), 0o700); err != nil {
 		return nil, fmt.Errorf("mesh: blob store: %w", err)
 	}
-	return &BlobStore{dir: dir}, nil
+	return &BlobStore{dir: dir, fetching: map[string]*blobFetch{}}, nil
 }
 
 // ValidHash reports whether h is a lowercase hex sha256.

@@ -175,6 +175,38 @@ func TestBlobVerification(t *testing.T) {
 	}
 }
 
+// TestConcurrentFetchesOfOneBlobAllSucceed: fetches of the same blob into one store
+// at the same time (two first requests needing a model's tokenizer) share one
+// partial file; each of them ends with the blob in place and no error.
+func TestConcurrentFetchesOfOneBlobAllSucceed(t *testing.T) {
+	a, c := pair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const size = 9<<20 + 77
+	path, hash := writeBlob(t, t.TempDir(), size, 4)
+	f, _ := os.Open(path)
+	if _, err := a.Blobs().Put(hash, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	errs := make(chan error, 6)
+	for range cap(errs) {
+		go func() { errs <- c.FetchBlob(ctx, hash, size, []peer.ID{a.ID()}, c.Blobs()) }()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Errorf("fetch: %v", err)
+		}
+	}
+	got, err := os.ReadFile(c.Blobs().Path(hash))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(got); hex.EncodeToString(sum[:]) != hash {
+		t.Fatalf("the fetched blob hashes to %x, want %s", sum, hash)
+	}
+}
+
 // settled waits until a counter stops moving and returns its value.
 func settled(read func() int64) int64 {
 	last := read()

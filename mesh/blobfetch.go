@@ -129,13 +129,63 @@ func (q *chunkQueue) stop() {
 // different chunks from different holders in parallel. An interrupted fetch resumes
 // where it stopped: chunks already written are never requested again. The whole blob
 // is verified against hash before it appears in dst.
+//
+// Concurrent fetches of one blob into one store are one fetch: the others wait for
+// it (they would write the same partial file), and one whose fetch failed (its
+// context ended, say) leaves the next waiter to try with its own.
 func (m *Mesh) FetchBlob(ctx context.Context, hash string, size int64, holders []peer.ID, dst *BlobStore) error {
 	if !ValidHash(hash) || size < 0 {
 		return fmt.Errorf("%w: blob %q of %d bytes", ErrBadRequest, hash, size)
 	}
-	if dst.Has(hash) {
-		return nil
+	for {
+		if dst.Has(hash) {
+			return nil
+		}
+		f, first := dst.joinFetch(hash)
+		if first {
+			f.err = m.fetchBlob(ctx, hash, size, holders, dst)
+			dst.endFetch(hash, f)
+			return f.err
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if f.err == nil {
+			return nil
+		}
 	}
+}
+
+// blobFetch is one fetch in progress; err is set before done is closed.
+type blobFetch struct {
+	done chan struct{}
+	err  error
+}
+
+// joinFetch returns the fetch of hash in progress, or registers a new one that the
+// caller (first) must run and end.
+func (s *BlobStore) joinFetch(hash string) (f *blobFetch, first bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f, ok := s.fetching[hash]; ok {
+		return f, false
+	}
+	f = &blobFetch{done: make(chan struct{})}
+	s.fetching[hash] = f
+	return f, true
+}
+
+func (s *BlobStore) endFetch(hash string, f *blobFetch) {
+	s.mu.Lock()
+	delete(s.fetching, hash)
+	s.mu.Unlock()
+	close(f.done)
+}
+
+// fetchBlob is FetchBlob's one fetch.
+func (m *Mesh) fetchBlob(ctx context.Context, hash string, size int64, holders []peer.ID, dst *BlobStore) error {
 	pb, err := dst.openPartial(hash, size)
 	if err != nil {
 		return err

@@ -121,6 +121,16 @@ job split-latency-2t "LAYERMESH_BENCH_THREADS=2 go test -run '^\$' -bench '^Benc
 job split-pipeline "go test -run '^\$' -bench '^BenchmarkSplitPipelineParallel\$' -benchtime $(q 1x 12x) -count 1 -timeout 20m ./test/split/"
 job split-failover "go test -run '^TestSplitStageHolderKilled\$' -count 1 -v -timeout 15m ./test/split/"
 
+# Generation, real meshnode processes on the 12 x 768 GPT with past: per-token latency,
+# time to first token and a full recomputation of context 128, 3-stage split against one
+# node, interleaved; tokens/s of 4 sessions on 2 pinned nodes against 1 (at least 3
+# generations per session and segment whatever -benchtime, so 1x is the full run).
+job gen-latency-1t "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^BenchmarkGenerateSplitVsWhole\$' -benchtime $(q 1x 10x) -count 1 -timeout 20m ./test/split/"
+# The stall of a generation whose stage holder is killed mid-stream, measured by its
+# system test, whose figures are in its -v log.
+job gen-failover "go test -run '^TestGenerationAcrossMeshnodes\$' -count 1 -v -timeout 15m ./test/gen/"
+job gen-pipeline "go test -run '^\$' -bench '^BenchmarkGeneratePipelineParallel\$' -benchtime 1x -count 1 -timeout 30m ./test/split/"
+
 # Speed scores of two native nodes and one arm64 node under qemu-user (a sanity figure),
 # from the mixed-mesh system test's -v log; needs the arm64 build (make build-arm64).
 job arm64-speed "make build-arm64 >/dev/null && go test -tags arm64emu -run '^TestMixedMeshGivesEmulatedNodeTheLightStage\$' -count 1 -v -timeout 10m ./test/arm64/"

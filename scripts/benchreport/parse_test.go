@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -188,6 +189,37 @@ func TestLogFigures(t *testing.T) {
 		t.Fatalf("runs %+v", runs)
 	}
 	want := map[string]float64{"in-flight": 3, "first-ms": 412, "p50-ms": 530, "max-ms": 611, "added-p50-ms": 380, "added-max-ms": -2}
+	for k, v := range want {
+		if runs[0].Metrics[k] != v {
+			t.Errorf("%s = %v, want %v", k, runs[0].Metrics[k], v)
+		}
+	}
+}
+
+// TestGenerationFailoverLogFigures reads the stall line TestGenerationAcrossMeshnodes
+// logs (go test -v) as the exact format of its t.Logf.
+func TestGenerationFailoverLogFigures(t *testing.T) {
+	text := "=== RUN   TestGenerationAcrossMeshnodes\n" +
+		"    gen_test.go:360: " + fmt.Sprintf("generation failover: stall %.0f ms (longest wait for a token after the kill; kill to the next token %.0f ms; usual gap between tokens %.1f ms)", 1234.0, 1190.0, 21.5) + "\n" +
+		"--- PASS: TestGenerationAcrossMeshnodes (90.20s)\n"
+	var lf LogFigure
+	for _, f := range logFigures {
+		if f.Name == "TestGenerationAcrossMeshnodes" {
+			lf = f
+		}
+	}
+	if lf.Pattern == nil {
+		t.Fatal("no log figure for TestGenerationAcrossMeshnodes")
+	}
+	out := &Output{Results: map[string][]Run{}}
+	if err := extractLogFigures(text, lf, out); err != nil {
+		t.Fatal(err)
+	}
+	runs := out.Results["TestGenerationAcrossMeshnodes"]
+	if len(runs) != 1 {
+		t.Fatalf("runs %+v", runs)
+	}
+	want := map[string]float64{"stall-ms": 1234, "next-token-ms": 1190, "usual-gap-ms": 21.5}
 	for k, v := range want {
 		if runs[0].Metrics[k] != v {
 			t.Errorf("%s = %v, want %v", k, runs[0].Metrics[k], v)

@@ -263,6 +263,68 @@ On this machine 2 pinned nodes take both cores, so the other processes of the sh
 machine compete with them, and with the benchmark's own client, for the same cores.`,
 	},
 	{
+		Title: "Text generation: 3-stage split against one node",
+		Measures: `
+BenchmarkGenerateSplitVsWhole builds the 12 x 768 GPT in the with-past layout
+(modelgen.GPTWithPast: the weights of the split benchmarks' model, each block's keys and
+values kept on the stage that holds the block), deploys it with the GPT-2 tokenizer on 3
+meshnode processes in 3 stages and on a one-node cluster, every node with 1 intra-op
+thread, and generates greedily over HTTP (POST /openai/v1/completions, token id
+prompts) at the node of the last stage. Each round, split and whole alternately, sends
+the same three requests to each side: a 64-token prompt with max_tokens 1 (the time to
+the first token), the same prompt with max_tokens 64 (the context reaches 128; the time
+per token is its difference from the first over the 63 tokens after the first), and a
+128-token prompt with max_tokens 1 (a full computation of context 128, what every token
+would cost without the cache). Figures are medians over the rounds. Targets: the
+split's time per token at most 1.10 x the whole's (llama.cpp's RPC split measured
+1.08-1.17 on this machine), and a decode step with the cache more than 10 x quicker
+than the full computation.`,
+		Jobs: []string{"gen-latency-1t"},
+		Figures: []Figure{
+			{Job: "gen-latency-1t", Bench: "BenchmarkGenerateSplitVsWhole", Metric: "token-ratio", Label: "time per token, split / whole", Unit: "x", Target: &Target{Op: "<=", Value: 1.10}},
+			{Job: "gen-latency-1t", Bench: "BenchmarkGenerateSplitVsWhole", Metric: "split-token-ms", Label: "time per token, 3-stage split", Unit: "ms"},
+			{Job: "gen-latency-1t", Bench: "BenchmarkGenerateSplitVsWhole", Metric: "whole-token-ms", Label: "time per token, one node", Unit: "ms"},
+			{Job: "gen-latency-1t", Bench: "BenchmarkGenerateSplitVsWhole", Metric: "cache-speedup", Label: "one node: full computation of context 128 / decode step", Unit: "x", Target: &Target{Op: ">", Value: 10}},
+			{Job: "gen-latency-1t", Bench: "BenchmarkGenerateSplitVsWhole", Metric: "whole-full128-ms", Label: "one node: full computation of context 128", Unit: "ms"},
+			{Job: "gen-latency-1t", Bench: "BenchmarkGenerateSplitVsWhole", Metric: "split-cache-speedup", Label: "split: full computation of context 128 / decode step", Unit: "x", Summary: true},
+			{Job: "gen-latency-1t", Bench: "BenchmarkGenerateSplitVsWhole", Metric: "split-ttft-ms", Label: "time to first token, 64-token prompt, split", Unit: "ms", Summary: true},
+			{Job: "gen-latency-1t", Bench: "BenchmarkGenerateSplitVsWhole", Metric: "whole-ttft-ms", Label: "time to first token, 64-token prompt, one node", Unit: "ms", Summary: true},
+		},
+		Logs: []string{"BenchmarkGenerateSplitVsWhole"},
+		Notes: `
+The entry node drives every step: it sends the hidden state to each remote stage and
+takes the answer back before the next, so each boundary between stages is two hops
+(stage k -> entry -> stage k+1), and the last stage samples the token there. A go test
+calls the benchmark once with N=1 before the N asked by -benchtime, so a full run
+(-benchtime 10x) sets up and deploys everything twice and reports the N=10 call.`,
+	},
+	{
+		Title: "Text generation: tokens/s of concurrent sessions on pinned cores",
+		Measures: `
+BenchmarkGeneratePipelineParallel deploys the with-past 12 x 768 GPT (with the GPT-2
+tokenizer) on 2 meshnode processes, each pinned with taskset to its own core with 1
+intra-op thread, in 2 stages, and on one meshnode pinned to one core; 4 sessions at once
+generate greedily over HTTP (64-token prompts, 64 tokens each, POST
+/openai/v1/completions at the node of the last stage). The sides run in alternating
+segments (split, whole, whole, split), each segment 4 sessions side by side generating
+3 times each; a side's rate is its generated tokens over its segments' wall time. The
+log gives each process's CPU time per generated token, which shows the balance of the
+two stages, and the entry node's mean time per stage call. Target: at least 1.6 x.`,
+		Jobs: []string{"gen-pipeline"},
+		Figures: []Figure{
+			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "speedup", Label: "2 pinned nodes / 1 pinned node, tokens/s", Unit: "x", Target: &Target{Op: ">=", Value: 1.6}},
+			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "split-tok/s", Label: "2 pinned nodes, 2 stages", Unit: "tokens/s"},
+			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "whole-tok/s", Label: "1 pinned node, whole model", Unit: "tokens/s"},
+		},
+		Logs: []string{"BenchmarkGeneratePipelineParallel"},
+		Notes: `
+Each session has one step in flight, and the steps that share a node's one core are
+time-sliced, so they finish together: the 4 sessions tend to move from stage to stage in
+step, one stage computing while the other waits for it, instead of each stage working
+on a different session's token. The CPU time per token shows the work split about
+evenly between the two processes; the rate shows how much of the time they overlap.`,
+	},
+	{
 		Title: "Failover of a killed stage holder",
 		Measures: `
 Measured by the system test TestSplitStageHolderKilled (not a go benchmark): 4 meshnode
@@ -295,6 +357,24 @@ mesh of 1 GPU node and 2 CPU nodes with its plan and per-stage timings. It write
 section with the GPU's name.`,
 		Jobs:    []string{"gpu-check"},
 		Pending: "No GPU was available where this report was made; nothing here is measured. scripts/gpu-check.sh writes this section on a machine with an NVIDIA GPU.",
+	},
+	{
+		Title: "Failover of a killed stage holder during generation",
+		Measures: `
+Measured by the system test TestGenerationAcrossMeshnodes (not a go benchmark): 3
+meshnode processes serve the with-past GPT with the GPT-2 tokenizer in 3 stages x 2
+replicas; while a completion streams over /openai/v1, the node holding one of its stages
+is killed with SIGKILL, the entry replays the session on the other replicas, and the
+stream goes on with the same tokens as one ONNX Runtime session of the whole model. The
+stall is the longest wait for a token after the kill; beside it, the time from the kill
+to the next token and the usual gap between tokens before the kill. The figures are read
+from the line the test logs (go test -v); the test fails if the tokens differ.`,
+		Jobs: []string{"gen-failover"},
+		Figures: []Figure{
+			{Job: "gen-failover", Bench: "TestGenerationAcrossMeshnodes", Metric: "stall-ms", Label: "longest wait for a token after the kill", Unit: "ms", Summary: true},
+			{Job: "gen-failover", Bench: "TestGenerationAcrossMeshnodes", Metric: "next-token-ms", Label: "kill -> next token", Unit: "ms"},
+			{Job: "gen-failover", Bench: "TestGenerationAcrossMeshnodes", Metric: "usual-gap-ms", Label: "usual gap between tokens before the kill", Unit: "ms"},
+		},
 	},
 	{
 		Title: "Speed scores of native and emulated arm64 nodes",
@@ -332,6 +412,11 @@ var logFigures = []LogFigure{{
 	Name:    "TestMixedMeshGivesEmulatedNodeTheLightStage",
 	Pattern: regexp.MustCompile(`speed scores \(GFLOP/s\): node0 ([\d.]+), node1 ([\d.]+), node2 \(arm64 under qemu\) ([\d.]+)`),
 	Metrics: []string{"native0-gflops", "native1-gflops", "emulated-gflops"},
+}, {
+	Job:     "gen-failover",
+	Name:    "TestGenerationAcrossMeshnodes",
+	Pattern: regexp.MustCompile(`generation failover: stall ([\d.]+) ms \(longest wait for a token after the kill; kill to the next token (-?[\d.]+) ms; usual gap between tokens ([\d.]+) ms\)`),
+	Metrics: []string{"stall-ms", "next-token-ms", "usual-gap-ms"},
 }}
 
 var throughputCols = []Col{

@@ -1,0 +1,309 @@
+package split
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/layermesh/layermesh/api/client"
+	"github.com/layermesh/layermesh/partition/modelgen"
+	"github.com/layermesh/layermesh/test/harness"
+	"github.com/layermesh/layermesh/tokenizer"
+)
+
+// The generation benchmarks run real node processes on the 12 x 768 GPT in the
+// with-past layout (modelgen.GPTWithPast: the same weights as the split benchmarks'
+// model, each block's keys and values kept on its stage), deployed with the GPT-2
+// tokenizer, and generate through the OpenAI-compatible completions route with token
+// id prompts and greedy sampling. Contexts stay within 128 positions: a 64-token
+// prompt and 64 generated tokens, and a 128-token prompt for a full recomputation.
+
+const (
+	genPrompt = 64  // prompt tokens of a generation
+	genTokens = 64  // tokens generated after it: the context reaches 128
+	genFull   = 128 // prompt tokens of the full recomputation at context 128
+)
+
+// gpt2SmallWithPast writes the with-past 12 x 768 GPT and reads the GPT-2 tokenizer
+// (make setup fetches it into third_party/tokenizers/gpt2).
+func gpt2SmallWithPast(b *testing.B) (path string, size int64, tok []byte) {
+	b.Helper()
+	m, err := modelgen.GPTWithPast(modelgen.GPT2Small)
+	if err != nil {
+		b.Fatal(err)
+	}
+	path = filepath.Join(b.TempDir(), "gpt2-past.onnx")
+	if err := modelgen.WriteFile(m, path); err != nil {
+		b.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	t, err := tokenizer.Load("../../third_party/tokenizers/gpt2")
+	if err != nil {
+		b.Fatalf("GPT-2 tokenizer files (make setup fetches them): %v", err)
+	}
+	tok, err = t.MarshalJSON()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return path, fi.Size(), tok
+}
+
+// deployGenAndWait uploads the generating model with its tokenizer through node 0
+// and waits until every stage has a ready replica.
+func (c *benchCluster) deployGenAndWait(b *testing.B, path string, size int64, tok []byte, stages int) {
+	b.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := c.client(b, 0).UploadModel(ctx, "gpt", f, size, client.UploadOptions{Stages: stages, Replicas: 1, Tokenizer: tok}); err != nil {
+		b.Fatalf("deploy: %v", err)
+	}
+	harness.Eventually(b, 5*time.Minute, 100*time.Millisecond, func() error {
+		st, err := c.client(b, 0).Model(context.Background(), "gpt")
+		if err != nil {
+			return err
+		}
+		if !st.Ready {
+			return fmt.Errorf("not ready: %s", st.Reason)
+		}
+		return nil
+	})
+}
+
+// promptIDs is prompt number seq: n token ids spread over the vocabulary, short of
+// <|endoftext|> (50256), different for every seq.
+func promptIDs(seq, n int) []int32 {
+	ids := make([]int32, n)
+	x := uint32(2654435761*uint32(seq+1)) | 1
+	for i := range ids {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		ids[i] = int32(x % 50000)
+	}
+	return ids
+}
+
+// complete runs one greedy completion of ids through POST /openai/v1/completions and
+// returns the time to the whole answer and how many tokens it generated.
+func complete(addr, token string, ids []int32, maxTokens int) (time.Duration, int, error) {
+	body, err := json.Marshal(map[string]any{"model": "gpt", "prompt": ids, "max_tokens": maxTokens, "temperature": 0})
+	if err != nil {
+		return 0, 0, err
+	}
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/openai/v1/completions", bytes.NewReader(body))
+	if err != nil {
+		return 0, 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	d := time.Since(start)
+	if err != nil {
+		return 0, 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("completions: %s: %s", resp.Status, raw)
+	}
+	var out struct {
+		Usage struct {
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return 0, 0, fmt.Errorf("completions answer %q: %w", raw, err)
+	}
+	return d, out.Usage.CompletionTokens, nil
+}
+
+// genTimes are one side's measurements of one round.
+type genTimes struct {
+	ttft, perToken, full []time.Duration
+	tokens               int
+}
+
+// round measures one side once: the first token of a 64-token prompt (max_tokens 1),
+// the same prompt with 64 tokens (per generated token after the first: the
+// difference over 63), and a 128-token prompt with max_tokens 1 (a full computation
+// of context 128, what each token costs without the cache).
+func (g *genTimes) round(b *testing.B, addr, token string, seq int) {
+	b.Helper()
+	first, _, err := complete(addr, token, promptIDs(seq, genPrompt), 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	all, n, err := complete(addr, token, promptIDs(seq, genPrompt), genTokens)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if n < genTokens/2 {
+		b.Fatalf("prompt %d: %d tokens generated of %d asked (an early <|endoftext|>?)", seq, n, genTokens)
+	}
+	full, _, err := complete(addr, token, promptIDs(seq, genFull), 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g.ttft = append(g.ttft, first)
+	g.perToken = append(g.perToken, (all-first)/time.Duration(n-1))
+	g.full = append(g.full, full)
+	g.tokens += n
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// BenchmarkGenerateSplitVsWhole: greedy generation with the 12 x 768 with-past GPT
+// over HTTP, the 3-stage split entered at the node holding the last stage against a
+// one-node cluster serving the whole model, rounds interleaved (split, whole, whole,
+// split, ...): per-token latency (a decode step with the cache), time to the first
+// token of a 64-token prompt, and a full computation of context 128 against a decode
+// step.
+func BenchmarkGenerateSplitVsWhole(b *testing.B) {
+	path, size, tok := gpt2SmallWithPast(b)
+	split := startBench(b, 3, "")
+	split.deployGenAndWait(b, path, size, tok, 3)
+	whole := startBench(b, 1, "")
+	whole.deployGenAndWait(b, path, size, tok, 1)
+	runtime.GC()
+	debug.FreeOSMemory()
+	entry := split.lastStageHolder(b, 3)
+	sAddr, wAddr := split.HTTPAddr(entry), whole.HTTPAddr(0)
+	var sp, wh genTimes
+	for i := range 2 { // warm both: first runs allocate ORT arenas
+		(&genTimes{}).round(b, sAddr, split.token, 1000+i)
+		(&genTimes{}).round(b, wAddr, whole.token, 1000+i)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%2 == 0 {
+			sp.round(b, sAddr, split.token, i)
+			wh.round(b, wAddr, whole.token, i)
+		} else {
+			wh.round(b, wAddr, whole.token, i)
+			sp.round(b, sAddr, split.token, i)
+		}
+	}
+	b.StopTimer()
+	sTok, wTok := median(sp.perToken), median(wh.perToken)
+	sFirst, wFirst := median(sp.ttft), median(wh.ttft)
+	sFull, wFull := median(sp.full), median(wh.full)
+	b.ReportMetric(ms(sTok), "split-token-ms")
+	b.ReportMetric(ms(wTok), "whole-token-ms")
+	b.ReportMetric(float64(sTok)/float64(wTok), "token-ratio")
+	b.ReportMetric(ms(sFirst), "split-ttft-ms")
+	b.ReportMetric(ms(wFirst), "whole-ttft-ms")
+	b.ReportMetric(ms(wFull), "whole-full128-ms")
+	b.ReportMetric(float64(wFull)/float64(wTok), "cache-speedup")
+	b.ReportMetric(float64(sFull)/float64(sTok), "split-cache-speedup")
+	b.Logf("threads %s, model %d bytes, %d rounds each: per token (a decode step, contexts %d-%d) split %v, whole %v, ratio %.3f",
+		benchThreads(), size, b.N, genPrompt+1, genPrompt+genTokens, sTok, wTok, float64(sTok)/float64(wTok))
+	b.Logf("time to first token (%d-token prompt): split %v, whole %v; full computation of context %d (max_tokens 1): split %v, whole %v; full over decode step: whole %.1fx, split %.1fx",
+		genPrompt, sFirst, wFirst, genFull, sFull, wFull, float64(wFull)/float64(wTok), float64(sFull)/float64(sTok))
+	b.Logf("entry node's stage calls during the split runs: %s", stageMeans(b, split, entry))
+}
+
+// BenchmarkGeneratePipelineParallel: 4 concurrent greedy generations (64-token
+// prompts, 64 tokens each) on 2 nodes, each pinned to one core with 1 intra-op
+// thread, 2 stages, against one node pinned to one core serving the whole model:
+// aggregate generated tokens per second. Segments alternate (split, whole, whole,
+// split) so that a change in the shared machine's speed hits both alike; each
+// segment runs 4 sessions side by side, each generating b.N times (at least 3), and
+// its rate is its tokens over its wall time.
+func BenchmarkGeneratePipelineParallel(b *testing.B) {
+	const concurrency = 4
+	path, size, tok := gpt2SmallWithPast(b)
+	bin := pinnedBinary(b)
+	split := startBench(b, 2, bin)
+	split.deployGenAndWait(b, path, size, tok, 2)
+	whole := startBench(b, 1, bin)
+	whole.deployGenAndWait(b, path, size, tok, 1)
+	entry := split.lastStageHolder(b, 2)
+	segment := func(addr, token string, perSession, seq0 int) (int, time.Duration) {
+		var wg sync.WaitGroup
+		tokens := make([]int, concurrency)
+		errs := make([]error, concurrency)
+		start := time.Now()
+		for w := range concurrency {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := range perSession {
+					_, n, err := complete(addr, token, promptIDs(seq0+w*perSession+k, genPrompt), genTokens)
+					if err != nil {
+						errs[w] = err
+						return
+					}
+					tokens[w] += n
+				}
+			}()
+		}
+		wg.Wait()
+		span := time.Since(start)
+		total := 0
+		for w := range concurrency {
+			if errs[w] != nil {
+				b.Fatal(errs[w])
+			}
+			total += tokens[w]
+		}
+		return total, span
+	}
+	segment(split.HTTPAddr(entry), split.token, 1, 5000) // warm
+	segment(whole.HTTPAddr(0), whole.token, 1, 5000)
+	runtime.GC()
+	debug.FreeOSMemory()
+
+	type side struct {
+		c      *benchCluster
+		addr   string
+		tokens int
+		span   time.Duration
+		cpu    cpuTimes
+		self   time.Duration
+	}
+	sp := &side{c: split, addr: split.HTTPAddr(entry)}
+	wh := &side{c: whole, addr: whole.HTTPAddr(0)}
+	n := max(b.N, 3)
+	b.ResetTimer()
+	for i, s := range []*side{sp, wh, wh, sp} {
+		before, self := s.c.cpuSeconds(b), selfCPU()
+		k, span := segment(s.addr, s.c.token, n, i*concurrency*n)
+		s.self += selfCPU() - self
+		s.cpu = s.cpu.plus(s.c.cpuSeconds(b).minus(before))
+		s.tokens, s.span = s.tokens+k, s.span+span
+	}
+	b.StopTimer()
+	splitTP, wholeTP := float64(sp.tokens)/sp.span.Seconds(), float64(wh.tokens)/wh.span.Seconds()
+	b.Logf("speed scores (GFLOP/s): split %s, whole %s", split.speeds(b), whole.speeds(b))
+	b.Logf("entry node's stage calls during the split runs: %s; the whole node's: %s", stageMeans(b, split, entry), stageMeans(b, whole, 0))
+	b.Logf("CPU time per generated token (user+system): split (entry node%d) %s, load generator %.1f ms; whole %s, load generator %.1f ms",
+		entry, sp.cpu.perRequest(sp.tokens), 1000*sp.self.Seconds()/float64(sp.tokens),
+		wh.cpu.perRequest(wh.tokens), 1000*wh.self.Seconds()/float64(wh.tokens))
+	b.ReportMetric(splitTP, "split-tok/s")
+	b.ReportMetric(wholeTP, "whole-tok/s")
+	b.ReportMetric(splitTP/wholeTP, "speedup")
+	b.Logf("%d concurrent sessions, 2 segments of %d generations each per side: 2 pinned nodes x 2 stages %.1f tokens/s; 1 pinned node whole model %.1f tokens/s; speedup %.2f",
+		concurrency, concurrency*n, splitTP, wholeTP, splitTP/wholeTP)
+}
