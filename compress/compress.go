@@ -74,8 +74,8 @@ type Options struct {
 	CalibrationDir string
 	// CalibrationMethod is "minmax" (default) or "percentile".
 	CalibrationMethod string
-	// Percentile is the percentile of |x| the percentile method keeps; 0 means
-	// 99.99.
+	// Percentile is the upper percentile of an activation's values the
+	// percentile method keeps (and 100-Percentile the lower); 0 means 99.99.
 	Percentile float64
 	// Backend runs models for calibration and verification.
 	Backend accel.Backend
@@ -276,6 +276,12 @@ func apply(ctx context.Context, m *partition.Model, src string, opts Options, re
 		changed = changed || len(w.done) > 0
 	case QuantDynamic:
 		changed = dynamicQuantize(e, rep) > 0 || changed
+	case QuantStatic:
+		n, err := staticQuantize(ctx, e, src, opts, rep)
+		if err != nil {
+			return false, err
+		}
+		changed = changed || n > 0
 	}
 	e.finish()
 	return changed, nil

@@ -3,7 +3,8 @@
 # Idempotent: every step checks before it acts, so a second run does no work.
 #
 #  - Debian packages: onnx.proto (libonnx-dev), protoc, ONNX's backend node tests
-#    (libonnx-testdata), nftables and iproute2 for the fault scenarios.
+#    (libonnx-testdata), nftables and iproute2 for the fault scenarios, Fashion-MNIST
+#    (dataset-fashion-mnist) for compress's accuracy tests.
 #  - The ONNX Runtime shared library, from the onnxruntime-node npm tarball (npm pack,
 #    never npm install: its install script reaches for other hosts), checked against a
 #    pinned sha256 and kept in third_party/ (git-ignored).
@@ -24,7 +25,7 @@ OCR_SHA=06b3e6af6c59a1ba5d53790ed8c2e4b2de389870b6cf5a97f349f3412cb269c0
 log() { echo "setup: $*"; }
 
 # --- Debian packages --------------------------------------------------------------
-pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc)
+pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc dataset-fashion-mnist)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
