@@ -263,6 +263,11 @@ func Compress(ctx context.Context, src, dst string, opts Options) (*Report, erro
 // weights), then quantization. It reports whether anything changed.
 func apply(ctx context.Context, m *partition.Model, src string, opts Options, rep *Report) (bool, error) {
 	changed := false
+	if opts.Prune > 0 {
+		e := newEditor(m.Proto)
+		changed = prune(e, opts.Prune, rep) > 0
+		e.finish()
+	}
 	e := newEditor(m.Proto)
 	switch opts.Quantize {
 	case QuantInt8, QuantInt4:
