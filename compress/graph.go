@@ -224,10 +224,6 @@ func attrInt(name string, v int64) *onnxpb.AttributeProto {
 	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_INT.Enum(), I: proto.Int64(v)}
 }
 
-func attrInts(name string, v ...int64) *onnxpb.AttributeProto {
-	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_INTS.Enum(), Ints: v}
-}
-
 // attr returns n's attribute name, or nil.
 func attr(n *onnxpb.NodeProto, name string) *onnxpb.AttributeProto {
 	for _, a := range n.GetAttribute() {
@@ -275,13 +271,4 @@ func int64Init(name string, dims []int64, vals ...int64) *onnxpb.TensorProto {
 		binary.LittleEndian.PutUint64(raw[8*i:], uint64(v))
 	}
 	return &onnxpb.TensorProto{Name: proto.String(name), Dims: dims, DataType: proto.Int32(int32(onnxpb.TensorProto_INT64)), RawData: raw}
-}
-
-// initBytes is the size of the initializer payloads of g.
-func initBytes(g *onnxpb.GraphProto) int64 {
-	var n int64
-	for _, t := range g.GetInitializer() {
-		n += int64(len(t.GetRawData())) + 4*int64(len(t.GetFloatData())) + 8*int64(len(t.GetInt64Data())) + 4*int64(len(t.GetInt32Data()))
-	}
-	return n
 }

@@ -31,8 +31,7 @@ func (p *pruner) choose(ratio float64, rep *Report) map[int]bool {
 	for i := range comp {
 		comp[i] = i
 	}
-	var findComp func(int) int
-	findComp = func(i int) int {
+	findComp := func(i int) int {
 		for comp[i] != i {
 			i = comp[i]
 		}
