@@ -67,6 +67,9 @@ type Options struct {
 	// Prune is the fraction of prunable channels removed from each prunable
 	// layer group, in [0, MaxPruneRatio]; 0 prunes nothing.
 	Prune float64
+	// PruneGlobal applies Prune to the model as a whole: the least important
+	// channels anywhere go, so layers differ in how much they lose.
+	PruneGlobal bool
 	// Calibration is the sample inputs static int8 derives activation ranges
 	// from, and Verify's default inputs: each element is one set of model inputs.
 	Calibration [][]tensor.Tensor
@@ -109,6 +112,8 @@ type Report struct {
 	Output   string  `json:"output,omitempty"`
 	Quantize string  `json:"quantize,omitempty"`
 	Prune    float64 `json:"prune,omitempty"`
+	// PruneGlobal is Options.PruneGlobal.
+	PruneGlobal bool `json:"prune_global,omitempty"`
 	// SizeBefore and SizeAfter are the model file sizes.
 	SizeBefore int64 `json:"size_before"`
 	SizeAfter  int64 `json:"size_after,omitempty"`
@@ -220,7 +225,7 @@ func Compress(ctx context.Context, src, dst string, opts Options) (*Report, erro
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Source: src, Quantize: opts.Quantize, Prune: opts.Prune, SizeBefore: m.FileSize}
+	rep := &Report{Source: src, Quantize: opts.Quantize, Prune: opts.Prune, PruneGlobal: opts.PruneGlobal, SizeBefore: m.FileSize}
 	if opts.CalibrationDir != "" {
 		set, err := LoadCalibration(opts.CalibrationDir, graphInputs(m))
 		if err != nil {
@@ -277,7 +282,11 @@ func apply(ctx context.Context, m *partition.Model, src string, opts Options, re
 	changed := false
 	if opts.Prune > 0 {
 		e := newEditor(m.Proto)
-		changed = prune(e, opts.Prune, rep) > 0
+		n, err := prune(ctx, e, opts, rep)
+		if err != nil {
+			return false, err
+		}
+		changed = n > 0
 		e.finish()
 	}
 	e := newEditor(m.Proto)
@@ -294,7 +303,7 @@ func apply(ctx context.Context, m *partition.Model, src string, opts Options, re
 	case QuantDynamic:
 		changed = dynamicQuantize(e, rep) > 0 || changed
 	case QuantStatic:
-		n, err := staticQuantize(ctx, e, src, opts, rep)
+		n, err := staticQuantize(ctx, e, opts, rep)
 		if err != nil {
 			return false, err
 		}

@@ -21,6 +21,11 @@ const (
 	fashionModel = "testdata/fashion_cnn.onnx"
 )
 
+// fashionTotal is how many test images accuracy runs on.
+var (
+	fashionTotal = 10000
+)
+
 // readIDX reads a gzipped IDX file (the MNIST format): big-endian dims, then
 // uint8 data.
 func readIDX(t testing.TB, name string) ([]byte, []int) {
@@ -98,7 +103,7 @@ func accuracy(t testing.TB, path string) float64 {
 		t.Fatalf("open %s: %v", path, err)
 	}
 	defer s.Close()
-	const total, batch = 10000, 500
+	total, batch := fashionTotal, 500
 	right := 0
 	for from := 0; from < total; from += batch {
 		img, labels := fashionImages(t, "t10k", from, from+batch)
@@ -113,7 +118,7 @@ func accuracy(t testing.TB, path string) float64 {
 			}
 		}
 	}
-	return float64(right) / total
+	return float64(right) / float64(total)
 }
 
 // The trained Fashion-MNIST CNN on its 10,000 test images: static int8 within

@@ -48,6 +48,10 @@ type producer struct {
 type weightSlice struct {
 	node, input, axis int
 	tensor            string
+	// compensate marks a weight that reads tensor's channels (a Conv's or
+	// Gemm's input channels), whose removed channels' mean contribution moves
+	// into the layer's bias.
+	compensate bool
 }
 
 // pruneRule updates the analysis for node i.
@@ -220,6 +224,7 @@ func (p *pruner) conv(i int, n *onnxpb.NodeProto) {
 	case group == 1:
 		if _, has := p.space[x]; has {
 			p.consume(i, 1, 1, x)
+			p.slices[len(p.slices)-1].compensate = true
 		}
 		p.newProducer(i, out, w, dims, 0, len(dims), 1-len(dims))
 		p.slices = append(p.slices, weightSlice{node: i, input: 1, axis: 0, tensor: out})
@@ -279,6 +284,7 @@ func (p *pruner) gemm(i int, n *onnxpb.NodeProto) {
 			p.block(p.space[in[0]])
 		} else {
 			p.consume(i, 1, kAxis, in[0])
+			p.slices[len(p.slices)-1].compensate = attrFloatOr(n, "alpha", 1) == 1 && attrFloatOr(n, "beta", 1) == 1
 		}
 	}
 	out := n.GetOutput()[0]

@@ -1,32 +1,53 @@
 package compress
 
 import (
+	"context"
 	"fmt"
 	"sort"
 )
 
-// prune removes ratio of the prunable channels of every coupled group of
-// layers, those of least L1 norm, and returns how many channel classes it removed.
-func prune(e *editor, ratio float64, rep *Report) int {
+// prune removes opts.Prune of the prunable channels of every coupled group of
+// layers, those of least L1 norm, and returns how many channel classes it
+// removed. With a calibration set and a backend, the removed channels' mean
+// contributions move into the next layers' biases.
+func prune(ctx context.Context, e *editor, opts Options, rep *Report) (int, error) {
 	p := newPruner(e)
 	p.analyse()
-	removed := p.choose(ratio, rep)
+	removed := p.choose(opts.Prune, opts.PruneGlobal, rep)
 	if len(removed) == 0 {
-		return 0
+		return 0, nil
+	}
+	if opts.Backend != nil && len(opts.Calibration) > 0 {
+		if err := p.compensate(ctx, opts, removed); err != nil {
+			return 0, err
+		}
 	}
 	p.apply(removed)
-	return len(removed)
+	return len(removed), nil
 }
 
-// choose picks the classes to remove: in each group of coupled layers,
-// floor(ratio * classes) of the unblocked ones with the smallest score (the sum
-// over the class's channels of their L1 norm relative to their layer's mean).
-func (p *pruner) choose(ratio float64, rep *Report) map[int]bool {
+// scoredClass is one class of coupled channels: removed together or not at all.
+type scoredClass struct {
+	root int
+	// score sums the class's channels' L1 norms, each relative to its layer's
+	// mean, so layers of different scales compare.
+	score   float64
+	blocked bool
+}
+
+// pruneGroup is a set of layers coupled through their channel classes.
+type pruneGroup struct {
+	layers []int // producer indexes
+	// classes and, of them, the free (unblocked) ones, least important first.
+	classes, free []scoredClass
+}
+
+// groups partitions the channel classes into groups of coupled layers.
+func (p *pruner) groups() []*pruneGroup {
 	classes := map[int][]int{}
 	for a := range p.parent {
 		classes[p.find(a)] = append(classes[p.find(a)], a)
 	}
-	// Layers coupled through any class form one group.
 	comp := make([]int, len(p.producers))
 	for i := range comp {
 		comp[i] = i
@@ -37,77 +58,100 @@ func (p *pruner) choose(ratio float64, rep *Report) map[int]bool {
 		}
 		return i
 	}
+	for _, atoms := range classes {
+		for _, a := range atoms {
+			comp[findComp(p.atomProd[a])] = findComp(p.atomProd[atoms[0]])
+		}
+	}
 	mean := make([]float64, len(p.producers))
 	for i, pr := range p.producers {
 		for _, v := range pr.norms {
 			mean[i] += v / float64(len(pr.norms))
 		}
 	}
-	type scored struct {
-		root    int
-		score   float64
-		blocked bool
-	}
-	byComp := map[int][]scored{}
-	for _, atoms := range classes {
-		for _, a := range atoms {
-			comp[findComp(p.atomProd[a])] = findComp(p.atomProd[atoms[0]])
+	byComp := map[int]*pruneGroup{}
+	var out []*pruneGroup
+	for i := range p.producers {
+		c := findComp(i)
+		if byComp[c] == nil {
+			byComp[c] = &pruneGroup{}
+			out = append(out, byComp[c])
 		}
+		byComp[c].layers = append(byComp[c].layers, i)
 	}
 	for root, atoms := range classes {
-		sc := scored{root: root}
+		sc := scoredClass{root: root}
 		for _, a := range atoms {
 			sc.blocked = sc.blocked || p.blocked[a]
 			if m := mean[p.atomProd[a]]; m > 0 {
 				sc.score += p.producers[p.atomProd[a]].norms[p.atomIdx[a]] / m
 			}
 		}
-		c := findComp(p.atomProd[root])
-		byComp[c] = append(byComp[c], sc)
-	}
-	removed := map[int]bool{}
-	comps := make([]int, 0, len(byComp))
-	for c := range byComp {
-		comps = append(comps, c)
-	}
-	sort.Ints(comps)
-	for _, c := range comps {
-		list := byComp[c]
-		var free []scored
-		for _, sc := range list {
-			if !sc.blocked {
-				free = append(free, sc)
-			}
+		g := byComp[findComp(p.atomProd[root])]
+		g.classes = append(g.classes, sc)
+		if !sc.blocked {
+			g.free = append(g.free, sc)
 		}
-		var layers []string
-		for i, pr := range p.producers {
-			if findComp(i) == c {
-				layers = append(layers, pr.name)
+	}
+	for _, g := range out {
+		sort.Slice(g.free, func(i, j int) bool {
+			if g.free[i].score != g.free[j].score {
+				return g.free[i].score < g.free[j].score
 			}
-		}
-		if len(free) == 0 {
-			for i := range p.producers {
-				if findComp(i) == c {
-					rep.kept(p.e.graph.GetNode()[p.producers[i].node], "its output channels reach an op pruning cannot slice (or a graph output)")
-				}
+			return g.free[i].root < g.free[j].root
+		})
+	}
+	return out
+}
+
+// choose picks the classes to remove. Per layer, each group loses
+// floor(ratio * classes) of its least important free classes; globally, the
+// least important free classes of the whole model go until ratio of all the
+// prunable classes are gone. Every group keeps at least one class.
+func (p *pruner) choose(ratio float64, global bool, rep *Report) map[int]bool {
+	groups := p.groups()
+	take := make([]int, len(groups))
+	total := 0
+	type pick struct {
+		group int
+		sc    scoredClass
+	}
+	var pool []pick
+	for gi, g := range groups {
+		if len(g.free) == 0 {
+			for _, pi := range g.layers {
+				rep.kept(p.e.graph.GetNode()[p.producers[pi].node], "its output channels reach an op pruning cannot slice (or a graph output)")
 			}
 			continue
 		}
-		k := min(int(ratio*float64(len(list))), len(free))
-		if k >= len(list) {
-			k = len(list) - 1
+		total += len(g.classes)
+		take[gi] = min(int(ratio*float64(len(g.classes))), len(g.free), len(g.classes)-1)
+		for _, sc := range g.free {
+			pool = append(pool, pick{gi, sc})
 		}
-		sort.Slice(free, func(i, j int) bool {
-			if free[i].score != free[j].score {
-				return free[i].score < free[j].score
+	}
+	if global {
+		sort.SliceStable(pool, func(i, j int) bool { return pool[i].sc.score < pool[j].sc.score })
+		clear(take)
+		for n, want := 0, int(ratio*float64(total)); n < want && len(pool) > 0; pool = pool[1:] {
+			g := pool[0].group
+			if take[g] < len(groups[g].classes)-1 {
+				take[g]++
+				n++
 			}
-			return free[i].root < free[j].root
-		})
-		for _, sc := range free[:k] {
+		}
+	}
+	removed := map[int]bool{}
+	for gi, g := range groups {
+		for _, sc := range g.free[:take[gi]] {
 			removed[sc.root] = true
 		}
-		if k > 0 {
-			rep.Pruned = append(rep.Pruned, PrunedGroup{Layers: layers, Channels: len(list), Removed: k})
+		if take[gi] > 0 {
+			var names []string
+			for _, pi := range g.layers {
+				names = append(names, p.producers[pi].name)
+			}
+			rep.Pruned = append(rep.Pruned, PrunedGroup{Layers: names, Channels: len(g.classes), Removed: take[gi]})
 		}
 	}
 	return removed

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/partition/onnxpb"
 )
 
@@ -162,7 +163,7 @@ func (p *qdqPlan) groupSize(t string) int {
 // staticQuantize calibrates activation ranges on opts.Calibration and inserts
 // QuantizeLinear/DequantizeLinear pairs (uint8, per tensor) on them and
 // per-channel int8 DequantizeLinear weights (int32 biases) for the weighted nodes.
-func staticQuantize(ctx context.Context, e *editor, src string, opts Options, rep *Report) (int, error) {
+func staticQuantize(ctx context.Context, e *editor, opts Options, rep *Report) (int, error) {
 	if e.opset() < 13 {
 		return 0, fmt.Errorf("%w: static int8 needs opset 13 or newer (per-channel DequantizeLinear), the model has %d", ErrInvalidOptions, e.opset())
 	}
@@ -170,7 +171,7 @@ func staticQuantize(ctx context.Context, e *editor, src string, opts Options, re
 	if len(p.tensors) == 0 {
 		return 0, nil
 	}
-	ranges, err := calibrate(ctx, e, src, p.tensors, opts)
+	ranges, err := calibrate(ctx, e, p.tensors, opts)
 	if err != nil {
 		return 0, err
 	}
@@ -279,7 +280,34 @@ func insertQDQ(e *editor, p *qdqPlan, t string, qp qparams) {
 
 // calibrate runs the model on every calibration sample with tensors exposed
 // as outputs and returns each one's range by opts.CalibrationMethod.
-func calibrate(ctx context.Context, e *editor, src string, tensors []string, opts Options) (map[string]valueRange, error) {
+func calibrate(ctx context.Context, e *editor, tensors []string, opts Options) (map[string]valueRange, error) {
+	obs := make([]*observer, len(tensors))
+	for i := range obs {
+		obs[i] = newObserver(opts.CalibrationMethod, opts.Percentile)
+	}
+	err := runExposed(ctx, e, tensors, opts, func(outs []tensor.Tensor) error {
+		for i, o := range outs {
+			vals, err := o.Float32s()
+			if err != nil {
+				return fmt.Errorf("compress: calibrate %q: %w", tensors[i], err)
+			}
+			obs[i].observe(vals)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]valueRange, len(tensors))
+	for i, t := range tensors {
+		out[t] = obs[i].result()
+	}
+	return out, nil
+}
+
+// runExposed runs the model as e holds it on every calibration sample, with
+// tensors exposed as extra outputs, and hands each run's values of them to visit.
+func runExposed(ctx context.Context, e *editor, tensors []string, opts Options, visit func([]tensor.Tensor) error) error {
 	m := proto.Clone(e.model).(*onnxpb.ModelProto)
 	g := m.GetGraph()
 	have := map[string]bool{}
@@ -294,42 +322,30 @@ func calibrate(ctx context.Context, e *editor, src string, tensors []string, opt
 	}
 	b, err := proto.Marshal(m)
 	if err != nil {
-		return nil, fmt.Errorf("compress: calibrate: %w", err)
+		return fmt.Errorf("compress: calibrate: %w", err)
 	}
-	dir, err := os.MkdirTemp(filepath.Dir(src), ".calibrate-")
+	dir, err := os.MkdirTemp("", "layermesh-calibrate-")
 	if err != nil {
-		return nil, fmt.Errorf("compress: calibrate: %w", err)
+		return fmt.Errorf("compress: calibrate: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "model.onnx")
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		return nil, fmt.Errorf("compress: calibrate: %w", err)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("compress: calibrate: %w", err)
 	}
 	s, err := opts.Backend.Open(ctx, path, accel.SessionOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("compress: calibrate: %w", err)
+		return fmt.Errorf("compress: calibrate: %w", err)
 	}
 	defer s.Close()
-	obs := make([]*observer, len(tensors))
-	for i := range obs {
-		obs[i] = newObserver(opts.CalibrationMethod, opts.Percentile)
-	}
 	for k, set := range opts.Calibration {
 		outs, err := s.Run(ctx, set, tensors)
 		if err != nil {
-			return nil, fmt.Errorf("%w: sample %d: %w", ErrCalibration, k, err)
+			return fmt.Errorf("%w: sample %d: %w", ErrCalibration, k, err)
 		}
-		for i, o := range outs {
-			vals, err := o.Float32s()
-			if err != nil {
-				return nil, fmt.Errorf("compress: calibrate %q: %w", tensors[i], err)
-			}
-			obs[i].observe(vals)
+		if err := visit(outs); err != nil {
+			return err
 		}
 	}
-	out := make(map[string]valueRange, len(tensors))
-	for i, t := range tensors {
-		out[t] = obs[i].result()
-	}
-	return out, nil
+	return nil
 }
