@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/api/wire"
 	"github.com/layermesh/layermesh/partition"
 	"github.com/layermesh/layermesh/partition/onnxpb"
 )
@@ -78,10 +79,11 @@ func graphInputs(m *partition.Model) []string {
 	return out
 }
 
-// LoadCalibration reads a calibration set from dir. For a model with one input
-// (inputs names it), every .npy file in dir is one sample; for several inputs,
-// every subfolder is one sample holding NAME.npy for each input. Samples come
-// in name order.
+// LoadCalibration reads a calibration set from dir. Every KServe v2 inference
+// request body (.json) in dir is one sample. For a model with one input
+// (inputs names it), every .npy file in dir is one sample too; for several
+// inputs, every subfolder is one sample holding NAME.npy for each input.
+// Samples come in file name order.
 func LoadCalibration(dir string, inputs []string) ([][]tensor.Tensor, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -92,6 +94,12 @@ func LoadCalibration(dir string, inputs []string) ([][]tensor.Tensor, error) {
 	for _, ent := range entries {
 		path := filepath.Join(dir, ent.Name())
 		switch {
+		case !ent.IsDir() && strings.HasSuffix(ent.Name(), ".json"):
+			set, err := readKServeSample(path, inputs)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, set)
 		case len(inputs) == 1 && !ent.IsDir() && strings.HasSuffix(ent.Name(), ".npy"):
 			t, err := tensor.ReadNPYFile(path)
 			if err != nil {
@@ -113,7 +121,36 @@ func LoadCalibration(dir string, inputs []string) ([][]tensor.Tensor, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%w: no samples in %s (want .npy files, or one folder of NAME.npy per sample for several inputs)", ErrCalibration, dir)
+		return nil, fmt.Errorf("%w: no samples in %s (want KServe .json requests, .npy files, or one folder of NAME.npy per sample for several inputs)", ErrCalibration, dir)
 	}
 	return out, nil
+}
+
+// readKServeSample reads one KServe v2 JSON inference request as a sample, its
+// tensors in the model's input order.
+func readKServeSample(path string, inputs []string) ([]tensor.Tensor, error) {
+	body, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCalibration, err)
+	}
+	req, err := wire.DecodeRequest(body, -1)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrCalibration, path, err)
+	}
+	byName := map[string]tensor.Tensor{}
+	for _, t := range req.Inputs {
+		byName[t.Name] = t
+	}
+	set := make([]tensor.Tensor, 0, len(inputs))
+	for _, name := range inputs {
+		t, ok := byName[name]
+		if !ok {
+			return nil, fmt.Errorf("%w: %s has no input %q", ErrCalibration, path, name)
+		}
+		set = append(set, t)
+	}
+	if len(req.Inputs) != len(inputs) {
+		return nil, fmt.Errorf("%w: %s has %d inputs, the model takes %d", ErrCalibration, path, len(req.Inputs), len(inputs))
+	}
+	return set, nil
 }

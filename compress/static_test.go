@@ -2,6 +2,8 @@ package compress
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -80,5 +82,27 @@ func TestCalibrationSetOfTheWrongShapeIsRefused(t *testing.T) {
 			t.Errorf("%s: wrote %v", name, ents)
 		}
 		t.Logf("%s: %v", name, err)
+	}
+}
+
+// A KServe v2 JSON request is a calibration sample too.
+func TestCalibrationReadsKServeRequests(t *testing.T) {
+	dir := t.TempDir()
+	img := randomImages(1, 1, 16, 3)[0][0]
+	vals, _ := img.Float32s()
+	body := `{"inputs":[{"name":"image","shape":[1,3,16,16],"datatype":"FP32","data":` + strings.Join(strings.Fields(fmt.Sprint(vals)), ",") + `}]}`
+	if err := os.WriteFile(filepath.Join(dir, "req.json"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set, err := LoadCalibration(dir, []string{"image"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := set[0][0].Float32s()
+	if len(set) != 1 || len(got) != len(vals) || got[5] != vals[5] {
+		t.Fatalf("read %d samples, %d values", len(set), len(got))
+	}
+	if _, err := LoadCalibration(dir, []string{"pixels"}); !errors.Is(err, ErrCalibration) {
+		t.Errorf("request without the model's input: %v, want ErrCalibration", err)
 	}
 }
