@@ -26,6 +26,7 @@ import (
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/partition"
+	"github.com/layermesh/layermesh/partition/onnxpb"
 )
 
 // Errors callers match with errors.Is.
@@ -34,6 +35,9 @@ var (
 	ErrInvalidOptions = errors.New("invalid compression options")
 	// ErrCalibration is a calibration set that does not fit the model.
 	ErrCalibration = errors.New("calibration set does not match the model")
+	// ErrUnsupportedModel is a model Compress cannot rewrite as a whole (one
+	// with external data, which the output could not point back at).
+	ErrUnsupportedModel = errors.New("model not supported by compress")
 	// ErrVerifyFailed means the compressed model drifted past the thresholds;
 	// the Report still says by how much, and nothing was written.
 	ErrVerifyFailed = errors.New("compressed model failed verification")
@@ -225,6 +229,11 @@ func Compress(ctx context.Context, src, dst string, opts Options) (*Report, erro
 	if err != nil {
 		return nil, err
 	}
+	for _, t := range m.Proto.GetGraph().GetInitializer() {
+		if t.GetDataLocation() == onnxpb.TensorProto_EXTERNAL {
+			return nil, fmt.Errorf("%w: %s keeps weights in external data (%s)", ErrUnsupportedModel, src, t.GetName())
+		}
+	}
 	rep := &Report{Source: src, Quantize: opts.Quantize, Prune: opts.Prune, PruneGlobal: opts.PruneGlobal, SizeBefore: m.FileSize}
 	if opts.CalibrationDir != "" {
 		set, err := LoadCalibration(opts.CalibrationDir, graphInputs(m))
@@ -236,7 +245,7 @@ func Compress(ctx context.Context, src, dst string, opts Options) (*Report, erro
 	if err := checkCalibration(m, opts.Calibration); err != nil {
 		return rep, err
 	}
-	changed, err := apply(ctx, m, src, opts, rep)
+	changed, err := apply(ctx, m, opts, rep)
 	if err != nil {
 		return rep, err
 	}
@@ -278,7 +287,7 @@ func Compress(ctx context.Context, src, dst string, opts Options) (*Report, erro
 
 // apply runs the passes opts ask for on m: pruning first (it needs the float
 // weights), then quantization. It reports whether anything changed.
-func apply(ctx context.Context, m *partition.Model, src string, opts Options, rep *Report) (bool, error) {
+func apply(ctx context.Context, m *partition.Model, opts Options, rep *Report) (bool, error) {
 	changed := false
 	if opts.Prune > 0 {
 		e := newEditor(m.Proto)

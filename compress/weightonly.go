@@ -119,13 +119,11 @@ func (w *weightOnly) gemm(i int, n *onnxpb.NodeProto) (bool, string) {
 	}
 	bias := ""
 	if len(in) > 2 && in[2] != "" {
-		c, dims, ok := w.e.floats(in[2])
-		_, _, isW := w.e.floats(in[1])
-		if !ok || !isW || len(dims) != 1 || attrFloatOr(n, "beta", 1) != 1 {
+		_, dims, ok := w.e.floats(in[2])
+		if !ok || len(dims) != 1 || attrFloatOr(n, "beta", 1) != 1 {
 			return false, "Gemm whose C is not a bias vector added with beta=1"
 		}
 		bias = in[2]
-		_ = c
 	}
 	qw, why := w.quantized(in[1], l)
 	if qw == nil {

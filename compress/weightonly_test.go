@@ -182,3 +182,21 @@ func TestVerifyAboveThresholdFailsAndWritesNothing(t *testing.T) {
 		t.Errorf("left %v behind", ents)
 	}
 }
+
+func TestModelWithExternalDataIsRefused(t *testing.T) {
+	m, err := modelgen.GPT(modelgen.GPTTiny)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "ext.onnx")
+	if err := modelgen.WriteFileWith(m, src, modelgen.WriteOptions{ExternalData: true}); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "q.onnx")
+	if _, err := Compress(t.Context(), src, dst, Options{Quantize: QuantInt8}); !errors.Is(err, ErrUnsupportedModel) {
+		t.Errorf("external data: %v, want ErrUnsupportedModel", err)
+	}
+	if _, err := os.Stat(dst); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s written", dst)
+	}
+}
