@@ -63,11 +63,11 @@ func perChannelInt8(channels, per int, at func(c, j int) float32, put func(c, j 
 	return scales
 }
 
-// int8Matrix quantizes a [K, N] matrix per column: the int8 data, still [K, N],
-// and N scales.
-func int8Matrix(vals []float32, k, n int) ([]byte, []float32) {
+// int8Matrix quantizes a [K, N] matrix, read through at(k, n), per column:
+// the int8 data, [K, N], and N scales.
+func int8Matrix(at func(k, n int) float32, k, n int) ([]byte, []float32) {
 	q := make([]byte, k*n)
-	scales := perChannelInt8(n, k, func(c, j int) float32 { return vals[j*n+c] },
+	scales := perChannelInt8(n, k, func(c, j int) float32 { return at(j, c) },
 		func(c, j int, v int8) { q[j*n+c] = byte(v) })
 	return q, scales
 }
@@ -82,11 +82,13 @@ func dynamicMatMul(e *editor, i int, n *onnxpb.NodeProto) (string, string) {
 	if _, ok := e.inits[in[1]]; !ok {
 		return "", ""
 	}
-	vals, dims, ok := e.floats(in[1])
+	val, dims, ok := e.floatAt(in[1])
 	if !ok || len(dims) != 2 {
 		return "", "MatMul weight is not a 2-D float32 tensor in the model file"
 	}
-	e.replace(i, dynamicMatMulNode(e, n, vals, int(dims[0]), int(dims[1]), in[1], ""))
+	cols := int(dims[1])
+	at := func(k, n int) float32 { return val(k*cols + n) }
+	e.replace(i, dynamicMatMulNode(e, n, at, int(dims[0]), cols, in[1], ""))
 	return "DynamicQuantizeMatMul", ""
 }
 
@@ -96,7 +98,7 @@ func dynamicGemm(e *editor, i int, n *onnxpb.NodeProto) (string, string) {
 	if len(in) < 2 {
 		return "", "Gemm without two inputs"
 	}
-	vals, dims, ok := e.floats(in[1])
+	val, dims, ok := e.floatAt(in[1])
 	if !ok || len(dims) != 2 {
 		return "", "Gemm whose B is not a constant 2-D float32 weight"
 	}
@@ -104,31 +106,26 @@ func dynamicGemm(e *editor, i int, n *onnxpb.NodeProto) (string, string) {
 		return "", "Gemm with transA, alpha or beta"
 	}
 	k, nn := int(dims[0]), int(dims[1])
+	at := func(r, c int) float32 { return val(r*nn + c) }
 	if attrIntOr(n, "transB", 0) != 0 {
 		k, nn = nn, k
-		t := make([]float32, len(vals))
-		for r := range nn {
-			for c := range k {
-				t[c*nn+r] = vals[r*k+c]
-			}
-		}
-		vals = t
+		at = func(r, c int) float32 { return val(c*k + r) }
 	}
 	bias := ""
 	if len(in) > 2 && in[2] != "" {
-		_, bd, ok := e.floats(in[2])
+		bd, ok := e.floatDims(in[2])
 		if !ok || len(bd) != 1 || int(bd[0]) != nn {
 			return "", "Gemm whose C is not a bias of N values"
 		}
 		bias = in[2]
 	}
-	e.replace(i, dynamicMatMulNode(e, n, vals, k, nn, in[1], bias))
+	e.replace(i, dynamicMatMulNode(e, n, at, k, nn, in[1], bias))
 	return "DynamicQuantizeMatMul", ""
 }
 
-// dynamicMatMulNode quantizes the [k, n] weight vals and builds the node.
-func dynamicMatMulNode(e *editor, n *onnxpb.NodeProto, vals []float32, k, nn int, weight, bias string) *onnxpb.NodeProto {
-	q, scales := int8Matrix(vals, k, nn)
+// dynamicMatMulNode quantizes the [k, n] weight read through at and builds the node.
+func dynamicMatMulNode(e *editor, n *onnxpb.NodeProto, at func(k, n int) float32, k, nn int, weight, bias string) *onnxpb.NodeProto {
+	q, scales := int8Matrix(at, k, nn)
 	qn := e.addInit(bytesInit(weight+"/int8", onnxpb.TensorProto_INT8, []int64{int64(k), int64(nn)}, q))
 	sn := e.addInit(floatInit(weight+"/scale", []int64{int64(nn)}, scales))
 	zn := e.addInit(bytesInit(weight+"/zero_point", onnxpb.TensorProto_INT8, []int64{int64(nn)}, make([]byte, nn)))

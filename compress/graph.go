@@ -183,32 +183,50 @@ func (e *editor) opset() int64 {
 	return 0
 }
 
-// floats returns a float32 initializer's values, or false when name is not a
-// float32 initializer held in the file itself.
-func (e *editor) floats(name string) ([]float32, []int64, bool) {
+// floatDims returns a float32 initializer's dims, or false when name is not a
+// float32 initializer held in the model file itself (with consistent data).
+func (e *editor) floatDims(name string) ([]int64, bool) {
 	t, ok := e.inits[name]
 	if !ok || t.GetDataType() != int32(onnxpb.TensorProto_FLOAT) || t.GetDataLocation() == onnxpb.TensorProto_EXTERNAL {
-		return nil, nil, false
+		return nil, false
 	}
 	n := int64(1)
 	for _, d := range t.GetDims() {
 		n *= d
 	}
 	if fd := t.GetFloatData(); len(fd) > 0 {
-		if int64(len(fd)) != n {
-			return nil, nil, false
-		}
-		return fd, t.GetDims(), true
+		return t.GetDims(), int64(len(fd)) == n
 	}
-	raw := t.GetRawData()
-	if int64(len(raw)) != 4*n {
+	return t.GetDims(), int64(len(t.GetRawData())) == 4*n
+}
+
+// floatAt returns a reader of a float32 initializer's elements that decodes
+// them in place: the big weights are read once, never copied whole.
+func (e *editor) floatAt(name string) (func(i int) float32, []int64, bool) {
+	dims, ok := e.floatDims(name)
+	if !ok {
 		return nil, nil, false
 	}
-	out := make([]float32, n)
-	for i := range out {
-		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+	t := e.inits[name]
+	if fd := t.GetFloatData(); len(fd) > 0 {
+		return func(i int) float32 { return fd[i] }, dims, true
 	}
-	return out, t.GetDims(), true
+	raw := t.GetRawData()
+	return func(i int) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])) }, dims, true
+}
+
+// floats returns a copy of a float32 initializer's values, or false when name
+// is not a float32 initializer held in the model file itself.
+func (e *editor) floats(name string) ([]float32, []int64, bool) {
+	at, dims, ok := e.floatAt(name)
+	if !ok {
+		return nil, nil, false
+	}
+	out := make([]float32, product(dims))
+	for i := range out {
+		out[i] = at(i)
+	}
+	return out, dims, true
 }
 
 // node builds a NodeProto.

@@ -158,7 +158,7 @@ func (p *pruner) newProducer(i int, out string, w []float32, dims []int64, axis,
 // channels are, or blocks tensor's channels when that input is not a float
 // initializer.
 func (p *pruner) consume(i, k, axis int, tensor string) {
-	if _, _, ok := p.e.floats(at(p.e.graph.GetNode()[i].GetInput(), k)); !ok {
+	if _, ok := p.e.floatDims(at(p.e.graph.GetNode()[i].GetInput(), k)); !ok {
 		p.block(p.space[tensor])
 		return
 	}
@@ -291,7 +291,7 @@ func (p *pruner) gemm(i int, n *onnxpb.NodeProto) {
 	p.newProducer(i, out, w, dims, nAxis, 2, -1)
 	p.slices = append(p.slices, weightSlice{node: i, input: 1, axis: nAxis, tensor: out})
 	if c := at(in, 2); c != "" {
-		if _, cd, ok := p.e.floats(c); ok && len(cd) == 1 && cd[0] == dims[nAxis] {
+		if cd, ok := p.e.floatDims(c); ok && len(cd) == 1 && cd[0] == dims[nAxis] {
 			p.consume(i, 2, 0, out)
 		} else if !ok || len(cd) > 0 && product(cd) > 1 {
 			p.block(p.space[out])
@@ -339,7 +339,7 @@ func (p *pruner) elementwise(i int, n *onnxpb.NodeProto) {
 		if p.e.inits[in] == nil {
 			continue
 		}
-		_, dims, ok := p.e.floats(in)
+		dims, ok := p.e.floatDims(in)
 		ca := len(dims) + p.axis[first]
 		switch {
 		case ok && (ca < 0 || dims[ca] == 1):

@@ -67,7 +67,7 @@ func planStatic(e *editor) *qdqPlan {
 		}
 		in := n.GetInput()
 		if r.needConst >= 0 {
-			if _, _, ok := e.floats(at(in, r.needConst)); !ok {
+			if _, ok := e.floatDims(at(in, r.needConst)); !ok {
 				continue
 			}
 			p.weighted = append(p.weighted, i)

@@ -3,10 +3,10 @@ package compress
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/layermesh/layermesh/accel/tensor"

@@ -119,7 +119,7 @@ func (w *weightOnly) gemm(i int, n *onnxpb.NodeProto) (bool, string) {
 	}
 	bias := ""
 	if len(in) > 2 && in[2] != "" {
-		_, dims, ok := w.e.floats(in[2])
+		dims, ok := w.e.floatDims(in[2])
 		if !ok || len(dims) != 1 || attrFloatOr(n, "beta", 1) != 1 {
 			return false, "Gemm whose C is not a bias vector added with beta=1"
 		}
@@ -157,7 +157,7 @@ func (w *weightOnly) quantized(name string, l layout) (*quantWeight, string) {
 	if qw, ok := w.done[key]; ok {
 		return qw, ""
 	}
-	vals, dims, ok := w.e.floats(name)
+	val, dims, ok := w.e.floatAt(name)
 	if !ok {
 		return nil, fmt.Sprintf("weight %q is not a float32 tensor stored in the model file", name)
 	}
@@ -167,9 +167,9 @@ func (w *weightOnly) quantized(name string, l layout) (*quantWeight, string) {
 	rows, cols := int(dims[0]), int(dims[1])
 	var q *blockQuant
 	if l == colsOut {
-		q = quantizeBlocks(cols, rows, w.bits, w.block, w.symmetric, func(n, k int) float32 { return vals[k*cols+n] })
+		q = quantizeBlocks(cols, rows, w.bits, w.block, w.symmetric, func(n, k int) float32 { return val(k*cols + n) })
 	} else {
-		q = quantizeBlocks(rows, cols, w.bits, w.block, w.symmetric, func(n, k int) float32 { return vals[n*cols+k] })
+		q = quantizeBlocks(rows, cols, w.bits, w.block, w.symmetric, func(n, k int) float32 { return val(n*cols + k) })
 	}
 	base := fmt.Sprintf("%s/q%d", name, w.bits)
 	if l == rowsOut {
