@@ -52,6 +52,12 @@ const (
 	QuantStatic  = "static"  // int8 with calibrated activation ranges
 )
 
+// Pruning criteria.
+const (
+	CriterionL1     = "l1"
+	CriterionOutput = "output"
+)
+
 // MaxPruneRatio is the largest fraction of channels pruning may remove.
 const MaxPruneRatio = 0.95
 
@@ -71,6 +77,11 @@ type Options struct {
 	// Prune is the fraction of prunable channels removed from each prunable
 	// layer group, in [0, MaxPruneRatio]; 0 prunes nothing.
 	Prune float64
+	// PruneCriterion ranks channels: CriterionL1 (default) by their filters'
+	// L1 norms; CriterionOutput by the error their removal adds to the layers
+	// that read them on the calibration set (the channel's variance times the
+	// squared weights reading it), which needs a calibration set.
+	PruneCriterion string
 	// PruneGlobal applies Prune to the model as a whole: the least important
 	// channels anywhere go, so layers differ in how much they lose.
 	PruneGlobal bool
@@ -116,8 +127,9 @@ type Report struct {
 	Output   string  `json:"output,omitempty"`
 	Quantize string  `json:"quantize,omitempty"`
 	Prune    float64 `json:"prune,omitempty"`
-	// PruneGlobal is Options.PruneGlobal.
-	PruneGlobal bool `json:"prune_global,omitempty"`
+	// PruneGlobal and PruneCriterion are the options pruning ran with.
+	PruneGlobal    bool   `json:"prune_global,omitempty"`
+	PruneCriterion string `json:"prune_criterion,omitempty"`
 	// SizeBefore and SizeAfter are the model file sizes.
 	SizeBefore int64 `json:"size_before"`
 	SizeAfter  int64 `json:"size_after,omitempty"`
@@ -191,13 +203,24 @@ func (o *Options) check() error {
 	if !(o.Prune >= 0 && o.Prune <= MaxPruneRatio) {
 		return fmt.Errorf("%w: prune ratio %g is outside [0, %g]", ErrInvalidOptions, o.Prune, MaxPruneRatio)
 	}
+	switch o.PruneCriterion {
+	case "":
+		o.PruneCriterion = CriterionL1
+	case CriterionL1:
+	case CriterionOutput:
+		if len(o.Calibration) == 0 && o.CalibrationDir == "" || o.Backend == nil {
+			return fmt.Errorf("%w: the output pruning criterion needs a calibration set and a backend", ErrInvalidOptions)
+		}
+	default:
+		return fmt.Errorf("%w: unknown pruning criterion %q (want l1 or output)", ErrInvalidOptions, o.PruneCriterion)
+	}
 	if o.Quantize == QuantNone && o.Prune == 0 {
 		return fmt.Errorf("%w: nothing asked: give a quantization mode or a prune ratio", ErrInvalidOptions)
 	}
 	if o.Quantize == QuantStatic && len(o.Calibration) == 0 && o.CalibrationDir == "" {
 		return fmt.Errorf("%w: static int8 needs a calibration set", ErrInvalidOptions)
 	}
-	if (o.Quantize == QuantStatic || o.Verify > 0) && o.Backend == nil {
+	if (o.Quantize == QuantStatic || o.Verify > 0 || o.CalibrationDir != "" || len(o.Calibration) > 0) && o.Backend == nil {
 		return fmt.Errorf("%w: calibration and verification need a backend", ErrInvalidOptions)
 	}
 	switch o.CalibrationMethod {
@@ -235,6 +258,9 @@ func Compress(ctx context.Context, src, dst string, opts Options) (*Report, erro
 		}
 	}
 	rep := &Report{Source: src, Quantize: opts.Quantize, Prune: opts.Prune, PruneGlobal: opts.PruneGlobal, SizeBefore: m.FileSize}
+	if opts.Prune > 0 {
+		rep.PruneCriterion = opts.PruneCriterion
+	}
 	if opts.CalibrationDir != "" {
 		set, err := LoadCalibration(opts.CalibrationDir, graphInputs(m))
 		if err != nil {

@@ -7,20 +7,30 @@ import (
 )
 
 // prune removes opts.Prune of the prunable channels of every coupled group of
-// layers, those of least L1 norm, and returns how many channel classes it
-// removed. With a calibration set and a backend, the removed channels' mean
-// contributions move into the next layers' biases.
+// layers (or of the model, with PruneGlobal), the least important by
+// opts.PruneCriterion, and returns how many channel classes it removed. With
+// a calibration set and a backend, the removed channels' mean contributions
+// move into the next layers' biases.
 func prune(ctx context.Context, e *editor, opts Options, rep *Report) (int, error) {
 	p := newPruner(e)
 	p.analyse()
-	removed := p.choose(opts.Prune, opts.PruneGlobal, rep)
+	var stats map[string]channelStat
+	if opts.Backend != nil && len(opts.Calibration) > 0 {
+		var err error
+		if stats, err = p.channelStats(ctx, p.readTensors(), opts); err != nil {
+			return 0, err
+		}
+	}
+	var scores map[int]float64
+	if opts.PruneCriterion == CriterionOutput {
+		scores = p.outputScores(stats)
+	}
+	removed := p.choose(opts.Prune, opts.PruneGlobal, scores, rep)
 	if len(removed) == 0 {
 		return 0, nil
 	}
-	if opts.Backend != nil && len(opts.Calibration) > 0 {
-		if err := p.compensate(ctx, opts, removed); err != nil {
-			return 0, err
-		}
+	if stats != nil {
+		p.compensate(stats, removed)
 	}
 	p.apply(removed)
 	return len(removed), nil
@@ -30,7 +40,8 @@ func prune(ctx context.Context, e *editor, opts Options, rep *Report) (int, erro
 type scoredClass struct {
 	root int
 	// score sums the class's channels' L1 norms, each relative to its layer's
-	// mean, so layers of different scales compare.
+	// mean, so layers of different scales compare; or, by CriterionOutput, it
+	// is the output error removing the class adds.
 	score   float64
 	blocked bool
 }
@@ -43,7 +54,7 @@ type pruneGroup struct {
 }
 
 // groups partitions the channel classes into groups of coupled layers.
-func (p *pruner) groups() []*pruneGroup {
+func (p *pruner) groups(scores map[int]float64) []*pruneGroup {
 	classes := map[int][]int{}
 	for a := range p.parent {
 		classes[p.find(a)] = append(classes[p.find(a)], a)
@@ -87,6 +98,9 @@ func (p *pruner) groups() []*pruneGroup {
 				sc.score += p.producers[p.atomProd[a]].norms[p.atomIdx[a]] / m
 			}
 		}
+		if scores != nil {
+			sc.score = scores[root]
+		}
 		g := byComp[findComp(p.atomProd[root])]
 		g.classes = append(g.classes, sc)
 		if !sc.blocked {
@@ -108,8 +122,8 @@ func (p *pruner) groups() []*pruneGroup {
 // floor(ratio * classes) of its least important free classes; globally, the
 // least important free classes of the whole model go until ratio of all the
 // prunable classes are gone. Every group keeps at least one class.
-func (p *pruner) choose(ratio float64, global bool, rep *Report) map[int]bool {
-	groups := p.groups()
+func (p *pruner) choose(ratio float64, global bool, scores map[int]float64, rep *Report) map[int]bool {
+	groups := p.groups(scores)
 	take := make([]int, len(groups))
 	total := 0
 	type pick struct {

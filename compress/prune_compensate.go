@@ -8,36 +8,66 @@ import (
 	"github.com/layermesh/layermesh/accel/tensor"
 )
 
-// compensate moves the mean contribution of every removed input channel into
-// the bias of the layer that read it: a channel that is gone reads as its
-// calibration-set mean instead of as 0. Without retraining this keeps the
-// next layer's pre-activations centred where they were, which is most of
-// what pruning costs in accuracy.
-func (p *pruner) compensate(ctx context.Context, opts Options, removed map[int]bool) error {
+// channelStat is one tensor's per-channel mean and variance over the
+// calibration set.
+type channelStat struct{ mean, variance []float64 }
+
+// readTensors are the tensors whose channels a Conv or Gemm reads (the ones
+// compensation and the output criterion need statistics of), sorted.
+func (p *pruner) readTensors() []string {
 	need := map[string]bool{}
-	var work []weightSlice
 	for _, s := range p.slices {
-		if s.compensate && len(p.keep(s.tensor, removed)) < len(p.space[s.tensor]) {
+		if s.compensate {
 			need[s.tensor] = true
-			work = append(work, s)
 		}
-	}
-	if len(work) == 0 {
-		return nil
 	}
 	names := make([]string, 0, len(need))
 	for t := range need {
 		names = append(names, t)
 	}
 	sort.Strings(names)
-	means, err := p.channelMeans(ctx, names, opts)
-	if err != nil {
-		return err
+	return names
+}
+
+// compensate moves the mean contribution of every removed input channel into
+// the bias of the layer that read it: a channel that is gone reads as its
+// calibration-set mean instead of as 0. Without retraining this keeps the
+// next layer's pre-activations centred where they were, which is most of
+// what pruning costs in accuracy.
+func (p *pruner) compensate(stats map[string]channelStat, removed map[int]bool) {
+	for _, s := range p.slices {
+		if s.compensate && len(p.keep(s.tensor, removed)) < len(p.space[s.tensor]) {
+			p.moveIntoBias(s, stats[s.tensor].mean, removed)
+		}
 	}
-	for _, s := range work {
-		p.moveIntoBias(s, means[s.tensor], removed)
+}
+
+// outputScores scores each class by the squared error its removal (with
+// compensation) adds to the layers that read it: for every reader and every
+// channel of the class, the channel's variance times the sum of the squared
+// weights that read it.
+func (p *pruner) outputScores(stats map[string]channelStat) map[int]float64 {
+	scores := map[int]float64{}
+	for _, s := range p.slices {
+		if !s.compensate {
+			continue
+		}
+		w, dims, _ := p.e.floatAt(p.e.graph.GetNode()[s.node].GetInput()[s.input])
+		ch := int(dims[s.axis])
+		inner := 1
+		for _, d := range dims[s.axis+1:] {
+			inner *= int(d)
+		}
+		sq := make([]float64, ch)
+		for idx := range product(dims) {
+			v := float64(w(int(idx)))
+			sq[(int(idx)/inner)%ch] += v * v
+		}
+		for k, a := range p.space[s.tensor] {
+			scores[p.find(a)] += stats[s.tensor].variance[k] * sq[k]
+		}
 	}
-	return nil
+	return scores
 }
 
 // moveIntoBias adds, for each output o of s's node, the sum over the removed
@@ -86,10 +116,11 @@ func (p *pruner) moveIntoBias(s weightSlice, mean []float64, removed map[int]boo
 	n.Input[2] = p.e.addInit(floatInit(name+"/compensated", []int64{int64(len(bias))}, bias))
 }
 
-// channelMeans runs the model on the calibration set and returns each
-// tensor's mean along its channel axis.
-func (p *pruner) channelMeans(ctx context.Context, names []string, opts Options) (map[string][]float64, error) {
+// channelStats runs the model on the calibration set and returns each
+// tensor's mean and variance along its channel axis.
+func (p *pruner) channelStats(ctx context.Context, names []string, opts Options) (map[string]channelStat, error) {
 	sums := make([][]float64, len(names))
+	sqs := make([][]float64, len(names))
 	counts := make([]float64, len(names))
 	err := runExposed(ctx, p.e, names, opts, func(outs []tensor.Tensor) error {
 		for i, o := range outs {
@@ -104,10 +135,12 @@ func (p *pruner) channelMeans(ctx context.Context, names []string, opts Options)
 				inner *= int(d)
 			}
 			if sums[i] == nil {
-				sums[i] = make([]float64, ch)
+				sums[i], sqs[i] = make([]float64, ch), make([]float64, ch)
 			}
 			for k, v := range vals {
-				sums[i][(k/inner)%ch] += float64(v)
+				c := (k / inner) % ch
+				sums[i][c] += float64(v)
+				sqs[i][c] += float64(v) * float64(v)
 			}
 			counts[i] += float64(len(vals) / ch)
 		}
@@ -116,12 +149,14 @@ func (p *pruner) channelMeans(ctx context.Context, names []string, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string][]float64, len(names))
+	out := make(map[string]channelStat, len(names))
 	for i, t := range names {
-		out[t] = make([]float64, len(sums[i]))
-		for c, s := range sums[i] {
-			out[t][c] = s / counts[i]
+		st := channelStat{mean: make([]float64, len(sums[i])), variance: make([]float64, len(sums[i]))}
+		for c := range sums[i] {
+			st.mean[c] = sums[i][c] / counts[i]
+			st.variance[c] = max(sqs[i][c]/counts[i]-st.mean[c]*st.mean[c], 0)
 		}
+		out[t] = st
 	}
 	return out, nil
 }
