@@ -1,16 +1,21 @@
 // Package compress shrinks an fp32 ONNX model before it is deployed: weight-only
-// int8/int4 quantization (ONNX Runtime's MatMulNBits and GatherBlockQuantized),
+// int8/int4 quantization (ONNX Runtime's MatMulNBits, and GatherBlockQuantized
+// for embeddings, a tied LM head and token table sharing one quantization),
 // dynamic int8 (DynamicQuantizeMatMul, DynamicQuantizeLSTM), static int8 with
 // activation ranges calibrated on sample inputs (QuantizeLinear/DequantizeLinear
-// pairs ONNX Runtime fuses into QLinearConv and QLinearMatMul), and structured
-// L1-norm pruning of convolution filters and Transformer MLP units, which
-// physically removes channels. Patterns a pass does not handle stay float32 and
-// are listed in the Report, so a compressed model always loads.
+// pairs ONNX Runtime fuses into QLinearConv and QGemm), and structured pruning
+// of convolution filters and MatMul/Gemm output units (Transformer MLP hidden
+// units), which physically removes channels; channels coupled through residual
+// Adds, Concats and depthwise convolutions go together. Pruning ranks by filter
+// L1 norm or, given a calibration set, by the output error a channel's removal
+// adds, and moves removed channels' means into the next layer's bias. Patterns
+// a pass does not handle stay float32 and are listed in the Report, and a
+// compressed model that ONNX Runtime does not load is never written.
 //
 // Compress is the one entry point: meshctl compress calls it offline, and the
-// deploy path calls it before planning, so the planner places the smaller model.
-// It reads models with partition's loader and runs models (calibration, verify)
-// only through the accel.Backend the caller passes in.
+// deploy path can call it before planning, so the planner places the smaller
+// model. It reads models with partition's loader and runs models (calibration,
+// verification) only through the accel.Backend the caller passes in.
 package compress
 
 import (

@@ -166,3 +166,21 @@ func TestFashionMNISTAccuracyAfterCompression(t *testing.T) {
 		}
 	}
 }
+
+// The compressed Fashion-MNIST CNN (static int8, and 30% pruning) still cuts
+// into stages that chain to the compressed whole.
+func TestFashionCNNCompressedSplitsIntoStages(t *testing.T) {
+	calib := writeCalibration(t, 2, 16)
+	img, _ := fashionImages(t, "t10k", 0, 4)
+	for name, opts := range map[string]Options{
+		"static int8": {Quantize: QuantStatic, CalibrationDir: calib},
+		"prune 30%":   {Prune: 0.3, CalibrationDir: calib},
+	} {
+		dst := filepath.Join(t.TempDir(), "c.onnx")
+		opts.Backend = backend(t)
+		if _, err := Compress(t.Context(), fashionModel, dst, opts); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		checkSplit(t, dst, map[string][]int64{"image": {4, 1, 28, 28}}, []tensor.Tensor{img}, 3)
+	}
+}
