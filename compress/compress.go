@@ -90,6 +90,11 @@ type Options struct {
 	// PruneGlobal applies Prune to the model as a whole: the least important
 	// channels anywhere go, so layers differ in how much they lose.
 	PruneGlobal bool
+	// PruneSteps splits global pruning with a calibration set into steps that
+	// each remove the same fraction of what is left, re-measuring the channels
+	// (and so the biases that compensate them) between steps; 0 means 8.
+	// Per-layer pruning, or pruning without calibration, takes one step.
+	PruneSteps int
 	// Calibration is the sample inputs static int8 derives activation ranges
 	// from, and Verify's default inputs: each element is one set of model inputs.
 	Calibration [][]tensor.Tensor
@@ -208,6 +213,9 @@ func (o *Options) check() error {
 	if !(o.Prune >= 0 && o.Prune <= MaxPruneRatio) {
 		return fmt.Errorf("%w: prune ratio %g is outside [0, %g]", ErrInvalidOptions, o.Prune, MaxPruneRatio)
 	}
+	if o.PruneSteps < 0 {
+		return fmt.Errorf("%w: prune steps %d is negative", ErrInvalidOptions, o.PruneSteps)
+	}
 	switch o.PruneCriterion {
 	case "":
 		o.PruneCriterion = CriterionL1
@@ -321,13 +329,11 @@ func Compress(ctx context.Context, src, dst string, opts Options) (*Report, erro
 func apply(ctx context.Context, m *partition.Model, opts Options, rep *Report) (bool, error) {
 	changed := false
 	if opts.Prune > 0 {
-		e := newEditor(m.Proto)
-		n, err := prune(ctx, e, opts, rep)
+		n, err := pruneInSteps(ctx, m, opts, rep)
 		if err != nil {
 			return false, err
 		}
 		changed = n > 0
-		e.finish()
 	}
 	e := newEditor(m.Proto)
 	switch opts.Quantize {

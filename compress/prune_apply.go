@@ -1,9 +1,15 @@
 package compress
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"math"
+	"slices"
 	"sort"
+	"strings"
+
+	"github.com/layermesh/layermesh/partition"
 )
 
 // prune removes opts.Prune of the prunable channels of every coupled group of
@@ -34,6 +40,53 @@ func prune(ctx context.Context, e *editor, opts Options, rep *Report) (int, erro
 	}
 	p.apply(removed)
 	return len(removed), nil
+}
+
+// pruneInSteps prunes m in opts.PruneSteps global steps (one step per layer
+// or without calibration) and merges the steps' reports per group of layers.
+func pruneInSteps(ctx context.Context, m *partition.Model, opts Options, rep *Report) (int, error) {
+	steps := 1
+	if opts.PruneGlobal && opts.Backend != nil && len(opts.Calibration) > 0 {
+		steps = cmp.Or(opts.PruneSteps, 8)
+	}
+	step := opts
+	step.Prune = 1 - math.Pow(1-opts.Prune, 1/float64(steps))
+	total := 0
+	var pruned []PrunedGroup
+	for range steps {
+		e := newEditor(m.Proto)
+		stepRep := &Report{}
+		n, err := prune(ctx, e, step, stepRep)
+		if err != nil {
+			return 0, err
+		}
+		e.finish()
+		total += n
+		pruned = mergePruned(pruned, stepRep.Pruned)
+		if rep.Kept == nil {
+			rep.Kept = stepRep.Kept
+		}
+		if n == 0 {
+			break
+		}
+	}
+	rep.Pruned = append(rep.Pruned, pruned...)
+	return total, nil
+}
+
+// mergePruned adds a step's groups to the earlier steps': a group keeps the
+// channel count it had before the first step and sums what each step removed.
+func mergePruned(into, step []PrunedGroup) []PrunedGroup {
+	for _, g := range step {
+		key := strings.Join(g.Layers, "\x00")
+		i := slices.IndexFunc(into, func(h PrunedGroup) bool { return strings.Join(h.Layers, "\x00") == key })
+		if i < 0 {
+			into = append(into, g)
+			continue
+		}
+		into[i].Removed += g.Removed
+	}
+	return into
 }
 
 // scoredClass is one class of coupled channels: removed together or not at all.

@@ -29,6 +29,7 @@ func runCompress(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.Float64Var(&opts.Prune, "prune", 0, "fraction of each prunable layer's channels to remove, in [0, 0.95]")
 	fs.StringVar(&opts.PruneCriterion, "prune-criterion", "l1", "rank channels by l1 (filter norms) or output (error their removal adds on the calibration set; needs --calib)")
 	fs.BoolVar(&opts.PruneGlobal, "prune-global", false, "apply --prune to the whole model: the least important channels anywhere go")
+	fs.IntVar(&opts.PruneSteps, "prune-steps", 0, "global pruning with --calib in this many re-measured steps (default 8)")
 	fs.IntVar(&opts.BlockSize, "block-size", 0, "weight-only quantization block length along K (16-256, power of two; default 64 for int8, 32 for int4)")
 	fs.BoolVar(&opts.Symmetric, "symmetric", false, "weight-only quantization without zero points")
 	fs.IntVar(&opts.AccuracyLevel, "accuracy-level", 0, "MatMulNBits accuracy_level: 0 unset, 1 fp32, 4 int8 compute")
