@@ -104,7 +104,8 @@ func BenchmarkGPT2Small(b *testing.B) {
 
 // BenchmarkFashionCNN runs the Fashion-MNIST CNN on a batch of 32 images on one
 // intra-op thread: float32, static int8, and 30% and 50% filter pruning (per
-// layer, with the calibration set's means moved into the biases).
+// layer by L1 norm, or over the whole model by output error; the calibration
+// set's means moved into the biases).
 //
 //	go test -run '^$' -bench FashionCNN -benchtime 200x ./compress
 func BenchmarkFashionCNN(b *testing.B) {
@@ -117,6 +118,7 @@ func BenchmarkFashionCNN(b *testing.B) {
 		{"static-int8", Options{Quantize: QuantStatic}},
 		{"prune-30", Options{Prune: 0.3}},
 		{"prune-50", Options{Prune: 0.5}},
+		{"prune-30-output-global", Options{Prune: 0.3, PruneGlobal: true, PruneCriterion: CriterionOutput}},
 		{"prune-30+static-int8", Options{Prune: 0.3, Quantize: QuantStatic}},
 	}
 	models := map[string]compressed{"fp32": {path: fashionModel}}
