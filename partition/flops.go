@@ -39,18 +39,22 @@ type flopRule func(p *onnxpb.NodeProto, in func(int) *vinfo, outElems int64) (fl
 // flopRules is the dispatch table from op type to FLOP rule, for the ops whose cost
 // is far above one operation per output element.
 var flopRules = map[string]flopRule{
-	"MatMul":             matMulFLOPs,
-	"FusedMatMul":        matMulFLOPs,
-	"MatMulInteger":      matMulFLOPs,
-	"Gemm":               gemmFLOPs,
-	"Conv":               convFLOPs,
-	"ConvInteger":        convFLOPs,
-	"ConvTranspose":      convTransposeFLOPs,
-	"LSTM":               recurrentFLOPs(4),
-	"GRU":                recurrentFLOPs(3),
-	"RNN":                recurrentFLOPs(1),
-	"Attention":          attentionFLOPs,
-	"MultiHeadAttention": attentionFLOPs,
+	"MatMul":        matMulFLOPs,
+	"FusedMatMul":   matMulFLOPs,
+	"MatMulInteger": matMulFLOPs,
+	// compress's quantized forms cost what the float op they replace does.
+	"MatMulNBits":           matMulFLOPs,
+	"DynamicQuantizeMatMul": matMulFLOPs,
+	"DynamicQuantizeLSTM":   recurrentFLOPs(4),
+	"Gemm":                  gemmFLOPs,
+	"Conv":                  convFLOPs,
+	"ConvInteger":           convFLOPs,
+	"ConvTranspose":         convTransposeFLOPs,
+	"LSTM":                  recurrentFLOPs(4),
+	"GRU":                   recurrentFLOPs(3),
+	"RNN":                   recurrentFLOPs(1),
+	"Attention":             attentionFLOPs,
+	"MultiHeadAttention":    attentionFLOPs,
 }
 
 // matMulFLOPs: each output element is a dot product over A's last dim.

@@ -453,6 +453,7 @@ func (g *Graph) findCuts() {
 	for _, name := range names {
 		v := g.Values[name]
 		last := v.Consumers[len(v.Consumers)-1]
+		fused := g.insideQDQ(v)
 		for c := v.Producer + 1; c <= last; c++ {
 			cut := &g.Cuts[c]
 			cut.Crossing = append(cut.Crossing, name)
@@ -467,9 +468,33 @@ func (g *Graph) findCuts() {
 				// unknown-rank input as a scalar, and callers validate against that.
 				cut.Valid = false
 				cut.Reason = fmt.Sprintf("rank of crossing tensor %q unknown (MeasureValues can tell)", name)
+			case fused != "":
+				cut.Valid = false
+				cut.Reason = fused
 			}
 		}
 	}
+}
+
+// insideQDQ says why no cut may separate v's producer from its readers, or "".
+// ONNX Runtime fuses DequantizeLinear -> op -> QuantizeLinear (a statically
+// quantized model) into one integer kernel (QLinearConv, QGemm, ...); a stage
+// boundary inside that pattern would run the op in float32 in the stages but not
+// in the whole model, and their results would differ. The boundary between a
+// QuantizeLinear and its DequantizeLinear stays open, and carries int8.
+func (g *Graph) insideQDQ(v *Value) string {
+	if v.Producer >= 0 && g.Nodes[v.Producer].OpType == "DequantizeLinear" {
+		return fmt.Sprintf("crossing tensor %q comes from a DequantizeLinear its reader fuses with", v.Name)
+	}
+	if v.Producer < 0 {
+		return ""
+	}
+	for _, c := range v.Consumers {
+		if g.Nodes[c].OpType == "QuantizeLinear" {
+			return fmt.Sprintf("crossing tensor %q goes to a QuantizeLinear its producer fuses with", v.Name)
+		}
+	}
+	return ""
 }
 
 // ValidCuts returns the positions of the valid cut points.

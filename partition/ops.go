@@ -35,6 +35,7 @@ var shapeRules = buildShapeRules(
 	generatorRules,
 	controlFlowRules,
 	dtypeOnlyRules,
+	quantRules,
 )
 
 func buildShapeRules(families ...[]opGroup) map[string]shapeRule {

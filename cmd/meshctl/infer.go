@@ -113,7 +113,7 @@ func (s *stringsFlag) Set(v string) error { *s = append(*s, v); return nil }
 // buildInput makes one input tensor from an inline list, a JSON file or a .npy file.
 func buildInput(name, value, shapeArg, dtypeArg string, sig *wire.TensorMetadata) (tensor.Tensor, error) {
 	if file, ok := strings.CutPrefix(value, "@"); ok && strings.HasSuffix(strings.ToLower(file), ".npy") {
-		t, err := readNPYFile(file)
+		t, err := tensor.ReadNPYFile(file)
 		if err != nil {
 			return tensor.Tensor{}, err
 		}

@@ -124,6 +124,7 @@ func init() {
 		"deploy":     {summary: "upload and deploy a model: deploy FILE.onnx --name NAME [--tokenizer PATH --chat-template FILE]", flags: deployFlags},
 		"undeploy":   {summary: "remove a model: undeploy NAME", flags: commonFlagsOnly(exactArgs(1, "want exactly one model NAME"), callUndeploy)},
 		"partition":  {summary: "split a model into pipeline stages offline: partition MODEL.onnx --stages K [--budgets ...] [--out DIR] [--verify]", offline: runPartition},
+		"compress":   {summary: "quantize or prune a model offline: compress MODEL.onnx --out OUT.onnx [--quantize int8|int4|dynamic|static] [--prune R] [--verify N]", offline: runCompress},
 		"gen-model":  {summary: "write a generated model: gen-model KIND [--layers N ...] -o FILE.onnx", offline: runGenModel},
 		"bench":      {summary: "latency percentiles and throughput: bench MODEL --input ... [--requests N] [--concurrency C]", flags: benchFlags},
 		"completion": {summary: "print a shell completion script: completion bash|zsh", offline: runCompletion},

@@ -36,7 +36,7 @@ func npyBytes(descr, shape string, data []byte) []byte {
 
 func TestReadNPY(t *testing.T) {
 	f32 := tensor.FromFloat32("", []int64{2, 3}, []float32{1, 2, 3, 4, 5, 6})
-	got, err := readNPY(bytes.NewReader(npyBytes("<f4", "(2, 3)", f32.Data)))
+	got, err := tensor.ReadNPY(bytes.NewReader(npyBytes("<f4", "(2, 3)", f32.Data)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,11 +44,11 @@ func TestReadNPY(t *testing.T) {
 		t.Errorf("got %+v", got)
 	}
 	i64 := tensor.FromInt64("", []int64{3}, []int64{-1, 0, 7})
-	got, err = readNPY(bytes.NewReader(npyBytes("<i8", "(3,)", i64.Data)))
+	got, err = tensor.ReadNPY(bytes.NewReader(npyBytes("<i8", "(3,)", i64.Data)))
 	if err != nil || got.DType != tensor.Int64 || fmt.Sprint(got.Shape) != "[3]" {
 		t.Errorf("int64: %+v %v", got, err)
 	}
-	got, err = readNPY(bytes.NewReader(npyBytes("<f8", "()", make([]byte, 8))))
+	got, err = tensor.ReadNPY(bytes.NewReader(npyBytes("<f8", "()", make([]byte, 8))))
 	if err != nil || len(got.Shape) != 0 || len(got.Data) != 8 {
 		t.Errorf("scalar: %+v %v", got, err)
 	}
@@ -65,8 +65,8 @@ func TestReadNPY(t *testing.T) {
 		"negative dim":    npyBytes("<f4", "(-1,)", nil),
 		"unparsable dims": npyBytes("<f4", "(a,)", nil),
 	} {
-		if _, err := readNPY(bytes.NewReader(file)); !errors.Is(err, errNPY) {
-			t.Errorf("%s: %v, want errNPY", name, err)
+		if _, err := tensor.ReadNPY(bytes.NewReader(file)); !errors.Is(err, tensor.ErrNPY) {
+			t.Errorf("%s: %v, want tensor.ErrNPY", name, err)
 		}
 	}
 }
