@@ -63,8 +63,8 @@ var Rules = []Rule{
 		// The HTTP surface, the partitioner and accel's interface run in binaries and
 		// tools that must build with CGO_ENABLED=0; the cgo backend is accel/ort (with
 		// accel/ort/gpu, which reads NVML through cgo).
-		Name:   "api, partition and accel's interface build without cgo",
-		From:   []string{"api/...", "partition/...", "accel/..."},
+		Name:   "api, partition, compress and accel's interface build without cgo",
+		From:   []string{"api/...", "partition/...", "compress/...", "accel/..."},
 		Except: []string{"accel/ort/..."},
 		Cgo:    true,
 	},
@@ -89,8 +89,8 @@ var Rules = []Rule{
 		Direct: true,
 	},
 	{
-		Name:   "mesh, consensus, partition, accel and api sit below node",
-		From:   []string{"mesh/...", "consensus/...", "partition/...", "accel/...", "api/..."},
+		Name:   "mesh, consensus, partition, compress, accel and api sit below node",
+		From:   []string{"mesh/...", "consensus/...", "partition/...", "compress/...", "accel/...", "api/..."},
 		Forbid: []string{"node/..."},
 	},
 	{
