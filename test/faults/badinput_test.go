@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"os"
@@ -22,7 +23,9 @@ import (
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api"
 	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/partition/modelgen"
 	"github.com/layermesh/layermesh/test/harness"
+	"github.com/layermesh/layermesh/tokenizer"
 )
 
 // singleNode is one meshnode process serving the add model on its own.
@@ -39,6 +42,7 @@ func startSingleNode(t *testing.T) *singleNode {
 	if err := os.WriteFile(filepath.Join(modelDir, "add.onnx"), addModel(t), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	writeGenerativeModel(t, modelDir)
 	p := harness.StartProc(t, harness.ProcSpec{Name: "meshnode", Path: harness.MeshnodeBinary(t), Args: []string{
 		"--data-dir", dataDir, "--name", "bad-input", "--http", "127.0.0.1:0", "--model-dir", modelDir,
 		"--accel", "cpu", "--threads", "1", "--no-mdns", "--log-format", "json",
@@ -57,6 +61,62 @@ func startSingleNode(t *testing.T) *singleNode {
 		t.Fatalf("single node wrote no admin token: %v", err)
 	}
 	return &singleNode{proc: p, addr: addr, dataDir: dataDir, token: strings.TrimSpace(string(tok))}
+}
+
+// genModel is a small with-past GPT the single node serves beside add, with GPT-2's
+// tokenizer, so that generation's refusals have a model that can generate.
+const genModel = "gen"
+
+var genGPT = modelgen.GPTConfig{Layers: 1, Dim: 32, Heads: 2, Vocab: 50257, Context: 32, Seed: 3, Name: genModel, WithPast: true}
+
+// writeGenerativeModel writes gen.onnx and gen.tokenizer.json into dir.
+func writeGenerativeModel(t *testing.T, dir string) {
+	t.Helper()
+	m, err := modelgen.GPTWithPast(genGPT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := modelgen.WriteFile(m, filepath.Join(dir, genModel+".onnx")); err != nil {
+		t.Fatal(err)
+	}
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := tokenizer.Load(filepath.Join(root, "third_party", "tokenizers", "gpt2"))
+	if err != nil {
+		t.Fatalf("GPT-2's tokenizer files (make setup fetches them): %v", err)
+	}
+	raw, err := tok.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, genModel+".tokenizer.json"), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// deployWithTokenizer is a multipart deploy body: a tokenizer part, then the model.
+func deployWithTokenizer(t *testing.T, tokenizerJSON, model []byte) (map[string]string, []byte) {
+	t.Helper()
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	for _, part := range []struct {
+		name string
+		data []byte
+	}{{"tokenizer", tokenizerJSON}, {"model", model}} {
+		w, err := mw.CreateFormFile(part.name, part.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(part.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := mw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{"Content-Type": mw.FormDataContentType()}, body.Bytes()
 }
 
 // badRequest is one hostile request and the refusal it must get.
@@ -87,6 +147,7 @@ var notExercised = map[api.Code]string{
 	api.CodeTokenNotFound:        "token calls need cluster mode; TestFaultHostilePeers sends this row to a cluster node",
 	api.CodeConflict:             "undrain and token calls need cluster mode; TestFaultHostilePeers sends this row to a cluster node",
 	api.CodeInsufficientCapacity: "placement over memory budgets needs cluster mode; TestFaultHostilePeers sends this row to a cluster node",
+	api.CodeKVExhausted:          "needs the stages' session memory spent by other sessions: a load condition, not an input (pipeline's session tests cover it)",
 }
 
 func badRequests(t *testing.T) []badRequest {
@@ -138,7 +199,15 @@ func badRequests(t *testing.T) []badRequest {
 		{name: "upload under a bad name", method: "PUT", path: "/v1/models/bad$name", admin: true, body: addModel(t), status: 400, code: api.CodeInvalidName},
 		{name: "upload with a bad query", method: "PUT", path: "/v1/models/add2?stages=abc", admin: true, body: addModel(t), status: 400, code: api.CodeBadRequest},
 		{name: "drain on a single node", method: "POST", path: "/v1/nodes/bad-input/drain", admin: true, status: 501, code: api.CodeNotClusterMode},
+		{name: "generation on a model that cannot generate", method: "POST", path: "/v2/models/add/generate", body: []byte(`{"text_input":"hi","parameters":{"max_tokens":4}}`), status: 400, code: api.CodeNotGenerative},
+		{name: "generation of 0 tokens", method: "POST", path: "/v2/models/add/generate", body: []byte(`{"text_input":"hi","parameters":{"max_tokens":0}}`), status: 400, code: api.CodeInvalidMaxTokens},
+		{name: "generation at temperature 9", method: "POST", path: "/v2/models/add/generate", body: []byte(`{"text_input":"hi","parameters":{"max_tokens":4,"temperature":9}}`), status: 400, code: api.CodeInvalidParameter},
+		{name: "prompt longer than the context", method: "POST", path: "/v2/models/gen/generate", body: []byte(`{"text_input":"` + strings.Repeat("the mesh ", 40) + `","parameters":{"max_tokens":4}}`), status: 400, code: api.CodeContextExceeded},
+		{name: "chat message of an unknown role", method: "POST", path: "/openai/v1/chat/completions", body: []byte(`{"model":"gen","messages":[{"role":"wizard","content":"x"}]}`), status: 400, code: api.CodeInvalidMessages},
 	}
+	tokHeader, tokBody := deployWithTokenizer(t, []byte(`{"model":{"type":"WordPiece"}}`), addModel(t))
+	rows = append(rows, badRequest{name: "deploy with a tokenizer that is not byte-level BPE", method: "PUT", path: "/v1/models/badtok", admin: true,
+		header: tokHeader, body: tokBody, status: 400, code: api.CodeTokenizerInvalid})
 	bin := func(name, shape string, binSize, dataLen int, code api.Code) badRequest {
 		h, b := binIn(shape, binSize, dataLen)
 		return badRequest{name: name, method: "POST", path: infer, header: h, body: b, status: 400, code: code}
@@ -173,14 +242,33 @@ func (n *singleNode) send(ctx context.Context, client *http.Client, r badRequest
 	if err != nil {
 		return fmt.Errorf("reading the answer: %w", err)
 	}
-	var eb wire.ErrorBody
-	if err := json.Unmarshal(raw, &eb); err != nil || eb.Error == "" {
+	eb, ok := errorBody(raw)
+	if !ok {
 		return fmt.Errorf("status %d with a body that is not an error body: %.200q", resp.StatusCode, raw)
 	}
 	if resp.StatusCode != r.status || eb.Code != string(r.code) {
 		return fmt.Errorf("got %d %s (%s), want %d %s", resp.StatusCode, eb.Code, eb.Error, r.status, r.code)
 	}
 	return nil
+}
+
+// errorBody reads an error answer: the API's own body, or the OpenAI envelope the
+// /openai/v1 routes answer with, which carries the same code.
+func errorBody(raw []byte) (wire.ErrorBody, bool) {
+	var eb wire.ErrorBody
+	if err := json.Unmarshal(raw, &eb); err == nil && eb.Error != "" {
+		return eb, true
+	}
+	var oa struct {
+		Error struct {
+			Message string `json:"message"`
+			Code    string `json:"code"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(raw, &oa); err != nil || oa.Error.Message == "" {
+		return wire.ErrorBody{}, false
+	}
+	return wire.ErrorBody{Error: oa.Error.Message, Code: oa.Error.Code}, true
 }
 
 // goodInput is request seq of the undisturbed stream: x = [seq, 1, -1].
