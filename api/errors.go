@@ -42,7 +42,7 @@ var (
 	ErrKVExhausted = errors.New("session memory exhausted")
 	// ErrCompressionFailed: the model compressed at deploy drifted from the upload
 	// past the deploy's max_error or min_agreement; the message gives the figures.
-	ErrCompressionFailed = errors.New("compressed model failed verification")
+	ErrCompressionFailed = errors.New("compression failed")
 )
 
 // Code is a stable error code: clients and scripts match on it, so a code never

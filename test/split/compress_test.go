@@ -47,6 +47,24 @@ func TestSplitCompressedDeployNeedsFewerStages(t *testing.T) {
 	c := startCluster(t, 3, budget)
 
 	var apiErr *client.Error
+	refused := map[string]struct {
+		comp client.CompressOptions
+		code string
+	}{
+		"static (needs calibration)": {client.CompressOptions{Quantize: "static"}, "bad_request"},
+		"unknown mode":               {client.CompressOptions{Quantize: "int3"}, "bad_request"},
+		"past max_error":             {client.CompressOptions{Quantize: "int4", Verify: 2, MaxError: 1e-7}, "compression_failed"},
+	}
+	for name, r := range refused {
+		_, err := c.deployCompressed(2, path, size, 0, r.comp)
+		if !errors.As(err, &apiErr) || apiErr.Code != r.code {
+			t.Fatalf("%s: got %v, want %s", name, err, r.code)
+		}
+		t.Logf("%s: %d %s: %s", name, apiErr.Status, apiErr.Code, apiErr.Message)
+	}
+	if models, err := c.client(0).Models(context.Background()); err != nil || len(models) != 0 {
+		t.Fatalf("refused deploys left models %v (%v)", models, err)
+	}
 	if _, err := c.deploy(0, path, size, 2, 1); !errors.As(err, &apiErr) || apiErr.Code != "insufficient_capacity" {
 		t.Fatalf("fp32 in 2 stages on 3 x %d bytes: got %v, want insufficient_capacity", budget, err)
 	}
