@@ -40,6 +40,9 @@ var (
 	// ErrKVExhausted: the stage nodes have no memory left for another session's
 	// state; running sessions go on, a new one may retry later.
 	ErrKVExhausted = errors.New("session memory exhausted")
+	// ErrCompressionFailed: the model compressed at deploy drifted from the upload
+	// past the deploy's max_error or min_agreement; the message gives the figures.
+	ErrCompressionFailed = errors.New("compression failed")
 )
 
 // Code is a stable error code: clients and scripts match on it, so a code never
@@ -78,6 +81,7 @@ const (
 	CodeNotClusterMode       Code = "not_cluster_mode"
 	CodeUnavailable          Code = "unavailable"
 	CodeTimeout              Code = "timeout"
+	CodeCompressionFailed    Code = "compression_failed"
 	CodeInternal             Code = "internal"
 	CodeContextExceeded      Code = "context_exceeded"
 	CodeNotGenerative        Code = "not_generative"
@@ -113,6 +117,7 @@ var catalogue = map[Code]Entry{
 	CodeUnsupportedType:      {CodeUnsupportedType, http.StatusBadRequest, "the model has an input or output type the backend cannot carry"},
 	CodeBodyTooLarge:         {CodeBodyTooLarge, http.StatusRequestEntityTooLarge, "the body exceeds the node's limit (--max-body, --max-model-size)"},
 	CodeInvalidName:          {CodeInvalidName, http.StatusBadRequest, "a model name is empty, too long or has characters outside [A-Za-z0-9._-]"},
+	CodeCompressionFailed:    {CodeCompressionFailed, http.StatusUnprocessableEntity, "the model compressed at deploy drifted from the upload past max_error or min_agreement; the message gives the verification figures"},
 	CodeInvalidModel:         {CodeInvalidModel, http.StatusUnprocessableEntity, "the uploaded file is not a model the backend can load (corrupt, truncated)"},
 	CodeModelNotFound:        {CodeModelNotFound, http.StatusNotFound, "no model (or model version) of that name"},
 	CodeNodeNotFound:         {CodeNodeNotFound, http.StatusNotFound, "no node of that name"},
@@ -181,6 +186,7 @@ var classifiers = []struct {
 	{ErrInvalidParameter, CodeInvalidParameter},
 	{tokenizer.ErrInvalid, CodeTokenizerInvalid},
 	{ErrKVExhausted, CodeKVExhausted},
+	{ErrCompressionFailed, CodeCompressionFailed},
 	{context.DeadlineExceeded, CodeTimeout},
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"mime/multipart"
 	"net/http"
@@ -216,6 +217,9 @@ func (s *Server) handlePutModel(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	opts.State = r.URL.Query()["state"]
+	if opts.Compress, err = queryCompress(r); err != nil {
+		return err
+	}
 	if r.ContentLength > s.cfg.MaxModelBytes {
 		return &http.MaxBytesError{Limit: s.cfg.MaxModelBytes}
 	}
@@ -316,6 +320,51 @@ func queryInt(r *http.Request, key string) (int, error) {
 		return 0, fmt.Errorf("%w: %s=%q is not a non-negative integer", ErrBadRequest, key, v)
 	}
 	return n, nil
+}
+
+// queryCompress reads a deploy's compression options from its query.
+func queryCompress(r *http.Request) (CompressOptions, error) {
+	q := r.URL.Query()
+	o := CompressOptions{Quantize: q.Get("compress")}
+	var err error
+	if o.BlockSize, err = queryInt(r, "block_size"); err != nil {
+		return o, err
+	}
+	if o.Verify, err = queryInt(r, "verify"); err != nil {
+		return o, err
+	}
+	for _, f := range []struct {
+		key string
+		dst *float64
+	}{{"prune", &o.Prune}, {"max_error", &o.MaxError}, {"min_agreement", &o.MinAgreement}} {
+		if *f.dst, err = queryFloat(r, f.key); err != nil {
+			return o, err
+		}
+	}
+	for _, b := range []struct {
+		key string
+		dst *bool
+	}{{"symmetric", &o.Symmetric}, {"prune_global", &o.PruneGlobal}} {
+		if v := q.Get(b.key); v != "" {
+			if *b.dst, err = strconv.ParseBool(v); err != nil {
+				return o, fmt.Errorf("%w: %s=%q is not a boolean", ErrBadRequest, b.key, v)
+			}
+		}
+	}
+	return o, nil
+}
+
+// queryFloat reads a non-negative number query parameter; absent is 0.
+func queryFloat(r *http.Request, key string) (float64, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return 0, nil
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || !(f >= 0) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("%w: %s=%q is not a non-negative number", ErrBadRequest, key, v)
+	}
+	return f, nil
 }
 
 // authorize checks the bearer token a route needs.

@@ -92,6 +92,35 @@ type DeployInfo struct {
 	// ContextLen is a generative model's context length in tokens (its position
 	// table's rows); 0 when unknown or not generative.
 	ContextLen int `json:"context_len,omitempty"`
+	// Compression is set when the deploy compressed the upload before cutting it:
+	// the stages are cut from the compressed model, SourceSHA256 stays the upload's.
+	Compression *CompressionInfo `json:"compression,omitempty"`
+}
+
+// CompressionInfo is what a deploy's compression did and how close the compressed
+// model stayed to the upload on the verification inputs.
+type CompressionInfo struct {
+	// The options the deploy asked for (the same-deploy check compares them).
+	Quantize     string  `json:"quantize,omitempty"`
+	BlockSize    int     `json:"block_size,omitempty"`
+	Symmetric    bool    `json:"symmetric,omitempty"`
+	Prune        float64 `json:"prune,omitempty"`
+	PruneGlobal  bool    `json:"prune_global,omitempty"`
+	Verify       int     `json:"verify,omitempty"`
+	MaxError     float64 `json:"max_error,omitempty"`
+	MinAgreement float64 `json:"min_agreement,omitempty"`
+	// NothingToDo means no node could be compressed: the upload was cut as it is.
+	NothingToDo bool `json:"nothing_to_do,omitempty"`
+	// SizeBefore and SizeAfter are the model file sizes.
+	SizeBefore int64 `json:"size_before"`
+	SizeAfter  int64 `json:"size_after"`
+	// The verification figures, the worst over all outputs; VerifySamples is 0
+	// when the deploy did not verify. MinTop1 is -1 when no output has a top-1.
+	VerifySamples int     `json:"verify_samples,omitempty"`
+	MaxAbs        float64 `json:"max_abs,omitempty"`
+	MaxRel        float64 `json:"max_rel,omitempty"`
+	MinCosine     float64 `json:"min_cosine,omitempty"`
+	MinTop1       float64 `json:"min_top1,omitempty"`
 }
 
 // Model is one version of a deployed model.

@@ -61,7 +61,7 @@ func (c *Controller) readCatalogue(ctx context.Context) (*consensus.ClusterState
 
 func (c *Controller) status(st *consensus.ClusterState, m consensus.Model, live map[string]mesh.NodeMeta) wire.ModelStatus {
 	s := wire.ModelStatus{Name: m.Name, Version: m.Version, SHA256: m.SourceSHA256, Size: m.SourceSize, Source: "upload",
-		LoadedAt: m.Created}
+		LoadedAt: m.Created, Compression: compressionStatus(m.Deploy.Compression)}
 	for _, in := range m.Signature.Inputs {
 		s.Inputs = append(s.Inputs, tensorMeta(in))
 	}
@@ -71,7 +71,7 @@ func (c *Controller) status(st *consensus.ClusterState, m consensus.Model, live 
 	pl, placed := st.Placements[consensus.ModelKey(m.Name, m.Version)]
 	s.Ready = placed
 	for k := range m.Stages {
-		ss := wire.StageStatus{Index: k}
+		ss := wire.StageStatus{Index: k, Size: m.Stages[k].Size}
 		if placed && k < len(pl.Stages) {
 			ss.Replicas = c.names(st, pl.Stages[k])
 		}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/consensus"
 	"github.com/layermesh/layermesh/mesh"
 )
@@ -87,7 +88,10 @@ type Config struct {
 	// CaughtUp says whether this node's state has caught up with the leader's since
 	// start; until then models may look missing and blobs unreferenced.
 	CaughtUp func() bool
-	Logger   *slog.Logger
+	// Backend runs the models a deploy compresses (calibration-free verification);
+	// nil refuses deploys that ask for compression.
+	Backend accel.Backend
+	Logger  *slog.Logger
 }
 
 // Controller owns the Raft writes about models, placements and member states.

@@ -108,20 +108,31 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		}
 		state = append(state, p)
 	}
+	comp := askedCompression(opts.Compress)
 	st := c.store.State()
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
-			deployFigures(m).replicas(c.cfg.Replicas) == replicas && sameText(m.Text, text) && sameState(m, state) {
+			deployFigures(m).replicas(c.cfg.Replicas) == replicas && sameText(m.Text, text) && sameState(m, state) &&
+			sameCompression(m.Deploy.Compression, comp) {
 			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
 			return c.ModelStatus(ctx, name, m.Version)
 		}
 	}
 
-	model, err := c.cut(name, srcHash, srcSize, cutOptions{stages: opts.Stages, replicas: replicas, state: state}, tmpDir, st)
+	co := cutOptions{path: c.blobs.Path(srcHash), stages: opts.Stages, replicas: replicas, state: state}
+	if comp != nil {
+		if co.path, err = c.compressUpload(ctx, co.path, tmpDir, comp); err != nil {
+			return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
+		}
+		c.log.Info("deploy: compressed", "model", name, "quantize", comp.Quantize, "prune", comp.Prune,
+			"bytes_before", comp.SizeBefore, "bytes_after", comp.SizeAfter, "max_rel", comp.MaxRel)
+	}
+	model, err := c.cut(name, srcHash, srcSize, co, tmpDir, st)
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
 	model.Text = text
+	model.Deploy.Compression = comp
 	res, err := c.commitRetrying(ctx, consensus.NewCommand(consensus.PutModel{Model: model}))
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
@@ -220,9 +231,11 @@ func sameState(m consensus.Model, declared []partition.StatePair) bool {
 	return slices.Equal(want, have)
 }
 
-// cutOptions are a deploy's choices for cut: stage count (0: the planner's), replicas
-// per stage, and declared state pairs (nil: detected by name).
+// cutOptions are a deploy's choices for cut: the model file cut (the upload's blob, or
+// its compressed copy), stage count (0: the planner's), replicas per stage, and
+// declared state pairs (nil: detected by name).
 type cutOptions struct {
+	path             string
 	stages, replicas int
 	state            []partition.StatePair
 }
@@ -231,8 +244,7 @@ type cutOptions struct {
 // returns has no version yet: the FSM allocates it on commit.
 func (c *Controller) cut(name, srcHash string, srcSize int64, co cutOptions, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
 	stages, replicas := co.stages, co.replicas
-	srcPath := c.blobs.Path(srcHash)
-	pm, err := partition.Load(srcPath)
+	pm, err := partition.Load(co.path)
 	if err != nil {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, accel.ErrInvalidModel, err)
 	}

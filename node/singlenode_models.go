@@ -278,6 +278,11 @@ func (n *Node) PutModel(ctx context.Context, name string, body io.Reader, opts a
 	if opts.Stages > 1 || opts.Replicas > 1 {
 		return wire.ModelStatus{}, fmt.Errorf("%w: stages=%d replicas=%d need a cluster", api.ErrNotClusterMode, opts.Stages, opts.Replicas)
 	}
+	if opts.Compress.Enabled() {
+		// A single node keeps the upload as its model file; compress it with meshctl
+		// compress and upload the result instead.
+		return wire.ModelStatus{}, fmt.Errorf("%w: compression at deploy needs a cluster: compress the model with meshctl compress and deploy the result", api.ErrNotClusterMode)
+	}
 	if opts.ChatTemplate != "" && opts.Tokenizer == nil {
 		return wire.ModelStatus{}, fmt.Errorf("%w: a chat template needs a tokenizer", api.ErrBadRequest)
 	}

@@ -257,6 +257,45 @@ type UploadOptions struct {
 	// that generates text; the upload is then multipart/form-data.
 	Tokenizer    []byte
 	ChatTemplate string
+	// Compress asks the receiving node to compress the model before it plans; the
+	// zero value deploys it as it is.
+	Compress CompressOptions
+}
+
+// CompressOptions are a deploy's compression (the query parameters compress,
+// block_size, symmetric, prune, prune_global, verify, max_error, min_agreement).
+type CompressOptions struct {
+	// Quantize is "", "int8", "int4" or "dynamic".
+	Quantize     string
+	BlockSize    int
+	Symmetric    bool
+	Prune        float64
+	PruneGlobal  bool
+	Verify       int
+	MaxError     float64
+	MinAgreement float64
+}
+
+// query adds the options that are set to q.
+func (o CompressOptions) query(q url.Values) {
+	if o.Quantize != "" {
+		q.Set("compress", o.Quantize)
+	}
+	for key, v := range map[string]int{"block_size": o.BlockSize, "verify": o.Verify} {
+		if v > 0 {
+			q.Set(key, strconv.Itoa(v))
+		}
+	}
+	for key, v := range map[string]float64{"prune": o.Prune, "max_error": o.MaxError, "min_agreement": o.MinAgreement} {
+		if v > 0 {
+			q.Set(key, strconv.FormatFloat(v, 'g', -1, 64))
+		}
+	}
+	for key, v := range map[string]bool{"symmetric": o.Symmetric, "prune_global": o.PruneGlobal} {
+		if v {
+			q.Set(key, "true")
+		}
+	}
 }
 
 // UploadModel streams an ONNX model to PUT /v1/models/{name}. size is the model's
@@ -273,6 +312,7 @@ func (c *Client) UploadModel(ctx context.Context, name string, r io.Reader, size
 	for _, s := range opts.State {
 		q.Add("state", s)
 	}
+	opts.Compress.query(q)
 	path := "/v1/models/" + url.PathEscape(name)
 	if len(q) > 0 {
 		path += "?" + q.Encode()

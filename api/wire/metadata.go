@@ -78,6 +78,25 @@ type ModelStatus struct {
 	// Inputs and Outputs are the model's signature.
 	Inputs  []TensorMetadata `json:"inputs"`
 	Outputs []TensorMetadata `json:"outputs"`
+	// Compression says how the deploy compressed the model; nil when it did not.
+	Compression *Compression `json:"compression,omitempty"`
+}
+
+// Compression is what a deploy's compression did: the mode, the model sizes
+// before and after, and the verification figures (worst over the outputs).
+type Compression struct {
+	Quantize    string  `json:"quantize,omitempty"`
+	Prune       float64 `json:"prune,omitempty"`
+	NothingToDo bool    `json:"nothing_to_do,omitempty"`
+	SizeBefore  int64   `json:"size_before"`
+	SizeAfter   int64   `json:"size_after"`
+	// VerifySamples is 0 when the deploy did not verify; MinTop1 is -1 when no
+	// output has a top-1.
+	VerifySamples int     `json:"verify_samples,omitempty"`
+	MaxAbs        float64 `json:"max_abs,omitempty"`
+	MaxRel        float64 `json:"max_rel,omitempty"`
+	MinCosine     float64 `json:"min_cosine,omitempty"`
+	MinTop1       float64 `json:"min_top1,omitempty"`
 }
 
 // StageStatus is one pipeline stage of a model and the nodes that serve it.
@@ -85,6 +104,9 @@ type StageStatus struct {
 	Index    int      `json:"index"`
 	Replicas []string `json:"replicas"`
 	Ready    bool     `json:"ready"`
+	// Size is the stage file's size in bytes (the compressed weights' when the
+	// deploy compressed); 0 from a node that does not report it.
+	Size int64 `json:"size,omitempty"`
 }
 
 // ModelList is the body of GET /v1/models.

@@ -63,9 +63,13 @@ func callModel(ctx context.Context, in invocation) (output, error) {
 		fmt.Fprintf(tw, "name\t%s\nversion\t%s\nready\t%s\nsize\t%s\nsha256\t%s\nsource\t%s\ninputs\t%s\noutputs\t%s\n",
 			m.Name, m.Version, yesNo(m.Ready), humanBytes(m.Size), m.SHA256, m.Source, signature(m.Inputs), signature(m.Outputs))
 		for _, s := range m.Stages {
-			fmt.Fprintf(tw, "stage %d\t%s (ready: %s)\n", s.Index, strings.Join(s.Replicas, ", "), yesNo(s.Ready))
+			fmt.Fprintf(tw, "stage %d\t%s, %s (ready: %s)\n", s.Index, humanBytes(s.Size), strings.Join(s.Replicas, ", "), yesNo(s.Ready))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		writeCompression(w, m.Compression)
+		return nil
 	}}, nil
 }
 
@@ -209,6 +213,45 @@ func nodeTable(w io.Writer, nodes []wire.NodeStatus) {
 	}
 }
 
+// compressDeployFlags declares deploy's compression flags (the calibration-free
+// subset of meshctl compress's: a deploy carries no calibration set).
+func compressDeployFlags(fs *flag.FlagSet) *client.CompressOptions {
+	o := &client.CompressOptions{}
+	fs.StringVar(&o.Quantize, "compress", "", "compress on the receiving node before planning: int8 or int4 (weight-only) or dynamic; static needs --calib, so run meshctl compress and deploy its output")
+	fs.IntVar(&o.BlockSize, "block-size", 0, "weight-only quantization block length along K (16-256, power of two; default 64 for int8, 32 for int4)")
+	fs.BoolVar(&o.Symmetric, "symmetric", false, "weight-only quantization without zero points")
+	fs.Float64Var(&o.Prune, "prune", 0, "fraction of each prunable layer's channels to remove (ranked by filter L1 norm), in [0, 0.95]")
+	fs.BoolVar(&o.PruneGlobal, "prune-global", false, "apply --prune to the whole model: the least important channels anywhere go")
+	fs.IntVar(&o.Verify, "verify", 0, "compare original and compressed on N made-up inputs before deploying")
+	fs.Float64Var(&o.MaxError, "max-error", 0, "refuse the deploy (422) above this error relative to the output scale")
+	fs.Float64Var(&o.MinAgreement, "min-agreement", 0, "refuse the deploy (422) below this top-1 agreement")
+	return o
+}
+
+// writeCompression writes what a deploy's compression did; nothing when it did not.
+func writeCompression(w io.Writer, c *wire.Compression) {
+	if c == nil {
+		return
+	}
+	mode := c.Quantize
+	if c.Prune > 0 {
+		mode = strings.TrimPrefix(fmt.Sprintf("%s prune %.2g", mode, c.Prune), " ")
+	}
+	if c.NothingToDo {
+		fmt.Fprintf(w, "compression %s: nothing to compress, deployed as uploaded (%s)\n", mode, humanBytes(c.SizeBefore))
+		return
+	}
+	fmt.Fprintf(w, "compression %s: %s -> %s (%.2fx)\n", mode, humanBytes(c.SizeBefore), humanBytes(c.SizeAfter),
+		float64(c.SizeBefore)/float64(max(c.SizeAfter, 1)))
+	if c.VerifySamples > 0 {
+		fmt.Fprintf(w, "verified on %d inputs: max abs %.4g, max rel %.4g, min cosine %.6f", c.VerifySamples, c.MaxAbs, c.MaxRel, c.MinCosine)
+		if c.MinTop1 >= 0 {
+			fmt.Fprintf(w, ", top-1 agreement %.4f", c.MinTop1)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
 // placement writes a model's plan on one line: stage -> replicas, * for ready.
 func placement(stages []wire.StageStatus) string {
 	parts := make([]string, len(stages))
@@ -232,6 +275,7 @@ func deployFlags(fs *flag.FlagSet) step {
 	wait := fs.Duration("wait", 0, "wait up to this long until every stage has a ready replica (0: return after the upload)")
 	tokenizerPath := fs.String("tokenizer", "", "tokenizer of a text-generating model: a tokenizer.json, or a folder with tokenizer.json, vocab.json + merges.txt or encoder.json + vocab.bpe")
 	chatTemplate := fs.String("chat-template", "", "Go template file chat messages are rendered with (default: a plain role: content transcript)")
+	comp := compressDeployFlags(fs)
 	return step{check: exactArgs(1, "want exactly one model FILE"), call: func(ctx context.Context, in invocation) (output, error) {
 		if *name == "" {
 			*name = strings.TrimSuffix(filepath.Base(in.pos[0]), ".onnx")
@@ -249,7 +293,7 @@ func deployFlags(fs *flag.FlagSet) step {
 		if err != nil {
 			return output{}, err
 		}
-		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas, State: state, Tokenizer: text.tokenizer, ChatTemplate: text.chatTemplate}
+		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas, State: state, Tokenizer: text.tokenizer, ChatTemplate: text.chatTemplate, Compress: *comp}
 		// Progress goes to stderr, and not at all when stdout is JSON for a script.
 		var progress io.Writer
 		if !*quiet && !in.json {
@@ -274,6 +318,7 @@ func deployFlags(fs *flag.FlagSet) step {
 		}
 		return output{value: st, human: func(w io.Writer) error {
 			fmt.Fprintf(w, "deployed %s version %s (%s, sha256 %s), ready: %s\n", st.Name, st.Version, humanBytes(st.Size), shortHash(st.SHA256), yesNo(st.Ready))
+			writeCompression(w, st.Compression)
 			return nil
 		}}, nil
 	}}

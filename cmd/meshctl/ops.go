@@ -107,11 +107,15 @@ func callPlan(ctx context.Context, in invocation) (output, error) {
 			fmt.Fprintf(w, "  %s\n", m.Reason)
 		}
 		tw := newTable(w)
-		fmt.Fprintln(tw, "STAGE\tREADY\tREPLICAS")
+		fmt.Fprintln(tw, "STAGE\tSIZE\tREADY\tREPLICAS")
 		for _, s := range m.Stages {
-			fmt.Fprintf(tw, "%d\t%s\t%s\n", s.Index, yesNo(s.Ready), strings.Join(s.Replicas, ", "))
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", s.Index, humanBytes(s.Size), yesNo(s.Ready), strings.Join(s.Replicas, ", "))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		writeCompression(w, m.Compression)
+		return nil
 	}}, nil
 }
 

@@ -78,7 +78,7 @@ func syntheticModule() map[string][]string {
 		"consensus":                       {"consensus/badgerstore"},
 		"consensus/badgerstore":           nil,
 		"pipeline":                        {"accel", "api", "consensus", "mesh"},
-		"control":                         {"api", "consensus", "mesh", "partition"},
+		"control":                         {"api", "compress", "consensus", "mesh", "partition"},
 		"node":                            {"accel", "api", "consensus", "mesh", "partition", "pipeline", "control"},
 		"cmd/meshnode":                    {"node", "accel/ort"},
 		"cmd/meshctl":                     {"accel/ort", "partition", "api/client"},
