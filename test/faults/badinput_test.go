@@ -148,6 +148,7 @@ var notExercised = map[api.Code]string{
 	api.CodeConflict:             "undrain and token calls need cluster mode; TestFaultHostilePeers sends this row to a cluster node",
 	api.CodeInsufficientCapacity: "placement over memory budgets needs cluster mode; TestFaultHostilePeers sends this row to a cluster node",
 	api.CodeKVExhausted:          "needs the stages' session memory spent by other sessions: a load condition, not an input (pipeline's session tests cover it)",
+	api.CodeCompressionFailed:    "needs a cluster deploy of a model with weights to quantize that misses its verify thresholds; test/split's compressed-deploy test sends it",
 }
 
 func badRequests(t *testing.T) []badRequest {
