@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -238,9 +239,10 @@ func testNodesModelsPlan(t *testing.T, c *opsCluster) {
 				t.Errorf("stage %d replica %q is not a node name", s.Index, r)
 			}
 		}
-		row := fmt.Sprintf("%d      yes    %s", s.Index, strings.Join(s.Replicas, ", "))
-		if !strings.Contains(human, row) {
-			t.Errorf("plan lacks the row %q:\n%s", row, human)
+		// STAGE, SIZE (a number and a unit), READY, REPLICAS.
+		row := regexp.MustCompile(fmt.Sprintf(`(?m)^%d +[0-9.]+ ?[KMGT]?i?B +yes +%s$`, s.Index, regexp.QuoteMeta(strings.Join(s.Replicas, ", "))))
+		if !row.MatchString(human) {
+			t.Errorf("plan lacks the row %s:\n%s", row, human)
 		}
 	}
 	if r := c.ctl(t, 0, "plan", "nope"); r.code != 1 || !strings.Contains(r.stderr, "model_not_found") {

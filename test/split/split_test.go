@@ -150,9 +150,37 @@ func (c *splitCluster) deploy(via int, path string, size int64, stages, replicas
 		c.t.Fatal(err)
 	}
 	defer f.Close()
+	return c.deployFrom(via, f, size, stages, replicas)
+}
+
+// deployFrom uploads the model read from body through node via.
+func (c *splitCluster) deployFrom(via int, body io.Reader, size int64, stages, replicas int) (wire.ModelStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	return c.client(via).UploadModel(ctx, "gpt", f, size, client.UploadOptions{Stages: stages, Replicas: replicas})
+	return c.client(via).UploadModel(ctx, "gpt", body, size, client.UploadOptions{Stages: stages, Replicas: replicas})
+}
+
+// pausedReader reads r, but once it has given out `at` bytes it closes reached and
+// waits until release is closed: an upload paused halfway, at a point the test picks.
+type pausedReader struct {
+	r                io.Reader
+	at, read         int64
+	reached, release chan struct{}
+	paused           bool
+}
+
+func (p *pausedReader) Read(b []byte) (int, error) {
+	if !p.paused && p.read >= p.at {
+		p.paused = true
+		close(p.reached)
+		<-p.release
+	}
+	if !p.paused {
+		b = b[:min(int64(len(b)), p.at-p.read)]
+	}
+	n, err := p.r.Read(b)
+	p.read += int64(n)
+	return n, err
 }
 
 // readyReplicas counts ready replicas per stage as node via reports them.
@@ -475,19 +503,32 @@ func TestSplitLeaderKilledDuringDeploy(t *testing.T) {
 		t.Fatal(err)
 	}
 	via := (leader + 1) % 3
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The upload pauses halfway through its body, so the leader dies while the follower
+	// is taking the upload, however fast this machine cuts the model.
+	body := &pausedReader{r: f, at: size / 2, reached: make(chan struct{}), release: make(chan struct{})}
 	errs := make(chan error, 1)
 	var deployEnd time.Time
 	start := time.Now()
 	go func() {
-		_, err := c.deploy(via, path, size, 3, 2)
+		_, err := c.deployFrom(via, body, size, 3, 2)
 		deployEnd = time.Now()
 		errs <- err
 	}()
-	time.Sleep(150 * time.Millisecond)
+	select {
+	case <-body.reached:
+	case err := <-errs:
+		t.Fatalf("the deploy ended before half its body was sent: %v", err)
+	}
 	if err := c.Kill(leader); err != nil {
 		t.Fatal(err)
 	}
 	killedAt := time.Now()
+	close(body.release)
 	deployErr := <-errs
 	if deployEnd.Before(killedAt) {
 		t.Fatalf("the deploy ended %v after it started, before the leader was killed: nothing was tested", deployEnd.Sub(start))
