@@ -356,7 +356,7 @@ for try in 1 2 3 4 5; do
   # meshctl itself in the background (not a function's subshell), so that dropping
   # the stream ends the client and with it the session.
   bin/meshctl generate "$gen_name" "$gen_prompt" "${gen_args[@]}" --json --timeout 2m --addr "$(addr "$gen_entry")" \
-    --token-file "$work/node0/admin.token" >"$work/gen_run.jsonl" &
+    --token-file "$work/node0/admin.token" >"$work/gen_run.jsonl" 2>"$work/gen_run.err" &
   gen_pid=$!
   while (($(lines "$work/gen_run.jsonl") < 30)) && kill -0 "$gen_pid" 2>/dev/null; do sleep 0.02; done
   held_state=$(metric_sum layermesh_sessions_active "$victim")
@@ -365,6 +365,7 @@ for try in 1 2 3 4 5; do
     break
   fi
   ((try == 5)) && break
+  echo "stream try $try: pinned to replicas other than node$victim's; dropping it and starting again"
   kill "$gen_pid" 2>/dev/null
   wait "$gen_pid" 2>/dev/null || true
 done
@@ -398,7 +399,7 @@ sleep 2
 touch "$work/stop"
 wait "${load_pids[@]}"
 load_pids=()
-wait "$gen_pid" || fail "the generation streaming through node$gen_entry across the kill failed"
+wait "$gen_pid" || fail "the generation streaming through node$gen_entry across the kill failed: $(cat "$work/gen_run.err")"
 gen_pid=""
 cmp -s "$work/gen_run.jsonl" "$work/gen_ref.jsonl" ||
   fail "the generation across the kill differs from the undisturbed run:
