@@ -260,17 +260,20 @@ func (cp *connPool) closeAll() {
 	cp.idle = nil
 }
 
-// dataAddr finds where p's data listener is: from the join handshake, else from its
-// memberlist metadata, at the IP we reach it on.
+// dataAddr finds where p's data listener is: from its memberlist metadata at the
+// address gossip reaches it on, else from the join handshake. Metadata comes first: it
+// is renewed whenever p restarts, while a handshake record stays as it was at the last
+// handshake, so a peer that came back on a new data port would be dialled at its old
+// one (connection refused) until the next handshake.
 func (m *Mesh) dataAddr(p peer.ID) (string, error) {
-	if r, ok := m.peerRecord(p); ok && r.dataPort != 0 && r.ip != "" {
-		return net.JoinHostPort(r.ip, strconv.Itoa(r.dataPort)), nil
-	}
 	if mem, ok := m.Member(p); ok && mem.Meta.DataPort != 0 {
 		host, _, err := net.SplitHostPort(mem.GossipAddr)
 		if err == nil {
 			return net.JoinHostPort(host, strconv.Itoa(mem.Meta.DataPort)), nil
 		}
+	}
+	if r, ok := m.peerRecord(p); ok && r.dataPort != 0 && r.ip != "" {
+		return net.JoinHostPort(r.ip, strconv.Itoa(r.dataPort)), nil
 	}
 	return "", fmt.Errorf("%w: %s", ErrNoDataAddr, p)
 }
