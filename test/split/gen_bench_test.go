@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,8 +63,8 @@ func gpt2SmallWithPast(b *testing.B) (path string, size int64, tok []byte) {
 }
 
 // deployGenAndWait uploads the generating model with its tokenizer through node 0
-// and waits until every stage has a ready replica.
-func (c *benchCluster) deployGenAndWait(b *testing.B, path string, size int64, tok []byte, stages int) {
+// and waits until every stage has its replicas ready.
+func (c *benchCluster) deployGenAndWait(b *testing.B, path string, size int64, tok []byte, stages, replicas int) {
 	b.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -72,7 +73,7 @@ func (c *benchCluster) deployGenAndWait(b *testing.B, path string, size int64, t
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if _, err := c.client(b, 0).UploadModel(ctx, "gpt", f, size, client.UploadOptions{Stages: stages, Replicas: 1, Tokenizer: tok}); err != nil {
+	if _, err := c.client(b, 0).UploadModel(ctx, "gpt", f, size, client.UploadOptions{Stages: stages, Replicas: replicas, Tokenizer: tok}); err != nil {
 		b.Fatalf("deploy: %v", err)
 	}
 	harness.Eventually(b, 5*time.Minute, 100*time.Millisecond, func() error {
@@ -82,6 +83,23 @@ func (c *benchCluster) deployGenAndWait(b *testing.B, path string, size int64, t
 		}
 		if !st.Ready {
 			return fmt.Errorf("not ready: %s", st.Reason)
+		}
+		nodes, err := c.client(b, 0).Nodes(context.Background())
+		if err != nil {
+			return err
+		}
+		for k := range stages {
+			ready := 0
+			for _, nd := range nodes {
+				for _, e := range nd.Models {
+					if strings.HasSuffix(e, fmt.Sprintf("/stage%d (ready)", k)) {
+						ready++
+					}
+				}
+			}
+			if ready < replicas {
+				return fmt.Errorf("stage %d: %d of %d replicas ready", k, ready, replicas)
+			}
 		}
 		return nil
 	})
@@ -183,9 +201,9 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func BenchmarkGenerateSplitVsWhole(b *testing.B) {
 	path, size, tok := gpt2SmallWithPast(b)
 	split := startBench(b, 3, "")
-	split.deployGenAndWait(b, path, size, tok, 3)
+	split.deployGenAndWait(b, path, size, tok, 3, 1)
 	whole := startBench(b, 1, "")
-	whole.deployGenAndWait(b, path, size, tok, 1)
+	whole.deployGenAndWait(b, path, size, tok, 1, 1)
 	runtime.GC()
 	debug.FreeOSMemory()
 	entry := split.lastStageHolder(b, 3)
@@ -227,20 +245,25 @@ func BenchmarkGenerateSplitVsWhole(b *testing.B) {
 // BenchmarkGeneratePipelineParallel: 4 concurrent greedy generations (64-token
 // prompts, 64 tokens each) on 2 nodes, each pinned to one core with 1 intra-op
 // thread, 2 stages, against one node pinned to one core serving the whole model:
-// aggregate generated tokens per second. Segments alternate (split, whole, whole,
-// split) so that a change in the shared machine's speed hits both alike; each
-// segment runs 4 sessions side by side, each generating b.N times (at least 3), and
-// its rate is its tokens over its wall time.
+// aggregate generated tokens per second. A third side, the same 2 pinned nodes each
+// holding the whole model (1 stage, 2 replicas, sessions entering at both), is what
+// these 2 cores give with no pipeline at all: the ceiling for the split, since the
+// two cores share one memory bus. Segments alternate (split, whole, replicas,
+// replicas, whole, split) so that a change in the shared machine's speed hits all
+// alike; each segment runs 4 sessions side by side, each generating b.N times (at
+// least 3), and its rate is its tokens over its wall time.
 func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	const concurrency = 4
 	path, size, tok := gpt2SmallWithPast(b)
 	bin := pinnedBinary(b)
 	split := startBench(b, 2, bin)
-	split.deployGenAndWait(b, path, size, tok, 2)
+	split.deployGenAndWait(b, path, size, tok, 2, 1)
 	whole := startBench(b, 1, bin)
-	whole.deployGenAndWait(b, path, size, tok, 1)
+	whole.deployGenAndWait(b, path, size, tok, 1, 1)
+	reps := startBench(b, 2, bin)
+	reps.deployGenAndWait(b, path, size, tok, 1, 2)
 	entry := split.lastStageHolder(b, 2)
-	segment := func(addr, token string, perSession, seq0 int) (int, time.Duration) {
+	segment := func(addrs []string, token string, perSession, seq0 int) (int, time.Duration) {
 		var wg sync.WaitGroup
 		tokens := make([]int, concurrency)
 		errs := make([]error, concurrency)
@@ -250,7 +273,7 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 			go func() {
 				defer wg.Done()
 				for k := range perSession {
-					_, n, err := complete(addr, token, promptIDs(seq0+w*perSession+k, genPrompt), genTokens)
+					_, n, err := complete(addrs[w%len(addrs)], token, promptIDs(seq0+w*perSession+k, genPrompt), genTokens)
 					if err != nil {
 						errs[w] = err
 						return
@@ -270,40 +293,49 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 		}
 		return total, span
 	}
-	segment(split.HTTPAddr(entry), split.token, 1, 5000) // warm
-	segment(whole.HTTPAddr(0), whole.token, 1, 5000)
-	runtime.GC()
-	debug.FreeOSMemory()
 
 	type side struct {
 		c      *benchCluster
-		addr   string
+		addrs  []string
 		tokens int
 		span   time.Duration
 		cpu    cpuTimes
 		self   time.Duration
 	}
-	sp := &side{c: split, addr: split.HTTPAddr(entry)}
-	wh := &side{c: whole, addr: whole.HTTPAddr(0)}
+	sp := &side{c: split, addrs: []string{split.HTTPAddr(entry)}}
+	wh := &side{c: whole, addrs: []string{whole.HTTPAddr(0)}}
+	rp := &side{c: reps, addrs: []string{reps.HTTPAddr(0), reps.HTTPAddr(1)}}
+	for _, s := range []*side{sp, wh, rp} {
+		segment(s.addrs, s.c.token, 1, 5000) // warm
+	}
+	runtime.GC()
+	debug.FreeOSMemory()
 	n := max(b.N, 3)
 	b.ResetTimer()
-	for i, s := range []*side{sp, wh, wh, sp} {
+	for i, s := range []*side{sp, wh, rp, rp, wh, sp} {
 		before, self := s.c.cpuSeconds(b), selfCPU()
-		k, span := segment(s.addr, s.c.token, n, i*concurrency*n)
+		k, span := segment(s.addrs, s.c.token, n, i*concurrency*n)
 		s.self += selfCPU() - self
 		s.cpu = s.cpu.plus(s.c.cpuSeconds(b).minus(before))
 		s.tokens, s.span = s.tokens+k, s.span+span
 	}
 	b.StopTimer()
-	splitTP, wholeTP := float64(sp.tokens)/sp.span.Seconds(), float64(wh.tokens)/wh.span.Seconds()
-	b.Logf("speed scores (GFLOP/s): split %s, whole %s", split.speeds(b), whole.speeds(b))
+	rate := func(s *side) float64 { return float64(s.tokens) / s.span.Seconds() }
+	splitTP, wholeTP, repTP := rate(sp), rate(wh), rate(rp)
+	b.Logf("speed scores (GFLOP/s): split %s, whole %s, replicas %s", split.speeds(b), whole.speeds(b), reps.speeds(b))
 	b.Logf("entry node's stage calls during the split runs: %s; the whole node's: %s", stageMeans(b, split, entry), stageMeans(b, whole, 0))
-	b.Logf("CPU time per generated token (user+system): split (entry node%d) %s, load generator %.1f ms; whole %s, load generator %.1f ms",
-		entry, sp.cpu.perRequest(sp.tokens), 1000*sp.self.Seconds()/float64(sp.tokens),
-		wh.cpu.perRequest(wh.tokens), 1000*wh.self.Seconds()/float64(wh.tokens))
+	for _, s := range []struct {
+		name string
+		s    *side
+	}{{fmt.Sprintf("split (entry node%d)", entry), sp}, {"whole", wh}, {"replicas", rp}} {
+		b.Logf("CPU time per generated token (user+system), %s: %s, load generator %.1f ms",
+			s.name, s.s.cpu.perRequest(s.s.tokens), 1000*s.s.self.Seconds()/float64(s.s.tokens))
+	}
 	b.ReportMetric(splitTP, "split-tok/s")
 	b.ReportMetric(wholeTP, "whole-tok/s")
+	b.ReportMetric(repTP, "replicas-tok/s")
 	b.ReportMetric(splitTP/wholeTP, "speedup")
-	b.Logf("%d concurrent sessions, 2 segments of %d generations each per side: 2 pinned nodes x 2 stages %.1f tokens/s; 1 pinned node whole model %.1f tokens/s; speedup %.2f",
-		concurrency, concurrency*n, splitTP, wholeTP, splitTP/wholeTP)
+	b.ReportMetric(repTP/wholeTP, "ceiling")
+	b.Logf("%d concurrent sessions, 2 segments of %d generations each per side: 2 pinned nodes x 2 stages %.1f tokens/s; 1 pinned node whole model %.1f tokens/s; 2 pinned nodes each with the whole model %.1f tokens/s; speedup %.2f (ceiling of these 2 cores %.2f)",
+		concurrency, concurrency*n, splitTP, wholeTP, repTP, splitTP/wholeTP, repTP/wholeTP)
 }
