@@ -77,6 +77,9 @@ type ClusterOptions struct {
 	// SessionTTL is how long a generation session's state stays on a stage without a
 	// step; 0 means pipeline.DefaultSessionTTL (5 min).
 	SessionTTL time.Duration
+	// MaxBatch is how many sessions' decode steps one stage run may carry; 0 or 1
+	// runs each alone.
+	MaxBatch int
 	// Speed is this node's compute speed for the planner and the placement, in GFLOP/s;
 	// 0 means measure it at start (MeasureSpeed: a short matmul through Backend with
 	// Session's thread count). Set it to skip the benchmark or to pin a figure.
@@ -221,7 +224,7 @@ func (c *Cluster) wire() {
 		CaughtUp: c.caughtUp.Load, Backend: opts.Backend, Logger: opts.Logger,
 	})
 	c.runtime = pipeline.NewStageRuntime(pipeline.RuntimeConfig{
-		Backend: opts.Backend, Session: opts.Session, MemBudget: opts.MemBudget, SessionTTL: opts.SessionTTL,
+		Backend: opts.Backend, Session: opts.Session, MemBudget: opts.MemBudget, SessionTTL: opts.SessionTTL, MaxBatch: opts.MaxBatch,
 		Blobs: meshBlobs{c}, Report: c.reportStages, ReadyElsewhere: c.view.ReadyElsewhere, Logger: opts.Logger,
 	})
 	c.view.SetLocal(c.runtime)
@@ -297,7 +300,7 @@ func NewNodeCluster(ctx context.Context, cfg Config, name, httpAddr string, log 
 		Name: name, DataDir: cfg.DataDir, HTTPAddr: httpAddr,
 		Listen: cc.Listen, GossipPort: cc.GossipPort, Join: cc.Join,
 		Bootstrap: cc.Bootstrap, BootstrapExpect: cc.BootstrapExpect, SecretFile: cc.ClusterSecretFile,
-		MDNS: cc.MDNS, DHT: cc.DHT, MemBudget: cc.MemBudgetBytes, SessionTTL: cc.SessionTTL, GPUs: cfg.GPUs,
+		MDNS: cc.MDNS, DHT: cc.DHT, MemBudget: cc.MemBudgetBytes, SessionTTL: cc.SessionTTL, MaxBatch: cc.MaxBatch, GPUs: cfg.GPUs,
 		Backend: cfg.Backend, Session: accel.SessionOptions{IntraOpThreads: cfg.IntraOpThreads, PoolSize: cfg.SessionPool},
 		Logger: log,
 	})
@@ -363,6 +366,14 @@ func (c *Cluster) RegisterMetrics(reg prometheus.Registerer) error {
 			Name: "layermesh_sessions_expired_total",
 			Help: "Session states this node freed after their idle TTL (or when their stage left).",
 		}, func() float64 { return float64(c.runtime.SessionStats().Expired) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "layermesh_decode_batches_total",
+			Help: "Stage runs that carried the decode steps of several sessions at once (--max-batch).",
+		}, func() float64 { return float64(c.runtime.SessionStats().Batched.Runs) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "layermesh_decode_batched_steps_total",
+			Help: "Decode steps that ran in a batch with other sessions' (--max-batch).",
+		}, func() float64 { return float64(c.runtime.SessionStats().Batched.Steps) }),
 	} {
 		if err := reg.Register(col); err != nil {
 			return err

@@ -74,6 +74,9 @@ type ClusterConfig struct {
 	// SessionTTL is how long a generation session's state stays on a stage without a
 	// step; 0 means pipeline.DefaultSessionTTL.
 	SessionTTL time.Duration
+	// MaxBatch is how many sessions' decode steps one stage run may carry
+	// (pipeline.RuntimeConfig.MaxBatch); 0 or 1 runs each alone.
+	MaxBatch int
 
 	// resumed is set by New when no setting asks for a cluster but the data dir holds
 	// one's state (resume.go).

@@ -74,7 +74,11 @@ type RuntimeConfig struct {
 	SessionTTL time.Duration
 	// RetryInterval is the wait before a failed load is tried again. Default 2s.
 	RetryInterval time.Duration
-	Logger        *slog.Logger
+	// MaxBatch is how many sessions' decode steps one run of a stage may carry
+	// (batch.go); 0 or 1 runs each step alone, and a seeded generation then repeats
+	// bit for bit.
+	MaxBatch int
+	Logger   *slog.Logger
 }
 
 type stageStatus int
@@ -97,6 +101,8 @@ type loadedStage struct {
 	inFlight sync.WaitGroup
 	// unassignedAt is when the placement dropped the stage; zero while assigned.
 	unassignedAt time.Time
+	// batch runs the stage's decode steps together; nil when it does not batch.
+	batch *stepBatcher
 }
 
 // StageRuntime loads the stages the placement assigns to this node, serves them to
@@ -120,6 +126,8 @@ type StageRuntime struct {
 
 	// reportKick wakes reportLoop, the one goroutine that calls Report.
 	reportKick chan struct{}
+	// batched counts the decode steps that ran batched, over every stage.
+	batched batchCounters
 	// observe, when set, hears each run's compute time (SetComputeObserver).
 	observe atomic.Pointer[func(k StageKey, d time.Duration, err error)]
 	kick    chan struct{}
@@ -421,13 +429,17 @@ func (r *StageRuntime) load(ctx context.Context, s *loadedStage) {
 	if err == nil {
 		sess, err = r.cfg.Backend.Open(ctx, r.cfg.Blobs.Path(s.a.Blob), r.cfg.Session)
 	}
+	var batch *stepBatcher
+	if err == nil {
+		batch = r.batcherFor(sess, s.a)
+	}
 	r.mu.Lock()
 	current := r.stages[s.a.Key] == s
 	if current {
 		if err != nil {
 			s.status, s.err, s.failedAt = stageFailed, err, time.Now()
 		} else {
-			s.status, s.sess = stageReady, sess
+			s.status, s.sess, s.batch = stageReady, sess, batch
 		}
 	}
 	r.mu.Unlock()

@@ -72,13 +72,16 @@ type SessionStats struct {
 	// Bytes is the state the sessions hold, counted against the memory budget.
 	Bytes   int64
 	Expired uint64
+	// Batched counts the decode steps that ran several sessions in one run.
+	Batched BatchStats
 }
 
 // SessionStats returns the sessions held now and their bytes.
 func (r *StageRuntime) SessionStats() SessionStats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return SessionStats{Sessions: len(r.sessions), Bytes: r.sessionBytes, Expired: r.sessionsExpired}
+	return SessionStats{Sessions: len(r.sessions), Bytes: r.sessionBytes, Expired: r.sessionsExpired,
+		Batched: BatchStats{Runs: r.batched.runs.Load(), Steps: r.batched.steps.Load()}}
 }
 
 // SessionStep runs one step of a session on a stage served here. A prefill replaces
@@ -104,7 +107,11 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 	var out []tensor.Tensor
 	if err == nil {
 		start := time.Now()
-		out, err = s.sess.Run(ctx, inputs, nil)
+		if s.batch != nil && req.Step == mesh.StepDecode {
+			out, err = s.batch.run(ctx, inputs, req.Pos)
+		} else {
+			out, err = s.sess.Run(ctx, inputs, nil)
+		}
 		if fn := r.observe.Load(); fn != nil {
 			(*fn)(req.Key, time.Since(start), err)
 		}

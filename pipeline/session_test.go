@@ -21,6 +21,12 @@ import (
 // a runtime whose budget leaves room for the stage and stateBudget bytes of state.
 func sessionRuntime(t *testing.T, stateBudget int64, ttl time.Duration) (*StageRuntime, StageKey) {
 	t.Helper()
+	return batchingRuntime(t, stateBudget, ttl, 0)
+}
+
+// batchingRuntime is sessionRuntime with RuntimeConfig.MaxBatch set.
+func batchingRuntime(t *testing.T, stateBudget int64, ttl time.Duration, maxBatch int) (*StageRuntime, StageKey) {
+	t.Helper()
 	cfg := modelgen.GPTTiny
 	cfg.WithPast = true
 	path := writeTestGPT(t, cfg)
@@ -40,7 +46,7 @@ func sessionRuntime(t *testing.T, stateBudget int64, ttl time.Duration) (*StageR
 	}
 	key := StageKey{Model: "gen", Version: "1", Stage: 0}
 	rt := NewStageRuntime(RuntimeConfig{Backend: testBackend(t), MemBudget: 1000 + stateBudget, Blobs: blobs,
-		SessionTTL: ttl, Logger: testLogger(t, "rt")})
+		SessionTTL: ttl, MaxBatch: maxBatch, Logger: testLogger(t, "rt")})
 	t.Cleanup(rt.Close)
 	rt.SetAssignments([]StageAssignment{{Key: key, Blob: s.SHA256, Size: s.Size, MemBytes: 1000, State: pairs}})
 	eventually(t, 10*time.Second, func() error {

@@ -39,6 +39,7 @@ type config struct {
 	MemBudget         byteSize
 	GPUMemBudget      byteSize
 	SessionTTL        time.Duration
+	MaxBatch          int
 	Accel             string
 	EPLib             stringList
 	EPOption          stringList
@@ -76,6 +77,7 @@ func newFlagSet(c *config, out io.Writer) *flag.FlagSet {
 	fs.Var(&c.MemBudget, "mem-budget", "memory this node offers for model stages, e.g. 2GiB (default: half the memory available at start)")
 	fs.Var(&c.GPUMemBudget, "gpu-mem-budget", "GPU memory this node offers for model stages when its provider is cuda or tensorrt, e.g. 40GiB (default: 90% of the GPU's free memory at start, as NVML reports it)")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", 5*time.Minute, "how long a generation session's state stays on a stage without a step (cluster mode)")
+	fs.IntVar(&c.MaxBatch, "max-batch", 1, "how many generation sessions' decode steps one stage run may carry (cluster mode); above 1, concurrent sessions run together, faster but no longer bit for bit what each gives alone")
 	fs.StringVar(&c.Accel, "accel", "auto", "execution provider: auto, cpu, cuda or tensorrt")
 	fs.Var(&c.EPLib, "ep-lib", "execution provider plugin library, PROVIDER=PATH (cuda=/opt/ort/libonnxruntime_providers_cuda.so), repeatable; default: the plugin beside the ONNX Runtime library")
 	fs.Var(&c.EPOption, "ep-option", "execution provider option, PROVIDER:KEY=VALUE (cuda:use_tf32=0), repeatable")
@@ -204,8 +206,8 @@ func (c *config) check() error {
 			return fmt.Errorf("%w: --ep-option: %w", errUsage, err)
 		}
 	}
-	if c.Threads < 0 || c.SessionPool < 0 || c.BootstrapExpect < 0 {
-		return fmt.Errorf("%w: --threads, --session-pool and --bootstrap-expect cannot be negative", errUsage)
+	if c.Threads < 0 || c.SessionPool < 0 || c.BootstrapExpect < 0 || c.MaxBatch < 0 {
+		return fmt.Errorf("%w: --threads, --session-pool, --bootstrap-expect and --max-batch cannot be negative", errUsage)
 	}
 	if c.Threads == 0 {
 		c.Threads = runtime.NumCPU()

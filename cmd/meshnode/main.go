@@ -107,6 +107,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			DHT:               cfg.DHT,
 			MemBudgetBytes:    budget,
 			SessionTTL:        cfg.SessionTTL,
+			MaxBatch:          cfg.MaxBatch,
 		},
 		Logger: log,
 	})

@@ -81,12 +81,12 @@ type benchCluster struct {
 	token string
 }
 
-func startBench(b *testing.B, n int, binary string) *benchCluster {
+func startBench(b *testing.B, n int, binary string, extra ...string) *benchCluster {
 	b.Helper()
 	c := harness.StartCluster(b, n, harness.ClusterOptions{
 		Binary: binary,
 		Flags: func(c *harness.Cluster, node *harness.Node) []string {
-			return append(c.DefaultFlags(node), "--gossip-port", "0", "--threads", benchThreads(), "--mem-budget", "4294967296")
+			return append(append(c.DefaultFlags(node), "--gossip-port", "0", "--threads", benchThreads(), "--mem-budget", "4294967296"), extra...)
 		},
 	})
 	token, err := c.AdminToken()

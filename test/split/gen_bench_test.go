@@ -242,6 +242,39 @@ func BenchmarkGenerateSplitVsWhole(b *testing.B) {
 	b.Logf("entry node's stage calls during the split runs: %s", stageMeans(b, split, entry))
 }
 
+// genSegment runs sessions concurrent greedy generations side by side, each
+// perSession times in a row (prompts seq0 on), session w entering at
+// addrs[w mod len(addrs)], and returns the tokens generated and the wall time.
+func genSegment(b *testing.B, addrs []string, token string, sessions, perSession, seq0 int) (int, time.Duration) {
+	b.Helper()
+	var wg sync.WaitGroup
+	tokens := make([]int, sessions)
+	errs := make([]error, sessions)
+	start := time.Now()
+	for w := range sessions {
+		wg.Go(func() {
+			for k := range perSession {
+				_, n, err := complete(addrs[w%len(addrs)], token, promptIDs(seq0+w*perSession+k, genPrompt), genTokens)
+				if err != nil {
+					errs[w] = err
+					return
+				}
+				tokens[w] += n
+			}
+		})
+	}
+	wg.Wait()
+	span := time.Since(start)
+	total := 0
+	for w := range sessions {
+		if errs[w] != nil {
+			b.Fatal(errs[w])
+		}
+		total += tokens[w]
+	}
+	return total, span
+}
+
 // BenchmarkGeneratePipelineParallel: 4 concurrent greedy generations (64-token
 // prompts, 64 tokens each) on 2 nodes, each pinned to one core with 1 intra-op
 // thread, 2 stages, against one node pinned to one core serving the whole model:
@@ -263,37 +296,6 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	reps := startBench(b, 2, bin)
 	reps.deployGenAndWait(b, path, size, tok, 1, 2)
 	entry := split.lastStageHolder(b, 2)
-	segment := func(addrs []string, token string, perSession, seq0 int) (int, time.Duration) {
-		var wg sync.WaitGroup
-		tokens := make([]int, concurrency)
-		errs := make([]error, concurrency)
-		start := time.Now()
-		for w := range concurrency {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for k := range perSession {
-					_, n, err := complete(addrs[w%len(addrs)], token, promptIDs(seq0+w*perSession+k, genPrompt), genTokens)
-					if err != nil {
-						errs[w] = err
-						return
-					}
-					tokens[w] += n
-				}
-			}()
-		}
-		wg.Wait()
-		span := time.Since(start)
-		total := 0
-		for w := range concurrency {
-			if errs[w] != nil {
-				b.Fatal(errs[w])
-			}
-			total += tokens[w]
-		}
-		return total, span
-	}
-
 	type side struct {
 		c      *benchCluster
 		addrs  []string
@@ -306,7 +308,7 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	wh := &side{c: whole, addrs: []string{whole.HTTPAddr(0)}}
 	rp := &side{c: reps, addrs: []string{reps.HTTPAddr(0), reps.HTTPAddr(1)}}
 	for _, s := range []*side{sp, wh, rp} {
-		segment(s.addrs, s.c.token, 1, 5000) // warm
+		genSegment(b, s.addrs, s.c.token, concurrency, 1, 5000) // warm
 	}
 	runtime.GC()
 	debug.FreeOSMemory()
@@ -314,7 +316,7 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	b.ResetTimer()
 	for i, s := range []*side{sp, wh, rp, rp, wh, sp} {
 		before, self := s.c.cpuSeconds(b), selfCPU()
-		k, span := segment(s.addrs, s.c.token, n, i*concurrency*n)
+		k, span := genSegment(b, s.addrs, s.c.token, concurrency, n, i*concurrency*n)
 		s.self += selfCPU() - self
 		s.cpu = s.cpu.plus(s.c.cpuSeconds(b).minus(before))
 		s.tokens, s.span = s.tokens+k, s.span+span
@@ -338,4 +340,74 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	b.ReportMetric(repTP/wholeTP, "ceiling")
 	b.Logf("%d concurrent sessions, 2 segments of %d generations each per side: 2 pinned nodes x 2 stages %.1f tokens/s; 1 pinned node whole model %.1f tokens/s; 2 pinned nodes each with the whole model %.1f tokens/s; speedup %.2f (ceiling of these 2 cores %.2f)",
 		concurrency, concurrency*n, splitTP, wholeTP, repTP, splitTP/wholeTP, repTP/wholeTP)
+}
+
+// BenchmarkGenerateBatching: 4 concurrent greedy generations (64-token prompts, 64
+// tokens each) on one node pinned to one core with 1 intra-op thread, serving the
+// whole with-past 12 x 768 GPT with each decode step run alone (--max-batch 1, the
+// default) and with the queued decode steps of up to 4 sessions run together
+// (--max-batch 4); and the 2-stage split on 2 pinned nodes with --max-batch 4.
+// Aggregate generated tokens per second, segments alternating (alone, batched,
+// split batched, split batched, batched, alone).
+func BenchmarkGenerateBatching(b *testing.B) {
+	const concurrency = 4
+	path, size, tok := gpt2SmallWithPast(b)
+	bin := pinnedBinary(b)
+	alone := startBench(b, 1, bin)
+	alone.deployGenAndWait(b, path, size, tok, 1, 1)
+	batched := startBench(b, 1, bin, "--max-batch", "4")
+	batched.deployGenAndWait(b, path, size, tok, 1, 1)
+	split := startBench(b, 2, bin, "--max-batch", "4")
+	split.deployGenAndWait(b, path, size, tok, 2, 1)
+	type side struct {
+		c      *benchCluster
+		addr   string
+		tokens int
+		span   time.Duration
+	}
+	al := &side{c: alone, addr: alone.HTTPAddr(0)}
+	ba := &side{c: batched, addr: batched.HTTPAddr(0)}
+	sp := &side{c: split, addr: split.HTTPAddr(split.lastStageHolder(b, 2))}
+	for _, s := range []*side{al, ba, sp} {
+		genSegment(b, []string{s.addr}, s.c.token, concurrency, 1, 5000) // warm
+	}
+	n := max(b.N, 3)
+	b.ResetTimer()
+	for i, s := range []*side{al, ba, sp, sp, ba, al} {
+		k, span := genSegment(b, []string{s.addr}, s.c.token, concurrency, n, i*concurrency*n)
+		s.tokens, s.span = s.tokens+k, s.span+span
+	}
+	b.StopTimer()
+	rate := func(s *side) float64 { return float64(s.tokens) / s.span.Seconds() }
+	b.Logf("decode batches: one node %s; split %s", batchFigures(b, batched, 0), batchFigures(b, split, 0)+", "+batchFigures(b, split, 1))
+	b.ReportMetric(rate(al), "alone-tok/s")
+	b.ReportMetric(rate(ba), "batched-tok/s")
+	b.ReportMetric(rate(sp), "split-batched-tok/s")
+	b.ReportMetric(rate(ba)/rate(al), "batching-speedup")
+	b.Logf("%d concurrent sessions, 2 segments of %d generations each per side: 1 pinned node, steps alone %.1f tokens/s, batched %.1f tokens/s (%.2f x); 2 pinned nodes x 2 stages, batched %.1f tokens/s",
+		concurrency, concurrency*n, rate(al), rate(ba), rate(ba)/rate(al), rate(sp))
+}
+
+// batchFigures reads node i's decode batching counters from /metrics.
+func batchFigures(b *testing.B, c *benchCluster, i int) string {
+	b.Helper()
+	resp, err := http.Get(c.URL(i, "/metrics"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var runs, steps string
+	for line := range strings.Lines(string(raw)) {
+		if v, ok := strings.CutPrefix(line, "layermesh_decode_batches_total "); ok {
+			runs = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "layermesh_decode_batched_steps_total "); ok {
+			steps = strings.TrimSpace(v)
+		}
+	}
+	return fmt.Sprintf("node%d %s batched runs carrying %s steps", i, runs, steps)
 }
