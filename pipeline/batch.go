@@ -128,6 +128,7 @@ func lengthAxis(shape []int64) int {
 type batchItem struct {
 	inputs []tensor.Tensor
 	past   int // the session's state length before the step
+	steps  int // the tokens it runs: only steps of one length batch together
 	out    []tensor.Tensor
 	err    error
 	done   chan struct{}
@@ -165,8 +166,8 @@ type batchCounters struct{ runs, steps atomic.Uint64 }
 // run queues a decode step and waits for its outputs. A ctx that ends while the
 // step waits takes it out of the queue; one that ends during its batch's run
 // returns at once and leaves the outputs unread.
-func (b *stepBatcher) run(ctx context.Context, inputs []tensor.Tensor, past int) ([]tensor.Tensor, error) {
-	it := &batchItem{inputs: inputs, past: past, done: make(chan struct{})}
+func (b *stepBatcher) run(ctx context.Context, inputs []tensor.Tensor, past, steps int) ([]tensor.Tensor, error) {
+	it := &batchItem{inputs: inputs, past: past, steps: steps, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, it)
 	if b.runners < b.limit {
@@ -189,14 +190,20 @@ func (b *stepBatcher) run(ctx context.Context, inputs []tensor.Tensor, past int)
 func (b *stepBatcher) loop(ctx context.Context) {
 	for {
 		b.mu.Lock()
-		n := min(len(b.queue), b.max)
-		if n == 0 {
+		if len(b.queue) == 0 {
 			b.runners--
 			b.mu.Unlock()
 			return
 		}
-		batch := slices.Clone(b.queue[:n])
-		b.queue = slices.Delete(b.queue, 0, n)
+		var batch []*batchItem
+		steps := b.queue[0].steps
+		b.queue = slices.DeleteFunc(b.queue, func(it *batchItem) bool {
+			take := len(batch) < b.max && it.steps == steps
+			if take {
+				batch = append(batch, it)
+			}
+			return take
+		})
 		b.mu.Unlock()
 		b.runBatch(ctx, batch)
 		for _, it := range batch {

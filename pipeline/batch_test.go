@@ -47,7 +47,7 @@ func TestDecodeBatchMatchesStepsAlone(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out = append(out, &batchItem{inputs: in, past: len(p), done: make(chan struct{})})
+			out = append(out, &batchItem{inputs: in, past: len(p), steps: 1, done: make(chan struct{})})
 		}
 		return out
 	}

@@ -108,7 +108,7 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 	if err == nil {
 		start := time.Now()
 		if s.batch != nil && req.Step == mesh.StepDecode {
-			out, err = s.batch.run(ctx, inputs, req.Pos)
+			out, err = s.batch.run(ctx, inputs, req.Pos, req.Len)
 		} else {
 			out, err = s.sess.Run(ctx, inputs, nil)
 		}
