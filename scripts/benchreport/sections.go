@@ -352,8 +352,9 @@ BenchmarkGPT2Small builds the 12 x 768 GPT (GPT-2-small shape, 498 MB of float32
 compresses it as a deploy does (compress.Compress with the node's ONNX Runtime backend,
 which loads the compressed model once before writing it): weight-only int8 and int4
 (MatMulNBits for every MatMul and the tied LM head, GatherBlockQuantized for the token
-table; the deploy's default accuracy_level, and accuracy_level 4, int8 activations, beside
-them) and dynamic int8 (DynamicQuantizeMatMul). All compressions run first, one after the
+table; the defaults, blocks of 32 along K, int8 computing with int8 activations
+(accuracy_level 4) and int4 with float32 ones, and each at the other level beside them)
+and dynamic int8 (DynamicQuantizeMatMul). All compressions run first, one after the
 other, before any session is opened. For each: the size against the float32 file; the
 time to compress; the peak memory of compressing against the model's size, as the rise of
 the process's peak resident set (VmHWM, reset before each compression) above its resident
@@ -405,9 +406,9 @@ least 95%.`,
 				Job:     "compress-gpt",
 				Caption: "Decode step of the with-past 12 x 768 GPT (1 token after 127), interleaved with float32",
 				Rows: []Row{
-					{"BenchmarkGPT2Small/decode/int8", "int8 weight-only"},
-					{"BenchmarkGPT2Small/decode/int4", "int4 weight-only"},
-					{"BenchmarkGPT2Small/decode/int4-acc4", "int4 weight-only, accuracy_level 4"},
+					{"BenchmarkGPT2Small/decode/int8", "int8 weight-only (int8 compute)"},
+					{"BenchmarkGPT2Small/decode/int4", "int4 weight-only (float32 compute)"},
+					{"BenchmarkGPT2Small/decode/int4-acc4", "int4 weight-only, int8 compute (accuracy_level 4)"},
 				},
 				Cols: []Col{
 					{Metric: "fp32-ms", Header: "fp32 ms"},
@@ -545,10 +546,10 @@ var throughputCols = []Col{
 // 1x128 sub-benchmarks also carry the figures of compressing.
 func gpt1x128Rows() []Row {
 	return []Row{
-		{"BenchmarkGPT2Small/1x128/int8", "int8 weight-only"},
-		{"BenchmarkGPT2Small/1x128/int4", "int4 weight-only"},
-		{"BenchmarkGPT2Small/1x128/int8-acc4", "int8 weight-only, accuracy_level 4"},
-		{"BenchmarkGPT2Small/1x128/int4-acc4", "int4 weight-only, accuracy_level 4"},
+		{"BenchmarkGPT2Small/1x128/int8", "int8 weight-only (int8 compute)"},
+		{"BenchmarkGPT2Small/1x128/int8-acc1", "int8 weight-only, float32 compute (accuracy_level 1)"},
+		{"BenchmarkGPT2Small/1x128/int4", "int4 weight-only (float32 compute)"},
+		{"BenchmarkGPT2Small/1x128/int4-acc4", "int4 weight-only, int8 compute (accuracy_level 4)"},
 		{"BenchmarkGPT2Small/1x128/dynamic", "dynamic int8"},
 	}
 }
