@@ -229,14 +229,14 @@ func TestGenerationFailoverLogFigures(t *testing.T) {
 
 // compressSample is BenchmarkGPT2Small's output as it prints it with GOMAXPROCS=2:
 // sub-benchmarks two levels deep, the figures of compressing beside the interleaved
-// latencies, and a log line.
+// latencies, and a sub-benchmark's log.
 const compressSample = `pkg: github.com/layermesh/layermesh/compress
 BenchmarkGPT2Small/1x128/int8-2         	      10	 951000000 ns/op	         0.2651 size-ratio	        11.2 compress-s	         1.61 peak-rss/model	         1.20 peak-heap/model	         0.9805 top1-agree	       440.0 fp32-ms	       505.0 ms	         1.148 ratio	         0.871 speedup
 BenchmarkGPT2Small/1x128/int4-2         	      10	 951000000 ns/op	         0.1612 size-ratio	        34.0 compress-s	         2.71 peak-rss/model	         0.8594 top1-agree	         1.2 ratio
 BenchmarkGPT2Small/1x128/dynamic-2      	      10	 701000000 ns/op	         0.2601 size-ratio	         8.0 compress-s	         1.50 peak-rss/model	         0.9102 top1-agree	       440.0 fp32-ms	       270.0 ms	         0.6136 ratio
 BenchmarkGPT2Small/decode/int4-2        	      10	 900000000 ns/op	        60.0 fp32-ms	        63.0 ms	         1.05 ratio
---- BENCH: BenchmarkGPT2Small
-    bench_test.go:300: int8: 73 MatMul -> MatMulNBits, 0 kept float32
+--- BENCH: BenchmarkGPT2Small/1x128/int8-2
+    bench_test.go:300: 48 MatMul -> MatMulNBits, 1 Gemm -> MatMulNBits, 1 Gather -> GatherBlockQuantized, 0 kept float32
 PASS
 `
 
@@ -263,7 +263,7 @@ func TestRenderCompressionSection(t *testing.T) {
 		title + "int8: next-token top-1 agreement with float32 | 98.0 % | >= 95 % | yes |",
 		title + "int4: next-token top-1 agreement with float32 | 85.9 % | recorded | — |",
 		"| Compression of the Fashion-MNIST CNN | | not yet measured | | |",
-		"    bench_test.go:300: int8: 73 MatMul -> MatMulNBits, 0 kept float32",
+		"Log of BenchmarkGPT2Small/1x128/int8 in `compress-gpt`:\n\n    bench_test.go:300: 48 MatMul -> MatMulNBits, 1 Gemm",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("report lacks %q", want)

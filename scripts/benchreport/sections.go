@@ -417,9 +417,9 @@ least 95%.`,
 				},
 			},
 		},
-		Logs: []string{"BenchmarkGPT2Small"},
+		Logs: []string{"BenchmarkGPT2Small/1x128/int8", "BenchmarkGPT2Small/1x128/int4", "BenchmarkGPT2Small/1x128/dynamic"},
 		Notes: `
-The log gives, per variant, which ops the compressed model runs instead of the float32
+The logs give, per variant, which ops the compressed model runs instead of the float32
 ones. Agreement is on random token ids of a model with random weights, whose logits are
 closer together than a trained model's, so it understates the agreement on real text.`,
 	},
