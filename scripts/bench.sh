@@ -133,6 +133,13 @@ job gen-pipeline "go test -run '^\$' -bench '^BenchmarkGeneratePipelineParallel\
 # Decode batching (--max-batch 4) against steps run alone, 4 sessions on one pinned node.
 job gen-batching "go test -run '^\$' -bench '^BenchmarkGenerateBatching\$' -benchtime 1x -count 1 -timeout 30m ./test/split/"
 
+# Compression: the 12 x 768 GPT compressed to int8, int4 and dynamic int8 (size, time and
+# peak memory of compressing, top-1 agreement) and each variant's 1x128 forward pass and
+# with-past decode step interleaved with float32; the Fashion-MNIST CNN, batch 32, static
+# int8 and pruned variants interleaved with float32. Both on 1 intra-op thread.
+job compress-gpt "go test -run '^\$' -bench '^BenchmarkGPT2Small\$' -benchtime $(q 3x 10x) -count 1 -timeout 60m ./compress/"
+job compress-cnn "go test -run '^\$' -bench '^BenchmarkFashionCNN\$' -benchtime $(q 100x 300x) -count $(q 1 3) -timeout 20m ./compress/"
+
 # Speed scores of two native nodes and one arm64 node under qemu-user (a sanity figure),
 # from the mixed-mesh system test's -v log; needs the arm64 build (make build-arm64).
 job arm64-speed "make build-arm64 >/dev/null && go test -tags arm64emu -run '^TestMixedMeshGivesEmulatedNodeTheLightStage\$' -count 1 -v -timeout 10m ./test/arm64/"

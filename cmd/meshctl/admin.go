@@ -218,7 +218,7 @@ func nodeTable(w io.Writer, nodes []wire.NodeStatus) {
 func compressDeployFlags(fs *flag.FlagSet) *client.CompressOptions {
 	o := &client.CompressOptions{}
 	fs.StringVar(&o.Quantize, "compress", "", "compress on the receiving node before planning: int8 or int4 (weight-only) or dynamic; static needs --calib, so run meshctl compress and deploy its output")
-	fs.IntVar(&o.BlockSize, "block-size", 0, "weight-only quantization block length along K (16-256, power of two; default 64 for int8, 32 for int4)")
+	fs.IntVar(&o.BlockSize, "block-size", 0, "weight-only quantization block length along K (16-256, power of two; default 32)")
 	fs.BoolVar(&o.Symmetric, "symmetric", false, "weight-only quantization without zero points")
 	fs.Float64Var(&o.Prune, "prune", 0, "fraction of each prunable layer's channels to remove (ranked by filter L1 norm), in [0, 0.95]")
 	fs.BoolVar(&o.PruneGlobal, "prune-global", false, "apply --prune to the whole model: the least important channels anywhere go")

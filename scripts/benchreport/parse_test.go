@@ -226,3 +226,50 @@ func TestGenerationFailoverLogFigures(t *testing.T) {
 		}
 	}
 }
+
+// compressSample is BenchmarkGPT2Small's output as it prints it with GOMAXPROCS=2:
+// sub-benchmarks two levels deep, the figures of compressing beside the interleaved
+// latencies, and a sub-benchmark's log.
+const compressSample = `pkg: github.com/layermesh/layermesh/compress
+BenchmarkGPT2Small/1x128/int8-2         	      10	 951000000 ns/op	         0.2651 size-ratio	        11.2 compress-s	         1.61 peak-rss/model	         1.20 peak-heap/model	         0.9805 top1-agree	       440.0 fp32-ms	       505.0 ms	         1.148 ratio	         0.871 speedup
+BenchmarkGPT2Small/1x128/int4-2         	      10	 951000000 ns/op	         0.1612 size-ratio	        34.0 compress-s	         2.71 peak-rss/model	         0.8594 top1-agree	         1.2 ratio
+BenchmarkGPT2Small/1x128/dynamic-2      	      10	 701000000 ns/op	         0.2601 size-ratio	         8.0 compress-s	         1.50 peak-rss/model	         0.9102 top1-agree	       440.0 fp32-ms	       270.0 ms	         0.6136 ratio
+BenchmarkGPT2Small/decode/int4-2        	      10	 900000000 ns/op	        60.0 fp32-ms	        63.0 ms	         1.05 ratio
+--- BENCH: BenchmarkGPT2Small/1x128/int8-2
+    bench_test.go:300: 48 MatMul -> MatMulNBits, 1 Gemm -> MatMulNBits, 1 Gather -> GatherBlockQuantized, 0 kept float32
+PASS
+`
+
+// TestRenderCompressionSection: the compression section reads each target from the
+// right sub-benchmark, scales top-1 agreement to a percentage, and says which targets
+// are not met.
+func TestRenderCompressionSection(t *testing.T) {
+	out, err := Parse(strings.NewReader(compressSample), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobs := map[string]*Job{"compress-gpt": {ID: "compress-gpt", Command: "go test -bench GPT2Small ./compress/", Output: out}}
+	var buf bytes.Buffer
+	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, reportSections)
+	s := buf.String()
+	const title = "| Compression of the 12 x 768 GPT | "
+	for _, want := range []string{
+		title + "int8 weight-only: size / float32 | 0.265 x | <= 0.3 x | yes |",
+		title + "int4 weight-only: size / float32 | 0.161 x | <= 0.2 x | yes |",
+		title + "dynamic int8, 1x128: latency / float32 | 0.614 x | <= 0.7 x | yes |",
+		title + "int4 weight-only, decode step 1x1 after 127: latency / float32 | 1.05 x | < 1 x | **no** |",
+		title + "int4: time to compress | 34 s | < 30 s | **no** |",
+		title + "int4: peak resident set of compressing / model | 2.71 x | < 2.5 x | **no** |",
+		title + "int8: next-token top-1 agreement with float32 | 98.0 % | >= 95 % | yes |",
+		title + "int4: next-token top-1 agreement with float32 | 85.9 % | recorded | — |",
+		"| Compression of the Fashion-MNIST CNN | | not yet measured | | |",
+		"Log of BenchmarkGPT2Small/1x128/int8 in `compress-gpt`:\n\n    bench_test.go:300: 48 MatMul -> MatMulNBits, 1 Gemm",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if strings.Contains(s, "Other results of this run") {
+		t.Errorf("a compression result is in no section:\n%s", s)
+	}
+}

@@ -383,6 +383,120 @@ if any request fails or answers wrongly.`,
 		},
 	},
 	{
+		Title: "Compression of the 12 x 768 GPT",
+		Measures: `
+BenchmarkGPT2Small builds the 12 x 768 GPT (GPT-2-small shape, 498 MB of float32) and
+compresses it as a deploy does (compress.Compress with the node's ONNX Runtime backend,
+which loads the compressed model once before writing it): weight-only int8 and int4
+(MatMulNBits for every MatMul and the tied LM head, GatherBlockQuantized for the token
+table; the defaults, blocks of 32 along K, int8 computing with int8 activations
+(accuracy_level 4) and int4 with float32 ones, and each at the other level beside them)
+and dynamic int8 (DynamicQuantizeMatMul). All compressions run first, one after the
+other, before any session is opened. For each: the size against the float32 file; the
+time to compress; the peak memory of compressing against the model's size, as the rise of
+the process's peak resident set (VmHWM, reset before each compression) above its resident
+set before it, which counts the Go heap, its garbage not yet collected and ONNX
+Runtime's C memory for the load check alike (the Go heap's own peak is given beside it);
+and next-token top-1 agreement with float32 on 256 random 8-token prompts. Then, on 1
+intra-op thread, each variant runs side by side with float32 in the same process, the two
+alternating (the order flipping every pair): one 1x128 forward pass, and one decode step
+of the with-past layout (modelgen.GPTWithPast, the same weights; 1 token after 127 past
+positions whose keys and values come from a float32 prefill, so the context is 128; 10
+pairs per iteration). A ratio is the median of the per-pair ratios variant / float32.
+Targets: int8 at most 0.30 x the float32 size and int4 at most 0.20 x; dynamic int8 at
+1x128 at most 0.7 x float32's latency; the int4 decode step quicker than float32's;
+compressing in under 30 s with a peak under 2.5 x the model; int8 top-1 agreement at
+least 95%.`,
+		Jobs: []string{"compress-gpt"},
+		Figures: []Figure{
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/int8", Metric: "size-ratio", Label: "int8 weight-only: size / float32", Unit: "x", Target: &Target{Op: "<=", Value: 0.30}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/int4", Metric: "size-ratio", Label: "int4 weight-only: size / float32", Unit: "x", Target: &Target{Op: "<=", Value: 0.20}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/dynamic", Metric: "ratio", Label: "dynamic int8, 1x128: latency / float32", Unit: "x", Target: &Target{Op: "<=", Value: 0.7}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/decode/int4", Metric: "ratio", Label: "int4 weight-only, decode step 1x1 after 127: latency / float32", Unit: "x", Target: &Target{Op: "<", Value: 1}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/decode/int8", Metric: "ratio", Label: "int8 weight-only, decode step: latency / float32", Unit: "x", Summary: true},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/int8", Metric: "compress-s", Label: "int8: time to compress", Unit: "s", Target: &Target{Op: "<", Value: 30}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/int4", Metric: "compress-s", Label: "int4: time to compress", Unit: "s", Target: &Target{Op: "<", Value: 30}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/dynamic", Metric: "compress-s", Label: "dynamic int8: time to compress", Unit: "s", Target: &Target{Op: "<", Value: 30}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/int8", Metric: "peak-rss/model", Label: "int8: peak resident set of compressing / model", Unit: "x", Target: &Target{Op: "<", Value: 2.5}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/int4", Metric: "peak-rss/model", Label: "int4: peak resident set of compressing / model", Unit: "x", Target: &Target{Op: "<", Value: 2.5}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/dynamic", Metric: "peak-rss/model", Label: "dynamic int8: peak resident set of compressing / model", Unit: "x", Target: &Target{Op: "<", Value: 2.5}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/int8", Metric: "top1-agree", Label: "int8: next-token top-1 agreement with float32", Unit: "%", Scale: 100, Target: &Target{Op: ">=", Value: 95}},
+			{Job: "compress-gpt", Bench: "BenchmarkGPT2Small/1x128/int4", Metric: "top1-agree", Label: "int4: next-token top-1 agreement with float32", Unit: "%", Scale: 100, Summary: true},
+		},
+		Details: []Matrix{
+			{
+				Job:     "compress-gpt",
+				Caption: "Each variant of the 12 x 768 GPT: compressing, agreement, and one 1x128 forward pass interleaved with float32",
+				Rows:    gpt1x128Rows(),
+				Cols: []Col{
+					{Metric: "size-ratio", Header: "size / fp32"},
+					{Metric: "compress-s", Header: "compress s"},
+					{Metric: "peak-rss/model", Header: "peak RSS / model"},
+					{Metric: "peak-heap/model", Header: "peak Go heap / model"},
+					{Metric: "top1-agree", Header: "top-1 agreement %", Scale: 100},
+					{Metric: "fp32-ms", Header: "fp32 1x128 ms"},
+					{Metric: "ms", Header: "variant 1x128 ms"},
+					{Metric: "ratio", Header: "latency / fp32"},
+				},
+			},
+			{
+				Job:     "compress-gpt",
+				Caption: "Decode step of the with-past 12 x 768 GPT (1 token after 127), interleaved with float32",
+				Rows: []Row{
+					{"BenchmarkGPT2Small/decode/int8", "int8 weight-only (int8 compute)"},
+					{"BenchmarkGPT2Small/decode/int4", "int4 weight-only (float32 compute)"},
+					{"BenchmarkGPT2Small/decode/int4-acc4", "int4 weight-only, int8 compute (accuracy_level 4)"},
+				},
+				Cols: []Col{
+					{Metric: "fp32-ms", Header: "fp32 ms"},
+					{Metric: "ms", Header: "variant ms"},
+					{Metric: "ratio", Header: "latency / fp32"},
+				},
+			},
+		},
+		Logs: []string{"BenchmarkGPT2Small/1x128/int8", "BenchmarkGPT2Small/1x128/int4", "BenchmarkGPT2Small/1x128/dynamic"},
+		Notes: `
+The logs give, per variant, which ops the compressed model runs instead of the float32
+ones. Agreement is on random token ids of a model with random weights, whose logits are
+closer together than a trained model's, so it understates the agreement on real text.`,
+	},
+	{
+		Title: "Compression of the Fashion-MNIST CNN",
+		Measures: `
+BenchmarkFashionCNN compresses the Fashion-MNIST CNN (compress/testdata/fashion_cnn.onnx,
+made by scripts/train_fashion_cnn.py) with a 64-image calibration set and runs each
+variant on a batch of 32 test images on 1 intra-op thread, side by side with float32 in
+the same process, the two alternating (the order flipping every pair); the speedup is the
+median of the per-pair ratios float32 / variant. Targets: static int8 at least 1.5 x
+faster than float32, 30% filter pruning at least 1.3 x.`,
+		Jobs: []string{"compress-cnn"},
+		Figures: []Figure{
+			{Job: "compress-cnn", Bench: "BenchmarkFashionCNN/static-int8", Metric: "speedup", Label: "static int8, batch 32: float32 time / int8 time", Unit: "x", Target: &Target{Op: ">=", Value: 1.5}},
+			{Job: "compress-cnn", Bench: "BenchmarkFashionCNN/prune-30", Metric: "speedup", Label: "30% filter pruning, batch 32: float32 time / pruned time", Unit: "x", Target: &Target{Op: ">=", Value: 1.3}},
+			{Job: "compress-cnn", Bench: "BenchmarkFashionCNN/static-int8", Metric: "fp32-ms", Label: "float32, batch 32 (paired with static int8)", Unit: "ms"},
+		},
+		Details: []Matrix{{
+			Job:     "compress-cnn",
+			Caption: "Each variant of the Fashion-MNIST CNN, batch 32, interleaved with float32",
+			Rows: []Row{
+				{"BenchmarkFashionCNN/static-int8", "static int8"},
+				{"BenchmarkFashionCNN/prune-30", "30% of filters, per layer, L1 norm"},
+				{"BenchmarkFashionCNN/prune-50", "50% of filters, per layer, L1 norm"},
+				{"BenchmarkFashionCNN/prune-30-output-global", "30% of filters, whole model, output error"},
+				{"BenchmarkFashionCNN/prune-30+static-int8", "30% of filters, then static int8"},
+			},
+			Cols: []Col{
+				{Metric: "size-ratio", Header: "size / fp32"},
+				{Metric: "fp32-ms", Header: "fp32 ms"},
+				{Metric: "ms", Header: "variant ms"},
+				{Metric: "speedup", Header: "speedup"},
+			},
+		}},
+		Notes: `
+Accuracy of each variant on the 10,000 test images is held by compress's tests
+(fashion_test.go), not measured here.`,
+	},
+	{
 		Title: "GPU execution through the CUDA plugin",
 		Measures: `
 scripts/gpu-check.sh, on a machine with an NVIDIA GPU, runs the prebuilt meshnode with
@@ -463,4 +577,16 @@ var throughputCols = []Col{
 	{Metric: "raw-cpu-ns/B", Header: "raw CPU ns/B"},
 	{Metric: "mesh-cpu-ns/B", Header: "mesh CPU ns/B"},
 	{Metric: "B/op", Header: "MB allocated/op", Scale: 1e-6},
+}
+
+// gpt1x128Rows are the compressed variants of BenchmarkGPT2Small, whose
+// 1x128 sub-benchmarks also carry the figures of compressing.
+func gpt1x128Rows() []Row {
+	return []Row{
+		{"BenchmarkGPT2Small/1x128/int8", "int8 weight-only (int8 compute)"},
+		{"BenchmarkGPT2Small/1x128/int8-acc1", "int8 weight-only, float32 compute (accuracy_level 1)"},
+		{"BenchmarkGPT2Small/1x128/int4", "int4 weight-only (float32 compute)"},
+		{"BenchmarkGPT2Small/1x128/int4-acc4", "int4 weight-only, int8 compute (accuracy_level 4)"},
+		{"BenchmarkGPT2Small/1x128/dynamic", "dynamic int8"},
+	}
 }
