@@ -70,7 +70,7 @@ func run(dir, out, ortLib string) error {
 		return err
 	}
 	var buf bytes.Buffer
-	render(&buf, probeMachine(ortLib), info, jobs, reportSections)
+	render(&buf, probeMachine(ortLib), info, jobs, reportSections, readPrevious(out))
 	return os.WriteFile(out, buf.Bytes(), 0o644)
 }
 

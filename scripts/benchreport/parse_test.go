@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -149,7 +151,7 @@ func TestRenderPending(t *testing.T) {
 		{Title: "Later", Jobs: []string{"k"}, Pending: "No benchmark yet."},
 	}
 	var buf bytes.Buffer
-	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, sections)
+	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, sections, previousReport{})
 	s := buf.String()
 	for _, want := range []string{
 		"| Thing | x ratio | 0.7 | >= 0.5 | yes |",
@@ -250,7 +252,7 @@ func TestRenderCompressionSection(t *testing.T) {
 	}
 	jobs := map[string]*Job{"compress-gpt": {ID: "compress-gpt", Command: "go test -bench GPT2Small ./compress/", Output: out}}
 	var buf bytes.Buffer
-	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, reportSections)
+	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, reportSections, previousReport{})
 	s := buf.String()
 	const title = "| Compression of the 12 x 768 GPT | "
 	for _, want := range []string{
@@ -271,5 +273,53 @@ func TestRenderCompressionSection(t *testing.T) {
 	}
 	if strings.Contains(s, "Other results of this run") {
 		t.Errorf("a compression result is in no section:\n%s", s)
+	}
+}
+
+// TestRenderKeepsEarlierSections: a rerun of some jobs keeps, from the report it
+// replaces, the sections (and their summary rows) whose jobs did not run this time,
+// and re-renders the ones that did; a section the earlier report had not measured
+// stays not measured.
+func TestRenderKeepsEarlierSections(t *testing.T) {
+	earlier := strings.Join([]string{
+		"# layermesh benchmarks", "", "## Summary", "",
+		"| section | figure | value | target | met |", "|---|---|---|---|---|",
+		"| Thing | x ratio | 0.1 | >= 0.5 | **no** |",
+		"| Kept | y speedup | 1.7 x | >= 1.6 x | yes |",
+		"| Later | | not yet measured | | |", "",
+		"## Thing", "", "old thing text", "",
+		"## Kept", "", "kept text with its figures", "",
+		"## Later", "", "**Not yet measured.** No benchmark yet.", "",
+	}, "\n")
+	path := filepath.Join(t.TempDir(), "BENCHMARKS.md")
+	if err := os.WriteFile(path, []byte(earlier), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	jobs := map[string]*Job{"j": {ID: "j", Command: "go test -bench X ./x/", Output: &Output{Results: map[string][]Run{
+		"BenchmarkX": {{Iterations: 3, Metrics: map[string]float64{"ratio": 0.7}}},
+	}}}}
+	sections := []Section{
+		{Title: "Thing", Jobs: []string{"j"}, Figures: []Figure{{Job: "j", Bench: "BenchmarkX", Metric: "ratio", Label: "x ratio", Target: &Target{Op: ">=", Value: 0.5}}}},
+		{Title: "Kept", Jobs: []string{"k"}},
+		{Title: "Later", Jobs: []string{"l"}, Pending: "No benchmark yet."},
+	}
+	var buf bytes.Buffer
+	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, sections, readPrevious(path))
+	s := buf.String()
+	for _, want := range []string{
+		"| Thing | x ratio | 0.7 | >= 0.5 | yes |",
+		"| Kept | y speedup | 1.7 x | >= 1.6 x | yes |",
+		"| Later | | not yet measured | | |",
+		"## Kept\n\nkept text with its figures\n",
+		"**Not yet measured.** No benchmark yet.",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("report lacks %q:\n%s", want, s)
+		}
+	}
+	for _, stale := range []string{"old thing text", "| 0.1 |"} {
+		if strings.Contains(s, stale) {
+			t.Errorf("report keeps the rerun section's old %q", stale)
+		}
 	}
 }

@@ -186,10 +186,15 @@ func verdict(t *Target, v value) string {
 	}
 }
 
-func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections []Section) {
+func render(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job, sections []Section, prev previousReport) {
 	renderHeader(w, m, info, jobs)
-	renderSummary(w, jobs, sections)
+	renderSummary(w, jobs, sections, prev)
 	for _, s := range sections {
+		if old, ok := prev.sections[s.Title]; ok && !anyRan(jobs, s.Jobs) {
+			// Kept as the earlier report had it: its raw results are gone.
+			fmt.Fprint(w, old)
+			continue
+		}
 		renderSection(w, jobs, s)
 	}
 	renderUnreferenced(w, jobs, sections)
@@ -217,7 +222,7 @@ func renderHeader(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job) {
 	}
 	mode += fmt.Sprintf(", %s for all jobs", duration(jobSecs))
 	if info.Only != "" {
-		mode += fmt.Sprintf("; this invocation reran only %s (%s), the other jobs' results are from an earlier run, see each job's finish time", info.Only, duration(info.Seconds))
+		mode += fmt.Sprintf("; this invocation reran only %s (%s); the other sections are kept as the earlier report had them, each with its own commands, finish times and load averages", info.Only, duration(info.Seconds))
 	}
 	p("| machine | |\n|---|---|\n")
 	p("| CPU | %s, %d cores |\n", m.CPU, m.Cores)
@@ -241,12 +246,16 @@ func renderHeader(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job) {
 }
 
 // renderSummary writes one row per figure with a target or marked Summary, and one
-// per section not measured in this run.
-func renderSummary(w io.Writer, jobs map[string]*Job, sections []Section) {
+// per section not measured in this run (the earlier report's rows, when it had them).
+func renderSummary(w io.Writer, jobs map[string]*Job, sections []Section, prev previousReport) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
 	p("## Summary\n\n| section | figure | value | target | met |\n|---|---|---|---|---|\n")
 	for _, s := range sections {
 		if !anyRan(jobs, s.Jobs) {
+			if rows, ok := prev.summary[s.Title]; ok && prev.sections[s.Title] != "" {
+				p("%s", strings.Join(rows, ""))
+				continue
+			}
 			p("| %s | | not yet measured | | |\n", s.Title)
 			continue
 		}
