@@ -330,7 +330,9 @@ cores, is the most two cores can give here, and it stays short of 2 x. Each stag
 one step at a time (one ONNX Runtime session per stage, taken first come, first
 served), so a stage works on one session's token while the other stage works on
 another's; what the split loses against the ceiling is the imbalance between its two
-stages (the CPU time per token of each process) and the hidden state's round trip.`,
+stages (the CPU time per token of each process) and the hidden state's round trip.
+The speedup moves between runs by about 0.1 either way (1.49 to 1.66 in the runs of
+2026-12-04/05), with the machine's other load and with which core holds which stage.`,
 	},
 	{
 		Title: "Text generation: decode batching",
