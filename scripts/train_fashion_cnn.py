@@ -5,7 +5,8 @@ Debian's dataset-fashion-mnist, and exports it to ONNX (opset 13).
     /usr/bin/python3 scripts/train_fashion_cnn.py [--slimming W] [--share S] [--epochs N] [OUT.onnx]
 
 Needs python3-torch (1.13) and dataset-fashion-mnist from apt. Seeded
-(20261204) and run on 2 threads. Adam with a one-cycle schedule (peak 4e-3),
+(20261204) and run on 2 threads: a rerun on the same torch build writes a
+byte-identical ONNX file (checked). Adam with a one-cycle schedule (peak 4e-3),
 batch 128, 2 epochs over the 60,000 training images.
 
 Training adds a sparsity penalty on the BatchNorm scales (network slimming,
@@ -36,8 +37,8 @@ each group have every scale under 1e-2, and the test accuracy with the
 channels compress's per-layer L1 pruning at 30% and 50% would remove silenced
 (scale set to 0; same choice: folded filter L1 norms relative to the layer's
 mean, summed over coupled layers). That mirrors compress when a removed
-channel is constant. The committed model printed, after 625 s on a shared
-2-core machine:
+channel is constant. The committed model printed (625 s on a loaded 2-core
+machine; 253 s on a quiet one):
 
     epoch 2: loss 0.2540 test accuracy 0.9134 (625 s); channels with scale <
     1e-2 per group [13, 15, 16, 16, 32, 32] of [32, 32, 64, 64, 128, 128];
