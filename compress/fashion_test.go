@@ -133,12 +133,12 @@ func fashionPrune(ratio float64, calib string) Options {
 // The trained Fashion-MNIST CNN on its 10,000 test images: static int8 stays
 // within half a point of float32, and 30% filter pruning (fashionPrune) within
 // two points. Nothing is fine-tuned after pruning: it holds because the model
-// was trained with a network-slimming penalty on its BatchNorm scales aimed at
-// 30% (scripts/train_fashion_cnn.py), which leaves the channels L1 pruning
-// removes carrying a near-constant that compensation moves into the biases.
-// Dynamic int8, 50% pruning (which removes channels the penalty left alive)
-// and the global pruning variants (by L1 norm, by output error) are measured
-// and logged; each pruned model must still load, run and be smaller.
+// was trained with a network-slimming penalty on its BatchNorm scales
+// (scripts/train_fashion_cnn.py) that drives half of each layer group's
+// channels to a near-constant output, which L1 pruning removes and
+// compensation moves into the next biases. Dynamic int8, 50% pruning and the
+// global pruning variants (by L1 norm, by output error) are measured and
+// logged; each pruned model must still load, run and be smaller.
 func TestFashionMNISTAccuracyAfterCompression(t *testing.T) {
 	calib := writeCalibration(t, 8, 64)
 	base := accuracy(t, fashionModel)
