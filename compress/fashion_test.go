@@ -121,19 +121,31 @@ func accuracy(t testing.TB, path string) float64 {
 	return float64(right) / float64(total)
 }
 
+// fashionPrune is the filter pruning the Fashion-MNIST CNN is held to (and
+// BenchmarkFashionCNN times as prune-30 and prune-50): per layer group by
+// filter L1 norm, survivors rounded to multiples of 16 channels, the removed
+// channels' calibration-set means moved into the next layers' biases. Nothing
+// is fine-tuned after pruning.
+func fashionPrune(ratio float64, calib string) Options {
+	return Options{Prune: ratio, CalibrationDir: calib}
+}
+
 // The trained Fashion-MNIST CNN on its 10,000 test images: static int8 stays
-// within half a point of float32. Dynamic int8 and pruning (30% and 50%, by
-// filter L1 norm per layer, and by output error over the whole model) are
-// measured and logged: pruning without retraining costs far more than two
-// points on this model (see the log), and each pruned model must still load,
-// run and be smaller.
+// within half a point of float32, and 30% filter pruning (fashionPrune) within
+// two points. Nothing is fine-tuned after pruning: it holds because the model
+// was trained with a network-slimming penalty on its BatchNorm scales
+// (scripts/train_fashion_cnn.py) that drives half of each layer group's
+// channels to a near-constant output, which L1 pruning removes and
+// compensation moves into the next biases. Dynamic int8, 50% pruning and the
+// global pruning variants (by L1 norm, by output error) are measured and
+// logged; each pruned model must still load, run and be smaller.
 func TestFashionMNISTAccuracyAfterCompression(t *testing.T) {
 	calib := writeCalibration(t, 8, 64)
 	base := accuracy(t, fashionModel)
 	t.Logf("float32: %.2f%%", 100*base)
 	static := Options{Quantize: QuantStatic, CalibrationDir: calib}
-	output := func(r float64) Options {
-		return Options{Prune: r, PruneGlobal: true, PruneCriterion: CriterionOutput, CalibrationDir: calib}
+	global := func(r float64, criterion string) Options {
+		return Options{Prune: r, PruneGlobal: true, PruneCriterion: criterion, CalibrationDir: calib}
 	}
 	cases := []struct {
 		name    string
@@ -143,10 +155,11 @@ func TestFashionMNISTAccuracyAfterCompression(t *testing.T) {
 		{"static int8 minmax", static, 0.5},
 		{"static int8 percentile", Options{Quantize: QuantStatic, CalibrationDir: calib, CalibrationMethod: "percentile"}, 0.5},
 		{"dynamic int8", Options{Quantize: QuantDynamic}, -1},
-		{"prune 30% l1 per layer", Options{Prune: 0.3, CalibrationDir: calib}, -1},
-		{"prune 30% output global", output(0.3), -1},
-		{"prune 50% l1 per layer", Options{Prune: 0.5, CalibrationDir: calib}, -1},
-		{"prune 50% output global", output(0.5), -1},
+		{"prune 30% l1 per layer", fashionPrune(0.3, calib), 2},
+		{"prune 50% l1 per layer", fashionPrune(0.5, calib), -1},
+		{"prune 30% l1 global", global(0.3, CriterionL1), -1},
+		{"prune 30% output global", global(0.3, CriterionOutput), -1},
+		{"prune 50% output global", global(0.5, CriterionOutput), -1},
 	}
 	for _, tc := range cases {
 		dst := filepath.Join(t.TempDir(), "c.onnx")
@@ -174,7 +187,7 @@ func TestFashionCNNCompressedSplitsIntoStages(t *testing.T) {
 	img, _ := fashionImages(t, "t10k", 0, 4)
 	for name, opts := range map[string]Options{
 		"static int8": {Quantize: QuantStatic, CalibrationDir: calib},
-		"prune 30%":   {Prune: 0.3, CalibrationDir: calib},
+		"prune 30%":   fashionPrune(0.3, calib),
 	} {
 		dst := filepath.Join(t.TempDir(), "c.onnx")
 		opts.Backend = backend(t)
