@@ -130,6 +130,9 @@ job gen-latency-1t "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^Benchm
 # system test, whose figures are in its -v log.
 job gen-failover "go test -run '^TestGenerationAcrossMeshnodes\$' -count 1 -v -timeout 15m ./test/gen/"
 job gen-pipeline "go test -run '^\$' -bench '^BenchmarkGeneratePipelineParallel\$' -benchtime 1x -count 1 -timeout 30m ./test/split/"
+# Test-set accuracy of the Fashion-MNIST CNN after each compression, from the
+# accuracy test's -v log.
+job compress-accuracy "go test -run '^TestFashionMNISTAccuracyAfterCompression\$' -count 1 -v -timeout 20m ./compress/"
 # Decode batching (--max-batch 4) against steps run alone, 4 sessions on one pinned node.
 job gen-batching "go test -run '^\$' -bench '^BenchmarkGenerateBatching\$' -benchtime 1x -count 1 -timeout 30m ./test/split/"
 

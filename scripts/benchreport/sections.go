@@ -498,6 +498,7 @@ faster than float32, 30% filter pruning at least 1.3 x.`,
 Accuracy of each variant on the 10,000 test images is held by compress's tests
 (fashion_test.go), not measured here.`,
 	},
+	fashionAccuracySection(),
 	{
 		Title: "GPU execution through the CUDA plugin",
 		Measures: `
@@ -551,7 +552,7 @@ The figures are read from the line the test logs (go test -v).`,
 
 // logFigures turns lines that tests log into figures, for measurements that live in a
 // test rather than in a benchmark's ReportMetric.
-var logFigures = []LogFigure{{
+var logFigures = append(fashionFigures(), []LogFigure{{
 	Job:  "split-failover",
 	Name: "TestSplitStageHolderKilled",
 	Pattern: regexp.MustCompile(`failover: (\d+) requests in flight at the kill; kill to answer: first (-?[\d.]+) ms, ` +
@@ -570,7 +571,7 @@ var logFigures = []LogFigure{{
 	Name:    "TestGenerationAcrossMeshnodes",
 	Pattern: regexp.MustCompile(`generation failover: stall ([\d.]+) ms \(longest wait for a token after the kill; kill to the next token (-?[\d.]+) ms; usual gap between tokens ([\d.]+) ms\)`),
 	Metrics: []string{"stall-ms", "next-token-ms", "usual-gap-ms"},
-}}
+}}...)
 
 var throughputCols = []Col{
 	{Metric: "raw-MB/s", Header: "raw TCP MB/s"},
