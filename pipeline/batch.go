@@ -151,9 +151,9 @@ type stepBatcher struct {
 	log    *slog.Logger
 	stats  *batchCounters
 
-	mu       sync.Mutex
-	queue    []*batchItem
-	runners  int
+	mu      sync.Mutex
+	queue   []*batchItem
+	runners int
 	// checked[padded] is set once a batch of that kind (steps at different
 	// positions, padded; or all at one position) matched its steps run alone.
 	checked [2]bool
