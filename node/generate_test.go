@@ -20,6 +20,7 @@ import (
 	"github.com/layermesh/layermesh/mesh"
 	"github.com/layermesh/layermesh/partition/modelgen"
 	"github.com/layermesh/layermesh/pipeline"
+	"github.com/layermesh/layermesh/test/harness"
 )
 
 // genConfig is the with-past GPT the generation tests deploy: 4 blocks over 3
@@ -39,54 +40,10 @@ func writeGenModel(t *testing.T, cfg modelgen.GPTConfig) string {
 	return path
 }
 
-// loopGenerate is the reference: one ORT session of the whole with-past model in a
-// plain loop (prefill, then one token a step with the present tensors fed back),
-// sampling each token as the last stage does.
+// loopGenerate is the reference: harness.LoopGenerate, with no stop token.
 func loopGenerate(t *testing.T, sess accel.Session, cfg modelgen.GPTConfig, prompt []int32, n int, s pipeline.Sampling) []int32 {
 	t.Helper()
-	ctx := context.Background()
-	var kv []tensor.Tensor
-	hd := int64(cfg.Dim / cfg.Heads)
-	for i := 0; i < cfg.Layers; i++ {
-		empty := []int64{1, int64(cfg.Heads), 0, hd}
-		kv = append(kv, tensor.FromFloat32(modelgen.GPTPastKey(i), empty, nil), tensor.FromFloat32(modelgen.GPTPastValue(i), empty, nil))
-	}
-	ids := make([]int64, len(prompt))
-	for i, p := range prompt {
-		ids[i] = int64(p)
-	}
-	var out []int32
-	past := 0
-	for len(out) < n {
-		seq := len(ids)
-		mask, pos := make([]int64, past+seq), make([]int64, seq)
-		for i := range mask {
-			mask[i] = 1
-		}
-		for i := range pos {
-			pos[i] = int64(past + i)
-		}
-		in := append([]tensor.Tensor{
-			tensor.FromInt64(modelgen.GPTInput, []int64{1, int64(seq)}, ids),
-			tensor.FromInt64(modelgen.GPTAttentionMask, []int64{1, int64(past + seq)}, mask),
-			tensor.FromInt64(modelgen.GPTPositionIDs, []int64{1, int64(seq)}, pos),
-		}, kv...)
-		res, err := sess.Run(ctx, in, cfg.OutputNames())
-		if err != nil {
-			t.Fatal(err)
-		}
-		logits, _ := res[0].Float32s()
-		s.Index = len(out)
-		tok := s.Sample(logits[(seq-1)*cfg.Vocab : seq*cfg.Vocab])
-		out = append(out, tok)
-		for i := range kv {
-			kv[i] = res[1+i]
-			kv[i].Name = []string{modelgen.GPTPastKey(i / 2), modelgen.GPTPastValue(i / 2)}[i%2]
-		}
-		past += seq
-		ids = []int64{int64(tok)}
-	}
-	return out
+	return harness.LoopGenerate(t, sess, cfg, prompt, n, s, -1)
 }
 
 // recomputeGreedy is greedy decoding without a cache: the plain GPT over the whole

@@ -9,7 +9,6 @@ import (
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/ort"
-	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/partition/modelgen"
 	"github.com/layermesh/layermesh/pipeline"
 	"github.com/layermesh/layermesh/test/harness"
@@ -80,57 +79,11 @@ func newReference(t *testing.T, path string) *reference {
 	return &reference{t: t, sess: s, tok: tok}
 }
 
-// generate runs the whole model in a plain loop (prefill, then one token a step with
-// the present tensors fed back), sampling as the last stage does, until n tokens or
-// the end-of-text token (which, like the API, it does not return).
+// generate runs harness.LoopGenerate on the whole model until n tokens or the
+// end-of-text token (which, like the API, it does not return).
 func (r *reference) generate(prompt []int32, n int, s pipeline.Sampling) []int32 {
-	t, cfg := r.t, genConfig
-	var kv []tensor.Tensor
-	hd := int64(cfg.Dim / cfg.Heads)
-	for i := 0; i < cfg.Layers; i++ {
-		empty := []int64{1, int64(cfg.Heads), 0, hd}
-		kv = append(kv, tensor.FromFloat32(modelgen.GPTPastKey(i), empty, nil), tensor.FromFloat32(modelgen.GPTPastValue(i), empty, nil))
-	}
 	_, eos, _ := r.tok.EOS()
-	ids := make([]int64, len(prompt))
-	for i, p := range prompt {
-		ids[i] = int64(p)
-	}
-	var out []int32
-	past := 0
-	for len(out) < n {
-		seq := len(ids)
-		mask, pos := make([]int64, past+seq), make([]int64, seq)
-		for i := range mask {
-			mask[i] = 1
-		}
-		for i := range pos {
-			pos[i] = int64(past + i)
-		}
-		in := append([]tensor.Tensor{
-			tensor.FromInt64(modelgen.GPTInput, []int64{1, int64(seq)}, ids),
-			tensor.FromInt64(modelgen.GPTAttentionMask, []int64{1, int64(past + seq)}, mask),
-			tensor.FromInt64(modelgen.GPTPositionIDs, []int64{1, int64(seq)}, pos),
-		}, kv...)
-		res, err := r.sess.Run(context.Background(), in, cfg.OutputNames())
-		if err != nil {
-			t.Fatal(err)
-		}
-		logits, _ := res[0].Float32s()
-		s.Index = len(out)
-		tok := s.Sample(logits[(seq-1)*cfg.Vocab : seq*cfg.Vocab])
-		if tok == eos {
-			break
-		}
-		out = append(out, tok)
-		for i := range kv {
-			kv[i] = res[1+i]
-			kv[i].Name = []string{modelgen.GPTPastKey(i / 2), modelgen.GPTPastValue(i / 2)}[i%2]
-		}
-		past += seq
-		ids = []int64{int64(tok)}
-	}
-	return out
+	return harness.LoopGenerate(r.t, r.sess, genConfig, prompt, n, s, eos)
 }
 
 // text decodes ids as the API does for a whole text.
