@@ -84,6 +84,24 @@ func gptBlock(i int) gptBlockNames {
 	}
 }
 
+// addWeights draws the block's weights, in the one order that makes GPT and
+// GPTWithPast of one seed carry the same values: std for most, residStd for the two
+// projections into the residual stream, LayerNorm scales around 1.
+func (n gptBlockNames) addWeights(g *graphBuilder, d int64, std, residStd float32) {
+	g.uniformWeight(n.ln1Scale, []int64{d}, 0.1, 1)
+	g.uniformWeight(n.ln1Bias, []int64{d}, std, 0)
+	g.uniformWeight(n.qkvW, []int64{d, 3 * d}, std, 0)
+	g.uniformWeight(n.qkvB, []int64{3 * d}, std, 0)
+	g.uniformWeight(n.projW, []int64{d, d}, residStd, 0)
+	g.uniformWeight(n.projB, []int64{d}, std, 0)
+	g.uniformWeight(n.ln2Scale, []int64{d}, 0.1, 1)
+	g.uniformWeight(n.ln2Bias, []int64{d}, std, 0)
+	g.uniformWeight(n.fcW, []int64{d, 4 * d}, std, 0)
+	g.uniformWeight(n.fcB, []int64{4 * d}, std, 0)
+	g.uniformWeight(n.fc2W, []int64{4 * d, d}, residStd, 0)
+	g.uniformWeight(n.fc2B, []int64{d}, std, 0)
+}
+
 // Final LayerNorm weights.
 const (
 	lnfScale = "ln_f/scale"
@@ -162,18 +180,7 @@ func GPT(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	for i := 0; i < cfg.Layers; i++ {
 		n := gptBlock(i)
 		p := "block" + itoa(i) + "/"
-		g.uniformWeight(n.ln1Scale, []int64{d}, 0.1, 1)
-		g.uniformWeight(n.ln1Bias, []int64{d}, std, 0)
-		g.uniformWeight(n.qkvW, []int64{d, 3 * d}, std, 0)
-		g.uniformWeight(n.qkvB, []int64{3 * d}, std, 0)
-		g.uniformWeight(n.projW, []int64{d, d}, residStd, 0)
-		g.uniformWeight(n.projB, []int64{d}, std, 0)
-		g.uniformWeight(n.ln2Scale, []int64{d}, 0.1, 1)
-		g.uniformWeight(n.ln2Bias, []int64{d}, std, 0)
-		g.uniformWeight(n.fcW, []int64{d, 4 * d}, std, 0)
-		g.uniformWeight(n.fcB, []int64{4 * d}, std, 0)
-		g.uniformWeight(n.fc2W, []int64{4 * d, d}, residStd, 0)
-		g.uniformWeight(n.fc2B, []int64{d}, std, 0)
+		n.addWeights(g, d, std, residStd)
 
 		// Causal mask [seq, seq]: -inf strictly above the diagonal, 0 elsewhere.
 		s := i64(g.op1("Shape", p+"mask/seq_len", []string{x}, attrInt("start", 1), attrInt("end", 2)), 1)

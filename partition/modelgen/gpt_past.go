@@ -164,18 +164,7 @@ func (s *gptPastShared) block(i int, x string) string {
 	p := "block" + itoa(i) + "/"
 	const std = 0.02
 	residStd := float32(std / math.Sqrt(2*float64(s.cfg.Layers)))
-	g.uniformWeight(n.ln1Scale, []int64{d}, 0.1, 1)
-	g.uniformWeight(n.ln1Bias, []int64{d}, std, 0)
-	g.uniformWeight(n.qkvW, []int64{d, 3 * d}, std, 0)
-	g.uniformWeight(n.qkvB, []int64{3 * d}, std, 0)
-	g.uniformWeight(n.projW, []int64{d, d}, residStd, 0)
-	g.uniformWeight(n.projB, []int64{d}, std, 0)
-	g.uniformWeight(n.ln2Scale, []int64{d}, 0.1, 1)
-	g.uniformWeight(n.ln2Bias, []int64{d}, std, 0)
-	g.uniformWeight(n.fcW, []int64{d, 4 * d}, std, 0)
-	g.uniformWeight(n.fcB, []int64{4 * d}, std, 0)
-	g.uniformWeight(n.fc2W, []int64{4 * d, d}, residStd, 0)
-	g.uniformWeight(n.fc2B, []int64{d}, std, 0)
+	n.addWeights(g, d, std, residStd)
 	bsd := []any{"batch", "seq", d}
 	heads := int64(s.cfg.Heads)
 
