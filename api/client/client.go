@@ -262,22 +262,11 @@ type UploadOptions struct {
 	Compress CompressOptions
 }
 
-// CompressOptions are a deploy's compression (the query parameters compress,
-// block_size, symmetric, prune, prune_global, verify, max_error, min_agreement).
-type CompressOptions struct {
-	// Quantize is "", "int8", "int4" or "dynamic".
-	Quantize     string
-	BlockSize    int
-	Symmetric    bool
-	Prune        float64
-	PruneGlobal  bool
-	Verify       int
-	MaxError     float64
-	MinAgreement float64
-}
+// CompressOptions are a deploy's compression (wire.CompressOptions).
+type CompressOptions = wire.CompressOptions
 
-// query adds the options that are set to q.
-func (o CompressOptions) query(q url.Values) {
+// compressQuery adds the options of o that are set to q.
+func compressQuery(o CompressOptions, q url.Values) {
 	if o.Quantize != "" {
 		q.Set("compress", o.Quantize)
 	}
@@ -312,7 +301,7 @@ func (c *Client) UploadModel(ctx context.Context, name string, r io.Reader, size
 	for _, s := range opts.State {
 		q.Add("state", s)
 	}
-	opts.Compress.query(q)
+	compressQuery(opts.Compress, q)
 	path := "/v1/models/" + url.PathEscape(name)
 	if len(q) > 0 {
 		path += "?" + q.Encode()

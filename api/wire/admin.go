@@ -75,3 +75,30 @@ type DoctorReport struct {
 	Self  string          `json:"self"`
 	Peers []PeerDiagnosis `json:"peers"`
 }
+
+// CompressOptions are the compression a deploy asks for, sent as the upload's query
+// parameters compress, block_size, symmetric, prune, prune_global, verify, max_error
+// and min_agreement. A deploy carries no calibration set, so only the modes that need
+// none are accepted: weight-only int8 and int4, dynamic int8, and pruning ranked by
+// the filters' L1 norms. Static int8 is refused (400): compress it with meshctl
+// compress --calib and deploy the result.
+type CompressOptions struct {
+	// Quantize is "", "int8", "int4" or "dynamic".
+	Quantize string
+	// BlockSize is the weight-only block length (0: the mode's default).
+	BlockSize int
+	// Symmetric drops the zero points.
+	Symmetric bool
+	// Prune is the fraction of channels removed; PruneGlobal ranks them over the
+	// whole model instead of per layer.
+	Prune       float64
+	PruneGlobal bool
+	// Verify is how many made-up inputs the original and compressed models are
+	// compared on; MaxError and MinAgreement fail the deploy (422) past them.
+	Verify       int
+	MaxError     float64
+	MinAgreement float64
+}
+
+// Enabled says whether the deploy compresses at all.
+func (o CompressOptions) Enabled() bool { return o.Quantize != "" || o.Prune > 0 }
