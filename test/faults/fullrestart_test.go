@@ -19,24 +19,7 @@ func TestFaultFullClusterRestart(t *testing.T) {
 	const nodes = 3
 	c := startFaultCluster(t, nodes, nil)
 	result := harness.Result{Scenario: "full-cluster-restart", Trial: 1, Started: time.Now()}
-	w := newWriter(t, c.token, "fr", func() []string { return c.HTTPAddrs() })
-	w.deadline = 5 * time.Second
-	ctx, stop := context.WithCancel(context.Background())
-	waitWrites := w.run(ctx, 50*time.Millisecond)
-	time.Sleep(4 * time.Second)
-	killedAt := time.Now()
-	for i := range nodes {
-		if err := c.Kill(i); err != nil {
-			t.Fatal(err)
-		}
-	}
-	stop()
-	waitWrites()
-	acked, unknown, _, requests, _ := w.stats()
-	result.Requests += requests
-	if acked == 0 {
-		t.Fatal("no write was acknowledged before the kill; nothing was tested")
-	}
+	w, killedAt, acked, unknown := writeThenKillAll(t, c, "fr", &result)
 	for i := range nodes {
 		if err := c.Start(i); err != nil {
 			t.Fatal(err)
@@ -76,4 +59,32 @@ func TestFaultFullClusterRestart(t *testing.T) {
 	result.Finished = time.Now()
 	result.Passed = !t.Failed()
 	harness.RecordResult(t, result)
+}
+
+// writeThenKillAll writes keys named prefix through every node for 4 s, then kills
+// every node at once (SIGKILL) while the writes go on, and returns the writer (to
+// verify its writes after the restart), when the nodes died and how many writes were
+// acknowledged or of unknown outcome; the writes' requests count in result. It fails the test when no write was acknowledged before
+// the kill: there would be nothing to check after the restart.
+func writeThenKillAll(t *testing.T, c *faultCluster, prefix string, result *harness.Result) (w *writer, killedAt time.Time, acked, unknown int) {
+	t.Helper()
+	w = newWriter(t, c.token, prefix, func() []string { return c.HTTPAddrs() })
+	w.deadline = 5 * time.Second
+	ctx, stop := context.WithCancel(context.Background())
+	waitWrites := w.run(ctx, 50*time.Millisecond)
+	time.Sleep(4 * time.Second)
+	killedAt = time.Now()
+	for i := range c.Len() {
+		if err := c.Kill(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop()
+	waitWrites()
+	acked, unknown, _, requests, _ := w.stats()
+	result.Requests += requests
+	if acked == 0 {
+		t.Fatal("no write was acknowledged before every node was killed; nothing was tested")
+	}
+	return w, killedAt, acked, unknown
 }

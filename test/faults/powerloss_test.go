@@ -29,23 +29,7 @@ func TestFaultSitePowerLoss(t *testing.T) {
 	// be taken by another process by the time it comes back.
 	c := startFaultCluster(t, nodes, nil, "--gossip-port", "0")
 	result := harness.Result{Scenario: "site-power-loss", Trial: 1, Started: time.Now()}
-	w := newWriter(t, c.token, "pl", func() []string { return c.HTTPAddrs() })
-	w.deadline = 5 * time.Second
-	ctx, stop := context.WithCancel(context.Background())
-	waitWrites := w.run(ctx, 50*time.Millisecond)
-	time.Sleep(4 * time.Second)
-	for i := range nodes {
-		if err := c.Kill(i); err != nil {
-			t.Fatal(err)
-		}
-	}
-	stop()
-	waitWrites()
-	acked, unknown, _, requests, _ := w.stats()
-	result.Requests += requests
-	if acked == 0 {
-		t.Fatal("no write was acknowledged before the power cut; nothing was tested")
-	}
+	w, _, acked, unknown := writeThenKillAll(t, c, "pl", &result)
 
 	back := []int{1, 2}
 	restarted := time.Now()
