@@ -115,24 +115,7 @@ func startCluster(t *testing.T, n int, memBudget int64) *splitCluster {
 		t.Fatalf("meshnode runs %q mode with cluster flags: the cluster is not wired into node.New "+
 			"(node.NewNodeCluster must be called there); these system tests cannot run", st.Mode)
 	}
-	harness.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error {
-		for i := range n {
-			nodes, err := sc.client(i).Nodes(context.Background())
-			if err != nil {
-				return err
-			}
-			alive := 0
-			for _, nd := range nodes {
-				if nd.State == "alive" {
-					alive++
-				}
-			}
-			if alive != n {
-				return fmt.Errorf("node %d sees %d alive members of %d", i, alive, n)
-			}
-		}
-		return nil
-	})
+	harness.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error { return sc.allAlive(n) })
 	return sc
 }
 
