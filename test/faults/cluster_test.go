@@ -143,29 +143,7 @@ func (c *faultCluster) client(i int) *client.Client {
 
 // waitAlive waits until every running node sees want members alive.
 func (c *faultCluster) waitAlive(want int, total time.Duration) error {
-	return harness.Poll(total, 200*time.Millisecond, func() error {
-		for i, n := range c.Nodes {
-			if !n.Running() || n.Paused() {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			nodes, err := c.client(i).Nodes(ctx)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("node %d: %w", i, err)
-			}
-			alive := 0
-			for _, nd := range nodes {
-				if nd.State == "alive" {
-					alive++
-				}
-			}
-			if alive != want {
-				return fmt.Errorf("node %d sees %d alive members, want %d", i, alive, want)
-			}
-		}
-		return nil
-	})
+	return harness.Poll(total, 200*time.Millisecond, func() error { return c.AliveEverywhere(c.token, want) })
 }
 
 // readyReplicas counts, per stage of the GPT's current version, the alive nodes that

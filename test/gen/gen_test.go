@@ -48,24 +48,7 @@ func startMesh(t *testing.T, path string) *mesh {
 		t.Fatal(err)
 	}
 	m := &mesh{Cluster: c, t: t, token: token, tokenFile: filepath.Join(c.Node(0).DataDir, harness.AdminTokenFile), meshctl: meshctl}
-	harness.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error {
-		for i := range 3 {
-			nodes, err := m.client(i).Nodes(context.Background())
-			if err != nil {
-				return err
-			}
-			alive := 0
-			for _, nd := range nodes {
-				if nd.State == "alive" {
-					alive++
-				}
-			}
-			if alive != 3 {
-				return fmt.Errorf("node %d sees %d alive members of 3", i, alive)
-			}
-		}
-		return nil
-	})
+	harness.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error { return c.AliveEverywhere(token, 3) })
 	if out, err := m.ctl(1, "deploy", path, "--name", model, "--stages", "3", "--replicas", "2",
 		"--tokenizer", gpt2Dir(t), "--wait", "2m", "--quiet"); err != nil {
 		t.Fatalf("meshctl deploy --tokenizer: %v\n%s", err, out)

@@ -2,10 +2,12 @@ package harness
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"regexp"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/layermesh/layermesh/api/client"
 )
@@ -74,4 +76,34 @@ func MaxRelDiff(got, want []float32) float64 {
 		worst = max(worst, math.Abs(float64(got[i])-float64(want[i]))/max(1, math.Abs(float64(want[i]))))
 	}
 	return worst
+}
+
+// AliveEverywhere checks that every running, unpaused node of c sees exactly want
+// alive members (GET /v1/nodes with token, at most 3 s a node).
+func (c *Cluster) AliveEverywhere(token string, want int) error {
+	for i, n := range c.Nodes {
+		if !n.Running() || n.Paused() {
+			continue
+		}
+		cl, err := client.New(c.HTTPAddr(i), client.WithToken(token))
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		nodes, err := cl.Nodes(ctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("node %d: %w", i, err)
+		}
+		alive := 0
+		for _, nd := range nodes {
+			if nd.State == "alive" {
+				alive++
+			}
+		}
+		if alive != want {
+			return fmt.Errorf("node %d sees %d alive members, want %d", i, alive, want)
+		}
+	}
+	return nil
 }

@@ -175,27 +175,7 @@ func TestSplitPowerLossAnyThreeOfFive(t *testing.T) {
 }
 
 // allAlive reports an error unless every running node lists want alive members.
-func (c *splitCluster) allAlive(want int) error {
-	for i := range c.Nodes {
-		if !c.Nodes[i].Running() {
-			continue
-		}
-		nodes, err := c.client(i).Nodes(context.Background())
-		if err != nil {
-			return err
-		}
-		alive := 0
-		for _, nd := range nodes {
-			if nd.State == "alive" {
-				alive++
-			}
-		}
-		if alive != want {
-			return fmt.Errorf("node %d sees %d alive members, want %d", i, alive, want)
-		}
-	}
-	return nil
-}
+func (c *splitCluster) allAlive(want int) error { return c.AliveEverywhere(c.token, want) }
 
 // withoutClusterFlags drops the flags that put a node in cluster mode (--bootstrap,
 // --join, --cluster-secret-file), keeping its data dir, name and addresses.
