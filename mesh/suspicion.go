@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/layermesh/layermesh/internal/ctxtime"
 )
 
 const (
@@ -59,18 +61,11 @@ func (w *suspicionWatch) NotifyPingComplete(other *memberlist.Node, _ time.Durat
 
 // run pings the members due for it every interval until ctx ends.
 func (w *suspicionWatch) run(ctx context.Context) {
-	tick := time.NewTicker(w.every)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	ctxtime.EveryTick(ctx, w.every, func() {
 		if !w.m.left.Load() {
 			w.round(ctx)
 		}
-	}
+	})
 }
 
 // round pings, in parallel, every member other than this node that has not acked
