@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -29,14 +28,7 @@ var genConfig = modelgen.GPTConfig{Layers: 4, Dim: 64, Heads: 2, Vocab: 101, Con
 
 func writeGenModel(t *testing.T, cfg modelgen.GPTConfig) string {
 	t.Helper()
-	m, err := cfg.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "gen.onnx")
-	if err := modelgen.WriteFile(m, path); err != nil {
-		t.Fatal(err)
-	}
+	path, _ := harness.WriteGPT(t, cfg, t.TempDir(), "gen")
 	return path
 }
 

@@ -37,14 +37,7 @@ func backend(t *testing.T) accel.Backend {
 // writeModel writes the test GPT and returns its path.
 func writeModel(t *testing.T) string {
 	t.Helper()
-	m, err := genConfig.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "gen.onnx")
-	if err := modelgen.WriteFile(m, path); err != nil {
-		t.Fatal(err)
-	}
+	path, _ := harness.WriteGPT(t, genConfig, t.TempDir(), "gen")
 	return path
 }
 

@@ -9,11 +9,11 @@ import (
 	"github.com/layermesh/layermesh/partition/modelgen"
 )
 
-// WriteGPT builds the GPT cfg describes and writes it to dir/name.onnx, returning the
-// file's path and size.
+// WriteGPT builds the GPT cfg describes (in the with-past layout when cfg.WithPast)
+// and writes it to dir/name.onnx, returning the file's path and size.
 func WriteGPT(t testing.TB, cfg modelgen.GPTConfig, dir, name string) (string, int64) {
 	t.Helper()
-	m, err := modelgen.GPT(cfg)
+	m, err := cfg.Build()
 	if err != nil {
 		t.Fatal(err)
 	}
