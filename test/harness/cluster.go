@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -68,16 +67,17 @@ type Node struct {
 	Name    string
 	DataDir string
 
-	// HTTPListen and P2PListen are what the node is told to listen on. They start with
-	// port 0 and are pinned to the bound ports after the first start, so that a
-	// restarted node comes back on the addresses its peers and clients know, as a real
-	// device's would.
+	// HTTPListen and P2PListen are what the node is told to listen on: ports the
+	// harness reserves outside the ephemeral range (ports.go), kept across restarts so
+	// that a restarted node comes back on the addresses its peers and clients know, as
+	// a real device's would. A test may set one to port 0 before a start; the bound
+	// port is then pinned for later restarts.
 	HTTPListen string
 	P2PListen  string
-	// GossipPort is the memberlist port, reserved once per node (TCP and UDP free at
-	// once, found through port 0) and kept across restarts: memberlist refuses a known
-	// node that comes back on another address ("conflicting address") until the old
-	// one is declared dead, which a real device with its fixed port never causes.
+	// GossipPort is the memberlist port, reserved like the others (TCP and UDP free at
+	// once) and kept across restarts: memberlist refuses a known node that comes back
+	// on another address ("conflicting address") until the old one is declared dead,
+	// which a real device with its fixed port never causes.
 	GossipPort int
 
 	httpAddr string // bound, as the node sees it
@@ -131,75 +131,37 @@ func (c *Cluster) addNode() *Node {
 		netns = nw.NS(i)
 	}
 	name := "node" + strconv.Itoa(i)
-	node := &Node{
-		Index:      i,
-		Name:       name,
-		DataDir:    filepath.Join(c.dir, name),
-		HTTPListen: net.JoinHostPort(host, "0"),
-		P2PListen:  "/ip4/" + host + "/tcp/0",
-	}
+	node := &Node{Index: i, Name: name, DataDir: filepath.Join(c.dir, name)}
 	if err := os.MkdirAll(node.DataDir, 0o700); err != nil {
 		c.t.Fatal(err)
 	}
-	port, err := c.reserveGossipPort(i, host)
-	if err != nil {
+	if err := c.pickPorts(node, host); err != nil {
 		c.t.Fatal(err)
 	}
-	node.GossipPort = port
 	// Args are filled in at each start, since the pinned ports change them once.
 	node.Proc = NewProc(c.t, ProcSpec{Name: name, Path: c.opts.Binary, Env: c.opts.Env, Netns: netns, LogDir: c.dir})
 	c.Nodes = append(c.Nodes, node)
 	return node
 }
 
-// reserveGossipPort finds a port free for both TCP and UDP on host (inside node i's
-// namespace when there is a network), as memberlist needs both on one number.
-func (c *Cluster) reserveGossipPort(i int, host string) (int, error) {
-	listen := func(network, addr string) (io.Closer, string, error) {
-		if nw := c.opts.Network; nw != nil {
-			if network == "tcp" {
-				l, err := nw.Listen(i, network, addr)
-				if err != nil {
-					return nil, "", err
-				}
-				return l, l.Addr().String(), nil
-			}
-			pc, err := nw.ListenPacket(i, network, addr)
-			if err != nil {
-				return nil, "", err
-			}
-			return pc, pc.LocalAddr().String(), nil
-		}
-		if network == "tcp" {
-			l, err := net.Listen(network, addr)
-			if err != nil {
-				return nil, "", err
-			}
-			return l, l.Addr().String(), nil
-		}
-		pc, err := net.ListenPacket(network, addr)
-		if err != nil {
-			return nil, "", err
-		}
-		return pc, pc.LocalAddr().String(), nil
+// pickPorts reserves node n's HTTP, libp2p and gossip ports on host (see ports.go).
+func (c *Cluster) pickPorts(n *Node, host string) error {
+	httpPort, err := c.reserveNodePort(n.Index, host, false)
+	if err != nil {
+		return err
 	}
-	var last error
-	for try := 0; try < 20; try++ {
-		tl, addr, err := listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			return 0, err
-		}
-		_, port, _ := net.SplitHostPort(addr)
-		ul, _, err := listen("udp", net.JoinHostPort(host, port))
-		tl.Close()
-		if err != nil {
-			last = err
-			continue
-		}
-		ul.Close()
-		return strconv.Atoi(port)
+	p2pPort, err := c.reserveNodePort(n.Index, host, false)
+	if err != nil {
+		return err
 	}
-	return 0, fmt.Errorf("harness: no port free for both TCP and UDP on %s: %w", host, last)
+	gossipPort, err := c.reserveNodePort(n.Index, host, true)
+	if err != nil {
+		return err
+	}
+	n.HTTPListen = net.JoinHostPort(host, strconv.Itoa(httpPort))
+	n.P2PListen = "/ip4/" + host + "/tcp/" + strconv.Itoa(p2pPort)
+	n.GossipPort = gossipPort
+	return nil
 }
 
 // Add prepares and starts one more node (it joins node 0, like the others) and returns
@@ -224,8 +186,10 @@ func (c *Cluster) WipeDataDir(i int) error {
 	if nw := c.opts.Network; nw != nil {
 		host = nw.IP(i).String()
 	}
-	// A new device picks its own ports again.
-	n.HTTPListen, n.P2PListen = net.JoinHostPort(host, "0"), "/ip4/"+host+"/tcp/0"
+	// A new device comes with its own ports.
+	if err := c.pickPorts(n, host); err != nil {
+		return err
+	}
 	n.client = ""
 	if i == 0 {
 		// Node 0 comes back bootstrapping a new cluster; joiners started after this
@@ -391,7 +355,7 @@ func (c *Cluster) readAddrs(n *Node) error {
 	}
 	n.httpAddr, n.p2pAddr = httpAddr, p2pAddr
 	n.HTTPListen = httpAddr
-	if port := multiaddrTCPPort(p2pAddr); port != "" {
+	if port := multiaddrTCPPort(p2pAddr); port != "" && strings.HasSuffix(n.P2PListen, "/tcp/0") {
 		n.P2PListen = strings.TrimSuffix(n.P2PListen, "/tcp/0") + "/tcp/" + port
 	}
 	if n.client == "" || c.opts.Network == nil {

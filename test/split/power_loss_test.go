@@ -41,9 +41,9 @@ func startPowerCluster(t *testing.T, n, replicas int) (*splitCluster, *reference
 	t.Helper()
 	path, size := powerModel(t)
 	ref := newReference(t, path)
-	// Gossip ports are picked anew at every start (a later --gossip-port wins): a port
-	// the harness reserved for a killed node may be taken by another process by the
-	// time it comes back, and members must cope with a node on a new port anyway.
+	// Gossip ports are picked anew at every start (a later --gossip-port wins): after a
+	// power cut, members must also cope with nodes that come back on new gossip ports
+	// (a device whose port is configured as 0, say), the harder case for memberlist.
 	hc := harness.StartCluster(t, n, harness.ClusterOptions{
 		Flags: func(c *harness.Cluster, node *harness.Node) []string {
 			return append(c.DefaultFlags(node), "--gossip-port", "0", "--threads", "1")
