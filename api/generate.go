@@ -30,5 +30,7 @@ type GenerateResult struct {
 // an error from emit (client gone) ends the generation and frees its state.
 type Generator interface {
 	Generate(ctx context.Context, req GenerateRequest, emit func(GeneratedToken) error) (GenerateResult, error)
-	ModelContext(ctx context.Context, model string) (contextLen int, err error)
+	// ModelContext returns the context length of the model's version ("" means the
+	// latest).
+	ModelContext(ctx context.Context, model, version string) (contextLen int, err error)
 }

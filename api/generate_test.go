@@ -86,7 +86,7 @@ func endsWith(ids, suffix []int32) bool {
 	return len(ids) >= len(suffix) && slices.Equal(ids[len(ids)-len(suffix):], suffix)
 }
 
-func (g *scriptedGenerator) ModelContext(ctx context.Context, model string) (int, error) {
+func (g *scriptedGenerator) ModelContext(ctx context.Context, model, version string) (int, error) {
 	return g.contextLen, nil
 }
 
@@ -138,13 +138,20 @@ func (genTokens) VerifyToken(ctx context.Context, token string) (api.Scope, erro
 	return "", api.ErrUnauthorized
 }
 
-// genText serves "gpt" with GPT-2's tokenizer; "add" is a model without one.
+// genTextVersion is the version genModels and genText resolve "gpt" to.
+const genTextVersion = "1"
+
+// genText serves "gpt" (its version genTextVersion) with GPT-2's tokenizer; "add" is a
+// model without one.
 type genText struct{ gpt2 *tokenizer.Tokenizer }
 
-func (t genText) ModelText(ctx context.Context, model string) (api.ModelText, error) {
+func (t genText) ModelText(ctx context.Context, model, version string) (api.ModelText, error) {
 	switch model {
 	case "gpt":
-		return api.ModelText{Tokenizer: t.gpt2}, nil
+		if version != "" && version != genTextVersion {
+			return api.ModelText{}, fmt.Errorf("%w: gpt has no version %s", api.ErrModelNotFound, version)
+		}
+		return api.ModelText{Version: genTextVersion, Tokenizer: t.gpt2}, nil
 	case "add":
 		return api.ModelText{}, fmt.Errorf("%w: %s has no tokenizer", api.ErrNotGenerative, model)
 	}
@@ -373,6 +380,11 @@ func TestCompletionStreamSendsTokensInOrderThenDone(t *testing.T) {
 		t.Fatalf("%d generations, want 1", len(reqs))
 	}
 	r := reqs[0]
+	// The client named no version: the generation runs on the one the tokenizer came
+	// from, never on whatever is latest by the time it starts.
+	if r.Version != genTextVersion {
+		t.Errorf("generation ran on version %q, want %q, the tokenizer's", r.Version, genTextVersion)
+	}
 	if !slices.Equal(r.Prompt, []int32{15496, 995}) || r.MaxTokens != 4 || r.Temperature != 0.5 || r.TopK != 40 || r.TopP != 0.9 || r.Seed == nil || *r.Seed != 7 || r.Model != "gpt" {
 		t.Errorf("generator got %+v", r)
 	}
@@ -841,7 +853,7 @@ func TestSingleNodeServesTokenizerBesideModel(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	mt, err := n.ModelText(ctx, "add")
+	mt, err := n.ModelText(ctx, "add", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -850,7 +862,7 @@ func TestSingleNodeServesTokenizerBesideModel(t *testing.T) {
 		t.Errorf("model-dir text: prompt %q (%v), vocabulary %d", prompt, err, mt.Tokenizer.VocabSize())
 	}
 	for model, want := range map[string]error{"scale": api.ErrNotGenerative, "nope": api.ErrModelNotFound} {
-		if _, err := n.ModelText(ctx, model); !errors.Is(err, want) {
+		if _, err := n.ModelText(ctx, model, ""); !errors.Is(err, want) {
 			t.Errorf("ModelText(%s) = %v, want %v", model, err, want)
 		}
 	}
@@ -864,11 +876,11 @@ func TestSingleNodeServesTokenizerBesideModel(t *testing.T) {
 		}
 	}
 	upload(client.UploadOptions{Tokenizer: tokJSON})
-	if mt, err := n.ModelText(ctx, "up"); err != nil || mt.Tokenizer == nil || mt.Chat != nil {
+	if mt, err := n.ModelText(ctx, "up", ""); err != nil || mt.Tokenizer == nil || mt.Chat != nil {
 		t.Errorf("uploaded with a tokenizer: %+v, %v", mt, err)
 	}
 	upload(client.UploadOptions{})
-	if _, err := n.ModelText(ctx, "up"); !errors.Is(err, api.ErrNotGenerative) {
+	if _, err := n.ModelText(ctx, "up", ""); !errors.Is(err, api.ErrNotGenerative) {
 		t.Errorf("re-uploaded without a tokenizer: %v, want not generative", err)
 	}
 	upload(client.UploadOptions{Tokenizer: tokJSON, ChatTemplate: tmpl})
@@ -896,7 +908,7 @@ func (g failingGenerator) Generate(ctx context.Context, req api.GenerateRequest,
 	return api.GenerateResult{}, g.err
 }
 
-func (g failingGenerator) ModelContext(ctx context.Context, model string) (int, error) {
+func (g failingGenerator) ModelContext(ctx context.Context, model, version string) (int, error) {
 	return genContextLen, nil
 }
 

@@ -78,8 +78,9 @@ func (s *Server) prepareKServeGenerate(w http.ResponseWriter, r *http.Request) (
 		return nil, wire.GenerateResponse{}, err
 	}
 	params := req.Merged()
+	// The version the answer's head names is the one that runs.
 	tr := textRequest{
-		Model: name, Version: version, Prompt: req.TextInput, MaxTokens: params.MaxTokens,
+		Model: name, Version: st.Version, Prompt: req.TextInput, MaxTokens: params.MaxTokens,
 		DefaultMax: completionsDefaultMax, Temperature: params.Temperature, TopP: params.TopP, Seed: params.Seed,
 		Stop: append(append([]string(nil), params.Stop...), params.StopWords...),
 	}

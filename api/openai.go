@@ -487,6 +487,6 @@ func (s *Server) generative(r *http.Request, model string) bool {
 	if s.cfg.Text == nil || s.cfg.Generator == nil {
 		return false
 	}
-	_, err := s.cfg.Text.ModelText(r.Context(), model)
+	_, err := s.cfg.Text.ModelText(r.Context(), model, "")
 	return err == nil
 }

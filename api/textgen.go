@@ -15,14 +15,20 @@ import (
 // template it was deployed with. The API turns text into token ids with them, so the
 // Generator only ever sees ids.
 type TextService interface {
-	// ModelText returns the model's tokenizer and chat template. An unknown model
+	// ModelText returns the tokenizer and chat template of the model's version (""
+	// means the latest), and the version it resolved. An unknown model or version
 	// wraps ErrModelNotFound; a model deployed without a tokenizer wraps
 	// ErrNotGenerative.
-	ModelText(ctx context.Context, model string) (ModelText, error)
+	ModelText(ctx context.Context, model, version string) (ModelText, error)
 }
 
 // ModelText is what a generative model was deployed with to read and write text.
 type ModelText struct {
+	// Version is the model version these belong to: the generation runs on it, so
+	// that a redeploy between reading the tokenizer and starting the generation
+	// cannot pair one version's tokenizer with another's weights. "" where the
+	// service has no versions to tell apart.
+	Version   string
 	Tokenizer *tokenizer.Tokenizer
 	// Chat renders chat messages into a prompt; nil means tokenizer.DefaultChatTemplate.
 	Chat *tokenizer.ChatTemplate
@@ -76,15 +82,19 @@ func (s *Server) prepareText(ctx context.Context, tr textRequest) (*preparedText
 	if err := s.checkSampling(tr); err != nil {
 		return nil, err
 	}
-	text, err := s.cfg.Text.ModelText(ctx, tr.Model)
+	text, err := s.cfg.Text.ModelText(ctx, tr.Model, tr.Version)
 	if err != nil {
 		return nil, err
+	}
+	// Every later step uses the version the tokenizer came from.
+	if text.Version != "" {
+		tr.Version = text.Version
 	}
 	ids, err := promptIDs(text, tr)
 	if err != nil {
 		return nil, err
 	}
-	contextLen, err := s.cfg.Generator.ModelContext(ctx, tr.Model)
+	contextLen, err := s.cfg.Generator.ModelContext(ctx, tr.Model, tr.Version)
 	if err != nil {
 		return nil, err
 	}

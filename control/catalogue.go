@@ -113,13 +113,13 @@ func (c *Controller) names(st *consensus.ClusterState, ids []string) []string {
 // ModelTextInfo is the text side of the model version generation would use: its
 // tokenizer blob and chat template. It reads the local state, as inference does. A
 // model deployed without a tokenizer wraps api.ErrNotGenerative.
-func (c *Controller) ModelTextInfo(ctx context.Context, name string) (consensus.TextInfo, error) {
-	m, err := c.view.ResolveVersion(c.store.View(), name, "")
+func (c *Controller) ModelTextInfo(ctx context.Context, name, version string) (consensus.TextInfo, string, error) {
+	m, err := c.view.ResolveVersion(c.store.View(), name, version)
 	if err != nil {
-		return consensus.TextInfo{}, err
+		return consensus.TextInfo{}, "", err
 	}
 	if m.Text == nil {
-		return consensus.TextInfo{}, fmt.Errorf("%w: %s version %s was deployed without a tokenizer", api.ErrNotGenerative, name, m.Version)
+		return consensus.TextInfo{}, "", fmt.Errorf("%w: %s version %s was deployed without a tokenizer", api.ErrNotGenerative, name, m.Version)
 	}
-	return *m.Text, nil
+	return *m.Text, m.Version, nil
 }

@@ -34,12 +34,12 @@ var (
 )
 
 // ModelText serves the tokenizer and chat template deployed with the model.
-func (s clusterServices) ModelText(ctx context.Context, model string) (api.ModelText, error) {
+func (s clusterServices) ModelText(ctx context.Context, model, version string) (api.ModelText, error) {
 	c, err := s.part()
 	if err != nil {
 		return api.ModelText{}, err
 	}
-	return c.text.ModelText(ctx, model)
+	return c.text.ModelText(ctx, model, version)
 }
 
 func (s clusterServices) part() (*Cluster, error) {
@@ -87,12 +87,12 @@ func (s clusterServices) Generate(ctx context.Context, req api.GenerateRequest, 
 }
 
 // ModelContext returns a generative model's context length (api.Generator).
-func (s clusterServices) ModelContext(ctx context.Context, model string) (int, error) {
+func (s clusterServices) ModelContext(ctx context.Context, model, version string) (int, error) {
 	c, err := s.part()
 	if err != nil {
 		return 0, err
 	}
-	return c.infer.ModelContext(ctx, model)
+	return c.infer.ModelContext(ctx, model, version)
 }
 
 func (s clusterServices) PutModel(ctx context.Context, name string, body io.Reader, opts api.DeployOptions) (wire.ModelStatus, error) {

@@ -236,8 +236,8 @@ func (c *Cluster) wire() {
 
 // modelTextFiles finds a model's text side in the state; its tokenizer blob is
 // fetched from a holder the first time this node needs it.
-func (c *Cluster) modelTextFiles(ctx context.Context, model string) (textFiles, error) {
-	info, err := c.control.ModelTextInfo(ctx, model)
+func (c *Cluster) modelTextFiles(ctx context.Context, model, version string) (textFiles, error) {
+	info, version, err := c.control.ModelTextInfo(ctx, model, version)
 	if err != nil {
 		return textFiles{}, err
 	}
@@ -247,7 +247,7 @@ func (c *Cluster) modelTextFiles(ctx context.Context, model string) (textFiles, 
 		}
 		return os.ReadFile(c.mesh.Blobs().Path(info.TokenizerSHA256))
 	}
-	return textFiles{key: info.TokenizerSHA256, tokenizer: read, chatTemplate: info.ChatTemplate}, nil
+	return textFiles{key: info.TokenizerSHA256, version: version, tokenizer: read, chatTemplate: info.ChatTemplate}, nil
 }
 
 // assign hands the runtime the stages the committed placements give this node.

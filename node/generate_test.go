@@ -147,7 +147,7 @@ func TestClusterGenerateMatchesWholeModelLoop(t *testing.T) {
 	deploy(t, tc.nodes[1], "gen", path, 3, 2)
 	deploy(t, tc.nodes[1], "plain", plainPath, 2, 1)
 	waitReplicas(t, tc.nodes[0], "gen", 2, 60*time.Second)
-	if n, err := tc.nodes[2].infer.ModelContext(context.Background(), "gen"); err != nil || n != cfg.Context {
+	if n, err := tc.nodes[2].infer.ModelContext(context.Background(), "gen", ""); err != nil || n != cfg.Context {
 		t.Fatalf("ModelContext: %d, %v", n, err)
 	}
 	prompts := [][]int32{{5}, {1, 2, 3, 4, 5, 6, 7}, {96, 0, 50, 13, 77, 21, 8, 64, 33, 2, 90}}

@@ -76,8 +76,8 @@ func (n *Node) Generate(ctx context.Context, req api.GenerateRequest, emit func(
 
 // ModelContext returns a generative model's context length (api.Generator); 0 when
 // the model does not say.
-func (n *Node) ModelContext(ctx context.Context, model string) (int, error) {
-	m, err := n.lookup(model, "")
+func (n *Node) ModelContext(ctx context.Context, model, version string) (int, error) {
+	m, err := n.lookup(model, version)
 	if err != nil {
 		return 0, err
 	}

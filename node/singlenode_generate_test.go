@@ -36,7 +36,7 @@ func TestSingleNodeGenerateMatchesWholeModelLoop(t *testing.T) {
 		}
 		f.Close()
 	}
-	if c, err := n.ModelContext(ctx, "gen"); err != nil || c != cfg.Context {
+	if c, err := n.ModelContext(ctx, "gen", ""); err != nil || c != cfg.Context {
 		t.Fatalf("ModelContext: %d, %v", c, err)
 	}
 	whole, err := testBackend(t).Open(ctx, path, accel.SessionOptions{IntraOpThreads: 1})

@@ -22,6 +22,8 @@ type textFiles struct {
 	// key identifies the content (a blob hash, or a path and its modification time),
 	// so a redeploy with another tokenizer is parsed afresh.
 	key string
+	// version is the model version the files belong to.
+	version string
 	// tokenizer reads the tokenizer.json; it may fetch it from a peer.
 	tokenizer    func(ctx context.Context) ([]byte, error)
 	chatTemplate string
@@ -29,7 +31,7 @@ type textFiles struct {
 
 // modelTexts serves api.TextService from a source of textFiles.
 type modelTexts struct {
-	source func(ctx context.Context, model string) (textFiles, error)
+	source func(ctx context.Context, model, version string) (textFiles, error)
 
 	mu    sync.Mutex
 	cache map[string]api.ModelText
@@ -39,14 +41,14 @@ type modelTexts struct {
 // node serves a handful of generative models.
 const textCacheSize = 8
 
-func newModelTexts(source func(ctx context.Context, model string) (textFiles, error)) *modelTexts {
+func newModelTexts(source func(ctx context.Context, model, version string) (textFiles, error)) *modelTexts {
 	return &modelTexts{source: source, cache: map[string]api.ModelText{}}
 }
 
 // ModelText implements api.TextService. The tokenizer is read and parsed with no lock
 // held: two first requests may both parse it, and neither waits on the other's fetch.
-func (t *modelTexts) ModelText(ctx context.Context, model string) (api.ModelText, error) {
-	f, err := t.source(ctx, model)
+func (t *modelTexts) ModelText(ctx context.Context, model, version string) (api.ModelText, error) {
+	f, err := t.source(ctx, model, version)
 	if err != nil {
 		return api.ModelText{}, err
 	}
@@ -54,6 +56,9 @@ func (t *modelTexts) ModelText(ctx context.Context, model string) (api.ModelText
 	t.mu.Lock()
 	mt, ok := t.cache[key]
 	t.mu.Unlock()
+	// Versions may share a tokenizer: the cached entry is the parsed files, and the
+	// answer names the version asked about.
+	mt.Version = f.version
 	if ok {
 		return mt, nil
 	}
@@ -92,17 +97,15 @@ func textPaths(modelPath string) (tokenizerPath, templatePath string) {
 
 // ModelText serves a single node's api.TextService: the tokenizer and chat template
 // beside the model's file.
-func (n *Node) ModelText(ctx context.Context, model string) (api.ModelText, error) {
-	return n.texts.ModelText(ctx, model)
+func (n *Node) ModelText(ctx context.Context, model, version string) (api.ModelText, error) {
+	return n.texts.ModelText(ctx, model, version)
 }
 
 // singleNodeText finds a single node's model and the text files beside it.
-func (n *Node) singleNodeText(ctx context.Context, model string) (textFiles, error) {
-	n.mu.RLock()
-	m, ok := n.models[model]
-	n.mu.RUnlock()
-	if !ok {
-		return textFiles{}, fmt.Errorf("%w: %s", api.ErrModelNotFound, model)
+func (n *Node) singleNodeText(ctx context.Context, model, version string) (textFiles, error) {
+	m, err := n.lookup(model, version)
+	if err != nil {
+		return textFiles{}, err
 	}
 	tokPath, tmplPath := textPaths(m.path)
 	fi, err := os.Stat(tokPath)
@@ -114,6 +117,7 @@ func (n *Node) singleNodeText(ctx context.Context, model string) (textFiles, err
 	}
 	f := textFiles{
 		key:       fmt.Sprintf("%s@%d.%d", tokPath, fi.ModTime().UnixNano(), fi.Size()),
+		version:   m.version,
 		tokenizer: func(context.Context) ([]byte, error) { return os.ReadFile(tokPath) },
 	}
 	switch b, err := os.ReadFile(tmplPath); {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -55,10 +56,10 @@ func TestClusterServesDeployedTokenizer(t *testing.T) {
 
 	for i, c := range tc.nodes {
 		eventually(t, 10*time.Second, func() error {
-			_, err := c.text.ModelText(ctx, "chat")
+			_, err := c.text.ModelText(ctx, "chat", "")
 			return err
 		})
-		mt, err := c.text.ModelText(ctx, "chat")
+		mt, err := c.text.ModelText(ctx, "chat", "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,11 +70,11 @@ func TestClusterServesDeployedTokenizer(t *testing.T) {
 		if got := mt.Tokenizer.Encode("Hello world"); len(got) != 2 || got[0] != 15496 || got[1] != 995 {
 			t.Errorf("node %d: Hello world = %v, want GPT-2's [15496 995]", i, got)
 		}
-		if _, err := c.text.ModelText(ctx, "plain"); !errors.Is(err, api.ErrNotGenerative) {
+		if _, err := c.text.ModelText(ctx, "plain", ""); !errors.Is(err, api.ErrNotGenerative) {
 			t.Errorf("node %d: a model without a tokenizer: %v, want not generative", i, err)
 		}
 		c.control.CollectBlobs(0)
-		info, err := c.control.ModelTextInfo(ctx, "chat")
+		info, _, err := c.control.ModelTextInfo(ctx, "chat", "")
 		if err != nil || !c.mesh.Blobs().Has(info.TokenizerSHA256) {
 			t.Errorf("node %d: the tokenizer blob of a live model is gone (%v)", i, err)
 		}
@@ -81,7 +82,35 @@ func TestClusterServesDeployedTokenizer(t *testing.T) {
 	if v := put("chat", api.DeployOptions{Tokenizer: tokJSON, ChatTemplate: tmpl}); v != v1 {
 		t.Errorf("the same deploy again made version %s, want %s", v, v1)
 	}
-	if v := put("chat", api.DeployOptions{Tokenizer: tokJSON}); v == v1 {
-		t.Errorf("a deploy with another chat template kept version %s", v)
+	v2 := put("chat", api.DeployOptions{Tokenizer: tokJSON})
+	if v2 == v1 {
+		t.Fatalf("a deploy with another chat template kept version %s", v2)
+	}
+	// Each version answers with its own text and names itself, so that a generation
+	// runs on the version whose tokenizer it used: the latest is v2 (no template);
+	// v1, retired once v2 serves, answers with its own template while it lives and
+	// is not found after, never with v2's text; a version never deployed is not found.
+	c := tc.nodes[1]
+	eventually(t, 10*time.Second, func() error {
+		mt, err := c.text.ModelText(ctx, "chat", "")
+		if err == nil && mt.Version != v2 {
+			err = fmt.Errorf("latest text is version %q, want %q", mt.Version, v2)
+		}
+		return err
+	})
+	if mt, err := c.text.ModelText(ctx, "chat", ""); err != nil || mt.Chat != nil {
+		t.Errorf("latest (%s): chat template %v, %v; want none", v2, mt.Chat, err)
+	}
+	if mt, err := c.text.ModelText(ctx, "chat", v2); err != nil || mt.Version != v2 {
+		t.Errorf("version %s asked: version %q, %v", v2, mt.Version, err)
+	}
+	switch mt, err := c.text.ModelText(ctx, "chat", v1); {
+	case err == nil && (mt.Version != v1 || mt.Chat == nil):
+		t.Errorf("version %s: version %q, chat template %v; want its own, with the template", v1, mt.Version, mt.Chat)
+	case err != nil && !errors.Is(err, api.ErrModelNotFound):
+		t.Errorf("version %s: %v, want its own text or not found", v1, err)
+	}
+	if _, err := c.text.ModelText(ctx, "chat", "99"); !errors.Is(err, api.ErrModelNotFound) {
+		t.Errorf("version 99: %v, want not found", err)
 	}
 }

@@ -161,10 +161,10 @@ func CheckGenerate(req api.GenerateRequest, contextLen, vocab int) error {
 	return nil
 }
 
-// ModelContext returns the context length of a generative model's newest version
-// (api.Generator); 0 when the model does not say.
-func (s *Service) ModelContext(ctx context.Context, model string) (int, error) {
-	plan, err := s.generativePlan(model, "")
+// ModelContext returns the context length of a generative model's version ("" means
+// the newest) (api.Generator); 0 when the model does not say.
+func (s *Service) ModelContext(ctx context.Context, model, version string) (int, error) {
+	plan, err := s.generativePlan(model, version)
 	if err != nil {
 		return 0, err
 	}
