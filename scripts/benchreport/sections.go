@@ -336,11 +336,12 @@ host gives these two cores: 1.49 to 1.75 and 1.63 to 2.00 in the runs of
 2026-12-04/05 (on 2026-12-05 02:00-02:53 UTC, speedup (ceiling): 1.58 (1.80), 1.72
 (1.90), 1.75 (1.88), 1.60 (1.63), 1.62 (1.91), 1.57 (2.00)). Which core holds which
 stage does not matter: runs with the two cores swapped (1.72, 1.60, 1.57) match the
-others. The imbalance does not move: stage 0's process uses 17 to 23 ms of CPU per
-token and stage 1's 14 to 16 ms, although the planner gives them equal FLOPs. Stage 0
-holds more layers, and each layer's KV cache costs every step work that is not FLOPs:
-ONNX Runtime concatenates the past with the new key and value, and the whole present
-state is copied out of ONNX Runtime into the node's memory.`,
+others. The imbalance does not move: stage 0's process uses 17 to 21 ms of CPU per
+token and stage 1's (the entry's) 14 to 18 ms, more for stage 0 in every run, although
+the planner gives them equal FLOPs. Stage 0 holds more layers, and each layer's KV
+cache costs every step work that is not FLOPs: ONNX Runtime concatenates the past with
+the new key and value, and the whole present state is copied out of ONNX Runtime into
+the node's memory.`,
 	},
 	{
 		Title: "Text generation: decode batching",
