@@ -150,20 +150,14 @@ func TestRenderPending(t *testing.T) {
 		{Title: "Thing", Jobs: []string{"j"}, Figures: []Figure{{Job: "j", Bench: "BenchmarkX", Metric: "ratio", Label: "x ratio", Target: &Target{Op: ">=", Value: 0.5}}}},
 		{Title: "Later", Jobs: []string{"k"}, Pending: "No benchmark yet."},
 	}
-	var buf bytes.Buffer
-	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, sections, previousReport{})
-	s := buf.String()
-	for _, want := range []string{
+	s := renderTestReport(jobs, sections, previousReport{})
+	reportHas(t, s,
 		"| Thing | x ratio | 0.7 | >= 0.5 | yes |",
 		"| Later | | not yet measured | | |",
 		"**Not yet measured.** No benchmark yet.",
 		"    go test -bench X ./x/",
 		"| j | BenchmarkY | 5 | 12 ns/op |",
-	} {
-		if !strings.Contains(s, want) {
-			t.Errorf("report lacks %q:\n%s", want, s)
-		}
-	}
+	)
 }
 
 // TestLogFigures reads the failover line TestSplitStageHolderKilled logs (go test -v),
@@ -251,26 +245,20 @@ func TestRenderCompressionSection(t *testing.T) {
 		t.Fatal(err)
 	}
 	jobs := map[string]*Job{"compress-gpt": {ID: "compress-gpt", Command: "go test -bench GPT2Small ./compress/", Output: out}}
-	var buf bytes.Buffer
-	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, reportSections, previousReport{})
-	s := buf.String()
+	s := renderTestReport(jobs, reportSections, previousReport{})
 	const title = "| Compression of the 12 x 768 GPT | "
-	for _, want := range []string{
-		title + "int8 weight-only: size / float32 | 0.265 x | <= 0.3 x | yes |",
-		title + "int4 weight-only: size / float32 | 0.161 x | <= 0.2 x | yes |",
-		title + "dynamic int8, 1x128: latency / float32 | 0.614 x | <= 0.7 x | yes |",
-		title + "int4 weight-only, decode step 1x1 after 127: latency / float32 | 1.05 x | < 1 x | **no** |",
-		title + "int4: time to compress | 34 s | < 30 s | **no** |",
-		title + "int4: peak resident set of compressing / model | 2.71 x | < 2.5 x | **no** |",
-		title + "int8: next-token top-1 agreement with float32 | 98.0 % | >= 95 % | yes |",
-		title + "int4: next-token top-1 agreement with float32 | 85.9 % | recorded | — |",
+	reportHas(t, s,
+		title+"int8 weight-only: size / float32 | 0.265 x | <= 0.3 x | yes |",
+		title+"int4 weight-only: size / float32 | 0.161 x | <= 0.2 x | yes |",
+		title+"dynamic int8, 1x128: latency / float32 | 0.614 x | <= 0.7 x | yes |",
+		title+"int4 weight-only, decode step 1x1 after 127: latency / float32 | 1.05 x | < 1 x | **no** |",
+		title+"int4: time to compress | 34 s | < 30 s | **no** |",
+		title+"int4: peak resident set of compressing / model | 2.71 x | < 2.5 x | **no** |",
+		title+"int8: next-token top-1 agreement with float32 | 98.0 % | >= 95 % | yes |",
+		title+"int4: next-token top-1 agreement with float32 | 85.9 % | recorded | — |",
 		"| Compression of the Fashion-MNIST CNN | | not yet measured | | |",
 		"Log of BenchmarkGPT2Small/1x128/int8 in `compress-gpt`:\n\n    bench_test.go:300: 48 MatMul -> MatMulNBits, 1 Gemm",
-	} {
-		if !strings.Contains(s, want) {
-			t.Errorf("report lacks %q", want)
-		}
-	}
+	)
 	if strings.Contains(s, "Other results of this run") {
 		t.Errorf("a compression result is in no section:\n%s", s)
 	}
@@ -303,23 +291,34 @@ func TestRenderKeepsEarlierSections(t *testing.T) {
 		{Title: "Kept", Jobs: []string{"k"}},
 		{Title: "Later", Jobs: []string{"l"}, Pending: "No benchmark yet."},
 	}
-	var buf bytes.Buffer
-	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, sections, readPrevious(path))
-	s := buf.String()
-	for _, want := range []string{
+	s := renderTestReport(jobs, sections, readPrevious(path))
+	reportHas(t, s,
 		"| Thing | x ratio | 0.7 | >= 0.5 | yes |",
 		"| Kept | y speedup | 1.7 x | >= 1.6 x | yes |",
 		"| Later | | not yet measured | | |",
 		"## Kept\n\nkept text with its figures\n",
 		"**Not yet measured.** No benchmark yet.",
-	} {
-		if !strings.Contains(s, want) {
-			t.Errorf("report lacks %q:\n%s", want, s)
-		}
-	}
+	)
 	for _, stale := range []string{"old thing text", "| 0.1 |"} {
 		if strings.Contains(s, stale) {
 			t.Errorf("report keeps the rerun section's old %q", stale)
+		}
+	}
+}
+
+// renderTestReport renders a report of jobs and sections on a fixed test machine.
+func renderTestReport(jobs map[string]*Job, sections []Section, prev previousReport) string {
+	var buf bytes.Buffer
+	render(&buf, Machine{CPU: "test", Cores: 2}, RunInfo{Procs: 2}, jobs, sections, prev)
+	return buf.String()
+}
+
+// reportHas fails t for each of wants that the report s lacks.
+func reportHas(t *testing.T, s string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(s, want) {
+			t.Errorf("report lacks %q:\n%s", want, s)
 		}
 	}
 }
