@@ -32,8 +32,10 @@ type PlanOptions struct {
 	// model's outputs on (to the client that asked): their bytes over it count in the
 	// last stage's time, as a cut's bytes count in the stage before it. 0 leaves
 	// them out. It matters when the outputs are large next to the compute (a
-	// language model's logits), so that the last stage is not loaded as heavily as
-	// the others on top of sending them.
+	// language model's logits answering a plain inference), so that the last stage
+	// is not loaded as heavily as the others on top of sending them. A model with
+	// state pairs hands nothing on: it runs as sessions, whose state stays on the
+	// node and whose last stage answers with a sampled token id.
 	OutputBandwidth float64
 	// ReorderDevices lets the planner choose which device runs which stage (and, with
 	// fewer stages than devices, which devices to use): it runs the exact program
@@ -152,8 +154,14 @@ func stageCost(g *Graph, devices []Device, l links, k, a, b int, flops int64) (c
 	return compute, transfer
 }
 
-// outputBytes sums the sizes of the graph's outputs.
-func (g *Graph) outputBytes() int64 {
+// handoffBytes is what the last stage hands on per run: the sizes of the graph's
+// outputs, or nothing for a model with state pairs. Such a model runs as sessions:
+// its state outputs stay in the stage's memory for the next step, and its last stage
+// samples and answers with a token id, so its logits never leave the node either.
+func (g *Graph) handoffBytes() int64 {
+	if len(g.State) > 0 {
+		return 0
+	}
 	var n int64
 	for _, o := range g.Outputs {
 		if v, ok := g.Values[o]; ok {
@@ -174,7 +182,8 @@ func (g *Graph) outputBytes() int64 {
 // A stage's time is its FLOPs over its device's speed plus the bytes crossing the cut
 // after it (activations and graph inputs that later stages read) over the link to
 // the next device; the last stage sends the model's outputs when
-// PlanOptions.OutputBandwidth is set, else nothing. Its memory is its weights (each once,
+// PlanOptions.OutputBandwidth is set and the model has no state pairs, else nothing.
+// Its memory is its weights (each once,
 // shared weights in every stage that reads them) plus an activation allowance: what
 // it receives plus the largest working set (inputs and outputs) of one of its nodes.
 func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
@@ -196,7 +205,7 @@ func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 	if opts.OutputBandwidth < 0 || math.IsNaN(opts.OutputBandwidth) || math.IsInf(opts.OutputBandwidth, 0) {
 		return nil, fmt.Errorf("%w: output bandwidth %v must be positive (or 0: not counted)", ErrBadPlan, opts.OutputBandwidth)
 	}
-	l := links{bw: bw, outBytes: g.outputBytes(), outBW: opts.OutputBandwidth}
+	l := links{bw: bw, outBytes: g.handoffBytes(), outBW: opts.OutputBandwidth}
 	for i := range devices {
 		for j := range devices {
 			if (j == i+1 || (opts.ReorderDevices && i != j)) && !(bw(i, j) > 0) {

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -502,5 +503,58 @@ func TestOutputBandwidth(t *testing.T) {
 	}
 	if _, err := Plan(g, devices, PlanOptions{Stages: 2, OutputBandwidth: -1}); !errors.Is(err, ErrBadPlan) {
 		t.Fatalf("negative output bandwidth: %v, want %v", err, ErrBadPlan)
+	}
+}
+
+// TestOutputBandwidthSkipsSessionModels: a model with state pairs runs as sessions,
+// whose state stays on the node and whose last stage answers with a token id, so
+// the outputs' hand-off does not move its cut; the same graph without state pairs
+// (a plain inference hands the logits on) has its last stage lightened.
+func TestOutputBandwidthSkipsSessionModels(t *testing.T) {
+	cfg := modelgen.GPTTiny
+	cfg.Layers, cfg.WithPast = 6, true
+	m, err := Load(writeGenerated(t, cfg, t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	devices := UniformDevices(2, 1<<40, 1e9)
+	fast := func(int, int) float64 { return 1e15 }
+	plan := func(state []StatePair, outBW float64) *StagePlan {
+		t.Helper()
+		g, err := AnalyzeWith(m, AnalyzeOptions{State: state})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := Plan(g, devices, PlanOptions{Stages: 2, LinkBandwidth: fast, OutputBandwidth: outBW})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// The logits alone take as long to hand on as a quarter of the model's compute.
+	g, err := AnalyzeWith(m, AnalyzeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(g.State) != 2*cfg.Layers {
+		t.Fatalf("%d state pairs detected, want %d", len(g.State), 2*cfg.Layers)
+	}
+	var flops int64
+	for _, nd := range g.Nodes {
+		flops += nd.FLOPs
+	}
+	logits := g.Values[g.Outputs[0]].Bytes
+	outBW := float64(logits) / (float64(flops) / 1e9 / 4)
+
+	plain, session := plan(nil, 0), plan(nil, outBW)
+	if !slices.Equal(session.Cuts(), plain.Cuts()) || session.Stages[1].SendBytes != 0 {
+		t.Fatalf("session model: cuts %v sending %d bytes with the outputs' hand-off counted, %v without",
+			session.Cuts(), session.Stages[1].SendBytes, plain.Cuts())
+	}
+	none := []StatePair{}
+	stateless, counted := plan(none, 0), plan(none, outBW)
+	if counted.Stages[1].SendBytes == 0 || counted.Stages[1].FLOPs >= stateless.Stages[1].FLOPs {
+		t.Fatalf("without state pairs: last stage sends %d bytes and keeps %d FLOPs with the hand-off counted, %d without",
+			counted.Stages[1].SendBytes, counted.Stages[1].FLOPs, stateless.Stages[1].FLOPs)
 	}
 }
