@@ -326,22 +326,29 @@ mean time per stage call. Target: at least 1.6 x.`,
 A decode step reads every weight of its stage once for one token, so it is bound by
 memory bandwidth more than by arithmetic, and the two pinned cores of this machine
 share one memory bus: the replicas side, with no pipeline and no network between the
-cores, is the most two cores can give here, and it stays short of 2 x. Each stage runs
-one step at a time (one ONNX Runtime session per stage, taken first come, first
-served), so a stage works on one session's token while the other stage works on
-another's; what the split loses against the ceiling is the imbalance between its two
-stages (the CPU time per token of each process) and the hidden state's round trip.
-Both the speedup and the ceiling move from run to run with the memory bandwidth the
-host gives these two cores: 1.49 to 1.75 and 1.63 to 2.00 in the runs of
-2026-12-04/05 (on 2026-12-05 02:00-02:53 UTC, speedup (ceiling): 1.58 (1.80), 1.72
-(1.90), 1.75 (1.88), 1.60 (1.63), 1.62 (1.91), 1.57 (2.00)). Which core holds which
-stage does not matter: runs with the two cores swapped (1.72, 1.60, 1.57) match the
-others. The imbalance does not move: stage 0's process uses 17 to 21 ms of CPU per
-token and stage 1's (the entry's) 14 to 18 ms, more for stage 0 in every run, although
-the planner gives them equal FLOPs. Stage 0 holds more layers, and each layer's KV
-cache costs every step work that is not FLOPs: ONNX Runtime concatenates the past with
-the new key and value, and the whole present state is copied out of ONNX Runtime into
-the node's memory.`,
+cores, is the most two cores can give here, and it stays short of 2 x (each of its
+processes uses more CPU per token than the one node alone). Each stage runs one step
+at a time (one ONNX Runtime session per stage, taken first come, first served), so a
+stage works on one session's token while the other stage works on another's; what the
+split loses against the ceiling is the imbalance between its two stages (the CPU time
+per token of each process) and the hidden state's round trip: the stage RPC and the
+thread switches it brings to a one-core process. A perf profile of the two split
+processes puts about 1.9 ms of each one's CPU per token outside ONNX Runtime and its
+copies, where the one node spends about 1.8 ms in all beyond its ONNX Runtime runs
+(its 31 ms per token against 29.2 ms for the same runs in one test process). The
+planner cuts a generating model at equal FLOPs per decode step: stage 0 takes the
+embeddings and about 8.5 of the 12 blocks, stage 1 the rest and the 768 x 50257 LM
+head, and their processes use 15 to 19 ms of CPU per token each, stage 0 at most 1 ms
+more. Runs on 2026-12-05 04:16-05:08 UTC, speedup (ceiling): 1.68 (1.65), 1.64 (1.88),
+1.62 (1.64), 1.65 (1.66), 1.65 (1.97), 1.66 (1.75), 1.81 (1.83), 1.63 (1.85), the last
+the one above. Both move with the memory bandwidth the host gives these two cores; the
+split is at most 0.32 below the ceiling. Before commit 4a1fa73 the planner also
+counted the last stage handing its logits and present state on to the client, 348 KB
+per step, which a generation keeps on the node (the last stage answers with a token
+id). Against a decode step's FLOPs that put a block more on stage 0 (132.5 M against
+115.1 M FLOPs per token), whose process then used 17 to 21 ms of CPU per token against
+14 to 18 for stage 1, and the same benchmark gave 1.49 to 1.75 over 2026-12-04 and 05
+(the six runs of 2026-12-05 02:00-02:53 UTC: 1.58, 1.72, 1.75, 1.60, 1.62, 1.57).`,
 	},
 	{
 		Title: "Text generation: decode batching",
