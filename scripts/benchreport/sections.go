@@ -296,7 +296,18 @@ The entry node drives every step: it sends the hidden state to each remote stage
 takes the answer back before the next, so each boundary between stages is two hops
 (stage k -> entry -> stage k+1), and the last stage samples the token there. A go test
 calls the benchmark once with N=1 before the N asked by -benchtime, so a full run
-(-benchtime 10x) sets up and deploys everything twice and reports the N=10 call.`,
+(-benchtime 10x) sets up and deploys everything twice and reports the N=10 call.
+
+The ratio sits close to its target and moves across it from run to run. Runs on
+2026-12-05 04:22-05:45 UTC, at load 1 to 2, gave 1.057, 1.074 (the one above), 1.118,
+1.059, 1.122 and 1.122 with -benchtime 10x, 1.097 with 3x, and 1.131 for the build
+before commit 4a1fa73 (which cut a generating model with its outputs' hand-off
+counted); the run of 2026-12-04, at load 8 to 10, gave 1.013. The split costs 2 to 4
+ms more per token than the whole. In one test process, the same three stage models
+run one after the other cost 0.3 to 1.8 ms (mostly 0.5) more per token than the whole
+model's (4 sessions, one core); the rest is the entry's two stage RPC round trips and
+the per-step work of three processes instead of one: thread switches alone are 5 to 7%
+of each split process's CPU in a perf profile of these runs.`,
 	},
 	{
 		Title: "Text generation: tokens/s of concurrent sessions on pinned cores",
