@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/layermesh/layermesh/accel/tensor"
 )
@@ -176,6 +177,22 @@ func appendUint(b []byte, v uint64, size int) []byte {
 	default:
 		return binary.LittleEndian.AppendUint64(b, v)
 	}
+}
+
+// jsonRepresentable checks that t's elements survive a JSON array: a BYTES element
+// must be valid UTF-8, since a JSON string would replace its invalid bytes with
+// U+FFFD and hand the other end different data. Such a tensor travels in the binary
+// extension instead.
+func jsonRepresentable(t *tensor.Tensor) error {
+	if t.DType != tensor.String {
+		return nil
+	}
+	for i, s := range t.Strings {
+		if !utf8.ValidString(s) {
+			return fmt.Errorf("tensor %q: %w: BYTES element %d is not valid UTF-8, which JSON cannot carry; send it as binary data (binary_data)", t.Name, ErrBadData, i)
+		}
+	}
+	return nil
 }
 
 // AppendJSONData appends t's elements to b as a flat JSON array, the form Triton

@@ -363,6 +363,9 @@ func EncodeRequest(req *Request, binaryInputs bool) (header []byte, chunks [][]b
 			in.Parameters = Parameters{"binary_data_size": len(c)}
 			chunks = append(chunks, c)
 		} else {
+			if err := jsonRepresentable(t); err != nil {
+				return nil, nil, err
+			}
 			in.Data = AppendJSONData(nil, t)
 		}
 		h.Inputs = append(h.Inputs, in)
@@ -426,6 +429,9 @@ func EncodeResponse(resp *Response, binary func(name string) bool) (header []byt
 			h = append(h, '}')
 			chunks = append(chunks, c)
 		} else {
+			if err := jsonRepresentable(t); err != nil {
+				return nil, nil, err
+			}
 			h = append(h, `,"data":`...)
 			h = AppendJSONData(h, t)
 		}

@@ -226,3 +226,40 @@ func TestParseHeaderLength(t *testing.T) {
 		}
 	}
 }
+
+// TestBytesNotUTF8TravelOnlyAsBinary: a BYTES element that is not valid UTF-8 keeps
+// its bytes through the binary extension, and is refused with invalid tensor data,
+// not silently replaced by U+FFFD, where it would have to be a JSON string.
+func TestBytesNotUTF8TravelOnlyAsBinary(t *testing.T) {
+	s := tensor.Tensor{Name: "s", DType: tensor.String, Shape: []int64{2}, Strings: []string{"ok", "0\xea0"}}
+	req := &Request{Inputs: []tensor.Tensor{s}}
+	if _, _, err := EncodeRequest(req, false); !errors.Is(err, ErrBadData) {
+		t.Fatalf("JSON request with invalid UTF-8: %v, want %v", err, ErrBadData)
+	}
+	header, chunks, err := EncodeRequest(req, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeRequest(bytes.Join(append([][]byte{header}, chunks...), nil), int64(len(header)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameTensor(got.Inputs[0], s) {
+		t.Fatalf("binary request changed the bytes: %q, want %q", got.Inputs[0].Strings, s.Strings)
+	}
+	resp := &Response{ModelName: "m", Outputs: []tensor.Tensor{s}}
+	if _, _, err := EncodeResponse(resp, func(string) bool { return false }); !errors.Is(err, ErrBadData) {
+		t.Fatalf("JSON response with invalid UTF-8: %v, want %v", err, ErrBadData)
+	}
+	header, chunks, err = EncodeResponse(resp, func(string) bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeResponse(bytes.Join(append([][]byte{header}, chunks...), nil), int64(len(header)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameTensor(back.Outputs[0], s) {
+		t.Fatalf("binary response changed the bytes: %q, want %q", back.Outputs[0].Strings, s.Strings)
+	}
+}
