@@ -183,9 +183,9 @@ func (g *Graph) handoffBytes() int64 {
 // after it (activations and graph inputs that later stages read) over the link to
 // the next device; the last stage sends the model's outputs when
 // PlanOptions.OutputBandwidth is set and the model has no state pairs, else nothing.
-// Its memory is its weights (each once,
-// shared weights in every stage that reads them) plus an activation allowance: what
-// it receives plus the largest working set (inputs and outputs) of one of its nodes.
+// Its memory is its weights (each once, shared weights in every stage that reads
+// them) plus an activation allowance: what it receives plus the largest working set
+// (inputs and outputs) of one of its nodes.
 func Plan(g *Graph, devices []Device, opts PlanOptions) (*StagePlan, error) {
 	if len(devices) == 0 {
 		return nil, ErrNoDevices
