@@ -79,3 +79,32 @@ type Session interface {
 	Run(ctx context.Context, inputs []tensor.Tensor, names []string) ([]tensor.Tensor, error)
 	Close() error
 }
+
+// Held is a tensor kept in the backend's own memory between runs: an output handed
+// back without a copy into Go memory, given to a later run as an input without one.
+// A session's state (a KV cache) lives this way on the node that runs it. Its owner
+// releases it once no run reads it any more; Release is idempotent.
+type Held interface {
+	// DType and Shape describe the tensor; Bytes is its size.
+	DType() tensor.DType
+	Shape() []int64
+	Bytes() int64
+	// Tensor copies the value into Go memory under name.
+	Tensor(name string) (tensor.Tensor, error)
+	Release()
+}
+
+// HeldInput is a held value given to a run as the input Name.
+type HeldInput struct {
+	Name  string
+	Value Held
+}
+
+// HeldRunner is a Session that keeps outputs in the backend's memory.
+type HeldRunner interface {
+	// RunHeld is Run with held values as further inputs, that returns the outputs
+	// named in keep as held values (in keep's order, owned by the caller) and copies
+	// the others named in names (every output not kept when names is empty). The
+	// held inputs must stay unreleased until it returns.
+	RunHeld(ctx context.Context, inputs []tensor.Tensor, held []HeldInput, names, keep []string) ([]tensor.Tensor, []Held, error)
+}

@@ -54,7 +54,15 @@ func runBenchPeer() int {
 	}
 	defer m.Close()
 	ack := []tensor.Tensor{tensor.FromInt64("ok", []int64{1}, []int64{1})}
-	m.HandleStage(func(ctx context.Context, req *StageRequest) ([]tensor.Tensor, error) { return ack, nil })
+	m.HandleStage(func(ctx context.Context, req *StageRequest) ([]tensor.Tensor, error) {
+		// A decode step's Pos is how long it computes, in microseconds: the peer keeps
+		// its core busy that long, as a stage holder does.
+		if req.Step == StepDecode {
+			for end := time.Now().Add(time.Duration(req.Pos) * time.Microsecond); time.Now().Before(end); {
+			}
+		}
+		return ack, nil
+	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fmt.Println("ERR", err)
@@ -160,6 +168,56 @@ func BenchmarkThroughputProcesses(b *testing.B) {
 				_, err := path.call(ctx, a, ai.ID, req)
 				return err
 			})
+		})
+	}
+}
+
+// BenchmarkDecodeHopProcesses is one decode step's stage call to another process: a
+// GPT-2-small hidden state of one token (1x1x768 fp32, 3 KiB) goes to a stage,
+// interleaved with the same bytes over raw TCP to the same peer process. The peer
+// answers at once (hot), or after keeping its core busy 10 ms as a stage holder does
+// (after-compute: the caller has slept meanwhile, and a sleeping process wakes more
+// slowly). added-us/op is what the mesh adds to a round trip: it is paid per remote
+// stage in every generated token.
+func BenchmarkDecodeHopProcesses(b *testing.B) {
+	for _, c := range []struct {
+		name    string
+		compute time.Duration
+	}{{"hot", 0}, {"after-compute", 10 * time.Millisecond}} {
+		b.Run(c.name, func(b *testing.B) {
+			x := tensor.FromFloat32("hidden", []int64{1, 1, 768}, make([]float32, 768))
+			ai, rawAddr := startBenchPeer(b, "tls")
+			a := startMesh(b, testConfig(b, b.TempDir()))
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			if err := a.Connect(ctx, ai); err != nil {
+				b.Fatal(err)
+			}
+			raw := dialRaw(b, rawAddr)
+			req := &StageRequest{RequestID: "bench", Model: "gpt2", Version: "1", Stage: 1, Tensors: []tensor.Tensor{x},
+				Session: "s", Step: StepDecode, Pos: int(c.compute.Microseconds()), Len: 1}
+			for range 20 {
+				if _, err := a.CallStage(ctx, ai.ID, req); err != nil {
+					b.Fatal(err)
+				}
+				raw.roundTrip(b, x.Data, false)
+			}
+			var rawT, meshT time.Duration
+			b.ResetTimer()
+			for range b.N {
+				t0 := time.Now()
+				raw.roundTrip(b, x.Data, false)
+				t1 := time.Now()
+				if _, err := a.CallStage(ctx, ai.ID, req); err != nil {
+					b.Fatal(err)
+				}
+				rawT += t1.Sub(t0)
+				meshT += time.Since(t1) - c.compute
+			}
+			n := float64(b.N)
+			b.ReportMetric(float64(rawT.Microseconds())/n, "raw-us/op")
+			b.ReportMetric(float64(meshT.Microseconds())/n, "mesh-us/op")
+			b.ReportMetric(float64((meshT-rawT).Microseconds())/n, "added-us/op")
 		})
 	}
 }

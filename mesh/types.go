@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/layermesh/layermesh/accel/tensor"
@@ -140,6 +141,22 @@ const (
 	StepDecode
 	StepClose
 )
+
+// String names the step kind in logs and metrics: "run" for a stateless request
+// (StepNone), else "prefill", "decode" or "close".
+func (k StepKind) String() string {
+	switch k {
+	case StepNone:
+		return "run"
+	case StepPrefill:
+		return "prefill"
+	case StepDecode:
+		return "decode"
+	case StepClose:
+		return "close"
+	}
+	return "step" + strconv.Itoa(int(k))
+}
 
 // StageHandler runs a stage request; it must honour ctx, which is cancelled when the
 // caller gives up or the deadline passes.

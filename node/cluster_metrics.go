@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/layermesh/layermesh/consensus"
+	"github.com/layermesh/layermesh/mesh"
 	"github.com/layermesh/layermesh/pipeline"
 )
 
@@ -105,20 +106,20 @@ func (k *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 func registerClusterMetrics(reg prometheus.Registerer, c *Cluster) error {
 	compute := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "layermesh_stage_compute_duration_seconds",
-		Help:    "ONNX Runtime time of one stage run on this node (for the local router or a peer), by model, stage and outcome.",
+		Help:    "ONNX Runtime time of one stage run on this node (for the local router or a peer), by model, stage, step (run: a stateless request; prefill or decode: a generation session's) and outcome.",
 		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 18), // 0.2 ms .. 26 s
-	}, []string{"model", "stage", "outcome"})
+	}, []string{"model", "stage", "step", "outcome"})
 	for _, col := range []prometheus.Collector{newClusterCollector(c), compute} {
 		if err := reg.Register(col); err != nil {
 			return err
 		}
 	}
-	c.runtime.SetComputeObserver(func(k pipeline.StageKey, d time.Duration, err error) {
+	c.runtime.SetComputeObserver(func(k pipeline.StageKey, step mesh.StepKind, d time.Duration, err error) {
 		outcome := "ok"
 		if err != nil {
 			outcome = "error"
 		}
-		compute.WithLabelValues(k.Model, strconv.Itoa(k.Stage), outcome).Observe(d.Seconds())
+		compute.WithLabelValues(k.Model, strconv.Itoa(k.Stage), step.String(), outcome).Observe(d.Seconds())
 	})
 	return nil
 }

@@ -6,13 +6,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/mesh"
 )
 
 // RouterMetrics are the router's Prometheus series: per-stage call latency (local runs
 // and calls over the mesh apart), retries and requests that found a stage without
 // replicas. Stage labels are bounded by the deployed models' stage counts.
 type RouterMetrics struct {
-	stageSeconds *prometheus.HistogramVec // model, stage, where, outcome
+	stageSeconds *prometheus.HistogramVec // model, stage, where, step, outcome
 	retries      *prometheus.CounterVec   // model, stage
 	noReplica    *prometheus.CounterVec   // model, stage
 	forwarded    prometheus.Counter
@@ -27,9 +28,9 @@ func NewRouterMetrics(reg prometheus.Registerer) (*RouterMetrics, error) {
 	m := &RouterMetrics{
 		stageSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "layermesh_stage_call_duration_seconds",
-			Help:    "Time of one stage attempt as the driving node sees it (stage=drive for a request handed to a driver), by where it ran and its outcome.",
+			Help:    "Time of one stage attempt as the driving node sees it (stage=drive for a request handed to a driver), by where it ran, the step (run: a stateless request; prefill or decode: a generation session's) and its outcome.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 18), // 0.2 ms .. 26 s
-		}, []string{"model", "stage", "where", "outcome"}),
+		}, []string{"model", "stage", "where", "step", "outcome"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "layermesh_stage_retries_total",
 			Help: "Stage attempts that failed and were retried on another replica (failovers).",
@@ -67,7 +68,7 @@ func NewRouterMetrics(reg prometheus.Registerer) (*RouterMetrics, error) {
 	return m, nil
 }
 
-func (m *RouterMetrics) observeAttempt(model string, stage string, local bool, err error, d time.Duration) {
+func (m *RouterMetrics) observeAttempt(model, stage string, step mesh.StepKind, local bool, err error, d time.Duration) {
 	if m == nil {
 		return
 	}
@@ -78,7 +79,7 @@ func (m *RouterMetrics) observeAttempt(model string, stage string, local bool, e
 	if err != nil {
 		outcome = "error"
 	}
-	m.stageSeconds.WithLabelValues(model, stage, where, outcome).Observe(d.Seconds())
+	m.stageSeconds.WithLabelValues(model, stage, where, step.String(), outcome).Observe(d.Seconds())
 }
 
 func (m *RouterMetrics) retry(model string, stage string) {

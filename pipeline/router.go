@@ -498,7 +498,7 @@ func (r *Router) attempt(ctx context.Context, rep Replica, call StageCall, timeo
 	default:
 		out, err = r.caller.CallStage(ctx, rep.Node, call)
 	}
-	r.metrics().observeAttempt(call.Model, call.label(), rep.Local, err, time.Since(start))
+	r.metrics().observeAttempt(call.Model, call.label(), call.Step, rep.Local, err, time.Since(start))
 	if !rep.Local {
 		r.metrics().observeLink(rep.Node, call.Inputs, out)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/mesh"
 )
 
 // StageKey identifies one stage of one model version.
@@ -129,7 +130,7 @@ type StageRuntime struct {
 	// batched counts the decode steps that ran batched, over every stage.
 	batched batchCounters
 	// observe, when set, hears each run's compute time (SetComputeObserver).
-	observe atomic.Pointer[func(k StageKey, d time.Duration, err error)]
+	observe atomic.Pointer[func(k StageKey, step mesh.StepKind, d time.Duration, err error)]
 	kick    chan struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -271,13 +272,14 @@ func (r *StageRuntime) RunStage(ctx context.Context, model, version string, stag
 	start := time.Now()
 	out, err := s.sess.Run(ctx, inputs, outputs)
 	if fn := r.observe.Load(); fn != nil {
-		(*fn)(k, time.Since(start), err)
+		(*fn)(k, mesh.StepNone, time.Since(start), err)
 	}
 	return out, err
 }
 
-// SetComputeObserver makes RunStage report each run's compute time, for metrics.
-func (r *StageRuntime) SetComputeObserver(fn func(k StageKey, d time.Duration, err error)) {
+// SetComputeObserver makes RunStage and SessionStep report each run's compute time
+// and its step kind (mesh.StepNone for a stateless run), for metrics.
+func (r *StageRuntime) SetComputeObserver(fn func(k StageKey, step mesh.StepKind, d time.Duration, err error)) {
 	r.observe.Store(&fn)
 }
 
@@ -296,6 +298,13 @@ func (r *StageRuntime) Close() {
 			_ = s.sess.Close()
 		}
 	}
+	r.mu.Lock()
+	for sk, sess := range r.sessions {
+		sess.release()
+		delete(r.sessions, sk)
+	}
+	r.sessionBytes = 0
+	r.mu.Unlock()
 }
 
 func (r *StageRuntime) loop() {

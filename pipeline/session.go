@@ -57,13 +57,26 @@ type sessionKey struct {
 	stage StageKey
 }
 
-// stageSession is what a stage keeps of one session between steps.
+// stageSession is what a stage keeps of one session between steps: its state, named
+// as the stage's state inputs, held by the backend where it can (the next step reads
+// it in place; nothing is copied or left to Go's collector) and in Go memory where it
+// cannot (a batching stage stacks it). The state is released when the session
+// moves on or ends, never while a step that reads it runs.
 type stageSession struct {
-	state    []tensor.Tensor // named as the stage's state inputs
+	state    []tensor.Tensor
+	held     []accel.HeldInput
 	pos      int
 	bytes    int64
 	lastUsed time.Time
 	busy     bool
+}
+
+// release frees the backend memory of the session's state.
+func (s *stageSession) release() {
+	for _, h := range s.held {
+		h.Value.Release()
+	}
+	s.held, s.state = nil, nil
 }
 
 // SessionStats are the runtime's session figures, for metrics and tests.
@@ -104,25 +117,37 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 	if err == nil {
 		inputs, err = sessionInputs(s.sess, s.a.State, sess, req.Pos, req.Len, inputs)
 	}
-	var out []tensor.Tensor
+	var (
+		out  []tensor.Tensor
+		held []accel.HeldInput
+	)
 	if err == nil {
 		start := time.Now()
-		if s.batch != nil && req.Step == mesh.StepDecode {
+		hr, holds := s.sess.(accel.HeldRunner)
+		switch {
+		case s.batch != nil && req.Step == mesh.StepDecode:
 			out, err = s.batch.run(ctx, inputs, req.Pos, req.Len)
-		} else {
+		case s.batch == nil && holds:
+			keep := stateOutputs(s.sess, s.a.State)
+			var kept []accel.Held
+			out, kept, err = hr.RunHeld(ctx, inputs, sess.held, nil, keep)
+			for i, v := range kept {
+				held = append(held, accel.HeldInput{Name: stateInputOf(s.a.State, keep[i]), Value: v})
+			}
+		default:
 			out, err = s.sess.Run(ctx, inputs, nil)
 		}
 		if fn := r.observe.Load(); fn != nil {
-			(*fn)(req.Key, time.Since(start), err)
+			(*fn)(req.Key, req.Step, time.Since(start), err)
 		}
 	}
 	if err != nil {
 		// The state is no longer known to match the session's tokens.
-		r.dropSession(sk)
+		r.failStep(sk, sess)
 		return nil, err
 	}
 	state, rest := splitState(s.a.State, out)
-	r.endStep(sk, sess, state, req.Pos+req.Len)
+	r.endStep(sk, sess, state, held, req.Pos+req.Len)
 	if sampling != nil {
 		return sampleToken(rest, *sampling)
 	}
@@ -152,6 +177,7 @@ func (r *StageRuntime) beginStep(sk sessionKey, req SessionStep) (*loadedStage, 
 		}
 		if sess != nil {
 			r.sessionBytes -= sess.bytes
+			sess.release()
 		} else if r.cfg.MemBudget > 0 && r.usedLocked()+r.sessionBytes >= r.cfg.MemBudget {
 			return nil, nil, fmt.Errorf("%w: stage %s holds %d bytes of session state, budget %d",
 				api.ErrKVExhausted, req.Key, r.sessionBytes, r.cfg.MemBudget)
@@ -164,6 +190,7 @@ func (r *StageRuntime) beginStep(sk sessionKey, req SessionStep) (*loadedStage, 
 				// Out of step with its caller: the state is of no use any more.
 				r.sessionBytes -= sess.bytes
 				delete(r.sessions, sk)
+				sess.release()
 			}
 			return nil, nil, fmt.Errorf("%w: session %s on %s at %d", ErrSessionLost, sk.id, req.Key, req.Pos)
 		}
@@ -175,28 +202,51 @@ func (r *StageRuntime) beginStep(sk sessionKey, req SessionStep) (*loadedStage, 
 	return s, sess, nil
 }
 
-// endStep stores a step's state, unless the session was closed meanwhile.
-func (r *StageRuntime) endStep(sk sessionKey, sess *stageSession, state []tensor.Tensor, pos int) {
+// endStep stores a step's state in place of the state the step read, unless the
+// session was closed or replaced meanwhile: then both are released.
+func (r *StageRuntime) endStep(sk sessionKey, sess *stageSession, state []tensor.Tensor, held []accel.HeldInput, pos int) {
 	var n int64
 	for _, t := range state {
 		n += int64(len(t.Data))
 	}
+	for _, h := range held {
+		n += h.Value.Bytes()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	sess.release()
 	if r.sessions[sk] != sess {
+		(&stageSession{held: held}).release()
 		return
 	}
 	r.sessionBytes += n - sess.bytes
-	sess.state, sess.bytes, sess.pos, sess.busy, sess.lastUsed = state, n, pos, false, time.Now()
+	sess.state, sess.held, sess.bytes, sess.pos, sess.busy, sess.lastUsed = state, held, n, pos, false, time.Now()
 }
 
-// dropSession frees one session's state on one stage.
+// failStep ends a step that failed: the session's state no longer matches its
+// tokens, so it goes.
+func (r *StageRuntime) failStep(sk sessionKey, sess *stageSession) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sessions[sk] == sess {
+		r.sessionBytes -= sess.bytes
+		delete(r.sessions, sk)
+	}
+	sess.busy = false
+	sess.release()
+}
+
+// dropSession frees one session's state on one stage. The state of a session with a
+// step running is released when the step ends (endStep).
 func (r *StageRuntime) dropSession(sk sessionKey) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if sess, ok := r.sessions[sk]; ok {
 		r.sessionBytes -= sess.bytes
 		delete(r.sessions, sk)
+		if !sess.busy {
+			sess.release()
+		}
 	}
 }
 
@@ -210,6 +260,9 @@ func (r *StageRuntime) expireSessions(now time.Time) {
 		if !held || (!sess.busy && now.Sub(sess.lastUsed) > r.cfg.SessionTTL) {
 			r.sessionBytes -= sess.bytes
 			delete(r.sessions, sk)
+			if !sess.busy {
+				sess.release() // else its step's end releases it
+			}
 			r.sessionsExpired++
 			gone = append(gone, sk)
 		}
@@ -234,6 +287,8 @@ func sessionInputs(model accel.Session, pairs []StatePair, sess *stageSession, p
 	for _, info := range model.Inputs() {
 		switch {
 		case have(info.Name):
+		case slices.ContainsFunc(sess.held, func(h accel.HeldInput) bool { return h.Name == info.Name }):
+			// The backend reads it where it is.
 		case slices.ContainsFunc(pairs, func(p StatePair) bool { return p.In == info.Name }):
 			t, ok := stateOf(sess, info.Name)
 			if !ok {
@@ -281,6 +336,23 @@ func initialState(info accel.TensorInfo) tensor.Tensor {
 	}
 	n, _ := tensor.ByteSize(info.DType, shape)
 	return tensor.Tensor{Name: info.Name, DType: info.DType, Shape: shape, Data: make([]byte, n)}
+}
+
+// stateOutputs are the stage's state outputs, in the model's order.
+func stateOutputs(model accel.Session, pairs []StatePair) []string {
+	var out []string
+	for _, o := range model.Outputs() {
+		if slices.ContainsFunc(pairs, func(p StatePair) bool { return p.Out == o.Name }) {
+			out = append(out, o.Name)
+		}
+	}
+	return out
+}
+
+// stateInputOf is the state input that state output out feeds.
+func stateInputOf(pairs []StatePair, out string) string {
+	i := slices.IndexFunc(pairs, func(p StatePair) bool { return p.Out == out })
+	return pairs[i].In
 }
 
 // splitState separates a run's outputs into the new state (renamed to the inputs

@@ -3,9 +3,11 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +29,12 @@ func sessionRuntime(t *testing.T, stateBudget int64, ttl time.Duration) (*StageR
 // batchingRuntime is sessionRuntime with RuntimeConfig.MaxBatch set.
 func batchingRuntime(t *testing.T, stateBudget int64, ttl time.Duration, maxBatch int) (*StageRuntime, StageKey) {
 	t.Helper()
+	return gptStageRuntime(t, testBackend(t), stateBudget, ttl, maxBatch)
+}
+
+// gptStageRuntime is batchingRuntime on backend be.
+func gptStageRuntime(t *testing.T, be accel.Backend, stateBudget int64, ttl time.Duration, maxBatch int) (*StageRuntime, StageKey) {
+	t.Helper()
 	cfg := modelgen.GPTTiny
 	cfg.WithPast = true
 	path := writeTestGPT(t, cfg)
@@ -45,7 +53,7 @@ func batchingRuntime(t *testing.T, stateBudget int64, ttl time.Duration, maxBatc
 		t.Fatalf("stage owns %d state pairs", len(pairs))
 	}
 	key := StageKey{Model: "gen", Version: "1", Stage: 0}
-	rt := NewStageRuntime(RuntimeConfig{Backend: testBackend(t), MemBudget: 1000 + stateBudget, Blobs: blobs,
+	rt := NewStageRuntime(RuntimeConfig{Backend: be, MemBudget: 1000 + stateBudget, Blobs: blobs,
 		SessionTTL: ttl, MaxBatch: maxBatch, Logger: testLogger(t, "rt")})
 	t.Cleanup(rt.Close)
 	rt.SetAssignments([]StageAssignment{{Key: key, Blob: s.SHA256, Size: s.Size, MemBytes: 1000, State: pairs}})
@@ -194,4 +202,154 @@ func TestSamplingRepeatsBySeedAndIndex(t *testing.T) {
 	if !slices.Equal(got, []int32{1, 7, 8, 2}) {
 		t.Fatalf("stop filter emitted %v", got)
 	}
+}
+
+// heldCounter wraps a backend so that every value its sessions keep in ONNX Runtime
+// is counted while it lives; a gate, when set, holds each RunHeld until it is
+// closed.
+type heldCounter struct {
+	accel.Backend
+	live atomic.Int64
+	gate atomic.Pointer[chan struct{}]
+	runs atomic.Int64
+}
+
+func (c *heldCounter) Open(ctx context.Context, path string, opts accel.SessionOptions) (accel.Session, error) {
+	s, err := c.Backend.Open(ctx, path, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &countedSession{Session: s, c: c}, nil
+}
+
+type countedSession struct {
+	accel.Session
+	c *heldCounter
+}
+
+func (s *countedSession) RunHeld(ctx context.Context, inputs []tensor.Tensor, held []accel.HeldInput, names, keep []string) ([]tensor.Tensor, []accel.Held, error) {
+	s.c.runs.Add(1)
+	if g := s.c.gate.Load(); g != nil {
+		<-*g
+	}
+	inner := make([]accel.HeldInput, len(held))
+	for i, h := range held {
+		inner[i] = accel.HeldInput{Name: h.Name, Value: h.Value.(*countedHeld).Held}
+	}
+	out, kept, err := s.Session.(accel.HeldRunner).RunHeld(ctx, inputs, inner, names, keep)
+	for i, v := range kept {
+		s.c.live.Add(1)
+		kept[i] = &countedHeld{Held: v, c: s.c}
+	}
+	return out, kept, err
+}
+
+type countedHeld struct {
+	accel.Held
+	c    *heldCounter
+	once sync.Once
+}
+
+func (h *countedHeld) Release() {
+	h.once.Do(func() { h.c.live.Add(-1) })
+	h.Held.Release()
+}
+
+// TestSessionStateHeldAndReleased: a stage keeps each session's state in ONNX
+// Runtime's memory, one value per state pair, and releases it when the next step
+// replaces it, on close, on a failed step, on expiry, on close of the runtime, and,
+// for a session closed while its step runs, when that step ends.
+func TestSessionStateHeldAndReleased(t *testing.T) {
+	counter := &heldCounter{Backend: testBackend(t)}
+	rt, key := gptStageRuntime(t, counter, 1<<30, 300*time.Millisecond, 0)
+	want := int64(2 * modelgen.GPTTiny.Layers) // a key and a value per layer
+	live := func(what string, n int64) {
+		t.Helper()
+		if got := counter.live.Load(); got != n {
+			t.Fatalf("%s: %d values held in ONNX Runtime, want %d", what, got, n)
+		}
+	}
+
+	tok, err := step(rt, key, "a", mesh.StepPrefill, 0, 1, 2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live("after a prefill", want)
+	for pos := 3; pos < 6; pos++ {
+		if tok, err = step(rt, key, "a", mesh.StepDecode, pos, tok); err != nil {
+			t.Fatal(err)
+		}
+		live("after a decode step", want)
+	}
+	if st := rt.SessionStats(); st.Sessions != 1 || st.Bytes <= 0 {
+		t.Fatalf("held state not counted: %+v", st)
+	}
+	if counter.runs.Load() != 4 {
+		t.Fatalf("%d steps ran through RunHeld, want 4", counter.runs.Load())
+	}
+	if _, err := step(rt, key, "a", mesh.StepClose, 0); err != nil {
+		t.Fatal(err)
+	}
+	live("after close", 0)
+
+	if _, err := step(rt, key, "b", mesh.StepPrefill, 0, 4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := step(rt, key, "b", mesh.StepDecode, 7, 1); !errors.Is(err, ErrSessionLost) {
+		t.Fatalf("decode at the wrong position: %v", err)
+	}
+	live("after a step out of place", 0)
+
+	if _, err := step(rt, key, "c", mesh.StepPrefill, 0, 5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := step(rt, key, "c", mesh.StepPrefill, 0, 5, 6); err != nil {
+		t.Fatal(err)
+	}
+	live("after a prefill replaced a session", want)
+	eventually(t, 5*time.Second, func() error {
+		if n := counter.live.Load(); n != 0 {
+			return fmt.Errorf("%d values held after the TTL", n)
+		}
+		return nil
+	})
+
+	// A session closed while its step runs: the step ends normally and its state,
+	// old and new, is released then.
+	tok, err = step(rt, key, "d", mesh.StepPrefill, 0, 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	counter.gate.Store(&gate)
+	done := make(chan error, 1)
+	go func() {
+		_, err := step(rt, key, "d", mesh.StepDecode, 2, tok)
+		done <- err
+	}()
+	eventually(t, 5*time.Second, func() error {
+		if counter.runs.Load() != 9 {
+			return errors.New("the decode step has not reached ONNX Runtime")
+		}
+		return nil
+	})
+	if _, err := step(rt, key, "d", mesh.StepClose, 0); err != nil {
+		t.Fatal(err)
+	}
+	live("while the closed session's step runs", want)
+	counter.gate.Store(nil)
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatalf("the running step: %v", err)
+	}
+	live("after the closed session's step ended", 0)
+	if st := rt.SessionStats(); st.Sessions != 0 || st.Bytes != 0 {
+		t.Fatalf("after the closed session's step: %+v", st)
+	}
+
+	if _, err := step(rt, key, "e", mesh.StepPrefill, 0, 3); err != nil {
+		t.Fatal(err)
+	}
+	rt.Close()
+	live("after the runtime closed", 0)
 }

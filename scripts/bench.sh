@@ -106,6 +106,9 @@ fi
 job mesh-stage-rpc "go test -run '^\$' -bench '^BenchmarkStageRPC_1x128x768\$' -benchtime $(q 200x 500x) -count $(q 1 3) -benchmem -timeout 10m ./mesh/"
 job mesh-throughput "go test -run '^\$' -bench '^BenchmarkThroughput\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 15m ./mesh/"
 job mesh-throughput-processes "go test -run '^\$' -bench '^BenchmarkThroughputProcesses\$' -benchtime $(q 10x 20x) -count $(q 1 3) -benchmem -timeout 15m ./mesh/"
+# One decode step's hop to another process (a 3 KiB hidden state), hot and after the
+# peer computed for 10 ms, against raw loopback TCP to the same process.
+job mesh-decode-hop "go test -run '^\$' -bench '^BenchmarkDecodeHopProcesses\$' -benchtime $(q 200x 1000x) -count $(q 1 3) -timeout 10m ./mesh/"
 
 # Leader failover of a 3-node cluster with the default Raft timings;
 # and the cost of a committed write and of a linearizable read.
@@ -126,6 +129,9 @@ job split-failover "go test -run '^TestSplitStageHolderKilled\$' -count 1 -v -ti
 # node, interleaved; tokens/s of 4 sessions on 2 pinned nodes against 1 (at least 3
 # generations per session and segment whatever -benchtime, so 1x is the full run).
 job gen-latency-1t "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^BenchmarkGenerateSplitVsWhole\$' -benchtime $(q 1x 10x) -count 1 -timeout 20m ./test/split/"
+# Decode steps in one process with the state held in ONNX Runtime against copied out
+# into Go memory and back, interleaved.
+job gen-state-held "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^BenchmarkDecodeStateHeldVsCopied\$' -benchtime $(q 2x 10x) -count 1 -timeout 20m ./test/split/"
 # The stall of a generation whose stage holder is killed mid-stream, measured by its
 # system test, whose figures are in its -v log.
 job gen-failover "go test -run '^TestGenerationAcrossMeshnodes\$' -count 1 -v -timeout 15m ./test/gen/"

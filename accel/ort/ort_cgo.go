@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -310,6 +311,19 @@ type cValues struct {
 	vals   []*C.OrtValue
 	cstrs  []*C.char
 	pinner runtime.Pinner
+	// pinned are the Go buffers the values read in place, [start, end).
+	pinned [][2]uintptr
+}
+
+// aliases says whether [p, p+n) overlaps a Go buffer the values read in place.
+func (c *cValues) aliases(p unsafe.Pointer, n uintptr) bool {
+	a := uintptr(p)
+	for _, r := range c.pinned {
+		if a < r[1] && a+n > r[0] {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *cValues) release() {
@@ -368,6 +382,8 @@ func (c *cValues) add(t *tensor.Tensor) error {
 	default:
 		data := elementAligned(t.Data, t.DType.Size())
 		c.pinner.Pin(&data[0])
+		start := uintptr(unsafe.Pointer(&data[0]))
+		c.pinned = append(c.pinned, [2]uintptr{start, start + uintptr(len(data))})
 		err = statusErr(C.lm_tensor_with_data(unsafe.Pointer(&data[0]), C.size_t(len(data)), shapePtr, rank, C.int(t.DType), &v))
 	}
 	if v != nil {
@@ -396,8 +412,9 @@ func (r *runOptions) terminate() { _ = statusErr(C.lm_run_terminate(r.ro)) }
 func (r *runOptions) release()   { C.lm_run_options_release(r.ro) }
 
 // run executes the session; outputs come back as Go tensors named after outNames.
-func (s *ortSession) run(ro *runOptions, inNames []string, in *cValues, outNames []string) ([]tensor.Tensor, error) {
-	cnames := make([]*C.char, 0, len(inNames)+len(outNames))
+func (s *ortSession) run(ro *runOptions, inNames []string, inVals []*C.OrtValue, outNames, keep []string, pinned *cValues) ([]tensor.Tensor, []accel.Held, error) {
+	all := append(slices.Clone(outNames), keep...)
+	cnames := make([]*C.char, 0, len(inNames)+len(all))
 	defer func() {
 		for _, p := range cnames {
 			C.free(unsafe.Pointer(p))
@@ -412,26 +429,26 @@ func (s *ortSession) run(ro *runOptions, inNames []string, in *cValues, outNames
 		}
 		return C.calloc(C.size_t(n), ptrSize)
 	}
-	inNameArr, inValArr, outNameArr, outValArr := arr(len(inNames)), arr(len(inNames)), arr(len(outNames)), arr(len(outNames))
+	inNameArr, inValArr, outNameArr, outValArr := arr(len(inNames)), arr(len(inNames)), arr(len(all)), arr(len(all))
 	defer C.free(inNameArr)
 	defer C.free(inValArr)
 	defer C.free(outNameArr)
 	defer C.free(outValArr)
 	inN := unsafe.Slice((**C.char)(inNameArr), len(inNames))
 	inV := unsafe.Slice((**C.OrtValue)(inValArr), len(inNames))
-	outN := unsafe.Slice((**C.char)(outNameArr), len(outNames))
-	outV := unsafe.Slice((**C.OrtValue)(outValArr), len(outNames))
+	outN := unsafe.Slice((**C.char)(outNameArr), len(all))
+	outV := unsafe.Slice((**C.OrtValue)(outValArr), len(all))
 	for i, n := range inNames {
 		inN[i] = C.CString(n)
 		cnames = append(cnames, inN[i])
-		inV[i] = in.vals[i]
+		inV[i] = inVals[i]
 	}
-	for i, n := range outNames {
+	for i, n := range all {
 		outN[i] = C.CString(n)
 		cnames = append(cnames, outN[i])
 	}
 	st := C.lm_run(s.s, ro.ro, (**C.char)(inNameArr), (**C.OrtValue)(inValArr), C.size_t(len(inNames)),
-		(**C.char)(outNameArr), C.size_t(len(outNames)), (**C.OrtValue)(outValArr))
+		(**C.char)(outNameArr), C.size_t(len(all)), (**C.OrtValue)(outValArr))
 	defer func() {
 		for _, v := range outV {
 			if v != nil {
@@ -440,17 +457,122 @@ func (s *ortSession) run(ro *runOptions, inNames []string, in *cValues, outNames
 		}
 	}()
 	if err := statusErr(st); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]tensor.Tensor, len(outNames))
-	for i, v := range outV {
+	for i, v := range outV[:len(outNames)] {
 		t, err := goTensor(v, outNames[i])
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out[i] = t
 	}
-	return out, nil
+	held := make([]accel.Held, 0, len(keep))
+	fail := func(err error) ([]tensor.Tensor, []accel.Held, error) {
+		for _, h := range held {
+			h.Release()
+		}
+		return nil, nil, err
+	}
+	for i := range keep {
+		h, err := holdValue(&outV[len(outNames)+i], keep[i], pinned)
+		if err != nil {
+			return fail(err)
+		}
+		held = append(held, h)
+	}
+	return out, held, nil
+}
+
+// heldValue is an OrtValue kept between runs (accel.Held).
+type heldValue struct {
+	mu    sync.Mutex
+	v     *C.OrtValue
+	dtype tensor.DType
+	shape []int64
+	bytes int64
+}
+
+// holdValue takes the output *slot (which it leaves nil, so the run's cleanup does
+// not release it) as a held value. An output that reads a Go input buffer in place
+// (a graph that hands an input straight on) is copied into ONNX Runtime's memory
+// first: that buffer is unpinned when the run returns.
+func holdValue(slot **C.OrtValue, name string, pinned *cValues) (*heldValue, error) {
+	v := *slot
+	var hasValue, onnxType, elem C.int
+	var dims *C.int64_t
+	var rank, nbytes C.size_t
+	var data unsafe.Pointer
+	st := C.lm_value_describe(v, &hasValue, &onnxType, &elem, &dims, &rank, &data, &nbytes)
+	h := &heldValue{dtype: tensor.DType(elem), shape: []int64{}}
+	if dims != nil {
+		h.shape = append(h.shape, unsafe.Slice((*int64)(unsafe.Pointer(dims)), int(rank))...)
+		C.free(unsafe.Pointer(dims))
+	}
+	if err := statusErr(st); err != nil {
+		return nil, fmt.Errorf("output %q: %w", name, err)
+	}
+	if hasValue == 0 || onnxType != C.ONNX_TYPE_TENSOR || !h.dtype.Valid() || h.dtype == tensor.String {
+		return nil, fmt.Errorf("%w: output %q cannot be held (ONNX type %d, element type %d)", accel.ErrUnsupportedOutput, name, int(onnxType), int(elem))
+	}
+	h.bytes = int64(nbytes)
+	if nbytes > 0 && pinned.aliases(data, uintptr(nbytes)) {
+		var shapePtr *C.int64_t
+		if len(h.shape) > 0 {
+			shapePtr = (*C.int64_t)(C.malloc(C.size_t(len(h.shape)) * 8))
+			defer C.free(unsafe.Pointer(shapePtr))
+			copy(unsafe.Slice((*int64)(unsafe.Pointer(shapePtr)), len(h.shape)), h.shape)
+		}
+		var c *C.OrtValue
+		if err := statusErr(C.lm_tensor_alloc(shapePtr, C.size_t(len(h.shape)), elem, &c)); err != nil {
+			return nil, fmt.Errorf("output %q: %w", name, err)
+		}
+		var cdims *C.int64_t
+		var crank, cbytes C.size_t
+		var cdata unsafe.Pointer
+		if err := statusErr(C.lm_value_describe(c, &hasValue, &onnxType, &elem, &cdims, &crank, &cdata, &cbytes)); err != nil || cbytes != nbytes {
+			C.free(unsafe.Pointer(cdims))
+			C.lm_value_release(c)
+			return nil, fmt.Errorf("output %q: copying it out of an input: %w", name, err)
+		}
+		C.free(unsafe.Pointer(cdims))
+		copy(unsafe.Slice((*byte)(cdata), int(cbytes)), unsafe.Slice((*byte)(data), int(nbytes)))
+		v = c
+	} else {
+		*slot = nil
+	}
+	h.v = v
+	return h, nil
+}
+
+func (h *heldValue) DType() tensor.DType { return h.dtype }
+func (h *heldValue) Shape() []int64      { return slices.Clone(h.shape) }
+func (h *heldValue) Bytes() int64        { return h.bytes }
+
+func (h *heldValue) released() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.v == nil
+}
+
+// Tensor copies the value into Go memory.
+func (h *heldValue) Tensor(name string) (tensor.Tensor, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.v == nil {
+		return tensor.Tensor{}, fmt.Errorf("%w: held value %q was released", accel.ErrSessionClosed, name)
+	}
+	return goTensor(h.v, name)
+}
+
+// Release frees the OrtValue; later calls do nothing.
+func (h *heldValue) Release() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.v != nil {
+		C.lm_value_release(h.v)
+		h.v = nil
+	}
 }
 
 // goTensor copies an ORT output value into a tensor.Tensor.

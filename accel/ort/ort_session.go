@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 
@@ -122,58 +123,87 @@ func (p *ortPool) Close() error {
 // Run validates inputs, waits for a free ORT session (or ctx), and runs it. A ctx that
 // ends during the run asks ORT to terminate it.
 func (p *ortPool) Run(ctx context.Context, inputs []tensor.Tensor, names []string) ([]tensor.Tensor, error) {
+	out, _, err := p.run(ctx, inputs, nil, names, nil)
+	return out, err
+}
+
+// RunHeld is Run with held inputs and outputs (accel.HeldRunner): the kept outputs
+// stay in ONNX Runtime's memory, where the next step's run reads them in place.
+func (p *ortPool) RunHeld(ctx context.Context, inputs []tensor.Tensor, held []accel.HeldInput, names, keep []string) ([]tensor.Tensor, []accel.Held, error) {
+	if len(names) == 0 {
+		for _, o := range p.outputs {
+			if !slices.Contains(keep, o.Name) {
+				names = append(names, o.Name)
+			}
+		}
+		if len(names) == 0 {
+			names = []string{} // every output is kept: copy none
+		}
+	}
+	return p.run(ctx, inputs, held, names, keep)
+}
+
+func (p *ortPool) run(ctx context.Context, inputs []tensor.Tensor, held []accel.HeldInput, names, keep []string) ([]tensor.Tensor, []accel.Held, error) {
 	select {
 	case <-p.closed:
-		return nil, accel.ErrSessionClosed
+		return nil, nil, accel.ErrSessionClosed
 	default:
 	}
-	ordered, err := p.validate(inputs)
+	ordered, heldVals, err := p.validate(inputs, held)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if len(names) == 0 {
+	if names == nil {
 		names = make([]string, len(p.outputs))
 		for i, o := range p.outputs {
 			names[i] = o.Name
 		}
 	}
-	for _, n := range names {
+	for _, n := range append(slices.Clone(names), keep...) {
 		i, ok := p.outIdx[n]
 		if !ok {
-			return nil, fmt.Errorf("%w: unknown output %q (model outputs: %s)", accel.ErrInputMismatch, n, infoNames(p.outputs))
+			return nil, nil, fmt.Errorf("%w: unknown output %q (model outputs: %s)", accel.ErrInputMismatch, n, infoNames(p.outputs))
 		}
-		if o := p.outputs[i]; !o.isTensor || !o.DType.Valid() {
-			return nil, fmt.Errorf("%w: output %q is a %s of element type %d", accel.ErrUnsupportedOutput, n, o.kind, uint8(o.DType))
+		if o := p.outputs[i]; !o.isTensor || !o.DType.Valid() || (o.DType == tensor.String && slices.Contains(keep, n)) {
+			return nil, nil, fmt.Errorf("%w: output %q is a %s of element type %d", accel.ErrUnsupportedOutput, n, o.kind, uint8(o.DType))
 		}
 	}
 
 	// A context that has already ended must win over a free session: select picks
 	// among ready cases at random.
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("run %s: %w", p.path, err)
+		return nil, nil, fmt.Errorf("run %s: %w", p.path, err)
 	}
 	var s *ortSession
 	select {
 	case <-p.closed:
-		return nil, accel.ErrSessionClosed
+		return nil, nil, accel.ErrSessionClosed
 	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for a session of %s: %w", p.path, ctx.Err())
+		return nil, nil, fmt.Errorf("waiting for a session of %s: %w", p.path, ctx.Err())
 	case s = <-p.idle:
 	}
 	defer func() { p.idle <- s }()
 
 	var vals cValues
 	defer vals.release()
-	inNames := make([]string, len(ordered))
-	for i, t := range ordered {
-		inNames[i] = t.Name
-		if err := vals.add(t); err != nil {
-			return nil, err
+	inNames := make([]string, 0, len(p.inputs))
+	for _, t := range ordered {
+		if t == nil {
+			continue
 		}
+		inNames = append(inNames, t.Name)
+		if err := vals.add(t); err != nil {
+			return nil, nil, err
+		}
+	}
+	inVals := slices.Clone(vals.vals)
+	for _, h := range heldVals {
+		inNames = append(inNames, h.name)
+		inVals = append(inVals, h.v.v)
 	}
 	ro, err := newRunOptions()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// terminate may fire while ORT runs; the mutex keeps it from touching the run
 	// options after they are released.
@@ -186,7 +216,7 @@ func (p *ortPool) Run(ctx context.Context, inputs []tensor.Tensor, names []strin
 			ro.terminate()
 		}
 	})
-	out, err := s.run(ro, inNames, &vals, names)
+	out, kept, err := s.run(ro, inNames, inVals, names, keep, &vals)
 	stop()
 	mu.Lock()
 	done = true
@@ -194,60 +224,73 @@ func (p *ortPool) Run(ctx context.Context, inputs []tensor.Tensor, names []strin
 	ro.release()
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("run %s: %w (%w)", p.path, ctx.Err(), err)
+			return nil, nil, fmt.Errorf("run %s: %w (%w)", p.path, ctx.Err(), err)
 		}
-		return nil, fmt.Errorf("run %s: %w", p.path, err)
+		return nil, nil, fmt.Errorf("run %s: %w", p.path, err)
 	}
-	return out, nil
+	return out, kept, nil
 }
 
-// validate checks inputs against the model and returns them in the model's order.
-func (p *ortPool) validate(inputs []tensor.Tensor) ([]*tensor.Tensor, error) {
+// namedHeld is a held input checked against the model.
+type namedHeld struct {
+	name string
+	v    *heldValue
+}
+
+// validate checks inputs and held inputs against the model. It returns the tensors
+// in the model's order (nil where a held value stands) and the held values.
+func (p *ortPool) validate(inputs []tensor.Tensor, held []accel.HeldInput) ([]*tensor.Tensor, []namedHeld, error) {
 	ordered := make([]*tensor.Tensor, len(p.inputs))
+	given := make([]bool, len(p.inputs))
 	for i := range inputs {
 		t := &inputs[i]
 		idx, ok := p.byName[t.Name]
 		if !ok {
-			return nil, fmt.Errorf("%w: unknown input %q (model inputs: %s)", accel.ErrInputMismatch, t.Name, infoNames(p.inputs))
+			return nil, nil, fmt.Errorf("%w: unknown input %q (model inputs: %s)", accel.ErrInputMismatch, t.Name, infoNames(p.inputs))
 		}
-		if ordered[idx] != nil {
-			return nil, fmt.Errorf("%w: input %q given twice", accel.ErrInputMismatch, t.Name)
+		if given[idx] {
+			return nil, nil, fmt.Errorf("%w: input %q given twice", accel.ErrInputMismatch, t.Name)
 		}
 		if err := checkInput(p.inputs[idx], t); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		ordered[idx] = t
+		ordered[idx], given[idx] = t, true
+	}
+	var hv []namedHeld
+	for _, h := range held {
+		idx, ok := p.byName[h.Name]
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: unknown input %q (model inputs: %s)", accel.ErrInputMismatch, h.Name, infoNames(p.inputs))
+		}
+		if given[idx] {
+			return nil, nil, fmt.Errorf("%w: input %q given twice", accel.ErrInputMismatch, h.Name)
+		}
+		v, ok := h.Value.(*heldValue)
+		if !ok || v.released() {
+			return nil, nil, fmt.Errorf("%w: input %q: not a live value held by ONNX Runtime", accel.ErrInputMismatch, h.Name)
+		}
+		if err := checkShape(p.inputs[idx], h.Name, v.dtype, v.shape); err != nil {
+			return nil, nil, err
+		}
+		given[idx] = true
+		hv = append(hv, namedHeld{name: h.Name, v: v})
 	}
 	var missing []string
-	for i, t := range ordered {
-		if t == nil {
+	for i, ok := range given {
+		if !ok {
 			missing = append(missing, p.inputs[i].Name)
 		}
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("%w: missing input(s) %s", accel.ErrInputMismatch, strings.Join(missing, ", "))
+		return nil, nil, fmt.Errorf("%w: missing input(s) %s", accel.ErrInputMismatch, strings.Join(missing, ", "))
 	}
-	return ordered, nil
+	return ordered, hv, nil
 }
 
 // checkInput compares one tensor to the model's description of that input.
 func checkInput(want ioInfo, t *tensor.Tensor) error {
-	if !want.isTensor {
-		return fmt.Errorf("%w: input %q is a %s; only tensors can be passed", accel.ErrUnsupportedInput, want.Name, want.kind)
-	}
-	if t.DType != want.DType {
-		return fmt.Errorf("%w: %w: input %q: expected %s, got %s", accel.ErrInputMismatch, accel.ErrDTypeMismatch, t.Name, want.DType, t.DType)
-	}
-	if len(t.Shape) != len(want.Shape) {
-		return fmt.Errorf("%w: %w: input %q: expected rank %d %s, got rank %d %v", accel.ErrInputMismatch, accel.ErrShapeMismatch, t.Name, len(want.Shape), dimsString(want.Shape), len(t.Shape), t.Shape)
-	}
-	for i, d := range t.Shape {
-		if d < 0 {
-			return fmt.Errorf("%w: %w: input %q: dim %d is negative (%d)", accel.ErrInputMismatch, accel.ErrShapeMismatch, t.Name, i, d)
-		}
-		if w := want.Shape[i]; w >= 0 && d != w {
-			return fmt.Errorf("%w: %w: input %q: expected %s, got %v (dim %d)", accel.ErrInputMismatch, accel.ErrShapeMismatch, t.Name, dimsString(want.Shape), t.Shape, i)
-		}
+	if err := checkShape(want, t.Name, t.DType, t.Shape); err != nil {
+		return err
 	}
 	// ORT copies strings as C strings: an embedded NUL would silently cut one short.
 	for i, s := range t.Strings {
@@ -259,6 +302,28 @@ func checkInput(want ioInfo, t *tensor.Tensor) error {
 	// exactly as long as the shape says, neither shorter nor longer.
 	if err := t.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", accel.ErrInputMismatch, err)
+	}
+	return nil
+}
+
+// checkShape compares an input's element type and shape to the model's description.
+func checkShape(want ioInfo, name string, dtype tensor.DType, shape []int64) error {
+	if !want.isTensor {
+		return fmt.Errorf("%w: input %q is a %s; only tensors can be passed", accel.ErrUnsupportedInput, want.Name, want.kind)
+	}
+	if dtype != want.DType {
+		return fmt.Errorf("%w: %w: input %q: expected %s, got %s", accel.ErrInputMismatch, accel.ErrDTypeMismatch, name, want.DType, dtype)
+	}
+	if len(shape) != len(want.Shape) {
+		return fmt.Errorf("%w: %w: input %q: expected rank %d %s, got rank %d %v", accel.ErrInputMismatch, accel.ErrShapeMismatch, name, len(want.Shape), dimsString(want.Shape), len(shape), shape)
+	}
+	for i, d := range shape {
+		if d < 0 {
+			return fmt.Errorf("%w: %w: input %q: dim %d is negative (%d)", accel.ErrInputMismatch, accel.ErrShapeMismatch, name, i, d)
+		}
+		if w := want.Shape[i]; w >= 0 && d != w {
+			return fmt.Errorf("%w: %w: input %q: expected %s, got %v (dim %d)", accel.ErrInputMismatch, accel.ErrShapeMismatch, name, dimsString(want.Shape), shape, i)
+		}
 	}
 	return nil
 }

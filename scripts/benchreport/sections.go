@@ -125,14 +125,19 @@ private-network PSK layer on top) for comparison. BenchmarkStageRPC_1x128x768 se
 GPT-2-small hidden state (1x128x768 float32, 384 KiB) to a stage that echoes it back;
 BenchmarkThroughput sends 1x128x50257 float32 logits (25.7 MB) to a stage that answers
 with one value. BenchmarkThroughputProcesses is the same with the receiver in a second
-process, the case a real cluster has. Target: encrypted large-tensor throughput at least
-50% of raw loopback TCP in the same run; the added time of the hidden-state RPC is
-recorded.`,
-		Jobs: []string{"mesh-stage-rpc", "mesh-throughput", "mesh-throughput-processes"},
+process, the case a real cluster has. BenchmarkDecodeHopProcesses is one decode step's
+stage call to a second process: one token's hidden state (1x1x768 float32, 3 KiB) to a
+session step the peer answers at once (*hot*), or after keeping its core busy for 10 ms
+as a stage holder does (*after-compute*: the caller has slept meanwhile, as an entry
+node does while a stage computes). Target: encrypted large-tensor throughput at least
+50% of raw loopback TCP in the same run; the added time of the hidden-state RPC and of
+a decode hop are recorded.`,
+		Jobs: []string{"mesh-stage-rpc", "mesh-throughput", "mesh-throughput-processes", "mesh-decode-hop"},
 		Figures: []Figure{
 			{Job: "mesh-throughput-processes", Bench: "BenchmarkThroughputProcesses/data-tls", Metric: "ratio", Label: "25.7 MB tensors, data-tls, two processes: throughput / raw TCP", Unit: "x", Target: &Target{Op: ">=", Value: 0.5}},
 			{Job: "mesh-throughput", Bench: "BenchmarkThroughput/data-tls", Metric: "ratio", Label: "25.7 MB tensors, data-tls, one process: throughput / raw TCP", Unit: "x", Target: &Target{Op: ">=", Value: 0.5}},
 			{Job: "mesh-stage-rpc", Bench: "BenchmarkStageRPC_1x128x768/data-tls", Metric: "added-us/op", Label: "384 KiB hidden state round trip, data-tls: added time over raw TCP", Unit: "µs", Summary: true},
+			{Job: "mesh-decode-hop", Bench: "BenchmarkDecodeHopProcesses/after-compute", Metric: "mesh-us/op", Label: "decode hop to a second process after 10 ms of compute (3 KiB each way, data-tls)", Unit: "µs", Summary: true},
 		},
 		Details: []Matrix{
 			{
@@ -171,6 +176,19 @@ recorded.`,
 					{"BenchmarkThroughputProcesses/libp2p-noise-yamux", "libp2p Noise + yamux"},
 				},
 				Cols: throughputCols,
+			},
+			{
+				Job:     "mesh-decode-hop",
+				Caption: "One decode step's stage call to a second process (3 KiB hidden state), data-tls",
+				Rows: []Row{
+					{"BenchmarkDecodeHopProcesses/hot", "answered at once"},
+					{"BenchmarkDecodeHopProcesses/after-compute", "answered after 10 ms of compute (not counted)"},
+				},
+				Cols: []Col{
+					{Metric: "raw-us/op", Header: "raw TCP µs"},
+					{Metric: "mesh-us/op", Header: "mesh µs"},
+					{Metric: "added-us/op", Header: "added µs"},
+				},
 			},
 		},
 		Notes: `
@@ -271,11 +289,14 @@ values kept on the stage that holds the block), deploys it with the GPT-2 tokeni
 meshnode processes in 3 stages and on a one-node cluster, every node with 1 intra-op
 thread, and generates greedily over HTTP (POST /openai/v1/completions, token id
 prompts) at the node of the last stage. Each round, split and whole alternately, sends
-the same three requests to each side: a 64-token prompt with max_tokens 1 (the time to
-the first token), the same prompt with max_tokens 64 (the context reaches 128; the time
-per token is its difference from the first over the 63 tokens after the first), and a
-128-token prompt with max_tokens 1 (a full computation of context 128, what every token
-would cost without the cache). Figures are medians over the rounds. Targets: the
+the same two requests to each side: a 64-token prompt with max_tokens 64, streamed
+(stream: true), whose pieces of text are timed as they arrive (the time to the first
+token is the time to the first piece; the time per token is from the first piece to
+the last over the tokens between them; the context reaches 128), and a 128-token prompt
+with max_tokens 1 (a full computation of context 128, what every token would cost
+without the cache). Figures are medians over the rounds. The log gives, for the
+measured rounds, each stage's mean decode call as the entry node sees it beside its
+ONNX Runtime time on its holder, and the whole node's. Targets: the
 split's time per token at most 1.10 x the whole's (llama.cpp's RPC split measured
 1.08-1.17 on this machine), and a decode step with the cache more than 10 x quicker
 than the full computation.`,
@@ -308,6 +329,24 @@ run one after the other cost 0.3 to 1.8 ms (mostly 0.5) more per token than the 
 model's (4 sessions, one core); the rest is the entry's two stage RPC round trips and
 the per-step work of three processes instead of one: thread switches alone are 5 to 7%
 of each split process's CPU in a perf profile of these runs.`,
+	},
+	{
+		Title: "Text generation: session state held in ONNX Runtime against copied",
+		Measures: `
+BenchmarkDecodeStateHeldVsCopied runs greedy generations on the whole with-past 12 x 768
+GPT in one process through ONNX Runtime with 1 intra-op thread (64-token prompts, 63
+decode steps after the prefill, contexts 65-127), each prompt twice, alternately: with
+every layer's keys and values kept in ONNX Runtime's memory between steps and read in
+place by the next (RunHeld, what a stage does), and with them copied out into Go memory
+after each step and handed back (Run, what a stage did before). Both must give the same
+tokens. Figures are medians over the rounds of the decode steps' mean time.`,
+		Jobs: []string{"gen-state-held"},
+		Figures: []Figure{
+			{Job: "gen-state-held", Bench: "BenchmarkDecodeStateHeldVsCopied", Metric: "copied-over-held", Label: "time per decode step, state copied / held", Unit: "x"},
+			{Job: "gen-state-held", Bench: "BenchmarkDecodeStateHeldVsCopied", Metric: "held-token-ms", Label: "time per decode step, state held in ONNX Runtime", Unit: "ms"},
+			{Job: "gen-state-held", Bench: "BenchmarkDecodeStateHeldVsCopied", Metric: "copied-token-ms", Label: "time per decode step, state copied through Go memory", Unit: "ms"},
+		},
+		Logs: []string{"BenchmarkDecodeStateHeldVsCopied"},
 	},
 	{
 		Title: "Text generation: tokens/s of concurrent sessions on pinned cores",

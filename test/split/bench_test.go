@@ -343,31 +343,53 @@ func BenchmarkSplitPipelineParallel(b *testing.B) {
 // stageMeans reads node i's layermesh_stage_call_duration_seconds and returns the mean
 // time per stage and place (local run or call over the mesh), to show the balance.
 func stageMeans(b *testing.B, c *benchCluster, i int) string {
+	return readHistogram(b, c, i, stageCallHistogram).since(nil)
+}
+
+// The histograms the benchmarks read from the nodes: the driving router's stage calls
+// and each holder's ONNX Runtime time per stage run.
+const (
+	stageCallHistogram    = "layermesh_stage_call_duration_seconds"
+	stageComputeHistogram = "layermesh_stage_compute_duration_seconds"
+)
+
+// histogramSums are one histogram's sum and count by label set, read from a node.
+type histogramSums map[string][2]float64
+
+// readHistogram reads histogram name from node i's /metrics.
+func readHistogram(b *testing.B, c *benchCluster, i int, name string) histogramSums {
 	resp, err := http.Get(c.URL(i, "/metrics"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
-	sums, counts := map[string]float64{}, map[string]float64{}
+	out := histogramSums{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		for suffix, into := range map[string]map[string]float64{"_sum{": sums, "_count{": counts} {
-			prefix := "layermesh_stage_call_duration_seconds" + suffix
-			if rest, ok := strings.CutPrefix(line, prefix); ok {
+		for k, suffix := range []string{"_sum{", "_count{"} {
+			if rest, ok := strings.CutPrefix(line, name+suffix); ok {
 				labels, value, _ := strings.Cut(rest, "} ")
-				v, err := strconv.ParseFloat(value, 64)
-				if err == nil {
-					into[labels] += v
+				if v, err := strconv.ParseFloat(value, 64); err == nil {
+					e := out[labels]
+					e[k] += v
+					out[labels] = e
 				}
 			}
 		}
 	}
+	return out
+}
+
+// since gives the count and mean by label set of what h holds beyond base (nil: all
+// of it), sorted by labels.
+func (h histogramSums) since(base histogramSums) string {
 	var parts []string
-	for labels, n := range counts {
+	for labels, e := range h {
+		sum, n := e[0]-base[labels][0], e[1]-base[labels][1]
 		if n > 0 {
-			parts = append(parts, fmt.Sprintf("{%s} %.0f calls, mean %.1f ms", labels, n, 1000*sums[labels]/n))
+			parts = append(parts, fmt.Sprintf("{%s} %.0f calls, mean %.2f ms", labels, n, 1000*sum/n))
 		}
 	}
 	sort.Strings(parts)

@@ -1,6 +1,7 @@
 package split
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -157,37 +158,110 @@ func complete(addr, token string, ids []int32, maxTokens int) (time.Duration, in
 	return d, out.Usage.CompletionTokens, nil
 }
 
+// streamed is what a client saw of one streamed completion.
+type streamed struct {
+	first, last time.Duration // from the request to the first and to the last piece of text
+	tokens      int           // tokens generated (the usage chunk's completion_tokens)
+}
+
+// perToken is the time per generated token after the first: from the first piece
+// of text to the last, over the tokens between them. A piece can carry more than
+// one token (a character's UTF-8 bytes come from several), but the same prompt gives
+// the same tokens in the same pieces on every deployment of one model.
+func (s streamed) perToken() time.Duration { return (s.last - s.first) / time.Duration(s.tokens-1) }
+
+// completeStream runs one greedy completion of ids through POST
+// /openai/v1/completions with stream: true and times its pieces of text as they
+// arrive.
+func completeStream(addr, token string, ids []int32, maxTokens int) (streamed, error) {
+	body, err := json.Marshal(map[string]any{"model": "gpt", "prompt": ids, "max_tokens": maxTokens, "temperature": 0,
+		"stream": true, "stream_options": map[string]any{"include_usage": true}})
+	if err != nil {
+		return streamed{}, err
+	}
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/openai/v1/completions", bytes.NewReader(body))
+	if err != nil {
+		return streamed{}, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return streamed{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		raw, _ := io.ReadAll(resp.Body)
+		return streamed{}, fmt.Errorf("completions: %s: %s", resp.Status, raw)
+	}
+	var out streamed
+	pieces := 0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		at := time.Since(start)
+		var ev struct {
+			Choices []struct {
+				Text string `json:"text"`
+			} `json:"choices"`
+			Usage *struct {
+				CompletionTokens int `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+			return streamed{}, fmt.Errorf("completions event %q: %w", data, err)
+		}
+		if ev.Usage != nil {
+			out.tokens = ev.Usage.CompletionTokens
+		}
+		if len(ev.Choices) > 0 && ev.Choices[0].Text != "" {
+			if pieces == 0 {
+				out.first = at
+			}
+			out.last = at
+			pieces++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return streamed{}, err
+	}
+	if pieces < 2 || out.tokens < 2 {
+		return streamed{}, fmt.Errorf("completions stream: %d pieces of text, %d tokens", pieces, out.tokens)
+	}
+	return out, nil
+}
+
 // genTimes are one side's measurements of one round.
 type genTimes struct {
 	ttft, perToken, full []time.Duration
 	tokens               int
 }
 
-// round measures one side once: the first token of a 64-token prompt (max_tokens 1),
-// the same prompt with 64 tokens (per generated token after the first: the
-// difference over 63), and a 128-token prompt with max_tokens 1 (a full computation
-// of context 128, what each token costs without the cache).
+// round measures one side once: a streamed generation of 64 tokens from a 64-token
+// prompt (the time to its first token, and per token after the first), and a
+// 128-token prompt with max_tokens 1 (a full computation of context 128, what each
+// token costs without the cache).
 func (g *genTimes) round(b *testing.B, addr, token string, seq int) {
 	b.Helper()
-	first, _, err := complete(addr, token, promptIDs(seq, genPrompt), 1)
+	st, err := completeStream(addr, token, promptIDs(seq, genPrompt), genTokens)
 	if err != nil {
 		b.Fatal(err)
 	}
-	all, n, err := complete(addr, token, promptIDs(seq, genPrompt), genTokens)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if n < genTokens/2 {
-		b.Fatalf("prompt %d: %d tokens generated of %d asked (an early <|endoftext|>?)", seq, n, genTokens)
+	if st.tokens < genTokens/2 {
+		b.Fatalf("prompt %d: %d tokens generated of %d asked (an early <|endoftext|>?)", seq, st.tokens, genTokens)
 	}
 	full, _, err := complete(addr, token, promptIDs(seq, genFull), 1)
 	if err != nil {
 		b.Fatal(err)
 	}
-	g.ttft = append(g.ttft, first)
-	g.perToken = append(g.perToken, (all-first)/time.Duration(n-1))
+	g.ttft = append(g.ttft, st.first)
+	g.perToken = append(g.perToken, st.perToken())
 	g.full = append(g.full, full)
-	g.tokens += n
+	g.tokens += st.tokens
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -213,6 +287,14 @@ func BenchmarkGenerateSplitVsWhole(b *testing.B) {
 		(&genTimes{}).round(b, sAddr, split.token, 1000+i)
 		(&genTimes{}).round(b, wAddr, whole.token, 1000+i)
 	}
+	// The stage times after the warm-up: the entry's calls (remote ones include the
+	// hops) and each holder's ONNX Runtime time.
+	calls0 := readHistogram(b, split, entry, stageCallHistogram)
+	compute0 := make([]histogramSums, split.Len())
+	for i := range split.Len() {
+		compute0[i] = readHistogram(b, split, i, stageComputeHistogram)
+	}
+	wholeCompute0 := readHistogram(b, whole, 0, stageComputeHistogram)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if i%2 == 0 {
@@ -239,7 +321,13 @@ func BenchmarkGenerateSplitVsWhole(b *testing.B) {
 		benchThreads(), size, b.N, genPrompt+1, genPrompt+genTokens, sTok, wTok, float64(sTok)/float64(wTok))
 	b.Logf("time to first token (%d-token prompt): split %v, whole %v; full computation of context %d (max_tokens 1): split %v, whole %v; full over decode step: whole %.1fx, split %.1fx",
 		genPrompt, sFirst, wFirst, genFull, sFull, wFull, float64(wFull)/float64(wTok), float64(sFull)/float64(sTok))
-	b.Logf("entry node's stage calls during the split runs: %s", stageMeans(b, split, entry))
+	b.Logf("entry node's stage calls during the measured split runs: %s", readHistogram(b, split, entry, stageCallHistogram).since(calls0))
+	var computed []string
+	for i := range split.Len() {
+		computed = append(computed, readHistogram(b, split, i, stageComputeHistogram).since(compute0[i]))
+	}
+	b.Logf("ONNX Runtime time per stage run on the split's holders: %s; on the whole node: %s",
+		strings.Join(computed, "; "), readHistogram(b, whole, 0, stageComputeHistogram).since(wholeCompute0))
 }
 
 // genSegment runs sessions concurrent greedy generations side by side, each
