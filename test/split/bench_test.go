@@ -443,7 +443,7 @@ func (t cpuTimes) minus(o cpuTimes) cpuTimes {
 func (t cpuTimes) perRequest(n int) string {
 	var parts []string
 	for i, v := range t {
-		parts = append(parts, fmt.Sprintf("node%d %.0f ms user + %.0f ms system", i, 1000*v[0]/float64(n), 1000*v[1]/float64(n)))
+		parts = append(parts, fmt.Sprintf("node%d %.1f ms user + %.1f ms system", i, 1000*v[0]/float64(n), 1000*v[1]/float64(n)))
 	}
 	return strings.Join(parts, ", ")
 }

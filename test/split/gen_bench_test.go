@@ -235,22 +235,26 @@ func completeStream(addr, token string, ids []int32, maxTokens int) (streamed, e
 	return out, nil
 }
 
-// genTimes are one side's measurements of one round.
+// genTimes are one side's measurements.
 type genTimes struct {
 	ttft, perToken, full []time.Duration
 	tokens               int
+	// cpu is the CPU time each node process used during the streamed generations.
+	cpu cpuTimes
 }
 
 // round measures one side once: a streamed generation of 64 tokens from a 64-token
 // prompt (the time to its first token, and per token after the first), and a
 // 128-token prompt with max_tokens 1 (a full computation of context 128, what each
 // token costs without the cache).
-func (g *genTimes) round(b *testing.B, addr, token string, seq int) {
+func (g *genTimes) round(b *testing.B, c *benchCluster, addr, token string, seq int) {
 	b.Helper()
+	before := c.cpuSeconds(b)
 	st, err := completeStream(addr, token, promptIDs(seq, genPrompt), genTokens)
 	if err != nil {
 		b.Fatal(err)
 	}
+	g.cpu = g.cpu.plus(c.cpuSeconds(b).minus(before))
 	if st.tokens < genTokens/2 {
 		b.Fatalf("prompt %d: %d tokens generated of %d asked (an early <|endoftext|>?)", seq, st.tokens, genTokens)
 	}
@@ -284,8 +288,8 @@ func BenchmarkGenerateSplitVsWhole(b *testing.B) {
 	sAddr, wAddr := split.HTTPAddr(entry), whole.HTTPAddr(0)
 	var sp, wh genTimes
 	for i := range 2 { // warm both: first runs allocate ORT arenas
-		(&genTimes{}).round(b, sAddr, split.token, 1000+i)
-		(&genTimes{}).round(b, wAddr, whole.token, 1000+i)
+		(&genTimes{}).round(b, split, sAddr, split.token, 1000+i)
+		(&genTimes{}).round(b, whole, wAddr, whole.token, 1000+i)
 	}
 	// The stage times after the warm-up: the entry's calls (remote ones include the
 	// hops) and each holder's ONNX Runtime time.
@@ -298,11 +302,11 @@ func BenchmarkGenerateSplitVsWhole(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if i%2 == 0 {
-			sp.round(b, sAddr, split.token, i)
-			wh.round(b, wAddr, whole.token, i)
+			sp.round(b, split, sAddr, split.token, i)
+			wh.round(b, whole, wAddr, whole.token, i)
 		} else {
-			wh.round(b, wAddr, whole.token, i)
-			sp.round(b, sAddr, split.token, i)
+			wh.round(b, whole, wAddr, whole.token, i)
+			sp.round(b, split, sAddr, split.token, i)
 		}
 	}
 	b.StopTimer()
@@ -317,10 +321,12 @@ func BenchmarkGenerateSplitVsWhole(b *testing.B) {
 	b.ReportMetric(ms(wFull), "whole-full128-ms")
 	b.ReportMetric(float64(wFull)/float64(wTok), "cache-speedup")
 	b.ReportMetric(float64(sFull)/float64(sTok), "split-cache-speedup")
-	b.Logf("threads %s, model %d bytes, %d rounds each: per token (a decode step, contexts %d-%d) split %v, whole %v, ratio %.3f",
-		benchThreads(), size, b.N, genPrompt+1, genPrompt+genTokens, sTok, wTok, float64(sTok)/float64(wTok))
-	b.Logf("time to first token (%d-token prompt): split %v, whole %v; full computation of context %d (max_tokens 1): split %v, whole %v; full over decode step: whole %.1fx, split %.1fx",
+	b.Logf("threads %s, model %d bytes, %d rounds each: per token (a decode step, contexts %d-%d) split %v, whole %v, ratio %.3f; "+
+		"time to first token (%d-token prompt): split %v, whole %v; full computation of context %d (max_tokens 1): split %v, whole %v; full over decode step: whole %.1fx, split %.1fx",
+		benchThreads(), size, b.N, genPrompt+1, genPrompt+genTokens, sTok, wTok, float64(sTok)/float64(wTok),
 		genPrompt, sFirst, wFirst, genFull, sFull, wFull, float64(wFull)/float64(wTok), float64(sFull)/float64(sTok))
+	b.Logf("CPU per generated token (streamed generations, prefill included): split %s; whole %s",
+		sp.cpu.perRequest(sp.tokens), wh.cpu.perRequest(wh.tokens))
 	b.Logf("entry node's stage calls during the measured split runs: %s", readHistogram(b, split, entry, stageCallHistogram).since(calls0))
 	var computed []string
 	for i := range split.Len() {
