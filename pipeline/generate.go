@@ -384,12 +384,16 @@ func (g *generation) add(tok int32, total int) (bool, error) {
 
 // GenerateLocal runs a generation on one session of a whole model with state pairs
 // (single-node mode): a prefill of the prompt, then one token a step, the state kept
-// here between steps and sampled as the last stage of a pipeline does. req must have
-// passed CheckGenerate.
+// here between steps (in the backend's memory where it can hold it, as a stage does)
+// and sampled as the last stage of a pipeline does. req must have passed
+// CheckGenerate.
 func GenerateLocal(ctx context.Context, sess accel.Session, pairs []StatePair, contextLen int, req api.GenerateRequest, emit func(api.GeneratedToken) error) (api.GenerateResult, error) {
 	gen := newGeneration(req, contextLen, emit)
 	samp := samplingOf(req)
 	state := &stageSession{}
+	defer state.release()
+	hr, holds := sess.(accel.HeldRunner)
+	keep := stateOutputs(sess, pairs)
 	tokens := slices.Clone(req.Prompt)
 	pos, pending := 0, tokens
 	for {
@@ -402,12 +406,23 @@ func GenerateLocal(ctx context.Context, sess accel.Session, pairs []StatePair, c
 		if err != nil {
 			return gen.res, err
 		}
-		out, err := sess.Run(ctx, in, nil)
-		if err != nil {
-			return gen.res, err
-		}
 		var rest []tensor.Tensor
-		state.state, rest = splitState(pairs, out)
+		if holds {
+			var kept []accel.Held
+			if rest, kept, err = hr.RunHeld(ctx, in, state.held, nil, keep); err != nil {
+				return gen.res, err
+			}
+			state.release()
+			for i, v := range kept {
+				state.held = append(state.held, accel.HeldInput{Name: stateInputOf(pairs, keep[i]), Value: v})
+			}
+		} else {
+			out, err := sess.Run(ctx, in, nil)
+			if err != nil {
+				return gen.res, err
+			}
+			state.state, rest = splitState(pairs, out)
+		}
 		samp.Index = len(tokens) - len(req.Prompt)
 		tok, err := sampleToken(rest, samp)
 		if err != nil {
