@@ -319,16 +319,20 @@ takes the answer back before the next, so each boundary between stages is two ho
 calls the benchmark once with N=1 before the N asked by -benchtime, so a full run
 (-benchtime 10x) sets up and deploys everything twice and reports the N=10 call.
 
-The ratio sits close to its target and moves across it from run to run. Runs on
-2026-12-05 04:22-05:45 UTC, at load 1 to 2, gave 1.057, 1.074 (the one above), 1.118,
-1.059, 1.122 and 1.122 with -benchtime 10x, 1.097 with 3x, and 1.131 for the build
-before commit 4a1fa73 (which cut a generating model with its outputs' hand-off
-counted); the run of 2026-12-04, at load 8 to 10, gave 1.013. The split costs 2 to 4
-ms more per token than the whole. In one test process, the same three stage models
-run one after the other cost 0.3 to 1.8 ms (mostly 0.5) more per token than the whole
-model's (4 sessions, one core); the rest is the entry's two stage RPC round trips and
-the per-step work of three processes instead of one: thread switches alone are 5 to 7%
-of each split process's CPU in a perf profile of these runs.`,
+The ratio sits close to its target and crosses it from run to run. With this build
+(session state held in ONNX Runtime), runs on 2026-12-05 07:00-07:40 UTC gave 1.121,
+1.063 and 1.090 (the one above) with -benchtime 10x, and 1.129 with 3x; the build
+before it gave 1.101 and 1.107 (10x). The log takes the decode steps of the measured
+rounds apart. In the run above, the three stages' ONNX Runtime time on their holders
+sums to 27.53 ms per token against the whole model's 25.74 (+1.79 ms; +0.55 to +2.3 ms
+over the runs); each remote stage call takes 0.42 ms longer at the entry than its run
+on the holder (two per token: 0.84 ms), and the local one 0.15 ms longer.
+BenchmarkDecodeHopProcesses gives 0.28 ms for the bare hop to a process that has just
+computed for 10 ms. In one test process, the three stage models cost 0.3 to 1.8 ms
+(mostly 0.5) more per token than the whole model; the rest of the extra ONNX Runtime
+time comes with three processes sharing two cores: together they use 33.8 ms of CPU per
+token against the whole node's 29.4, and 12 to 16% of each split process's CPU is in
+the kernel (context switches, page faults) in a perf profile of a run.`,
 	},
 	{
 		Title: "Text generation: session state held in ONNX Runtime against copied",
@@ -347,6 +351,11 @@ tokens. Figures are medians over the rounds of the decode steps' mean time.`,
 			{Job: "gen-state-held", Bench: "BenchmarkDecodeStateHeldVsCopied", Metric: "copied-token-ms", Label: "time per decode step, state copied through Go memory", Unit: "ms"},
 		},
 		Logs: []string{"BenchmarkDecodeStateHeldVsCopied"},
+		Notes: `
+At context 127 the state is 9.4 MB (12 layers, a key and a value each, 12 heads of 64).
+Copied, each step moves it out of ONNX Runtime into a new Go allocation, which the next
+step reads in place and Go's collector then frees; held, the next step reads ONNX
+Runtime's own output, and the only copies left are the ones its Concat makes.`,
 	},
 	{
 		Title: "Text generation: tokens/s of concurrent sessions on pinned cores",
