@@ -392,16 +392,19 @@ stage works on one session's token while the other stage works on another's; wha
 split loses against the ceiling is the imbalance between its two stages (the CPU time
 per token of each process) and the hidden state's round trip: the stage RPC and the
 thread switches it brings to a one-core process. A perf profile of the two split
-processes puts about 1.9 ms of each one's CPU per token outside ONNX Runtime and its
+processes (build before) puts about 1.9 ms of each one's CPU per token outside ONNX Runtime and its
 copies, where the one node spends about 1.8 ms in all beyond its ONNX Runtime runs
 (its 31 ms per token against 29.2 ms for the same runs in one test process). The
 planner cuts a generating model at equal FLOPs per decode step: stage 0 takes the
 embeddings and about 8.5 of the 12 blocks, stage 1 the rest and the 768 x 50257 LM
 head, and their processes use 15 to 19 ms of CPU per token each, stage 0 at most 1 ms
 more. Runs on 2026-12-05 04:16-05:08 UTC, speedup (ceiling): 1.68 (1.65), 1.64 (1.88),
-1.62 (1.64), 1.65 (1.66), 1.65 (1.97), 1.66 (1.75), 1.81 (1.83), 1.63 (1.85), the last
-the one above. Both move with the memory bandwidth the host gives these two cores; the
-split is at most 0.32 below the ceiling. Before commit 4a1fa73 the planner also
+1.62 (1.64), 1.65 (1.66), 1.65 (1.97), 1.66 (1.75), 1.81 (1.83), 1.63 (1.85). With
+this build, which holds each session's state in ONNX Runtime: 1.611 (1.859) at 07:32
+UTC, the one above, and 1.514 (1.629) at 07:41, where the split's two processes used
+39.0 ms of CPU per token together against 37.1 for the replicas' two and 30.3 for the
+one node. Both move with the memory bandwidth the host gives these two cores; the split
+is at most 0.32 below the ceiling. Before commit 4a1fa73 the planner also
 counted the last stage handing its logits and present state on to the client, 348 KB
 per step, which a generation keeps on the node (the last stage answers with a token
 id). Against a decode step's FLOPs that put a block more on stage 0 (132.5 M against
