@@ -9,6 +9,7 @@ package accel
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/layermesh/layermesh/accel/tensor"
 )
@@ -107,4 +108,31 @@ type HeldRunner interface {
 	// the others named in names (every output not kept when names is empty). The
 	// held inputs must stay unreleased until it returns.
 	RunHeld(ctx context.Context, inputs []tensor.Tensor, held []HeldInput, names, keep []string) ([]tensor.Tensor, []Held, error)
+}
+
+// runTimeKey carries a RunTime into a Run through its context.
+type runTimeKey struct{}
+
+// RunTime is filled by a backend that supports it with how long a run computed, not
+// counting the wait for a free session of its pool.
+type RunTime struct {
+	d   time.Duration
+	set bool
+}
+
+// Get returns the run's compute time, and false when the backend did not report it.
+func (t *RunTime) Get() (time.Duration, bool) { return t.d, t.set }
+
+// Set records the run's compute time (backends call it).
+func (t *RunTime) Set(d time.Duration) { t.d, t.set = d, true }
+
+// WithRunTime returns a context whose Run (or RunHeld) records its compute time in t.
+func WithRunTime(ctx context.Context, t *RunTime) context.Context {
+	return context.WithValue(ctx, runTimeKey{}, t)
+}
+
+// RunTimeFrom is the RunTime a run's context carries, or nil.
+func RunTimeFrom(ctx context.Context) *RunTime {
+	t, _ := ctx.Value(runTimeKey{}).(*RunTime)
+	return t
 }

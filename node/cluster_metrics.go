@@ -106,7 +106,7 @@ func (k *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 func registerClusterMetrics(reg prometheus.Registerer, c *Cluster) error {
 	compute := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "layermesh_stage_compute_duration_seconds",
-		Help:    "ONNX Runtime time of one stage run on this node (for the local router or a peer), by model, stage, step (run: a stateless request; prefill or decode: a generation session's) and outcome.",
+		Help:    "ONNX Runtime time of one stage run on this node (for the local router or a peer), without the wait for a free session of the stage's pool, by model, stage, step (run: a stateless request; prefill or decode: a generation session's) and outcome.",
 		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 18), // 0.2 ms .. 26 s
 	}, []string{"model", "stage", "step", "outcome"})
 	for _, col := range []prometheus.Collector{newClusterCollector(c), compute} {

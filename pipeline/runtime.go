@@ -269,12 +269,22 @@ func (r *StageRuntime) RunStage(ctx context.Context, model, version string, stag
 	s.inFlight.Add(1)
 	r.mu.Unlock()
 	defer s.inFlight.Done()
+	var rt accel.RunTime
 	start := time.Now()
-	out, err := s.sess.Run(ctx, inputs, outputs)
+	out, err := s.sess.Run(accel.WithRunTime(ctx, &rt), inputs, outputs)
 	if fn := r.observe.Load(); fn != nil {
-		(*fn)(k, mesh.StepNone, time.Since(start), err)
+		(*fn)(k, mesh.StepNone, computeTime(&rt, start), err)
 	}
 	return out, err
+}
+
+// computeTime is a run's compute time as its backend reported it (without the wait
+// for a free session of its pool), else the time since start.
+func computeTime(rt *accel.RunTime, start time.Time) time.Duration {
+	if d, ok := rt.Get(); ok {
+		return d
+	}
+	return time.Since(start)
 }
 
 // SetComputeObserver makes RunStage and SessionStep report each run's compute time

@@ -122,7 +122,9 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		held []accel.HeldInput
 	)
 	if err == nil {
+		var rt accel.RunTime
 		start := time.Now()
+		runCtx := accel.WithRunTime(ctx, &rt)
 		hr, holds := s.sess.(accel.HeldRunner)
 		switch {
 		case s.batch != nil && req.Step == mesh.StepDecode:
@@ -130,15 +132,15 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		case s.batch == nil && holds:
 			keep := stateOutputs(s.sess, s.a.State)
 			var kept []accel.Held
-			out, kept, err = hr.RunHeld(ctx, inputs, sess.held, nil, keep)
+			out, kept, err = hr.RunHeld(runCtx, inputs, sess.held, nil, keep)
 			for i, v := range kept {
 				held = append(held, accel.HeldInput{Name: stateInputOf(s.a.State, keep[i]), Value: v})
 			}
 		default:
-			out, err = s.sess.Run(ctx, inputs, nil)
+			out, err = s.sess.Run(runCtx, inputs, nil)
 		}
 		if fn := r.observe.Load(); fn != nil {
-			(*fn)(req.Key, req.Step, time.Since(start), err)
+			(*fn)(req.Key, req.Step, computeTime(&rt, start), err)
 		}
 	}
 	if err != nil {

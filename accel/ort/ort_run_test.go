@@ -246,3 +246,45 @@ func TestStringWithNULRefused(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestRunTimeLeavesOutTheWaitForASession: a run's context can carry an
+// accel.RunTime, which the run fills with its compute time only: the wait for a free
+// session of the pool is not in it.
+func TestRunTimeLeavesOutTheWaitForASession(t *testing.T) {
+	s := open(t, newCPU(t), addModel(t), accel.SessionOptions{PoolSize: 1})
+	p := s.(*ortPool)
+	held := <-p.idle
+	const hold = 100 * time.Millisecond
+	started := make(chan struct{})
+	type result struct {
+		wall, run time.Duration
+		ok        bool
+		err       error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var rt accel.RunTime
+		start := time.Now()
+		close(started)
+		_, err := s.Run(accel.WithRunTime(context.Background(), &rt), addInputs(1), nil)
+		d, ok := rt.Get()
+		done <- result{time.Since(start), d, ok, err}
+	}()
+	<-started
+	time.Sleep(hold)
+	p.idle <- held
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !r.ok || r.run <= 0 {
+		t.Fatalf("run time not reported: %v, %v", r.run, r.ok)
+	}
+	if r.wall-r.run < hold/2 {
+		t.Fatalf("run time %v of a run that waited %v for its session (wall %v): the wait is counted", r.run, hold, r.wall)
+	}
+	var none accel.RunTime
+	if _, ok := none.Get(); ok {
+		t.Fatal("an unfilled RunTime reports a time")
+	}
+}

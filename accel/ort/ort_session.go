@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
@@ -216,7 +217,11 @@ func (p *ortPool) run(ctx context.Context, inputs []tensor.Tensor, held []accel.
 			ro.terminate()
 		}
 	})
+	start := time.Now()
 	out, kept, err := s.run(ro, inNames, inVals, names, keep, &vals)
+	if t := accel.RunTimeFrom(ctx); t != nil {
+		t.Set(time.Since(start))
+	}
 	stop()
 	mu.Lock()
 	done = true
