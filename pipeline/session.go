@@ -379,14 +379,16 @@ func sampleToken(out []tensor.Tensor, s Sampling) ([]tensor.Tensor, error) {
 	if i < 0 {
 		return nil, fmt.Errorf("%w: the last stage has no [batch, seq, vocab] logits to sample from", api.ErrNotGenerative)
 	}
-	logits, err := out[i].Float32s()
+	seq, vocab := int(out[i].Shape[1]), int(out[i].Shape[2])
+	if seq < 1 || vocab < 1 || len(out[i].Data) != 4*seq*vocab {
+		return nil, fmt.Errorf("%w: logits of shape %v in %d bytes", ErrBadStageResponse, out[i].Shape, len(out[i].Data))
+	}
+	// Only the last position's row is sampled: a prefill's other rows are not decoded.
+	last := tensor.Tensor{Name: out[i].Name, DType: tensor.Float32, Shape: []int64{int64(vocab)}, Data: out[i].Data[4*(seq-1)*vocab:]}
+	logits, err := last.Float32s()
 	if err != nil {
 		return nil, err
 	}
-	seq, vocab := int(out[i].Shape[1]), int(out[i].Shape[2])
-	if seq < 1 || vocab < 1 {
-		return nil, fmt.Errorf("%w: logits of shape %v", ErrBadStageResponse, out[i].Shape)
-	}
-	tok := s.Sample(logits[(seq-1)*vocab : seq*vocab])
+	tok := s.Sample(logits)
 	return []tensor.Tensor{tensor.FromInt64(TokenTensor, []int64{1}, []int64{int64(tok)})}, nil
 }
