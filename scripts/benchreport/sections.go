@@ -321,8 +321,9 @@ calls the benchmark once with N=1 before the N asked by -benchtime, so a full ru
 
 The ratio sits close to its target and crosses it from run to run. With this build
 (session state held in ONNX Runtime), runs on 2026-12-05 07:00-07:40 UTC gave 1.121,
-1.063 and 1.090 (the one above) with -benchtime 10x, and 1.129 with 3x; the build
-before it gave 1.101 and 1.107 (10x). The log takes the decode steps of the measured
+1.063 and 1.090 (the one above) with -benchtime 10x, and 1.129 with 3x, and two more
+at 08:01-08:07 (with the compute metric's and the sampling's fixes after it) 1.078 and
+1.101: three of six at most 1.10. The build before it gave 1.101 and 1.107 (10x). The log takes the decode steps of the measured
 rounds apart. In the run above, the three stages' ONNX Runtime time on their holders
 sums to 27.53 ms per token against the whole model's 25.74 (+1.79 ms; +0.55 to +2.3 ms
 over the runs); each remote stage call takes 0.42 ms longer at the entry than its run
