@@ -172,6 +172,9 @@ func (p PutModel) apply(st *ClusterState) (outcome, error) {
 	if p.Model.Version != "" {
 		return outcome{}, fmt.Errorf("%w: model version %q given; the cluster allocates versions", ErrInvalidCommand, p.Model.Version)
 	}
+	if v := sameDeploy(st, p.Model); v != "" {
+		return outcome{modelVersion: v}, nil
+	}
 	n := st.ModelVersions[p.Model.Name] + 1
 	m := p.Model.Clone()
 	m.Version = strconv.FormatUint(n, 10)
@@ -179,6 +182,27 @@ func (p PutModel) apply(st *ClusterState) (outcome, error) {
 	dropLegacyDeploys(st, m.Name)
 	st.Models[ModelKey(m.Name, m.Version)] = m
 	return outcome{modelVersion: m.Version}, nil
+}
+
+// sameDeploy is the newest version of m's name deployed with m's Deploy.Request, or
+// "" when there is none (or m has no Request).
+func sameDeploy(st *ClusterState, m Model) string {
+	if m.Deploy.Request == "" {
+		return ""
+	}
+	var best uint64
+	for _, old := range st.Models {
+		if old.Name != m.Name || old.Deploy.Request != m.Deploy.Request {
+			continue
+		}
+		if v, err := strconv.ParseUint(old.Version, 10, 64); err == nil && v > best {
+			best = v
+		}
+	}
+	if best == 0 {
+		return ""
+	}
+	return strconv.FormatUint(best, 10)
 }
 
 func (p DeleteModel) apply(st *ClusterState) (outcome, error) {

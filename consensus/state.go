@@ -95,6 +95,11 @@ type DeployInfo struct {
 	// Compression is set when the deploy compressed the upload before cutting it:
 	// the stages are cut from the compressed model, SourceSHA256 stays the upload's.
 	Compression *CompressionInfo `json:"compression,omitempty"`
+	// Request identifies what the deploy was asked for (the upload's bytes and the
+	// options, hashed by the deploying node). A PutModel whose model has the Request
+	// of a version already there applies as that version: a deploy retried on another
+	// node, after its first try was committed but not answered, creates nothing new.
+	Request string `json:"request,omitempty"`
 }
 
 // CompressionInfo is what a deploy's compression did and how close the compressed

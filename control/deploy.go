@@ -18,6 +18,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -109,6 +110,10 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		state = append(state, p)
 	}
 	comp := askedCompression(opts.Compress)
+	request, err := deployRequest(srcHash, opts.Stages, replicas, text, state, comp)
+	if err != nil {
+		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
+	}
 	st := c.store.State()
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
@@ -133,6 +138,7 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 	}
 	model.Text = text
 	model.Deploy.Compression = comp
+	model.Deploy.Request = request
 	res, err := c.commitRetrying(ctx, consensus.NewCommand(consensus.PutModel{Model: model}))
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
@@ -145,7 +151,32 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: committed, but reading it back: %w", name, err)
 	}
+	if m, ok := st.Models[consensus.ModelKey(name, model.Version)]; ok {
+		// The state's record: when the same deploy, tried first elsewhere, was
+		// committed before this one, the FSM answered with that version, whose stages
+		// are not the ones cut here.
+		model = m
+	}
 	return c.status(st, model, c.view.LiveMembers()), nil
+}
+
+// deployRequest identifies what a deploy is asked for: the upload's bytes and the
+// options that decide what it deploys. The FSM applies a PutModel whose request a
+// version of the same name already has as that version (consensus.DeployInfo.Request).
+func deployRequest(source string, stages, replicas int, text *consensus.TextInfo, state []partition.StatePair, comp *consensus.CompressionInfo) (string, error) {
+	raw, err := json.Marshal(struct {
+		Source      string                     `json:"source"`
+		Stages      int                        `json:"stages"`
+		Replicas    int                        `json:"replicas"`
+		Text        *consensus.TextInfo        `json:"text"`
+		State       []partition.StatePair      `json:"state"`
+		Compression *consensus.CompressionInfo `json:"compression"`
+	}{source, stages, replicas, text, state, comp})
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:]), nil
 }
 
 // storeText stores a deploy's tokenizer as a blob and says what the model records of
