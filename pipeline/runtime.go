@@ -465,7 +465,7 @@ func (r *StageRuntime) load(ctx context.Context, s *loadedStage) {
 	switch {
 	case !current:
 		// Unassigned or shut down while loading: nobody will use the session.
-		if sess != nil {
+		if err == nil {
 			_ = sess.Close()
 		}
 		return

@@ -323,5 +323,11 @@ func (o *Backend) Open(ctx context.Context, path string, opts accel.SessionOptio
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("open model: %w", err)
 	}
-	return openPool(ctx, o, path, opts)
+	// A failed open returns a nil Session, not a nil *ortPool inside one: callers
+	// test the Session against nil.
+	p, err := openPool(ctx, o, path, opts)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
 }

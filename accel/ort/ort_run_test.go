@@ -211,6 +211,11 @@ func TestInvalidModels(t *testing.T) {
 			if !errors.Is(err, accel.ErrInvalidModel) {
 				t.Fatalf("got %v, want accel.ErrInvalidModel", err)
 			}
+			// A nil Session, not a nil pool inside one: the stage runtime tests the
+			// Session against nil (a stage unassigned while it failed to load).
+			if s != nil {
+				t.Fatalf("a failed open returned the Session %#v", s)
+			}
 		})
 	}
 	if _, err := b.Open(context.Background(), filepath.Join(dir, "missing.onnx"), accel.SessionOptions{}); !errors.Is(err, os.ErrNotExist) {
