@@ -408,14 +408,12 @@ func GenerateLocal(ctx context.Context, sess accel.Session, pairs []StatePair, c
 		}
 		var rest []tensor.Tensor
 		if holds {
-			var kept []accel.Held
-			if rest, kept, err = hr.RunHeld(ctx, in, state.held, nil, keep); err != nil {
+			var next []accel.HeldInput
+			if rest, next, err = runHeld(ctx, hr, pairs, keep, in, state.held); err != nil {
 				return gen.res, err
 			}
 			state.release()
-			for i, v := range kept {
-				state.held = append(state.held, accel.HeldInput{Name: stateInputOf(pairs, keep[i]), Value: v})
-			}
+			state.held = next
 		} else {
 			out, err := sess.Run(ctx, in, nil)
 			if err != nil {

@@ -104,6 +104,10 @@ type loadedStage struct {
 	unassignedAt time.Time
 	// batch runs the stage's decode steps together; nil when it does not batch.
 	batch *stepBatcher
+	// holds is the session when it keeps its sessions' state in the backend's memory
+	// (a stage with state pairs that does not batch), with keep its state outputs.
+	holds accel.HeldRunner
+	keep  []string
 }
 
 // StageRuntime loads the stages the placement assigns to this node, serves them to
@@ -448,9 +452,16 @@ func (r *StageRuntime) load(ctx context.Context, s *loadedStage) {
 	if err == nil {
 		sess, err = r.cfg.Backend.Open(ctx, r.cfg.Blobs.Path(s.a.Blob), r.cfg.Session)
 	}
-	var batch *stepBatcher
+	var (
+		batch *stepBatcher
+		holds accel.HeldRunner
+		keep  []string
+	)
 	if err == nil {
 		batch = r.batcherFor(sess, s.a)
+		if hr, ok := sess.(accel.HeldRunner); ok && batch == nil && len(s.a.State) > 0 {
+			holds, keep = hr, stateOutputs(sess, s.a.State)
+		}
 	}
 	r.mu.Lock()
 	current := r.stages[s.a.Key] == s
@@ -458,7 +469,7 @@ func (r *StageRuntime) load(ctx context.Context, s *loadedStage) {
 		if err != nil {
 			s.status, s.err, s.failedAt = stageFailed, err, time.Now()
 		} else {
-			s.status, s.sess, s.batch = stageReady, sess, batch
+			s.status, s.sess, s.batch, s.holds, s.keep = stageReady, sess, batch, holds, keep
 		}
 	}
 	r.mu.Unlock()

@@ -73,10 +73,14 @@ type stageSession struct {
 
 // release frees the backend memory of the session's state.
 func (s *stageSession) release() {
-	for _, h := range s.held {
+	releaseHeld(s.held)
+	s.held, s.state = nil, nil
+}
+
+func releaseHeld(held []accel.HeldInput) {
+	for _, h := range held {
 		h.Value.Release()
 	}
-	s.held, s.state = nil, nil
 }
 
 // SessionStats are the runtime's session figures, for metrics and tests.
@@ -125,17 +129,11 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		var rt accel.RunTime
 		start := time.Now()
 		runCtx := accel.WithRunTime(ctx, &rt)
-		hr, holds := s.sess.(accel.HeldRunner)
 		switch {
 		case s.batch != nil && req.Step == mesh.StepDecode:
 			out, err = s.batch.run(ctx, inputs, req.Pos, req.Len)
-		case s.batch == nil && holds:
-			keep := stateOutputs(s.sess, s.a.State)
-			var kept []accel.Held
-			out, kept, err = hr.RunHeld(runCtx, inputs, sess.held, nil, keep)
-			for i, v := range kept {
-				held = append(held, accel.HeldInput{Name: stateInputOf(s.a.State, keep[i]), Value: v})
-			}
+		case s.holds != nil:
+			out, held, err = runHeld(runCtx, s.holds, s.a.State, s.keep, inputs, sess.held)
 		default:
 			out, err = s.sess.Run(runCtx, inputs, nil)
 		}
@@ -218,7 +216,7 @@ func (r *StageRuntime) endStep(sk sessionKey, sess *stageSession, state []tensor
 	defer r.mu.Unlock()
 	sess.release()
 	if r.sessions[sk] != sess {
-		(&stageSession{held: held}).release()
+		releaseHeld(held)
 		return
 	}
 	r.sessionBytes += n - sess.bytes
@@ -351,10 +349,21 @@ func stateOutputs(model accel.Session, pairs []StatePair) []string {
 	return out
 }
 
-// stateInputOf is the state input that state output out feeds.
-func stateInputOf(pairs []StatePair, out string) string {
-	i := slices.IndexFunc(pairs, func(p StatePair) bool { return p.Out == out })
-	return pairs[i].In
+// runHeld runs one step with the state in the backend's memory: held is the state
+// the step reads, keep the state outputs. It returns the other outputs and the new
+// state, each value named as the state input it feeds next step; held stays the
+// caller's to release.
+func runHeld(ctx context.Context, hr accel.HeldRunner, pairs []StatePair, keep []string, in []tensor.Tensor, held []accel.HeldInput) ([]tensor.Tensor, []accel.HeldInput, error) {
+	out, kept, err := hr.RunHeld(ctx, in, held, nil, keep)
+	if err != nil {
+		return nil, nil, err
+	}
+	next := make([]accel.HeldInput, len(kept))
+	for i, v := range kept {
+		j := slices.IndexFunc(pairs, func(p StatePair) bool { return p.Out == keep[i] })
+		next[i] = accel.HeldInput{Name: pairs[j].In, Value: v}
+	}
+	return out, next, nil
 }
 
 // splitState separates a run's outputs into the new state (renamed to the inputs

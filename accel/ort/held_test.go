@@ -182,3 +182,27 @@ func TestRunHeldCopiesAnOutputThatIsAnInput(t *testing.T) {
 		t.Fatalf("kept %v after the input changed, want %v", floats(t, got), want)
 	}
 }
+
+// TestRunWithNoNamesGivesEveryOutput: Run with names nil or empty answers with every
+// output, in the model's order; RunHeld with none copies every output it does not keep.
+func TestRunWithNoNamesGivesEveryOutput(t *testing.T) {
+	s := open(t, newCPU(t), accumulatorModel(t), accel.SessionOptions{})
+	in := []tensor.Tensor{tensor.FromFloat32("acc_in", []int64{2, 3}, make([]float32, 6)), tensor.FromFloat32("x", []int64{2, 3}, make([]float32, 6))}
+	for _, names := range [][]string{nil, {}} {
+		out, err := s.Run(context.Background(), in, names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) != 2 || out[0].Name != "acc_out" || out[1].Name != "y" {
+			t.Fatalf("Run with names %#v: %d outputs %v", names, len(out), out)
+		}
+	}
+	out, kept, err := s.(accel.HeldRunner).RunHeld(context.Background(), in, nil, []string{}, []string{"acc_out"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept[0].Release()
+	if len(out) != 1 || out[0].Name != "y" {
+		t.Fatalf("RunHeld keeping acc_out copied %v", out)
+	}
+}

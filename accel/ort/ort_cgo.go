@@ -530,7 +530,11 @@ func holdValue(slot **C.OrtValue, name string, pinned *cValues) (*heldValue, err
 		var cdims *C.int64_t
 		var crank, cbytes C.size_t
 		var cdata unsafe.Pointer
-		if err := statusErr(C.lm_value_describe(c, &hasValue, &onnxType, &elem, &cdims, &crank, &cdata, &cbytes)); err != nil || cbytes != nbytes {
+		err := statusErr(C.lm_value_describe(c, &hasValue, &onnxType, &elem, &cdims, &crank, &cdata, &cbytes))
+		if err == nil && cbytes != nbytes {
+			err = fmt.Errorf("%d bytes allocated for %d", cbytes, nbytes)
+		}
+		if err != nil {
 			C.free(unsafe.Pointer(cdims))
 			C.lm_value_release(c)
 			return nil, fmt.Errorf("output %q: copying it out of an input: %w", name, err)

@@ -124,26 +124,33 @@ func (p *ortPool) Close() error {
 // Run validates inputs, waits for a free ORT session (or ctx), and runs it. A ctx that
 // ends during the run asks ORT to terminate it.
 func (p *ortPool) Run(ctx context.Context, inputs []tensor.Tensor, names []string) ([]tensor.Tensor, error) {
-	out, _, err := p.run(ctx, inputs, nil, names, nil)
+	out, _, err := p.run(ctx, inputs, nil, p.outputNames(names, nil), nil)
 	return out, err
 }
 
 // RunHeld is Run with held inputs and outputs (accel.HeldRunner): the kept outputs
 // stay in ONNX Runtime's memory, where the next step's run reads them in place.
 func (p *ortPool) RunHeld(ctx context.Context, inputs []tensor.Tensor, held []accel.HeldInput, names, keep []string) ([]tensor.Tensor, []accel.Held, error) {
-	if len(names) == 0 {
-		for _, o := range p.outputs {
-			if !slices.Contains(keep, o.Name) {
-				names = append(names, o.Name)
-			}
-		}
-		if len(names) == 0 {
-			names = []string{} // every output is kept: copy none
-		}
-	}
-	return p.run(ctx, inputs, held, names, keep)
+	return p.run(ctx, inputs, held, p.outputNames(names, keep), keep)
 }
 
+// outputNames are the outputs a run copies: names, or when it is empty every output
+// not kept.
+func (p *ortPool) outputNames(names, keep []string) []string {
+	if len(names) > 0 {
+		return names
+	}
+	out := make([]string, 0, len(p.outputs))
+	for _, o := range p.outputs {
+		if !slices.Contains(keep, o.Name) {
+			out = append(out, o.Name)
+		}
+	}
+	return out
+}
+
+// run runs inputs and held on a free ORT session, copies the outputs named in names
+// and keeps those named in keep.
 func (p *ortPool) run(ctx context.Context, inputs []tensor.Tensor, held []accel.HeldInput, names, keep []string) ([]tensor.Tensor, []accel.Held, error) {
 	select {
 	case <-p.closed:
@@ -153,12 +160,6 @@ func (p *ortPool) run(ctx context.Context, inputs []tensor.Tensor, held []accel.
 	ordered, heldVals, err := p.validate(inputs, held)
 	if err != nil {
 		return nil, nil, err
-	}
-	if names == nil {
-		names = make([]string, len(p.outputs))
-		for i, o := range p.outputs {
-			names[i] = o.Name
-		}
 	}
 	for _, n := range append(slices.Clone(names), keep...) {
 		i, ok := p.outIdx[n]
