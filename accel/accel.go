@@ -92,6 +92,9 @@ type Held interface {
 	Bytes() int64
 	// Tensor copies the value into Go memory under name.
 	Tensor(name string) (tensor.Tensor, error)
+	// ReadAt copies part of the value's bytes (io.ReaderAt): a caller that needs one
+	// row of a large output (the last position's logits) copies only that row.
+	ReadAt(p []byte, off int64) (int, error)
 	Release()
 }
 

@@ -392,8 +392,7 @@ func GenerateLocal(ctx context.Context, sess accel.Session, pairs []StatePair, c
 	samp := samplingOf(req)
 	state := &stageSession{}
 	defer state.release()
-	hr, holds := sess.(accel.HeldRunner)
-	keep := stateOutputs(sess, pairs)
+	held := newHeldRun(sess, pairs)
 	tokens := slices.Clone(req.Prompt)
 	pos, pending := 0, tokens
 	for {
@@ -406,10 +405,11 @@ func GenerateLocal(ctx context.Context, sess accel.Session, pairs []StatePair, c
 		if err != nil {
 			return gen.res, err
 		}
-		var rest []tensor.Tensor
-		if holds {
+		samp.Index = len(tokens) - len(req.Prompt)
+		var tok []tensor.Tensor
+		if held != nil {
 			var next []accel.HeldInput
-			if rest, next, err = runHeld(ctx, hr, pairs, keep, in, state.held); err != nil {
+			if _, next, tok, err = held.run(ctx, in, state.held, &samp); err != nil {
 				return gen.res, err
 			}
 			state.release()
@@ -419,12 +419,11 @@ func GenerateLocal(ctx context.Context, sess accel.Session, pairs []StatePair, c
 			if err != nil {
 				return gen.res, err
 			}
+			var rest []tensor.Tensor
 			state.state, rest = splitState(pairs, out)
-		}
-		samp.Index = len(tokens) - len(req.Prompt)
-		tok, err := sampleToken(rest, samp)
-		if err != nil {
-			return gen.res, err
+			if tok, err = sampleToken(rest, samp); err != nil {
+				return gen.res, err
+			}
 		}
 		v, _ := tok[0].Int64s()
 		pos += len(pending)

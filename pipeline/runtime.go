@@ -104,10 +104,9 @@ type loadedStage struct {
 	unassignedAt time.Time
 	// batch runs the stage's decode steps together; nil when it does not batch.
 	batch *stepBatcher
-	// holds is the session when it keeps its sessions' state in the backend's memory
-	// (a stage with state pairs that does not batch), with keep its state outputs.
-	holds accel.HeldRunner
-	keep  []string
+	// held runs the stage with its sessions' state in the backend's memory (a stage
+	// with state pairs that does not batch); nil otherwise.
+	held *heldRun
 }
 
 // StageRuntime loads the stages the placement assigns to this node, serves them to
@@ -454,13 +453,12 @@ func (r *StageRuntime) load(ctx context.Context, s *loadedStage) {
 	}
 	var (
 		batch *stepBatcher
-		holds accel.HeldRunner
-		keep  []string
+		held  *heldRun
 	)
 	if err == nil {
 		batch = r.batcherFor(sess, s.a)
-		if hr, ok := sess.(accel.HeldRunner); ok && batch == nil && len(s.a.State) > 0 {
-			holds, keep = hr, stateOutputs(sess, s.a.State)
+		if batch == nil && len(s.a.State) > 0 {
+			held = newHeldRun(sess, s.a.State)
 		}
 	}
 	r.mu.Lock()
@@ -469,7 +467,7 @@ func (r *StageRuntime) load(ctx context.Context, s *loadedStage) {
 		if err != nil {
 			s.status, s.err, s.failedAt = stageFailed, err, time.Now()
 		} else {
-			s.status, s.sess, s.batch, s.holds, s.keep = stageReady, sess, batch, holds, keep
+			s.status, s.sess, s.batch, s.held = stageReady, sess, batch, held
 		}
 	}
 	r.mu.Unlock()

@@ -2,9 +2,12 @@ package pipeline
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/layermesh/layermesh/accel"
@@ -122,8 +125,8 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		inputs, err = sessionInputs(s.sess, s.a.State, sess, req.Pos, req.Len, inputs)
 	}
 	var (
-		out  []tensor.Tensor
-		held []accel.HeldInput
+		out, token []tensor.Tensor
+		held       []accel.HeldInput
 	)
 	if err == nil {
 		var rt accel.RunTime
@@ -132,8 +135,8 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		switch {
 		case s.batch != nil && req.Step == mesh.StepDecode:
 			out, err = s.batch.run(ctx, inputs, req.Pos, req.Len)
-		case s.holds != nil:
-			out, held, err = runHeld(runCtx, s.holds, s.a.State, s.keep, inputs, sess.held)
+		case s.held != nil:
+			out, held, token, err = s.held.run(runCtx, inputs, sess.held, sampling)
 		default:
 			out, err = s.sess.Run(runCtx, inputs, nil)
 		}
@@ -148,7 +151,10 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 	}
 	state, rest := splitState(s.a.State, out)
 	r.endStep(sk, sess, state, held, req.Pos+req.Len)
-	if sampling != nil {
+	switch {
+	case token != nil:
+		return token, nil
+	case sampling != nil:
 		return sampleToken(rest, *sampling)
 	}
 	if len(req.Outputs) > 0 {
@@ -349,21 +355,75 @@ func stateOutputs(model accel.Session, pairs []StatePair) []string {
 	return out
 }
 
-// runHeld runs one step with the state in the backend's memory: held is the state
-// the step reads, keep the state outputs. It returns the other outputs and the new
-// state, each value named as the state input it feeds next step; held stays the
-// caller's to release.
-func runHeld(ctx context.Context, hr accel.HeldRunner, pairs []StatePair, keep []string, in []tensor.Tensor, held []accel.HeldInput) ([]tensor.Tensor, []accel.HeldInput, error) {
-	out, kept, err := hr.RunHeld(ctx, in, held, nil, keep)
+// heldRun runs the steps of a model with state pairs with the state in the backend's
+// memory: a stage that does not batch, or a single-node generation.
+type heldRun struct {
+	hr    accel.HeldRunner
+	pairs []StatePair
+	// keep names the state outputs. logits is the output a sampling step takes its
+	// token from (the first float32 one of rank 3 that is not state; "" when none):
+	// it is held too, and only its last row is copied out.
+	keep   []string
+	logits string
+}
+
+// newHeldRun is how sess runs with its state held, or nil when its backend cannot
+// hold values.
+func newHeldRun(sess accel.Session, pairs []StatePair) *heldRun {
+	hr, ok := sess.(accel.HeldRunner)
+	if !ok {
+		return nil
+	}
+	h := &heldRun{hr: hr, pairs: pairs, keep: stateOutputs(sess, pairs)}
+	for _, o := range sess.Outputs() {
+		if o.DType == tensor.Float32 && len(o.Shape) == 3 && !slices.Contains(h.keep, o.Name) {
+			h.logits = o.Name
+			break
+		}
+	}
+	return h
+}
+
+// run runs one step: held is the state the step reads, and stays the caller's to
+// release. It returns the outputs that are neither state nor, when sampling, the
+// logits; the new state, each value named as the state input it feeds next step;
+// and, when sampling, the token tensor sampled from the logits' last row.
+func (h *heldRun) run(ctx context.Context, in []tensor.Tensor, held []accel.HeldInput, sampling *Sampling) (rest []tensor.Tensor, next []accel.HeldInput, token []tensor.Tensor, err error) {
+	keep := h.keep
+	sampleHeld := sampling != nil && h.logits != ""
+	if sampleHeld {
+		keep = append(slices.Clip(keep), h.logits)
+	}
+	out, kept, err := h.hr.RunHeld(ctx, in, held, nil, keep)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	next := make([]accel.HeldInput, len(kept))
+	if sampleHeld {
+		logits := kept[len(kept)-1]
+		kept = kept[:len(kept)-1]
+		token, err = sampleLastRow(logits, *sampling)
+		logits.Release()
+		if err != nil {
+			for _, v := range kept {
+				v.Release()
+			}
+			return nil, nil, nil, err
+		}
+	}
+	next = make([]accel.HeldInput, len(kept))
 	for i, v := range kept {
-		j := slices.IndexFunc(pairs, func(p StatePair) bool { return p.Out == keep[i] })
-		next[i] = accel.HeldInput{Name: pairs[j].In, Value: v}
+		j := slices.IndexFunc(h.pairs, func(p StatePair) bool { return p.Out == keep[i] })
+		next[i] = accel.HeldInput{Name: h.pairs[j].In, Value: v}
 	}
-	return out, next, nil
+	if sampling != nil && !sampleHeld {
+		token, err = sampleToken(out, *sampling)
+		if err != nil {
+			releaseHeld(next)
+			return nil, nil, nil, err
+		}
+		out = nil
+	}
+	return out, next, token, nil
 }
 
 // splitState separates a run's outputs into the new state (renamed to the inputs
@@ -388,16 +448,59 @@ func sampleToken(out []tensor.Tensor, s Sampling) ([]tensor.Tensor, error) {
 	if i < 0 {
 		return nil, fmt.Errorf("%w: the last stage has no [batch, seq, vocab] logits to sample from", api.ErrNotGenerative)
 	}
-	seq, vocab := int(out[i].Shape[1]), int(out[i].Shape[2])
-	if seq < 1 || vocab < 1 || len(out[i].Data) != 4*seq*vocab {
-		return nil, fmt.Errorf("%w: logits of shape %v in %d bytes", ErrBadStageResponse, out[i].Shape, len(out[i].Data))
-	}
-	// Only the last position's row is sampled: a prefill's other rows are not decoded.
-	last := tensor.Tensor{Name: out[i].Name, DType: tensor.Float32, Shape: []int64{int64(vocab)}, Data: out[i].Data[4*(seq-1)*vocab:]}
-	logits, err := last.Float32s()
+	seq, vocab, err := logitsShape(out[i].Shape, int64(len(out[i].Data)))
 	if err != nil {
 		return nil, err
 	}
-	tok := s.Sample(logits)
-	return []tensor.Tensor{tensor.FromInt64(TokenTensor, []int64{1}, []int64{int64(tok)})}, nil
+	// Only the last position's row is sampled: a prefill's other rows are not decoded.
+	row := rowBuffers.Get().(*logitsRow)
+	defer rowBuffers.Put(row)
+	return row.sample(out[i].Data[4*(seq-1)*vocab:], s), nil
+}
+
+// sampleLastRow picks the next token from the last row of held [1, seq, vocab]
+// logits, copying that row only.
+func sampleLastRow(v accel.Held, s Sampling) ([]tensor.Tensor, error) {
+	if v.DType() != tensor.Float32 {
+		return nil, fmt.Errorf("%w: logits of type %s", ErrBadStageResponse, v.DType())
+	}
+	seq, vocab, err := logitsShape(v.Shape(), v.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	row := rowBuffers.Get().(*logitsRow)
+	defer rowBuffers.Put(row)
+	row.raw = slices.Grow(row.raw[:0], 4*vocab)[:4*vocab]
+	if _, err := v.ReadAt(row.raw, int64(4*(seq-1)*vocab)); err != nil {
+		return nil, fmt.Errorf("reading the logits' last row: %w", err)
+	}
+	return row.sample(row.raw, s), nil
+}
+
+// logitsShape checks [1, seq, vocab] logits of n bytes.
+func logitsShape(shape []int64, n int64) (seq, vocab int, err error) {
+	if len(shape) != 3 || shape[1] < 1 || shape[2] < 1 || n != 4*shape[1]*shape[2] {
+		return 0, 0, fmt.Errorf("%w: logits of shape %v in %d bytes", ErrBadStageResponse, shape, n)
+	}
+	return int(shape[1]), int(shape[2]), nil
+}
+
+// logitsRow is the memory a sampling step decodes one row of logits into, reused
+// from step to step: a step allocates nothing in proportion to the vocabulary.
+type logitsRow struct {
+	raw    []byte
+	values []float32
+}
+
+var rowBuffers = sync.Pool{New: func() any { return new(logitsRow) }}
+
+// sample decodes raw (little-endian float32s) and samples from it.
+func (r *logitsRow) sample(raw []byte, s Sampling) []tensor.Tensor {
+	n := len(raw) / 4
+	r.values = slices.Grow(r.values[:0], n)[:n]
+	for i := range r.values {
+		r.values[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+	}
+	tok := s.Sample(r.values)
+	return []tensor.Tensor{tensor.FromInt64(TokenTensor, []int64{1}, []int64{int64(tok)})}
 }

@@ -212,6 +212,8 @@ type heldCounter struct {
 	live atomic.Int64
 	gate atomic.Pointer[chan struct{}]
 	runs atomic.Int64
+	// lastKept is how many values the last RunHeld kept.
+	lastKept atomic.Int64
 }
 
 func (c *heldCounter) Open(ctx context.Context, path string, opts accel.SessionOptions) (accel.Session, error) {
@@ -237,6 +239,7 @@ func (s *countedSession) RunHeld(ctx context.Context, inputs []tensor.Tensor, he
 		inner[i] = accel.HeldInput{Name: h.Name, Value: h.Value.(*countedHeld).Held}
 	}
 	out, kept, err := s.Session.(accel.HeldRunner).RunHeld(ctx, inputs, inner, names, keep)
+	s.c.lastKept.Store(int64(len(kept)))
 	for i, v := range kept {
 		s.c.live.Add(1)
 		kept[i] = &countedHeld{Held: v, c: s.c}
@@ -280,6 +283,10 @@ func TestSessionStateHeldAndReleased(t *testing.T) {
 			t.Fatal(err)
 		}
 		live("after a decode step", want)
+		// The logits were held too, their last row sampled in place, and released.
+		if got := counter.lastKept.Load(); got != want+1 {
+			t.Fatalf("a sampling step kept %d values, want the %d of the state and the logits", got, want)
+		}
 	}
 	if st := rt.SessionStats(); st.Sessions != 1 || st.Bytes <= 0 {
 		t.Fatalf("held state not counted: %+v", st)

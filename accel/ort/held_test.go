@@ -3,6 +3,7 @@ package ort
 import (
 	"context"
 	"errors"
+	"io"
 	"slices"
 	"testing"
 
@@ -103,10 +104,32 @@ func TestRunHeldKeepsStateInORT(t *testing.T) {
 	if got, err = held[0].Value.Tensor("acc"); err != nil || !slices.Equal(floats(t, got), want) {
 		t.Fatalf("after the session closed: %v, %v", got, err)
 	}
+
+	// ReadAt copies a part: the second row, 3 float32s from byte 12.
+	row := make([]byte, 12)
+	if n, err := held[0].Value.ReadAt(row, 12); n != 12 || err != nil {
+		t.Fatalf("ReadAt of the second row: %d bytes, %v", n, err)
+	}
+	if part := (tensor.Tensor{DType: tensor.Float32, Data: row}); !slices.Equal(floats(t, part), want[3:]) {
+		t.Fatalf("ReadAt of the second row: %v, want %v", floats(t, part), want[3:])
+	}
+	if n, err := held[0].Value.ReadAt(row, 20); n != 4 || !errors.Is(err, io.EOF) {
+		t.Fatalf("ReadAt across the end: %d bytes, %v; want 4, io.EOF", n, err)
+	}
+	if n, err := held[0].Value.ReadAt(row, 24); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("ReadAt at the end: %d bytes, %v; want 0, io.EOF", n, err)
+	}
+	if _, err := held[0].Value.ReadAt(row, -1); !errors.Is(err, accel.ErrInputMismatch) {
+		t.Fatalf("ReadAt at a negative offset: %v, want ErrInputMismatch", err)
+	}
+
 	held[0].Value.Release()
 	held[0].Value.Release() // idempotent
 	if _, err := held[0].Value.Tensor("acc"); !errors.Is(err, accel.ErrSessionClosed) {
 		t.Fatalf("a released value read: %v, want ErrSessionClosed", err)
+	}
+	if _, err := held[0].Value.ReadAt(row, 0); !errors.Is(err, accel.ErrSessionClosed) {
+		t.Fatalf("a released value read with ReadAt: %v, want ErrSessionClosed", err)
 	}
 }
 

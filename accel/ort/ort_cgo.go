@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -486,8 +487,10 @@ func (s *ortSession) run(ro *runOptions, inNames []string, inVals []*C.OrtValue,
 
 // heldValue is an OrtValue kept between runs (accel.Held).
 type heldValue struct {
-	mu    sync.Mutex
-	v     *C.OrtValue
+	mu sync.Mutex
+	v  *C.OrtValue
+	// data is v's tensor data, in ONNX Runtime's memory until v is released.
+	data  unsafe.Pointer
 	dtype tensor.DType
 	shape []int64
 	bytes int64
@@ -541,11 +544,11 @@ func holdValue(slot **C.OrtValue, name string, pinned *cValues) (*heldValue, err
 		}
 		C.free(unsafe.Pointer(cdims))
 		copy(unsafe.Slice((*byte)(cdata), int(cbytes)), unsafe.Slice((*byte)(data), int(nbytes)))
-		v = c
+		v, data = c, cdata
 	} else {
 		*slot = nil
 	}
-	h.v = v
+	h.v, h.data = v, data
 	return h, nil
 }
 
@@ -569,13 +572,32 @@ func (h *heldValue) Tensor(name string) (tensor.Tensor, error) {
 	return goTensor(h.v, name)
 }
 
+// ReadAt copies the value's bytes from off into p.
+func (h *heldValue) ReadAt(p []byte, off int64) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case h.v == nil:
+		return 0, fmt.Errorf("%w: held value was released", accel.ErrSessionClosed)
+	case off < 0:
+		return 0, fmt.Errorf("%w: read at offset %d", accel.ErrInputMismatch, off)
+	case off >= h.bytes:
+		return 0, io.EOF
+	}
+	n := copy(p, unsafe.Slice((*byte)(unsafe.Add(h.data, off)), int(h.bytes-off)))
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
 // Release frees the OrtValue; later calls do nothing.
 func (h *heldValue) Release() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.v != nil {
 		C.lm_value_release(h.v)
-		h.v = nil
+		h.v, h.data = nil, nil
 	}
 }
 
