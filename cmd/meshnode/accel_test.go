@@ -83,3 +83,45 @@ func TestExplicitGPUProviderWithoutPlugin(t *testing.T) {
 		}
 	}
 }
+
+// TestGoProcs: on the CPU the node's Go scheduler keeps to the cores ONNX Runtime's
+// intra-op threads leave (at least 1); on a GPU it has every core; --go-procs, then
+// the GOMAXPROCS environment variable, win; a negative --go-procs is a usage error.
+func TestGoProcs(t *testing.T) {
+	none := func(string) string { return "" }
+	for _, tc := range []struct {
+		args   []string
+		p      accel.Provider
+		cores  int
+		envSet bool
+		want   int
+	}{
+		{[]string{"--threads", "1"}, accel.ProviderCPU, 2, false, 1},
+		{[]string{"--threads", "2"}, accel.ProviderCPU, 8, false, 6},
+		{[]string{"--threads", "2", "--session-pool", "3"}, accel.ProviderCPU, 8, false, 2},
+		{[]string{"--threads", "8"}, accel.ProviderCPU, 8, false, 1},
+		{[]string{"--threads", "2"}, accel.ProviderCUDA, 8, false, 8},
+		{[]string{"--threads", "2"}, accel.ProviderTensorRT, 8, false, 8},
+		{[]string{"--threads", "1"}, accel.ProviderCPU, 4, true, 4},
+		{[]string{"--threads", "1", "--go-procs", "3"}, accel.ProviderCPU, 4, true, 3},
+	} {
+		c, err := loadConfig(tc.args, none, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, from := goProcs(c, tc.p, tc.cores, tc.envSet); got != tc.want || from == "" {
+			t.Errorf("%v, %s, %d cores, GOMAXPROCS set %v: %d (%q), want %d", tc.args, tc.p, tc.cores, tc.envSet, got, from, tc.want)
+		}
+	}
+	// The default threads are every core, which leaves the scheduler one.
+	c, err := loadConfig(nil, none, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := goProcs(c, accel.ProviderCPU, c.Threads, false); got != 1 {
+		t.Errorf("default threads on %d cores: %d scheduler threads, want 1", c.Threads, got)
+	}
+	if _, err := loadConfig([]string{"--go-procs", "-1"}, none, io.Discard); err == nil {
+		t.Error("--go-procs -1 must be a usage error")
+	}
+}

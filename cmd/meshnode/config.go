@@ -45,6 +45,7 @@ type config struct {
 	EPOption          stringList
 	Threads           int
 	SessionPool       int
+	GoProcs           int
 	NoMDNS            bool
 	DHT               bool
 	ORTLib            string
@@ -83,6 +84,7 @@ func newFlagSet(c *config, out io.Writer) *flag.FlagSet {
 	fs.Var(&c.EPOption, "ep-option", "execution provider option, PROVIDER:KEY=VALUE (cuda:use_tf32=0), repeatable")
 	fs.IntVar(&c.Threads, "threads", 0, "ONNX Runtime intra-op threads per session (default: number of cores)")
 	fs.IntVar(&c.SessionPool, "session-pool", 1, "ONNX Runtime sessions per model, for concurrent requests")
+	fs.IntVar(&c.GoProcs, "go-procs", 0, "threads Go's scheduler runs the node's own work on (GOMAXPROCS; ONNX Runtime's threads are apart) (default: with stages on the CPU, the cores --threads x --session-pool leave, at least 1; on a GPU, every core; the GOMAXPROCS environment variable, when set)")
 	fs.BoolVar(&c.NoMDNS, "no-mdns", false, "disable mDNS discovery on the LAN (cluster mode)")
 	fs.BoolVar(&c.DHT, "dht", false, "enable Kademlia DHT discovery (cluster mode)")
 	fs.StringVar(&c.ORTLib, "ort-lib", "", "ONNX Runtime shared library (default: $ORT_LIB, else third_party/onnxruntime/current above the working dir or the binary)")
@@ -206,8 +208,8 @@ func (c *config) check() error {
 			return fmt.Errorf("%w: --ep-option: %w", errUsage, err)
 		}
 	}
-	if c.Threads < 0 || c.SessionPool < 0 || c.BootstrapExpect < 0 || c.MaxBatch < 0 {
-		return fmt.Errorf("%w: --threads, --session-pool, --bootstrap-expect and --max-batch cannot be negative", errUsage)
+	if c.Threads < 0 || c.SessionPool < 0 || c.BootstrapExpect < 0 || c.MaxBatch < 0 || c.GoProcs < 0 {
+		return fmt.Errorf("%w: --threads, --session-pool, --go-procs, --bootstrap-expect and --max-batch cannot be negative", errUsage)
 	}
 	if c.Threads == 0 {
 		c.Threads = runtime.NumCPU()

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/layermesh/layermesh/accel/ort"
@@ -64,6 +65,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("onnx runtime", "err", err)
 		return 1
 	}
+	procs, procsFrom := goProcs(cfg, backend.Provider(), runtime.GOMAXPROCS(0), os.Getenv("GOMAXPROCS") != "")
+	runtime.GOMAXPROCS(procs)
+	log.Info("go scheduler", "gomaxprocs", procs, "from", procsFrom, "ort_threads", cfg.Threads, "session_pool", cfg.SessionPool)
 	// NVML is read once: the GPU's name and memory go into the node's metadata and
 	// set the stage budget of a node whose stages run on the GPU.
 	gpus, gpuErr := gpu.Probe()
