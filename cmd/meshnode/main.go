@@ -67,7 +67,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	procs, procsFrom := goProcs(cfg, backend.Provider(), runtime.GOMAXPROCS(0), os.Getenv("GOMAXPROCS") != "")
 	runtime.GOMAXPROCS(procs)
-	log.Info("go scheduler", "gomaxprocs", procs, "from", procsFrom, "ort_threads", cfg.Threads, "session_pool", cfg.SessionPool)
+	log.Info("go scheduler", "component", "accel", "gomaxprocs", procs, "from", procsFrom, "ort_threads", cfg.Threads, "session_pool", cfg.SessionPool)
 	// NVML is read once: the GPU's name and memory go into the node's metadata and
 	// set the stage budget of a node whose stages run on the GPU.
 	gpus, gpuErr := gpu.Probe()

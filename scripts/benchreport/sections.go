@@ -319,21 +319,28 @@ takes the answer back before the next, so each boundary between stages is two ho
 calls the benchmark once with N=1 before the N asked by -benchtime, so a full run
 (-benchtime 10x) sets up and deploys everything twice and reports the N=10 call.
 
-The ratio sits close to its target and crosses it from run to run. With this build
-(session state held in ONNX Runtime), runs on 2026-12-05 07:00-07:40 UTC gave 1.121,
-1.063 and 1.090 (the one above) with -benchtime 10x, and 1.129 with 3x, and two more
-at 08:01-08:07 (with the compute metric's and the sampling's fixes after it) 1.078 and
-1.101: three of six at most 1.10. The build before it gave 1.101 and 1.107 (10x). The log takes the decode steps of the measured
-rounds apart. In the run above, the three stages' ONNX Runtime time on their holders
-sums to 27.53 ms per token against the whole model's 25.74 (+1.79 ms; +0.55 to +2.3 ms
-over the runs); each remote stage call takes 0.42 ms longer at the entry than its run
-on the holder (two per token: 0.84 ms), and the local one 0.15 ms longer.
-BenchmarkDecodeHopProcesses gives 0.28 ms for the bare hop to a process that has just
-computed for 10 ms. In one test process, the three stage models cost 0.3 to 1.8 ms
-(mostly 0.5) more per token than the whole model; the rest of the extra ONNX Runtime
-time comes with three processes sharing two cores: together they use 33.8 ms of CPU per
-token against the whole node's 29.4, and 12 to 16% of each split process's CPU is in
-the kernel (context switches, page faults) in a perf profile of a run.`,
+The ratio sits close to its target. Two changes of 2026-12-05 took it down: the last
+stage keeps its logits in ONNX Runtime and copies out only the last row (each step had
+copied the whole tensor into fresh Go memory, and a perf profile put 2 to 4% of the
+sampling node's CPU in the page faults that brought), and meshnode gives Go's scheduler
+only the cores ONNX Runtime's threads leave (1 here), where Go's default of every core
+had each of the three processes spin and wake threads beside the others' runs. Runs of
+this benchmark (-benchtime 10x), split / whole per token:
+- the build before both, 09:46-10:00 UTC: 1.079 (under perf) and 1.089; earlier
+  builds with the state held in ONNX Runtime, 07:00-08:07 UTC: 1.121, 1.063, 1.090,
+  1.078, 1.101, and 1.129 with 3x;
+- the logits change alone with every process at GOMAXPROCS=1 (set from the
+  environment, the benchmark's own process too), 10:00-10:06 UTC: 1.044 and 1.062;
+- this build, 10:03-10:14 UTC: 1.085, 1.074 and 1.069, and the run above (RECORDED).
+
+The log takes the decode steps of the measured rounds apart. Over this build's runs the
+three stages' ONNX Runtime time on their holders sums to 0.8 to 1.1 ms more per token
+than the whole model's (+0.55 to +2.3 ms before); each remote stage call takes 0.41 to
+0.44 ms longer at the entry than its run on the holder (two per token), and the local
+one 0.16 ms longer. BenchmarkDecodeHopProcesses gives 0.28 ms for the bare hop to a
+process that has just computed for 10 ms. In one test process, the three stage models
+cost 0.3 to 1.8 ms (mostly 0.5) more per token than the whole model; the rest of the
+extra ONNX Runtime time comes with three processes sharing two cores.`,
 	},
 	{
 		Title: "Text generation: session state held in ONNX Runtime against copied",
