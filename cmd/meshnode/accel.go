@@ -58,7 +58,8 @@ func stageBudget(cfg *config, p accel.Provider, gpus []gpu.Device) (int64, strin
 // intra-op threads of each pooled session hold their cores for the length of a run.
 // A scheduler given those cores too wakes and spins threads on them at every
 // network event, and takes that time from the run: a 3-stage generation over 3 nodes
-// sharing 2 cores ran 3-4% slower per token, its ONNX Runtime runs slowest. So with
+// sharing 2 cores took 1.079-1.089 x one node's time per token with Go's default,
+// 1.044-1.085 x with one scheduler thread per process (BENCHMARKS.md). So with
 // stages on the CPU the node keeps to the cores ONNX Runtime leaves, at least 1;
 // with stages on a GPU, to every core. --go-procs, else the GOMAXPROCS environment
 // variable (which Go has applied already), overrides it. cores is what Go gives the
