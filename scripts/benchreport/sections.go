@@ -331,7 +331,8 @@ this benchmark (-benchtime 10x), split / whole per token:
   1.078, 1.101, and 1.129 with 3x;
 - the logits change alone with every process at GOMAXPROCS=1 (set from the
   environment, the benchmark's own process too), 10:00-10:06 UTC: 1.044 and 1.062;
-- this build, 10:03-10:14 UTC: 1.085, 1.074 and 1.069, and the run above (RECORDED).
+- this build, 10:03-10:14 UTC: 1.085, 1.074 and 1.069, and 1.042 at 10:40 (the run
+  above).
 
 The log takes the decode steps of the measured rounds apart. Over this build's runs the
 three stages' ONNX Runtime time on their holders sums to 0.8 to 1.1 ms more per token
@@ -399,20 +400,20 @@ at a time (one ONNX Runtime session per stage, taken first come, first served), 
 stage works on one session's token while the other stage works on another's; what the
 split loses against the ceiling is the imbalance between its two stages (the CPU time
 per token of each process) and the hidden state's round trip: the stage RPC and the
-thread switches it brings to a one-core process. A perf profile of the two split
-processes (build before) puts about 1.9 ms of each one's CPU per token outside ONNX Runtime and its
-copies, where the one node spends about 1.8 ms in all beyond its ONNX Runtime runs
-(its 31 ms per token against 29.2 ms for the same runs in one test process). The
-planner cuts a generating model at equal FLOPs per decode step: stage 0 takes the
-embeddings and about 8.5 of the 12 blocks, stage 1 the rest and the 768 x 50257 LM
-head, and their processes use 15 to 19 ms of CPU per token each, stage 0 at most 1 ms
-more. Runs on 2026-12-05 04:16-05:08 UTC, speedup (ceiling): 1.68 (1.65), 1.64 (1.88),
-1.62 (1.64), 1.65 (1.66), 1.65 (1.97), 1.66 (1.75), 1.81 (1.83), 1.63 (1.85). With
-this build, which holds each session's state in ONNX Runtime: 1.611 (1.859) at 07:32
-UTC, the one above, and 1.514 (1.629) at 07:41, where the split's two processes used
-39.0 ms of CPU per token together against 37.1 for the replicas' two and 30.3 for the
-one node. Both move with the memory bandwidth the host gives these two cores; the split
-is at most 0.32 below the ceiling. Before commit 4a1fa73 the planner also
+thread switches it brings to a one-core process. The planner cuts a generating model
+at equal FLOPs per decode step: stage 0 takes the embeddings and about 8.5 of the 12 blocks, stage 1 the rest and the 768 x 50257 LM
+head, and stage 0's process uses 0.7 to 0.9 ms of CPU per token more than stage 1's
+(its KV cache copies and per-operator overhead are not FLOPs), so it sets the pace.
+With this build (logits sampled in place, each session's state held in ONNX Runtime),
+speedup (ceiling): 1.601 (1.681) at 10:14 UTC, 1.52 (1.74) at 10:43 (the run above),
+1.71 (1.81) at 10:50 under perf. The split's two processes used 31.6 to 33.9 ms of CPU
+per token together against 30.6 to 32.3 for the replicas' two and 26.6 to 27.8 for the
+one node; the run above is the one at 33.9. The build before (state held, logits
+copied): 1.611 (1.859) and 1.514 (1.629); builds before that, on 2026-12-05
+04:16-05:08 UTC: 1.68 (1.65), 1.64 (1.88), 1.62 (1.64), 1.65 (1.66), 1.65 (1.97), 1.66
+(1.75), 1.81 (1.83), 1.63 (1.85). Both figures move with the memory bandwidth the host
+gives these two cores from one segment to the next, and the split stays within 0.22 of
+the ceiling. Before commit 4a1fa73 the planner also
 counted the last stage handing its logits and present state on to the client, 348 KB
 per step, which a generation keeps on the node (the last stage answers with a token
 id). Against a decode step's FLOPs that put a block more on stage 0 (132.5 M against
