@@ -406,10 +406,11 @@ func GenerateLocal(ctx context.Context, sess accel.Session, pairs []StatePair, c
 			return gen.res, err
 		}
 		samp.Index = len(tokens) - len(req.Prompt)
-		var tok []tensor.Tensor
+		var rest []tensor.Tensor
+		var logits accel.Held
 		if held != nil {
 			var next []accel.HeldInput
-			if _, next, tok, err = held.run(ctx, in, state.held, &samp); err != nil {
+			if rest, next, logits, err = held.run(ctx, in, state.held, true); err != nil {
 				return gen.res, err
 			}
 			state.release()
@@ -419,11 +420,17 @@ func GenerateLocal(ctx context.Context, sess accel.Session, pairs []StatePair, c
 			if err != nil {
 				return gen.res, err
 			}
-			var rest []tensor.Tensor
 			state.state, rest = splitState(pairs, out)
-			if tok, err = sampleToken(rest, samp); err != nil {
-				return gen.res, err
-			}
+		}
+		var tok []tensor.Tensor
+		if logits != nil {
+			tok, err = sampleLastRow(logits, samp)
+			logits.Release()
+		} else {
+			tok, err = sampleToken(rest, samp)
+		}
+		if err != nil {
+			return gen.res, err
 		}
 		v, _ := tok[0].Int64s()
 		pos += len(pending)

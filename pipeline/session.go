@@ -125,8 +125,9 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		inputs, err = sessionInputs(s.sess, s.a.State, sess, req.Pos, req.Len, inputs)
 	}
 	var (
-		out, token []tensor.Tensor
-		held       []accel.HeldInput
+		out    []tensor.Tensor
+		held   []accel.HeldInput
+		logits accel.Held
 	)
 	if err == nil {
 		var rt accel.RunTime
@@ -136,7 +137,7 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		case s.batch != nil && req.Step == mesh.StepDecode:
 			out, err = s.batch.run(ctx, inputs, req.Pos, req.Len)
 		case s.held != nil:
-			out, held, token, err = s.held.run(runCtx, inputs, sess.held, sampling)
+			out, held, logits, err = s.held.run(runCtx, inputs, sess.held, sampling != nil)
 		default:
 			out, err = s.sess.Run(runCtx, inputs, nil)
 		}
@@ -152,8 +153,9 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 	state, rest := splitState(s.a.State, out)
 	r.endStep(sk, sess, state, held, req.Pos+req.Len)
 	switch {
-	case token != nil:
-		return token, nil
+	case logits != nil:
+		defer logits.Release()
+		return sampleLastRow(logits, *sampling)
 	case sampling != nil:
 		return sampleToken(rest, *sampling)
 	}
@@ -385,45 +387,30 @@ func newHeldRun(sess accel.Session, pairs []StatePair) *heldRun {
 }
 
 // run runs one step: held is the state the step reads, and stays the caller's to
-// release. It returns the outputs that are neither state nor, when sampling, the
-// logits; the new state, each value named as the state input it feeds next step;
-// and, when sampling, the token tensor sampled from the logits' last row.
-func (h *heldRun) run(ctx context.Context, in []tensor.Tensor, held []accel.HeldInput, sampling *Sampling) (rest []tensor.Tensor, next []accel.HeldInput, token []tensor.Tensor, err error) {
+// release. It returns the outputs that are not state (the logits apart when
+// sampling), the new state, each value named as the state input it feeds next step,
+// and, when sampling and the model has logits, those logits held: the caller samples
+// their last row (sampleLastRow) and releases them.
+func (h *heldRun) run(ctx context.Context, in []tensor.Tensor, held []accel.HeldInput, sampling bool) (rest []tensor.Tensor, next []accel.HeldInput, logits accel.Held, err error) {
 	keep := h.keep
-	sampleHeld := sampling != nil && h.logits != ""
-	if sampleHeld {
+	holdLogits := sampling && h.logits != ""
+	if holdLogits {
 		keep = append(slices.Clip(keep), h.logits)
 	}
 	out, kept, err := h.hr.RunHeld(ctx, in, held, nil, keep)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if sampleHeld {
-		logits := kept[len(kept)-1]
+	if holdLogits {
+		logits = kept[len(kept)-1]
 		kept = kept[:len(kept)-1]
-		token, err = sampleLastRow(logits, *sampling)
-		logits.Release()
-		if err != nil {
-			for _, v := range kept {
-				v.Release()
-			}
-			return nil, nil, nil, err
-		}
 	}
 	next = make([]accel.HeldInput, len(kept))
 	for i, v := range kept {
 		j := slices.IndexFunc(h.pairs, func(p StatePair) bool { return p.Out == keep[i] })
 		next[i] = accel.HeldInput{Name: h.pairs[j].In, Value: v}
 	}
-	if sampling != nil && !sampleHeld {
-		token, err = sampleToken(out, *sampling)
-		if err != nil {
-			releaseHeld(next)
-			return nil, nil, nil, err
-		}
-		out = nil
-	}
-	return out, next, token, nil
+	return out, next, logits, nil
 }
 
 // splitState separates a run's outputs into the new state (renamed to the inputs
@@ -471,8 +458,9 @@ func sampleLastRow(v accel.Held, s Sampling) ([]tensor.Tensor, error) {
 	row := rowBuffers.Get().(*logitsRow)
 	defer rowBuffers.Put(row)
 	row.raw = slices.Grow(row.raw[:0], 4*vocab)[:4*vocab]
-	if _, err := v.ReadAt(row.raw, int64(4*(seq-1)*vocab)); err != nil {
-		return nil, fmt.Errorf("reading the logits' last row: %w", err)
+	// The row ends where the value does, so io.EOF may come with a full read.
+	if n, err := v.ReadAt(row.raw, int64(4*(seq-1)*vocab)); n < len(row.raw) {
+		return nil, fmt.Errorf("reading the logits' last row: %d of %d bytes: %w", n, len(row.raw), err)
 	}
 	return row.sample(row.raw, s), nil
 }
@@ -485,8 +473,8 @@ func logitsShape(shape []int64, n int64) (seq, vocab int, err error) {
 	return int(shape[1]), int(shape[2]), nil
 }
 
-// logitsRow is the memory a sampling step decodes one row of logits into, reused
-// from step to step: a step allocates nothing in proportion to the vocabulary.
+// logitsRow is the memory a sampling step copies and decodes one row of logits into,
+// reused from step to step (greedy sampling then allocates nothing per step).
 type logitsRow struct {
 	raw    []byte
 	values []float32

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -359,4 +360,52 @@ func TestSessionStateHeldAndReleased(t *testing.T) {
 	}
 	rt.Close()
 	live("after the runtime closed", 0)
+}
+
+// readerAtHeld is held logits that answer ReadAt as io.ReaderAt allows at the end of
+// the data: the bytes and io.EOF together. Only what sampleLastRow reads is real.
+type readerAtHeld struct {
+	accel.Held
+	shape []int64
+	data  []byte
+}
+
+func (h *readerAtHeld) DType() tensor.DType { return tensor.Float32 }
+func (h *readerAtHeld) Shape() []int64      { return h.shape }
+func (h *readerAtHeld) Bytes() int64        { return int64(len(h.data)) }
+func (h *readerAtHeld) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(h.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, h.data[off:])
+	if off+int64(n) == int64(len(h.data)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// TestSampleLastRowReadsOnlyTheLastRow: the token comes from the last position's row
+// (the other rows' largest logit is elsewhere), a full read that ends with io.EOF is
+// a read, and logits of the wrong size or type are refused.
+func TestSampleLastRowReadsOnlyTheLastRow(t *testing.T) {
+	rows := [][]float32{{9, 0, 0, 0}, {0, 9, 0, 0}, {0, 0, 1, 5}}
+	var flat []float32
+	for _, r := range rows {
+		flat = append(flat, r...)
+	}
+	logits := tensor.FromFloat32("logits", []int64{1, 3, 4}, flat)
+	h := &readerAtHeld{shape: logits.Shape, data: logits.Data}
+	out, err := sampleLastRow(h, Sampling{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := out[0].Int64s(); len(v) != 1 || v[0] != 3 {
+		t.Fatalf("sampled %v, want token 3 (the last row's largest logit)", v)
+	}
+	if _, err := sampleLastRow(&readerAtHeld{shape: []int64{1, 3, 5}, data: logits.Data}, Sampling{}); !errors.Is(err, ErrBadStageResponse) {
+		t.Fatalf("logits shorter than their shape: %v, want ErrBadStageResponse", err)
+	}
+	if _, err := sampleLastRow(&readerAtHeld{shape: []int64{3, 4}, data: logits.Data}, Sampling{}); !errors.Is(err, ErrBadStageResponse) {
+		t.Fatalf("logits of rank 2: %v, want ErrBadStageResponse", err)
+	}
 }

@@ -56,14 +56,17 @@ func stageBudget(cfg *config, p accel.Provider, gpus []gpu.Device) (int64, strin
 // GOMAXPROCS: HTTP, the stage RPC, gossip, Raft), with where the figure comes from.
 // ONNX Runtime computes on threads of its own, outside that count; on the CPU, the
 // intra-op threads of each pooled session hold their cores for the length of a run.
-// A scheduler given those cores too wakes and spins threads on them at every
-// network event, and takes that time from the run: a 3-stage generation over 3 nodes
-// sharing 2 cores took 1.079-1.089 x one node's time per token with Go's default,
-// 1.044-1.085 x with one scheduler thread per process (BENCHMARKS.md). So with
-// stages on the CPU the node keeps to the cores ONNX Runtime leaves, at least 1;
-// with stages on a GPU, to every core. --go-procs, else the GOMAXPROCS environment
-// variable (which Go has applied already), overrides it. cores is what Go gives the
-// process by default (its CPU affinity and limit).
+// A scheduler given those cores too wakes and spins threads on them at every network
+// event, and takes that time from the run: with 3 nodes sharing 2 cores, one
+// scheduler thread per process halved their system time per token and took a 3-stage
+// generation's time per token over one node's from 1.079-1.089 to 1.042-1.085 (1.063
+// on average over 6 runs; BENCHMARKS.md). So with stages on the CPU the node keeps to
+// the cores ONNX Runtime leaves, at least 1; with stages on a GPU, to every core.
+// --go-procs, else the GOMAXPROCS environment variable (which Go has applied
+// already), overrides it. The count is one stage's threads times the session pool: a
+// node running several CPU stages at once has fewer cores free than that, and gets 1
+// with the default --threads. cores is what Go gives the process by default (its CPU
+// affinity and limit).
 func goProcs(cfg *config, p accel.Provider, cores int, envSet bool) (int, string) {
 	switch {
 	case cfg.GoProcs > 0:

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"syscall"
 
 	"github.com/layermesh/layermesh/accel/ort"
@@ -65,8 +66,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("onnx runtime", "err", err)
 		return 1
 	}
-	procs, procsFrom := goProcs(cfg, backend.Provider(), runtime.GOMAXPROCS(0), os.Getenv("GOMAXPROCS") != "")
-	runtime.GOMAXPROCS(procs)
+	envProcs, err := strconv.Atoi(os.Getenv("GOMAXPROCS"))
+	procs, procsFrom := goProcs(cfg, backend.Provider(), runtime.GOMAXPROCS(0), err == nil && envProcs > 0)
+	if procs != runtime.GOMAXPROCS(0) {
+		// Only a change is set: setting GOMAXPROCS stops Go following the process's
+		// CPU limit.
+		runtime.GOMAXPROCS(procs)
+	}
 	log.Info("go scheduler", "component", "accel", "gomaxprocs", procs, "from", procsFrom, "ort_threads", cfg.Threads, "session_pool", cfg.SessionPool)
 	// NVML is read once: the GPU's name and memory go into the node's metadata and
 	// set the stage budget of a node whose stages run on the GPU.
