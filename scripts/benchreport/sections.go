@@ -325,20 +325,20 @@ copied the whole tensor into fresh Go memory, and a perf profile put 2 to 4% of 
 sampling node's CPU in the page faults that brought), and meshnode gives Go's scheduler
 only the cores ONNX Runtime's threads leave (1 here), where Go's default of every core
 had each of the three processes spin and wake threads beside the others' runs. Runs of
-this benchmark (-benchtime 10x), split / whole per token:
-- the build before both, 09:46-10:00 UTC: 1.079 (under perf) and 1.089; earlier
-  builds with the state held in ONNX Runtime, 07:00-08:07 UTC: 1.121, 1.063, 1.090,
-  1.078, 1.101, and 1.129 with 3x;
-- the logits change alone with every process at GOMAXPROCS=1 (set from the
-  environment, the benchmark's own process too), 10:00-10:06 UTC: 1.044 and 1.062;
-- this build, 10:03-10:14 UTC: 1.085, 1.074 and 1.069, and 1.042 at 10:40 (the run
-  above).
+this benchmark (-benchtime 10x), split / whole per token, 2026-12-05 UTC:
+- before both changes, 09:49: 1.079 (under perf); earlier builds with the state held in
+  ONNX Runtime, 07:00-08:07: 1.121, 1.063, 1.090, 1.078, 1.101, and 1.129 with 3x;
+- the logits change alone, 09:57: 1.089;
+- the logits change with every process at GOMAXPROCS=1 (set from the environment, the
+  benchmark's own process too), 10:00-10:03: 1.044 and 1.062;
+- this build, 10:06-10:11: 1.085, 1.074 and 1.069; 10:40: 1.042 (the run above); 11:12,
+  after the review's fixes (sampling after the state is stored): 1.064.
 
 The log takes the decode steps of the measured rounds apart. Over this build's runs the
-three stages' ONNX Runtime time on their holders sums to 0.8 to 1.1 ms more per token
-than the whole model's (+0.55 to +2.3 ms before); each remote stage call takes 0.41 to
-0.44 ms longer at the entry than its run on the holder (two per token), and the local
-one 0.16 ms longer. BenchmarkDecodeHopProcesses gives 0.28 ms for the bare hop to a
+three stages' ONNX Runtime time on their holders sums to 0.56 to 1.11 ms more per
+token than the whole model's (+0.55 to +2.3 ms before); each remote stage call takes
+0.38 to 0.44 ms longer at the entry than its run on the holder (two per token), and
+the local one 0.16 ms longer. BenchmarkDecodeHopProcesses gives 0.28 ms for the bare hop to a
 process that has just computed for 10 ms. In one test process, the three stage models
 cost 0.3 to 1.8 ms (mostly 0.5) more per token than the whole model; the rest of the
 extra ONNX Runtime time comes with three processes sharing two cores.`,
@@ -406,13 +406,18 @@ head, and stage 0's process uses 0.7 to 0.9 ms of CPU per token more than stage 
 (its KV cache copies and per-operator overhead are not FLOPs), so it sets the pace.
 With this build (logits sampled in place, each session's state held in ONNX Runtime),
 speedup (ceiling): 1.601 (1.681) at 10:14 UTC, 1.52 (1.74) at 10:43 (the run above),
-1.71 (1.81) at 10:50 under perf. The split's two processes used 31.6 to 33.9 ms of CPU
-per token together against 30.6 to 32.3 for the replicas' two and 26.6 to 27.8 for the
-one node; the run above is the one at 33.9. The build before (state held, logits
+1.71 (1.81) at 10:48 under perf, and after the review's fixes 1.58 (1.92) at 11:15 and
+1.69 (1.95) at 11:19 under perf. The split's two processes used 31.6 to 33.9 ms of CPU
+per token together against 27.6 to 32.3 for the replicas' two and 26.6 to 27.8 for the
+one node; the run above is the one at 33.9. A perf profile of the split's processes
+during generation (the 11:19 run) puts 83% of their samples in ONNX Runtime against 91%
+for the one node; of the rest, about 2% per process is Go's sysmon waking on the
+pinned core (every 20 us while a run holds the only scheduler slot in a cgo call), and
+1% page faults under ONNX Runtime. The build before (state held, logits
 copied): 1.611 (1.859) and 1.514 (1.629); builds before that, on 2026-12-05
 04:16-05:08 UTC: 1.68 (1.65), 1.64 (1.88), 1.62 (1.64), 1.65 (1.66), 1.65 (1.97), 1.66
 (1.75), 1.81 (1.83), 1.63 (1.85). Both figures move with the memory bandwidth the host
-gives these two cores from one segment to the next, and the split stays within 0.22 of
+gives these two cores from one segment to the next; the split stays 0.08 to 0.34 below
 the ceiling. Before commit 4a1fa73 the planner also
 counted the last stage handing its logits and present state on to the client, 348 KB
 per step, which a generation keeps on the node (the last stage answers with a token
