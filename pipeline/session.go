@@ -360,26 +360,32 @@ func stateOutputs(model accel.Session, pairs []StatePair) []string {
 // heldRun runs the steps of a model with state pairs with the state in the backend's
 // memory: a stage that does not batch, or a single-node generation.
 type heldRun struct {
-	hr    accel.HeldRunner
-	pairs []StatePair
-	// keep names the state outputs. logits is the output a sampling step takes its
-	// token from (the first float32 one of rank 3 that is not state; "" when none):
-	// it is held too, and only its last row is copied out.
-	keep   []string
-	logits string
+	hr accel.HeldRunner
+	// keep names the state outputs, and ins the state input each one feeds next step.
+	// logits is the output a sampling step takes its token from (the first float32 one
+	// of rank 3 that is not state; "" when none): a sampling step holds it too
+	// (keepLogits), and only its last row is copied out.
+	keep, ins  []string
+	logits     string
+	keepLogits []string
 }
 
 // newHeldRun is how sess runs with its state held, or nil when its backend cannot
-// hold values.
+// hold values. Everything a step needs of the names is worked out here, once.
 func newHeldRun(sess accel.Session, pairs []StatePair) *heldRun {
 	hr, ok := sess.(accel.HeldRunner)
 	if !ok {
 		return nil
 	}
-	h := &heldRun{hr: hr, pairs: pairs, keep: stateOutputs(sess, pairs)}
+	h := &heldRun{hr: hr, keep: stateOutputs(sess, pairs)}
+	for _, out := range h.keep {
+		j := slices.IndexFunc(pairs, func(p StatePair) bool { return p.Out == out })
+		h.ins = append(h.ins, pairs[j].In)
+	}
 	for _, o := range sess.Outputs() {
 		if o.DType == tensor.Float32 && len(o.Shape) == 3 && !slices.Contains(h.keep, o.Name) {
 			h.logits = o.Name
+			h.keepLogits = append(slices.Clip(h.keep), o.Name)
 			break
 		}
 	}
@@ -395,7 +401,7 @@ func (h *heldRun) run(ctx context.Context, in []tensor.Tensor, held []accel.Held
 	keep := h.keep
 	holdLogits := sampling && h.logits != ""
 	if holdLogits {
-		keep = append(slices.Clip(keep), h.logits)
+		keep = h.keepLogits
 	}
 	out, kept, err := h.hr.RunHeld(ctx, in, held, nil, keep)
 	if err != nil {
@@ -407,8 +413,7 @@ func (h *heldRun) run(ctx context.Context, in []tensor.Tensor, held []accel.Held
 	}
 	next = make([]accel.HeldInput, len(kept))
 	for i, v := range kept {
-		j := slices.IndexFunc(h.pairs, func(p StatePair) bool { return p.Out == keep[i] })
-		next[i] = accel.HeldInput{Name: h.pairs[j].In, Value: v}
+		next[i] = accel.HeldInput{Name: h.ins[i], Value: v}
 	}
 	return out, next, logits, nil
 }
