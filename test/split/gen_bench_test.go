@@ -397,12 +397,18 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 		span   time.Duration
 		cpu    cpuTimes
 		self   time.Duration
+		ort0   []histogramSums // each node's ONNX Runtime time before the measured segments
 	}
 	sp := &side{c: split, addrs: []string{split.HTTPAddr(entry)}}
 	wh := &side{c: whole, addrs: []string{whole.HTTPAddr(0)}}
 	rp := &side{c: reps, addrs: []string{reps.HTTPAddr(0), reps.HTTPAddr(1)}}
 	for _, s := range []*side{sp, wh, rp} {
 		genSegment(b, s.addrs, s.c.token, concurrency, 1, 5000) // warm
+	}
+	for _, s := range []*side{sp, wh, rp} {
+		for i := range s.c.Len() {
+			s.ort0 = append(s.ort0, readHistogram(b, s.c, i, stageComputeHistogram))
+		}
 	}
 	runtime.GC()
 	debug.FreeOSMemory()
@@ -426,6 +432,11 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	}{{fmt.Sprintf("split (entry node%d)", entry), sp}, {"whole", wh}, {"replicas", rp}} {
 		b.Logf("CPU time per generated token (user+system), %s: %s, load generator %.1f ms",
 			s.name, s.s.cpu.perRequest(s.s.tokens), 1000*s.s.self.Seconds()/float64(s.s.tokens))
+		var ort []string
+		for i := range s.s.c.Len() {
+			ort = append(ort, fmt.Sprintf("node%d %s", i, readHistogram(b, s.s.c, i, stageComputeHistogram).since(s.s.ort0[i])))
+		}
+		b.Logf("ONNX Runtime time per stage run, %s: %s", s.name, strings.Join(ort, "; "))
 	}
 	b.ReportMetric(splitTP, "split-tok/s")
 	b.ReportMetric(wholeTP, "whole-tok/s")
