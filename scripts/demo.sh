@@ -7,8 +7,10 @@
 #  3. deploy the model through node1 in 3 pipeline stages x 2 replicas and print the plan
 #  4. ask for the next token of "The quick brown fox" through every node
 #  5. check those answers against one ONNX Runtime session on the whole model
-#  6. text generation: deploy a small with-past GPT (GPT-2 vocabulary, random weights)
-#     with the GPT-2 tokenizer in 3 stages x 2 replicas and stream 200 seeded tokens
+#  6. text generation: deploy a small with-past GPT trained here on Debian's fortune
+#     cookies (models/fortune-gpt.safetensors, scripts/train_fortune_gpt.py) with its
+#     tokenizer (GPT-2's first 8,000 merges) in 3 stages x 2 replicas and stream 200
+#     seeded tokens of fortunes
 #  7. SIGKILL the Raft leader (it also holds stages) while queries keep running
 #     through the two survivors and the same generation streams through one of them;
 #     show zero failed queries, the stream equal to the undisturbed one, the new
@@ -39,11 +41,12 @@ prompt_len=4
 stages=3
 replicas=2
 max_diff=1e-4 # what the system tests require of the split against the whole model
-# The generation part: a with-past GPT small enough to deploy in seconds, the GPT-2
-# tokenizer (make setup fetches it) and one seeded sampling request.
-gen_name=gen
-gen_tokenizer=third_party/tokenizers/gpt2
-gen_prompt="In a hole in the ground there lived"
+# The generation part: a with-past GPT small enough to deploy in seconds, trained on
+# fortune cookies (the weights are committed), its tokenizer (cut from GPT-2's, which
+# make setup fetches) and one seeded sampling request.
+gen_name=fortune
+gen_weights=models/fortune-gpt.safetensors
+gen_prompt="The secret of life is"
 gen_args=(--max-tokens 200 --temperature 0.8 --top-k 50 --seed 9)
 
 work=$(mktemp -d -t layermesh-demo.XXXXXX)
@@ -293,10 +296,12 @@ for i in 0 1 2; do
   echo "via node$i: equal to the whole model, max relative diff $d over $(wc -l <"$work/ref") logits (limit $max_diff)"
 done
 
-section "6. text generation: a with-past GPT (4 x 128, GPT-2 vocabulary, random weights) with the GPT-2 tokenizer"
+section "6. text generation: a with-past GPT (4 x 128) trained on fortune cookies"
 gen_model=$work/gen/$gen_name.onnx
+gen_tokenizer=$work/gen/tokenizer
 mkdir -p "$work/gen"
-bin/meshctl gen-model gpt --with-past --layers 4 --dim 128 --heads 4 --context 256 -o "$gen_model"
+bin/meshctl gen-model gpt --with-past --weights "$gen_weights" -o "$gen_model"
+go run ./scripts/corpusids -merges 8000 -tokenizer-out "$gen_tokenizer" || fail "the fortune model's tokenizer"
 t=$(now)
 ctl deploy "$gen_model" --name "$gen_name" --stages "$stages" --replicas "$replicas" --tokenizer "$gen_tokenizer" \
   --wait 2m --quiet --addr "$(addr 2)" || fail "deploy of the generating model"
@@ -306,11 +311,12 @@ for _ in $(seq 1 240); do
 done
 counts=$(ready_replicas 0 none "$gen_name")
 [[ $counts == "$full" ]] || fail "ready replicas per stage of $gen_name: $counts 60 s after the deploy, want $full"
-echo "deployed with the GPT-2 tokenizer in $stages stages x $replicas replicas in $(since "$t") s"
+echo "deployed with its tokenizer in $stages stages x $replicas replicas in $(since "$t") s"
 t=$(now)
 generate 0 "$work/gen_ref.jsonl" || fail "generate through node0"
 echo "meshctl generate $gen_name \"$gen_prompt\" ${gen_args[*]} through node0: $(gen_tokens "$work/gen_ref.jsonl") tokens streamed in $(since "$t") s"
-echo "text (random weights: not English): $(gen_text "$work/gen_ref.jsonl" | cut -c1-300)"
+echo "text (a 1.9M-parameter model trained for minutes on 2 cores: fortune-like, not wise):"
+printf '%s%b\n' "$gen_prompt" "$(gen_text "$work/gen_ref.jsonl" | sed 's/\\"/"/g' | cut -c1-600)"
 tail -n 1 "$work/gen_ref.jsonl"
 
 # The leader as node1 sees it; on a loaded machine an election may be under way.

@@ -4,7 +4,9 @@
 #
 #  - Debian packages: onnx.proto (libonnx-dev), protoc, ONNX's backend node tests
 #    (libonnx-testdata), nftables and iproute2 for the fault scenarios, Fashion-MNIST
-#    (dataset-fashion-mnist) for compress's accuracy tests, chromium for the dashboard's.
+#    (dataset-fashion-mnist) for compress's accuracy tests, chromium for the dashboard's,
+#    the fortune cookies (fortunes) the demo's small GPT was trained on, whose test
+#    scores the committed weights on them.
 #  - The cross toolchain and emulator for the other Linux architecture (amd64 <-> arm64):
 #    gcc for it, its libc headers and libstdc++ (the ORT library links against it), and
 #    qemu-user-static, so that `make build-arm64` and `make dist` cross-compile with cgo
@@ -36,7 +38,7 @@ OCR_SHA=06b3e6af6c59a1ba5d53790ed8c2e4b2de389870b6cf5a97f349f3412cb269c0
 log() { echo "setup: $*"; }
 
 # --- Debian packages --------------------------------------------------------------
-pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc chromium dataset-fashion-mnist file "${cross_pkgs[@]}")
+pkgs=(libonnx-dev protobuf-compiler libonnx-testdata nftables iproute2 gcc chromium dataset-fashion-mnist fortunes file "${cross_pkgs[@]}")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

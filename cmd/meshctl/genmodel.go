@@ -14,7 +14,8 @@ import (
 
 // runGenModel writes one of modelgen's deterministic models. The options of a kind
 // become its flags (gpt: --layers --dim --heads --vocab --context --seed, and the
-// switch --with-past).
+// switch --with-past). A GPT takes trained weights with --weights FILE.safetensors:
+// its shape then comes from the file.
 func runGenModel(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return usagef("want a KIND first (one of %s), then its flags", strings.Join(modelgen.Kinds(), ", "))
@@ -38,6 +39,7 @@ func runGenModel(ctx context.Context, args []string, stdout io.Writer) error {
 	out := fs.String("o", "", "output file (.onnx)")
 	external := fs.Bool("external-data", false, "store the weights in FILE.onnx.data (forced above about 1.8 GiB)")
 	asJSON := fs.Bool("json", false, "print JSON instead of text")
+	weights := fs.String("weights", "", "gpt: trained weights (safetensors, modelgen's or Hugging Face GPT-2's tensor names); the shape comes from the file, --heads from the flag or the file's metadata")
 	pos, err := parseArgs(fs, args[1:])
 	if err != nil {
 		return err
@@ -58,7 +60,16 @@ func runGenModel(ctx context.Context, args []string, stdout io.Writer) error {
 		opts["with-past"] = 1
 	}
 	start := time.Now()
-	m, cfg, err := modelgen.Generate(kind, opts)
+	cfg, err := modelgen.Lookup(kind, opts)
+	if err != nil {
+		return err
+	}
+	if *weights != "" {
+		if cfg, err = withWeights(cfg, *weights, opts); err != nil {
+			return err
+		}
+	}
+	m, err := cfg.Build()
 	if err != nil {
 		return err
 	}
@@ -78,4 +89,30 @@ func runGenModel(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "wrote %s: %s, %d parameters, %s, in %s\n", *out, kind, cfg.Params(), humanBytes(fi.Size()), took.Round(time.Millisecond))
 	return nil
+}
+
+// withWeights gives the GPT configuration cfg the trained weights in path, taking its
+// shape from them; a shape flag given as well must agree with the file.
+func withWeights(cfg modelgen.Config, path string, opts map[string]int) (modelgen.Config, error) {
+	base, ok := cfg.(modelgen.GPTConfig)
+	if !ok {
+		return nil, usagef("--weights applies to the gpt kinds only")
+	}
+	tr, err := modelgen.ReadSafetensors(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := tr.Config(base, opts["heads"])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for _, f := range []struct {
+		key  string
+		have int
+	}{{"layers", c.Layers}, {"dim", c.Dim}, {"vocab", c.Vocab}, {"context", c.Context}} {
+		if v, ok := opts[f.key]; ok && v != f.have {
+			return nil, usagef("--%s %d, but the weights in %s have %d", f.key, v, path, f.have)
+		}
+	}
+	return c, nil
 }

@@ -20,6 +20,9 @@ type GPTConfig struct {
 	// WithPast builds the with-past layout (GPTWithPast): the model runs as a
 	// session, one token per step, keeping its keys and values between steps.
 	WithPast bool
+	// Weights, when set, are trained weights (ReadSafetensors) used instead of drawn
+	// ones: every weight of the model must be there with its shape, and nothing else.
+	Weights *Trained
 }
 
 // Presets. GPT2Small has the shape of OpenAI's GPT-2 small (124M parameters,
@@ -126,7 +129,7 @@ func GPT(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 		name = "gpt"
 	}
 	d, hd := int64(cfg.Dim), int64(cfg.Dim/cfg.Heads)
-	g := newGraphBuilder(name, cfg.Seed)
+	g := newGraphBuilder(name, cfg.Seed).withWeights(cfg.Weights)
 	g.graph.Input = []*onnxpb.ValueInfoProto{valueInfo(GPTInput, elemInt64, "batch", "seq")}
 	g.graph.Output = []*onnxpb.ValueInfoProto{valueInfo(GPTOutput, elemFloat, "batch", "seq", int64(cfg.Vocab))}
 
@@ -233,8 +236,9 @@ func GPT(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	batchSeq := i64(g.op1("Shape", "lm_head/batch_seq", []string{hf}, attrInt("start", 0), attrInt("end", 2)), 2)
 	outShape := i64(g.op1("Concat", "lm_head/out_shape", []string{batchSeq, vocabDim}, attrInt("axis", 0)), 3)
 	g.op1("Reshape", GPTOutput, []string{scores, outShape})
+	if err := g.givenErr(); err != nil {
+		return nil, err
+	}
 
-	doc := fmt.Sprintf("GPT-2-style decoder: layers=%d dim=%d heads=%d vocab=%d context=%d seed=%d",
-		cfg.Layers, cfg.Dim, cfg.Heads, cfg.Vocab, cfg.Context, cfg.Seed)
-	return g.model(doc), nil
+	return g.model("GPT-2-style decoder: " + gptDoc(cfg)), nil
 }

@@ -73,7 +73,7 @@ func GPTWithPast(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 		name = "gpt"
 	}
 	d, hd, heads := int64(cfg.Dim), int64(cfg.Dim/cfg.Heads), int64(cfg.Heads)
-	g := newGraphBuilder(name, cfg.Seed)
+	g := newGraphBuilder(name, cfg.Seed).withWeights(cfg.Weights)
 	g.graph.Input = []*onnxpb.ValueInfoProto{
 		valueInfo(GPTInput, elemInt64, "batch", "seq"),
 		valueInfo(GPTAttentionMask, elemInt64, "batch", "total"),
@@ -131,13 +131,20 @@ func GPTWithPast(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	batchSeq := s.i64(g.op1("Shape", "lm_head/batch_seq", []string{hf}, attrInt("start", 0), attrInt("end", 2)), 2)
 	outShape := s.i64(g.op1("Concat", "lm_head/out_shape", []string{batchSeq, vocabDim}, attrInt("axis", 0)), 3)
 	g.op1("Reshape", GPTOutput, []string{scores, outShape})
+	if err := g.givenErr(); err != nil {
+		return nil, err
+	}
 	return g.model("GPT-2-style decoder with past key/values: " + gptDoc(cfg)), nil
 }
 
 // gptDoc describes cfg for a model's doc string.
 func gptDoc(cfg GPTConfig) string {
+	weights := " seed=" + itoa(int(cfg.Seed))
+	if cfg.Weights != nil {
+		weights = " weights=trained"
+	}
 	return "layers=" + itoa(cfg.Layers) + " dim=" + itoa(cfg.Dim) + " heads=" + itoa(cfg.Heads) +
-		" vocab=" + itoa(cfg.Vocab) + " context=" + itoa(cfg.Context) + " seed=" + itoa(int(cfg.Seed))
+		" vocab=" + itoa(cfg.Vocab) + " context=" + itoa(cfg.Context) + weights
 }
 
 func (s *gptPastShared) layerNorm(name, in, scale, bias string) string {

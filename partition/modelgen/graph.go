@@ -31,10 +31,21 @@ const (
 type graphBuilder struct {
 	seed  int64
 	graph *onnxpb.GraphProto
+	// given are trained weights that replace the drawn ones by name (GPTConfig.Weights);
+	// used marks the ones taken, err is the first that did not fit.
+	given *Trained
+	used  map[string]bool
+	err   error
 }
 
 func newGraphBuilder(name string, seed int64) *graphBuilder {
 	return &graphBuilder{seed: seed, graph: &onnxpb.GraphProto{Name: proto.String(name)}}
+}
+
+// withWeights makes the builder take the weights t has (nil: draw them all).
+func (g *graphBuilder) withWeights(t *Trained) *graphBuilder {
+	g.given, g.used = t, map[string]bool{}
+	return g
 }
 
 // model wraps the finished graph into a ModelProto with the fixed opset.
@@ -94,6 +105,9 @@ func (g *graphBuilder) addInit(t *onnxpb.TensorProto) string {
 // plus offset. Uniform rather than normal because it needs no transcendental
 // per value, which matters at 125M values.
 func (g *graphBuilder) uniformWeight(name string, dims []int64, std, offset float32) string {
+	if vals, ok := g.trainedWeight(name, dims); ok {
+		return g.addInit(floatTensor(name, dims, vals))
+	}
 	vals := make([]float32, product(dims))
 	fillUniform(vals, streamSeed(g.seed, name), std*float32(math.Sqrt(3)), offset)
 	return g.addInit(floatTensor(name, dims, vals))

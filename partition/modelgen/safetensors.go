@@ -1,0 +1,296 @@
+package modelgen
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Errors of trained weights (ReadSafetensors, GPTConfig.Weights).
+var (
+	// ErrSafetensors means a weights file is not a well-formed safetensors file.
+	ErrSafetensors = errors.New("modelgen: not a valid safetensors file")
+	// ErrWeights means trained weights do not fit the model they are given to: a
+	// tensor is missing, has another shape, or belongs to no weight of the model.
+	ErrWeights = errors.New("modelgen: weights do not fit the model")
+)
+
+// maxSafetensorsHeader bounds the JSON header a file may declare, so that a corrupt
+// length field cannot ask for gigabytes before anything is checked.
+const maxSafetensorsHeader = 64 << 20
+
+// TrainedTensor is one float32 tensor of a weights file.
+type TrainedTensor struct {
+	Shape []int64
+	Data  []float32
+}
+
+// Trained are weights read from a file that replace the drawn ones of a GPT by name
+// (GPTConfig.Weights). Names are modelgen's initializer names ("wte",
+// "block0/attn/qkv/weight", ...); Hugging Face GPT-2 names are translated on reading.
+type Trained struct {
+	Tensors map[string]TrainedTensor
+	// Meta is the file's __metadata__ (free-form strings).
+	Meta map[string]string
+}
+
+// String keeps a configuration printable: a summary, never the values.
+func (t *Trained) String() string {
+	if t == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%d trained tensors", len(t.Tensors))
+}
+
+// ReadSafetensors reads a safetensors file of float32, float16 or bfloat16 tensors
+// (converted to float32). See ParseSafetensors.
+func ReadSafetensors(path string) (*Trained, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	t, err := ParseSafetensors(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
+}
+
+// safetensorsEntry is one tensor's record in a safetensors header.
+type safetensorsEntry struct {
+	DType   string   `json:"dtype"`
+	Shape   []int64  `json:"shape"`
+	Offsets []uint64 `json:"data_offsets"`
+}
+
+// ParseSafetensors decodes a safetensors file: an 8-byte little-endian header length,
+// a JSON header naming each tensor's dtype, shape and byte range, then the data.
+// Tensors named as in Hugging Face's GPT-2 checkpoints (h.0.attn.c_attn.weight, with
+// or without a "transformer." prefix) get modelgen's names; GPT-2's attention-mask
+// buffers and its tied lm_head are left out.
+func ParseSafetensors(data []byte) (*Trained, error) {
+	if len(data) < 8 {
+		return nil, fmt.Errorf("%w: %d bytes, shorter than the header length", ErrSafetensors, len(data))
+	}
+	n := binary.LittleEndian.Uint64(data)
+	if n > maxSafetensorsHeader || n > uint64(len(data)-8) {
+		return nil, fmt.Errorf("%w: header of %d bytes in a file of %d", ErrSafetensors, n, len(data))
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data[8:8+n], &raw); err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrSafetensors, err)
+	}
+	body := data[8+n:]
+	out := &Trained{Tensors: map[string]TrainedTensor{}, Meta: map[string]string{}}
+	names := make([]string, 0, len(raw))
+	for name := range raw {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if name == "__metadata__" {
+			if err := json.Unmarshal(raw[name], &out.Meta); err != nil {
+				return nil, fmt.Errorf("%w: __metadata__ is not a map of strings: %v", ErrSafetensors, err)
+			}
+			continue
+		}
+		var e safetensorsEntry
+		if err := json.Unmarshal(raw[name], &e); err != nil {
+			return nil, fmt.Errorf("%w: tensor %q: %v", ErrSafetensors, name, err)
+		}
+		vals, err := e.decode(body)
+		if err != nil {
+			return nil, fmt.Errorf("%w: tensor %q: %v", ErrSafetensors, name, err)
+		}
+		mapped, keep := gptWeightName(name)
+		if !keep {
+			continue
+		}
+		if _, dup := out.Tensors[mapped]; dup {
+			return nil, fmt.Errorf("%w: two tensors are %q", ErrSafetensors, mapped)
+		}
+		out.Tensors[mapped] = TrainedTensor{Shape: e.Shape, Data: vals}
+	}
+	return out, nil
+}
+
+// dtypeSizes are the element sizes of the dtypes decode converts to float32.
+var dtypeSizes = map[string]uint64{"F32": 4, "F16": 2, "BF16": 2}
+
+// decode checks e against the data section and converts its bytes to float32.
+func (e safetensorsEntry) decode(body []byte) ([]float32, error) {
+	size, ok := dtypeSizes[e.DType]
+	if !ok {
+		return nil, fmt.Errorf("dtype %q (only F32, F16 and BF16 are read)", e.DType)
+	}
+	if len(e.Offsets) != 2 || e.Offsets[0] > e.Offsets[1] || e.Offsets[1] > uint64(len(body)) {
+		return nil, fmt.Errorf("data_offsets %v outside the %d data bytes", e.Offsets, len(body))
+	}
+	count := uint64(1)
+	for _, d := range e.Shape {
+		if d < 0 || (d > 0 && count > math.MaxInt32/uint64(d)) {
+			return nil, fmt.Errorf("shape %v", e.Shape)
+		}
+		count *= uint64(d)
+	}
+	if e.Offsets[1]-e.Offsets[0] != count*size {
+		return nil, fmt.Errorf("shape %v of %s is %d bytes, data_offsets give %d", e.Shape, e.DType, count*size, e.Offsets[1]-e.Offsets[0])
+	}
+	src := body[e.Offsets[0]:e.Offsets[1]]
+	vals := make([]float32, count)
+	for i := range vals {
+		switch e.DType {
+		case "F32":
+			vals[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
+		case "BF16":
+			vals[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(src[2*i:])) << 16)
+		default:
+			vals[i] = halfToFloat(binary.LittleEndian.Uint16(src[2*i:]))
+		}
+	}
+	return vals, nil
+}
+
+// halfToFloat converts an IEEE 754 half-precision value.
+func halfToFloat(h uint16) float32 {
+	sign := uint32(h>>15) << 31
+	exp := uint32(h>>10) & 0x1f
+	frac := uint32(h) & 0x3ff
+	switch {
+	case exp == 0x1f: // infinity or NaN
+		return math.Float32frombits(sign | 0x7f800000 | frac<<13)
+	case exp == 0 && frac == 0:
+		return math.Float32frombits(sign)
+	case exp == 0: // subnormal: value = frac * 2^-24
+		v := float32(frac) / (1 << 24)
+		if sign != 0 {
+			v = -v
+		}
+		return v
+	}
+	return math.Float32frombits(sign | (exp+112)<<23 | frac<<13)
+}
+
+// hfBlockNames maps the per-block tensor names of Hugging Face's GPT-2 to modelgen's
+// (the part after "h.<i>."). Both store each matrix [in, out].
+var hfBlockNames = map[string]string{
+	"ln_1.weight": "ln1/scale", "ln_1.bias": "ln1/bias",
+	"attn.c_attn.weight": "attn/qkv/weight", "attn.c_attn.bias": "attn/qkv/bias",
+	"attn.c_proj.weight": "attn/proj/weight", "attn.c_proj.bias": "attn/proj/bias",
+	"ln_2.weight": "ln2/scale", "ln_2.bias": "ln2/bias",
+	"mlp.c_fc.weight": "mlp/fc/weight", "mlp.c_fc.bias": "mlp/fc/bias",
+	"mlp.c_proj.weight": "mlp/proj/weight", "mlp.c_proj.bias": "mlp/proj/bias",
+}
+
+// hfTopNames maps Hugging Face GPT-2's other tensors; an empty name is one the graph
+// does not need (the LM head is tied to wte).
+var hfTopNames = map[string]string{
+	"wte.weight": TokenEmbedding, "wpe.weight": PosEmbedding,
+	"ln_f.weight": lnfScale, "ln_f.bias": lnfBias, "lm_head.weight": "",
+}
+
+var hfBlock = regexp.MustCompile(`^h\.(\d+)\.(.+)$`)
+
+// gptWeightName translates a Hugging Face GPT-2 tensor name to modelgen's; other
+// names pass unchanged. keep is false for tensors the graph does not use.
+func gptWeightName(name string) (string, bool) {
+	n := strings.TrimPrefix(name, "transformer.")
+	if to, ok := hfTopNames[n]; ok {
+		return to, to != ""
+	}
+	if m := hfBlock.FindStringSubmatch(n); m != nil {
+		if m[2] == "attn.bias" || m[2] == "attn.masked_bias" {
+			return "", false // GPT-2's causal-mask buffers, not weights
+		}
+		if to, ok := hfBlockNames[m[2]]; ok {
+			return "block" + m[1] + "/" + to, true
+		}
+	}
+	return name, true
+}
+
+// Config returns base shaped like the weights: layers, dim, vocab and context from
+// the tensors, heads from heads when positive, else from the file's metadata
+// ("heads" or "n_head"), and Weights set to t.
+func (t *Trained) Config(base GPTConfig, heads int) (GPTConfig, error) {
+	wte, ok := t.Tensors[TokenEmbedding]
+	if !ok || len(wte.Shape) != 2 {
+		return base, fmt.Errorf("%w: no 2-D token table %q", ErrWeights, TokenEmbedding)
+	}
+	wpe, ok := t.Tensors[PosEmbedding]
+	if !ok || len(wpe.Shape) != 2 {
+		return base, fmt.Errorf("%w: no 2-D position table %q", ErrWeights, PosEmbedding)
+	}
+	layers := 0
+	for _, ok := t.Tensors[gptBlock(layers).ln1Scale]; ok; _, ok = t.Tensors[gptBlock(layers).ln1Scale] {
+		layers++
+	}
+	if heads <= 0 {
+		for _, key := range []string{"heads", "n_head"} {
+			if v, err := strconv.Atoi(t.Meta[key]); err == nil && v > 0 {
+				heads = v
+				break
+			}
+		}
+	}
+	if heads <= 0 {
+		return base, fmt.Errorf("%w: the file does not say how many attention heads (give them)", ErrWeights)
+	}
+	c := base
+	c.Layers, c.Heads, c.Vocab, c.Dim, c.Context = layers, heads, int(wte.Shape[0]), int(wte.Shape[1]), int(wpe.Shape[0])
+	c.Weights = t
+	return c, c.Validate()
+}
+
+// trainedWeight gives the values of weight name when the builder has trained weights
+// (ok true): the trained ones, or zeros with an error recorded when they are missing
+// or shaped otherwise. ok is false without trained weights.
+func (g *graphBuilder) trainedWeight(name string, dims []int64) (vals []float32, ok bool) {
+	if g.given == nil {
+		return nil, false
+	}
+	t, ok := g.given.Tensors[name]
+	switch {
+	case !ok:
+		g.fail(fmt.Errorf("%w: no tensor %q", ErrWeights, name))
+	case !slices.Equal(t.Shape, dims):
+		g.fail(fmt.Errorf("%w: %q is %v, the model needs %v", ErrWeights, name, t.Shape, dims))
+	default:
+		g.used[name] = true
+		return t.Data, true
+	}
+	return make([]float32, product(dims)), true
+}
+
+// givenErr is the first error trainedWeight recorded, or an error naming a trained
+// tensor the model has no weight for.
+func (g *graphBuilder) givenErr() error {
+	if g.err != nil || g.given == nil {
+		return g.err
+	}
+	var extra []string
+	for name := range g.given.Tensors {
+		if !g.used[name] {
+			extra = append(extra, name)
+		}
+	}
+	if len(extra) > 0 {
+		sort.Strings(extra)
+		return fmt.Errorf("%w: the model has no weight for %s", ErrWeights, strings.Join(extra, ", "))
+	}
+	return nil
+}
+
+func (g *graphBuilder) fail(err error) {
+	if g.err == nil {
+		g.err = err
+	}
+}
