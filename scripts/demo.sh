@@ -316,7 +316,8 @@ t=$(now)
 generate 0 "$work/gen_ref.jsonl" || fail "generate through node0"
 echo "meshctl generate $gen_name \"$gen_prompt\" ${gen_args[*]} through node0: $(gen_tokens "$work/gen_ref.jsonl") tokens streamed in $(since "$t") s"
 echo "text (a 1.9M-parameter model trained for minutes on 2 cores: fortune-like, not wise):"
-printf '%s%b\n' "$gen_prompt" "$(gen_text "$work/gen_ref.jsonl" | sed 's/\\"/"/g' | cut -c1-600)"
+printf '%s%b' "$gen_prompt" "$(gen_text "$work/gen_ref.jsonl" | sed 's/\\"/"/g')" | head -c 700 || true
+echo
 tail -n 1 "$work/gen_ref.jsonl"
 
 # The leader as node1 sees it; on a loaded machine an election may be under way.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -84,7 +85,7 @@ func runGenModel(ctx context.Context, args []string, stdout io.Writer) error {
 	if *asJSON {
 		return printJSON(stdout, map[string]any{
 			"file": *out, "kind": kind, "options": opts, "params": cfg.Params(), "bytes": fi.Size(),
-			"outputs": cfg.OutputNames(), "seconds": took.Seconds(),
+			"outputs": cfg.OutputNames(), "seconds": took.Seconds(), "weights": *weights,
 		})
 	}
 	fmt.Fprintf(stdout, "wrote %s: %s, %d parameters, %s, in %s\n", *out, kind, cfg.Params(), humanBytes(fi.Size()), took.Round(time.Millisecond))
@@ -101,6 +102,12 @@ func withWeights(cfg modelgen.Config, path string, opts map[string]int) (modelge
 	tr, err := modelgen.ReadSafetensors(path)
 	if err != nil {
 		return nil, err
+	}
+	if _, ok := opts["seed"]; ok {
+		return nil, usagef("--seed draws weights; --weights gives them all")
+	}
+	if h, ok := opts["heads"]; ok && tr.Meta["heads"] != "" && tr.Meta["heads"] != strconv.Itoa(h) {
+		return nil, usagef("--heads %d, but %s says its model has %s", h, path, tr.Meta["heads"])
 	}
 	c, err := tr.Config(base, opts["heads"])
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/layermesh/layermesh/partition"
@@ -12,8 +13,9 @@ import (
 
 // TestGenModelWithTrainedWeights: --weights builds the GPT the file describes (the
 // demo's fortune model: 4 x 128, vocabulary 8,257, context 256) with its shape taken
-// from the file; a shape flag that disagrees with the file, a kind other than gpt and
-// a file that is not safetensors are refused.
+// from the file; a shape flag or head count that disagrees with the file, a seed
+// (nothing is drawn), a kind other than gpt and a file that is not safetensors are
+// refused.
 func TestGenModelWithTrainedWeights(t *testing.T) {
 	const weights = "../../models/fortune-gpt.safetensors"
 	out := filepath.Join(t.TempDir(), "fortune.onnx")
@@ -44,13 +46,17 @@ func TestGenModelWithTrainedWeights(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"gen-model", "gpt", "--weights", weights, "--layers", "6", "-o", out},
+		{"gen-model", "gpt", "--weights", weights, "--heads", "8", "-o", out},
+		{"gen-model", "gpt", "--weights", weights, "--seed", "3", "-o", out},
 		{"gen-model", "resnet", "--weights", weights, "-o", out},
 	} {
 		if code := run(args, io.Discard, io.Discard); code != 2 {
 			t.Errorf("meshctl %v: exit %d, want 2", args, code)
 		}
 	}
-	if code := run([]string{"gen-model", "gpt", "--weights", out, "-o", out + "2"}, io.Discard, io.Discard); code != 1 {
-		t.Errorf("an ONNX file as weights: exit %d, want 1", code)
+	stderr.Reset()
+	if code := run([]string{"gen-model", "gpt", "--weights", out, "-o", out + "2"}, io.Discard, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "not a valid safetensors file") {
+		t.Errorf("an ONNX file as weights: exit %d, %q; want 1 and the file refused as safetensors", code, stderr.String())
 	}
 }

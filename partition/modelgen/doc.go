@@ -5,7 +5,8 @@
 // without downloading anything, and they need the same bytes every time so that
 // a split of a model can be compared against the whole. Every weight is drawn
 // from a pseudo-random stream seeded by the configuration's seed and the
-// tensor's name, so a model depends only on its configuration.
+// tensor's name, so a model depends only on its configuration; a GPT may be
+// given trained weights instead (GPTConfig.Weights, ReadSafetensors).
 //
 // Weights are written straight into raw_data (one []float32 per tensor viewed
 // as bytes, no per-float encoding), which keeps building the GPT-2-small shape
@@ -28,6 +29,11 @@ var (
 	// ErrUnknownKind means Generate or ExampleInputs was asked for a model
 	// kind it does not build.
 	ErrUnknownKind = errors.New("modelgen: unknown model kind")
+	// ErrSafetensors means a weights file is not a well-formed safetensors file.
+	ErrSafetensors = errors.New("modelgen: not a valid safetensors file")
+	// ErrWeights means trained weights do not fit the model they are given to: a
+	// tensor is missing, has another shape, or belongs to no weight of the model.
+	ErrWeights = errors.New("modelgen: weights do not fit the model")
 	// ErrMissingWeight means ReferenceGPT could not find an initializer it
 	// expects in the model.
 	ErrMissingWeight = errors.New("modelgen: missing weight")

@@ -15,7 +15,7 @@ type GPTConfig struct {
 	Heads   int    // attention heads; must divide Dim
 	Vocab   int    // token vocabulary size
 	Context int    // maximum sequence length (rows of the position table)
-	Seed    int64  // seeds every weight
+	Seed    int64  // seeds every weight (those not given in Weights)
 	Name    string // graph name; "gpt" when empty
 	// WithPast builds the with-past layout (GPTWithPast): the model runs as a
 	// session, one token per step, keeping its keys and values between steps.
@@ -236,9 +236,5 @@ func GPT(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	batchSeq := i64(g.op1("Shape", "lm_head/batch_seq", []string{hf}, attrInt("start", 0), attrInt("end", 2)), 2)
 	outShape := i64(g.op1("Concat", "lm_head/out_shape", []string{batchSeq, vocabDim}, attrInt("axis", 0)), 3)
 	g.op1("Reshape", GPTOutput, []string{scores, outShape})
-	if err := g.givenErr(); err != nil {
-		return nil, err
-	}
-
-	return g.model("GPT-2-style decoder: " + gptDoc(cfg)), nil
+	return g.finish("GPT-2-style decoder: " + gptDoc(cfg))
 }

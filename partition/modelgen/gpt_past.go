@@ -131,10 +131,7 @@ func GPTWithPast(cfg GPTConfig) (*onnxpb.ModelProto, error) {
 	batchSeq := s.i64(g.op1("Shape", "lm_head/batch_seq", []string{hf}, attrInt("start", 0), attrInt("end", 2)), 2)
 	outShape := s.i64(g.op1("Concat", "lm_head/out_shape", []string{batchSeq, vocabDim}, attrInt("axis", 0)), 3)
 	g.op1("Reshape", GPTOutput, []string{scores, outShape})
-	if err := g.givenErr(); err != nil {
-		return nil, err
-	}
-	return g.model("GPT-2-style decoder with past key/values: " + gptDoc(cfg)), nil
+	return g.finish("GPT-2-style decoder with past key/values: " + gptDoc(cfg))
 }
 
 // gptDoc describes cfg for a model's doc string.

@@ -48,6 +48,15 @@ func (g *graphBuilder) withWeights(t *Trained) *graphBuilder {
 	return g
 }
 
+// finish is model for a builder that may have trained weights: their first misfit,
+// if any, instead of the model.
+func (g *graphBuilder) finish(doc string) (*onnxpb.ModelProto, error) {
+	if err := g.givenErr(); err != nil {
+		return nil, err
+	}
+	return g.model(doc), nil
+}
+
 // model wraps the finished graph into a ModelProto with the fixed opset.
 func (g *graphBuilder) model(doc string) *onnxpb.ModelProto {
 	return &onnxpb.ModelProto{
@@ -102,8 +111,9 @@ func (g *graphBuilder) addInit(t *onnxpb.TensorProto) string {
 
 // uniformWeight adds a float32 initializer drawn uniformly from
 // [-std*sqrt(3), std*sqrt(3)] (a distribution with standard deviation std),
-// plus offset. Uniform rather than normal because it needs no transcendental
-// per value, which matters at 125M values.
+// plus offset, or the trained values of that name when the builder has trained
+// weights. Uniform rather than normal because it needs no transcendental per
+// value, which matters at 125M values.
 func (g *graphBuilder) uniformWeight(name string, dims []int64, std, offset float32) string {
 	if vals, ok := g.trainedWeight(name, dims); ok {
 		return g.addInit(floatTensor(name, dims, vals))

@@ -1,10 +1,10 @@
 package modelgen
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
-	"fmt"
+		"fmt"
 	"math"
 	"os"
 	"regexp"
@@ -12,15 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-)
-
-// Errors of trained weights (ReadSafetensors, GPTConfig.Weights).
-var (
-	// ErrSafetensors means a weights file is not a well-formed safetensors file.
-	ErrSafetensors = errors.New("modelgen: not a valid safetensors file")
-	// ErrWeights means trained weights do not fit the model they are given to: a
-	// tensor is missing, has another shape, or belongs to no weight of the model.
-	ErrWeights = errors.New("modelgen: weights do not fit the model")
 )
 
 // maxSafetensorsHeader bounds the JSON header a file may declare, so that a corrupt
@@ -71,45 +62,29 @@ type safetensorsEntry struct {
 	Offsets []uint64 `json:"data_offsets"`
 }
 
+// lmHead is where ParseSafetensors keeps a checkpoint's lm_head until it has checked
+// that it is the token table (the graph ties the two).
+const lmHead = "\x00lm_head"
+
 // ParseSafetensors decodes a safetensors file: an 8-byte little-endian header length,
-// a JSON header naming each tensor's dtype, shape and byte range, then the data.
-// Tensors named as in Hugging Face's GPT-2 checkpoints (h.0.attn.c_attn.weight, with
-// or without a "transformer." prefix) get modelgen's names; GPT-2's attention-mask
-// buffers and its tied lm_head are left out.
+// a JSON header naming each tensor's dtype, shape and byte range, then the data, which
+// the ranges must cover exactly (no gap, no overlap), so that decoding never makes
+// more values than the file holds bytes. Tensors named as in Hugging Face's GPT-2
+// checkpoints (h.0.attn.c_attn.weight, with or without a "transformer." prefix) get
+// modelgen's names; GPT-2's attention-mask buffers are skipped undecoded, and an
+// lm_head must equal the token table (ErrWeights otherwise).
 func ParseSafetensors(data []byte) (*Trained, error) {
-	if len(data) < 8 {
-		return nil, fmt.Errorf("%w: %d bytes, shorter than the header length", ErrSafetensors, len(data))
+	entries, meta, body, err := safetensorsHeader(data)
+	if err != nil {
+		return nil, err
 	}
-	n := binary.LittleEndian.Uint64(data)
-	if n > maxSafetensorsHeader || n > uint64(len(data)-8) {
-		return nil, fmt.Errorf("%w: header of %d bytes in a file of %d", ErrSafetensors, n, len(data))
-	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(data[8:8+n], &raw); err != nil {
-		return nil, fmt.Errorf("%w: header: %v", ErrSafetensors, err)
-	}
-	body := data[8+n:]
-	out := &Trained{Tensors: map[string]TrainedTensor{}, Meta: map[string]string{}}
-	names := make([]string, 0, len(raw))
-	for name := range raw {
+	out := &Trained{Tensors: map[string]TrainedTensor{}, Meta: meta}
+	names := make([]string, 0, len(entries))
+	for name := range entries {
 		names = append(names, name)
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		if name == "__metadata__" {
-			if err := json.Unmarshal(raw[name], &out.Meta); err != nil {
-				return nil, fmt.Errorf("%w: __metadata__ is not a map of strings: %v", ErrSafetensors, err)
-			}
-			continue
-		}
-		var e safetensorsEntry
-		if err := json.Unmarshal(raw[name], &e); err != nil {
-			return nil, fmt.Errorf("%w: tensor %q: %v", ErrSafetensors, name, err)
-		}
-		vals, err := e.decode(body)
-		if err != nil {
-			return nil, fmt.Errorf("%w: tensor %q: %v", ErrSafetensors, name, err)
-		}
 		mapped, keep := gptWeightName(name)
 		if !keep {
 			continue
@@ -117,44 +92,107 @@ func ParseSafetensors(data []byte) (*Trained, error) {
 		if _, dup := out.Tensors[mapped]; dup {
 			return nil, fmt.Errorf("%w: two tensors are %q", ErrSafetensors, mapped)
 		}
+		e := entries[name]
+		vals, err := e.decode(body)
+		if err != nil {
+			return nil, fmt.Errorf("%w: tensor %q: %w", ErrSafetensors, name, err)
+		}
 		out.Tensors[mapped] = TrainedTensor{Shape: e.Shape, Data: vals}
+	}
+	if head, ok := out.Tensors[lmHead]; ok {
+		wte := out.Tensors[TokenEmbedding]
+		if !slices.Equal(head.Shape, wte.Shape) || !slices.Equal(head.Data, wte.Data) {
+			return nil, fmt.Errorf("%w: lm_head is not the token table, and the graph ties the two", ErrWeights)
+		}
+		delete(out.Tensors, lmHead)
 	}
 	return out, nil
 }
 
-// dtypeSizes are the element sizes of the dtypes decode converts to float32.
-var dtypeSizes = map[string]uint64{"F32": 4, "F16": 2, "BF16": 2}
+// safetensorsHeader splits a safetensors file into its tensor records, its metadata
+// and its data section, checking that the records' byte ranges tile the data.
+func safetensorsHeader(data []byte) (map[string]safetensorsEntry, map[string]string, []byte, error) {
+	if len(data) < 8 {
+		return nil, nil, nil, fmt.Errorf("%w: %d bytes, shorter than the header length", ErrSafetensors, len(data))
+	}
+	n := binary.LittleEndian.Uint64(data)
+	if n > maxSafetensorsHeader || n > uint64(len(data)-8) {
+		return nil, nil, nil, fmt.Errorf("%w: header of %d bytes in a file of %d", ErrSafetensors, n, len(data))
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data[8:8+n], &raw); err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: header: %w", ErrSafetensors, err)
+	}
+	body := data[8+n:]
+	meta := map[string]string{}
+	entries := make(map[string]safetensorsEntry, len(raw))
+	var ranges [][2]uint64
+	for name, msg := range raw {
+		if name == "__metadata__" {
+			if err := json.Unmarshal(msg, &meta); err != nil {
+				return nil, nil, nil, fmt.Errorf("%w: __metadata__ is not a map of strings: %w", ErrSafetensors, err)
+			}
+			continue
+		}
+		var e safetensorsEntry
+		if err := json.Unmarshal(msg, &e); err != nil {
+			return nil, nil, nil, fmt.Errorf("%w: tensor %q: %w", ErrSafetensors, name, err)
+		}
+		if len(e.Offsets) != 2 || e.Offsets[0] > e.Offsets[1] {
+			return nil, nil, nil, fmt.Errorf("%w: tensor %q: data_offsets %v are not [begin, end]", ErrSafetensors, name, e.Offsets)
+		}
+		entries[name] = e
+		ranges = append(ranges, [2]uint64{e.Offsets[0], e.Offsets[1]})
+	}
+	slices.SortFunc(ranges, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
+	end := uint64(0)
+	for _, r := range ranges {
+		if r[0] != end {
+			return nil, nil, nil, fmt.Errorf("%w: the tensors' data_offsets leave a gap or overlap at byte %d", ErrSafetensors, min(r[0], end))
+		}
+		end = r[1]
+	}
+	if end != uint64(len(body)) {
+		return nil, nil, nil, fmt.Errorf("%w: the tensors cover %d of the %d data bytes", ErrSafetensors, end, len(body))
+	}
+	return entries, meta, body, nil
+}
 
-// decode checks e against the data section and converts its bytes to float32.
+// safetensorsDTypes decode the dtypes ParseSafetensors reads: element size and the
+// conversion of one element to float32.
+var safetensorsDTypes = map[string]struct {
+	size   uint64
+	decode func([]byte) float32
+}{
+	"F32":  {4, func(b []byte) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b)) }},
+	"F16":  {2, func(b []byte) float32 { return halfToFloat(binary.LittleEndian.Uint16(b)) }},
+	"BF16": {2, func(b []byte) float32 { return math.Float32frombits(uint32(binary.LittleEndian.Uint16(b)) << 16) }},
+}
+
+// decode checks e's shape against its byte range (safetensorsHeader checked the
+// range) and converts its bytes to float32.
 func (e safetensorsEntry) decode(body []byte) ([]float32, error) {
-	size, ok := dtypeSizes[e.DType]
+	dt, ok := safetensorsDTypes[e.DType]
 	if !ok {
 		return nil, fmt.Errorf("dtype %q (only F32, F16 and BF16 are read)", e.DType)
 	}
-	if len(e.Offsets) != 2 || e.Offsets[0] > e.Offsets[1] || e.Offsets[1] > uint64(len(body)) {
-		return nil, fmt.Errorf("data_offsets %v outside the %d data bytes", e.Offsets, len(body))
-	}
 	count := uint64(1)
 	for _, d := range e.Shape {
-		if d < 0 || (d > 0 && count > math.MaxInt32/uint64(d)) {
-			return nil, fmt.Errorf("shape %v", e.Shape)
+		switch {
+		case d < 0:
+			return nil, fmt.Errorf("shape %v has a negative dimension", e.Shape)
+		case d > 0 && count > math.MaxInt32/uint64(d):
+			return nil, fmt.Errorf("shape %v has more than %d elements", e.Shape, math.MaxInt32)
 		}
 		count *= uint64(d)
 	}
-	if e.Offsets[1]-e.Offsets[0] != count*size {
-		return nil, fmt.Errorf("shape %v of %s is %d bytes, data_offsets give %d", e.Shape, e.DType, count*size, e.Offsets[1]-e.Offsets[0])
+	if e.Offsets[1]-e.Offsets[0] != count*dt.size {
+		return nil, fmt.Errorf("shape %v of %s is %d bytes, data_offsets give %d", e.Shape, e.DType, count*dt.size, e.Offsets[1]-e.Offsets[0])
 	}
 	src := body[e.Offsets[0]:e.Offsets[1]]
 	vals := make([]float32, count)
 	for i := range vals {
-		switch e.DType {
-		case "F32":
-			vals[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
-		case "BF16":
-			vals[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(src[2*i:])) << 16)
-		default:
-			vals[i] = halfToFloat(binary.LittleEndian.Uint16(src[2*i:]))
-		}
+		vals[i] = dt.decode(src[uint64(i)*dt.size:])
 	}
 	return vals, nil
 }
@@ -190,11 +228,11 @@ var hfBlockNames = map[string]string{
 	"mlp.c_proj.weight": "mlp/proj/weight", "mlp.c_proj.bias": "mlp/proj/bias",
 }
 
-// hfTopNames maps Hugging Face GPT-2's other tensors; an empty name is one the graph
-// does not need (the LM head is tied to wte).
+// hfTopNames maps Hugging Face GPT-2's other tensors (its lm_head is checked against
+// the token table, which the graph's LM head reads).
 var hfTopNames = map[string]string{
 	"wte.weight": TokenEmbedding, "wpe.weight": PosEmbedding,
-	"ln_f.weight": lnfScale, "ln_f.bias": lnfBias, "lm_head.weight": "",
+	"ln_f.weight": lnfScale, "ln_f.bias": lnfBias, "lm_head.weight": lmHead,
 }
 
 var hfBlock = regexp.MustCompile(`^h\.(\d+)\.(.+)$`)
@@ -230,7 +268,10 @@ func (t *Trained) Config(base GPTConfig, heads int) (GPTConfig, error) {
 		return base, fmt.Errorf("%w: no 2-D position table %q", ErrWeights, PosEmbedding)
 	}
 	layers := 0
-	for _, ok := t.Tensors[gptBlock(layers).ln1Scale]; ok; _, ok = t.Tensors[gptBlock(layers).ln1Scale] {
+	for {
+		if _, ok := t.Tensors[gptBlock(layers).ln1Scale]; !ok {
+			break
+		}
 		layers++
 	}
 	if heads <= 0 {
@@ -261,8 +302,8 @@ func (g *graphBuilder) trainedWeight(name string, dims []int64) (vals []float32,
 	switch {
 	case !ok:
 		g.fail(fmt.Errorf("%w: no tensor %q", ErrWeights, name))
-	case !slices.Equal(t.Shape, dims):
-		g.fail(fmt.Errorf("%w: %q is %v, the model needs %v", ErrWeights, name, t.Shape, dims))
+	case !slices.Equal(t.Shape, dims) || int64(len(t.Data)) != product(dims):
+		g.fail(fmt.Errorf("%w: %q is %v (%d values), the model needs %v", ErrWeights, name, t.Shape, len(t.Data), dims))
 	default:
 		g.used[name] = true
 		return t.Data, true

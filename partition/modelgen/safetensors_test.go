@@ -207,16 +207,16 @@ func TestSafetensorsHuggingFaceNames(t *testing.T) {
 		if !slices.Equal(got.Shape, shapes[n]) {
 			t.Fatalf("%s: shape %v, want %v", n, got.Shape, shapes[n])
 		}
-		tol := 0.0
-		switch {
-		case strings.HasPrefix(n, "block1/"):
-			tol = 1e-3 // float16 keeps 11 bits
-		case strings.HasPrefix(n, "block0/ln"):
-			tol = 1e-2 // bfloat16 keeps 8
-		}
 		for i := range v {
-			if d := math.Abs(float64(got.Data[i] - v[i])); d > tol*math.Max(1, math.Abs(float64(v[i]))) {
-				t.Fatalf("%s[%d] = %g, want %g", n, i, got.Data[i], v[i])
+			want := v[i]
+			switch tensors[hf[n]].dtype + tensors["transformer."+hf[n]].dtype {
+			case "F16":
+				want = halfToFloat(floatToHalf(v[i]))
+			case "BF16":
+				want = math.Float32frombits(math.Float32bits(v[i]) &^ 0xffff)
+			}
+			if got.Data[i] != want {
+				t.Fatalf("%s[%d] = %g, want %g (%g stored as %s)", n, i, got.Data[i], want, v[i], tensors[hf[n]].dtype)
 			}
 		}
 	}
@@ -228,8 +228,10 @@ func TestSafetensorsHuggingFaceNames(t *testing.T) {
 	}
 }
 
-// TestTrainedWeightsThatDoNotFit: a missing tensor, a tensor of another shape and a
-// tensor the model has no weight for are refused with ErrWeights.
+// TestTrainedWeightsThatDoNotFit: the source's tensors build both layouts, the plain
+// one with exactly the plain source's weights; a missing tensor, a tensor of another
+// shape or length and a tensor the model has no weight for are refused with
+// ErrWeights.
 func TestTrainedWeightsThatDoNotFit(t *testing.T) {
 	src, vals, shapes := trainedSource(t)
 	build := func(edit func(map[string]TrainedTensor)) error {
@@ -246,10 +248,35 @@ func TestTrainedWeightsThatDoNotFit(t *testing.T) {
 	if err := build(func(map[string]TrainedTensor) {}); err != nil {
 		t.Fatalf("the source's own tensors: %v", err)
 	}
+	// The plain layout has the same weights: the same tensors build it, and its
+	// initializers are the plain model of the source's seed.
+	tr := &Trained{Tensors: map[string]TrainedTensor{}}
+	for n, v := range vals {
+		tr.Tensors[n] = TrainedTensor{Shape: shapes[n], Data: v}
+	}
+	plain, plainSrc := src, src
+	plain.WithPast, plainSrc.WithPast, plain.Seed, plain.Weights = false, false, 7, tr
+	pm, err := plain.Build()
+	if err != nil {
+		t.Fatalf("plain layout: %v", err)
+	}
+	want, err := plainSrc.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantVals, gotVals := initializers(t, want), initializers(t, pm)
+	for n, v := range wantVals {
+		if !slices.Equal(gotVals[n], v) {
+			t.Fatalf("plain layout: %s differs from the source's", n)
+		}
+	}
 	for name, edit := range map[string]func(map[string]TrainedTensor){
 		"missing": func(m map[string]TrainedTensor) { delete(m, "block1/mlp/fc/bias") },
 		"other shape": func(m map[string]TrainedTensor) {
 			m[lnfBias] = TrainedTensor{Shape: []int64{8}, Data: make([]float32, 8)}
+		},
+		"short data": func(m map[string]TrainedTensor) {
+			m[lnfBias] = TrainedTensor{Shape: []int64{16}, Data: make([]float32, 15)}
 		},
 		"extra": func(m map[string]TrainedTensor) {
 			m["block7/ln1/scale"] = TrainedTensor{Shape: []int64{16}, Data: make([]float32, 16)}
@@ -277,7 +304,11 @@ func TestSafetensorsRefusesMalformedFiles(t *testing.T) {
 		"huge shape":       header(`{"wte":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,16]}}`),
 		"dtype":            header(`{"wte":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}`),
 		"metadata":         header(`{"__metadata__":{"a":1}}`),
-		"two names to one": header(`{"wte":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"wte.weight":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}`),
+		"reversed offsets": header(`{"wte":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}`),
+		"three offsets":    header(`{"wte":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}`),
+		"gap":              header(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}`),
+		"overlap":          header(`{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}`),
+		"two names to one": header(`{"wte":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"wte.weight":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}`),
 	} {
 		if _, err := ParseSafetensors(data); !errors.Is(err, ErrSafetensors) {
 			t.Errorf("%s: %v, want ErrSafetensors", name, err)
@@ -286,9 +317,41 @@ func TestSafetensorsRefusesMalformedFiles(t *testing.T) {
 	if _, err := ParseSafetensors(good); err != nil {
 		t.Fatalf("well-formed file: %v", err)
 	}
+	untied := encodeSafetensors(t, map[string]stTensor{
+		"wte.weight":     {"F32", []int64{2, 2}, []float32{1, 2, 3, 4}},
+		"lm_head.weight": {"F32", []int64{2, 2}, []float32{1, 2, 3, 5}},
+	}, nil)
+	if _, err := ParseSafetensors(untied); !errors.Is(err, ErrWeights) {
+		t.Errorf("an lm_head that is not the token table: %v, want ErrWeights", err)
+	}
 }
 
-// FuzzParseSafetensors: any bytes decode or fail with ErrSafetensors, never panic.
+// TestHalfToFloat: float16's zeros, subnormals, normals, largest value, infinities
+// and NaN convert exactly.
+func TestHalfToFloat(t *testing.T) {
+	for _, c := range []struct {
+		h    uint16
+		want float32
+	}{
+		{0x0000, 0}, {0x0001, 1.0 / (1 << 24)}, {0x03ff, 1023.0 / (1 << 24)}, {0x8001, -1.0 / (1 << 24)},
+		{0x0400, 1.0 / (1 << 14)}, {0x3c00, 1}, {0xc000, -2}, {0x3555, 0.333251953125}, {0x7bff, 65504},
+		{0x7c00, float32(math.Inf(1))}, {0xfc00, float32(math.Inf(-1))},
+	} {
+		if got := halfToFloat(c.h); got != c.want {
+			t.Errorf("halfToFloat(%#04x) = %g, want %g", c.h, got, c.want)
+		}
+	}
+	if got := halfToFloat(0x7e00); !math.IsNaN(float64(got)) {
+		t.Errorf("halfToFloat(0x7e00) = %g, want NaN", got)
+	}
+	if got := halfToFloat(0x8000); got != 0 || !math.Signbit(float64(got)) {
+		t.Errorf("halfToFloat(0x8000) = %g, want -0", got)
+	}
+}
+
+// FuzzParseSafetensors: any bytes decode or fail with ErrSafetensors (ErrWeights for
+// an lm_head that is not the token table), never panic, and never make more values
+// than the file has bytes.
 func FuzzParseSafetensors(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(append(binary.LittleEndian.AppendUint64(nil, 2), []byte("{}")...))
@@ -297,12 +360,14 @@ func FuzzParseSafetensors(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tr, err := ParseSafetensors(data)
 		if err != nil {
-			if !errors.Is(err, ErrSafetensors) {
-				t.Fatalf("error %v does not wrap ErrSafetensors", err)
+			if !errors.Is(err, ErrSafetensors) && !errors.Is(err, ErrWeights) {
+				t.Fatalf("error %v wraps neither ErrSafetensors nor ErrWeights", err)
 			}
 			return
 		}
+		values := 0
 		for n, ts := range tr.Tensors {
+			values += len(ts.Data)
 			count := int64(1)
 			for _, d := range ts.Shape {
 				count *= d
@@ -310,6 +375,9 @@ func FuzzParseSafetensors(f *testing.F) {
 			if int64(len(ts.Data)) != count {
 				t.Fatalf("%s: %d values for shape %v", n, len(ts.Data), ts.Shape)
 			}
+		}
+		if values > len(data) {
+			t.Fatalf("%d values decoded from %d bytes", values, len(data))
 		}
 	})
 }
