@@ -4,7 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"encoding/json"
-		"fmt"
+	"fmt"
 	"math"
 	"os"
 	"regexp"
