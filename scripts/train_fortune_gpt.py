@@ -20,14 +20,18 @@ fortune followed by a "%" line; the tokenizer of GPT-2's first 8,000 merges,
 8,257 tokens); the last 5% are held out. AdamW (weight decay 0.01 on the
 matrices), 1,200 steps, the first 60 warming up to a peak of 3e-3, then cosine
 decay to 3e-4; batch 8 x 256 tokens drawn at random offsets; seeded (20261205)
-and run on 2 threads, so a rerun on the same torch build and BLAS writes the same
+and run on 2 threads. Two runs on the same machine agree step for step at first
+and drift apart by a few thousandths of a nat by step 500 (the threads' floating
+point sums are not always added in one order), so a rerun gives a model of the
+same quality, not the same bytes; the file records the held-out loss of its own
 weights. It prints the training and held-out loss as it goes; the held-out loss
 is the mean cross-entropy over the first 16 windows of 256 tokens at a stride of
-1,024 in the held-out part, recorded in the file's metadata.
+1,024 in the held-out part, recorded in the file's metadata with the corpus's
+token count.
 
 The committed models/fortune-gpt.safetensors came from this script as it is
 (849,523 tokens of fortunes 1:1.99.1-7.3): held-out loss 4.734 nats a token
-(chance is ln 8257 = 9.02), 571 s on the 2 cores of the build machine.
+(chance is ln 8257 = 9.02), 564 s on the 2 cores of the build machine.
 """
 import argparse
 import json
@@ -190,7 +194,8 @@ def main():
     final = held_loss()
     meta = {"format": "layermesh-gpt", "layers": str(LAYERS), "dim": str(DIM), "heads": str(HEADS),
             "context": str(CONTEXT), "vocab": str(VOCAB), "corpus": "Debian fortunes", "tokenizer": "GPT-2's first 8000 merges",
-            "steps": str(args.steps), "seed": str(SEED), "held_out_loss": "%.3f" % final}
+            "steps": str(args.steps), "seed": str(SEED), "corpus_tokens": str(len(ids)),
+            "held_out_loss": "%.6f" % final}
     write_safetensors(args.out, named_weights(model), meta)
     print("wrote %s: held-out loss %.3f after %d steps, %.0f s" % (args.out, final, args.steps, time.time() - t0))
 

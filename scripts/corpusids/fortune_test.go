@@ -95,6 +95,9 @@ func TestFortuneModelScoresHeldOutText(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if want := tr.Meta["corpus_tokens"]; strconv.Itoa(len(ids)) != want {
+		t.Fatalf("the fortunes here make %d tokens, the weights were trained on %s: another version of Debian's fortunes package", len(ids), want)
+	}
 	recorded, err := strconv.ParseFloat(tr.Meta["held_out_loss"], 64)
 	if err != nil {
 		t.Fatalf("held_out_loss in the metadata: %v", err)
@@ -157,13 +160,17 @@ func TestFortuneModelScoresHeldOutText(t *testing.T) {
 		sum += loss / window
 		n++
 	}
-	got := sum / float64(n)
-	t.Logf("held-out loss of the ONNX model %.4f nats a token over %d windows; the trainer recorded %.3f", got, n, recorded)
-	if math.Abs(got-recorded) > 0.005 {
-		t.Fatalf("held-out loss %.4f, the trainer recorded %.3f: the graph is not the trained model", got, recorded)
+	if n != windows {
+		t.Fatalf("%d held-out windows, the trainer scored %d", n, windows)
 	}
-	if got > 6 {
-		t.Fatalf("held-out loss %.3f: not much better than chance (9.02)", got)
+	got := sum / float64(n)
+	t.Logf("held-out loss of the ONNX model %.6f nats a token over %d windows; the trainer recorded %.6f", got, n, recorded)
+	// Written the other way round, a NaN would pass.
+	if !(math.Abs(got-recorded) <= 1e-4) {
+		t.Fatalf("held-out loss %.6f, the trainer recorded %.6f: the graph is not the trained model", got, recorded)
+	}
+	if !(got < 6) {
+		t.Fatalf("held-out loss %.6f: not much better than chance (9.02)", got)
 	}
 }
 
