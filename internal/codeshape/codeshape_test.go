@@ -31,7 +31,6 @@ const (
 // maxFuncLines: test model builders, which read best as one straight listing of
 // layers. Generated files are exempt as a whole.
 var longFuncAllowed = map[string]bool{
-	"partition/modelgen.GPT":          true,
 	"partition/modelgen.ReferenceGPT": true,
 }
 
