@@ -136,6 +136,9 @@ job gen-state-held "LAYERMESH_BENCH_THREADS=1 go test -run '^\$' -bench '^Benchm
 # system test, whose figures are in its -v log.
 job gen-failover "go test -run '^TestGenerationAcrossMeshnodes\$' -count 1 -v -timeout 15m ./test/gen/"
 job gen-pipeline "go test -run '^\$' -bench '^BenchmarkGeneratePipelineParallel\$' -benchtime 1x -count 1 -timeout 30m ./test/split/"
+# The two stages of the pipelined generation at the planner's cut and the cuts next to
+# it, in one process: one after the other, and side by side on the two cores.
+job gen-stage-cuts "go test -run '^\$' -bench '^BenchmarkDecodeStageCuts\$' -benchtime 1x -count 1 -timeout 20m ./test/split/"
 # Test-set accuracy of the Fashion-MNIST CNN after each compression, from the
 # accuracy test's -v log.
 job compress-accuracy "go test -run '^TestFashionMNISTAccuracyAfterCompression\$' -count 1 -v -timeout 20m ./compress/"

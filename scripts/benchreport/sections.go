@@ -410,16 +410,15 @@ stage 0's process used 16.5 ms of CPU per generated token and ran ONNX Runtime f
 15.76 ms per decode step (plus 90 ms per prefill, 1.4 ms per token): the Go side of a
 stage (its RPC, sessions, metrics) is within the measurement's error. Per token the two
 stages run 30.45 ms of decode steps against 25.72 ms for the one node and 28.9 ms for
-each replica, so what the split loses is ONNX Runtime time: 3 to 6% of it is the
-split itself (the two stages run one after the other in one process, timed with a
-scratch harness that is not committed, against the whole model), the rest comes with
-both cores streaming weights at once, as the replicas' own 12% over the one node
-shows. Stage 0 takes 1.1 ms longer than stage 1 (its 9 attention blocks copy and read
-9 layers of KV cache, stage 1's 3) and sets the pace. The cuts next to the FLOPs
-balance that carry little (before block 8's attention, before its MLP, and after its
-MLP's first matrix, where the plan cuts), timed the same way at pasts 64 to 120, gave
-a slower stage of 13.3 to 13.9 ms in every run at each of them: no cut there is
-measurably better.
+each replica, so what the split loses is ONNX Runtime time. In one process
+(BenchmarkDecodeStageCuts, below) the two stages take the whole model's time within
+the host's noise, one after the other or side by side on the two cores; in the
+meshnode processes they take 5% more than a replica, and both cores streaming weights
+at once cost the replicas themselves 12% over the one node. Stage 0 takes 1.1 ms longer than stage 1 (its 9 attention blocks copy and read
+9 layers of KV cache, stage 1's 3) and sets the pace. The section on the stages' decode
+steps at and around the planner's cut times the neighbouring cuts: one sub-block
+earlier, before block 8's attention, balances the stages 2 to 8% better in one
+process.
 
 Runs of this build, speedup (ceiling): 1.657 (1.941) at 11:58 UTC with perf attached
 to the split's processes, 1.669 (1.883) at 12:03, 1.613 (1.898) at 12:12 with every
@@ -443,6 +442,54 @@ id). Against a decode step's FLOPs that put a block more on stage 0 (132.5 M aga
 115.1 M FLOPs per token), whose process then used 17 to 21 ms of CPU per token against
 14 to 18 for stage 1, and the same benchmark gave 1.49 to 1.75 over 2026-12-04 and 05
 (the six runs of 2026-12-05 02:00-02:53 UTC: 1.58, 1.72, 1.75, 1.60, 1.62, 1.57).`,
+	},
+	{
+		Title: "Text generation: the two stages' decode steps at and around the planner's cut",
+		Measures: `
+BenchmarkDecodeStageCuts cuts the with-past 12 x 768 GPT into 2 stages at the cut the
+planner chooses for two equal devices and at the cuts within a block of it that carry
+at most two hidden states, and times decode steps (pasts 64 to 127) in one process with
+1 intra-op thread: each cut's two stages one after the other, against the whole model,
+3 rounds interleaving them. Then the whole model on both cores at once (two sessions,
+each on a thread pinned to its core), and the planner's two stages side by side the same
+way, stage 1 fed stage 0's outputs computed beforehand: what the two one-core nodes of
+the pipelined benchmark run, without the processes, the network and the sessions'
+state. Figures are means over the rounds.`,
+		Jobs: []string{"gen-stage-cuts"},
+		Figures: []Figure{
+			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "plan-cut-slower-ms", Label: "slower stage at the planner's cut, one after the other", Unit: "ms"},
+			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "best-cut-slower-ms", Label: "slower stage at the best cut measured", Unit: "ms"},
+			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "best-cut", Label: "the best cut measured (before node)", Unit: ""},
+			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "whole-ms", Label: "whole model, one core busy", Unit: "ms"},
+			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "both-cores-whole-ms", Label: "whole model, both cores busy with it", Unit: "ms"},
+			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "both-cores-stages-sum-ms", Label: "planner's two stages side by side, summed", Unit: "ms"},
+		},
+		Logs: []string{"BenchmarkDecodeStageCuts"},
+		Notes: `
+The planner cuts before node 417, after the first matrix of block 8's MLP (its GELU
+and second matrix go to stage 1), at equal FLOPs per decode step; 379 is before block
+8's attention, 415 before its MLP, 368 before block 7's MLP, 426 and 462 after blocks 8
+and 9. Stage 0 holds more attention blocks than stage 1 (9 against 3 at the plan's
+cut), and with them more KV cache to copy and read, and more, smaller operators, none of
+which FLOPs count: one after the other, the plan's stage 0 is the slower by 1.7 to 2.4
+ms. The cut before block 8's attention balanced the stages best in every round of the
+three runs on 2026-12-05 (13:11 to 13:21 UTC): its slower stage was quicker than the
+plan's by 8, 6 and 2% on the means (14.22 against 15.43 ms, 13.76 against 14.68, and
+14.47 against 14.78 in the run above). A planner that counts a decode step's KV
+traffic and per-operator cost would move the cut there; this benchmark is what would
+check it.
+
+Side by side on the two cores, the plan's two stages sum to what the whole model takes
+on each core (26.07 against 25.84 ms above; 30.41 against 31.11 in the run before): in
+one process the pipeline's two halves cost no more than the whole model under the same
+memory contention (32.0 against 32.7 ms in the first run). In the pipelined benchmark
+(real processes, sessions' state, the stage RPC) they take 30.45 ms a token against
+28.9 for each replica. One after the other, the plan's two stages took from 5% less to
+6% more than the whole model, round by round. The whole model
+alone took 26.4 to 29.2 ms a step within these minutes, in the run above more on its
+own than with both cores busy: the host's pace moves by 10% from one round to the next.
+(The first of the three runs did not yet warm its sessions before timing, which
+slowed its first round's whole model, 37 ms, and is why it is not the one above.)`,
 	},
 	{
 		Title: "Text generation: decode batching",
