@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math"
 	"reflect"
 	"runtime"
 	"testing"
@@ -106,11 +107,23 @@ func TestDecodeRejects(t *testing.T) {
 	}
 }
 
+// TestHalf: float16's zeros, subnormals, normals, largest value, infinities and NaN
+// convert exactly.
 func TestHalf(t *testing.T) {
-	for h, want := range map[uint16]float32{0x3c00: 1, 0xc000: -2, 0x0001: 5.9604645e-08, 0x7bff: 65504} {
+	for h, want := range map[uint16]float32{
+		0x0000: 0, 0x0001: 1.0 / (1 << 24), 0x03ff: 1023.0 / (1 << 24), 0x8001: -1.0 / (1 << 24),
+		0x0400: 1.0 / (1 << 14), 0x3c00: 1, 0xc000: -2, 0x3555: 0.333251953125, 0x7bff: 65504,
+		0x7c00: float32(math.Inf(1)), 0xfc00: float32(math.Inf(-1)),
+	} {
 		if got := HalfToFloat32(h); got != want {
 			t.Errorf("HalfToFloat32(%#x) = %v, want %v", h, got, want)
 		}
+	}
+	if got := HalfToFloat32(0x7e00); !math.IsNaN(float64(got)) {
+		t.Errorf("HalfToFloat32(0x7e00) = %v, want NaN", got)
+	}
+	if got := HalfToFloat32(0x8000); got != 0 || !math.Signbit(float64(got)) {
+		t.Errorf("HalfToFloat32(0x8000) = %v, want -0", got)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/layermesh/layermesh/accel/tensor"
 )
 
 // maxSafetensorsHeader bounds the JSON header a file may declare, so that a corrupt
@@ -165,7 +167,7 @@ var safetensorsDTypes = map[string]struct {
 	decode func([]byte) float32
 }{
 	"F32":  {4, func(b []byte) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b)) }},
-	"F16":  {2, func(b []byte) float32 { return halfToFloat(binary.LittleEndian.Uint16(b)) }},
+	"F16":  {2, func(b []byte) float32 { return tensor.HalfToFloat32(binary.LittleEndian.Uint16(b)) }},
 	"BF16": {2, func(b []byte) float32 { return math.Float32frombits(uint32(binary.LittleEndian.Uint16(b)) << 16) }},
 }
 
@@ -197,26 +199,6 @@ func (e safetensorsEntry) decode(body []byte) ([]float32, error) {
 	return vals, nil
 }
 
-// halfToFloat converts an IEEE 754 half-precision value.
-func halfToFloat(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := uint32(h>>10) & 0x1f
-	frac := uint32(h) & 0x3ff
-	switch {
-	case exp == 0x1f: // infinity or NaN
-		return math.Float32frombits(sign | 0x7f800000 | frac<<13)
-	case exp == 0 && frac == 0:
-		return math.Float32frombits(sign)
-	case exp == 0: // subnormal: value = frac * 2^-24
-		v := float32(frac) / (1 << 24)
-		if sign != 0 {
-			v = -v
-		}
-		return v
-	}
-	return math.Float32frombits(sign | (exp+112)<<23 | frac<<13)
-}
-
 // hfBlockNames maps the per-block tensor names of Hugging Face's GPT-2 to modelgen's
 // (the part after "h.<i>."). Both store each matrix [in, out].
 var hfBlockNames = map[string]string{
@@ -242,7 +224,7 @@ var hfBlock = regexp.MustCompile(`^h\.(\d+)\.(.+)$`)
 func gptWeightName(name string) (string, bool) {
 	n := strings.TrimPrefix(name, "transformer.")
 	if to, ok := hfTopNames[n]; ok {
-		return to, to != ""
+		return to, true
 	}
 	if m := hfBlock.FindStringSubmatch(n); m != nil {
 		if m[2] == "attn.bias" || m[2] == "attn.masked_bias" {

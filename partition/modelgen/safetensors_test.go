@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/partition/onnxpb"
 )
 
@@ -211,7 +212,7 @@ func TestSafetensorsHuggingFaceNames(t *testing.T) {
 			want := v[i]
 			switch tensors[hf[n]].dtype + tensors["transformer."+hf[n]].dtype {
 			case "F16":
-				want = halfToFloat(floatToHalf(v[i]))
+				want = tensor.HalfToFloat32(floatToHalf(v[i]))
 			case "BF16":
 				want = math.Float32frombits(math.Float32bits(v[i]) &^ 0xffff)
 			}
@@ -323,29 +324,6 @@ func TestSafetensorsRefusesMalformedFiles(t *testing.T) {
 	}, nil)
 	if _, err := ParseSafetensors(untied); !errors.Is(err, ErrWeights) {
 		t.Errorf("an lm_head that is not the token table: %v, want ErrWeights", err)
-	}
-}
-
-// TestHalfToFloat: float16's zeros, subnormals, normals, largest value, infinities
-// and NaN convert exactly.
-func TestHalfToFloat(t *testing.T) {
-	for _, c := range []struct {
-		h    uint16
-		want float32
-	}{
-		{0x0000, 0}, {0x0001, 1.0 / (1 << 24)}, {0x03ff, 1023.0 / (1 << 24)}, {0x8001, -1.0 / (1 << 24)},
-		{0x0400, 1.0 / (1 << 14)}, {0x3c00, 1}, {0xc000, -2}, {0x3555, 0.333251953125}, {0x7bff, 65504},
-		{0x7c00, float32(math.Inf(1))}, {0xfc00, float32(math.Inf(-1))},
-	} {
-		if got := halfToFloat(c.h); got != c.want {
-			t.Errorf("halfToFloat(%#04x) = %g, want %g", c.h, got, c.want)
-		}
-	}
-	if got := halfToFloat(0x7e00); !math.IsNaN(float64(got)) {
-		t.Errorf("halfToFloat(0x7e00) = %g, want NaN", got)
-	}
-	if got := halfToFloat(0x8000); got != 0 || !math.Signbit(float64(got)) {
-		t.Errorf("halfToFloat(0x8000) = %g, want -0", got)
 	}
 }
 

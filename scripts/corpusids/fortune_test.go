@@ -24,19 +24,26 @@ const (
 	demoMerges  = 8000
 )
 
+// truncatedTokenizer is the demo model's tokenizer: GPT-2's first demoMerges merges.
+func truncatedTokenizer(t *testing.T) *tokenizer.Tokenizer {
+	t.Helper()
+	vocab, merges, err := TruncatedGPT2(gpt2Dir, demoMerges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := tokenizer.ParseVocabMerges(vocab, merges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
 // TestTruncatedTokenizerRoundTrips: GPT-2's first 8,000 merges make a tokenizer of
 // 8,257 ids (<|endoftext|> last) that encodes any text, accents and emoji included,
 // into ids below that and decodes it back unchanged, and that gives GPT-2's id to a
 // word GPT-2 makes of one of those tokens.
 func TestTruncatedTokenizerRoundTrips(t *testing.T) {
-	vocab, merges, err := TruncatedGPT2(gpt2Dir, demoMerges)
-	if err != nil {
-		t.Fatal(err)
-	}
-	small, err := tokenizer.ParseVocabMerges(vocab, merges)
-	if err != nil {
-		t.Fatal(err)
-	}
+	small := truncatedTokenizer(t)
 	full, err := tokenizer.Load(gpt2Dir)
 	if err != nil {
 		t.Fatal(err)
@@ -79,14 +86,7 @@ func TestTruncatedTokenizerRoundTrips(t *testing.T) {
 // computes the model that was trained, and it predicts text far better than chance
 // (ln 8257 = 9.02 nats a token).
 func TestFortuneModelScoresHeldOutText(t *testing.T) {
-	vocab, merges, err := TruncatedGPT2(gpt2Dir, demoMerges)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := tokenizer.ParseVocabMerges(vocab, merges)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := truncatedTokenizer(t)
 	ids, _, _, err := CorpusIDs(tok, fortunesDir)
 	if err != nil {
 		t.Fatalf("the fortunes corpus (make setup installs Debian's fortunes): %v", err)

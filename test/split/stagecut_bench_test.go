@@ -150,15 +150,8 @@ func cutsNear(g *partition.Graph, planCut, dim int) []int {
 // whole model alone, on both cores at once, and the two stages' sum side by side.
 func BenchmarkDecodeStageCuts(b *testing.B) {
 	const steps, rounds = 64, 3
-	m, err := modelgen.GPTWithPast(modelgen.GPT2Small)
-	if err != nil {
-		b.Fatal(err)
-	}
 	cfg := modelgen.GPT2Small
-	path := filepath.Join(b.TempDir(), "gpt2-past.onnx")
-	if err := modelgen.WriteFile(m, path); err != nil {
-		b.Fatal(err)
-	}
+	path, _, _ := gpt2SmallWithPast(b)
 	pm, err := partition.Load(path)
 	if err != nil {
 		b.Fatal(err)
