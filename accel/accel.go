@@ -62,6 +62,25 @@ type SessionOptions struct {
 	PoolSize int
 }
 
+// NodeProfiler is a Backend that can time each node of a model: the planner's
+// measured costs come from it.
+type NodeProfiler interface {
+	// ProfileNodes opens the model at path, runs it with inputs warmup times and then
+	// runs times, once plainly and once with a profiler, and returns the median time
+	// of a plain run and each node's median kernel time. The nodes are the model's
+	// own, not fused: the profiled session optimizes the graph at the basic level.
+	ProfileNodes(ctx context.Context, path string, opts SessionOptions, inputs []tensor.Tensor, warmup, runs int) (*NodeProfile, error)
+}
+
+// NodeProfile is what ProfileNodes measured.
+type NodeProfile struct {
+	// Run is the median wall time of one run without the profiler.
+	Run time.Duration
+	// Nodes is each node's median kernel time, by node name. What a run takes
+	// beyond their sum is the executor's own work between the kernels.
+	Nodes map[string]time.Duration
+}
+
 // Backend opens sessions. It is safe for concurrent use.
 type Backend interface {
 	// Open loads the model at path. External-data files resolve against path's folder.

@@ -220,6 +220,9 @@ func (s *Server) handlePutModel(w http.ResponseWriter, r *http.Request) error {
 	if opts.Compress, err = queryCompress(r); err != nil {
 		return err
 	}
+	if opts.Plan, err = queryPlan(r); err != nil {
+		return err
+	}
 	if r.ContentLength > s.cfg.MaxModelBytes {
 		return &http.MaxBytesError{Limit: s.cfg.MaxModelBytes}
 	}
@@ -320,6 +323,22 @@ func queryInt(r *http.Request, key string) (int, error) {
 		return 0, fmt.Errorf("%w: %s=%q is not a non-negative integer", ErrBadRequest, key, v)
 	}
 	return n, nil
+}
+
+// queryPlan reads what a deploy's planner balances from its query.
+func queryPlan(r *http.Request) (PlanOptions, error) {
+	o := PlanOptions{Basis: r.URL.Query().Get("plan")}
+	var err error
+	if o.Past, err = queryInt(r, "plan_past"); err != nil {
+		return o, err
+	}
+	switch {
+	case o.Basis != "" && o.Basis != PlanFLOPs && o.Basis != PlanMeasured:
+		return o, fmt.Errorf("%w: plan=%q (want %s or %s)", ErrBadRequest, o.Basis, PlanFLOPs, PlanMeasured)
+	case o.Past > 0 && o.Basis != PlanMeasured:
+		return o, fmt.Errorf("%w: plan_past needs plan=%s", ErrBadRequest, PlanMeasured)
+	}
+	return o, nil
 }
 
 // queryCompress reads a deploy's compression options from its query.

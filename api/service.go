@@ -55,7 +55,18 @@ type DeployOptions struct {
 	// Compress asks the deploy to compress the model before it plans; the zero
 	// value deploys the upload as it is.
 	Compress CompressOptions
+	// Plan is what the planner balances across stages (query: plan).
+	Plan PlanOptions
 }
+
+// Plan bases (wire.PlanFLOPs, wire.PlanMeasured).
+const (
+	PlanFLOPs    = wire.PlanFLOPs
+	PlanMeasured = wire.PlanMeasured
+)
+
+// PlanOptions say what a deploy's planner balances (wire.PlanOptions).
+type PlanOptions = wire.PlanOptions
 
 // CompressOptions are the compression a deploy asks for (wire.CompressOptions).
 type CompressOptions = wire.CompressOptions

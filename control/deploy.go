@@ -110,7 +110,11 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		state = append(state, p)
 	}
 	comp := askedCompression(opts.Compress)
-	request, err := deployRequest(srcHash, opts.Stages, replicas, text, state, comp)
+	planPast, err := measuredPast(opts.Plan)
+	if err != nil {
+		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
+	}
+	request, err := deployRequest(srcHash, opts.Stages, replicas, text, state, comp, planPast)
 	if err != nil {
 		return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
 	}
@@ -118,13 +122,13 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
 			deployFigures(m).replicas(c.cfg.Replicas) == replicas && sameText(m.Text, text) && sameState(m, state) &&
-			sameCompression(m.Deploy.Compression, comp) {
+			sameCompression(m.Deploy.Compression, comp) && m.Deploy.PlanPast == planPast {
 			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
 			return c.ModelStatus(ctx, name, m.Version)
 		}
 	}
 
-	co := cutOptions{path: c.blobs.Path(srcHash), stages: opts.Stages, replicas: replicas, state: state}
+	co := cutOptions{path: c.blobs.Path(srcHash), stages: opts.Stages, replicas: replicas, state: state, planPast: planPast}
 	if comp != nil {
 		if co.path, err = c.compressUpload(ctx, co.path, tmpDir, comp); err != nil {
 			return wire.ModelStatus{}, fmt.Errorf("deploy %s: %w", name, err)
@@ -132,7 +136,7 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 		c.log.Info("deploy: compressed", "model", name, "quantize", comp.Quantize, "prune", comp.Prune,
 			"bytes_before", comp.SizeBefore, "bytes_after", comp.SizeAfter, "max_rel", comp.MaxRel)
 	}
-	model, err := c.cut(name, srcHash, srcSize, co, tmpDir, st)
+	model, err := c.cut(ctx, name, srcHash, srcSize, co, tmpDir, st)
 	if err != nil {
 		return wire.ModelStatus{}, err
 	}
@@ -163,7 +167,7 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 // deployRequest identifies what a deploy is asked for: the upload's bytes and the
 // options that decide what it deploys. The FSM applies a PutModel whose request a
 // version of the same name already has as that version (consensus.DeployInfo.Request).
-func deployRequest(source string, stages, replicas int, text *consensus.TextInfo, state []partition.StatePair, comp *consensus.CompressionInfo) (string, error) {
+func deployRequest(source string, stages, replicas int, text *consensus.TextInfo, state []partition.StatePair, comp *consensus.CompressionInfo, planPast int) (string, error) {
 	raw, err := json.Marshal(struct {
 		Source      string                     `json:"source"`
 		Stages      int                        `json:"stages"`
@@ -171,7 +175,8 @@ func deployRequest(source string, stages, replicas int, text *consensus.TextInfo
 		Text        *consensus.TextInfo        `json:"text"`
 		State       []partition.StatePair      `json:"state"`
 		Compression *consensus.CompressionInfo `json:"compression"`
-	}{source, stages, replicas, text, state, comp})
+		PlanPast    int                        `json:"plan_past,omitempty"`
+	}{source, stages, replicas, text, state, comp, planPast})
 	if err != nil {
 		return "", err
 	}
@@ -263,17 +268,34 @@ func sameState(m consensus.Model, declared []partition.StatePair) bool {
 }
 
 // cutOptions are a deploy's choices for cut: the model file cut (the upload's blob, or
-// its compressed copy), stage count (0: the planner's), replicas per stage, and
-// declared state pairs (nil: detected by name).
+// its compressed copy), stage count (0: the planner's), replicas per stage, declared
+// state pairs (nil: detected by name), and the past of the decode step a measured
+// plan times (0: the plan balances FLOPs).
 type cutOptions struct {
 	path             string
 	stages, replicas int
 	state            []partition.StatePair
+	planPast         int
+}
+
+// measuredPast is the past a deploy's measured plan times a decode step at: 0 when
+// it plans on FLOPs, else at least 1.
+func measuredPast(o api.PlanOptions) (int, error) {
+	switch o.Basis {
+	case "", api.PlanFLOPs:
+		if o.Past > 0 {
+			return 0, fmt.Errorf("%w: a plan past needs plan=%s", api.ErrBadRequest, api.PlanMeasured)
+		}
+		return 0, nil
+	case api.PlanMeasured:
+		return max(o.Past, 1), nil
+	}
+	return 0, fmt.Errorf("%w: plan %q (want %s or %s)", api.ErrBadRequest, o.Basis, api.PlanFLOPs, api.PlanMeasured)
 }
 
 // cut plans the stages over the live members and writes them as blobs. The model it
 // returns has no version yet: the FSM allocates it on commit.
-func (c *Controller) cut(name, srcHash string, srcSize int64, co cutOptions, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
+func (c *Controller) cut(ctx context.Context, name, srcHash string, srcSize int64, co cutOptions, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
 	stages, replicas := co.stages, co.replicas
 	pm, err := partition.Load(co.path)
 	if err != nil {
@@ -289,6 +311,11 @@ func (c *Controller) cut(name, srcHash string, srcSize int64, co cutOptions, tmp
 	devices := c.planDevices(st)
 	if len(devices) == 0 {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: no live member", name, ErrInsufficientCapacity)
+	}
+	if co.planPast > 0 {
+		if err := c.measureCosts(ctx, name, g, co.planPast, tmpDir, st); err != nil {
+			return consensus.Model{}, err
+		}
 	}
 	if stages > len(devices) {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %d stages asked, %d live members",
@@ -315,7 +342,7 @@ func (c *Controller) cut(name, srcHash string, srcSize int64, co cutOptions, tmp
 		Name: name, SourceSHA256: srcHash, SourceSize: srcSize,
 		Signature: consensus.Signature{Inputs: specs(man.Inputs), Outputs: specs(man.Outputs)},
 		Created:   time.Now().UTC(),
-		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self, ContextLen: g.ContextLen()},
+		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self, ContextLen: g.ContextLen(), PlanPast: co.planPast},
 	}
 	for _, s := range man.Stages {
 		if s.DataFile != "" {

@@ -278,6 +278,9 @@ func (n *Node) PutModel(ctx context.Context, name string, body io.Reader, opts a
 	if opts.Stages > 1 || opts.Replicas > 1 {
 		return wire.ModelStatus{}, fmt.Errorf("%w: stages=%d replicas=%d need a cluster", api.ErrNotClusterMode, opts.Stages, opts.Replicas)
 	}
+	if opts.Plan.Basis == api.PlanMeasured {
+		return wire.ModelStatus{}, fmt.Errorf("%w: plan=%s chooses where a cluster cuts the model: a single node runs it whole", api.ErrNotClusterMode, api.PlanMeasured)
+	}
 	if opts.Compress.Enabled() {
 		// A single node keeps the upload as its model file; compress it with meshctl
 		// compress and upload the result instead.

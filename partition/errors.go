@@ -27,6 +27,9 @@ var (
 	ErrDoesNotFit = errors.New("model does not fit the devices")
 	// ErrBadPlan means a StagePlan does not match the graph it is applied to.
 	ErrBadPlan = errors.New("invalid stage plan")
+	// ErrNotMeasured means a profile of the model does not time enough of its nodes
+	// to plan on (MeasureNodeCosts), or measured costs do not fit the graph.
+	ErrNotMeasured = errors.New("node costs not measured")
 	// ErrMismatch means a stage chain's outputs differ from the whole model's.
 	ErrMismatch = errors.New("stage outputs differ from the whole model")
 )

@@ -98,6 +98,9 @@ type ExtractOptions struct {
 	ExternalAbove int64
 	// exposeAll makes every activation a stage output (MeasureValues uses it).
 	exposeAll bool
+	// nameNodes names each node of the copy by its position (profileNodeName), so
+	// that a profile's node names map back to the graph (MeasureNodeCosts).
+	nameNodes bool
 }
 
 // Extract writes one standalone ONNX model per stage of p into outDir (stage-0.onnx,
@@ -454,6 +457,15 @@ func (g *Graph) stageWeights(gp *onnxpb.GraphProto, p *stageParts) ([]*onnxpb.Te
 // message.
 func (g *Graph) writeStage(m *Model, s Stage, stageOf []int, nstages int, outDir string, opts ExtractOptions) (*StageManifest, error) {
 	gp, inits, sm := g.stageGraph(s, stageOf, s.Index == nstages-1, opts.exposeAll)
+	if opts.nameNodes {
+		// The stage's own nodes come last, after the Constant nodes of its weights.
+		nodes := gp.Node[len(gp.Node)-(s.End-s.Start):]
+		for i, nd := range nodes {
+			named := proto.Clone(nd).(*onnxpb.NodeProto)
+			named.Name = proto.String(profileNodeName(s.Start + i))
+			nodes[i] = named
+		}
+	}
 	sm.File = fmt.Sprintf("stage-%d.onnx", s.Index)
 	limit := opts.ExternalAbove
 	if limit == 0 {

@@ -114,6 +114,9 @@ type Graph struct {
 	FLOPs int64
 	// State are the model's state pairs (SetState); Analyze detects them by name.
 	State []StatePair
+	// measured is each node's measured work (SetMeasuredCosts), in FLOP at the
+	// measuring device's speed; nil: the planner uses Node.FLOPs.
+	measured []float64
 }
 
 // AnalyzeOptions tune Analyze.

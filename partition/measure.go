@@ -3,12 +3,15 @@ package partition
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/tensor"
+	"github.com/layermesh/layermesh/partition/onnxpb"
 )
 
 // MeasureValues runs the model once in ONNX Runtime with every activation exposed as
@@ -49,4 +52,160 @@ func MeasureValues(ctx context.Context, backend accel.Backend, g *Graph, inputs 
 
 func producesNonTensor(op string) bool {
 	return strings.HasPrefix(op, "Sequence") || op == "SplitToSequence" || strings.HasPrefix(op, "Optional") || op == "Loop" || op == "Scan"
+}
+
+// profileNodeName names node pos in the copy MeasureNodeCosts profiles: the source's
+// own names may be empty or repeated.
+func profileNodeName(pos int) string { return fmt.Sprintf("layermesh_node_%d", pos) }
+
+// maxUnmeasuredShare is the share of the graph's FLOPs that nodes missing from a
+// profile may carry before MeasureNodeCosts gives up: ONNX Runtime folds or drops a
+// few cheap nodes even at the basic optimization level, never a heavy one.
+const maxUnmeasuredShare = 0.1
+
+// MeasureNodeCosts times each node of g: it writes a copy of the model whose nodes
+// are named by position and has p run it on inputs (warmup runs, then runs timed
+// ones; see accel.NodeProfiler), and returns each node's time in seconds, by position
+// in g.Nodes: its median kernel time plus an equal share of what a plain run takes
+// beyond all the kernels (the executor's work between them, which grows with the
+// node count and which FLOPs miss). A node that does not appear in the profile (ONNX
+// Runtime folded or dropped it) costs 0; if such nodes carry more than a tenth of the
+// graph's FLOPs, it fails with ErrNotMeasured. Give the result to SetMeasuredCosts.
+func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, inputs []tensor.Tensor, opts accel.SessionOptions, warmup, runs int, tmpDir string) ([]float64, error) {
+	dir, err := os.MkdirTemp(tmpDir, "profile-")
+	if err != nil {
+		return nil, fmt.Errorf("partition: measure node costs: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	whole := Stage{Index: 0, Start: 0, End: len(g.Nodes)}
+	sm, err := g.writeStage(g.Model, whole, make([]int, len(g.Nodes)), 1, dir, ExtractOptions{nameNodes: true})
+	if err != nil {
+		return nil, fmt.Errorf("partition: measure node costs: %w", err)
+	}
+	prof, err := p.ProfileNodes(ctx, filepath.Join(dir, sm.File), opts, inputs, warmup, runs)
+	if err != nil {
+		return nil, fmt.Errorf("partition: measure node costs: %w", err)
+	}
+	out := make([]float64, len(g.Nodes))
+	var missing int64
+	var kernels float64
+	ran := 0
+	for pos := range g.Nodes {
+		d, ok := prof.Nodes[profileNodeName(pos)]
+		if !ok {
+			missing += g.Nodes[pos].FLOPs
+			continue
+		}
+		out[pos] = d.Seconds()
+		kernels += d.Seconds()
+		ran++
+	}
+	if ran == 0 || float64(missing) > maxUnmeasuredShare*float64(g.FLOPs) {
+		return nil, fmt.Errorf("%w: the profile has no time for nodes carrying %d of the model's %d FLOPs", ErrNotMeasured, missing, g.FLOPs)
+	}
+	if between := prof.Run.Seconds() - kernels; between > 0 {
+		for pos := range out {
+			if _, ok := prof.Nodes[profileNodeName(pos)]; ok {
+				out[pos] += between / float64(ran)
+			}
+		}
+	}
+	return out, nil
+}
+
+// SetMeasuredCosts makes Plan balance measured times instead of FLOPs: seconds[i] is
+// node i's time on a device whose speed score is speed, so a stage of nodes that took
+// S seconds there takes S*speed/s on a device of speed s. nil goes back to FLOPs.
+func (g *Graph) SetMeasuredCosts(seconds []float64, speed float64) error {
+	if seconds == nil {
+		g.measured = nil
+		return nil
+	}
+	if len(seconds) != len(g.Nodes) {
+		return fmt.Errorf("%w: %d node times for %d nodes", ErrNotMeasured, len(seconds), len(g.Nodes))
+	}
+	if !(speed > 0) || math.IsInf(speed, 0) {
+		return fmt.Errorf("%w: speed %v must be positive", ErrNotMeasured, speed)
+	}
+	var total float64
+	for i, s := range seconds {
+		if !(s >= 0) || math.IsInf(s, 0) {
+			return fmt.Errorf("%w: node %d's time %v", ErrNotMeasured, i, s)
+		}
+		total += s
+	}
+	if total == 0 {
+		return fmt.Errorf("%w: every node's time is 0", ErrNotMeasured)
+	}
+	g.measured = make([]float64, len(seconds))
+	for i, s := range seconds {
+		g.measured[i] = s * speed
+	}
+	return nil
+}
+
+// Measured reports whether Plan balances measured times (SetMeasuredCosts) rather
+// than FLOPs.
+func (g *Graph) Measured() bool { return g.measured != nil }
+
+// InputSpecs describes the graph's inputs at the shapes they were analysed at, for
+// RandomInputs.
+func (g *Graph) InputSpecs() []TensorSpec {
+	out := make([]TensorSpec, 0, len(g.Inputs))
+	for _, name := range g.Inputs {
+		v := g.Values[name]
+		out = append(out, TensorSpec{Name: name, DType: v.DType, Shape: v.Shape, From: -1})
+	}
+	return out
+}
+
+// DecodeInputs are random inputs for one decode step of a model with state pairs at
+// a past of past positions, for MeasureNodeCosts: every symbolic dim of a state
+// input that no other input shares (a KV cache's past length, not its batch) is
+// bound to past, and a dim named "<that dim> + 1" (Optimum's attention mask) to
+// past+1; everything else keeps the shape Analyze bound. A model without state pairs
+// gets the analysed shapes.
+func (g *Graph) DecodeInputs(past int64, seed uint64) ([]tensor.Tensor, error) {
+	if past < 1 {
+		return nil, fmt.Errorf("%w: past %d must be at least 1", ErrInputShape, past)
+	}
+	isState := map[string]bool{}
+	for _, p := range g.State {
+		isState[p.In] = true
+	}
+	dims := map[string][]*onnxpb.TensorShapeProto_Dimension{}
+	shared := map[string]bool{} // dim params some non-state input has
+	for _, vi := range g.Model.Proto.GetGraph().GetInput() {
+		ds := vi.GetType().GetTensorType().GetShape().GetDim()
+		dims[vi.GetName()] = ds
+		if !isState[vi.GetName()] {
+			for _, d := range ds {
+				shared[d.GetDimParam()] = true
+			}
+		}
+	}
+	pastDims := map[string]bool{}
+	for _, p := range g.State {
+		for _, d := range dims[p.In] {
+			if name := d.GetDimParam(); name != "" && !shared[name] {
+				pastDims[name] = true
+			}
+		}
+	}
+	shapes := map[string][]int64{}
+	for _, name := range g.Inputs {
+		shape := slices.Clone(g.InputShapes[name])
+		for i, d := range dims[name] {
+			base, plusOne := strings.CutSuffix(d.GetDimParam(), " + 1")
+			switch {
+			case i >= len(shape):
+			case pastDims[d.GetDimParam()]:
+				shape[i] = past
+			case plusOne && pastDims[base]:
+				shape[i] = past + 1
+			}
+		}
+		shapes[name] = shape
+	}
+	return RandomInputs(&Manifest{InputShapes: shapes, Inputs: g.InputSpecs()}, seed)
 }

@@ -90,17 +90,24 @@ func (p *StagePlan) Cuts() []int {
 // stageScan holds per-node figures the planner sums over ranges.
 type stageScan struct {
 	g       *Graph
-	flops   []int64 // prefix sums of node FLOPs
-	working []int64 // per node: non-weight inputs + outputs
-	stamp   []int   // per weight: last sweep that counted it
+	flops   []int64   // prefix sums of node FLOPs
+	work    []float64 // prefix sums of node work: measured, else FLOPs
+	working []int64   // per node: non-weight inputs + outputs
+	stamp   []int     // per weight: last sweep that counted it
 	sweep   int
 }
 
 func newStageScan(g *Graph) *stageScan {
-	s := &stageScan{g: g, flops: make([]int64, len(g.Nodes)+1), working: make([]int64, len(g.Nodes)), stamp: make([]int, len(g.Weights))}
+	s := &stageScan{g: g, flops: make([]int64, len(g.Nodes)+1), work: make([]float64, len(g.Nodes)+1),
+		working: make([]int64, len(g.Nodes)), stamp: make([]int, len(g.Weights))}
 	for i := range g.Nodes {
 		nd := &g.Nodes[i]
 		s.flops[i+1] = s.flops[i] + nd.FLOPs
+		if g.measured != nil {
+			s.work[i+1] = s.work[i] + g.measured[i]
+		} else {
+			s.work[i+1] = s.work[i] + float64(nd.FLOPs)
+		}
 		w := nd.OutputBytes
 		for _, in := range nd.Inputs {
 			if v := g.Values[in]; v.Kind != KindWeight {
@@ -142,9 +149,10 @@ type links struct {
 	outBW    float64
 }
 
-// stageCost is the time of stage k (on devices[k]) covering [a, b).
-func stageCost(g *Graph, devices []Device, l links, k, a, b int, flops int64) (compute, transfer float64) {
-	compute = float64(flops) / devices[k].Speed
+// stageCost is the time of stage k (on devices[k]) covering [a, b), whose nodes do
+// work FLOP (or measured FLOP-equivalents, see SetMeasuredCosts).
+func stageCost(g *Graph, devices []Device, l links, k, a, b int, work float64) (compute, transfer float64) {
+	compute = work / devices[k].Speed
 	switch {
 	case b < len(g.Nodes) && k+1 < len(devices):
 		transfer = float64(g.Cuts[b].Bytes) / l.bw(k, k+1)
@@ -283,11 +291,11 @@ func (g *Graph) planInOrder(all []Device, allLinks links, order []int, k, kmax i
 	}
 	l := allLinks
 	l.bw = func(i, j int) float64 { return allLinks.bw(order[i], order[j]) }
-	costFn := func(stage, a, b int, params, act, flops int64) (float64, bool) {
+	costFn := func(stage, a, b int, params, act int64, work float64) (float64, bool) {
 		if params+act > devices[stage].MemBudget {
 			return 0, false
 		}
-		c, t := stageCost(g, devices, l, stage, a, b, flops)
+		c, t := stageCost(g, devices, l, stage, a, b, work)
 		return c + t, true
 	}
 	best, parent := solve(g, kmax, costFn, func(stage int, params, act int64) bool {
@@ -316,7 +324,7 @@ func (g *Graph) planInOrder(all []Device, allLinks links, order []int, k, kmax i
 // stage starts in the best j-stage cover of [0, b), so walking it back from
 // par[k][N] yields the k-stage optimum. grow reports whether stage j could still
 // fit with these sizes (sizes only grow with b, so a false ends the sweep).
-func solve(g *Graph, kmax int, cost func(stage, a, b int, params, act, flops int64) (float64, bool), grow func(stage int, params, act int64) bool) ([]float64, [][]int) {
+func solve(g *Graph, kmax int, cost func(stage, a, b int, params, act int64, work float64) (float64, bool), grow func(stage int, params, act int64) bool) ([]float64, [][]int) {
 	n := len(g.Nodes)
 	scan := newStageScan(g)
 	inf := math.Inf(1)
@@ -356,7 +364,7 @@ func solve(g *Graph, kmax int, cost func(stage, a, b int, params, act, flops int
 				if !endOK || (b < n && j+1 == kmax) {
 					continue
 				}
-				c, ok := cost(j, a, b, params, act, scan.flops[b]-scan.flops[a])
+				c, ok := cost(j, a, b, params, act, scan.work[b]-scan.work[a])
 				if !ok {
 					continue
 				}
@@ -394,7 +402,7 @@ func (g *Graph) buildPlan(devices []Device, l links, par [][]int, k int) *StageP
 			return e < b
 		})
 		flops := scan.flops[b] - scan.flops[a]
-		c, t := stageCost(g, devices, l, j, a, b, flops)
+		c, t := stageCost(g, devices, l, j, a, b, scan.work[b]-scan.work[a])
 		st := Stage{
 			Index: j, Device: devices[j], Start: a, End: b,
 			FirstOp: g.Nodes[a].OpType, LastOp: g.Nodes[b-1].OpType,
@@ -417,7 +425,7 @@ func (g *Graph) buildPlan(devices []Device, l links, par [][]int, k int) *StageP
 // overshoots its budgets least (another bottleneck program, over bytes) and reports
 // that overshoot with the model's totals.
 func (g *Graph) doesNotFit(devices []Device, kmax int, auto bool) error {
-	over := func(stage, a, b int, params, act, flops int64) (float64, bool) {
+	over := func(stage, a, b int, params, act int64, _ float64) (float64, bool) {
 		return float64(params + act - devices[stage].MemBudget), true
 	}
 	best, par := solve(g, kmax, over, func(int, int64, int64) bool { return true })

@@ -105,6 +105,13 @@ func naiveStage(g *Graph, devices []Device, bw func(i, j int) float64, outBW flo
 		flops += nd.FLOPs
 	}
 	secs = float64(flops) / devices[k].Speed
+	if g.measured != nil {
+		var sum float64
+		for pos := a; pos < b; pos++ {
+			sum += g.measured[pos]
+		}
+		secs = sum / devices[k].Speed
+	}
 	if b < len(g.Nodes) {
 		secs += float64(g.Cuts[b].Bytes) / bw(k, k+1)
 	} else if outBW > 0 {
@@ -143,6 +150,21 @@ func bruteForce(g *Graph, devices []Device, bw func(i, j int) float64, outBW flo
 	}
 	rec(0, 0, []int{0})
 	return best
+}
+
+// setRandomMeasuredCosts gives g measured node times that have nothing to do with its
+// FLOPs (from their own stream, so that the cases after stay the same), as if
+// MeasureNodeCosts had timed them on a device of speed 2.
+func setRandomMeasuredCosts(t *testing.T, g *Graph, iter int) {
+	t.Helper()
+	mr := rand.New(rand.NewPCG(uint64(iter), 99))
+	secs := make([]float64, len(g.Nodes))
+	for i := range secs {
+		secs[i] = mr.Float64() * 30
+	}
+	if err := g.SetMeasuredCosts(secs, 2); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // outputBandwidthFor gives every other case an output bandwidth for the last stage
@@ -195,6 +217,9 @@ func checkPlansAgainstBruteForce(t *testing.T, r *rand.Rand) {
 		bw := func(i, j int) float64 { return bwm[i][j] }
 		outBW := outputBandwidthFor(iter)
 		maxK := min(nd, len(g.ValidCuts())+1)
+		if iter%3 == 2 {
+			setRandomMeasuredCosts(t, g, iter)
+		}
 		for k := 0; k <= maxK; k++ {
 			var want float64
 			if k == 0 {

@@ -225,12 +225,20 @@ func epDevices() ([]EPDevice, error) {
 
 // newOrtSession creates a session from a model path, or from model bytes when path is
 // empty (used by the provider probe).
-func newOrtSession(path string, model []byte, threads int, p accel.Provider, options ProviderOptions) (*ortSession, error) {
+// A non-empty profilePrefix turns on ORT's profiler (see lm_session_options_profile).
+func newOrtSession(path string, model []byte, threads int, p accel.Provider, options ProviderOptions, profilePrefix string) (*ortSession, error) {
 	opts, err := sessionOptions(threads, p, options)
 	if err != nil {
 		return nil, err
 	}
 	defer C.lm_session_options_release(opts)
+	if profilePrefix != "" {
+		cprefix := C.CString(profilePrefix)
+		defer C.free(unsafe.Pointer(cprefix))
+		if err := statusErr(C.lm_session_options_profile(opts, cprefix)); err != nil {
+			return nil, err
+		}
+	}
 	var s *C.OrtSession
 	var st *C.OrtStatus
 	if path != "" {
@@ -247,6 +255,17 @@ func newOrtSession(path string, model []byte, threads int, p accel.Provider, opt
 		return nil, err
 	}
 	return &ortSession{s: s}, nil
+}
+
+// endProfiling ends the profile of a session opened with a profile prefix and returns
+// the path of the file ORT wrote.
+func (s *ortSession) endProfiling() (string, error) {
+	var p *C.char
+	if err := statusErr(C.lm_session_end_profiling(s.s, &p)); err != nil {
+		return "", err
+	}
+	defer C.free(unsafe.Pointer(p))
+	return C.GoString(p), nil
 }
 
 func (s *ortSession) release() {

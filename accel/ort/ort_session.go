@@ -30,7 +30,9 @@ type ortPool struct {
 	closeOnce sync.Once
 }
 
-func openPool(ctx context.Context, o *Backend, path string, opts accel.SessionOptions) (*ortPool, error) {
+// openPool opens opts.PoolSize sessions of the model at path; a non-empty
+// profilePrefix turns on ORT's profiler in each.
+func openPool(ctx context.Context, o *Backend, path string, opts accel.SessionOptions, profilePrefix string) (*ortPool, error) {
 	size := max(opts.PoolSize, 1)
 	threads := o.threads
 	if opts.IntraOpThreads > 0 {
@@ -47,7 +49,7 @@ func openPool(ctx context.Context, o *Backend, path string, opts accel.SessionOp
 			p.releaseAll()
 			return nil, err
 		}
-		s, err := newOrtSession(path, nil, threads, o.provider, o.options)
+		s, err := newOrtSession(path, nil, threads, o.provider, o.options, profilePrefix)
 		if err != nil {
 			p.releaseAll()
 			return nil, classifyOpenError(path, err)

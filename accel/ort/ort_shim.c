@@ -226,6 +226,22 @@ fail:
 
 void lm_session_options_release(OrtSessionOptions *o) { api->ReleaseSessionOptions(o); }
 
+OrtStatus *lm_session_options_profile(OrtSessionOptions *o, const char *prefix) {
+  OrtStatus *st = api->SetSessionGraphOptimizationLevel(o, ORT_ENABLE_BASIC);
+  if (st) return st;
+  return api->EnableProfiling(o, prefix);
+}
+
+OrtStatus *lm_session_end_profiling(OrtSession *s, char **path) {
+  OrtAllocator *a = NULL;
+  OrtStatus *st = api->GetAllocatorWithDefaultOptions(&a);
+  if (st) return st;
+  char *p = NULL;
+  if ((st = api->SessionEndProfiling(s, a, &p))) return st;
+  *path = strdup(p);
+  return api->AllocatorFree(a, p);
+}
+
 OrtStatus *lm_session_create(const char *path, OrtSessionOptions *o, OrtSession **out) {
   return api->CreateSession(env, path, o, out);
 }

@@ -54,6 +54,13 @@ OrtStatus *lm_ep_device_count(size_t *n);
 void lm_ep_device_info(size_t i, const char **ep, const char **ep_vendor, int *hw_type,
                        uint32_t *vendor_id, uint32_t *device_id);
 void lm_session_options_release(OrtSessionOptions *o);
+// lm_session_options_profile turns on ORT's profiler, writing to a file named from
+// prefix, and lowers graph optimization to the basic level: the extended fusions
+// rename the nodes they merge, and a profile must name the model's own nodes.
+OrtStatus *lm_session_options_profile(OrtSessionOptions *o, const char *prefix);
+// lm_session_end_profiling ends a profiled session's profile; *path (malloc'd, the
+// caller's) is the file it wrote.
+OrtStatus *lm_session_end_profiling(OrtSession *s, char **path);
 OrtStatus *lm_session_create(const char *path, OrtSessionOptions *o, OrtSession **out);
 OrtStatus *lm_session_create_bytes(const void *data, size_t len, OrtSessionOptions *o, OrtSession **out);
 void lm_session_release(OrtSession *s);

@@ -260,7 +260,18 @@ type UploadOptions struct {
 	// Compress asks the receiving node to compress the model before it plans; the
 	// zero value deploys it as it is.
 	Compress CompressOptions
+	// Plan says what the planner balances; the zero value balances FLOPs.
+	Plan PlanOptions
 }
+
+// PlanOptions say what a deploy's planner balances (wire.PlanOptions).
+type PlanOptions = wire.PlanOptions
+
+// Plan bases (wire.PlanFLOPs, wire.PlanMeasured).
+const (
+	PlanFLOPs    = wire.PlanFLOPs
+	PlanMeasured = wire.PlanMeasured
+)
 
 // CompressOptions are a deploy's compression (wire.CompressOptions).
 type CompressOptions = wire.CompressOptions
@@ -302,6 +313,12 @@ func (c *Client) UploadModel(ctx context.Context, name string, r io.Reader, size
 		q.Add("state", s)
 	}
 	compressQuery(opts.Compress, q)
+	if opts.Plan.Basis != "" {
+		q.Set("plan", opts.Plan.Basis)
+	}
+	if opts.Plan.Past > 0 {
+		q.Set("plan_past", strconv.Itoa(opts.Plan.Past))
+	}
 	path := "/v1/models/" + url.PathEscape(name)
 	if len(q) > 0 {
 		path += "?" + q.Encode()

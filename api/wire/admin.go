@@ -102,3 +102,20 @@ type CompressOptions struct {
 
 // Enabled says whether the deploy compresses at all.
 func (o CompressOptions) Enabled() bool { return o.Quantize != "" || o.Prune > 0 }
+
+// Plan bases: the stages balance the FLOPs the planner counts, or the node times the
+// deploying node measures in its own runtime.
+const (
+	PlanFLOPs    = "flops"
+	PlanMeasured = "measured"
+)
+
+// PlanOptions say what a deploy's planner balances.
+type PlanOptions struct {
+	// Basis is PlanFLOPs ("" means it) or PlanMeasured.
+	Basis string
+	// Past is the past length, in positions, of the decode step a measured plan
+	// times for a model with state pairs (query: plan_past); 0 means 1. Plan for
+	// the contexts the model serves: a longer past weighs the KV cache more.
+	Past int
+}

@@ -276,7 +276,15 @@ func deployFlags(fs *flag.FlagSet) step {
 	tokenizerPath := fs.String("tokenizer", "", "tokenizer of a text-generating model: a tokenizer.json, or a folder with tokenizer.json, vocab.json + merges.txt or encoder.json + vocab.bpe")
 	chatTemplate := fs.String("chat-template", "", "Go template file chat messages are rendered with (default: a plain role: content transcript)")
 	comp := compressDeployFlags(fs)
+	plan := fs.String("plan", "", "what the stages balance: flops (the default), or measured: node times this deploy's node measures in its runtime")
+	planPast := fs.Int("plan-past", 0, "with --plan measured, the past (in tokens) of the decode step timed for a generating model (default 1): the contexts it serves")
 	return step{check: exactArgs(1, "want exactly one model FILE"), call: func(ctx context.Context, in invocation) (output, error) {
+		if *plan != "" && *plan != client.PlanFLOPs && *plan != client.PlanMeasured {
+			return output{}, usagef("--plan %q: want %s or %s", *plan, client.PlanFLOPs, client.PlanMeasured)
+		}
+		if *planPast < 0 || (*planPast > 0 && *plan != client.PlanMeasured) {
+			return output{}, usagef("--plan-past needs --plan %s and a positive count", client.PlanMeasured)
+		}
 		if *name == "" {
 			*name = strings.TrimSuffix(filepath.Base(in.pos[0]), ".onnx")
 		}
@@ -293,7 +301,8 @@ func deployFlags(fs *flag.FlagSet) step {
 		if err != nil {
 			return output{}, err
 		}
-		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas, State: state, Tokenizer: text.tokenizer, ChatTemplate: text.chatTemplate, Compress: *comp}
+		opts := client.UploadOptions{Stages: *stages, Replicas: *replicas, State: state, Tokenizer: text.tokenizer, ChatTemplate: text.chatTemplate, Compress: *comp,
+			Plan: client.PlanOptions{Basis: *plan, Past: *planPast}}
 		// Progress goes to stderr, and not at all when stdout is JSON for a script.
 		var progress io.Writer
 		if !*quiet && !in.json {

@@ -93,7 +93,7 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 		defer backend.Close()
 	}
 	if *measure {
-		inputs, err := partition.RandomInputs(&partition.Manifest{InputShapes: g.InputShapes, Inputs: graphInputSpecs(g)}, partition.VerifySeed)
+		inputs, err := partition.RandomInputs(&partition.Manifest{InputShapes: g.InputShapes, Inputs: g.InputSpecs()}, partition.VerifySeed)
 		if err != nil {
 			return err
 		}
@@ -141,16 +141,6 @@ func runPartition(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 	}
 	return nil
-}
-
-// graphInputSpecs describes the graph inputs for RandomInputs.
-func graphInputSpecs(g *partition.Graph) []partition.TensorSpec {
-	var out []partition.TensorSpec
-	for _, name := range g.Inputs {
-		v := g.Values[name]
-		out = append(out, partition.TensorSpec{Name: name, DType: v.DType, Shape: v.Shape, From: -1})
-	}
-	return out
 }
 
 // partitionDevices builds the device list from the --budgets and --speeds lists.

@@ -1,0 +1,131 @@
+package ort
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/layermesh/layermesh/accel"
+	"github.com/layermesh/layermesh/accel/tensor"
+)
+
+// ProfileNodes opens the model at path in one plain session and times runs of inputs
+// after warmup runs, closes it, then does the same in a session with ORT's profiler
+// on (accel.NodeProfiler): the two never hold the model's weights at once. A node
+// that does not run in every timed run (a branch of an If) has the median of the runs
+// it ran in.
+func (o *Backend) ProfileNodes(ctx context.Context, path string, opts accel.SessionOptions, inputs []tensor.Tensor, warmup, runs int) (*accel.NodeProfile, error) {
+	if warmup < 0 || runs <= 0 {
+		return nil, fmt.Errorf("profile %s: %d warm-up and %d timed runs: want at least one timed run", path, warmup, runs)
+	}
+	opts.PoolSize = 1
+	run, err := o.timeRuns(ctx, path, opts, inputs, warmup, runs)
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := o.profileRuns(ctx, path, opts, inputs, warmup, runs)
+	if err != nil {
+		return nil, err
+	}
+	return &accel.NodeProfile{Run: run, Nodes: nodes}, nil
+}
+
+// timeRuns returns the median wall time of runs plain runs after warmup.
+func (o *Backend) timeRuns(ctx context.Context, path string, opts accel.SessionOptions, inputs []tensor.Tensor, warmup, runs int) (time.Duration, error) {
+	p, err := openPool(ctx, o, path, opts, "")
+	if err != nil {
+		return 0, err
+	}
+	defer p.Close()
+	times := make([]time.Duration, 0, runs)
+	for i := range warmup + runs {
+		start := time.Now()
+		if _, err := p.Run(ctx, inputs, nil); err != nil {
+			return 0, fmt.Errorf("profile: %w", err)
+		}
+		if i >= warmup {
+			times = append(times, time.Since(start))
+		}
+	}
+	return median(times), nil
+}
+
+// profileRuns returns each node's median kernel time over runs profiled runs after
+// warmup.
+func (o *Backend) profileRuns(ctx context.Context, path string, opts accel.SessionOptions, inputs []tensor.Tensor, warmup, runs int) (map[string]time.Duration, error) {
+	dir, err := os.MkdirTemp("", "layermesh-profile-")
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", path, err)
+	}
+	defer os.RemoveAll(dir)
+	p, err := openPool(ctx, o, path, opts, filepath.Join(dir, "profile"))
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	for range warmup + runs {
+		if _, err := p.Run(ctx, inputs, nil); err != nil {
+			return nil, fmt.Errorf("profile: %w", err)
+		}
+	}
+	file, err := p.all[0].endProfiling()
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: end: %w", path, err)
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", path, err)
+	}
+	times, err := parseProfile(data)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", path, err)
+	}
+	out := make(map[string]time.Duration, len(times))
+	for name, ds := range times {
+		if len(ds) > runs {
+			ds = ds[len(ds)-runs:] // the warm-up runs come first
+		}
+		out[name] = median(ds)
+	}
+	return out, nil
+}
+
+// median returns the middle of ds (the upper one of an even count), sorting ds.
+func median(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+// profileEvent is the part of one event of ORT's profile (a Chrome trace: a JSON
+// array of events) that ProfileNodes reads.
+type profileEvent struct {
+	Cat  string  `json:"cat"`
+	Name string  `json:"name"`
+	Dur  float64 `json:"dur"` // microseconds
+}
+
+// kernelSuffix ends the name of the event that times a node's kernel; the node's
+// other events (fence_before, fence_after) time the executor around it.
+const kernelSuffix = "_kernel_time"
+
+// parseProfile returns, per node name, the kernel times of its runs in order.
+func parseProfile(data []byte) (map[string][]time.Duration, error) {
+	var events []profileEvent
+	if err := json.Unmarshal(data, &events); err != nil {
+		return nil, fmt.Errorf("reading ONNX Runtime's profile: %w", err)
+	}
+	out := map[string][]time.Duration{}
+	for _, e := range events {
+		name, ok := strings.CutSuffix(e.Name, kernelSuffix)
+		if e.Cat != "Node" || !ok || name == "" || e.Dur < 0 {
+			continue
+		}
+		out[name] = append(out[name], time.Duration(e.Dur*float64(time.Microsecond)))
+	}
+	return out, nil
+}
