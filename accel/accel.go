@@ -68,7 +68,7 @@ type NodeProfiler interface {
 	// ProfileNodes opens the model at path, runs it with inputs warmup times and then
 	// runs times, once plainly and once with a profiler, and returns the median time
 	// of a plain run and each node's median kernel time. The nodes are the model's
-	// own, not fused: the profiled session optimizes the graph at the basic level.
+	// own, not fused: both sessions optimize the graph at the basic level only.
 	ProfileNodes(ctx context.Context, path string, opts SessionOptions, inputs []tensor.Tensor, warmup, runs int) (*NodeProfile, error)
 }
 

@@ -373,9 +373,13 @@ func routeCases(admin string) []routeCase {
 		{"DELETE", "/v1/nodes/test-node", admin, 501, api.CodeNotClusterMode},
 		{"PUT", "/v1/models/x?stages=2", admin, 501, api.CodeNotClusterMode},
 		{"PUT", "/v1/models/x?compress=int8", admin, 501, api.CodeNotClusterMode},
+		{"PUT", "/v1/models/x?plan=measured", admin, 501, api.CodeNotClusterMode},
 		// 400: bad query
 		{"PUT", "/v1/models/x?replicas=-1", admin, 400, api.CodeBadRequest},
 		{"PUT", "/v1/models/x?compress=int8&prune=-0.5", admin, 400, api.CodeBadRequest},
+		{"PUT", "/v1/models/x?plan=fastest", admin, 400, api.CodeBadRequest},
+		{"PUT", "/v1/models/x?plan_past=8", admin, 400, api.CodeBadRequest},
+		{"PUT", "/v1/models/x?plan=measured&plan_past=-1", admin, 400, api.CodeBadRequest},
 		// Operations endpoints: admin only, cluster-only on a single node.
 		{"POST", "/v1/nodes/test-node/undrain", "", 401, api.CodeUnauthorized},
 		{"POST", "/v1/nodes/test-node/undrain", admin, 501, api.CodeNotClusterMode},

@@ -91,6 +91,9 @@ type Config struct {
 	// Backend runs the models a deploy compresses (calibration-free verification);
 	// nil refuses deploys that ask for compression.
 	Backend accel.Backend
+	// Session is how this node's stages open their sessions (intra-op threads): a
+	// measured plan times the model the way its stages will run.
+	Session accel.SessionOptions
 	Logger  *slog.Logger
 }
 

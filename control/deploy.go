@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -333,6 +334,11 @@ func (c *Controller) cut(ctx context.Context, name, srcHash string, srcSize int6
 		}
 		return consensus.Model{}, fmt.Errorf("deploy %s: plan: %w", name, err)
 	}
+	stageMS := make([]float64, len(plan.Stages))
+	for i, s := range plan.Stages {
+		stageMS[i] = math.Round(s.Seconds*1e6) / 1e3
+	}
+	c.log.Info("deploy: planned", "model", name, "measured", g.Measured(), "cuts", plan.Cuts(), "stage_ms", stageMS)
 	outDir := filepath.Join(tmpDir, "stages")
 	man, err := partition.Extract(pm, g, plan, outDir)
 	if err != nil {

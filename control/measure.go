@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"fmt"
+	"runtime"
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/api"
@@ -44,7 +45,10 @@ func (c *Controller) measureCosts(ctx context.Context, name string, g *partition
 	if err != nil {
 		return fmt.Errorf("deploy %s: plan=%s: %w", name, api.PlanMeasured, err)
 	}
-	secs, err := partition.MeasureNodeCosts(ctx, prof, g, inputs, accel.SessionOptions{}, measureWarmup, measureRuns, tmpDir)
+	// The collector would share this node's core with the timed runs: let it finish
+	// with what loading and cutting the model left first.
+	runtime.GC()
+	costs, err := partition.MeasureNodeCosts(ctx, prof, g, inputs, c.cfg.Session, measureWarmup, measureRuns, tmpDir)
 	if err != nil && ctx.Err() == nil {
 		// The model does not run on made-up inputs of these shapes, or the profile
 		// misses its heavy nodes: the FLOP plan is what is left to ask for.
@@ -53,13 +57,10 @@ func (c *Controller) measureCosts(ctx context.Context, name string, g *partition
 	if err != nil {
 		return fmt.Errorf("deploy %s: plan=%s: %w", name, api.PlanMeasured, err)
 	}
-	if err := g.SetMeasuredCosts(secs, self.Capacity.Speed*1e9); err != nil {
+	if err := g.SetMeasuredCosts(costs.Seconds, self.Capacity.Speed*1e9); err != nil {
 		return fmt.Errorf("deploy %s: plan=%s: %w", name, api.PlanMeasured, err)
 	}
-	var total float64
-	for _, s := range secs {
-		total += s
-	}
-	c.log.Info("deploy: planning on measured node times", "model", name, "past", past, "nodes", len(secs), "run_ms", total*1e3)
+	c.log.Info("deploy: planning on measured node times", "model", name, "past", past, "nodes", len(costs.Seconds),
+		"run_ms", costs.Run*1e3, "kernels_ms", costs.Kernels*1e3)
 	return nil
 }

@@ -221,7 +221,7 @@ func (c *Cluster) wire() {
 	c.control = control.New(control.Config{
 		Self: c.self, Boot: c.boot, DataDir: opts.DataDir, Replicas: opts.Replicas,
 		Store: c.store, Blobs: c.mesh.Blobs(), Links: c.mesh, View: c.view, Events: c.mesh,
-		CaughtUp: c.caughtUp.Load, Backend: opts.Backend, Logger: opts.Logger,
+		CaughtUp: c.caughtUp.Load, Backend: opts.Backend, Session: opts.Session, Logger: opts.Logger,
 	})
 	c.runtime = pipeline.NewStageRuntime(pipeline.RuntimeConfig{
 		Backend: opts.Backend, Session: opts.Session, MemBudget: opts.MemBudget, SessionTTL: opts.SessionTTL, MaxBatch: opts.MaxBatch,

@@ -183,6 +183,46 @@ func TestClusterGenerateMatchesWholeModelLoop(t *testing.T) {
 	checkIdleSessionExpires(t, tc, regs)
 	checkGenerateRefusals(t, tc, cfg)
 	checkDeclaredState(t, tc, cfg, path, plainPath)
+	checkMeasuredPlan(t, tc, whole, cfg, path)
+}
+
+// checkMeasuredPlan: a deploy that plans on node times the cutter measures (a decode
+// step at past 16) records it, and generates the whole-model loop's tokens wherever
+// its cuts fall; a measured plan's past at or beyond the context, or a past with the
+// FLOP plan, is refused with bad_request.
+func checkMeasuredPlan(t *testing.T, tc *testCluster, whole accel.Session, cfg modelgen.GPTConfig, path string) {
+	t.Helper()
+	put := func(name string, plan api.PlanOptions) error {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		_, err = tc.nodes[2].Control().PutModel(context.Background(), name, f, api.DeployOptions{Stages: 3, Replicas: 1, Size: -1, Plan: plan})
+		return err
+	}
+	if err := put("gen-measured", api.PlanOptions{Basis: api.PlanMeasured, Past: 16}); err != nil {
+		t.Fatalf("measured deploy: %v", err)
+	}
+	waitReplicas(t, tc.nodes[0], "gen-measured", 1, 60*time.Second)
+	m, err := tc.nodes[0].view.ResolveVersion(tc.nodes[0].Store().State(), "gen-measured", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Deploy.PlanPast != 16 || len(m.Stages) != 3 {
+		t.Fatalf("measured deploy records plan past %d and %d stages, want 16 and 3", m.Deploy.PlanPast, len(m.Stages))
+	}
+	prompt := []int32{1, 2, 3, 4, 5, 6, 7}
+	want := loopGenerate(t, whole, cfg, prompt, 32, pipeline.Sampling{})
+	got, _, err := generate(tc.nodes[1], api.GenerateRequest{Model: "gen-measured", Prompt: prompt, MaxTokens: 32}, nil)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("measured plan's generation: %v, %v; want %v", got, err, want)
+	}
+	for _, bad := range []api.PlanOptions{{Basis: api.PlanMeasured, Past: cfg.Context}, {Basis: api.PlanFLOPs, Past: 4}, {Basis: "fastest"}} {
+		if err := put("gen-bad-plan", bad); api.Classify(err).Code != api.CodeBadRequest {
+			t.Errorf("deploy with plan %+v: %v, want bad_request", bad, err)
+		}
+	}
 }
 
 // checkDeclaredState: the manifest records which stage owns which state pair; a

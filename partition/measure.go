@@ -70,8 +70,9 @@ const maxUnmeasuredShare = 0.1
 // beyond all the kernels (the executor's work between them, which grows with the
 // node count and which FLOPs miss). A node that does not appear in the profile (ONNX
 // Runtime folded or dropped it) costs 0; if such nodes carry more than a tenth of the
-// graph's FLOPs, it fails with ErrNotMeasured. Give the result to SetMeasuredCosts.
-func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, inputs []tensor.Tensor, opts accel.SessionOptions, warmup, runs int, tmpDir string) ([]float64, error) {
+// graph's FLOPs, it fails with ErrNotMeasured. Give NodeCosts.Seconds to
+// SetMeasuredCosts.
+func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, inputs []tensor.Tensor, opts accel.SessionOptions, warmup, runs int, tmpDir string) (*NodeCosts, error) {
 	dir, err := os.MkdirTemp(tmpDir, "profile-")
 	if err != nil {
 		return nil, fmt.Errorf("partition: measure node costs: %w", err)
@@ -110,7 +111,16 @@ func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, input
 			}
 		}
 	}
-	return out, nil
+	return &NodeCosts{Seconds: out, Run: prof.Run.Seconds(), Kernels: kernels}, nil
+}
+
+// NodeCosts are what MeasureNodeCosts measured.
+type NodeCosts struct {
+	// Seconds is each node's time, by position in Graph.Nodes.
+	Seconds []float64
+	// Run is a plain run's median time; Kernels is the sum of the nodes' median
+	// kernel times. Seconds sums to the larger of the two.
+	Run, Kernels float64
 }
 
 // SetMeasuredCosts makes Plan balance measured times instead of FLOPs: seconds[i] is

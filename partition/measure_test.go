@@ -35,10 +35,11 @@ func TestMeasureNodeCostsPlansOnThem(t *testing.T) {
 		t.Fatal(err)
 	}
 	be := ortBackend(t)
-	secs, err := MeasureNodeCosts(context.Background(), be.(accel.NodeProfiler), g, inputs, accel.SessionOptions{IntraOpThreads: 1}, 2, 5, t.TempDir())
+	costs, err := MeasureNodeCosts(context.Background(), be.(accel.NodeProfiler), g, inputs, accel.SessionOptions{IntraOpThreads: 1}, 2, 5, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	secs := costs.Seconds
 	if len(secs) != len(g.Nodes) {
 		t.Fatalf("%d node times for %d nodes", len(secs), len(g.Nodes))
 	}
@@ -48,6 +49,9 @@ func TestMeasureNodeCostsPlansOnThem(t *testing.T) {
 			t.Errorf("node %d (%s %q) has no time", i, op, g.Nodes[i].Name)
 		}
 		total += s
+	}
+	if want := math.Max(costs.Run, costs.Kernels); math.Abs(total-want) > 1e-9*want {
+		t.Errorf("node times sum to %g, want the larger of a run (%g) and the kernels (%g)", total, costs.Run, costs.Kernels)
 	}
 	const speed = 5e9
 	if err := g.SetMeasuredCosts(secs, speed); err != nil {

@@ -241,7 +241,7 @@ func probeProvider(p accel.Provider, opts ProviderOptions) error {
 	if err == nil {
 		takeLastORTError()
 		var s *ortSession
-		s, err = newOrtSession("", model, 1, p, opts, "")
+		s, err = newOrtSession("", model, 1, p, opts, profiling{})
 		if err == nil {
 			s.release()
 		} else {
@@ -325,7 +325,7 @@ func (o *Backend) Open(ctx context.Context, path string, opts accel.SessionOptio
 	}
 	// A failed open returns a nil Session, not a nil *ortPool inside one: callers
 	// test the Session against nil.
-	p, err := openPool(ctx, o, path, opts, "")
+	p, err := openPool(ctx, o, path, opts, profiling{})
 	if err != nil {
 		return nil, err
 	}

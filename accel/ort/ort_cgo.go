@@ -225,15 +225,15 @@ func epDevices() ([]EPDevice, error) {
 
 // newOrtSession creates a session from a model path, or from model bytes when path is
 // empty (used by the provider probe).
-// A non-empty profilePrefix turns on ORT's profiler (see lm_session_options_profile).
-func newOrtSession(path string, model []byte, threads int, p accel.Provider, options ProviderOptions, profilePrefix string) (*ortSession, error) {
+// A profiled session (see profiling) optimizes at the basic level only.
+func newOrtSession(path string, model []byte, threads int, p accel.Provider, options ProviderOptions, prof profiling) (*ortSession, error) {
 	opts, err := sessionOptions(threads, p, options)
 	if err != nil {
 		return nil, err
 	}
 	defer C.lm_session_options_release(opts)
-	if profilePrefix != "" {
-		cprefix := C.CString(profilePrefix)
+	if prof.on {
+		cprefix := C.CString(prof.prefix)
 		defer C.free(unsafe.Pointer(cprefix))
 		if err := statusErr(C.lm_session_options_profile(opts, cprefix)); err != nil {
 			return nil, err

@@ -30,9 +30,8 @@ type ortPool struct {
 	closeOnce sync.Once
 }
 
-// openPool opens opts.PoolSize sessions of the model at path; a non-empty
-// profilePrefix turns on ORT's profiler in each.
-func openPool(ctx context.Context, o *Backend, path string, opts accel.SessionOptions, profilePrefix string) (*ortPool, error) {
+// openPool opens opts.PoolSize sessions of the model at path, profiled as prof says.
+func openPool(ctx context.Context, o *Backend, path string, opts accel.SessionOptions, prof profiling) (*ortPool, error) {
 	size := max(opts.PoolSize, 1)
 	threads := o.threads
 	if opts.IntraOpThreads > 0 {
@@ -49,7 +48,7 @@ func openPool(ctx context.Context, o *Backend, path string, opts accel.SessionOp
 			p.releaseAll()
 			return nil, err
 		}
-		s, err := newOrtSession(path, nil, threads, o.provider, o.options, profilePrefix)
+		s, err := newOrtSession(path, nil, threads, o.provider, o.options, prof)
 		if err != nil {
 			p.releaseAll()
 			return nil, classifyOpenError(path, err)

@@ -228,7 +228,7 @@ void lm_session_options_release(OrtSessionOptions *o) { api->ReleaseSessionOptio
 
 OrtStatus *lm_session_options_profile(OrtSessionOptions *o, const char *prefix) {
   OrtStatus *st = api->SetSessionGraphOptimizationLevel(o, ORT_ENABLE_BASIC);
-  if (st) return st;
+  if (st || !prefix || !*prefix) return st;
   return api->EnableProfiling(o, prefix);
 }
 

@@ -54,9 +54,10 @@ OrtStatus *lm_ep_device_count(size_t *n);
 void lm_ep_device_info(size_t i, const char **ep, const char **ep_vendor, int *hw_type,
                        uint32_t *vendor_id, uint32_t *device_id);
 void lm_session_options_release(OrtSessionOptions *o);
-// lm_session_options_profile turns on ORT's profiler, writing to a file named from
-// prefix, and lowers graph optimization to the basic level: the extended fusions
-// rename the nodes they merge, and a profile must name the model's own nodes.
+// lm_session_options_profile lowers graph optimization to the basic level (the
+// extended fusions rename the nodes they merge, and a profile must name the model's
+// own nodes) and, with a non-empty prefix, turns on ORT's profiler, writing to a file
+// named from it.
 OrtStatus *lm_session_options_profile(OrtSessionOptions *o, const char *prefix);
 // lm_session_end_profiling ends a profiled session's profile; *path (malloc'd, the
 // caller's) is the file it wrote.

@@ -67,6 +67,12 @@ func gpt2SmallWithPast(b *testing.B) (path string, size int64, tok []byte) {
 // and waits until every stage has its replicas ready.
 func (c *benchCluster) deployGenAndWait(b *testing.B, path string, size int64, tok []byte, stages, replicas int) {
 	b.Helper()
+	c.deployGenPlanned(b, path, size, tok, stages, replicas, client.PlanOptions{})
+}
+
+// deployGenPlanned is deployGenAndWait with what the planner balances.
+func (c *benchCluster) deployGenPlanned(b *testing.B, path string, size int64, tok []byte, stages, replicas int, plan client.PlanOptions) {
+	b.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		b.Fatal(err)
@@ -74,7 +80,7 @@ func (c *benchCluster) deployGenAndWait(b *testing.B, path string, size int64, t
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if _, err := c.client(b, 0).UploadModel(ctx, "gpt", f, size, client.UploadOptions{Stages: stages, Replicas: replicas, Tokenizer: tok}); err != nil {
+	if _, err := c.client(b, 0).UploadModel(ctx, "gpt", f, size, client.UploadOptions{Stages: stages, Replicas: replicas, Tokenizer: tok, Plan: plan}); err != nil {
 		b.Fatalf("deploy: %v", err)
 	}
 	harness.Eventually(b, 5*time.Minute, 100*time.Millisecond, func() error {
@@ -384,7 +390,9 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	path, size, tok := gpt2SmallWithPast(b)
 	bin := pinnedBinary(b)
 	split := startBench(b, 2, bin)
-	split.deployGenAndWait(b, path, size, tok, 2, 1)
+	// The cut balances the stages' decode steps as the cutting node times them, at
+	// the mean past of these sessions (64-token prompts, 64 tokens each).
+	split.deployGenPlanned(b, path, size, tok, 2, 1, client.PlanOptions{Basis: client.PlanMeasured, Past: 96})
 	whole := startBench(b, 1, bin)
 	whole.deployGenAndWait(b, path, size, tok, 1, 1)
 	reps := startBench(b, 2, bin)

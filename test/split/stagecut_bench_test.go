@@ -168,9 +168,14 @@ func BenchmarkDecodeStageCuts(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	measuredCut := measuredPlanCut(b, be, g, 96)
 	var cuts []stageCut
 	for _, at := range cutsNear(g, plan.Cuts()[0], cfg.Dim) {
 		cuts = append(cuts, openCut(b, be, pm, g, plan, at))
+	}
+	if !slices.ContainsFunc(cuts, func(c stageCut) bool { return c.at == measuredCut }) {
+		cuts = append(cuts, openCut(b, be, pm, g, plan, measuredCut))
+		slices.SortFunc(cuts, func(x, y stageCut) int { return x.at - y.at })
 	}
 	whole := make([]accel.Session, 2)
 	for i := range whole {
@@ -194,7 +199,7 @@ func BenchmarkDecodeStageCuts(b *testing.B) {
 		for i, c := range cuts {
 			t := timedChain(b, -1, c.stages, cfg, steps, nil)
 			slower[i] += max(t[0], t[1])
-			line += fmt.Sprintf("; cut %d%s %.2f + %.2f", c.at, planMark(c.at, plan), ms(t[0]), ms(t[1]))
+			line += fmt.Sprintf("; cut %d%s %.2f + %.2f", c.at, planMark(c.at, plan, measuredCut), ms(t[0]), ms(t[1]))
 		}
 		b.Log(line)
 	}
@@ -206,19 +211,54 @@ func BenchmarkDecodeStageCuts(b *testing.B) {
 		if cuts[i].at == plan.Cuts()[0] {
 			b.ReportMetric(ms(slower[i]/rounds), "plan-cut-slower-ms")
 		}
+		if cuts[i].at == measuredCut {
+			b.ReportMetric(ms(slower[i]/rounds), "measured-cut-slower-ms")
+		}
 	}
 	b.ReportMetric(ms(slower[best]/rounds), "best-cut-slower-ms")
 	b.ReportMetric(float64(cuts[best].at), "best-cut")
+	b.ReportMetric(float64(measuredCut), "measured-cut")
 	b.ReportMetric(ms(wholeSum/rounds), "whole-ms")
 	b.Log(concurrentFigures(b, whole, cuts, plan, cfg, steps, rounds))
 }
 
-// planMark marks the planner's cut in the log.
-func planMark(at int, plan *partition.StagePlan) string {
-	if at == plan.Cuts()[0] {
+// planMark marks the planner's cut, and the measured plan's, in the log.
+func planMark(at int, plan *partition.StagePlan, measured int) string {
+	switch {
+	case at == plan.Cuts()[0] && at == measured:
+		return " (plan, measured plan)"
+	case at == plan.Cuts()[0]:
 		return " (plan)"
+	case at == measured:
+		return " (measured plan)"
 	}
 	return ""
+}
+
+// measuredPlanCut is where a measured plan (deploy option plan=measured) cuts g in
+// two for equal devices: node times of a decode step at the given past, as
+// partition.MeasureNodeCosts takes them here with 1 intra-op thread. It leaves g
+// planning on FLOPs again.
+func measuredPlanCut(b *testing.B, be accel.Backend, g *partition.Graph, past int64) int {
+	b.Helper()
+	inputs, err := g.DecodeInputs(past, partition.VerifySeed)
+	if err != nil {
+		b.Fatal(err)
+	}
+	costs, err := partition.MeasureNodeCosts(context.Background(), be.(accel.NodeProfiler), g, inputs, accel.SessionOptions{IntraOpThreads: 1}, 5, 21, b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := g.SetMeasuredCosts(costs.Seconds, 100e9); err != nil {
+		b.Fatal(err)
+	}
+	defer g.SetMeasuredCosts(nil, 0)
+	p, err := partition.Plan(g, partition.UniformDevices(2, 1<<40, 100e9), partition.PlanOptions{Stages: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("measured plan (a decode step at past %d): cut %d, stages %.2f + %.2f ms", past, p.Cuts()[0], 1e3*p.Stages[0].ComputeSeconds, 1e3*p.Stages[1].ComputeSeconds)
+	return p.Cuts()[0]
 }
 
 // concurrentFigures runs, per round, the whole model on both cores at once and the
