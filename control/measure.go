@@ -11,13 +11,6 @@ import (
 	"github.com/layermesh/layermesh/partition"
 )
 
-// A measured plan takes each node's median over measureRuns runs, after
-// measureWarmup runs that let ONNX Runtime size its buffers.
-const (
-	measureWarmup = 5
-	measureRuns   = 21
-)
-
 // measureCosts makes the planner balance node times measured on this node's backend
 // instead of FLOPs (deploy option plan=measured): each node's median time in a decode
 // step at past positions for a model with state pairs, in a run at the analysed
@@ -48,7 +41,7 @@ func (c *Controller) measureCosts(ctx context.Context, name string, g *partition
 	// The collector would share this node's core with the timed runs: let it finish
 	// with what loading and cutting the model left first.
 	runtime.GC()
-	costs, err := partition.MeasureNodeCosts(ctx, prof, g, inputs, c.cfg.Session, measureWarmup, measureRuns, tmpDir)
+	costs, err := partition.MeasureNodeCosts(ctx, prof, g, inputs, c.cfg.Session, partition.DefaultMeasureWarmup, partition.DefaultMeasureRuns, tmpDir)
 	if err != nil && ctx.Err() == nil {
 		// The model does not run on made-up inputs of these shapes, or the profile
 		// misses its heavy nodes: the FLOP plan is what is left to ask for.

@@ -58,6 +58,13 @@ func producesNonTensor(op string) bool {
 // own names may be empty or repeated.
 func profileNodeName(pos int) string { return fmt.Sprintf("layermesh_node_%d", pos) }
 
+// The runs MeasureNodeCosts's callers give it by default: 5 to let ONNX Runtime size
+// its buffers, then 41 timed, whose median per node shrugs off a few disturbed runs.
+const (
+	DefaultMeasureWarmup = 5
+	DefaultMeasureRuns   = 41
+)
+
 // maxUnmeasuredShare is the share of the graph's FLOPs that nodes missing from a
 // profile may carry before MeasureNodeCosts gives up: ONNX Runtime folds or drops a
 // few cheap nodes even at the basic optimization level, never a heavy one.

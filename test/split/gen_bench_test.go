@@ -70,6 +70,19 @@ func (c *benchCluster) deployGenAndWait(b *testing.B, path string, size int64, t
 	c.deployGenPlanned(b, path, size, tok, stages, replicas, client.PlanOptions{})
 }
 
+// logPlan logs the cutting node's account of its plan (the cuts, each stage's
+// planned time, and for a measured plan what it measured).
+func (c *benchCluster) logPlan(b *testing.B) {
+	b.Helper()
+	for i := range c.Len() {
+		for _, line := range strings.Split(c.Node(i).LogTail(1<<20), "\n") {
+			if strings.Contains(line, `"msg":"deploy: planned"`) || strings.Contains(line, `"msg":"deploy: planning on measured node times"`) {
+				b.Logf("node%d: %s", i, line)
+			}
+		}
+	}
+}
+
 // deployGenPlanned is deployGenAndWait with what the planner balances.
 func (c *benchCluster) deployGenPlanned(b *testing.B, path string, size int64, tok []byte, stages, replicas int, plan client.PlanOptions) {
 	b.Helper()
@@ -393,6 +406,7 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	// The cut balances the stages' decode steps as the cutting node times them, at
 	// the mean past of these sessions (64-token prompts, 64 tokens each).
 	split.deployGenPlanned(b, path, size, tok, 2, 1, client.PlanOptions{Basis: client.PlanMeasured, Past: 96})
+	split.logPlan(b)
 	whole := startBench(b, 1, bin)
 	whole.deployGenAndWait(b, path, size, tok, 1, 1)
 	reps := startBench(b, 2, bin)
