@@ -371,21 +371,25 @@ Runtime's own output, and the only copies left are the ones its Concat makes.`,
 		Measures: `
 BenchmarkGeneratePipelineParallel deploys the with-past 12 x 768 GPT (with the GPT-2
 tokenizer) on 2 meshnode processes, each pinned with taskset to its own core with 1
-intra-op thread, in 2 stages, and on one meshnode pinned to one core; 4 sessions at once
+intra-op thread, in 2 stages cut by a measured plan (plan=measured, plan_past=96: the
+cutting node times a decode step at past 96, the mean past of these sessions), and on
+one meshnode pinned to one core; 4 sessions at once
 generate greedily over HTTP (64-token prompts, 64 tokens each, POST
 /openai/v1/completions at the node of the last stage). A third side puts the whole
 model on both pinned nodes (1 stage, 2 replicas) with 2 sessions entering at each: no
-pipeline at all, so its rate is what these 2 cores can give, the ceiling for the split.
+pipeline at all (its ratio is reported as the "ceiling", which it turns out not to be;
+see below).
 The sides run in alternating segments (split, whole, replicas, replicas, whole, split),
 each segment 4 sessions side by side generating 3 times each; a side's rate is its
 generated tokens over its segments' wall time. The log gives each process's CPU time
 per generated token, which shows the balance of the two stages, the entry node's mean
-time per stage call, and each holder's ONNX Runtime time per stage run on every side.
+time per stage call, each holder's ONNX Runtime time per stage run on every side, and
+the cutting node's plan (its log lines).
 Target: at least 1.6 x.`,
 		Jobs: []string{"gen-pipeline"},
 		Figures: []Figure{
 			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "speedup", Label: "2 pinned nodes / 1 pinned node, tokens/s", Unit: "x", Target: &Target{Op: ">=", Value: 1.6}},
-			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "ceiling", Label: "ceiling: 2 pinned nodes with the whole model each / 1 pinned node", Unit: "x"},
+			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "ceiling", Label: "replicas side: 2 pinned nodes with the whole model each / 1 pinned node", Unit: "x"},
 			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "split-tok/s", Label: "2 pinned nodes, 2 stages", Unit: "tokens/s"},
 			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "whole-tok/s", Label: "1 pinned node, whole model", Unit: "tokens/s"},
 			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "replicas-tok/s", Label: "2 pinned nodes, whole model on each", Unit: "tokens/s"},
@@ -394,61 +398,51 @@ Target: at least 1.6 x.`,
 		Notes: `
 A decode step reads every weight of its stage once for one token, so it is bound by
 memory bandwidth more than by arithmetic, and the two pinned cores of this machine
-share one memory bus: the replicas side, with no pipeline and no network between the
-cores, is the most two cores can give here, and it stays short of 2 x (each of its
-processes uses more CPU per token than the one node alone). Each stage runs one step
-at a time (one ONNX Runtime session per stage, taken first come, first served), so a
-stage works on one session's token while the other stage works on another's; what the
-split loses against the ceiling is the imbalance between its two stages (the CPU time
-per token of each process) and the hidden state's round trip: the stage RPC and the
-thread switches it brings to a one-core process. The planner cuts a generating model
-at equal FLOPs per decode step: stage 0 takes the embeddings and about 8.5 of the 12
-blocks, stage 1 the rest and the 768 x 50257 LM head.
+share one memory bus. Each stage runs one step at a time (one ONNX Runtime session per
+stage, taken first come, first served), so a stage works on one session's token while
+the other stage works on another's; the split's rate is set by its slower stage. The
+replicas side (the whole model on each core, no pipeline) was meant as the ceiling, but
+it is not one: each of its processes streams all 500 MB of weights per token, and with
+both cores doing so its steps take 29.6 to 30.9 ms against 25 ms for the one node
+alone, while each stage of the split streams half of them; in 4 of the 5 runs of this
+build the split was as fast as the replicas or faster.
 
-The holders' ONNX Runtime time shows where the split's CPU goes. In the run above,
-stage 0's process used 16.5 ms of CPU per generated token and ran ONNX Runtime for
-15.76 ms per decode step (plus 90 ms per prefill, 1.4 ms per token): the Go side of a
-stage (its RPC, sessions, metrics) is within the measurement's error. Per token the two
-stages run 30.45 ms of decode steps against 25.72 ms for the one node and 28.9 ms for
-each replica, so what the split loses is ONNX Runtime time. In one process
-(BenchmarkDecodeStageCuts, below) the two stages take the whole model's time within
-the host's noise, one after the other or side by side on the two cores; in the
-meshnode processes they take 5% more than a replica, and both cores streaming weights
-at once cost the replicas themselves 12% over the one node. Stage 0 takes 1.1 ms longer than stage 1 (its 9 attention blocks copy and read
-9 layers of KV cache, stage 1's 3) and sets the pace. The section on the stages' decode
-steps at and around the planner's cut times the neighbouring cuts: one sub-block
-earlier, before block 8's attention, balances the stages 2 to 8% better in one
-process.
+The plan decides the split's rate. The FLOP plan (the default) cuts before node 417,
+after the first matrix of block 8's MLP; its stage 0 holds 9 attention blocks to stage
+1's 3, and with them more small operators and more KV cache to copy and read, none of
+which FLOPs count: in the meshnode processes its decode steps took 15.76 ms of ONNX
+Runtime time against stage 1's 14.69 (the recorded run before this build, 12:40 UTC
+on 2026-12-05), and the split reached 1.51 to 1.81 x over the day's builds, below 1.6 x
+in 3 of 20 fair runs. The measured plan times each node of a decode step at past 96 in the
+cutting node's own ONNX Runtime (the log above: the kernels of one step sum to 24.9
+ms) and cuts where the two halves balance: before node 410 or 412, the end of block
+8's attention, in every run. Its stages then take the same time per decode step
+(12.74 and 12.85 ms above; 14.06/14.19, 13.46/13.46, 12.26/12.32, 14.69/14.79 in the
+other runs) and the same CPU per token (13.7 and 13.9 ms), and the Go side of a stage
+(its RPC, sessions, metrics) stays within 1 ms of CPU per token of its ONNX Runtime
+time.
 
-Runs of this build, speedup (ceiling): 1.657 (1.941) at 11:58 UTC with perf attached
-to the split's processes, 1.669 (1.883) at 12:03, 1.613 (1.898) at 12:12 with every
-process at GOMAXPROCS=2 (the split's processes then used 33.1 ms of CPU per token
-against 32.3 at 1, so meshnode keeps 1), 1.57 (1.69) at 12:16 while a package install
-and a compile ran beside it, and 1.630 (1.785) at 12:40 (the run above). The builds
-of earlier on 2026-12-05 (logits sampled in place, each session's state held in ONNX
-Runtime): 1.601 (1.681), 1.52 (1.74), 1.71 (1.81) under perf, 1.58 (1.92), 1.69 (1.95)
-under perf; with the logits copied: 1.611 (1.859) and 1.514 (1.629); builds before
-that, on 2026-12-05 04:16-05:08 UTC: 1.68 (1.65), 1.64 (1.88), 1.62 (1.64), 1.65
-(1.66), 1.65 (1.97), 1.66 (1.75), 1.81 (1.83), 1.63 (1.85). Both figures move with the
-memory bandwidth the host gives these two cores from one segment to the next, and the
-ceiling itself falls to 1.63-1.69 in some runs, where the split would have to lose
-next to nothing to its pipeline to reach 1.6 x: the target holds in most runs, not in
-every one.
-
-Before commit 4a1fa73 the planner also
-counted the last stage handing its logits and present state on to the client, 348 KB
-per step, which a generation keeps on the node (the last stage answers with a token
-id). Against a decode step's FLOPs that put a block more on stage 0 (132.5 M against
-115.1 M FLOPs per token), whose process then used 17 to 21 ms of CPU per token against
-14 to 18 for stage 1, and the same benchmark gave 1.49 to 1.75 over 2026-12-04 and 05
-(the six runs of 2026-12-05 02:00-02:53 UTC: 1.58, 1.72, 1.75, 1.60, 1.62, 1.57).`,
+Runs of this build on 2026-12-05, speedup (replicas side), each finished at: 1.697
+(1.619) at 14:36 UTC, 1.830 (1.656) at 14:42, 1.906 (1.907) at 14:45, 1.656 (1.948)
+at 14:48, and 1.887 (1.679) at 14:52 (the run above): 1.66 to 1.91 x, at least 1.6 x in every run. The
+one node's own rate moved from 35.7 to 37.3 tokens/s and the split's from 60.3 to 71.0
+with the host's memory bandwidth from run to run. The first run of the measured plan
+(14:21, before the cutting node kept the timed runs' outputs in ONNX Runtime) gave 1.47:
+copying each run's KV outputs into fresh Go memory took 50 ms of page faults per run
+inside meshnode, which the measurement spread over every node as executor overhead,
+and the cut fell at node 316 (stage 0 11.6 ms, stage 1 16.9 ms per step). The plan's
+log now gives the plain run's and the kernels' times (24.1 and 24.9 ms above), which
+shows such a fault at once.`,
 	},
 	{
 		Title: "Text generation: the two stages' decode steps at and around the planner's cut",
 		Measures: `
 BenchmarkDecodeStageCuts cuts the with-past 12 x 768 GPT into 2 stages at the cut the
-planner chooses for two equal devices and at the cuts within a block of it that carry
-at most two hidden states, and times decode steps (pasts 64 to 127) in one process with
+planner chooses for two equal devices, at the cut a measured plan chooses (node times of
+a decode step at past 96, as deploy's plan=measured takes them) and at the cuts within
+a block of the first that carry at most two hidden states, and times decode steps
+(pasts 64 to 127; each past's keys and values made once, the present outputs left in
+ONNX Runtime, as a stage keeps them) in one process with
 1 intra-op thread: each cut's two stages one after the other, against the whole model,
 3 rounds interleaving them. Then the whole model on both cores at once (two sessions,
 each on a thread pinned to its core), and the planner's two stages side by side the same
@@ -460,36 +454,38 @@ state. Figures are means over the rounds.`,
 			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "plan-cut-slower-ms", Label: "slower stage at the planner's cut, one after the other", Unit: "ms"},
 			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "best-cut-slower-ms", Label: "slower stage at the best cut measured", Unit: "ms"},
 			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "best-cut", Label: "the best cut measured (before node)", Unit: ""},
+			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "measured-cut-slower-ms", Label: "slower stage at the measured plan's cut", Unit: "ms"},
+			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "measured-cut", Label: "the measured plan's cut (before node)", Unit: ""},
 			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "whole-ms", Label: "whole model, one core busy", Unit: "ms"},
 			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "both-cores-whole-ms", Label: "whole model, both cores busy with it", Unit: "ms"},
 			{Job: "gen-stage-cuts", Bench: "BenchmarkDecodeStageCuts", Metric: "both-cores-stages-sum-ms", Label: "planner's two stages side by side, summed", Unit: "ms"},
 		},
 		Logs: []string{"BenchmarkDecodeStageCuts"},
 		Notes: `
-The planner cuts before node 417, after the first matrix of block 8's MLP (its GELU
+The FLOP plan cuts before node 417, after the first matrix of block 8's MLP (its GELU
 and second matrix go to stage 1), at equal FLOPs per decode step; 379 is before block
-8's attention, 415 before its MLP, 368 before block 7's MLP, 426 and 462 after blocks 8
-and 9. Stage 0 holds more attention blocks than stage 1 (9 against 3 at the plan's
-cut), and with them more KV cache to copy and read, and more, smaller operators, none of
-which FLOPs count: one after the other, the plan's stage 0 is the slower by 1.7 to 2.4
-ms. The cut before block 8's attention balanced the stages best in every round of the
-three runs on 2026-12-05 (13:11 to 13:21 UTC): its slower stage was quicker than the
-plan's by 8, 6 and 2% on the means (14.22 against 15.43 ms, 13.76 against 14.68, and
-14.47 against 14.78 in the run above). A planner that counts a decode step's KV
-traffic and per-operator cost would move the cut there; this benchmark is what would
-check it.
+8's attention, 410 and 412 near its end, 415 before its MLP, 368 before block 7's MLP,
+426 and 462 after blocks 8 and 9. Stage 0 holds more attention blocks than stage 1 (9
+against 3 at the plan's cut), and with them more KV cache to copy and read, and more,
+smaller operators, none of which FLOPs count: one after the other, the plan's stage 0
+is the slower, by 0.4 to 0.8 ms above. The measured plan cut before node 410 in the
+run above (381, 410 and 412 in the runs of this build: the balance is flat over the end
+of block 8, so the measurement's noise picks among cuts a few tenths of a millisecond
+apart); its slower stage took 12.39 ms against the plan's 12.65 and the best cut's
+(415) 12.34. In the meshnode processes the difference is larger (the pipelined section
+above: 15.76 against 14.69 ms at the FLOP plan's cut, equal times at the measured
+one), as the stages there also run their sessions' state.
+
+Until this build the benchmark made each step's keys and values anew in Go memory and
+copied every present output back into it: 7 MB each way per step, which made stage 0
+(9 layers of KV against 3) look 1 to 2 ms slower than the stage runs, and the cut before
+block 8's attention look best. With the KV made once and the present outputs left in
+ONNX Runtime, the whole model takes 23.4 to 24.9 ms a step instead of 26 to 29.
 
 Side by side on the two cores, the plan's two stages sum to what the whole model takes
-on each core (26.07 against 25.84 ms above; 30.41 against 31.11 in the run before): in
-one process the pipeline's two halves cost no more than the whole model under the same
-memory contention (32.0 against 32.7 ms in the first run). In the pipelined benchmark
-(real processes, sessions' state, the stage RPC) they take 30.45 ms a token against
-28.9 for each replica. One after the other, the plan's two stages took from 5% less to
-6% more than the whole model, round by round. The whole model
-alone took 26.4 to 29.2 ms a step within these minutes, in the run above more on its
-own than with both cores busy: the host's pace moves by 10% from one round to the next.
-(The first of the three runs did not yet warm its sessions before timing, which
-slowed its first round's whole model, 37 ms, and is why it is not the one above.)`,
+on each core (32.0 against 31.7 ms above): in one process the pipeline's two halves
+cost no more than the whole model under the same memory contention. The host's pace
+moves by several percent from one round to the next.`,
 	},
 	{
 		Title: "Text generation: decode batching",
