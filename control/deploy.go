@@ -313,14 +313,14 @@ func (c *Controller) cut(ctx context.Context, name, srcHash string, srcSize int6
 	if len(devices) == 0 {
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: no live member", name, ErrInsufficientCapacity)
 	}
+	if stages > len(devices) {
+		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %d stages asked, %d live members",
+			name, ErrInsufficientCapacity, stages, len(devices))
+	}
 	if co.planPast > 0 {
 		if err := c.measureCosts(ctx, name, g, co.planPast, tmpDir, st); err != nil {
 			return consensus.Model{}, err
 		}
-	}
-	if stages > len(devices) {
-		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %d stages asked, %d live members",
-			name, ErrInsufficientCapacity, stages, len(devices))
 	}
 	plan, err := partition.Plan(g, devices, partition.PlanOptions{
 		Stages: stages, LinkBandwidth: c.linkBandwidth(devices), OutputBandwidth: outputHandoffRate,

@@ -3,7 +3,6 @@ package control
 import (
 	"context"
 	"fmt"
-	"runtime"
 
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/api"
@@ -38,9 +37,6 @@ func (c *Controller) measureCosts(ctx context.Context, name string, g *partition
 	if err != nil {
 		return fmt.Errorf("deploy %s: plan=%s: %w", name, api.PlanMeasured, err)
 	}
-	// The collector would share this node's core with the timed runs: let it finish
-	// with what loading and cutting the model left first.
-	runtime.GC()
 	costs, err := partition.MeasureNodeCosts(ctx, prof, g, inputs, c.cfg.Session, partition.DefaultMeasureWarmup, partition.DefaultMeasureRuns, tmpDir)
 	if err != nil && ctx.Err() == nil {
 		// The model does not run on made-up inputs of these shapes, or the profile
