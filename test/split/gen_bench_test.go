@@ -414,6 +414,7 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	reps.deployGenAndWait(b, path, size, tok, 1, 2)
 	entry := split.lastStageHolder(b, 2)
 	type side struct {
+		name   string
 		c      *benchCluster
 		addrs  []string
 		tokens int
@@ -422,9 +423,9 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 		self   time.Duration
 		ort0   []histogramSums // each node's ONNX Runtime time before the measured segments
 	}
-	sp := &side{c: split, addrs: []string{split.HTTPAddr(entry)}}
-	wh := &side{c: whole, addrs: []string{whole.HTTPAddr(0)}}
-	rp := &side{c: reps, addrs: []string{reps.HTTPAddr(0), reps.HTTPAddr(1)}}
+	sp := &side{name: "split", c: split, addrs: []string{split.HTTPAddr(entry)}}
+	wh := &side{name: "whole", c: whole, addrs: []string{whole.HTTPAddr(0)}}
+	rp := &side{name: "replicas", c: reps, addrs: []string{reps.HTTPAddr(0), reps.HTTPAddr(1)}}
 	for _, s := range []*side{sp, wh, rp} {
 		genSegment(b, s.addrs, s.c.token, concurrency, 1, 5000) // warm
 	}
@@ -437,14 +438,17 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	debug.FreeOSMemory()
 	n := max(b.N, 3)
 	b.ResetTimer()
+	var segments []string
 	for i, s := range []*side{sp, wh, rp, rp, wh, sp} {
 		before, self := s.c.cpuSeconds(b), selfCPU()
 		k, span := genSegment(b, s.addrs, s.c.token, concurrency, n, i*concurrency*n)
 		s.self += selfCPU() - self
 		s.cpu = s.cpu.plus(s.c.cpuSeconds(b).minus(before))
 		s.tokens, s.span = s.tokens+k, s.span+span
+		segments = append(segments, fmt.Sprintf("%s %.1f", s.name, float64(k)/span.Seconds()))
 	}
 	b.StopTimer()
+	b.Logf("tokens/s of each segment, in order: %s", strings.Join(segments, ", "))
 	rate := func(s *side) float64 { return float64(s.tokens) / s.span.Seconds() }
 	splitTP, wholeTP, repTP := rate(sp), rate(wh), rate(rp)
 	b.Logf("speed scores (GFLOP/s): split %s, whole %s, replicas %s", split.speeds(b), whole.speeds(b), reps.speeds(b))
