@@ -404,8 +404,8 @@ the other stage works on another's; the split's rate is set by its slower stage.
 replicas side (the whole model on each core, no pipeline) was meant as the ceiling, but
 it is not one: each of its processes streams all 500 MB of weights per token, and with
 both cores doing so its steps take 29.6 to 30.9 ms against 25 ms for the one node
-alone, while each stage of the split streams half of them; in 4 of the 5 runs of this
-build the split was as fast as the replicas or faster.
+alone, while each stage of the split streams half of them; in 6 of the 11 runs of
+this build the split was as fast as the replicas or faster.
 
 The plan decides the split's rate. The FLOP plan (the default) cuts before node 417,
 after the first matrix of block 8's MLP; its stage 0 holds 9 attention blocks to stage
@@ -414,25 +414,34 @@ which FLOPs count: in the meshnode processes its decode steps took 15.76 ms of O
 Runtime time against stage 1's 14.69 (the recorded run before this build, 12:40 UTC
 on 2026-12-05), and the split reached 1.51 to 1.81 x over the day's builds, below 1.6 x
 in 3 of 20 fair runs. The measured plan times each node of a decode step at past 96 in the
-cutting node's own ONNX Runtime (the log above: the kernels of one step sum to 24.9
-ms) and cuts where the two halves balance: before node 410 or 412, the end of block
-8's attention, in every run. Its stages then take the same time per decode step
-(12.74 and 12.85 ms above; 14.06/14.19, 13.46/13.46, 12.26/12.32, 14.69/14.79 in the
-other runs) and the same CPU per token (13.7 and 13.9 ms), and the Go side of a stage
-(its RPC, sessions, metrics) stays within 1 ms of CPU per token of its ONNX Runtime
-time.
+cutting node's own ONNX Runtime (the log above: the kernels of one step sum to 24.5
+ms, a plain run takes 24.2) and cuts where the two halves balance: in the runs of this
+build before node 386, 389, 410 or 412, all within block 8's attention, whose end is
+flat enough that the measurement's noise picks among them. Its stages then take the
+same time per decode step (12.85 and 13.22 ms above; 14.06/14.19, 13.46/13.46,
+12.26/12.32, 14.69/14.79, 13.20/13.29, 15.98/15.96, 13.78/13.97, 13.22/13.56 and
+13.05/13.51 in other runs) and the same CPU per token (13.8 and 14.1 ms above), and the
+Go side of a stage (its RPC, sessions, metrics) stays within 1 ms of CPU per token of
+its ONNX Runtime time.
 
 Runs of this build on 2026-12-05, speedup (replicas side), each finished at: 1.697
 (1.619) at 14:36 UTC, 1.830 (1.656) at 14:42, 1.906 (1.907) at 14:45, 1.656 (1.948)
-at 14:48, and 1.887 (1.679) at 14:52 (the run above): 1.66 to 1.91 x, at least 1.6 x in every run. The
-one node's own rate moved from 35.7 to 37.3 tokens/s and the split's from 60.3 to 71.0
-with the host's memory bandwidth from run to run. The first run of the measured plan
-(14:21, before the cutting node kept the timed runs' outputs in ONNX Runtime) gave 1.47:
-copying each run's KV outputs into fresh Go memory took 50 ms of page faults per run
-inside meshnode, which the measurement spread over every node as executor overhead,
-and the cut fell at node 316 (stage 0 11.6 ms, stage 1 16.9 ms per step). The plan's
-log now gives the plain run's and the kernels' times (24.1 and 24.9 ms above), which
-shows such a fault at once.`,
+at 14:48, 1.887 (1.679) at 14:52, 1.788 (1.580) at 15:13, 1.568 (1.894) at 15:17,
+1.740 (1.803) at 15:20, 1.778 (1.927) at 15:23, 1.796 (1.972) at 15:26, and 1.806
+(1.746) at 15:29 (the run above): 1.57 to 1.91 x, mean 1.77, at least 1.6 x in 10 of
+the 11. In the one below, the split's two stages each took 16.0 ms a decode step
+against 12.3 to 14.8 in the others, while that run's replicas were faster than in
+any other (26.6 ms a step against 29.6 to 30.9): the host gave the two cores less
+memory bandwidth during the split's segments. The log's tokens/s of each segment
+shows how far the host's pace moves within one run: the split's two segments above
+differ by 15% (61.9 and 71.4 tokens/s), the one node's by under 1%.
+
+The first run of the measured plan (14:21, before the cutting node kept the timed
+runs' outputs in ONNX Runtime) gave 1.47: copying each run's KV outputs into fresh Go
+memory took 50 ms of page faults per run inside meshnode, which the measurement spread
+over every node as executor overhead, and the cut fell at node 316 (stage 0 11.6 ms,
+stage 1 16.9 ms per step). The plan's log gives the plain run's and the kernels'
+times, which shows such a fault at once.`,
 	},
 	{
 		Title: "Text generation: the two stages' decode steps at and around the planner's cut",
