@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/layermesh/layermesh/accel"
@@ -179,8 +180,9 @@ func (g *Graph) InputSpecs() []TensorSpec {
 // DecodeInputs are random inputs for one decode step of a model with state pairs at
 // a past of past positions, for MeasureNodeCosts: every symbolic dim of a state
 // input that no other input shares (a KV cache's past length, not its batch) is
-// bound to past, and a dim named "<that dim> + 1" (Optimum's attention mask) to
-// past+1; everything else keeps the shape Analyze bound. A model without state pairs
+// bound to past, and a dim named as a sum of dims and integers (Optimum's attention
+// mask, "past_sequence_length + 1" or "past_sequence_length + sequence_length") to
+// that sum; everything else keeps the shape Analyze bound. A model without state pairs
 // gets the analysed shapes.
 func (g *Graph) DecodeInputs(past int64, seed uint64) ([]tensor.Tensor, error) {
 	if past < 1 {
@@ -209,20 +211,51 @@ func (g *Graph) DecodeInputs(past int64, seed uint64) ([]tensor.Tensor, error) {
 			}
 		}
 	}
+	// What each plain dim param was analysed at, and the past for the past's own.
+	value := map[string]int64{}
+	for _, name := range g.Inputs {
+		for i, d := range dims[name] {
+			if p := d.GetDimParam(); p != "" && i < len(g.InputShapes[name]) {
+				value[p] = g.InputShapes[name][i]
+			}
+		}
+	}
+	for p := range pastDims {
+		value[p] = past
+	}
 	shapes := map[string][]int64{}
 	for _, name := range g.Inputs {
 		shape := slices.Clone(g.InputShapes[name])
 		for i, d := range dims[name] {
-			base, plusOne := strings.CutSuffix(d.GetDimParam(), " + 1")
-			switch {
-			case i >= len(shape):
-			case pastDims[d.GetDimParam()]:
-				shape[i] = past
-			case plusOne && pastDims[base]:
-				shape[i] = past + 1
+			if i >= len(shape) {
+				continue
+			}
+			if v, ok := dimSum(d.GetDimParam(), value); ok && (pastDims[d.GetDimParam()] || strings.Contains(d.GetDimParam(), "+")) {
+				shape[i] = v
 			}
 		}
 		shapes[name] = shape
 	}
 	return RandomInputs(&Manifest{InputShapes: shapes, Inputs: g.InputSpecs()}, seed)
+}
+
+// dimSum evaluates a dim param that is a sum of params and integers ("past + 1",
+// Optimum's "past_sequence_length + sequence_length"); ok is false when a term is
+// neither.
+func dimSum(param string, value map[string]int64) (int64, bool) {
+	if param == "" {
+		return 0, false
+	}
+	var sum int64
+	for _, term := range strings.Split(param, "+") {
+		term = strings.TrimSpace(term)
+		if v, ok := value[term]; ok {
+			sum += v
+		} else if n, err := strconv.ParseInt(term, 10, 64); err == nil && n >= 0 {
+			sum += n
+		} else {
+			return 0, false
+		}
+	}
+	return sum, true
 }

@@ -109,8 +109,8 @@ func TestSetMeasuredCostsRefusesBadTimes(t *testing.T) {
 }
 
 // TestDecodeInputsBindThePast: the past length goes to the state inputs' own dims
-// (and to a "<past> + 1" dim, Optimum's attention mask), never to a dim a non-state
-// input shares (the batch).
+// (and into a dim named as a sum with it, Optimum's attention mask), never to a dim a
+// non-state input shares (the batch).
 func TestDecodeInputsBindThePast(t *testing.T) {
 	cfg := modelgen.GPTTiny
 	cfg.WithPast = true
@@ -180,6 +180,25 @@ func TestDecodeInputsBindThePast(t *testing.T) {
 		want := map[string][]int64{"attention_mask": {1, 6}, "past_key_values.0.key": {1, 2, 5, 4}}[x.Name]
 		if !slices.Equal(x.Shape, want) {
 			t.Errorf("optimum layout %s: shape %v, want %v", x.Name, x.Shape, want)
+		}
+	}
+
+	// Newer exports name the mask's length as a sum of the past and the new tokens.
+	mp.Graph.Input[0] = vi("attention_mask", dims("batch_size", "past_sequence_length + sequence_length"))
+	mp.Graph.Output[1] = vi("mask_out", dims("batch_size", "past_sequence_length + sequence_length"))
+	mp.Graph.Input = append(mp.Graph.Input, vi("input_ids", dims("batch_size", "sequence_length")))
+	mp.Graph.Node = append(mp.Graph.Node, &onnxpb.NodeProto{OpType: proto.String("Identity"), Input: []string{"input_ids"}, Output: []string{"ids_out"}})
+	mp.Graph.Output = append(mp.Graph.Output, vi("ids_out", dims("batch_size", "sequence_length")))
+	if og, err = AnalyzeWith(&Model{Proto: mp}, AnalyzeOptions{InputShapes: map[string][]int64{"input_ids": {1, 3}}}); err != nil {
+		t.Fatal(err)
+	}
+	if oin, err = og.DecodeInputs(5, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range oin {
+		want := map[string][]int64{"attention_mask": {1, 8}, "past_key_values.0.key": {1, 2, 5, 4}, "input_ids": {1, 3}}[x.Name]
+		if !slices.Equal(x.Shape, want) {
+			t.Errorf("summed mask %s: shape %v, want %v", x.Name, x.Shape, want)
 		}
 	}
 }
