@@ -66,10 +66,12 @@ type SessionOptions struct {
 // measured costs come from it.
 type NodeProfiler interface {
 	// ProfileNodes opens the model at path, runs it with inputs warmup times and then
-	// runs times, once plainly and once with a profiler, and returns the median time
-	// of a plain run and each node's median kernel time. The nodes are the model's
-	// own, not fused: both sessions optimize the graph at the basic level only.
-	ProfileNodes(ctx context.Context, path string, opts SessionOptions, inputs []tensor.Tensor, warmup, runs int) (*NodeProfile, error)
+	// runs times, once plainly and once with a profiler writing under tmpDir ("": the
+	// system's), and returns the median time of a plain run and each node's median
+	// kernel time. Both sessions optimize the graph at the basic level only, whose
+	// few fusions (a Conv with the Add, Mul or BatchNormalization after it) keep the
+	// first node's name; the fusions that rename nodes are off.
+	ProfileNodes(ctx context.Context, path string, opts SessionOptions, inputs []tensor.Tensor, warmup, runs int, tmpDir string) (*NodeProfile, error)
 }
 
 // NodeProfile is what ProfileNodes measured.

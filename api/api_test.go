@@ -380,6 +380,7 @@ func routeCases(admin string) []routeCase {
 		{"PUT", "/v1/models/x?plan=fastest", admin, 400, api.CodeBadRequest},
 		{"PUT", "/v1/models/x?plan_past=8", admin, 400, api.CodeBadRequest},
 		{"PUT", "/v1/models/x?plan=measured&plan_past=-1", admin, 400, api.CodeBadRequest},
+		{"PUT", "/v1/models/x?plan=measured&plan_past=2000000", admin, 400, api.CodeBadRequest},
 		// Operations endpoints: admin only, cluster-only on a single node.
 		{"POST", "/v1/nodes/test-node/undrain", "", 401, api.CodeUnauthorized},
 		{"POST", "/v1/nodes/test-node/undrain", admin, 501, api.CodeNotClusterMode},

@@ -337,6 +337,8 @@ func queryPlan(r *http.Request) (PlanOptions, error) {
 		return o, fmt.Errorf("%w: plan=%q (want %s or %s)", ErrBadRequest, o.Basis, PlanFLOPs, PlanMeasured)
 	case o.Past > 0 && o.Basis != PlanMeasured:
 		return o, fmt.Errorf("%w: plan_past needs plan=%s", ErrBadRequest, PlanMeasured)
+	case o.Past > MaxPlanPast:
+		return o, fmt.Errorf("%w: plan_past=%d is above %d", ErrBadRequest, o.Past, MaxPlanPast)
 	}
 	return o, nil
 }

@@ -68,6 +68,11 @@ const (
 // PlanOptions say what a deploy's planner balances (wire.PlanOptions).
 type PlanOptions = wire.PlanOptions
 
+// MaxPlanPast bounds plan_past: a million positions, beyond any context a model is
+// built for. The deploying node also refuses a past whose made-up KV cache would not
+// fit its free memory.
+const MaxPlanPast = 1 << 20
+
 // CompressOptions are the compression a deploy asks for (wire.CompressOptions).
 type CompressOptions = wire.CompressOptions
 

@@ -61,7 +61,7 @@ func (c *Controller) readCatalogue(ctx context.Context) (*consensus.ClusterState
 
 func (c *Controller) status(st *consensus.ClusterState, m consensus.Model, live map[string]mesh.NodeMeta) wire.ModelStatus {
 	s := wire.ModelStatus{Name: m.Name, Version: m.Version, SHA256: m.SourceSHA256, Size: m.SourceSize, Source: "upload",
-		LoadedAt: m.Created, Compression: compressionStatus(m.Deploy.Compression)}
+		LoadedAt: m.Created, Compression: compressionStatus(m.Deploy.Compression), PlanPast: m.Deploy.PlanPast}
 	for _, in := range m.Signature.Inputs {
 		s.Inputs = append(s.Inputs, tensorMeta(in))
 	}

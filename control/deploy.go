@@ -294,6 +294,22 @@ func measuredPast(o api.PlanOptions) (int, error) {
 	return 0, fmt.Errorf("%w: plan %q (want %s or %s)", api.ErrBadRequest, o.Basis, api.PlanFLOPs, api.PlanMeasured)
 }
 
+// plan runs the planner over devices, its errors classified for the API.
+func (c *Controller) plan(name string, g *partition.Graph, devices []partition.Device, stages int) (*partition.StagePlan, error) {
+	plan, err := partition.Plan(g, devices, partition.PlanOptions{
+		Stages: stages, LinkBandwidth: c.linkBandwidth(devices), OutputBandwidth: outputHandoffRate,
+	})
+	switch {
+	case errors.Is(err, partition.ErrDoesNotFit):
+		return nil, fmt.Errorf("deploy %s: %w: %w", name, ErrInsufficientCapacity, err)
+	case errors.Is(err, partition.ErrTooManyStages):
+		return nil, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
+	case err != nil:
+		return nil, fmt.Errorf("deploy %s: plan: %w", name, err)
+	}
+	return plan, nil
+}
+
 // cut plans the stages over the live members and writes them as blobs. The model it
 // returns has no version yet: the FSM allocates it on commit.
 func (c *Controller) cut(ctx context.Context, name, srcHash string, srcSize int64, co cutOptions, tmpDir string, st *consensus.ClusterState) (consensus.Model, error) {
@@ -317,22 +333,20 @@ func (c *Controller) cut(ctx context.Context, name, srcHash string, srcSize int6
 		return consensus.Model{}, fmt.Errorf("deploy %s: %w: %d stages asked, %d live members",
 			name, ErrInsufficientCapacity, stages, len(devices))
 	}
-	if co.planPast > 0 {
+	plan, err := c.plan(name, g, devices, stages)
+	if err != nil {
+		return consensus.Model{}, err
+	}
+	// A measured plan is worth its seconds of runs only where there is a cut to
+	// place; the FLOP plan above has already refused what no cost can fix (too many
+	// stages, budgets too small).
+	if co.planPast > 0 && stages != 1 && len(devices) > 1 {
 		if err := c.measureCosts(ctx, name, g, co.planPast, tmpDir, st); err != nil {
 			return consensus.Model{}, err
 		}
-	}
-	plan, err := partition.Plan(g, devices, partition.PlanOptions{
-		Stages: stages, LinkBandwidth: c.linkBandwidth(devices), OutputBandwidth: outputHandoffRate,
-	})
-	if err != nil {
-		switch {
-		case errors.Is(err, partition.ErrDoesNotFit):
-			return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, ErrInsufficientCapacity, err)
-		case errors.Is(err, partition.ErrTooManyStages):
-			return consensus.Model{}, fmt.Errorf("deploy %s: %w: %w", name, api.ErrBadRequest, err)
+		if plan, err = c.plan(name, g, devices, stages); err != nil {
+			return consensus.Model{}, err
 		}
-		return consensus.Model{}, fmt.Errorf("deploy %s: plan: %w", name, err)
 	}
 	stageMS := make([]float64, len(plan.Stages))
 	for i, s := range plan.Stages {

@@ -212,6 +212,9 @@ func checkMeasuredPlan(t *testing.T, tc *testCluster, whole accel.Session, cfg m
 	if m.Deploy.PlanPast != 16 || len(m.Stages) != 3 {
 		t.Fatalf("measured deploy records plan past %d and %d stages, want 16 and 3", m.Deploy.PlanPast, len(m.Stages))
 	}
+	if st, err := tc.nodes[1].Control().ModelStatus(context.Background(), "gen-measured", ""); err != nil || st.PlanPast != 16 {
+		t.Fatalf("measured deploy's status gives plan past %d (%v), want 16", st.PlanPast, err)
+	}
 	prompt := []int32{1, 2, 3, 4, 5, 6, 7}
 	want := loopGenerate(t, whole, cfg, prompt, 32, pipeline.Sampling{})
 	got, _, err := generate(tc.nodes[1], api.GenerateRequest{Model: "gen-measured", Prompt: prompt, MaxTokens: 32}, nil)

@@ -67,19 +67,23 @@ const (
 )
 
 // maxUnmeasuredShare is the share of the graph's FLOPs that nodes missing from a
-// profile may carry before MeasureNodeCosts gives up: ONNX Runtime folds or drops a
-// few cheap nodes even at the basic optimization level, never a heavy one.
+// profile may carry before MeasureNodeCosts gives up: at the basic optimization level
+// ONNX Runtime folds constant subgraphs and drops no-op nodes, which cost little, and
+// merges an Add, Mul or BatchNormalization into the Conv before it, whose time the
+// Conv's name carries.
 const maxUnmeasuredShare = 0.1
 
 // MeasureNodeCosts times each node of g: it writes a copy of the model whose nodes
 // are named by position and has p run it on inputs (warmup runs, then runs timed
 // ones; see accel.NodeProfiler), and returns each node's time in seconds, by position
-// in g.Nodes: its median kernel time plus an equal share of what a plain run takes
-// beyond all the kernels (the executor's work between them, which grows with the
-// node count and which FLOPs miss). A node that does not appear in the profile (ONNX
-// Runtime folded or dropped it) costs 0; if such nodes carry more than a tenth of the
-// graph's FLOPs, it fails with ErrNotMeasured. Give NodeCosts.Seconds to
-// SetMeasuredCosts.
+// in g.Nodes: its median kernel time plus an equal share of the difference between a
+// plain run's time and all the kernels' sum, so that the times add up to a plain run
+// (a positive difference is the executor's work between the kernels, which grows with
+// the node count and which FLOPs miss; a negative one is the profiler's own cost in
+// each kernel's time; a node's time stays at least 0). A node that does not appear in
+// the profile (ONNX Runtime folded or dropped it) costs 0; if such nodes carry more
+// than a tenth of the graph's FLOPs, it fails with ErrNotMeasured. Give
+// NodeCosts.Seconds to SetMeasuredCosts.
 func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, inputs []tensor.Tensor, opts accel.SessionOptions, warmup, runs int, tmpDir string) (*NodeCosts, error) {
 	dir, err := os.MkdirTemp(tmpDir, "profile-")
 	if err != nil {
@@ -91,7 +95,7 @@ func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, input
 	if err != nil {
 		return nil, fmt.Errorf("partition: measure node costs: %w", err)
 	}
-	prof, err := p.ProfileNodes(ctx, filepath.Join(dir, sm.File), opts, inputs, warmup, runs)
+	prof, err := p.ProfileNodes(ctx, filepath.Join(dir, sm.File), opts, inputs, warmup, runs, dir)
 	if err != nil {
 		return nil, fmt.Errorf("partition: measure node costs: %w", err)
 	}
@@ -112,11 +116,13 @@ func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, input
 	if ran == 0 || float64(missing) > maxUnmeasuredShare*float64(g.FLOPs) {
 		return nil, fmt.Errorf("%w: the profile has no time for nodes carrying %d of the model's %d FLOPs", ErrNotMeasured, missing, g.FLOPs)
 	}
-	if between := prof.Run.Seconds() - kernels; between > 0 {
-		for pos := range out {
-			if _, ok := prof.Nodes[profileNodeName(pos)]; ok {
-				out[pos] += between / float64(ran)
-			}
+	// A plain run's time is the truth of the total; the per-node difference is the
+	// executor's work between kernels when positive, and the profiler's own cost
+	// inside each kernel's time when negative (of the same order on the CPU).
+	share := (prof.Run.Seconds() - kernels) / float64(ran)
+	for pos := range out {
+		if _, ok := prof.Nodes[profileNodeName(pos)]; ok {
+			out[pos] = max(out[pos]+share, 0)
 		}
 	}
 	return &NodeCosts{Seconds: out, Run: prof.Run.Seconds(), Kernels: kernels}, nil
@@ -127,7 +133,8 @@ type NodeCosts struct {
 	// Seconds is each node's time, by position in Graph.Nodes.
 	Seconds []float64
 	// Run is a plain run's median time; Kernels is the sum of the nodes' median
-	// kernel times. Seconds sums to the larger of the two.
+	// kernel times. Seconds sums to Run, or a little more where a node's time
+	// stopped at 0.
 	Run, Kernels float64
 }
 
@@ -178,35 +185,36 @@ func (g *Graph) InputSpecs() []TensorSpec {
 }
 
 // DecodeInputs are random inputs for one decode step of a model with state pairs at
-// a past of past positions, for MeasureNodeCosts: every symbolic dim of a state
-// input that no other input shares (a KV cache's past length, not its batch) is
+// a past of past positions, for MeasureNodeCosts, at DecodeShapes.
+func (g *Graph) DecodeInputs(past int64, seed uint64) ([]tensor.Tensor, error) {
+	shapes, err := g.DecodeShapes(past)
+	if err != nil {
+		return nil, err
+	}
+	return RandomInputs(&Manifest{InputShapes: shapes, Inputs: g.InputSpecs()}, seed)
+}
+
+// DecodeShapes are the input shapes of one decode step at a past of past positions:
+// a state input's past axis (the symbolic dim its pair's output names otherwise, as a
+// KV cache's past length becomes past+1; not its batch, which the output keeps) is
 // bound to past, and a dim named as a sum of dims and integers (Optimum's attention
 // mask, "past_sequence_length + 1" or "past_sequence_length + sequence_length") to
-// that sum; everything else keeps the shape Analyze bound. A model without state pairs
-// gets the analysed shapes.
-func (g *Graph) DecodeInputs(past int64, seed uint64) ([]tensor.Tensor, error) {
+// that sum; everything else keeps the shape Analyze bound. A model without state
+// pairs gets the analysed shapes.
+func (g *Graph) DecodeShapes(past int64) (map[string][]int64, error) {
 	if past < 1 {
 		return nil, fmt.Errorf("%w: past %d must be at least 1", ErrInputShape, past)
 	}
-	isState := map[string]bool{}
-	for _, p := range g.State {
-		isState[p.In] = true
-	}
+	gp := g.Model.Proto.GetGraph()
 	dims := map[string][]*onnxpb.TensorShapeProto_Dimension{}
-	shared := map[string]bool{} // dim params some non-state input has
-	for _, vi := range g.Model.Proto.GetGraph().GetInput() {
-		ds := vi.GetType().GetTensorType().GetShape().GetDim()
-		dims[vi.GetName()] = ds
-		if !isState[vi.GetName()] {
-			for _, d := range ds {
-				shared[d.GetDimParam()] = true
-			}
-		}
+	for _, vi := range append(slices.Clone(gp.GetInput()), gp.GetOutput()...) {
+		dims[vi.GetName()] = vi.GetType().GetTensorType().GetShape().GetDim()
 	}
 	pastDims := map[string]bool{}
 	for _, p := range g.State {
-		for _, d := range dims[p.In] {
-			if name := d.GetDimParam(); name != "" && !shared[name] {
+		out := dims[p.Out]
+		for i, d := range dims[p.In] {
+			if name := d.GetDimParam(); name != "" && i < len(out) && out[i].GetDimParam() != name {
 				pastDims[name] = true
 			}
 		}
@@ -236,7 +244,7 @@ func (g *Graph) DecodeInputs(past int64, seed uint64) ([]tensor.Tensor, error) {
 		}
 		shapes[name] = shape
 	}
-	return RandomInputs(&Manifest{InputShapes: shapes, Inputs: g.InputSpecs()}, seed)
+	return shapes, nil
 }
 
 // dimSum evaluates a dim param that is a sum of params and integers ("past + 1",

@@ -65,7 +65,9 @@ type Stage struct {
 	// SendBytes is what crosses the cut after this stage; for the last stage, the
 	// model's outputs when PlanOptions.OutputBandwidth counts them, else 0.
 	SendBytes int64
-	// ComputeSeconds is FLOPs/Speed; TransferSeconds is SendBytes over the link to the
+	// ComputeSeconds is FLOPs/Speed, or the stage's measured work over Speed when
+	// the graph has measured costs (Graph.SetMeasuredCosts); TransferSeconds is
+	// SendBytes over the link to the
 	// next device; Seconds is their sum.
 	ComputeSeconds, TransferSeconds, Seconds float64
 }
@@ -187,7 +189,9 @@ func (g *Graph) handoffBytes() int64 {
 // Devices are used in the order given (with Stages 0, a prefix of them), unless
 // PlanOptions.ReorderDevices asks the planner to search the orders too.
 //
-// A stage's time is its FLOPs over its device's speed plus the bytes crossing the cut
+// A stage's time is its FLOPs (or its nodes' measured times, scaled to FLOP at the
+// measuring device's speed: Graph.SetMeasuredCosts) over its device's speed plus the
+// bytes crossing the cut
 // after it (activations and graph inputs that later stages read) over the link to
 // the next device; the last stage sends the model's outputs when
 // PlanOptions.OutputBandwidth is set and the model has no state pairs, else nothing.

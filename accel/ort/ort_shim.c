@@ -239,7 +239,12 @@ OrtStatus *lm_session_end_profiling(OrtSession *s, char **path) {
   char *p = NULL;
   if ((st = api->SessionEndProfiling(s, a, &p))) return st;
   *path = strdup(p);
-  return api->AllocatorFree(a, p);
+  // The copy is what the caller reads; ORT's string goes back to its allocator
+  // whatever that says.
+  OrtStatus *freed = api->AllocatorFree(a, p);
+  if (freed) api->ReleaseStatus(freed);
+  if (!*path) return api->CreateStatus(ORT_FAIL, "out of memory copying the profile's path");
+  return NULL;
 }
 
 OrtStatus *lm_session_create(const char *path, OrtSessionOptions *o, OrtSession **out) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,19 +27,20 @@ type profiling struct {
 // warmup runs, closes it, then does the same in a session with ORT's profiler on
 // (accel.NodeProfiler): the two never hold the model's weights at once. Both optimize
 // the graph at the basic level only, so a plain run runs the very nodes the profile
-// times, and what it takes beyond their kernels is the executor's own work. A node
-// that does not run in every timed run (a branch of an If) has the median of the runs
-// it ran in.
-func (o *Backend) ProfileNodes(ctx context.Context, path string, opts accel.SessionOptions, inputs []tensor.Tensor, warmup, runs int) (*accel.NodeProfile, error) {
+// times. It times CPU sessions only: on a GPU a kernel's profiled time is its launch.
+func (o *Backend) ProfileNodes(ctx context.Context, path string, opts accel.SessionOptions, inputs []tensor.Tensor, warmup, runs int, tmpDir string) (*accel.NodeProfile, error) {
 	if warmup < 0 || runs <= 0 {
 		return nil, fmt.Errorf("profile %s: %d warm-up and %d timed runs: want at least one timed run", path, warmup, runs)
+	}
+	if o.provider != accel.ProviderCPU {
+		return nil, fmt.Errorf("profile %s: node times are measured on the CPU only, this node runs %s", path, o.provider)
 	}
 	opts.PoolSize = 1
 	run, err := o.timeRuns(ctx, path, opts, inputs, warmup, runs)
 	if err != nil {
 		return nil, err
 	}
-	nodes, err := o.profileRuns(ctx, path, opts, inputs, warmup, runs)
+	nodes, err := o.profileRuns(ctx, path, opts, inputs, warmup, runs, tmpDir)
 	if err != nil {
 		return nil, err
 	}
@@ -67,8 +69,8 @@ func (o *Backend) timeRuns(ctx context.Context, path string, opts accel.SessionO
 
 // profileRuns returns each node's median kernel time over runs profiled runs after
 // warmup.
-func (o *Backend) profileRuns(ctx context.Context, path string, opts accel.SessionOptions, inputs []tensor.Tensor, warmup, runs int) (map[string]time.Duration, error) {
-	dir, err := os.MkdirTemp("", "layermesh-profile-")
+func (o *Backend) profileRuns(ctx context.Context, path string, opts accel.SessionOptions, inputs []tensor.Tensor, warmup, runs int, tmpDir string) (map[string]time.Duration, error) {
+	dir, err := os.MkdirTemp(tmpDir, "layermesh-profile-")
 	if err != nil {
 		return nil, fmt.Errorf("profile %s: %w", path, err)
 	}
@@ -87,20 +89,23 @@ func (o *Backend) profileRuns(ctx context.Context, path string, opts accel.Sessi
 	if err != nil {
 		return nil, fmt.Errorf("profile %s: end: %w", path, err)
 	}
-	data, err := os.ReadFile(file)
+	f, err := os.Open(file)
 	if err != nil {
 		return nil, fmt.Errorf("profile %s: %w", path, err)
 	}
-	times, err := parseProfile(data)
+	defer f.Close()
+	times, err := parseProfile(f)
 	if err != nil {
 		return nil, fmt.Errorf("profile %s: %w", path, err)
 	}
 	out := make(map[string]time.Duration, len(times))
 	for name, ds := range times {
-		if len(ds) > runs {
-			ds = ds[len(ds)-runs:] // the warm-up runs come first
+		// Every node of the graph runs once a run; ORT stops recording past a
+		// million events, and a short count would mix warm-up runs in.
+		if len(ds) != warmup+runs {
+			return nil, fmt.Errorf("profile %s: node %q has %d kernel times for %d runs (ORT's profile is cut short on a graph this large)", path, name, len(ds), warmup+runs)
 		}
-		out[name] = median(ds)
+		out[name] = median(ds[warmup:]) // the warm-up runs come first
 	}
 	return out, nil
 }
@@ -110,15 +115,13 @@ func (o *Backend) profileRuns(ctx context.Context, path string, opts accel.Sessi
 // megabytes of outputs into fresh Go memory on every run would time the page faults
 // of that copy rather than the model.
 func (p *ortPool) runKept(ctx context.Context, inputs []tensor.Tensor) error {
-	var keep, names []string
+	var keep []string
 	for _, o := range p.outputs {
 		if o.isTensor && o.DType.Valid() && o.DType != tensor.String {
 			keep = append(keep, o.Name)
-		} else {
-			names = append(names, o.Name)
 		}
 	}
-	_, held, err := p.run(ctx, inputs, nil, names, keep)
+	_, held, err := p.run(ctx, inputs, nil, nil, keep)
 	for _, h := range held {
 		h.Release()
 	}
@@ -146,19 +149,27 @@ type profileEvent struct {
 // other events (fence_before, fence_after) time the executor around it.
 const kernelSuffix = "_kernel_time"
 
-// parseProfile returns, per node name, the kernel times of its runs in order.
-func parseProfile(data []byte) (map[string][]time.Duration, error) {
-	var events []profileEvent
-	if err := json.Unmarshal(data, &events); err != nil {
-		return nil, fmt.Errorf("reading ONNX Runtime's profile: %w", err)
+// parseProfile returns, per node name, the kernel times of its runs in order. It
+// decodes the events one at a time: a profile holds hundreds of bytes per node and run.
+func parseProfile(r io.Reader) (map[string][]time.Duration, error) {
+	dec := json.NewDecoder(r)
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		return nil, fmt.Errorf("reading ONNX Runtime's profile: not a JSON array of events (%v)", err)
 	}
 	out := map[string][]time.Duration{}
-	for _, e := range events {
+	for dec.More() {
+		var e profileEvent
+		if err := dec.Decode(&e); err != nil {
+			return nil, fmt.Errorf("reading ONNX Runtime's profile: %w", err)
+		}
 		name, ok := strings.CutSuffix(e.Name, kernelSuffix)
 		if e.Cat != "Node" || !ok || name == "" || e.Dur < 0 {
 			continue
 		}
 		out[name] = append(out[name], time.Duration(e.Dur*float64(time.Microsecond)))
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("reading ONNX Runtime's profile: %w", err)
 	}
 	return out, nil
 }

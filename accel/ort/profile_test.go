@@ -29,7 +29,7 @@ func TestProfileNodesTimesEachNamedNode(t *testing.T) {
 		tensor.FromFloat32("b", []int64{64, 64}, make([]float32, 64*64)),
 	}
 	be := newCPU(t)
-	prof, err := be.(accel.NodeProfiler).ProfileNodes(context.Background(), path, accel.SessionOptions{}, in, 2, 7)
+	prof, err := be.(accel.NodeProfiler).ProfileNodes(context.Background(), path, accel.SessionOptions{}, in, 2, 7, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,17 +46,17 @@ func TestProfileNodesTimesEachNamedNode(t *testing.T) {
 		t.Errorf("plain run time %v", prof.Run)
 	}
 
-	if _, err := be.(accel.NodeProfiler).ProfileNodes(context.Background(), path, accel.SessionOptions{}, in, 1, 0); err == nil {
+	if _, err := be.(accel.NodeProfiler).ProfileNodes(context.Background(), path, accel.SessionOptions{}, in, 1, 0, ""); err == nil {
 		t.Error("0 timed runs: no error")
 	}
 	bad := []tensor.Tensor{tensor.FromFloat32("a", []int64{2, 3}, make([]float32, 6)), in[1]}
-	if _, err := be.(accel.NodeProfiler).ProfileNodes(context.Background(), path, accel.SessionOptions{}, bad, 0, 1); err == nil {
+	if _, err := be.(accel.NodeProfiler).ProfileNodes(context.Background(), path, accel.SessionOptions{}, bad, 0, 1, ""); err == nil {
 		t.Error("inputs of the wrong shape: no error")
 	}
 }
 
 func TestParseProfile(t *testing.T) {
-	got, err := parseProfile([]byte(`[
+	got, err := parseProfile(strings.NewReader(`[
 		{"cat":"Session","name":"model_run","dur":900},
 		{"cat":"Node","name":"n1_fence_before","dur":0},
 		{"cat":"Node","name":"n1_kernel_time","dur":12.5},
@@ -69,7 +69,9 @@ func TestParseProfile(t *testing.T) {
 	if len(got) != 1 || len(got["n1"]) != 2 || got["n1"][0].Microseconds() != 12 || got["n1"][1].Microseconds() != 7 {
 		t.Fatalf("parsed %v", got)
 	}
-	if _, err := parseProfile([]byte(`{"not": "an array"`)); err == nil || !strings.Contains(err.Error(), "profile") {
-		t.Fatalf("malformed profile: %v", err)
+	for _, bad := range []string{`{"not": "an array"}`, `[{"cat":"Node","name":"n_kernel_time","dur":1}`, `[{"cat":}]`} {
+		if _, err := parseProfile(strings.NewReader(bad)); err == nil || !strings.Contains(err.Error(), "profile") {
+			t.Errorf("malformed profile %s: %v", bad, err)
+		}
 	}
 }

@@ -24,7 +24,7 @@ import (
 // pastCache holds the made-up keys and values of each past length, built once: a
 // stage keeps its sessions' KV cache in ONNX Runtime's memory, so a timed step must
 // not make megabytes of it anew in Go memory.
-var pastCache sync.Map // "name/past" -> tensor.Tensor
+var pastCache sync.Map // "model/name/past" -> tensor.Tensor
 
 // decodeStepInputs are the inputs of one decode step of a stage at past positions:
 // the tensors named in from (the previous stage's outputs), else a token, the mask
@@ -50,7 +50,7 @@ func decodeStepInputs(infos []accel.TensorInfo, cfg modelgen.GPTConfig, past int
 			}
 			out = append(out, tensor.FromInt64(in.Name, []int64{1, int64(past + 1)}, mask))
 		case strings.HasPrefix(in.Name, "past_key_values."):
-			key := fmt.Sprint(in.Name, "/", past)
+			key := fmt.Sprint(cfg.Name, "/", in.Name, "/", past)
 			if t, ok := pastCache.Load(key); ok {
 				out = append(out, t.(tensor.Tensor))
 				continue
@@ -193,6 +193,7 @@ func BenchmarkDecodeStageCuts(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(pastCache.Clear)
 	measuredCut := measuredPlanCut(b, be, g, 96)
 	var cuts []stageCut
 	for _, at := range cutsNear(g, plan.Cuts()[0], cfg.Dim) {
