@@ -404,8 +404,8 @@ the other stage works on another's; the split's rate is set by its slower stage.
 replicas side (the whole model on each core, no pipeline) was meant as the ceiling, but
 it is not one: each of its processes streams all 500 MB of weights per token, and with
 both cores doing so its steps take 29.6 to 30.9 ms against 25 ms for the one node
-alone, while each stage of the split streams half of them; in 6 of the 11 runs of
-this build the split was as fast as the replicas or faster.
+alone, while each stage of the split streams half of them; in 9 of the 14 runs of
+the measured plan the split was as fast as the replicas or faster.
 
 The plan decides the split's rate. The FLOP plan (the default) cuts before node 417,
 after the first matrix of block 8's MLP; its stage 0 holds 9 attention blocks to stage
@@ -414,27 +414,32 @@ which FLOPs count: in the meshnode processes its decode steps took 15.76 ms of O
 Runtime time against stage 1's 14.69 (the recorded run before this build, 12:40 UTC
 on 2026-12-05), and the split reached 1.51 to 1.81 x over the day's builds, below 1.6 x
 in 3 of 20 fair runs. The measured plan times each node of a decode step at past 96 in the
-cutting node's own ONNX Runtime (the log above: the kernels of one step sum to 24.5
-ms, a plain run takes 24.2) and cuts where the two halves balance: in the runs of this
-build before node 386, 389, 410 or 412, all within block 8's attention, whose end is
-flat enough that the measurement's noise picks among them. Its stages then take the
-same time per decode step (12.85 and 13.22 ms above; 14.06/14.19, 13.46/13.46,
-12.26/12.32, 14.69/14.79, 13.20/13.29, 15.98/15.96, 13.78/13.97, 13.22/13.56 and
-13.05/13.51 in other runs) and the same CPU per token (13.8 and 14.1 ms above), and the
-Go side of a stage (its RPC, sessions, metrics) stays within 1 ms of CPU per token of
-its ONNX Runtime time.
+cutting node's own ONNX Runtime (the log above: a plain run takes 23.6 ms, the
+kernels sum to 23.4) and cuts where the two halves balance: in the runs of this
+feature before node 386, 389, 410, 412, 413 or 415, all within or at the end of
+block 8's attention, which is flat enough that the measurement's noise picks among
+them. Its stages then take about the same time per decode step (14.10 and 14.22 ms
+above; 14.06/14.19, 13.46/13.46, 12.26/12.32, 14.69/14.79, 13.20/13.29, 15.98/15.96,
+13.78/13.97, 13.22/13.56, 13.05/13.51, 15.58/15.01 at cut 415 and 15.74/15.76 in
+other runs) and the same CPU per token (15.0 and 15.2 ms above), and the Go side of a
+stage (its RPC, sessions, metrics) stays within 1 ms of CPU per token of its ONNX
+Runtime time.
 
-Runs of this build on 2026-12-05, speedup (replicas side), each finished at: 1.697
-(1.619) at 14:36 UTC, 1.830 (1.656) at 14:42, 1.906 (1.907) at 14:45, 1.656 (1.948)
-at 14:48, 1.887 (1.679) at 14:52, 1.788 (1.580) at 15:13, 1.568 (1.894) at 15:17,
-1.740 (1.803) at 15:20, 1.778 (1.927) at 15:23, 1.796 (1.972) at 15:26, and 1.806
-(1.746) at 15:29 (the run above): 1.57 to 1.91 x, mean 1.77, at least 1.6 x in 10 of
-the 11. In the one below, the split's two stages each took 16.0 ms a decode step
-against 12.3 to 14.8 in the others, while that run's replicas were faster than in
-any other (26.6 ms a step against 29.6 to 30.9): the host gave the two cores less
-memory bandwidth during the split's segments. The log's tokens/s of each segment
-shows how far the host's pace moves within one run: the split's two segments above
-differ by 15% (61.9 and 71.4 tokens/s), the one node's by under 1%.
+Runs on 2026-12-05, speedup (replicas side), each finished at: with the node times
+as first built, 1.697 (1.619) at 14:36 UTC, 1.830 (1.656) at 14:42, 1.906 (1.907)
+at 14:45, 1.656 (1.948) at 14:48, 1.887 (1.679) at 14:52, 1.788 (1.580) at 15:13,
+1.568 (1.894) at 15:17, 1.740 (1.803) at 15:20, 1.778 (1.927) at 15:23, 1.796 (1.972)
+at 15:26 and 1.806 (1.746) at 15:29; with the profiler's own cost taken back from
+each node's time (the build above, which moves the cut by a few nodes at most), 1.584
+(1.712) at 15:41, 1.548 (1.483) at 15:44 and 1.682 (1.540) at 15:48 (the run above).
+Over the 14: 1.55 to 1.91 x, mean 1.73, at least 1.6 x in 11. The three below came in
+phases when the host gave the two cores less memory bandwidth: the split's stages took
+15.6 to 16.0 ms a decode step against 12.3 to 14.8 in the other runs, and in two of
+them the replicas, with no pipeline at all, reached only 1.48 and 1.54 x (1.58 to 1.97
+in the others). The one node alone, on one core, moved far less (35.7 to 37.3 tokens/s
+over all the runs). The log's tokens/s of each segment shows how far the host's pace
+moves within one run: the split's two segments above differ by 32% (72.2 and 54.7
+tokens/s), the one node's by 2%.
 
 The first run of the measured plan (14:21, before the cutting node kept the timed
 runs' outputs in ONNX Runtime) gave 1.47: copying each run's KV outputs into fresh Go
@@ -477,22 +482,22 @@ and second matrix go to stage 1), at equal FLOPs per decode step; 379 is before 
 426 and 462 after blocks 8 and 9. Stage 0 holds more attention blocks than stage 1 (9
 against 3 at the plan's cut), and with them more KV cache to copy and read, and more,
 smaller operators, none of which FLOPs count: one after the other, the plan's stage 0
-is the slower, by 0.4 to 0.8 ms above. The measured plan cut before node 410 in the
-run above (381, 410 and 412 in the runs of this build: the balance is flat over the end
-of block 8, so the measurement's noise picks among cuts a few tenths of a millisecond
-apart); its slower stage took 12.39 ms against the plan's 12.65 and the best cut's
-(415) 12.34. In the meshnode processes the difference is larger (the pipelined section
-above: 15.76 against 14.69 ms at the FLOP plan's cut, equal times at the measured
-one), as the stages there also run their sessions' state.
+is the slower, by 0.6 to 0.7 ms above. The measured plan cut before node 412 in the
+run above (381, 410 and 412 in the runs of this feature: the balance is flat over the
+end of block 8, so the measurement's noise picks among cuts a few tenths of a
+millisecond apart); its slower stage took 12.05 ms against the plan's 12.16 and the
+best cut's (415) 11.90. In the meshnode processes the difference is larger (the
+pipelined section above: 15.76 against 14.69 ms at the FLOP plan's cut, about equal
+times at the measured one), as the stages there also run their sessions' state.
 
 Until this build the benchmark made each step's keys and values anew in Go memory and
 copied every present output back into it: 7 MB each way per step, which made stage 0
 (9 layers of KV against 3) look 1 to 2 ms slower than the stage runs, and the cut before
 block 8's attention look best. With the KV made once and the present outputs left in
-ONNX Runtime, the whole model takes 23.4 to 24.9 ms a step instead of 26 to 29.
+ONNX Runtime, the whole model takes 22.8 to 24.9 ms a step instead of 26 to 29.
 
 Side by side on the two cores, the plan's two stages sum to what the whole model takes
-on each core (32.0 against 31.7 ms above): in one process the pipeline's two halves
+on each core (23.7 against 24.4 ms above): in one process the pipeline's two halves
 cost no more than the whole model under the same memory contention. The host's pace
 moves by several percent from one round to the next.`,
 	},
