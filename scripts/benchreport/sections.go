@@ -434,9 +434,9 @@ each node's time (the build above, which moves the cut by a few nodes at most), 
 (1.712) at 15:41, 1.548 (1.483) at 15:44 and 1.682 (1.540) at 15:48 (the run above).
 Over the 14: 1.55 to 1.91 x, mean 1.73, at least 1.6 x in 11. The three below came in
 phases when the host gave the two cores less memory bandwidth: the split's stages took
-15.6 to 16.0 ms a decode step against 12.3 to 14.8 in the other runs, and in two of
-them the replicas, with no pipeline at all, reached only 1.48 and 1.54 x (1.58 to 1.97
-in the others). The one node alone, on one core, moved far less (35.7 to 37.3 tokens/s
+15.0 to 16.0 ms a decode step against 12.3 to 14.8 in the other runs, and in one of
+them the replicas, with no pipeline at all, reached only 1.48 x (1.54 in the recorded
+run, 1.58 to 1.97 in the others). The one node alone, on one core, moved far less (35.7 to 37.3 tokens/s
 over all the runs). The log's tokens/s of each segment shows how far the host's pace
 moves within one run: the split's two segments above differ by 32% (72.2 and 54.7
 tokens/s), the one node's by 2%.
