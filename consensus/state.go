@@ -92,8 +92,9 @@ type DeployInfo struct {
 	// ContextLen is a generative model's context length in tokens (its position
 	// table's rows); 0 when unknown or not generative.
 	ContextLen int `json:"context_len,omitempty"`
-	// PlanPast is set when the planner balanced node times the cutter measured
-	// (a decode step at this past, for a model with state pairs) instead of FLOPs.
+	// PlanPast is set when the deploy asked the planner to balance node times the
+	// cutter measures (a decode step at this past for a model with state pairs, 1
+	// for one without) instead of FLOPs; 0: FLOPs.
 	PlanPast int `json:"plan_past,omitempty"`
 	// Compression is set when the deploy compressed the upload before cutting it:
 	// the stages are cut from the compressed model, SourceSHA256 stays the upload's.

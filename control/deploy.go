@@ -123,7 +123,7 @@ func (c *Controller) PutModel(ctx context.Context, name string, body io.Reader, 
 	for _, m := range st.Models {
 		if m.Name == name && m.SourceSHA256 == srcHash && (opts.Stages == 0 || opts.Stages == len(m.Stages)) &&
 			deployFigures(m).replicas(c.cfg.Replicas) == replicas && sameText(m.Text, text) && sameState(m, state) &&
-			sameCompression(m.Deploy.Compression, comp) && m.Deploy.PlanPast == planPast {
+			sameCompression(m.Deploy.Compression, comp) && samePlan(m, planPast) {
 			c.log.Info("deploy: same model and options already deployed", "model", name, "version", m.Version)
 			return c.ModelStatus(ctx, name, m.Version)
 		}
@@ -249,6 +249,26 @@ func (c *Controller) putBlobFile(hash, path string) error {
 	return err
 }
 
+// recordedPast is the plan past a version records: a model without state pairs is
+// timed at its analysed shapes whatever past was asked, so it records 1.
+func recordedPast(g *partition.Graph, past int) int {
+	if past > 0 && len(g.State) == 0 {
+		return 1
+	}
+	return past
+}
+
+// samePlan says whether a deployed version was planned as a deploy asking for a
+// measured plan at past (0: FLOPs) would plan it; for a version without state pairs
+// any past is the same measured plan.
+func samePlan(m consensus.Model, past int) bool {
+	stateful := slices.ContainsFunc(m.Stages, func(s consensus.StageManifest) bool { return len(s.State) > 0 })
+	if !stateful {
+		return (m.Deploy.PlanPast > 0) == (past > 0)
+	}
+	return m.Deploy.PlanPast == past
+}
+
 // sameState says whether a deployed version has the declared state pairs; none
 // declared (detected by name) matches any version of the same bytes.
 func sameState(m consensus.Model, declared []partition.StatePair) bool {
@@ -362,7 +382,7 @@ func (c *Controller) cut(ctx context.Context, name, srcHash string, srcSize int6
 		Name: name, SourceSHA256: srcHash, SourceSize: srcSize,
 		Signature: consensus.Signature{Inputs: specs(man.Inputs), Outputs: specs(man.Outputs)},
 		Created:   time.Now().UTC(),
-		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self, ContextLen: g.ContextLen(), PlanPast: co.planPast},
+		Deploy:    consensus.DeployInfo{Replicas: replicas, Cutter: c.cfg.Self, ContextLen: g.ContextLen(), PlanPast: recordedPast(g, co.planPast)},
 	}
 	for _, s := range man.Stages {
 		if s.DataFile != "" {

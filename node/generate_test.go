@@ -183,14 +183,15 @@ func TestClusterGenerateMatchesWholeModelLoop(t *testing.T) {
 	checkIdleSessionExpires(t, tc, regs)
 	checkGenerateRefusals(t, tc, cfg)
 	checkDeclaredState(t, tc, cfg, path, plainPath)
-	checkMeasuredPlan(t, tc, whole, cfg, path)
+	checkMeasuredPlan(t, tc, whole, cfg, path, plainPath)
 }
 
 // checkMeasuredPlan: a deploy that plans on node times the cutter measures (a decode
 // step at past 16) records it, and generates the whole-model loop's tokens wherever
-// its cuts fall; a measured plan's past at or beyond the context, or a past with the
-// FLOP plan, is refused with bad_request.
-func checkMeasuredPlan(t *testing.T, tc *testCluster, whole accel.Session, cfg modelgen.GPTConfig, path string) {
+// its cuts fall; a model without state pairs records past 1 whatever past is asked;
+// a measured plan's past at or beyond the context, or a past with the FLOP plan, is
+// refused with bad_request.
+func checkMeasuredPlan(t *testing.T, tc *testCluster, whole accel.Session, cfg modelgen.GPTConfig, path, plainPath string) {
 	t.Helper()
 	put := func(name string, plan api.PlanOptions) error {
 		f, err := os.Open(path)
@@ -220,6 +221,30 @@ func checkMeasuredPlan(t *testing.T, tc *testCluster, whole accel.Session, cfg m
 	got, _, err := generate(tc.nodes[1], api.GenerateRequest{Model: "gen-measured", Prompt: prompt, MaxTokens: 32}, nil)
 	if err != nil || !slices.Equal(got, want) {
 		t.Fatalf("measured plan's generation: %v, %v; want %v", got, err, want)
+	}
+	// A model without state pairs is timed at its analysed shapes: it records past 1,
+	// and another past is the same deploy.
+	plainVersions := func() (n int, past int) {
+		for _, m := range tc.nodes[2].Store().State().Models {
+			if m.Name == "plain-measured" {
+				n, past = n+1, m.Deploy.PlanPast
+			}
+		}
+		return n, past
+	}
+	for _, past := range []int{4, 8} {
+		f, err := os.Open(plainPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = tc.nodes[2].Control().PutModel(context.Background(), "plain-measured", f, api.DeployOptions{Stages: 2, Replicas: 1, Size: -1, Plan: api.PlanOptions{Basis: api.PlanMeasured, Past: past}})
+		f.Close()
+		if err != nil {
+			t.Fatalf("measured deploy of a model without state, past %d: %v", past, err)
+		}
+	}
+	if n, past := plainVersions(); n != 1 || past != 1 {
+		t.Fatalf("measured deploys of a model without state at pasts 4 and 8 made %d versions recording past %d, want 1 recording 1", n, past)
 	}
 	for _, bad := range []api.PlanOptions{{Basis: api.PlanMeasured, Past: cfg.Context}, {Basis: api.PlanFLOPs, Past: 4}, {Basis: "fastest"}} {
 		if err := put("gen-bad-plan", bad); api.Classify(err).Code != api.CodeBadRequest {

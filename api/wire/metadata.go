@@ -80,8 +80,9 @@ type ModelStatus struct {
 	Outputs []TensorMetadata `json:"outputs"`
 	// Compression says how the deploy compressed the model; nil when it did not.
 	Compression *Compression `json:"compression,omitempty"`
-	// PlanPast is set when the stages were cut at node times the cutting node
-	// measured (plan=measured), a decode step at this past; 0: cut at FLOPs.
+	// PlanPast is set when the deploy asked for a plan on node times the cutting
+	// node measures (plan=measured), a decode step at this past (1 for a model
+	// without state pairs); 0: a plan on FLOPs.
 	PlanPast int `json:"plan_past,omitempty"`
 }
 
