@@ -102,7 +102,7 @@ func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, input
 	out := make([]float64, len(g.Nodes))
 	var missing int64
 	var kernels float64
-	ran := 0
+	var ran []int // positions of the nodes the profile timed
 	for pos := range g.Nodes {
 		d, ok := prof.Nodes[profileNodeName(pos)]
 		if !ok {
@@ -111,19 +111,17 @@ func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, input
 		}
 		out[pos] = d.Seconds()
 		kernels += d.Seconds()
-		ran++
+		ran = append(ran, pos)
 	}
-	if ran == 0 || float64(missing) > maxUnmeasuredShare*float64(g.FLOPs) {
+	if len(ran) == 0 || float64(missing) > maxUnmeasuredShare*float64(g.FLOPs) {
 		return nil, fmt.Errorf("%w: the profile has no time for nodes carrying %d of the model's %d FLOPs", ErrNotMeasured, missing, g.FLOPs)
 	}
 	// A plain run's time is the truth of the total; the per-node difference is the
 	// executor's work between kernels when positive, and the profiler's own cost
 	// inside each kernel's time when negative (of the same order on the CPU).
-	share := (prof.Run.Seconds() - kernels) / float64(ran)
-	for pos := range out {
-		if _, ok := prof.Nodes[profileNodeName(pos)]; ok {
-			out[pos] = max(out[pos]+share, 0)
-		}
+	share := (prof.Run.Seconds() - kernels) / float64(len(ran))
+	for _, pos := range ran {
+		out[pos] = max(out[pos]+share, 0)
 	}
 	return &NodeCosts{Seconds: out, Run: prof.Run.Seconds(), Kernels: kernels}, nil
 }

@@ -232,7 +232,7 @@ func newOrtSession(path string, model []byte, threads int, p accel.Provider, opt
 		return nil, err
 	}
 	defer C.lm_session_options_release(opts)
-	if prof.on {
+	if prof.basic {
 		cprefix := C.CString(prof.prefix)
 		defer C.free(unsafe.Pointer(cprefix))
 		if err := statusErr(C.lm_session_options_profile(opts, cprefix)); err != nil {

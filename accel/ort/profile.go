@@ -15,11 +15,12 @@ import (
 	"github.com/layermesh/layermesh/accel/tensor"
 )
 
-// profiling is how a session is opened for ProfileNodes: on, at the basic graph
+// profiling is how a session is opened for ProfileNodes: basic, at the basic graph
 // optimization level, so that the nodes keep the model's names and a plain run runs
 // the graph whose nodes the profile times; with a prefix, ORT's profiler writes there.
+// The zero value opens a session as any other.
 type profiling struct {
-	on     bool
+	basic  bool
 	prefix string
 }
 
@@ -49,7 +50,7 @@ func (o *Backend) ProfileNodes(ctx context.Context, path string, opts accel.Sess
 
 // timeRuns returns the median wall time of runs plain runs after warmup.
 func (o *Backend) timeRuns(ctx context.Context, path string, opts accel.SessionOptions, inputs []tensor.Tensor, warmup, runs int) (time.Duration, error) {
-	p, err := openPool(ctx, o, path, opts, profiling{on: true})
+	p, err := openPool(ctx, o, path, opts, profiling{basic: true})
 	if err != nil {
 		return 0, err
 	}
@@ -75,7 +76,7 @@ func (o *Backend) profileRuns(ctx context.Context, path string, opts accel.Sessi
 		return nil, fmt.Errorf("profile %s: %w", path, err)
 	}
 	defer os.RemoveAll(dir)
-	p, err := openPool(ctx, o, path, opts, profiling{on: true, prefix: filepath.Join(dir, "profile")})
+	p, err := openPool(ctx, o, path, opts, profiling{basic: true, prefix: filepath.Join(dir, "profile")})
 	if err != nil {
 		return nil, err
 	}
