@@ -134,6 +134,22 @@ type HeldRunner interface {
 	RunHeld(ctx context.Context, inputs []tensor.Tensor, held []HeldInput, names, keep []string) ([]tensor.Tensor, []Held, error)
 }
 
+// HeldStacker is a HeldRunner that also builds held values out of others in the
+// backend's memory: a stage that batches its sessions' decode steps stacks their
+// state into one batch and cuts each session's back out of the batched outputs, and
+// no state passes through Go memory.
+type HeldStacker interface {
+	HeldRunner
+	// StackHeld stacks rows, each with a first dimension of 1 and otherwise alike,
+	// along the first dimension. With axis > 0, rows may differ in their length along
+	// axis: each is padded in front to length with zeros (tensor.PadRow). The rows
+	// stay the caller's; the stack is a new value the caller releases.
+	StackHeld(rows []Held, axis, length int) (Held, error)
+	// CutHeld returns row i of h's first dimension as a new value, less its first pad
+	// positions along axis when axis > 0 (tensor.UnpadRow).
+	CutHeld(h Held, i, axis, pad int) (Held, error)
+}
+
 // runTimeKey carries a RunTime into a Run through its context.
 type runTimeKey struct{}
 

@@ -2,7 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"slices"
@@ -19,8 +21,11 @@ import (
 // the decode steps that wait for a stage's ONNX Runtime session run together: each
 // session's state is padded on the left to the longest past in the batch, the
 // padding is masked out through attention_mask, and the outputs are cut back into
-// each session's own. Nothing waits to fill a batch: a run takes whatever steps are
-// queued when the session comes free, so a lone session runs as before.
+// each session's own. The state stays in the backend's memory throughout
+// (accel.HeldStacker): the stack is one copy of each session's state, and the cut
+// one copy of each new state, with no Go memory in between. Nothing waits to fill a
+// batch: a run takes whatever steps are queued when the session comes free, so a
+// lone session runs as before.
 //
 // Batching needs a model that takes its padding from attention_mask and its
 // positions from position_ids (the Optimum decoder layout does both) and keeps the
@@ -96,17 +101,21 @@ func layoutFor(sess accel.Session, pairs []StatePair) *batchLayout {
 	return l
 }
 
-// batcherFor returns the stage's batcher, or nil when the runtime does not batch or
-// the stage's inputs do not allow it.
-func (r *StageRuntime) batcherFor(sess accel.Session, a StageAssignment) *stepBatcher {
-	if r.cfg.MaxBatch < 2 {
+// batcherFor returns the stage's batcher, or nil when the runtime does not batch, the
+// stage's inputs do not allow it, or its backend cannot hold and stack its state.
+func (r *StageRuntime) batcherFor(sess accel.Session, a StageAssignment, held *heldRun) *stepBatcher {
+	if r.cfg.MaxBatch < 2 || held == nil {
+		return nil
+	}
+	stk, ok := sess.(accel.HeldStacker)
+	if !ok {
 		return nil
 	}
 	layout := layoutFor(sess, a.State)
 	if layout == nil {
 		return nil
 	}
-	return &stepBatcher{sess: sess, layout: layout, max: r.cfg.MaxBatch,
+	return &stepBatcher{stk: stk, held: held, layout: layout, max: r.cfg.MaxBatch,
 		limit: max(r.cfg.Session.PoolSize, 1), log: r.log.With("stage", a.Key.String()), stats: &r.batched}
 }
 
@@ -126,11 +135,17 @@ func lengthAxis(shape []int64) int {
 
 // batchItem is one session's decode step waiting for, or in, a batch.
 type batchItem struct {
-	inputs []tensor.Tensor
-	past   int // the session's state length before the step
-	steps  int // the tokens it runs: only steps of one length batch together
-	out    []tensor.Tensor
-	err    error
+	inputs []tensor.Tensor   // the step's inputs but its state
+	state  []accel.HeldInput // the session's state, which stays its caller's
+	past   int               // the session's state length before the step
+	steps  int               // the tokens it runs: only steps of one length batch together
+	// sampling is set for a step whose token is sampled here: its logits stay held
+	// (logits), and only steps alike in this batch together.
+	sampling bool
+	out      []tensor.Tensor   // the outputs that are not state (nor held logits)
+	next     []accel.HeldInput // the new state, named as the inputs it feeds next step
+	logits   accel.Held        // a sampling step's logits, the caller's to release
+	err      error
 	done   chan struct{}
 }
 
@@ -144,7 +159,8 @@ type BatchStats struct {
 // stepBatcher queues one stage's decode steps and runs what is queued together.
 // At most limit runs are in flight at once (the stage's ONNX Runtime sessions).
 type stepBatcher struct {
-	sess   accel.Session
+	stk    accel.HeldStacker
+	held   *heldRun // the state outputs a run keeps, and a step run alone
 	layout *batchLayout
 	max    int
 	limit  int
@@ -163,11 +179,13 @@ type stepBatcher struct {
 // batchCounters are a runtime's batching figures, shared by its stages.
 type batchCounters struct{ runs, steps atomic.Uint64 }
 
-// run queues a decode step and waits for its outputs. A ctx that ends while the
-// step waits takes it out of the queue; one that ends during its batch's run
-// returns at once and leaves the outputs unread.
-func (b *stepBatcher) run(ctx context.Context, inputs []tensor.Tensor, past, steps int) ([]tensor.Tensor, error) {
-	it := &batchItem{inputs: inputs, past: past, steps: steps, done: make(chan struct{})}
+// run queues a decode step and waits for its outputs, new state and, when sampling,
+// held logits (heldRun.run's). A ctx that ends while the step waits takes it out of
+// the queue. One that ends while its batch runs waits for that run (one decode step)
+// to end and frees what it made: the batch reads the session's state until then, and
+// the caller frees that state once run returns.
+func (b *stepBatcher) run(ctx context.Context, inputs []tensor.Tensor, state []accel.HeldInput, past, steps int, sampling bool) ([]tensor.Tensor, []accel.HeldInput, accel.Held, error) {
+	it := &batchItem{inputs: inputs, state: state, past: past, steps: steps, sampling: sampling, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, it)
 	if b.runners < b.limit {
@@ -177,13 +195,18 @@ func (b *stepBatcher) run(ctx context.Context, inputs []tensor.Tensor, past, ste
 	b.mu.Unlock()
 	select {
 	case <-it.done:
-		return it.out, it.err
+		return it.out, it.next, it.logits, it.err
 	case <-ctx.Done():
-		b.mu.Lock()
-		b.queue = slices.DeleteFunc(b.queue, func(q *batchItem) bool { return q == it })
-		b.mu.Unlock()
-		return nil, ctx.Err()
 	}
+	b.mu.Lock()
+	queued := slices.Contains(b.queue, it)
+	b.queue = slices.DeleteFunc(b.queue, func(q *batchItem) bool { return q == it })
+	b.mu.Unlock()
+	if !queued {
+		<-it.done
+		it.release()
+	}
+	return nil, nil, nil, ctx.Err()
 }
 
 // loop runs the queued steps, a batch at a time, until none is left.
@@ -196,9 +219,9 @@ func (b *stepBatcher) loop(ctx context.Context) {
 			return
 		}
 		var batch []*batchItem
-		steps := b.queue[0].steps
+		steps, sampling := b.queue[0].steps, b.queue[0].sampling
 		b.queue = slices.DeleteFunc(b.queue, func(it *batchItem) bool {
-			take := len(batch) < b.max && it.steps == steps
+			take := len(batch) < b.max && it.steps == steps && it.sampling == sampling
 			if take {
 				batch = append(batch, it)
 			}
@@ -222,7 +245,7 @@ func (b *stepBatcher) runBatch(ctx context.Context, batch []*batchItem) {
 		b.runEach(ctx, batch)
 		return
 	}
-	outs, err := b.runTogether(ctx, batch)
+	together, err := b.runTogether(ctx, batch)
 	if err != nil {
 		b.runEach(ctx, batch)
 		if batch[0].err == nil {
@@ -233,7 +256,11 @@ func (b *stepBatcher) runBatch(ctx context.Context, batch []*batchItem) {
 	if !checked {
 		// Until checked, the steps run alone too and answer with those outputs.
 		b.runEach(ctx, batch)
-		if d := rowsDiffer(batch, outs); d != "" {
+		d := rowsDiffer(batch, together)
+		for _, it := range together {
+			it.release()
+		}
+		if d != "" {
 			b.stop("batched rows differ from the steps run alone", fmt.Errorf("%s", d))
 			return
 		}
@@ -244,7 +271,7 @@ func (b *stepBatcher) runBatch(ctx context.Context, batch []*batchItem) {
 		return
 	}
 	for i, it := range batch {
-		it.out, it.err = outs[i], nil
+		it.out, it.next, it.logits, it.err = together[i].out, together[i].next, together[i].logits, nil
 	}
 	b.stats.runs.Add(1)
 	b.stats.steps.Add(uint64(len(batch)))
@@ -267,170 +294,292 @@ func (b *stepBatcher) stop(why string, err error) {
 
 func (b *stepBatcher) runEach(ctx context.Context, batch []*batchItem) {
 	for _, it := range batch {
-		it.out, it.err = b.sess.Run(ctx, it.inputs, nil)
+		it.out, it.next, it.logits, it.err = b.held.run(ctx, it.inputs, it.state, it.sampling)
 	}
 }
 
-// runTogether stacks the steps' inputs, runs them once and cuts the outputs back
-// into each step's.
-func (b *stepBatcher) runTogether(ctx context.Context, batch []*batchItem) ([][]tensor.Tensor, error) {
+// release frees what a step made: its new state and logits.
+func (it *batchItem) release() {
+	releaseHeld(it.next)
+	if it.logits != nil {
+		it.logits.Release()
+	}
+	it.next, it.logits = nil, nil
+}
+
+// stepResult is what one step of a batched run made.
+type stepResult struct {
+	out    []tensor.Tensor
+	next   []accel.HeldInput
+	logits accel.Held
+}
+
+func (r *stepResult) release() {
+	(&batchItem{next: r.next, logits: r.logits}).release()
+}
+
+// runTogether stacks the steps' inputs and state, runs them once and cuts the
+// outputs and new state back into each step's. Sampling steps get their rows of the
+// logits held in place (batchRow).
+func (b *stepBatcher) runTogether(ctx context.Context, batch []*batchItem) ([]*stepResult, error) {
 	longest := 0
 	for _, it := range batch {
 		longest = max(longest, it.past)
 	}
 	var in []tensor.Tensor
 	for _, first := range batch[0].inputs {
-		rows := make([]tensor.Tensor, len(batch))
-		for i, it := range batch {
-			j := slices.IndexFunc(it.inputs, func(t tensor.Tensor) bool { return t.Name == first.Name })
-			if j < 0 {
-				return nil, fmt.Errorf("step %d has no input %q", i, first.Name)
-			}
-			rows[i] = it.inputs[j]
+		rows, err := rowsOf(batch, first.Name, func(it *batchItem) []tensor.Tensor { return it.inputs },
+			func(t tensor.Tensor) string { return t.Name })
+		if err != nil {
+			return nil, err
 		}
 		var t tensor.Tensor
-		var err error
 		switch b.layout.roles[first.Name] {
-		case roleState:
-			t, err = stackPadded(rows, b.layout.lengths[first.Name], longest, func(i int) int { return longest - batch[i].past })
 		case roleMask:
-			t, err = stackPadded(rows, 1, longest+int(rows[0].Shape[1])-batch[0].past, func(i int) int { return longest - batch[i].past })
+			t, err = stackRows(rows, 1, longest+int(rows[0].Shape[1])-batch[0].past)
+		case roleRows:
+			t, err = stackRows(rows, 0, 0)
 		default:
-			t, err = stackPadded(rows, 0, 0, nil)
+			err = fmt.Errorf("state input %q was not held", first.Name)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("input %q: %w", first.Name, err)
 		}
 		in = append(in, t)
 	}
-	out, err := b.sess.Run(ctx, in, nil)
+	var state []accel.HeldInput
+	defer func() { releaseHeld(state) }()
+	for _, first := range batch[0].state {
+		rows, err := rowsOf(batch, first.Name, func(it *batchItem) []accel.HeldInput { return it.state },
+			func(h accel.HeldInput) string { return h.Name })
+		if err != nil {
+			return nil, err
+		}
+		axis, ok := b.layout.lengths[first.Name]
+		if !ok {
+			return nil, fmt.Errorf("held input %q is not state", first.Name)
+		}
+		values := make([]accel.Held, len(rows))
+		for i, r := range rows {
+			values[i] = r.Value
+		}
+		v, err := b.stk.StackHeld(values, axis, longest)
+		if err != nil {
+			return nil, fmt.Errorf("state %q: %w", first.Name, err)
+		}
+		state = append(state, accel.HeldInput{Name: first.Name, Value: v})
+	}
+	keep := b.held.keep
+	sampling := batch[0].sampling && b.held.logits != ""
+	if sampling {
+		keep = b.held.keepLogits
+	}
+	out, kept, err := b.stk.RunHeld(ctx, in, state, nil, keep)
 	if err != nil {
 		return nil, err
 	}
-	outs := make([][]tensor.Tensor, len(batch))
-	for _, t := range out {
-		for i, it := range batch {
-			var row tensor.Tensor
-			if axis, ok := b.layout.lengths[t.Name]; ok {
-				row, err = unpadRow(t, i, len(batch), axis, longest-it.past)
-			} else {
-				row, err = unpadRow(t, i, len(batch), -1, 0)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("output %q: %w", t.Name, err)
-			}
-			outs[i] = append(outs[i], row)
+	results := make([]*stepResult, len(batch))
+	for i := range results {
+		results[i] = &stepResult{}
+	}
+	if sampling {
+		logits := kept[len(kept)-1]
+		kept = kept[:len(kept)-1]
+		left := new(atomic.Int32)
+		left.Store(int32(len(batch)))
+		for i, r := range results {
+			r.logits = &batchRow{v: logits, i: i, n: len(batch), left: left}
 		}
 	}
-	return outs, nil
+	defer func() {
+		for _, v := range kept {
+			v.Release()
+		}
+	}()
+	fail := func(err error) ([]*stepResult, error) {
+		for _, r := range results {
+			r.release()
+		}
+		return nil, err
+	}
+	for _, t := range out {
+		for i, r := range results {
+			row, err := cutRow(t, i, len(batch))
+			if err != nil {
+				return fail(fmt.Errorf("output %q: %w", t.Name, err))
+			}
+			r.out = append(r.out, row)
+		}
+	}
+	for j, v := range kept {
+		for i, it := range batch {
+			c, err := b.stk.CutHeld(v, i, b.layout.lengths[keep[j]], longest-it.past)
+			if err != nil {
+				return fail(fmt.Errorf("state output %q: %w", keep[j], err))
+			}
+			results[i].next = append(results[i].next, accel.HeldInput{Name: b.held.ins[j], Value: c})
+		}
+	}
+	return results, nil
 }
 
-// stackPadded stacks rows (each with a first dimension of 1) along the first
-// dimension. With axis > 0, each row's length along axis is padded to length with
-// pad(i) zeros in front: a row's data lies at the end of its padded span.
-func stackPadded(rows []tensor.Tensor, axis, length int, pad func(int) int) (tensor.Tensor, error) {
+// batchRow is one step's row of a batched run's held logits: it reads the batch's
+// value in place, and the last of the batch's rows to be released releases it.
+type batchRow struct {
+	v    accel.Held
+	i, n int
+	left *atomic.Int32
+	once sync.Once
+}
+
+func (r *batchRow) DType() tensor.DType { return r.v.DType() }
+
+func (r *batchRow) Shape() []int64 {
+	s := r.v.Shape()
+	s[0] = 1
+	return s
+}
+
+func (r *batchRow) Bytes() int64 { return r.v.Bytes() / int64(r.n) }
+
+func (r *batchRow) Tensor(name string) (tensor.Tensor, error) {
+	data := make([]byte, r.Bytes())
+	if _, err := r.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+		return tensor.Tensor{}, err
+	}
+	return tensor.Tensor{Name: name, DType: r.DType(), Shape: r.Shape(), Data: data}, nil
+}
+
+func (r *batchRow) ReadAt(p []byte, off int64) (int, error) {
+	size := r.Bytes()
+	switch {
+	case off < 0:
+		return 0, fmt.Errorf("%w: read at offset %d", accel.ErrInputMismatch, off)
+	case off >= size:
+		return 0, io.EOF
+	}
+	want := len(p)
+	n, err := r.v.ReadAt(p[:min(int64(want), size-off)], int64(r.i)*size+off)
+	if err == nil && n < want {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (r *batchRow) Release() {
+	r.once.Do(func() {
+		if r.left.Add(-1) == 0 {
+			r.v.Release()
+		}
+	})
+}
+
+// rowsOf is each step's value named name, in the batch's order.
+func rowsOf[T any](batch []*batchItem, name string, of func(*batchItem) []T, nameOf func(T) string) ([]T, error) {
+	rows := make([]T, len(batch))
+	for i, it := range batch {
+		vals := of(it)
+		j := slices.IndexFunc(vals, func(v T) bool { return nameOf(v) == name })
+		if j < 0 {
+			return nil, fmt.Errorf("step %d has no input %q", i, name)
+		}
+		rows[i] = vals[j]
+	}
+	return rows, nil
+}
+
+// stackRows stacks rows (each with a first dimension of 1) along the first dimension,
+// with axis > 0 padding each in front along axis to length (tensor.PadRow).
+func stackRows(rows []tensor.Tensor, axis, length int) (tensor.Tensor, error) {
 	first := rows[0]
-	shape := slices.Clone(first.Shape)
-	if len(shape) == 0 || first.DType == tensor.String {
-		return tensor.Tensor{}, fmt.Errorf("%s tensor of shape %v does not stack", first.DType, shape)
+	shapes := make([][]int64, len(rows))
+	for i, r := range rows {
+		if r.DType != first.DType {
+			return tensor.Tensor{}, fmt.Errorf("row %d is %s, row 0 %s", i, r.DType, first.DType)
+		}
+		shapes[i] = r.Shape
 	}
-	if axis > 0 {
-		shape[axis] = int64(length)
+	shape, err := tensor.StackShape(first.DType, shapes, axis, length)
+	if err != nil {
+		return tensor.Tensor{}, err
 	}
-	shape[0] = int64(len(rows))
-	size := first.DType.Size()
 	total, err := tensor.ByteSize(first.DType, shape)
 	if err != nil {
 		return tensor.Tensor{}, err
 	}
 	data := make([]byte, total)
-	rowBytes := int(total) / len(rows)
+	span := int(total) / len(rows)
 	for i, r := range rows {
-		if len(r.Shape) != len(shape) || r.Shape[0] != 1 || r.DType != first.DType {
-			return tensor.Tensor{}, fmt.Errorf("row %d is %s %v, not like %s %v", i, r.DType, r.Shape, first.DType, first.Shape)
-		}
-		for d := 1; d < len(shape); d++ {
-			if d != axis && r.Shape[d] != shape[d] {
-				return tensor.Tensor{}, fmt.Errorf("row %d has shape %v, others %v", i, r.Shape, first.Shape)
-			}
-		}
-		dst := data[i*rowBytes : (i+1)*rowBytes]
-		if axis <= 0 {
-			copy(dst, r.Data)
-			continue
-		}
-		if int(r.Shape[axis])+pad(i) != length {
-			return tensor.Tensor{}, fmt.Errorf("row %d: length %d with %d padding is not %d", i, r.Shape[axis], pad(i), length)
-		}
-		inner := size
-		for _, d := range shape[axis+1:] {
-			inner *= int(d)
-		}
-		outer := 1
-		for _, d := range shape[1:axis] {
-			outer *= int(d)
-		}
-		src, have := int(r.Shape[axis])*inner, length*inner
-		for o := range outer {
-			copy(dst[o*have+pad(i)*inner:(o+1)*have], r.Data[o*src:(o+1)*src])
+		if err := tensor.PadRow(data[i*span:(i+1)*span], r.Data, r.Shape, first.DType.Size(), axis, length); err != nil {
+			return tensor.Tensor{}, fmt.Errorf("row %d: %w", i, err)
 		}
 	}
 	return tensor.Tensor{Name: first.Name, DType: first.DType, Shape: shape, Data: data}, nil
 }
 
-// unpadRow cuts row i of n out of a batched output; with axis > 0 it also drops the
-// row's first pad positions along axis.
-func unpadRow(t tensor.Tensor, i, n, axis, pad int) (tensor.Tensor, error) {
+// cutRow copies row i of n out of a batched output.
+func cutRow(t tensor.Tensor, i, n int) (tensor.Tensor, error) {
 	if len(t.Shape) == 0 || t.Shape[0] != int64(n) || t.DType == tensor.String {
 		return tensor.Tensor{}, fmt.Errorf("%s %v does not have the batch of %d first", t.DType, t.Shape, n)
 	}
-	rowBytes := len(t.Data) / n
-	src := t.Data[i*rowBytes : (i+1)*rowBytes]
+	span := len(t.Data) / n
 	shape := slices.Clone(t.Shape)
 	shape[0] = 1
-	if axis <= 0 {
-		return tensor.Tensor{Name: t.Name, DType: t.DType, Shape: shape, Data: slices.Clone(src)}, nil
-	}
-	length := int(shape[axis])
-	if pad > length {
-		return tensor.Tensor{}, fmt.Errorf("%v has no %d padding positions on axis %d", t.Shape, pad, axis)
-	}
-	shape[axis] = int64(length - pad)
-	inner := t.DType.Size()
-	for _, d := range shape[axis+1:] {
-		inner *= int(d)
-	}
-	outer := 1
-	for _, d := range shape[1:axis] {
-		outer *= int(d)
-	}
-	keep, have := (length-pad)*inner, length*inner
-	data := make([]byte, 0, outer*keep)
-	for o := range outer {
-		data = append(data, src[o*have+pad*inner:(o+1)*have]...)
-	}
-	return tensor.Tensor{Name: t.Name, DType: t.DType, Shape: shape, Data: data}, nil
+	return tensor.Tensor{Name: t.Name, DType: t.DType, Shape: shape, Data: slices.Clone(t.Data[i*span : (i+1)*span])}, nil
 }
 
-// rowsDiffer compares each step's batched outputs with the same step run alone
-// (it.out): "" when every float differs by at most batchTolerance relative to the
-// largest magnitude of its tensor and every other tensor is equal.
-func rowsDiffer(batch []*batchItem, outs [][]tensor.Tensor) string {
+// rowsDiffer compares each step's batched outputs, new state and logits with the
+// same step run alone (it.out, it.next, it.logits): "" when every float differs by
+// at most batchTolerance relative to the largest magnitude of its tensor and every
+// other tensor is equal.
+func rowsDiffer(batch []*batchItem, together []*stepResult) string {
 	for i, it := range batch {
 		if it.err != nil {
 			return fmt.Sprintf("step %d alone: %v", i, it.err)
 		}
-		for _, want := range it.out {
-			j := slices.IndexFunc(outs[i], func(t tensor.Tensor) bool { return t.Name == want.Name })
+		got, err := stepTensors(together[i])
+		if err != nil {
+			return fmt.Sprintf("step %d batched: %v", i, err)
+		}
+		want, err := stepTensors(&stepResult{out: it.out, next: it.next, logits: it.logits})
+		if err != nil {
+			return fmt.Sprintf("step %d alone: %v", i, err)
+		}
+		if len(got) != len(want) {
+			return fmt.Sprintf("step %d: %d tensors batched, %d alone", i, len(got), len(want))
+		}
+		for _, w := range want {
+			j := slices.IndexFunc(got, func(t tensor.Tensor) bool { return t.Name == w.Name })
 			if j < 0 {
-				return fmt.Sprintf("step %d: no batched %q", i, want.Name)
+				return fmt.Sprintf("step %d: no batched %q", i, w.Name)
 			}
-			if d := tensorDiff(outs[i][j], want); d != "" {
-				return fmt.Sprintf("step %d, %q: %s", i, want.Name, d)
+			if d := tensorDiff(got[j], w); d != "" {
+				return fmt.Sprintf("step %d, %q: %s", i, w.Name, d)
 			}
 		}
 	}
 	return ""
+}
+
+// stepTensors is all a step made, in Go memory: its outputs, its new state and its
+// logits (named "logits").
+func stepTensors(r *stepResult) ([]tensor.Tensor, error) {
+	all := slices.Clone(r.out)
+	for _, h := range r.next {
+		t, err := h.Value.Tensor(h.Name)
+		if err != nil {
+			return nil, fmt.Errorf("state %q: %w", h.Name, err)
+		}
+		all = append(all, t)
+	}
+	if r.logits != nil {
+		t, err := r.logits.Tensor("logits")
+		if err != nil {
+			return nil, fmt.Errorf("logits: %w", err)
+		}
+		all = append(all, t)
+	}
+	return all, nil
 }
 
 func tensorDiff(got, want tensor.Tensor) string {

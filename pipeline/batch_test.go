@@ -19,9 +19,10 @@ var batchPrompts = [][]int64{{1, 2, 3}, {4, 5, 6, 7, 8, 9, 10}, {11}, {12, 13, 1
 
 // TestDecodeBatchMatchesStepsAlone: the decode steps of 4 sessions at 4 different
 // positions, queued on the with-past GPT's stage, first run alone as well as
-// together (the check), then together only; every output of every session (logits,
-// and each present key and value cut back to the session's own length) matches the
-// step run alone, and the batched run is counted.
+// together (the check), then together only, without sampling (the logits copied
+// out) and with it (each step's row of the logits held in place); everything every
+// step made (its logits, and each present key and value cut back to the session's
+// own length, held) matches the step run alone, and the batched runs are counted.
 func TestDecodeBatchMatchesStepsAlone(t *testing.T) {
 	rt, key := batchingRuntime(t, 1<<24, time.Minute, 4)
 	toks := make([]int64, len(batchPrompts))
@@ -37,7 +38,7 @@ func TestDecodeBatchMatchesStepsAlone(t *testing.T) {
 	if s.batch == nil {
 		t.Fatal("the with-past GPT's stage does not batch")
 	}
-	items := func() []*batchItem {
+	items := func(sampling bool) []*batchItem {
 		var out []*batchItem
 		for i, p := range batchPrompts {
 			rt.mu.Lock()
@@ -47,7 +48,7 @@ func TestDecodeBatchMatchesStepsAlone(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out = append(out, &batchItem{inputs: in, past: len(p), steps: 1, done: make(chan struct{})})
+			out = append(out, &batchItem{inputs: in, state: sess.held, past: len(p), steps: 1, sampling: sampling, done: make(chan struct{})})
 		}
 		return out
 	}
@@ -58,43 +59,63 @@ func TestDecodeBatchMatchesStepsAlone(t *testing.T) {
 		s.batch.loop(context.Background())
 	}
 
-	runQueued(items())
+	checks := items(false)
+	runQueued(checks)
+	for _, it := range checks {
+		it.release()
+	}
 	if !s.batch.checked[1] || s.batch.off {
 		t.Fatalf("after the first batch of different positions: checked %v, off %v", s.batch.checked, s.batch.off)
 	}
 	if st := rt.SessionStats().Batched; st.Runs != 0 {
 		t.Fatalf("the checked batch answered with its batched rows: %+v", st)
 	}
-	batch := items()
-	runQueued(batch)
-	if st := rt.SessionStats().Batched; st.Runs != 1 || st.Steps != uint64(len(batch)) {
-		t.Fatalf("batched runs %+v, want 1 run of %d steps", st, len(batch))
-	}
 	var worst float64
-	for i, it := range batch {
-		if it.err != nil {
-			t.Fatalf("session %d: %v", i, it.err)
+	for runs, sampling := range []bool{false, true} {
+		batch := items(sampling)
+		runQueued(batch)
+		if st := rt.SessionStats().Batched; st.Runs != uint64(runs+1) || st.Steps != uint64((runs+1)*len(batch)) {
+			t.Fatalf("sampling %v: batched runs %+v, want %d runs of %d steps", sampling, st, runs+1, len(batch))
 		}
-		alone, err := s.sess.Run(context.Background(), it.inputs, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(alone) != len(it.out) {
-			t.Fatalf("session %d: %d outputs batched, %d alone", i, len(it.out), len(alone))
-		}
-		for _, want := range alone {
-			j := slices.IndexFunc(it.out, func(o tensor.Tensor) bool { return o.Name == want.Name })
-			if j < 0 {
-				t.Fatalf("session %d: no batched %q", i, want.Name)
+		for i, it := range batch {
+			if it.err != nil {
+				t.Fatalf("session %d: %v", i, it.err)
 			}
-			if d := tensorDiff(it.out[j], want); d != "" {
-				t.Fatalf("session %d, %q: %s", i, want.Name, d)
+			if (it.logits != nil) != sampling {
+				t.Fatalf("session %d, sampling %v: held logits %v", i, sampling, it.logits)
 			}
-			if want.DType == tensor.Float32 {
-				g, _ := it.out[j].Float32s()
-				w, _ := want.Float32s()
-				for k := range w {
-					worst = max(worst, math.Abs(float64(g[k]-w[k])))
+			rest, next, logits, err := s.held.run(context.Background(), it.inputs, it.state, sampling)
+			if err != nil {
+				t.Fatal(err)
+			}
+			alone := &stepResult{out: rest, next: next, logits: logits}
+			got, err := stepTensors(&stepResult{out: it.out, next: it.next, logits: it.logits})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := stepTensors(alone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			alone.release()
+			it.release()
+			if len(want) != len(got) || len(next) == 0 {
+				t.Fatalf("session %d: %d tensors batched, %d alone (%d state)", i, len(got), len(want), len(next))
+			}
+			for _, w := range want {
+				j := slices.IndexFunc(got, func(o tensor.Tensor) bool { return o.Name == w.Name })
+				if j < 0 {
+					t.Fatalf("session %d: no batched %q", i, w.Name)
+				}
+				if d := tensorDiff(got[j], w); d != "" {
+					t.Fatalf("session %d, %q: %s", i, w.Name, d)
+				}
+				if w.DType == tensor.Float32 {
+					g, _ := got[j].Float32s()
+					v, _ := w.Float32s()
+					for k := range v {
+						worst = max(worst, math.Abs(float64(g[k]-v[k])))
+					}
 				}
 			}
 		}

@@ -105,7 +105,7 @@ type loadedStage struct {
 	// batch runs the stage's decode steps together; nil when it does not batch.
 	batch *stepBatcher
 	// held runs the stage with its sessions' state in the backend's memory (a stage
-	// with state pairs that does not batch); nil otherwise.
+	// with state pairs, on a backend that holds values); nil otherwise.
 	held *heldRun
 }
 
@@ -456,10 +456,10 @@ func (r *StageRuntime) load(ctx context.Context, s *loadedStage) {
 		held  *heldRun
 	)
 	if err == nil {
-		batch = r.batcherFor(sess, s.a)
-		if batch == nil && len(s.a.State) > 0 {
+		if len(s.a.State) > 0 {
 			held = newHeldRun(sess, s.a.State)
 		}
+		batch = r.batcherFor(sess, s.a, held)
 	}
 	r.mu.Lock()
 	current := r.stages[s.a.Key] == s

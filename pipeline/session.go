@@ -62,8 +62,8 @@ type sessionKey struct {
 
 // stageSession is what a stage keeps of one session between steps: its state, named
 // as the stage's state inputs, held by the backend where it can (the next step reads
-// it in place; nothing is copied or left to Go's collector) and in Go memory where it
-// cannot (a batching stage stacks it). The state is released when the session
+// it in place, or a batch stacks it there; nothing is copied into Go memory or left
+// to Go's collector) and in Go memory where it cannot. The state is released when the session
 // moves on or ends, never while a step that reads it runs.
 type stageSession struct {
 	state    []tensor.Tensor
@@ -135,7 +135,7 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		runCtx := accel.WithRunTime(ctx, &rt)
 		switch {
 		case s.batch != nil && req.Step == mesh.StepDecode:
-			out, err = s.batch.run(ctx, inputs, req.Pos, req.Len)
+			out, held, logits, err = s.batch.run(ctx, inputs, sess.held, req.Pos, req.Len, sampling != nil)
 		case s.held != nil:
 			out, held, logits, err = s.held.run(runCtx, inputs, sess.held, sampling != nil)
 		default:

@@ -539,36 +539,54 @@ func holdValue(slot **C.OrtValue, name string, pinned *cValues) (*heldValue, err
 	}
 	h.bytes = int64(nbytes)
 	if nbytes > 0 && pinned.aliases(data, uintptr(nbytes)) {
-		var shapePtr *C.int64_t
-		if len(h.shape) > 0 {
-			shapePtr = (*C.int64_t)(C.malloc(C.size_t(len(h.shape)) * 8))
-			defer C.free(unsafe.Pointer(shapePtr))
-			copy(unsafe.Slice((*int64)(unsafe.Pointer(shapePtr)), len(h.shape)), h.shape)
-		}
-		var c *C.OrtValue
-		if err := statusErr(C.lm_tensor_alloc(shapePtr, C.size_t(len(h.shape)), elem, &c)); err != nil {
-			return nil, fmt.Errorf("output %q: %w", name, err)
-		}
-		var cdims *C.int64_t
-		var crank, cbytes C.size_t
-		var cdata unsafe.Pointer
-		err := statusErr(C.lm_value_describe(c, &hasValue, &onnxType, &elem, &cdims, &crank, &cdata, &cbytes))
-		if err == nil && cbytes != nbytes {
-			err = fmt.Errorf("%d bytes allocated for %d", cbytes, nbytes)
+		c, err := allocHeld(h.dtype, h.shape)
+		if err == nil && c.bytes != h.bytes {
+			c.Release()
+			err = fmt.Errorf("%d bytes allocated for %d", c.bytes, nbytes)
 		}
 		if err != nil {
-			C.free(unsafe.Pointer(cdims))
-			C.lm_value_release(c)
 			return nil, fmt.Errorf("output %q: copying it out of an input: %w", name, err)
 		}
-		C.free(unsafe.Pointer(cdims))
-		copy(unsafe.Slice((*byte)(cdata), int(cbytes)), unsafe.Slice((*byte)(data), int(nbytes)))
-		v, data = c, cdata
-	} else {
-		*slot = nil
+		copy(c.bytesView(), unsafe.Slice((*byte)(data), int(nbytes)))
+		return c, nil
 	}
+	*slot = nil
 	h.v, h.data = v, data
 	return h, nil
+}
+
+// allocHeld allocates an uninitialized tensor in ONNX Runtime's memory.
+func allocHeld(dtype tensor.DType, shape []int64) (*heldValue, error) {
+	var shapePtr *C.int64_t
+	if len(shape) > 0 {
+		shapePtr = (*C.int64_t)(C.malloc(C.size_t(len(shape)) * 8))
+		defer C.free(unsafe.Pointer(shapePtr))
+		copy(unsafe.Slice((*int64)(unsafe.Pointer(shapePtr)), len(shape)), shape)
+	}
+	var v *C.OrtValue
+	if err := statusErr(C.lm_tensor_alloc(shapePtr, C.size_t(len(shape)), C.int(dtype), &v)); err != nil {
+		return nil, err
+	}
+	var hasValue, onnxType, elem C.int
+	var dims *C.int64_t
+	var rank, nbytes C.size_t
+	var data unsafe.Pointer
+	err := statusErr(C.lm_value_describe(v, &hasValue, &onnxType, &elem, &dims, &rank, &data, &nbytes))
+	C.free(unsafe.Pointer(dims))
+	if err != nil {
+		C.lm_value_release(v)
+		return nil, err
+	}
+	return &heldValue{v: v, data: data, dtype: dtype, shape: slices.Clone(shape), bytes: int64(nbytes)}, nil
+}
+
+// bytesView is the value's data as a byte slice over ONNX Runtime's memory: valid
+// while the value is not released, which its user ensures (h.mu, or owning h).
+func (h *heldValue) bytesView() []byte {
+	if h.bytes == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(h.data), int(h.bytes))
 }
 
 func (h *heldValue) DType() tensor.DType { return h.dtype }
