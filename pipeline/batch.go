@@ -146,7 +146,7 @@ type batchItem struct {
 	next     []accel.HeldInput // the new state, named as the inputs it feeds next step
 	logits   accel.Held        // a sampling step's logits, the caller's to release
 	err      error
-	done   chan struct{}
+	done     chan struct{}
 }
 
 // BatchStats count the decode steps that ran batched.
