@@ -135,6 +135,7 @@ func lengthAxis(shape []int64) int {
 
 // batchItem is one session's decode step waiting for, or in, a batch.
 type batchItem struct {
+	caller context.Context   // the step's caller's: a step it gave up on is not run
 	inputs []tensor.Tensor   // the step's inputs but its state
 	state  []accel.HeldInput // the session's state, which stays its caller's
 	past   int               // the session's state length before the step
@@ -174,6 +175,9 @@ type stepBatcher struct {
 	// positions, padded; or all at one position) matched its steps run alone.
 	checked [2]bool
 	off     bool // the model does not batch as laid out
+
+	// beforeRun, when set (by tests), is called with each batch as it starts.
+	beforeRun func([]*batchItem)
 }
 
 // batchCounters are a runtime's batching figures, shared by its stages.
@@ -185,7 +189,7 @@ type batchCounters struct{ runs, steps atomic.Uint64 }
 // to end and frees what it made: the batch reads the session's state until then, and
 // the caller frees that state once run returns.
 func (b *stepBatcher) run(ctx context.Context, inputs []tensor.Tensor, state []accel.HeldInput, past, steps int, sampling bool) ([]tensor.Tensor, []accel.HeldInput, accel.Held, error) {
-	it := &batchItem{inputs: inputs, state: state, past: past, steps: steps, sampling: sampling, done: make(chan struct{})}
+	it := &batchItem{caller: ctx, inputs: inputs, state: state, past: past, steps: steps, sampling: sampling, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, it)
 	if b.runners < b.limit {
@@ -218,9 +222,14 @@ func (b *stepBatcher) loop(ctx context.Context) {
 			b.mu.Unlock()
 			return
 		}
-		var batch []*batchItem
+		var batch, gone []*batchItem
 		steps, sampling := b.queue[0].steps, b.queue[0].sampling
 		b.queue = slices.DeleteFunc(b.queue, func(it *batchItem) bool {
+			if err := it.caller.Err(); err != nil {
+				it.err = err
+				gone = append(gone, it)
+				return true
+			}
 			take := len(batch) < b.max && it.steps == steps && it.sampling == sampling
 			if take {
 				batch = append(batch, it)
@@ -228,6 +237,15 @@ func (b *stepBatcher) loop(ctx context.Context) {
 			return take
 		})
 		b.mu.Unlock()
+		for _, it := range gone {
+			close(it.done)
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		if b.beforeRun != nil {
+			b.beforeRun(batch)
+		}
 		b.runBatch(ctx, batch)
 		for _, it := range batch {
 			close(it.done)

@@ -2,13 +2,16 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/mesh"
 )
@@ -48,7 +51,7 @@ func TestDecodeBatchMatchesStepsAlone(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out = append(out, &batchItem{inputs: in, state: sess.held, past: len(p), steps: 1, sampling: sampling, done: make(chan struct{})})
+			out = append(out, &batchItem{caller: context.Background(), inputs: in, state: sess.held, past: len(p), steps: 1, sampling: sampling, done: make(chan struct{})})
 		}
 		return out
 	}
@@ -166,4 +169,101 @@ func TestConcurrentSessionsGenerateAsAlone(t *testing.T) {
 		}
 	}
 	t.Logf("decode steps batched: %+v of %d", rt.SessionStats().Batched, steps*len(batchPrompts))
+}
+
+// cancelKey carries a step's cancel func to the batcher's beforeRun in
+// TestCancelledBatchedStepsFreeEverything.
+type cancelKey struct{}
+
+// TestCancelledBatchedStepsFreeEverything: 4 sessions step concurrently on a batching
+// stage, and every so often a step's caller gives up: before the step is taken from
+// the queue (a deadline already past), or once its batch has started (cancelled from
+// the batcher's beforeRun). A step given up loses its session, which starts again;
+// the others go on. Once every session is closed the stage holds nothing: no state
+// bytes counted, and none left in ONNX Runtime's memory.
+func TestCancelledBatchedStepsFreeEverything(t *testing.T) {
+	if n := ort.HeldBytes(); n != 0 {
+		t.Fatalf("%d bytes held in ONNX Runtime before the test", n)
+	}
+	rt, key := batchingRuntime(t, 1<<24, time.Minute, 4)
+	rt.mu.Lock()
+	b := rt.stages[key].batch
+	rt.mu.Unlock()
+	var inBatches atomic.Int64 // steps given up in a batch of several
+	b.beforeRun = func(batch []*batchItem) {
+		cancelled := false
+		for _, it := range batch {
+			if cancel, ok := it.caller.Value(cancelKey{}).(context.CancelFunc); ok {
+				cancel()
+				cancelled = true
+				if len(batch) > 1 {
+					inBatches.Add(1)
+				}
+			}
+		}
+		if cancelled {
+			// Time for the callers to see it while their batch still runs.
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	var wg sync.WaitGroup
+	var queued, running, completed atomic.Int64
+	for i, p := range batchPrompts {
+		wg.Go(func() {
+			id := fmt.Sprint(i)
+			defer step(rt, key, id, mesh.StepClose, 0)
+			for round := range 12 {
+				tok, err := step(rt, key, id, mesh.StepPrefill, 0, p...)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				// The longest prompt (7) and 8 steps stay within GPTTiny's context of 16.
+				for k := range 8 {
+					ctx, cancel := context.WithCancel(context.Background())
+					switch (7*k + 3*i + round) % 13 {
+					case 0:
+						ctx, cancel = context.WithDeadline(ctx, time.Now().Add(-time.Second))
+					case 6:
+						ctx = context.WithValue(ctx, cancelKey{}, cancel)
+					}
+					in := []tensor.Tensor{tensor.FromInt64("input_ids", []int64{1, 1}, []int64{tok}), Sampling{}.tensor()}
+					out, err := rt.SessionStep(ctx, SessionStep{Session: id, Key: key, Step: mesh.StepDecode, Pos: len(p) + k, Len: 1, Inputs: in})
+					cancel()
+					if errors.Is(err, context.DeadlineExceeded) {
+						queued.Add(1)
+						break
+					}
+					if errors.Is(err, context.Canceled) {
+						running.Add(1)
+						break
+					}
+					if err != nil {
+						t.Errorf("session %s, step %d: %v", id, k, err)
+						return
+					}
+					completed.Add(1)
+					v, err := out[0].Int64s()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					tok = v[0]
+				}
+			}
+		})
+	}
+	wg.Wait()
+	batched := rt.SessionStats().Batched
+	t.Logf("steps given up while queued %d, while their batch ran %d (%d in a batch of several); completed %d; batched %+v",
+		queued.Load(), running.Load(), inBatches.Load(), completed.Load(), batched)
+	if queued.Load() == 0 || running.Load() == 0 || inBatches.Load() == 0 || completed.Load() == 0 || batched.Runs == 0 {
+		t.Fatal("the test needs steps of each kind, and batched runs")
+	}
+	if st := rt.SessionStats(); st.Sessions != 0 || st.Bytes != 0 {
+		t.Fatalf("after every session closed: %+v", st)
+	}
+	if n := ort.HeldBytes(); n != 0 {
+		t.Fatalf("%d bytes left held in ONNX Runtime after every session closed", n)
+	}
 }

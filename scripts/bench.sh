@@ -144,6 +144,9 @@ job gen-stage-cuts "go test -run '^\$' -bench '^BenchmarkDecodeStageCuts\$' -ben
 job compress-accuracy "go test -run '^TestFashionMNISTAccuracyAfterCompression\$' -count 1 -v -timeout 20m ./compress/"
 # Decode batching (--max-batch 4) against steps run alone, 4 sessions on one pinned node.
 job gen-batching "go test -run '^\$' -bench '^BenchmarkGenerateBatching\$' -benchtime 1x -count 1 -timeout 30m ./test/split/"
+# What ONNX Runtime alone takes for a decode step of batches of 1 to 4 sessions: the
+# floor under a batching stage's step.
+job gen-batch-run "go test -run '^\$' -bench '^BenchmarkDecodeBatchRun\$' -benchtime 1x -count 1 -timeout 20m ./test/split/"
 
 # Compression: the 12 x 768 GPT compressed to int8, int4 and dynamic int8 (size, time and
 # peak memory of compressing, top-1 agreement) and each variant's 1x128 forward pass and

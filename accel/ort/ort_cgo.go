@@ -552,8 +552,18 @@ func holdValue(slot **C.OrtValue, name string, pinned *cValues) (*heldValue, err
 	}
 	*slot = nil
 	h.v, h.data = v, data
+	heldBytes.Add(h.bytes)
 	return h, nil
 }
+
+// heldBytes counts the bytes of the values held now, over every session.
+var heldBytes atomic.Int64
+
+// HeldBytes is the bytes of tensors kept in ONNX Runtime's memory between runs
+// (accel.Held values not yet released), over every session of the process. The
+// stage runtime's state accounting counts the same values per session; a value
+// nobody releases shows here and nowhere else.
+func HeldBytes() int64 { return heldBytes.Load() }
 
 // allocHeld allocates an uninitialized tensor in ONNX Runtime's memory.
 func allocHeld(dtype tensor.DType, shape []int64) (*heldValue, error) {
@@ -577,6 +587,7 @@ func allocHeld(dtype tensor.DType, shape []int64) (*heldValue, error) {
 		C.lm_value_release(v)
 		return nil, err
 	}
+	heldBytes.Add(int64(nbytes))
 	return &heldValue{v: v, data: data, dtype: dtype, shape: slices.Clone(shape), bytes: int64(nbytes)}, nil
 }
 
@@ -635,6 +646,7 @@ func (h *heldValue) Release() {
 	if h.v != nil {
 		C.lm_value_release(h.v)
 		h.v, h.data = nil, nil
+		heldBytes.Add(-h.bytes)
 	}
 }
 
