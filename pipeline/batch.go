@@ -185,9 +185,10 @@ type batchCounters struct{ runs, steps atomic.Uint64 }
 
 // run queues a decode step and waits for its outputs, new state and, when sampling,
 // held logits (heldRun.run's). A ctx that ends while the step waits takes it out of
-// the queue. One that ends while its batch runs waits for that run (one decode step)
-// to end and frees what it made: the batch reads the session's state until then, and
-// the caller frees that state once run returns.
+// the queue. One that ends while its batch runs waits for that batch to end (one
+// decode step of each of its sessions, and the same steps alone while a kind of
+// batch is being checked) and frees what it made: the batch reads the session's
+// state until then, and the caller frees that state once run returns.
 func (b *stepBatcher) run(ctx context.Context, inputs []tensor.Tensor, state []accel.HeldInput, past, steps int, sampling bool) ([]tensor.Tensor, []accel.HeldInput, accel.Held, error) {
 	it := &batchItem{caller: ctx, inputs: inputs, state: state, past: past, steps: steps, sampling: sampling, done: make(chan struct{})}
 	b.mu.Lock()
@@ -274,9 +275,17 @@ func (b *stepBatcher) runBatch(ctx context.Context, batch []*batchItem) {
 	if !checked {
 		// Until checked, the steps run alone too and answer with those outputs.
 		b.runEach(ctx, batch)
-		d := rowsDiffer(batch, together)
+		failed := slices.ContainsFunc(batch, func(it *batchItem) bool { return it.err != nil })
+		d := ""
+		if !failed {
+			d = rowsDiffer(batch, together)
+		}
 		for _, it := range together {
 			it.release()
+		}
+		if failed {
+			// A step that fails alone says nothing of batching; the next batch checks.
+			return
 		}
 		if d != "" {
 			b.stop("batched rows differ from the steps run alone", fmt.Errorf("%s", d))
@@ -310,10 +319,21 @@ func (b *stepBatcher) stop(why string, err error) {
 	b.log.Warn("decode batching turned off for the stage: "+why, "err", err)
 }
 
+// runEach runs each step alone, but a step whose caller has gone.
 func (b *stepBatcher) runEach(ctx context.Context, batch []*batchItem) {
 	for _, it := range batch {
-		it.out, it.next, it.logits, it.err = b.held.run(ctx, it.inputs, it.state, it.sampling)
+		if it.err = it.caller.Err(); it.err == nil {
+			it.out, it.next, it.logits, it.err = b.held.run(ctx, it.inputs, it.state, it.sampling)
+		}
 	}
+}
+
+// batching says whether the stage still batches: once off, its steps run as a
+// stage's that does not batch, each on its own pool session.
+func (b *stepBatcher) batching() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.off
 }
 
 // release frees what a step made: its new state and logits.
@@ -403,6 +423,13 @@ func (b *stepBatcher) runTogether(ctx context.Context, batch []*batchItem) ([]*s
 	if sampling {
 		logits := kept[len(kept)-1]
 		kept = kept[:len(kept)-1]
+		if shape := logits.Shape(); len(shape) == 0 || shape[0] != int64(len(batch)) || logits.Bytes()%int64(len(batch)) != 0 {
+			logits.Release()
+			for _, v := range kept {
+				v.Release()
+			}
+			return nil, fmt.Errorf("logits %s %v do not have the batch of %d first", logits.DType(), shape, len(batch))
+		}
 		left := new(atomic.Int32)
 		left.Store(int32(len(batch)))
 		for i, r := range results {
@@ -444,10 +471,11 @@ func (b *stepBatcher) runTogether(ctx context.Context, batch []*batchItem) ([]*s
 // batchRow is one step's row of a batched run's held logits: it reads the batch's
 // value in place, and the last of the batch's rows to be released releases it.
 type batchRow struct {
-	v    accel.Held
-	i, n int
-	left *atomic.Int32
-	once sync.Once
+	v        accel.Held
+	i, n     int
+	left     *atomic.Int32
+	once     sync.Once
+	released atomic.Bool
 }
 
 func (r *batchRow) DType() tensor.DType { return r.v.DType() }
@@ -471,6 +499,8 @@ func (r *batchRow) Tensor(name string) (tensor.Tensor, error) {
 func (r *batchRow) ReadAt(p []byte, off int64) (int, error) {
 	size := r.Bytes()
 	switch {
+	case r.released.Load():
+		return 0, fmt.Errorf("%w: held row was released", accel.ErrSessionClosed)
 	case off < 0:
 		return 0, fmt.Errorf("%w: read at offset %d", accel.ErrInputMismatch, off)
 	case off >= size:
@@ -486,6 +516,7 @@ func (r *batchRow) ReadAt(p []byte, off int64) (int, error) {
 
 func (r *batchRow) Release() {
 	r.once.Do(func() {
+		r.released.Store(true)
 		if r.left.Add(-1) == 0 {
 			r.v.Release()
 		}

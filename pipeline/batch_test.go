@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"slices"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/ort"
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/mesh"
@@ -182,9 +184,7 @@ type cancelKey struct{}
 // the others go on. Once every session is closed the stage holds nothing: no state
 // bytes counted, and none left in ONNX Runtime's memory.
 func TestCancelledBatchedStepsFreeEverything(t *testing.T) {
-	if n := ort.HeldBytes(); n != 0 {
-		t.Fatalf("%d bytes held in ONNX Runtime before the test", n)
-	}
+	before := ort.HeldBytes()
 	rt, key := batchingRuntime(t, 1<<24, time.Minute, 4)
 	rt.mu.Lock()
 	b := rt.stages[key].batch
@@ -263,7 +263,132 @@ func TestCancelledBatchedStepsFreeEverything(t *testing.T) {
 	if st := rt.SessionStats(); st.Sessions != 0 || st.Bytes != 0 {
 		t.Fatalf("after every session closed: %+v", st)
 	}
-	if n := ort.HeldBytes(); n != 0 {
+	if n := ort.HeldBytes() - before; n != 0 {
 		t.Fatalf("%d bytes left held in ONNX Runtime after every session closed", n)
+	}
+}
+
+// TestGoneStepIsNotRun: a queued decode step whose caller has gone is dropped when
+// the batcher takes its batch, answered with the caller's error and never run, while
+// the step queued beside it runs.
+func TestGoneStepIsNotRun(t *testing.T) {
+	rt, key := batchingRuntime(t, 1<<24, time.Minute, 4)
+	rt.mu.Lock()
+	s := rt.stages[key]
+	rt.mu.Unlock()
+	var items []*batchItem
+	for i, p := range batchPrompts[:2] {
+		tok, err := step(rt, key, fmt.Sprint(i), mesh.StepPrefill, 0, p...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt.mu.Lock()
+		sess := rt.sessions[sessionKey{id: fmt.Sprint(i), stage: key}]
+		rt.mu.Unlock()
+		in, err := sessionInputs(s.sess, s.a.State, sess, len(p), 1, []tensor.Tensor{tensor.FromInt64("input_ids", []int64{1, 1}, []int64{tok})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		items = append(items, &batchItem{caller: context.Background(), inputs: in, state: sess.held, past: len(p), steps: 1, done: make(chan struct{})})
+	}
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	items[0].caller = gone
+	var ran [][]*batchItem
+	s.batch.beforeRun = func(batch []*batchItem) { ran = append(ran, slices.Clone(batch)) }
+	s.batch.mu.Lock()
+	s.batch.queue, s.batch.runners = slices.Clone(items), 1
+	s.batch.mu.Unlock()
+	s.batch.loop(context.Background())
+	for _, it := range items {
+		<-it.done
+	}
+	defer items[1].release()
+	if !errors.Is(items[0].err, context.Canceled) || items[0].out != nil || items[0].next != nil {
+		t.Fatalf("the gone step: err %v, %d outputs, %d state", items[0].err, len(items[0].out), len(items[0].next))
+	}
+	if items[1].err != nil || len(items[1].next) == 0 {
+		t.Fatalf("the step beside it: err %v, %d state", items[1].err, len(items[1].next))
+	}
+	if len(ran) != 1 || len(ran[0]) != 1 || ran[0][0] != items[1] {
+		t.Fatalf("batches run: %v, want only the step beside it", ran)
+	}
+}
+
+// memHeld is an accel.Held in Go memory, for batchRow's test.
+type memHeld struct {
+	data     []byte
+	shape    []int64
+	released int
+}
+
+func (m *memHeld) DType() tensor.DType { return tensor.Float32 }
+func (m *memHeld) Shape() []int64      { return slices.Clone(m.shape) }
+func (m *memHeld) Bytes() int64        { return int64(len(m.data)) }
+func (m *memHeld) Release()            { m.released++ }
+func (m *memHeld) Tensor(name string) (tensor.Tensor, error) {
+	return tensor.Tensor{Name: name, DType: tensor.Float32, Shape: m.Shape(), Data: slices.Clone(m.data)}, nil
+}
+func (m *memHeld) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(m.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// TestBatchRowReadsItsOwnRow: each step's row of held [3, 2, 4] logits reads its own
+// 32 bytes at any offset, short reads end in io.EOF, a released row reads nothing,
+// and the batch's value is released once, with its last row.
+func TestBatchRowReadsItsOwnRow(t *testing.T) {
+	v := &memHeld{shape: []int64{3, 2, 4}, data: make([]byte, 96)}
+	for i := range v.data {
+		v.data[i] = byte(i)
+	}
+	left := new(atomic.Int32)
+	left.Store(3)
+	rows := make([]*batchRow, 3)
+	for i := range rows {
+		rows[i] = &batchRow{v: v, i: i, n: 3, left: left}
+	}
+	r := rows[1]
+	if !slices.Equal(r.Shape(), []int64{1, 2, 4}) || r.Bytes() != 32 {
+		t.Fatalf("row shape %v, %d bytes", r.Shape(), r.Bytes())
+	}
+	p := make([]byte, 8)
+	if n, err := r.ReadAt(p, 24); n != 8 || err != nil || p[0] != 56 || p[7] != 63 {
+		t.Fatalf("ReadAt(8 bytes, 24) = %d, %v, %v", n, err, p)
+	}
+	if n, err := r.ReadAt(p, 28); n != 4 || !errors.Is(err, io.EOF) || p[0] != 60 {
+		t.Fatalf("ReadAt past the row's end = %d, %v, %v", n, err, p[:n])
+	}
+	if n, err := r.ReadAt(p, 32); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("ReadAt at the row's end = %d, %v", n, err)
+	}
+	if _, err := r.ReadAt(p, -1); err == nil {
+		t.Fatal("ReadAt at -1 read")
+	}
+	whole, err := rows[2].Tensor("logits")
+	if err != nil || whole.Data[0] != 64 || len(whole.Data) != 32 {
+		t.Fatalf("row 2 as a tensor: %v, %v", whole.Data, err)
+	}
+	r.Release()
+	r.Release()
+	if _, err := r.ReadAt(p, 0); !errors.Is(err, accel.ErrSessionClosed) {
+		t.Fatalf("ReadAt after Release: %v", err)
+	}
+	rows[0].Release()
+	if v.released != 0 {
+		t.Fatal("the batch's value was released before its last row")
+	}
+	if n, err := rows[2].ReadAt(p, 0); n != 8 || err != nil || p[0] != 64 {
+		t.Fatalf("the last row after the others' release: %d, %v", n, err)
+	}
+	rows[2].Release()
+	if v.released != 1 {
+		t.Fatalf("the batch's value released %d times, want once with its last row", v.released)
 	}
 }

@@ -134,7 +134,7 @@ func (r *StageRuntime) SessionStep(ctx context.Context, req SessionStep) ([]tens
 		start := time.Now()
 		runCtx := accel.WithRunTime(ctx, &rt)
 		switch {
-		case s.batch != nil && req.Step == mesh.StepDecode:
+		case s.batch != nil && req.Step == mesh.StepDecode && s.batch.batching():
 			out, held, logits, err = s.batch.run(ctx, inputs, sess.held, req.Pos, req.Len, sampling != nil)
 		case s.held != nil:
 			out, held, logits, err = s.held.run(runCtx, inputs, sess.held, sampling != nil)
@@ -358,7 +358,8 @@ func stateOutputs(model accel.Session, pairs []StatePair) []string {
 }
 
 // heldRun runs the steps of a model with state pairs with the state in the backend's
-// memory: a stage that does not batch, or a single-node generation.
+// memory: every step of a stage or a single-node generation, but the decode steps a
+// batching stage runs together (and those it runs alone through it).
 type heldRun struct {
 	hr accel.HeldRunner
 	// keep names the state outputs, and ins the state input each one feeds next step.

@@ -41,6 +41,7 @@ func kvRow(n int, base float32) tensor.Tensor {
 // in place, and each row cut back out of the run's held output, less its padding, is
 // that row's own result; the values made are the caller's, and bad rows are refused.
 func TestStackAndCutHeld(t *testing.T) {
+	before := HeldBytes()
 	s := open(t, newCPU(t), kvModel(t), accel.SessionOptions{})
 	stk, ok := s.(accel.HeldStacker)
 	if !ok {
@@ -119,9 +120,57 @@ func TestStackAndCutHeld(t *testing.T) {
 			t.Errorf("%s: %v, want accel.ErrInputMismatch", name, err)
 		}
 	}
+	// At the longest row's own length that row has no padding; along axis 0 (no
+	// length axis) rows of one shape stack as they are.
+	tight, err := stk.StackHeld(rows, 2, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	row, err := stk.CutHeld(tight, 1, 2, 0)
+	tight.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut, err := row.Tensor("y")
+	row.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := floats(t, kvRow(4, 101)); !slices.Equal(floats(t, cut), negated(want)) {
+		t.Fatalf("the longest row stacked and cut with no padding: %v, want %v", floats(t, cut), negated(want))
+	}
+	same, err := stk.StackHeld([]accel.Held{rows[0], rows[0]}, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := same.Tensor("pair")
+	same.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if one := negated(floats(t, kvRow(2, 1))); !slices.Equal(floats(t, pair), append(slices.Clone(one), one...)) || pair.Shape[0] != 2 {
+		t.Fatalf("two rows along axis 0: %v %v", pair.Shape, floats(t, pair))
+	}
+
 	released := rows[2]
 	released.Release()
 	if _, err := stk.StackHeld(rows, 2, 5); !errors.Is(err, accel.ErrSessionClosed) {
 		t.Errorf("stacking a released row: %v, want accel.ErrSessionClosed", err)
 	}
+	stack.Release()
+	kept[0].Release()
+	for _, r := range rows {
+		r.Release()
+	}
+	if n := HeldBytes() - before; n != 0 {
+		t.Errorf("%d bytes still held once every value is released", n)
+	}
+}
+
+func negated(v []float32) []float32 {
+	out := make([]float32, len(v))
+	for i, x := range v {
+		out[i] = -x
+	}
+	return out
 }

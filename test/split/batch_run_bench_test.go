@@ -16,7 +16,8 @@ import (
 // BenchmarkDecodeBatchRun: what ONNX Runtime alone takes for one decode step of the
 // whole with-past 12 x 768 GPT at a past of 96 positions, in this process with 1
 // intra-op thread, for batches of 1 to 4 sessions (the inputs of one session
-// repeated; the state kept in ONNX Runtime as a stage keeps it). It is the floor
+// repeated; the past is given as tensors, the new state kept in ONNX Runtime as a
+// stage keeps it). It is the floor
 // under a batching stage's step, which also stacks and cuts the state: the gain
 // decode batching can give at most.
 func BenchmarkDecodeBatchRun(b *testing.B) {
