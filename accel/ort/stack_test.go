@@ -49,15 +49,7 @@ func TestStackAndCutHeld(t *testing.T) {
 	}
 	ctx := context.Background()
 	lengths := []int{2, 4, 1}
-	var rows []accel.Held
-	for i, n := range lengths {
-		_, kept, err := stk.RunHeld(ctx, []tensor.Tensor{kvRow(n, float32(100*i+1))}, nil, nil, []string{"y"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rows = append(rows, kept[0])
-		t.Cleanup(kept[0].Release)
-	}
+	rows := heldRows(t, stk, lengths)
 	stack, err := stk.StackHeld(rows, 2, 5)
 	if err != nil {
 		t.Fatal(err)
@@ -120,8 +112,44 @@ func TestStackAndCutHeld(t *testing.T) {
 			t.Errorf("%s: %v, want accel.ErrInputMismatch", name, err)
 		}
 	}
-	// At the longest row's own length that row has no padding; along axis 0 (no
-	// length axis) rows of one shape stack as they are.
+	released := rows[2]
+	released.Release()
+	if _, err := stk.StackHeld(rows, 2, 5); !errors.Is(err, accel.ErrSessionClosed) {
+		t.Errorf("stacking a released row: %v, want accel.ErrSessionClosed", err)
+	}
+	stack.Release()
+	kept[0].Release()
+	for _, r := range rows {
+		r.Release()
+	}
+	if n := HeldBytes() - before; n != 0 {
+		t.Errorf("%d bytes still held once every value is released", n)
+	}
+}
+
+// heldRows runs kvModel on rows of these lengths (row i counting up from 100i+1) and
+// returns its outputs held, released when the test ends.
+func heldRows(t *testing.T, stk accel.HeldStacker, lengths []int) []accel.Held {
+	t.Helper()
+	var rows []accel.Held
+	for i, n := range lengths {
+		_, kept, err := stk.RunHeld(context.Background(), []tensor.Tensor{kvRow(n, float32(100*i+1))}, nil, nil, []string{"y"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows = append(rows, kept[0])
+		t.Cleanup(kept[0].Release)
+	}
+	return rows
+}
+
+// TestStackHeldWithoutPadding: stacked to the longest row's own length, that row has
+// no padding and cuts back whole; along axis 0 (no length axis) rows of one shape
+// stack as they are.
+func TestStackHeldWithoutPadding(t *testing.T) {
+	s := open(t, newCPU(t), kvModel(t), accel.SessionOptions{})
+	stk := s.(accel.HeldStacker)
+	rows := heldRows(t, stk, []int{2, 4, 1})
 	tight, err := stk.StackHeld(rows, 2, 4)
 	if err != nil {
 		t.Fatal(err)
@@ -152,19 +180,6 @@ func TestStackAndCutHeld(t *testing.T) {
 		t.Fatalf("two rows along axis 0: %v %v", pair.Shape, floats(t, pair))
 	}
 
-	released := rows[2]
-	released.Release()
-	if _, err := stk.StackHeld(rows, 2, 5); !errors.Is(err, accel.ErrSessionClosed) {
-		t.Errorf("stacking a released row: %v, want accel.ErrSessionClosed", err)
-	}
-	stack.Release()
-	kept[0].Release()
-	for _, r := range rows {
-		r.Release()
-	}
-	if n := HeldBytes() - before; n != 0 {
-		t.Errorf("%d bytes still held once every value is released", n)
-	}
 }
 
 func negated(v []float32) []float32 {
