@@ -150,6 +150,12 @@ type HeldStacker interface {
 	CutHeld(h Held, i, axis, pad int) (Held, error)
 }
 
+// HeldCounter is a Backend that counts what it holds between runs: the bytes of the
+// Held values not yet released, over all its sessions.
+type HeldCounter interface {
+	HeldBytes() int64
+}
+
 // runTimeKey carries a RunTime into a Run through its context.
 type runTimeKey struct{}
 

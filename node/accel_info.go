@@ -42,15 +42,23 @@ func accelerator(p accel.Provider, gpus []gpu.Device) *wire.Accelerator {
 	return a
 }
 
-// registerAccelMetrics registers layermesh_accel_provider_info{provider,device} 1 and,
-// where NVML saw GPUs, their memory as it was at start.
-func registerAccelMetrics(reg prometheus.Registerer, p accel.Provider, gpus []gpu.Device) error {
+// registerAccelMetrics registers layermesh_accel_provider_info{provider,device} 1,
+// the bytes the backend holds between runs where it counts them and, where NVML saw
+// GPUs, their memory as it was at start.
+func registerAccelMetrics(reg prometheus.Registerer, be accel.Backend, gpus []gpu.Device) error {
+	p := be.Provider()
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "layermesh_accel_provider_info",
 		Help: "The execution provider this node runs stages on (value 1), with the device it uses.",
 	}, []string{"provider", "device"})
 	info.WithLabelValues(string(p), accelDevice(p, gpus)).Set(1)
 	cols := []prometheus.Collector{info}
+	if hc, ok := be.(accel.HeldCounter); ok {
+		cols = append(cols, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "layermesh_accel_held_bytes",
+			Help: "Bytes of tensors the accelerator backend keeps between runs (session state, logits being sampled); with no generation running it is 0, and well above layermesh_session_state_bytes it shows a leak.",
+		}, func() float64 { return float64(hc.HeldBytes()) }))
+	}
 	if len(gpus) > 0 {
 		total := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "layermesh_gpu_memory_total_bytes", Help: "GPU memory as NVML reported it at node start.",

@@ -48,6 +48,10 @@ func TestNodeShowsItsProvider(t *testing.T) {
 	if want := `layermesh_accel_provider_info{device="",provider="cpu"} 1`; !strings.Contains(string(body), want) {
 		t.Fatalf("/metrics lacks %s", want)
 	}
+	// No generation runs in this package's tests at once, so nothing is held.
+	if want := "layermesh_accel_held_bytes 0\n"; !strings.Contains(string(body), want) {
+		t.Fatalf("/metrics lacks %q", want)
+	}
 	// NVML's devices are reported whatever the provider: they are the machine's.
 	if want := `layermesh_gpu_memory_total_bytes{gpu="0",name="NVIDIA H200"} 1.5e+11`; !strings.Contains(string(body), want) {
 		t.Fatalf("/metrics lacks %s", want)

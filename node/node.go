@@ -281,7 +281,7 @@ func (n *Node) newAPI() (*api.Server, error) {
 		links, stageStats = svc, svc
 	}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if err := registerAccelMetrics(n.reg, cfg.Backend.Provider(), cfg.GPUs); err != nil {
+	if err := registerAccelMetrics(n.reg, cfg.Backend, cfg.GPUs); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	return api.New(api.Config{

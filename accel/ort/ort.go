@@ -308,6 +308,10 @@ func probeModel() ([]byte, error) {
 // Provider is the execution provider this backend's sessions use.
 func (o *Backend) Provider() accel.Provider { return o.provider }
 
+// HeldBytes is the bytes of tensors held in ONNX Runtime's memory between runs, over
+// every session of the process (accel.HeldCounter).
+func (o *Backend) HeldBytes() int64 { return HeldBytes() }
+
 // Close releases nothing: the ONNX Runtime environment lives for the process, and each
 // Session is closed by its owner.
 func (o *Backend) Close() error { return nil }
