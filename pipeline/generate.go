@@ -65,7 +65,10 @@ func (r *Router) Generate(ctx context.Context, plan RoutePlan, req api.GenerateR
 	}
 	gs.log = r.log.With("model", plan.Model, "version", plan.Version, "session", gs.id, "request", gs.reqID)
 	gen := newGeneration(req, plan.ContextLen, emit)
-	defer func() { r.closeSession(ctx, gs, gs.pinned) }()
+	defer func() {
+		r.closeSession(ctx, gs, gs.pinned)
+		r.unpinAll(gs)
+	}()
 	if err := r.pinSession(ctx, gs, -1); err != nil {
 		return gen.res, err
 	}
@@ -153,12 +156,61 @@ func (r *Router) pinSession(ctx context.Context, gs *genSession, stage int) erro
 				return err
 			}
 			if len(candidates) > 0 {
-				gs.pinned[k] = r.pick(candidates, false)
+				r.pin(gs, k, candidates)
 				break
 			}
 		}
 	}
 	return nil
+}
+
+// pinKey is one stage replica a session is pinned to.
+type pinKey struct {
+	model, version string
+	stage          int
+	node           string
+}
+
+// pin pins stage k of the session to the candidate with the fewest of this router's
+// sessions pinned to it for that stage, then on its node over all stages, then as
+// pick ranks: a session's load lasts as long as the session, so the calls in flight
+// at its start say little of it, and sessions that start together would all choose
+// the same replica. Choosing and counting under one lock spreads them.
+func (r *Router) pin(gs *genSession, k int, candidates []Replica) {
+	key := func(node string) pinKey {
+		return pinKey{model: gs.plan.Model, version: gs.plan.Version, stage: k, node: node}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old := gs.pinned[k].Node; old != "" {
+		r.unpinLocked(key(old))
+	}
+	rep := r.rankLocked(candidates, false, func(rep Replica) []int {
+		return []int{r.pins[key(rep.Node)], r.nodePins[rep.Node]}
+	})
+	r.pins[key(rep.Node)]++
+	r.nodePins[rep.Node]++
+	gs.pinned[k] = rep
+}
+
+// unpinAll forgets the session's pins when it ends.
+func (r *Router) unpinAll(gs *genSession) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, rep := range gs.pinned {
+		if rep.Node != "" {
+			r.unpinLocked(pinKey{model: gs.plan.Model, version: gs.plan.Version, stage: k, node: rep.Node})
+		}
+	}
+}
+
+func (r *Router) unpinLocked(key pinKey) {
+	if r.pins[key]--; r.pins[key] <= 0 {
+		delete(r.pins, key)
+	}
+	if r.nodePins[key.node]--; r.nodePins[key.node] <= 0 {
+		delete(r.nodePins, key.node)
+	}
 }
 
 // sessionPass runs one step (a prefill of ids from position 0, or a decode of one

@@ -192,6 +192,10 @@ type Router struct {
 	mu       sync.Mutex
 	inFlight map[string]int       // node -> calls this router has open to it
 	penalty  map[string]time.Time // node -> ranked last until then
+	// pins counts the generation sessions this router drives, per stage replica
+	// they are pinned to, and nodePins per node over all stages (generate.go).
+	pins     map[pinKey]int
+	nodePins map[string]int
 	usual    map[usualKey]*usualDuration
 
 	requests, forwarded, stageCalls, retries, badResponses, noReplica atomic.Uint64
@@ -211,6 +215,8 @@ func NewRouter(cfg RouterConfig, plans PlanSource, view ReplicaView, caller Stag
 		log:      logger.With("component", "router"),
 		inFlight: make(map[string]int),
 		penalty:  make(map[string]time.Time),
+		pins:     make(map[pinKey]int),
+		nodePins: make(map[string]int),
 		usual:    make(map[usualKey]*usualDuration),
 	}
 }
@@ -508,13 +514,24 @@ func (r *Router) attempt(ctx context.Context, rep Replica, call StageCall, timeo
 // pick ranks candidates: replicas that did not just fail, then (when preferLocal) this
 // node, then the fewest calls in flight from this router, then the shortest RTT.
 func (r *Router) pick(candidates []Replica, preferLocal bool) Replica {
-	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.rankLocked(candidates, preferLocal, nil)
+}
+
+// rankLocked is pick's choice; load, when set, ranks the replicas that are not
+// penalized before anything else does (a generation session's pins). r.mu is held.
+func (r *Router) rankLocked(candidates []Replica, preferLocal bool, load func(Replica) []int) Replica {
+	now := time.Now()
 	return slices.MinFunc(candidates, func(a, b Replica) int {
 		pa, pb := r.penalty[a.Node].After(now), r.penalty[b.Node].After(now)
 		if pa != pb {
 			return boolOrder(pa)
+		}
+		if load != nil {
+			if c := slices.Compare(load(a), load(b)); c != 0 {
+				return c
+			}
 		}
 		if preferLocal && a.Local != b.Local {
 			return boolOrder(!a.Local)
