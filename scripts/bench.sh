@@ -144,6 +144,8 @@ job gen-stage-cuts "go test -run '^\$' -bench '^BenchmarkDecodeStageCuts\$' -ben
 job compress-accuracy "go test -run '^TestFashionMNISTAccuracyAfterCompression\$' -count 1 -v -timeout 20m ./compress/"
 # Decode batching (--max-batch 4) against steps run alone, 4 sessions on one pinned node.
 job gen-batching "go test -run '^\$' -bench '^BenchmarkGenerateBatching\$' -benchtime 1x -count 1 -timeout 30m ./test/split/"
+# 4 sessions entering at one node of a 2-replica deployment against one node alone.
+job gen-replicas-one-entry "go test -run '^\$' -bench '^BenchmarkGenerateReplicasOneEntry\$' -benchtime 1x -count 1 -timeout 30m ./test/split/"
 # What ONNX Runtime alone takes for a decode step of batches of 1 to 4 sessions: the
 # floor under a batching stage's step.
 job gen-batch-run "go test -run '^\$' -bench '^BenchmarkDecodeBatchRun\$' -benchtime 1x -count 1 -timeout 20m ./test/split/"

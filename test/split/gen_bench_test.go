@@ -543,3 +543,58 @@ func batchFigures(b *testing.B, c *benchCluster, i int) string {
 	}
 	return fmt.Sprintf("node%d %s batched runs carrying %s steps", i, runs, steps)
 }
+
+// BenchmarkGenerateReplicasOneEntry: 4 concurrent greedy generations (64-token
+// prompts, 64 tokens each) all sent to one node of a deployment of the whole with-past
+// 12 x 768 GPT with 2 replicas on 2 meshnode processes, each pinned to its own core
+// with 1 intra-op thread, against one such node alone. The entry node pins each
+// session to a replica; a replicated model serves about twice the tokens/s only if
+// the sessions spread over both replicas, whichever node the clients use. Segments
+// alternate (replicas, one node, one node, replicas), 4 sessions side by side
+// generating 3 times each; the log gives each replica's decode steps.
+func BenchmarkGenerateReplicasOneEntry(b *testing.B) {
+	const concurrency = 4
+	path, size, tok := gpt2SmallWithPast(b)
+	bin := pinnedBinary(b)
+	one := startBench(b, 1, bin)
+	one.deployGenAndWait(b, path, size, tok, 1, 1)
+	reps := startBench(b, 2, bin)
+	reps.deployGenAndWait(b, path, size, tok, 1, 2)
+	for _, c := range []*benchCluster{reps, one} {
+		genSegment(b, []string{c.HTTPAddr(0)}, c.token, concurrency, 1, 5000) // warm
+	}
+	decodes := func() []float64 {
+		var out []float64
+		for i := range reps.Len() {
+			n := 0.0
+			for labels, e := range readHistogram(b, reps, i, stageComputeHistogram) {
+				if strings.Contains(labels, `step="decode"`) {
+					n += e[1]
+				}
+			}
+			out = append(out, n)
+		}
+		return out
+	}
+	n := max(b.N, 3)
+	b.ResetTimer()
+	var repTokens, oneTokens int
+	var repSpan, oneSpan time.Duration
+	before := decodes()
+	for i, c := range []*benchCluster{reps, one, one, reps} {
+		k, span := genSegment(b, []string{c.HTTPAddr(0)}, c.token, concurrency, n, i*concurrency*n)
+		if c == reps {
+			repTokens, repSpan = repTokens+k, repSpan+span
+		} else {
+			oneTokens, oneSpan = oneTokens+k, oneSpan+span
+		}
+	}
+	b.StopTimer()
+	after := decodes()
+	repTP, oneTP := float64(repTokens)/repSpan.Seconds(), float64(oneTokens)/oneSpan.Seconds()
+	b.ReportMetric(repTP, "replicas-tok/s")
+	b.ReportMetric(oneTP, "one-tok/s")
+	b.ReportMetric(repTP/oneTP, "speedup")
+	b.Logf("%d concurrent sessions entering at node0: 2 pinned replicas %.1f tokens/s, 1 pinned node %.1f tokens/s (%.2f x); decode steps per replica: node0 %.0f, node1 %.0f",
+		concurrency, repTP, oneTP, repTP/oneTP, after[0]-before[0], after[1]-before[1])
+}
