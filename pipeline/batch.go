@@ -265,7 +265,7 @@ func (b *stepBatcher) runBatch(ctx context.Context, batch []*batchItem) {
 	together, err := b.runTogether(ctx, batch)
 	if err != nil {
 		b.runEach(ctx, batch)
-		if batch[0].err == nil {
+		if slices.ContainsFunc(batch, func(it *batchItem) bool { return it.err == nil }) {
 			b.stop("a batched run failed where single steps succeed", err)
 		}
 		return
