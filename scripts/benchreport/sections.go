@@ -404,7 +404,7 @@ the other stage works on another's; the split's rate is set by its slower stage.
 replicas side (the whole model on each core, no pipeline) was meant as the ceiling, but
 it is not one: each of its processes streams all 500 MB of weights per token, and with
 both cores doing so its steps take 29.6 to 30.9 ms against 25 ms for the one node
-alone, while each stage of the split streams half of them; in 9 of the 14 runs of
+alone, while each stage of the split streams half of them; in 9 of the 19 runs of
 the measured plan the split was as fast as the replicas or faster.
 
 The plan decides the split's rate. The FLOP plan (the default) cuts before node 417,
@@ -414,32 +414,39 @@ which FLOPs count: in the meshnode processes its decode steps took 15.76 ms of O
 Runtime time against stage 1's 14.69 (the recorded run before this build, 12:40 UTC
 on 2026-12-05), and the split reached 1.51 to 1.81 x over the day's builds, below 1.6 x
 in 3 of 20 fair runs. The measured plan times each node of a decode step at past 96 in the
-cutting node's own ONNX Runtime (the log above: a plain run takes 23.6 ms, the
-kernels sum to 23.4) and cuts where the two halves balance: in the runs of this
-feature before node 386, 389, 410, 412, 413 or 415, all within or at the end of
+cutting node's own ONNX Runtime (the log above: a plain run takes 23.7 ms, the
+kernels sum to 23.2) and cuts where the two halves balance: in the runs of this
+feature before node 381, 386, 389, 410, 412, 413 or 415, all within or at the end of
 block 8's attention, which is flat enough that the measurement's noise picks among
-them. Its stages then take about the same time per decode step (14.10 and 14.22 ms
-above; 14.06/14.19, 13.46/13.46, 12.26/12.32, 14.69/14.79, 13.20/13.29, 15.98/15.96,
-13.78/13.97, 13.22/13.56, 13.05/13.51, 15.58/15.01 at cut 415 and 15.74/15.76 in
-other runs) and the same CPU per token (15.0 and 15.2 ms above), and the Go side of a
-stage (its RPC, sessions, metrics) stays within 1 ms of CPU per token of its ONNX
-Runtime time.
+them. Its stages then take about the same time per decode step (12.84 and 12.60 ms
+above; 14.10/14.22, 14.06/14.19, 13.46/13.46, 12.26/12.32, 14.69/14.79, 13.20/13.29,
+15.98/15.96, 13.78/13.97, 13.22/13.56, 13.05/13.51, 15.58/15.01 at cut 415 and
+15.74/15.76 in other runs) and the same CPU per token (13.9 and 13.9 ms above), and
+the Go side of a stage (its RPC, sessions, metrics) stays within 1 ms of CPU per token
+of its ONNX Runtime time. A perf record of every process over a run (16:59 UTC, the
+build before decode batching held its state; the split path is the same) found each
+stage process in ONNX Runtime for 92 to 95% of its samples in the split's segments;
+of the rest, about 3% is ONNX Runtime's own copy of the past keys and values into
+each step's present (libc memmove) and 2 to 3% the kernel and Go.
 
 Runs on 2026-12-05, speedup (replicas side), each finished at: with the node times
 as first built, 1.697 (1.619) at 14:36 UTC, 1.830 (1.656) at 14:42, 1.906 (1.907)
 at 14:45, 1.656 (1.948) at 14:48, 1.887 (1.679) at 14:52, 1.788 (1.580) at 15:13,
 1.568 (1.894) at 15:17, 1.740 (1.803) at 15:20, 1.778 (1.927) at 15:23, 1.796 (1.972)
 at 15:26 and 1.806 (1.746) at 15:29; with the profiler's own cost taken back from
-each node's time (the build above, which moves the cut by a few nodes at most), 1.584
-(1.712) at 15:41, 1.548 (1.483) at 15:44 and 1.682 (1.540) at 15:48 (the run above).
-Over the 14: 1.55 to 1.91 x, mean 1.73, at least 1.6 x in 11. The three below came in
+each node's time (which moves the cut by a few nodes at most), 1.584 (1.712) at
+15:41, 1.548 (1.483) at 15:44 and 1.682 (1.540) at 15:48; on the builds of the
+evening (decode batching and session pinning changed, the split's path did not),
+1.608 (1.831) at 17:01 under perf record, 1.807 (1.783) at 18:08, 1.879 (1.967) at
+18:11, 1.858 (1.918) at 18:14 and 1.783 (1.951) at 18:18 (the run above). Over the
+19: 1.55 to 1.91 x, mean 1.75, at least 1.6 x in 16. The three below came in
 phases when the host gave the two cores less memory bandwidth: the split's stages took
 15.0 to 16.0 ms a decode step against 12.3 to 14.8 in the other runs, and in one of
-them the replicas, with no pipeline at all, reached only 1.48 x (1.54 in the recorded
-run, 1.58 to 1.97 in the others). The one node alone, on one core, moved far less (35.7 to 37.3 tokens/s
-over all the runs). The log's tokens/s of each segment shows how far the host's pace
-moves within one run: the split's two segments above differ by 32% (72.2 and 54.7
-tokens/s), the one node's by 2%.
+them the replicas, with no pipeline at all, reached only 1.48 x (1.58 to 1.97 in the
+others). The one node alone, on one core, moved far less (35.7 to 38.5 tokens/s over
+all the runs). The log's tokens/s of each segment shows how far the host's pace moves
+within one run: the split's two segments differed by 32% in the 15:48 run (72.2 and
+54.7 tokens/s), the one node's by 2%.
 
 The first run of the measured plan (14:21, before the cutting node kept the timed
 runs' outputs in ONNX Runtime) gave 1.47: copying each run's KV outputs into fresh Go
