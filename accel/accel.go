@@ -151,7 +151,8 @@ type HeldStacker interface {
 }
 
 // HeldCounter is a Backend that counts what it holds between runs: the bytes of the
-// Held values not yet released, over all its sessions.
+// Held values not yet released. The ONNX Runtime backend counts them over the whole
+// process, which in meshnode is one node's.
 type HeldCounter interface {
 	HeldBytes() int64
 }

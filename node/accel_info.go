@@ -56,7 +56,7 @@ func registerAccelMetrics(reg prometheus.Registerer, be accel.Backend, gpus []gp
 	if hc, ok := be.(accel.HeldCounter); ok {
 		cols = append(cols, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "layermesh_accel_held_bytes",
-			Help: "Bytes of tensors the accelerator backend keeps between runs (session state, logits being sampled); with no generation running it is 0, and well above layermesh_session_state_bytes it shows a leak.",
+			Help: "Bytes of tensors the accelerator backend keeps between runs (session state, logits being sampled), over the process; with no generation running it is 0, and well above layermesh_session_state_bytes it shows a leak.",
 		}, func() float64 { return float64(hc.HeldBytes()) }))
 	}
 	if len(gpus) > 0 {

@@ -48,7 +48,9 @@ func TestNodeShowsItsProvider(t *testing.T) {
 	if want := `layermesh_accel_provider_info{device="",provider="cpu"} 1`; !strings.Contains(string(body), want) {
 		t.Fatalf("/metrics lacks %s", want)
 	}
-	// No generation runs in this package's tests at once, so nothing is held.
+	// The gauge counts the process. No generation runs beside this test and every
+	// earlier one closed its sessions (TestMain checks the same at the end), so
+	// nothing is held.
 	if want := "layermesh_accel_held_bytes 0\n"; !strings.Contains(string(body), want) {
 		t.Fatalf("/metrics lacks %q", want)
 	}

@@ -265,7 +265,11 @@ func (b *stepBatcher) runBatch(ctx context.Context, batch []*batchItem) {
 	together, err := b.runTogether(ctx, batch)
 	if err != nil {
 		b.runEach(ctx, batch)
-		if slices.ContainsFunc(batch, func(it *batchItem) bool { return it.err == nil }) {
+		// Batching is to blame only when the steps alone succeed, but for those
+		// whose caller has gone: a step that fails on its own explains the failure.
+		succeeded := slices.ContainsFunc(batch, func(it *batchItem) bool { return it.err == nil })
+		ownFailure := slices.ContainsFunc(batch, func(it *batchItem) bool { return it.err != nil && it.caller.Err() == nil })
+		if succeeded && !ownFailure {
 			b.stop("a batched run failed where single steps succeed", err)
 		}
 		return

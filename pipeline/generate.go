@@ -172,10 +172,12 @@ type pinKey struct {
 }
 
 // pin pins stage k of the session to the candidate with the fewest of this router's
-// sessions pinned to it for that stage, then on its node over all stages, then as
-// pick ranks: a session's load lasts as long as the session, so the calls in flight
-// at its start say little of it, and sessions that start together would all choose
-// the same replica. Choosing and counting under one lock spreads them.
+// sessions pinned to it for that stage, then as pick ranks (calls in flight, RTT, a
+// local replica): a session's load lasts as long as the session, so the calls in
+// flight at its start say little of it, and sessions that start together would all
+// choose the same replica. Choosing and counting under one lock spreads them; among
+// replicas with as many sessions, the nearest still wins, so a lone session keeps
+// its stages where the fewest hidden states cross the network.
 func (r *Router) pin(gs *genSession, k int, candidates []Replica) {
 	key := func(node string) pinKey {
 		return pinKey{model: gs.plan.Model, version: gs.plan.Version, stage: k, node: node}
@@ -185,11 +187,8 @@ func (r *Router) pin(gs *genSession, k int, candidates []Replica) {
 	if old := gs.pinned[k].Node; old != "" {
 		r.unpinLocked(key(old))
 	}
-	rep := r.rankLocked(candidates, false, func(rep Replica) []int {
-		return []int{r.pins[key(rep.Node)], r.nodePins[rep.Node]}
-	})
+	rep := r.rankLocked(candidates, false, func(rep Replica) int { return r.pins[key(rep.Node)] })
 	r.pins[key(rep.Node)]++
-	r.nodePins[rep.Node]++
 	gs.pinned[k] = rep
 }
 
@@ -207,9 +206,6 @@ func (r *Router) unpinAll(gs *genSession) {
 func (r *Router) unpinLocked(key pinKey) {
 	if r.pins[key]--; r.pins[key] <= 0 {
 		delete(r.pins, key)
-	}
-	if r.nodePins[key.node]--; r.nodePins[key.node] <= 0 {
-		delete(r.nodePins, key.node)
 	}
 }
 

@@ -8,8 +8,8 @@ import (
 
 // TestSessionsSpreadOverReplicas: 4 generation sessions that start at once on an
 // entry node pin their stages on 3 stages x 2 replicas with no call in flight to tell
-// the replicas apart; each stage's sessions split 2 and 2 over its replicas, each
-// node carries 4 of the 12 pins, and the pins are forgotten when the sessions end.
+// the replicas apart; each stage's sessions split 2 and 2 over its replicas, and the
+// pins are forgotten when the sessions end.
 // A session moved off a failed replica moves its pin with it.
 func TestSessionsSpreadOverReplicas(t *testing.T) {
 	m := newFakeMesh(t, fastRetries, threeByTwo)
@@ -25,12 +25,10 @@ func TestSessionsSpreadOverReplicas(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	perNode := map[string]int{}
 	for k := range testPlan.Stages {
 		perReplica := map[string]int{}
 		for _, gs := range sessions {
 			perReplica[gs.pinned[k].Node]++
-			perNode[gs.pinned[k].Node]++
 		}
 		if len(perReplica) != 2 {
 			t.Fatalf("stage %d: sessions pinned to %v, want 2 on each of its 2 replicas", k, perReplica)
@@ -39,11 +37,6 @@ func TestSessionsSpreadOverReplicas(t *testing.T) {
 			if n != 2 {
 				t.Fatalf("stage %d: sessions pinned to %v (%s has %d), want 2 on each", k, perReplica, node, n)
 			}
-		}
-	}
-	for node, n := range perNode {
-		if n != 4 {
-			t.Fatalf("pins per node %v (%s has %d), want 4 on each", perNode, node, n)
 		}
 	}
 
@@ -66,7 +59,7 @@ func TestSessionsSpreadOverReplicas(t *testing.T) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.pins) != 0 || len(r.nodePins) != 0 {
-		t.Fatalf("pins left after every session ended: %v, %v", r.pins, r.nodePins)
+	if len(r.pins) != 0 {
+		t.Fatalf("pins left after every session ended: %v", r.pins)
 	}
 }

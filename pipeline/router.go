@@ -193,10 +193,9 @@ type Router struct {
 	inFlight map[string]int       // node -> calls this router has open to it
 	penalty  map[string]time.Time // node -> ranked last until then
 	// pins counts the generation sessions this router drives, per stage replica
-	// they are pinned to, and nodePins per node over all stages (generate.go).
-	pins     map[pinKey]int
-	nodePins map[string]int
-	usual    map[usualKey]*usualDuration
+	// they are pinned to (generate.go).
+	pins  map[pinKey]int
+	usual map[usualKey]*usualDuration
 
 	requests, forwarded, stageCalls, retries, badResponses, noReplica atomic.Uint64
 	// Sessions (generate.go): session steps, replays after a failover, and the tensor
@@ -216,7 +215,6 @@ func NewRouter(cfg RouterConfig, plans PlanSource, view ReplicaView, caller Stag
 		inFlight: make(map[string]int),
 		penalty:  make(map[string]time.Time),
 		pins:     make(map[pinKey]int),
-		nodePins: make(map[string]int),
 		usual:    make(map[usualKey]*usualDuration),
 	}
 }
@@ -521,7 +519,7 @@ func (r *Router) pick(candidates []Replica, preferLocal bool) Replica {
 
 // rankLocked is pick's choice; load, when set, ranks the replicas that are not
 // penalized before anything else does (a generation session's pins). r.mu is held.
-func (r *Router) rankLocked(candidates []Replica, preferLocal bool, load func(Replica) []int) Replica {
+func (r *Router) rankLocked(candidates []Replica, preferLocal bool, load func(Replica) int) Replica {
 	now := time.Now()
 	return slices.MinFunc(candidates, func(a, b Replica) int {
 		pa, pb := r.penalty[a.Node].After(now), r.penalty[b.Node].After(now)
@@ -529,8 +527,8 @@ func (r *Router) rankLocked(candidates []Replica, preferLocal bool, load func(Re
 			return boolOrder(pa)
 		}
 		if load != nil {
-			if c := slices.Compare(load(a), load(b)); c != 0 {
-				return c
+			if la, lb := load(a), load(b); la != lb {
+				return la - lb
 			}
 		}
 		if preferLocal && a.Local != b.Local {

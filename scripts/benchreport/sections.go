@@ -527,8 +527,10 @@ gives each replica's decode steps.`,
 		Logs: []string{"BenchmarkGenerateReplicasOneEntry"},
 		Notes: `
 Sessions are pinned stage by stage to the replica with the fewest of the entry node's
-sessions, then to the node with the fewest over all stages, then by calls in flight.
-Before commit fc65af9 they were pinned by calls in flight alone. With one stage that
+sessions, then as before (calls in flight, RTT, locality). Before commit fc65af9 they
+were pinned by calls in flight alone. (That commit also ranked nodes by their pins over
+all stages before RTT; it moved a lone session's stages off the entry node and broke
+node's bound on the bytes a decode step sends, so the node key went again.) With one stage that
 already spread them, as each session has a call in flight nearly all the time: the
 build before gave 1.88 x, this build 1.87 x and the 1.71 x above (three runs on
 2026-12-05 between 17:58 and 18:05 UTC), with 756 decode steps on each replica in every

@@ -549,7 +549,7 @@ func batchFigures(b *testing.B, c *benchCluster, i int) string {
 // 12 x 768 GPT with 2 replicas on 2 meshnode processes, each pinned to its own core
 // with 1 intra-op thread, against one such node alone. The entry node pins each
 // session to a replica; a replicated model serves about twice the tokens/s only if
-// the sessions spread over both replicas, whichever node the clients use. Segments
+// the entry node spreads its sessions over both replicas. Segments
 // alternate (replicas, one node, one node, replicas), 4 sessions side by side
 // generating 3 times each; the log gives each replica's decode steps.
 func BenchmarkGenerateReplicasOneEntry(b *testing.B) {
