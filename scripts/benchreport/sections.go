@@ -578,7 +578,8 @@ batching stage kept its sessions' state in Go memory and copied it four
 times a step (stacked in Go, into ONNX Runtime, out of it, cut in Go), most of it into
 freshly faulted pages: the same benchmark then gave alone 37.4, batched 46.7 (1.25 x)
 and split batched 57.5 tokens/s (17:05 UTC, the command below). With the state held,
-three further runs gave 54.3, 57.8 and 55.1 tokens/s batched (1.44 to 1.54 x).
+the runs of this change's builds gave 54.3, 57.8, 55.1 and 58.0 tokens/s batched (1.44
+to 1.54 x), and the run above is the final build's.
 
 The ceiling is ONNX Runtime's own cost of a batch (BenchmarkDecodeBatchRun above): a
 batch of 3 at past 96 takes 1.3 times a single step, so the 3 sessions a batched run
