@@ -13,6 +13,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.uber.org/goleak"
+
+	"github.com/layermesh/layermesh/internal/leaktest"
 )
 
 func TestMain(m *testing.M) {
@@ -20,13 +22,7 @@ func TestMain(m *testing.M) {
 		// Re-executed by a cross-process benchmark as its peer.
 		os.Exit(runBenchPeer())
 	}
-	goleak.VerifyTestMain(m,
-		// Process-wide singletons of go-libp2p and its dependencies, started once on
-		// first use and never stopped; they are not per-host goroutines.
-		goleak.IgnoreTopFunction("github.com/libp2p/go-libp2p/p2p/transport/tcpreuse.(*sampledConn).peek"),
-		goleak.IgnoreAnyFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"),
-		goleak.IgnoreAnyFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("github.com/libp2p/go-libp2p/p2p/host/resource-manager.(*resourceManager).background"),
+	leaktest.Main(m, nil,
 		// A probe memberlist had in flight when its Shutdown was called: Shutdown does
 		// not wait for it, and it ends when its probe interval runs out.
 		goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),

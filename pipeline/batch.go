@@ -141,11 +141,9 @@ type batchItem struct {
 	// sampling is set for a step whose token is sampled here: its logits stay held
 	// (logits), and only steps alike in this batch together.
 	sampling bool
-	out      []tensor.Tensor   // the outputs that are not state (nor held logits)
-	next     []accel.HeldInput // the new state, named as the inputs it feeds next step
-	logits   accel.Held        // a sampling step's logits, the caller's to release
-	err      error
-	done     chan struct{}
+	stepResult
+	err  error
+	done chan struct{}
 }
 
 // BatchStats count the decode steps that ran batched.
@@ -300,7 +298,7 @@ func (b *stepBatcher) runBatch(ctx context.Context, batch []*batchItem) {
 		return
 	}
 	for i, it := range batch {
-		it.out, it.next, it.logits, it.err = together[i].out, together[i].next, together[i].logits, nil
+		it.stepResult, it.err = *together[i], nil
 	}
 	b.stats.runs.Add(1)
 	b.stats.steps.Add(uint64(len(batch)))
@@ -338,24 +336,20 @@ func (b *stepBatcher) batching() bool {
 	return !b.off
 }
 
-// release frees what a step made: its new state and logits.
-func (it *batchItem) release() {
-	releaseHeld(it.next)
-	if it.logits != nil {
-		it.logits.Release()
-	}
-	it.next, it.logits = nil, nil
-}
-
-// stepResult is what one step of a batched run made.
+// stepResult is what one step made, batched or alone.
 type stepResult struct {
-	out    []tensor.Tensor
-	next   []accel.HeldInput
-	logits accel.Held
+	out    []tensor.Tensor   // the outputs that are not state (nor held logits)
+	next   []accel.HeldInput // the new state, named as the inputs it feeds next step
+	logits accel.Held        // a sampling step's logits, the caller's to release
 }
 
+// release frees what a step made: its new state and logits.
 func (r *stepResult) release() {
-	(&batchItem{next: r.next, logits: r.logits}).release()
+	releaseHeld(r.next)
+	if r.logits != nil {
+		r.logits.Release()
+	}
+	r.next, r.logits = nil, nil
 }
 
 // runTogether stacks the steps' inputs and state, runs them once and cuts the
@@ -483,7 +477,7 @@ func rowsDiffer(batch []*batchItem, together []*stepResult) string {
 		if err != nil {
 			return fmt.Sprintf("step %d batched: %v", i, err)
 		}
-		want, err := stepTensors(&stepResult{out: it.out, next: it.next, logits: it.logits})
+		want, err := stepTensors(&it.stepResult)
 		if err != nil {
 			return fmt.Sprintf("step %d alone: %v", i, err)
 		}

@@ -94,7 +94,7 @@ func TestDecodeBatchMatchesStepsAlone(t *testing.T) {
 				t.Fatal(err)
 			}
 			alone := &stepResult{out: rest, next: next, logits: logits}
-			got, err := stepTensors(&stepResult{out: it.out, next: it.next, logits: it.logits})
+			got, err := stepTensors(&it.stepResult)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -10,37 +9,16 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/layermesh/layermesh/accel"
 	"github.com/layermesh/layermesh/accel/ort"
+	"github.com/layermesh/layermesh/internal/leaktest"
 	"github.com/layermesh/layermesh/partition/modelgen"
 )
 
 // TestMain fails the package when a test leaves a goroutine behind (the runtime's
 // loops, the router's attempts and the meshes of the RPC tests must all stop) or a
 // tensor held in ONNX Runtime's memory (every session's state must be released).
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(
-			// Process-wide singletons of go-libp2p and its dependencies, started once
-			// on first use and never stopped (as in mesh's TestMain).
-			goleak.IgnoreTopFunction("github.com/libp2p/go-libp2p/p2p/transport/tcpreuse.(*sampledConn).peek"),
-			goleak.IgnoreAnyFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"),
-			goleak.IgnoreAnyFunction("go.opencensus.io/stats/view.(*worker).start"),
-			goleak.IgnoreAnyFunction("github.com/libp2p/go-libp2p/p2p/host/resource-manager.(*resourceManager).background"),
-		); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-		if n := ort.HeldBytes(); n != 0 {
-			fmt.Fprintf(os.Stderr, "%d bytes of tensors still held in ONNX Runtime after the tests: a held value was never released\n", n)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { leaktest.Main(m, ort.HeldBytes) }
 
 var (
 	ortOnce    sync.Once

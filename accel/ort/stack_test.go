@@ -87,15 +87,7 @@ func TestStackAndCutHeld(t *testing.T) {
 	}
 	defer kept[0].Release()
 	for i, n := range lengths {
-		row, err := stk.CutHeld(kept[0], i, 2, 5-n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cut, err := row.Tensor("y")
-		row.Release()
-		if err != nil {
-			t.Fatal(err)
-		}
+		cut := taken(t)(stk.CutHeld(kept[0], i, 2, 5-n))
 		if want := kvRow(n, float32(100*i+1)); !slices.Equal(cut.Shape, want.Shape) || !slices.Equal(floats(t, cut), floats(t, want)) {
 			t.Fatalf("row %d cut back: %v %v, want %v %v", i, cut.Shape, floats(t, cut), want.Shape, floats(t, want))
 		}
@@ -154,32 +146,32 @@ func TestStackHeldWithoutPadding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	row, err := stk.CutHeld(tight, 1, 2, 0)
+	cut := taken(t)(stk.CutHeld(tight, 1, 2, 0))
 	tight.Release()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cut, err := row.Tensor("y")
-	row.Release()
-	if err != nil {
-		t.Fatal(err)
-	}
 	if want := floats(t, kvRow(4, 101)); !slices.Equal(floats(t, cut), negated(want)) {
 		t.Fatalf("the longest row stacked and cut with no padding: %v, want %v", floats(t, cut), negated(want))
 	}
-	same, err := stk.StackHeld([]accel.Held{rows[0], rows[0]}, 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := same.Tensor("pair")
-	same.Release()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pair := taken(t)(stk.StackHeld([]accel.Held{rows[0], rows[0]}, 0, 0))
 	if one := negated(floats(t, kvRow(2, 1))); !slices.Equal(floats(t, pair), append(slices.Clone(one), one...)) || pair.Shape[0] != 2 {
 		t.Fatalf("two rows along axis 0: %v %v", pair.Shape, floats(t, pair))
 	}
+}
 
+// taken copies a value a call made into Go memory and releases it; the call's error
+// fails the test.
+func taken(t *testing.T) func(accel.Held, error) tensor.Tensor {
+	return func(h accel.Held, err error) tensor.Tensor {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Release()
+		v, err := h.Tensor("taken")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
 }
 
 func negated(v []float32) []float32 {
