@@ -76,11 +76,12 @@ const maxUnmeasuredShare = 0.1
 // MeasureNodeCosts times each node of g: it writes a copy of the model whose nodes
 // are named by position and has p run it on inputs (warmup runs, then runs timed
 // ones; see accel.NodeProfiler), and returns each node's time in seconds, by position
-// in g.Nodes: its median kernel time plus an equal share of the difference between a
-// plain run's time and all the kernels' sum, so that the times add up to a plain run
-// (a positive difference is the executor's work between the kernels, which grows with
-// the node count and which FLOPs miss; a negative one is the profiler's own cost in
-// each kernel's time; a node's time stays at least 0). A node that does not appear in
+// in g.Nodes: its median kernel time, brought to add up to a plain run's time. Where
+// the run took longer than the kernels' sum, each node gets an equal share of the
+// difference (the executor's work between the kernels, which grows with the node
+// count and which FLOPs miss); where it took less (the profiler's own cost in each
+// kernel's time), every kernel's time shrinks in proportion, so that none that ran
+// falls to 0. A node that does not appear in
 // the profile (ONNX Runtime folded or dropped it) costs 0; if such nodes carry more
 // than a tenth of the graph's FLOPs, it fails with ErrNotMeasured. Give
 // NodeCosts.Seconds to SetMeasuredCosts.
@@ -116,12 +117,20 @@ func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, input
 	if len(ran) == 0 || float64(missing) > maxUnmeasuredShare*float64(g.FLOPs) {
 		return nil, fmt.Errorf("%w: the profile has no time for nodes carrying %d of the model's %d FLOPs", ErrNotMeasured, missing, g.FLOPs)
 	}
-	// A plain run's time is the truth of the total; the per-node difference is the
-	// executor's work between kernels when positive, and the profiler's own cost
-	// inside each kernel's time when negative (of the same order on the CPU).
-	share := (prof.Run.Seconds() - kernels) / float64(len(ran))
-	for _, pos := range ran {
-		out[pos] = max(out[pos]+share, 0)
+	// A plain run's time is the truth of the total. A positive difference is the
+	// executor's work between kernels, an equal share per node. A negative one is the
+	// profiler's own cost inside the kernels' times plus the noise of a busy machine;
+	// an equal cut there would wipe out the tiny kernels (a decode step's attention
+	// products take microseconds), so the kernels shrink in proportion instead.
+	run := prof.Run.Seconds()
+	if share := (run - kernels) / float64(len(ran)); share >= 0 {
+		for _, pos := range ran {
+			out[pos] += share
+		}
+	} else {
+		for _, pos := range ran {
+			out[pos] *= run / kernels
+		}
 	}
 	return &NodeCosts{Seconds: out, Run: prof.Run.Seconds(), Kernels: kernels}, nil
 }
@@ -131,8 +140,7 @@ type NodeCosts struct {
 	// Seconds is each node's time, by position in Graph.Nodes.
 	Seconds []float64
 	// Run is a plain run's median time; Kernels is the sum of the nodes' median
-	// kernel times. Seconds sums to Run, or a little more where a node's time
-	// stopped at 0.
+	// kernel times. Seconds sums to Run.
 	Run, Kernels float64
 }
 
