@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -348,25 +349,37 @@ func checkDecodeStepBytes(t *testing.T, tc *testCluster, cfg modelgen.GPTConfig)
 		for i := range prompt {
 			prompt[i] = int32((i * 31) % cfg.Vocab)
 		}
-		var marks []uint64
+		var marks, retries []uint64
 		_, _, err := generate(entry, api.GenerateRequest{Model: "gen", Prompt: prompt, MaxTokens: 12}, func(int) error {
-			marks = append(marks, entry.router.Stats().SessionWireBytes)
+			st := entry.router.Stats()
+			marks, retries = append(marks, st.SessionWireBytes), append(retries, st.Retries+st.SessionReplays)
 			return nil
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		kvBytes := uint64(2*cfg.Layers*cfg.Dim*4) * uint64(promptLen) / stages
+		measured := 0
 		for i := 1; i < len(marks); i++ {
+			if retries[i] != retries[i-1] {
+				// A stage call that timed out on a stalled machine replays the prefix:
+				// a failover's bytes, not a decode step's.
+				t.Logf("context %d: step %d was retried; its bytes are not a decode step's", promptLen, i)
+				continue
+			}
 			step := marks[i] - marks[i-1]
+			measured++
 			perStep[step] = true
 			if step > bound {
 				t.Fatalf("context %d: a decode step moved %d bytes, bound %d (hidden %d)", promptLen, step, bound, hidden)
 			}
-			if i == 1 {
+			if measured == 1 {
 				t.Logf("context %d: a decode step moves %d bytes between nodes (bound %d; a stage's KV state is about %d bytes)",
 					promptLen, step, bound, kvBytes)
 			}
+		}
+		if measured < len(marks)/2 {
+			t.Fatalf("context %d: only %d of %d decode steps ran without a retry", promptLen, measured, len(marks)-1)
 		}
 	}
 	if len(perStep) != 1 {
@@ -380,6 +393,9 @@ func checkDisconnectFrees(t *testing.T, tc *testCluster, regs []*prometheus.Regi
 	t.Helper()
 	gone := errors.New("client gone")
 	var sawState bool
+	// The second counts from the moment the client goes: a watcher started then
+	// notes when the last node's state is gone, while the generation winds down.
+	freed := make(chan time.Duration, 1)
 	_, _, err := generate(tc.nodes[1], api.GenerateRequest{Model: "gen", Prompt: []int32{1, 2, 3}, MaxTokens: 50}, func(i int) error {
 		if i < 5 {
 			return nil
@@ -387,6 +403,7 @@ func checkDisconnectFrees(t *testing.T, tc *testCluster, regs []*prometheus.Regi
 		for _, c := range tc.nodes {
 			sawState = sawState || c.runtime.SessionStats().Bytes > 0
 		}
+		go watchFreed(tc, time.Now(), 10*time.Second, freed)
 		return gone
 	})
 	if !errors.Is(err, gone) {
@@ -395,24 +412,44 @@ func checkDisconnectFrees(t *testing.T, tc *testCluster, regs []*prometheus.Regi
 	if !sawState {
 		t.Fatal("no node held session state mid-stream")
 	}
-	deadline := time.Now().Add(time.Second)
-	for _, c := range tc.nodes {
-		for {
-			st := c.runtime.SessionStats()
-			if st.Sessions == 0 && st.Bytes == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("session state not freed within 1s of the disconnect: %+v", st)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+	took := <-freed
+	if took > time.Second {
+		t.Fatalf("session state freed %v after the disconnect, want within 1s (%s)", took, sessionStatsOf(tc))
 	}
+	t.Logf("every node's session state freed %v after the disconnect", took.Round(time.Millisecond))
 	for i, reg := range regs {
 		if b, n := metricSum(t, reg, "layermesh_session_state_bytes"), metricSum(t, reg, "layermesh_sessions_active"); b != 0 || n != 0 {
 			t.Errorf("node %d metrics after the disconnect: %v sessions, %v bytes", i, n, b)
 		}
 	}
+}
+
+// watchFreed polls every node's session state from since until none holds any, and
+// sends how long after since that was; it gives up (sending a duration past limit)
+// at limit.
+func watchFreed(tc *testCluster, since time.Time, limit time.Duration, freed chan<- time.Duration) {
+	for {
+		held := false
+		for _, c := range tc.nodes {
+			if st := c.runtime.SessionStats(); st.Sessions != 0 || st.Bytes != 0 {
+				held = true
+			}
+		}
+		took := time.Since(since)
+		if !held || took > limit {
+			freed <- took
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func sessionStatsOf(tc *testCluster) string {
+	var b strings.Builder
+	for i, c := range tc.nodes {
+		fmt.Fprintf(&b, "node %d %+v; ", i, c.runtime.SessionStats())
+	}
+	return b.String()
 }
 
 // checkIdleSessionExpires: a session whose entry node went away without closing it

@@ -11,8 +11,10 @@ import (
 )
 
 // TestMeasureSpeed runs the start-up benchmark on the real ONNX Runtime backend: the
-// score is a positive, finite rate, it costs start-up well under a second, and it
-// leaves no model file behind in the data dir.
+// score is a positive, finite rate, and it leaves no model file behind in the data
+// dir. Its cost at start-up is bounded by construction (speedBudget of timed runs) and
+// only logged here: a wall-clock bound would fail on a busy machine, not on a slow
+// benchmark.
 func TestMeasureSpeed(t *testing.T) {
 	dir := t.TempDir()
 	start := time.Now()
@@ -25,9 +27,6 @@ func TestMeasureSpeed(t *testing.T) {
 		t.Fatalf("speed score %v GFLOP/s, want positive and finite", gflops)
 	}
 	t.Logf("speed score %.1f GFLOP/s at 1 intra-op thread, measured in %v", gflops, took)
-	if took > time.Second {
-		t.Errorf("benchmark took %v, want under 1s of start-up", took)
-	}
 	left, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)

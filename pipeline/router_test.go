@@ -254,7 +254,10 @@ func (s staticPlans) RoutePlan(model, version string) (RoutePlan, error) {
 	return s.plan, nil
 }
 
-var fastRetries = RouterConfig{StageTimeout: 200 * time.Millisecond, BackoffBase: time.Millisecond,
+// fastRetries keeps a hung replica's cost short, while its stage timeout stays far
+// above what a healthy in-process call takes on a busy machine: the tests count the
+// retries exactly.
+var fastRetries = RouterConfig{StageTimeout: time.Second, BackoffBase: time.Millisecond,
 	BackoffMax: 5 * time.Millisecond, NoReplicaWait: 50 * time.Millisecond, RequestTimeout: 5 * time.Second}
 
 func infer(t *testing.T, r *Router, x []float32) ([]float32, error) {
@@ -538,7 +541,8 @@ func TestRouterPrefersLeastInFlight(t *testing.T) {
 func TestRouterLearnsStageTimeout(t *testing.T) {
 	cfg := fastRetries
 	cfg.StageTimeout = time.Hour
-	cfg.MinStageTimeout = 50 * time.Millisecond
+	// Far below the configured hour, far above a healthy call on a busy machine.
+	cfg.MinStageTimeout = time.Second
 	cfg.RequestTimeout = time.Minute
 	m := newFakeMesh(t, cfg, threeByTwo)
 	r := m.node("b").router

@@ -40,12 +40,13 @@ func (p *blockingPublisher) publish(s []ServedStage) {
 
 func tinyInputs() ([]tensor.Tensor, error) { return modelgen.GPTTiny.ExampleInputs(1, 4, 1) }
 
-// TestRuntimeLoadsAndUnloadsWhileReportBlocks: a metadata publish that blocks for 5 s
-// delays only the publishing; the runtime still loads a stage, serves it, and
-// unloads it when it is no longer assigned, all within those 5 s.
+// TestRuntimeLoadsAndUnloadsWhileReportBlocks: a metadata publish that blocks (until
+// the test releases it) delays only the publishing; the runtime still loads a stage,
+// serves it, and unloads it when it is no longer assigned, all while that one
+// publish is still blocked.
 func TestRuntimeLoadsAndUnloadsWhileReportBlocks(t *testing.T) {
 	as, blobs := splitTiny(t)
-	pub := &blockingPublisher{hold: 5 * time.Second, release: make(chan struct{})}
+	pub := &blockingPublisher{hold: time.Hour, release: make(chan struct{})}
 	rt := NewStageRuntime(RuntimeConfig{
 		Backend: testBackend(t), Blobs: blobs, Report: pub.publish,
 		ReadyElsewhere: func(StageKey) bool { return true },
@@ -54,9 +55,8 @@ func TestRuntimeLoadsAndUnloadsWhileReportBlocks(t *testing.T) {
 	defer rt.Close()
 	defer close(pub.release)
 
-	start := time.Now()
 	rt.SetAssignments(as[:1])
-	eventually(t, 4*time.Second, func() error {
+	eventually(t, 30*time.Second, func() error {
 		if !rt.Serves(as[0].Key) {
 			return errors.New("stage 0 not loaded while a publish blocks")
 		}
@@ -70,7 +70,7 @@ func TestRuntimeLoadsAndUnloadsWhileReportBlocks(t *testing.T) {
 		t.Fatalf("run stage 0 while a publish blocks: %v", err)
 	}
 	rt.SetAssignments(nil)
-	eventually(t, 4*time.Second, func() error {
+	eventually(t, 30*time.Second, func() error {
 		if rt.Serves(as[0].Key) || len(rt.Served()) != 0 {
 			return errors.New("stage 0 not unloaded while a publish blocks")
 		}
@@ -81,9 +81,6 @@ func TestRuntimeLoadsAndUnloadsWhileReportBlocks(t *testing.T) {
 	pub.mu.Unlock()
 	if calls != 1 || first.IsZero() {
 		t.Fatalf("%d publishes started, want exactly one (still blocked)", calls)
-	}
-	if took := time.Since(start); took >= 5*time.Second {
-		t.Fatalf("load and unload took %v: they waited for the blocked publish", took)
 	}
 	// Once the publish returns, the changes made meanwhile are published in one go.
 	// (last is what a publish was asked to carry, recorded when it starts.)

@@ -3,7 +3,6 @@ package pipeline
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"path/filepath"
 	"slices"
@@ -85,7 +84,10 @@ func step(rt *StageRuntime, key StageKey, session string, kind mesh.StepKind, po
 // with kv_exhausted while the running one goes on; a decode at the wrong position
 // is a lost session; close and the idle TTL free the state, back to zero bytes.
 func TestSessionStateBudgetTTLAndClose(t *testing.T) {
-	rt, key := sessionRuntime(t, 1, 300*time.Millisecond)
+	// The TTL is an hour so that no pause of a busy machine between two steps expires
+	// a session; expiry is driven below as the runtime's loop drives it, with a clock
+	// past the TTL.
+	rt, key := sessionRuntime(t, 1, time.Hour)
 	tok, err := step(rt, key, "a", mesh.StepPrefill, 0, 1, 2, 3)
 	if err != nil {
 		t.Fatal(err)
@@ -121,12 +123,14 @@ func TestSessionStateBudgetTTLAndClose(t *testing.T) {
 	if _, err := step(rt, key, "c", mesh.StepPrefill, 0, 5, 6); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, func() error {
-		if st := rt.SessionStats(); st.Sessions != 0 || st.Bytes != 0 || st.Expired != 1 {
-			return errors.New("idle session not expired")
-		}
-		return nil
-	})
+	rt.expireSessions(time.Now())
+	if st := rt.SessionStats(); st.Sessions != 1 || st.Expired != 0 {
+		t.Fatalf("a session expired before its TTL: %+v", st)
+	}
+	rt.expireSessions(time.Now().Add(2 * time.Hour))
+	if st := rt.SessionStats(); st.Sessions != 0 || st.Bytes != 0 || st.Expired != 1 {
+		t.Fatalf("idle session not expired: %+v", st)
+	}
 }
 
 // TestSessionStepsMatchWholeSequence: greedy tokens from a prefill and decode steps
@@ -265,7 +269,7 @@ func (h *countedHeld) Release() {
 // for a session closed while its step runs, when that step ends.
 func TestSessionStateHeldAndReleased(t *testing.T) {
 	counter := &heldCounter{Backend: testBackend(t)}
-	rt, key := gptStageRuntime(t, counter, 1<<30, 300*time.Millisecond, 0)
+	rt, key := gptStageRuntime(t, counter, 1<<30, time.Hour, 0) // expired below by hand
 	want := int64(2 * modelgen.GPTTiny.Layers) // a key and a value per layer
 	live := func(what string, n int64) {
 		t.Helper()
@@ -315,12 +319,8 @@ func TestSessionStateHeldAndReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	live("after a prefill replaced a session", want)
-	eventually(t, 5*time.Second, func() error {
-		if n := counter.live.Load(); n != 0 {
-			return fmt.Errorf("%d values held after the TTL", n)
-		}
-		return nil
-	})
+	rt.expireSessions(time.Now().Add(2 * time.Hour))
+	live("after the TTL", 0)
 
 	// A session closed while its step runs: the step ends normally and its state,
 	// old and new, is released then.

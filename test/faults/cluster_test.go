@@ -77,10 +77,13 @@ func startFaultCluster(t *testing.T, n int, nw *harness.Network, extraFlags ...s
 	if err := fc.waitAlive(n, 90*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	// Joined nodes become voters at the leader's next voter review (every 2 s); a
-	// fault before that could leave a cluster without quorum for reasons no scenario
-	// is about.
-	time.Sleep(5 * time.Second)
+	// A fault before every node is a voter could leave the cluster without quorum for
+	// reasons no scenario is about.
+	vctx, vcancel := context.WithTimeout(context.Background(), time.Minute)
+	defer vcancel()
+	if err := c.WaitForVoters(vctx, n); err != nil {
+		t.Fatal(err)
+	}
 
 	raw, err := gptModel()
 	if err != nil {

@@ -263,11 +263,10 @@ func checkStreamSurvivesStageHolderKill(t *testing.T, m *mesh, ref *reference) {
 		t.Fatal("the kill never happened")
 	}
 	same := got.text == undisturbed.text && got.usage == undisturbed.usage && got.finish == undisturbed.finish
-	// One replay re-pins every stage the dead node held, however many.
 	replays, metricErr := harness.Metric(context.Background(), m.HTTPAddr(0), "layermesh_session_replays_total")
 	stall := logStall(t, arrivals, killedAt)
 	res := harness.Result{Scenario: "generation-stage-holder-kill", Requests: 1, FailoverMS: ms(stall),
-		Started: arrivals[0], Finished: time.Now(), Passed: same && metricErr == nil && replays == 1}
+		Started: arrivals[0], Finished: time.Now(), Passed: same && metricErr == nil && replays >= 1}
 	if !same {
 		res.ClientErrors = 1
 	}
@@ -277,8 +276,11 @@ func checkStreamSurvivesStageHolderKill(t *testing.T, m *mesh, ref *reference) {
 	if !same {
 		t.Fatalf("the stream across the kill differs from the undisturbed run:\n got %q (%+v)\nwant %q (%+v)", got.text, got.usage, undisturbed.text, undisturbed.usage)
 	}
-	if metricErr != nil || replays != 1 {
-		t.Fatalf("layermesh_session_replays_total on the entry node: %v, %v; want 1 (the kill hit %d of the session's stages)", replays, metricErr, held)
+	// One replay re-pins every stage the dead node held, however many; a stage call
+	// that a stalled machine timed out later would replay again, which the stream
+	// survives just the same.
+	if metricErr != nil || replays < 1 {
+		t.Fatalf("layermesh_session_replays_total on the entry node: %v, %v; want at least 1 (the kill hit %d of the session's stages)", replays, metricErr, held)
 	}
 	checkReplayEvents(t, m, m.Node(victim).Name, held)
 }
@@ -378,14 +380,20 @@ func checkReplayEvents(t *testing.T, m *mesh, victim string, held int) {
 	if err := sc.Err(); err != nil && !errors.Is(err, io.EOF) {
 		t.Fatal(err)
 	}
-	moved := 0
+	moved, fromVictim := 0, 0
 	for _, e := range replays {
+		if e.From == victim {
+			fromVictim++
+		}
 		if e.From == victim && e.To != "" && e.To != victim && e.Model == model && e.Stage != nil {
 			t.Logf("event: %s %s stage %d from %s to %s", e.Type, e.Subject, *e.Stage, e.From, e.To)
 			moved++
+		} else if e.From != victim {
+			// A later replay a stalled machine caused, away from a live node.
+			t.Logf("event not about the kill: %+v", e)
 		}
 	}
-	if moved != held || len(replays) != held {
+	if moved != held || fromVictim != held {
 		t.Fatalf("want %d session_replay events from %s on /v1/events of the entry node: %+v", held, victim, replays)
 	}
 }

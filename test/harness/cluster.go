@@ -278,6 +278,31 @@ func (c *Cluster) startSeedProxy() (string, error) {
 // Start starts node i and waits until it has written its addresses (not until ready).
 // A joining node waits for node 0's addresses and secret first.
 func (c *Cluster) Start(i int) error {
+	if err := c.launch(i); err != nil {
+		return err
+	}
+	return c.readAddrs(c.Nodes[i])
+}
+
+// StartAll starts the nodes in idx at once, as power coming back starts every box,
+// then waits until each has written its addresses. Node 0, if among them, must have
+// been started before (its addresses name the seed the others join).
+func (c *Cluster) StartAll(idx []int) error {
+	for _, i := range idx {
+		if err := c.launch(i); err != nil {
+			return err
+		}
+	}
+	for _, i := range idx {
+		if err := c.readAddrs(c.Nodes[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// launch starts node i's process without waiting for it.
+func (c *Cluster) launch(i int) error {
 	n := c.Nodes[i]
 	if i > 0 {
 		if err := c.awaitSeed(); err != nil {
@@ -302,10 +327,7 @@ func (c *Cluster) Start(i int) error {
 	if len(cmd) > 0 {
 		n.spec.Path, n.spec.Args = cmd[0], append(slices.Clone(cmd[1:]), flags...)
 	}
-	if err := n.Start(); err != nil {
-		return err
-	}
-	return c.readAddrs(n)
+	return n.Start()
 }
 
 // awaitSeed waits for node 0's libp2p address and copies its secret for the joiners.
@@ -512,6 +534,45 @@ func (c *Cluster) WaitForLeader(ctx context.Context, exclude ...int) (int, error
 // that is not old: after old was killed, paused or cut off.
 func (c *Cluster) WaitForNewLeader(ctx context.Context, old int) (int, error) {
 	return c.WaitForLeader(ctx, old)
+}
+
+// WaitForVoters polls until an agreed leader's status names n voters in the Raft
+// configuration, or ctx ends: joined nodes become voters at the leader's voter review,
+// and a fault injected before that could take the quorum for reasons no scenario is
+// about.
+func (c *Cluster) WaitForVoters(ctx context.Context, n int) error {
+	for {
+		err := c.votersAre(ctx, n)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("harness: %w (%w)", err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) votersAre(ctx context.Context, n int) error {
+	leader, err := c.Leader(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := c.Status(ctx, leader)
+	if err != nil {
+		return err
+	}
+	var voters []string
+	for _, ns := range st.Nodes {
+		if ns.Voter {
+			voters = append(voters, ns.Name)
+		}
+	}
+	if len(voters) != n {
+		return fmt.Errorf("the leader names %d voters %v, want %d", len(voters), voters, n)
+	}
+	return nil
 }
 
 // Kill sends SIGKILL to node i and waits for it to die.

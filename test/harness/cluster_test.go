@@ -188,28 +188,30 @@ func TestClusterSeedLatency(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
+			// The best of 10 round trips: a busy machine delays some, not all.
 			best := time.Hour
-			for i := 0; i < 3; i++ {
+			for i := 0; i < 10; i++ {
 				start := time.Now()
 				if err := echoOnce(conn, 5*time.Second); err != nil {
 					t.Fatal(err)
 				}
 				best = min(best, time.Since(start))
 			}
-			if best < 2*delay || best > 2*delay+60*time.Millisecond {
+			// The delay once each way, not twice (4 x delay) nor per chunk.
+			if best < 2*delay || best >= 4*delay {
 				t.Fatalf("round trip through the seed = %v, want about %v", best, 2*delay)
 			}
 			c.SeedProxy().SetDelay(0)
 			best = time.Hour
-			for i := 0; i < 3; i++ {
+			for i := 0; i < 10; i++ {
 				start := time.Now()
 				if err := echoOnce(conn, 5*time.Second); err != nil {
 					t.Fatal(err)
 				}
 				best = min(best, time.Since(start))
 			}
-			if best > 20*time.Millisecond {
-				t.Fatalf("round trip after SetDelay(0) = %v", best)
+			if best >= delay {
+				t.Fatalf("round trip after SetDelay(0) = %v, the delay is still there", best)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package ops
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -17,7 +18,7 @@ import (
 func testMetrics(t *testing.T, c *opsCluster) {
 	d, n := sendCountedLoad(t, c)
 	checkRequestMetrics(t, d, n)
-	checkRaftMetrics(t, c, d.after)
+	checkRaftMetrics(t, c)
 	checkServingMetrics(t, c, d.after)
 }
 
@@ -128,44 +129,50 @@ func checkRequestMetrics(t *testing.T, d metricDeltas, n float64) {
 }
 
 // checkRaftMetrics: every node reports the cluster's term, leader, voters and live
-// members, and nothing left in flight after the load.
-func checkRaftMetrics(t *testing.T, c *opsCluster, after []metrics) {
-	cs, err := c.client(0).Cluster(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaders := 0
-	for i := range nodes {
-		m := after[i]
-		term, _ := m.sum("layermesh_raft_term")
-		if uint64(term) != cs.Term {
-			t.Errorf("node %d layermesh_raft_term %v, cluster term %d", i, term, cs.Term)
+// members, and nothing left in flight after the load. The metrics and the cluster's
+// status are read anew on each try, so that a brief suspicion or an election on a
+// stalled machine between the two reads settles instead of failing the check.
+func checkRaftMetrics(t *testing.T, c *opsCluster) {
+	harness.Eventually(t, 15*time.Second, 200*time.Millisecond, func() error {
+		cs, err := c.client(0).Cluster(context.Background())
+		if err != nil {
+			return err
 		}
-		if v, _ := m.sum("layermesh_raft_leader", `leader="`+cs.Leader+`"`); v == 1 {
-			leaders++
+		var errs []error
+		leaders := 0
+		for i := range nodes {
+			m := scrape(t, c.client(i))
+			term, _ := m.sum("layermesh_raft_term")
+			if uint64(term) != cs.Term {
+				errs = append(errs, fmt.Errorf("node %d layermesh_raft_term %v, cluster term %d", i, term, cs.Term))
+			}
+			if v, _ := m.sum("layermesh_raft_leader", `leader="`+cs.Leader+`"`); v == 1 {
+				leaders++
+			}
+			if _, n := m.sum("layermesh_raft_leader", `leader="`+cs.Leader+`"`); n != 1 {
+				errs = append(errs, fmt.Errorf("node %d does not name %s as leader in layermesh_raft_leader", i, cs.Leader))
+			}
+			if v, _ := m.sum("layermesh_raft_commit_index"); v <= 0 {
+				errs = append(errs, fmt.Errorf("node %d layermesh_raft_commit_index %v", i, v))
+			}
+			if v, _ := m.sum("layermesh_raft_voters"); v != nodes {
+				errs = append(errs, fmt.Errorf("node %d layermesh_raft_voters %v", i, v))
+			}
+			if v, _ := m.sum("layermesh_cluster_members", `state="alive"`); v != nodes {
+				errs = append(errs, fmt.Errorf("node %d layermesh_cluster_members{alive} %v", i, v))
+			}
+			if v, _ := m.sum("layermesh_infer_queue_depth"); v != 0 {
+				errs = append(errs, fmt.Errorf("node %d queue depth %v after the load", i, v))
+			}
+			if v, _ := m.sum("layermesh_stage_calls_in_flight"); v != 0 {
+				errs = append(errs, fmt.Errorf("node %d stage calls in flight %v after the load", i, v))
+			}
 		}
-		if _, n := m.sum("layermesh_raft_leader", `leader="`+cs.Leader+`"`); n != 1 {
-			t.Errorf("node %d does not name %s as leader in layermesh_raft_leader", i, cs.Leader)
+		if leaders != 1 {
+			errs = append(errs, fmt.Errorf("%d nodes report layermesh_raft_leader 1", leaders))
 		}
-		if v, _ := m.sum("layermesh_raft_commit_index"); v <= 0 {
-			t.Errorf("node %d layermesh_raft_commit_index %v", i, v)
-		}
-		if v, _ := m.sum("layermesh_raft_voters"); v != nodes {
-			t.Errorf("node %d layermesh_raft_voters %v", i, v)
-		}
-		if v, _ := m.sum("layermesh_cluster_members", `state="alive"`); v != nodes {
-			t.Errorf("node %d layermesh_cluster_members{alive} %v", i, v)
-		}
-		if v, _ := m.sum("layermesh_infer_queue_depth"); v != 0 {
-			t.Errorf("node %d queue depth %v after the load", i, v)
-		}
-		if v, _ := m.sum("layermesh_stage_calls_in_flight"); v != 0 {
-			t.Errorf("node %d stage calls in flight %v after the load", i, v)
-		}
-	}
-	if leaders != 1 {
-		t.Errorf("%d nodes report layermesh_raft_leader 1", leaders)
-	}
+		return errors.Join(errs...)
+	})
 }
 
 // checkServingMetrics: the nodes serve every stage replica, have served blob bytes

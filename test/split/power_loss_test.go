@@ -75,17 +75,15 @@ func (c *splitCluster) powerCut() {
 	}
 }
 
-// powerBack restarts the nodes in back with the command lines they were first started
-// with (the joiners' --join names the founder, which may stay down), then checks that
+// powerBack restarts the nodes in back at once with the command lines they were first
+// started with (the joiners' --join names the founder, which may stay down), then checks that
 // they elect a leader within powerLeaderWithin and that the model answers through
 // each of them, like the whole model in one session, within powerAnswerWithin.
 func (c *splitCluster) powerBack(ref *reference, back []int) (leader, answer time.Duration) {
 	c.t.Helper()
 	start := time.Now()
-	for _, i := range back {
-		if err := c.Start(i); err != nil {
-			c.t.Fatal(err)
-		}
+	if err := c.StartAll(back); err != nil {
+		c.t.Fatal(err)
 	}
 	var down []int
 	for i := range c.Nodes {
