@@ -270,7 +270,7 @@ func (h *countedHeld) Release() {
 func TestSessionStateHeldAndReleased(t *testing.T) {
 	counter := &heldCounter{Backend: testBackend(t)}
 	rt, key := gptStageRuntime(t, counter, 1<<30, time.Hour, 0) // expired below by hand
-	want := int64(2 * modelgen.GPTTiny.Layers) // a key and a value per layer
+	want := int64(2 * modelgen.GPTTiny.Layers)                  // a key and a value per layer
 	live := func(what string, n int64) {
 		t.Helper()
 		if got := counter.live.Load(); got != n {
