@@ -269,8 +269,9 @@ func (h *countedHeld) Release() {
 // for a session closed while its step runs, when that step ends.
 func TestSessionStateHeldAndReleased(t *testing.T) {
 	counter := &heldCounter{Backend: testBackend(t)}
-	rt, key := gptStageRuntime(t, counter, 1<<30, time.Hour, 0) // expired below by hand
-	want := int64(2 * modelgen.GPTTiny.Layers)                  // a key and a value per layer
+	// An hour's TTL: the expiry below is driven by hand, with a clock past it.
+	rt, key := gptStageRuntime(t, counter, 1<<30, time.Hour, 0)
+	want := int64(2 * modelgen.GPTTiny.Layers) // a key and a value per layer
 	live := func(what string, n int64) {
 		t.Helper()
 		if got := counter.live.Load(); got != n {
