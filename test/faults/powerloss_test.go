@@ -33,10 +33,8 @@ func TestFaultSitePowerLoss(t *testing.T) {
 
 	back := []int{1, 2}
 	restarted := time.Now()
-	for _, i := range back {
-		if err := c.Start(i); err != nil {
-			t.Fatal(err)
-		}
+	if err := c.StartAll(back); err != nil { // power comes back on both at once
+		t.Fatal(err)
 	}
 	lctx, cancel := context.WithTimeout(context.Background(), powerLeaderTarget)
 	_, err := c.WaitForLeader(lctx, 0)
