@@ -448,6 +448,19 @@ all the runs). The log's tokens/s of each segment shows how far the host's pace 
 within one run: the split's two segments differed by 32% in the 15:48 run (72.2 and
 54.7 tokens/s), the one node's by 2%.
 
+Three more runs late that evening, on the build that changed only tests and the
+measured costs' rounding (which left these cuts where they were: 389, 415 and 381), came
+in such a phase from start to end: 1.437 (1.861) at 22:55 UTC, 1.623 (1.866) at 22:58
+and 1.525 (1.903) at 23:01. The split's stages took 17.5 ms of ONNX Runtime time a
+decode step against 27.4 for the one node's whole model (12.8 and 23.5 in the run
+above), and BenchmarkDecodeStageCuts, run right after (23:05), showed why: alone, the
+whole model took 24.9 to 27.2 ms a step and each stage 13.3 to 13.8; on both cores at
+once the whole model took 31.2 to 40.3 ms (24.4 in its recorded run) and the two
+stages side by side 16.1 + 12.1 to 21.2 + 17.5. A pipeline waits for its slower stage
+at every step, so that jitter costs the split more than the replicas, whose two
+processes never wait for each other. Over all 22 runs: 1.44 to 1.91 x, mean 1.72,
+at least 1.6 x in 17.
+
 The first run of the measured plan (14:21, before the cutting node kept the timed
 runs' outputs in ONNX Runtime) gave 1.47: copying each run's KV outputs into fresh Go
 memory took 50 ms of page faults per run inside meshnode, which the measurement spread
