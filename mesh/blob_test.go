@@ -89,7 +89,7 @@ func TestBlob512MiBResumeAndTwoHolders(t *testing.T) {
 		t.Fatalf("interrupted fetch left a complete blob")
 	}
 	// The server may still be pushing the chunk that was cut off; let it notice.
-	served1 := settled(a.BlobBytesServed)
+	served1 := settled(a)
 	done1 := doneChunks(t, c.Blobs(), hash)
 	t.Logf("phase 1: %d chunks recorded, %d MiB served, %v", done1, served1>>20, time.Since(start))
 	if done1 == 0 || int64(done1)*BlobChunkSize >= size {
@@ -207,13 +207,17 @@ func TestConcurrentFetchesOfOneBlobAllSucceed(t *testing.T) {
 	}
 }
 
-// settled waits until a counter stops moving and returns its value.
-func settled(read func() int64) int64 {
-	last := read()
+// settled waits until m serves no chunk and its count of bytes served has stopped
+// moving, and returns that count: a handler still pushing the chunk a fetch cut off
+// counts its bytes when it returns, however long a busy machine makes that.
+func settled(m *Mesh) int64 {
+	last := m.BlobBytesServed()
 	for {
-		time.Sleep(300 * time.Millisecond)
-		now := read()
-		if now == last {
+		time.Sleep(100 * time.Millisecond)
+		// A handler adds its bytes before it stops counting as serving.
+		idle := m.blobServing.Load() == 0
+		now := m.BlobBytesServed()
+		if idle && now == last {
 			return now
 		}
 		last = now

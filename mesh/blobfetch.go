@@ -301,6 +301,8 @@ func (s *BlobStore) commitPartial(hash string, pb *partialBlob) error {
 
 // serveBlobChunk answers one chunk request from a complete blob we hold.
 func (m *Mesh) serveBlobChunk(ctx context.Context, d *dataConn) error {
+	m.blobServing.Add(1)
+	defer m.blobServing.Add(-1)
 	_ = d.SetDeadline(time.Now().Add(headerReadTimeout))
 	req, err := readBlobRequest(d)
 	if err != nil {

@@ -95,6 +95,8 @@ type Mesh struct {
 	stageHandler atomic.Pointer[StageHandler]
 	blobs        *BlobStore
 	blobServed   atomic.Int64
+	// blobServing counts the chunk requests being served now.
+	blobServing atomic.Int64
 
 	linksMu sync.Mutex
 	links   map[peer.ID]LinkStats
