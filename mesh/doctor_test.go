@@ -3,9 +3,11 @@ package mesh
 import (
 	"context"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/layermesh/layermesh/internal/testports"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -22,13 +24,9 @@ func TestDiagnose(t *testing.T) {
 	other.ClusterID = "cluster-two"
 	otherCluster := startMesh(t, other)
 
-	// A port that was just closed.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().String()
-	ln.Close()
+	// A port nothing listens on: reserved below the ephemeral range, so that no
+	// listener elsewhere on the machine takes it meanwhile.
+	closed := net.JoinHostPort("127.0.0.1", strconv.Itoa(testports.Loopback(t, false)))
 
 	_, pub, _ := crypto.GenerateEd25519Key(nil)
 	unknown, _ := peer.IDFromPublicKey(pub)

@@ -3,6 +3,7 @@ package mesh
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/layermesh/layermesh/internal/testports"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,6 +26,11 @@ func TestKnownPeersRejoinWithoutTheSeed(t *testing.T) {
 	for i := 1; i < 3; i++ {
 		cfg := testConfig(t, dirs[i])
 		cfg.Join = []string{seed}
+		if i == 1 {
+			// It comes back on this port: one below the ephemeral range, which no
+			// connection on the machine takes while the node is down.
+			cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/" + strconv.Itoa(testports.Loopback(t, false))}
+		}
 		ms[i] = startMesh(t, cfg)
 	}
 	eventually(t, 20*time.Second, 100*time.Millisecond, func() error { return allSeeAll(ms) })
@@ -103,8 +109,14 @@ func peersInFile(dir string) ([]string, error) {
 // addresses that answer again: they must find each other through the latter.
 func TestKnownPeersRejoinThroughGossipPort(t *testing.T) {
 	dirs := []string{t.TempDir(), t.TempDir()}
-	a := startMesh(t, testConfig(t, dirs[0]))
-	cfg := testConfig(t, dirs[1])
+	// Gossip ports below the ephemeral range, which no connection on the machine
+	// takes while the nodes are down.
+	gossipPorts := []int{testports.Loopback(t, true), testports.Loopback(t, true)}
+	cfg := testConfig(t, dirs[0])
+	cfg.GossipPort = gossipPorts[0]
+	a := startMesh(t, cfg)
+	cfg = testConfig(t, dirs[1])
+	cfg.GossipPort = gossipPorts[1]
 	cfg.Join = []string{a.Addrs()[0]}
 	b := startMesh(t, cfg)
 	eventually(t, 20*time.Second, 100*time.Millisecond, func() error { return allSeeAll([]*Mesh{a, b}) })
@@ -127,7 +139,9 @@ func TestKnownPeersRejoinThroughGossipPort(t *testing.T) {
 			return fmt.Errorf("peers file of node %d lacks %s at gossip %s: %s", i, shortID(other.ID()), other.GossipAddr(), raw)
 		})
 	}
-	ports := []int{gossipPortOf(t, a), gossipPortOf(t, b)}
+	if got := []int{gossipPortOf(t, a), gossipPortOf(t, b)}; !slices.Equal(got, gossipPorts) {
+		t.Fatalf("gossip on ports %v, want %v", got, gossipPorts)
+	}
 	for _, m := range []*Mesh{a, b} {
 		if err := m.Close(); err != nil {
 			t.Fatal(err)
@@ -136,7 +150,7 @@ func TestKnownPeersRejoinThroughGossipPort(t *testing.T) {
 	back := make([]*Mesh, 2)
 	for i := range back {
 		cfg := testConfig(t, dirs[i])
-		cfg.GossipPort = ports[i]
+		cfg.GossipPort = gossipPorts[i]
 		back[i] = startMesh(t, cfg)
 	}
 	eventually(t, 10*time.Second, 100*time.Millisecond, func() error { return allSeeAll(back) })

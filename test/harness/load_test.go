@@ -18,6 +18,7 @@ import (
 
 	"github.com/layermesh/layermesh/accel/tensor"
 	"github.com/layermesh/layermesh/api/wire"
+	"github.com/layermesh/layermesh/internal/testports"
 )
 
 // kserveDouble is a KServe v2 endpoint for the load generator's own tests: it answers
@@ -61,16 +62,11 @@ func kserveDouble(t *testing.T, status int, code string) (string, *atomic.Int64)
 	return strings.TrimPrefix(srv.URL, "http://"), &calls
 }
 
-// deadAddr returns a loopback address nothing listens on.
+// deadAddr returns a loopback address nothing listens on: a port reserved below the
+// ephemeral range, so that no listener elsewhere on the machine takes it meanwhile.
 func deadAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(testports.Loopback(t, false)))
 }
 
 func doubleBody(binary bool) func(int) (InferBody, error) {

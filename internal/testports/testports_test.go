@@ -1,4 +1,4 @@
-package harness
+package testports
 
 import (
 	"net"
@@ -11,10 +11,10 @@ import (
 // down), are bindable, and one reserved port is refused to every other reservation
 // until the test that holds it ends.
 func TestReservePortOutsideEphemeralRangeAndExclusive(t *testing.T) {
-	lo, hi := portRange()
+	lo, hi := Range()
 	seen := map[int]bool{}
 	for range 20 {
-		port, err := reservePort(t, func(port int) error {
+		port, err := Reserve(t, func(port int) error {
 			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 			if err != nil {
 				return err
