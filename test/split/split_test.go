@@ -363,7 +363,8 @@ func pickStageHolder(t *testing.T, c *splitCluster) int {
 
 // killUnderLoad sends 200 requests at concurrency 4 to the other nodes, kills victim
 // with SIGKILL after the 60th answer (and calls killed right after), and fails the
-// test unless every request got the reference's logits. It records the failover figures and returns the kill time.
+// test unless every request got the reference's logits. It records the failover
+// figures and returns the kill time.
 func killUnderLoad(t *testing.T, c *splitCluster, ref *reference, victim int, killed func()) time.Time {
 	var targets []string
 	for i := range 4 {
