@@ -3,7 +3,6 @@ package mesh
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/layermesh/layermesh/internal/testports"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/layermesh/layermesh/internal/testports"
 )
 
 // TestKnownPeersRejoinWithoutTheSeed: three nodes join through node 0 alone; all

@@ -132,7 +132,7 @@ func MeasureNodeCosts(ctx context.Context, p accel.NodeProfiler, g *Graph, input
 			out[pos] *= run / kernels
 		}
 	}
-	return &NodeCosts{Seconds: out, Run: prof.Run.Seconds(), Kernels: kernels}, nil
+	return &NodeCosts{Seconds: out, Run: run, Kernels: kernels}, nil
 }
 
 // NodeCosts are what MeasureNodeCosts measured.

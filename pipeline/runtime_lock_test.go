@@ -12,10 +12,9 @@ import (
 )
 
 // blockingPublisher stands for the membership metadata under Report: every publish
-// blocks for hold, as memberlist's UpdateNode does while its broadcast waits on the
-// network, or until released.
+// blocks until released, as memberlist's UpdateNode does while its broadcast waits on
+// the network.
 type blockingPublisher struct {
-	hold    time.Duration
 	release chan struct{}
 
 	mu        sync.Mutex
@@ -32,10 +31,7 @@ func (p *blockingPublisher) publish(s []ServedStage) {
 	}
 	p.last = s
 	p.mu.Unlock()
-	select {
-	case <-time.After(p.hold):
-	case <-p.release:
-	}
+	<-p.release
 }
 
 func tinyInputs() ([]tensor.Tensor, error) { return modelgen.GPTTiny.ExampleInputs(1, 4, 1) }
@@ -46,7 +42,7 @@ func tinyInputs() ([]tensor.Tensor, error) { return modelgen.GPTTiny.ExampleInpu
 // publish is still blocked.
 func TestRuntimeLoadsAndUnloadsWhileReportBlocks(t *testing.T) {
 	as, blobs := splitTiny(t)
-	pub := &blockingPublisher{hold: time.Hour, release: make(chan struct{})}
+	pub := &blockingPublisher{release: make(chan struct{})}
 	rt := NewStageRuntime(RuntimeConfig{
 		Backend: testBackend(t), Blobs: blobs, Report: pub.publish,
 		ReadyElsewhere: func(StageKey) bool { return true },

@@ -1,10 +1,6 @@
 package testports
 
-import (
-	"net"
-	"strconv"
-	"testing"
-)
+import "testing"
 
 // TestReservePortOutsideEphemeralRangeAndExclusive: reserved ports lie outside the
 // kernel's ephemeral range (so no outgoing connection takes one while its node is
@@ -14,16 +10,7 @@ func TestReservePortOutsideEphemeralRangeAndExclusive(t *testing.T) {
 	lo, hi := Range()
 	seen := map[int]bool{}
 	for range 20 {
-		port, err := Reserve(t, func(port int) error {
-			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-			if err != nil {
-				return err
-			}
-			return l.Close()
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		port := Loopback(t, false)
 		if port < lo || port > hi {
 			t.Fatalf("port %d outside [%d, %d]", port, lo, hi)
 		}
