@@ -434,12 +434,17 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 			s.ort0 = append(s.ort0, readHistogram(b, s.c, i, stageComputeHistogram))
 		}
 	}
+	probe := newBandwidthProbe()
+	var hostBW []hostBandwidth
 	runtime.GC()
 	debug.FreeOSMemory()
 	n := max(b.N, 3)
 	b.ResetTimer()
 	var segments []string
 	for i, s := range []*side{sp, wh, rp, rp, wh, sp} {
+		if i%3 == 0 {
+			hostBW = append(hostBW, probe.measure(b))
+		}
 		before, self := s.c.cpuSeconds(b), selfCPU()
 		k, span := genSegment(b, s.addrs, s.c.token, concurrency, n, i*concurrency*n)
 		s.self += selfCPU() - self
@@ -447,8 +452,10 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 		s.tokens, s.span = s.tokens+k, s.span+span
 		segments = append(segments, fmt.Sprintf("%s %.1f", s.name, float64(k)/span.Seconds()))
 	}
+	hostBW = append(hostBW, probe.measure(b))
 	b.StopTimer()
 	b.Logf("tokens/s of each segment, in order: %s", strings.Join(segments, ", "))
+	b.Logf("host memory bandwidth before segment 1, before segment 4 and after segment 6: %v", hostBW)
 	rate := func(s *side) float64 { return float64(s.tokens) / s.span.Seconds() }
 	splitTP, wholeTP, repTP := rate(sp), rate(wh), rate(rp)
 	b.Logf("speed scores (GFLOP/s): split %s, whole %s, replicas %s", split.speeds(b), whole.speeds(b), reps.speeds(b))
@@ -470,6 +477,7 @@ func BenchmarkGeneratePipelineParallel(b *testing.B) {
 	b.ReportMetric(repTP, "replicas-tok/s")
 	b.ReportMetric(splitTP/wholeTP, "speedup")
 	b.ReportMetric(repTP/wholeTP, "ceiling")
+	b.ReportMetric(meanBothOverOne(hostBW), "host-bw-both/one")
 	b.Logf("%d concurrent sessions, 2 segments of %d generations each per side: 2 pinned nodes x 2 stages %.1f tokens/s; 1 pinned node whole model %.1f tokens/s; 2 pinned nodes each with the whole model %.1f tokens/s; speedup %.2f (replicas side %.2f)",
 		concurrency, concurrency*n, splitTP, wholeTP, repTP, splitTP/wholeTP, repTP/wholeTP)
 }
