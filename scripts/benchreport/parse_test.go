@@ -128,6 +128,10 @@ func TestTargetsAndMedians(t *testing.T) {
 	if verdict(ge, v) != "yes" || verdict(&Target{Op: "<", Value: 0.5}, v) != "**no**" {
 		t.Errorf("verdicts on %v", v)
 	}
+	// A miss that prints as the target itself gives the digits that miss it.
+	if got := verdict(&Target{Op: ">=", Value: 1.6}, value{median: 1.5991, n: 1}); got != "**no** (1.599)" {
+		t.Errorf("a miss printed as its target: %q", got)
+	}
 	if m := lookup(jobs, "failed", "B", "ratio", 0); m.missing != "job failed" || verdict(ge, m) != "**not measured**" {
 		t.Errorf("failed job: %+v", m)
 	}
@@ -267,7 +271,7 @@ func TestRenderCompressionSection(t *testing.T) {
 // TestRenderKeepsEarlierSections: a rerun of some jobs keeps, from the report it
 // replaces, the sections (and their summary rows) whose jobs did not run this time,
 // and re-renders the ones that did; a section the earlier report had not measured
-// stays not measured.
+// stays not measured, and one with no figure to summarise gets no summary row.
 func TestRenderKeepsEarlierSections(t *testing.T) {
 	earlier := strings.Join([]string{
 		"# layermesh benchmarks", "", "## Summary", "",
@@ -278,6 +282,7 @@ func TestRenderKeepsEarlierSections(t *testing.T) {
 		"## Thing", "", "old thing text", "",
 		"## Kept", "", "kept text with its figures", "",
 		"## Later", "", "**Not yet measured.** No benchmark yet.", "",
+		"## Quiet", "", "quiet text, recorded figures only", "",
 	}, "\n")
 	path := filepath.Join(t.TempDir(), "BENCHMARKS.md")
 	if err := os.WriteFile(path, []byte(earlier), 0o644); err != nil {
@@ -290,6 +295,7 @@ func TestRenderKeepsEarlierSections(t *testing.T) {
 		{Title: "Thing", Jobs: []string{"j"}, Figures: []Figure{{Job: "j", Bench: "BenchmarkX", Metric: "ratio", Label: "x ratio", Target: &Target{Op: ">=", Value: 0.5}}}},
 		{Title: "Kept", Jobs: []string{"k"}},
 		{Title: "Later", Jobs: []string{"l"}, Pending: "No benchmark yet."},
+		{Title: "Quiet", Jobs: []string{"q"}},
 	}
 	s := renderTestReport(jobs, sections, readPrevious(path))
 	reportHas(t, s,
@@ -298,10 +304,11 @@ func TestRenderKeepsEarlierSections(t *testing.T) {
 		"| Later | | not yet measured | | |",
 		"## Kept\n\nkept text with its figures\n",
 		"**Not yet measured.** No benchmark yet.",
+		"## Quiet\n\nquiet text, recorded figures only\n",
 	)
-	for _, stale := range []string{"old thing text", "| 0.1 |"} {
+	for _, stale := range []string{"old thing text", "| 0.1 |", "| Quiet |"} {
 		if strings.Contains(s, stale) {
-			t.Errorf("report keeps the rerun section's old %q", stale)
+			t.Errorf("report has %q: a rerun section's old figure, or a row for a section with none", stale)
 		}
 	}
 }

@@ -181,6 +181,9 @@ func verdict(t *Target, v value) string {
 		return "**not measured**"
 	case t.met(v.median):
 		return "yes"
+	case num(v.median) == num(t.Value):
+		// Printed as the target itself: the digits that miss it.
+		return fmt.Sprintf("**no** (%.4g)", v.median)
 	default:
 		return "**no**"
 	}
@@ -220,8 +223,9 @@ func renderHeader(w io.Writer, m Machine, info RunInfo, jobs map[string]*Job) {
 	for _, j := range jobs {
 		jobSecs += j.Seconds
 	}
-	mode += fmt.Sprintf(", %s for all jobs", duration(jobSecs))
-	if info.Only != "" {
+	if info.Only == "" {
+		mode += fmt.Sprintf(", %s for all jobs", duration(jobSecs))
+	} else {
 		mode += fmt.Sprintf("; this invocation reran only %s (%s); the other sections are kept as the earlier report had them, each with its own commands, finish times and load averages", info.Only, duration(info.Seconds))
 	}
 	p("| machine | |\n|---|---|\n")
@@ -252,8 +256,10 @@ func renderSummary(w io.Writer, jobs map[string]*Job, sections []Section, prev p
 	p("## Summary\n\n| section | figure | value | target | met |\n|---|---|---|---|---|\n")
 	for _, s := range sections {
 		if !anyRan(jobs, s.Jobs) {
-			if rows, ok := prev.summary[s.Title]; ok && prev.sections[s.Title] != "" {
-				p("%s", strings.Join(rows, ""))
+			if prev.sections[s.Title] != "" {
+				// Kept as the earlier report had it, with its summary rows: none where
+				// the section has no figure with a target.
+				p("%s", strings.Join(prev.summary[s.Title], ""))
 				continue
 			}
 			p("| %s | | not yet measured | | |\n", s.Title)

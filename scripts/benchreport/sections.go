@@ -379,12 +379,16 @@ generate greedily over HTTP (64-token prompts, 64 tokens each, POST
 model on both pinned nodes (1 stage, 2 replicas) with 2 sessions entering at each: no
 pipeline at all (its ratio is reported as the "ceiling", which it turns out not to be;
 see below).
-The sides run in alternating segments (split, whole, replicas, replicas, whole, split),
-each segment 4 sessions side by side generating 3 times each; a side's rate is its
-generated tokens over its segments' wall time. The log gives each process's CPU time
-per generated token, which shows the balance of the two stages, the entry node's mean
-time per stage call, each holder's ONNX Runtime time per stage run on every side, and
-the cutting node's plan (its log lines).
+The sides run in 12 alternating segments (split, whole, replicas, replicas, whole,
+split, then replicas, split, whole, whole, split, replicas: each side as often first,
+in the middle and last), each segment 4 sessions side by side generating twice each; a
+side's rate is its generated tokens over its segments' wall time. Before every third
+segment and at the end, a probe copies 128 MiB buffers on core 0 alone and then on
+both cores at once, on threads pinned as the nodes are: the memory bandwidth the host
+gives the two cores at that moment, in GB/s read plus written. The log gives each
+process's CPU time per generated token, which shows the balance of the two stages, the
+entry node's mean time per stage call, each holder's ONNX Runtime time per stage run
+on every side, and the cutting node's plan (its log lines).
 Target: at least 1.6 x.`,
 		Jobs: []string{"gen-pipeline"},
 		Figures: []Figure{
@@ -393,6 +397,7 @@ Target: at least 1.6 x.`,
 			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "split-tok/s", Label: "2 pinned nodes, 2 stages", Unit: "tokens/s"},
 			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "whole-tok/s", Label: "1 pinned node, whole model", Unit: "tokens/s"},
 			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "replicas-tok/s", Label: "2 pinned nodes, whole model on each", Unit: "tokens/s"},
+			{Job: "gen-pipeline", Bench: "BenchmarkGeneratePipelineParallel", Metric: "host-bw-both/one", Label: "host: copy bandwidth of both cores / one core, mean of 5 probes", Unit: "x"},
 		},
 		Logs: []string{"BenchmarkGeneratePipelineParallel"},
 		Notes: `
@@ -414,14 +419,14 @@ which FLOPs count: in the meshnode processes its decode steps took 15.76 ms of O
 Runtime time against stage 1's 14.69 (the recorded run before this build, 12:40 UTC
 on 2026-12-05), and the split reached 1.51 to 1.81 x over the day's builds, below 1.6 x
 in 3 of 20 fair runs. The measured plan times each node of a decode step at past 96 in the
-cutting node's own ONNX Runtime (the log above: a plain run takes 23.7 ms, the
-kernels sum to 23.2) and cuts where the two halves balance: in the runs of this
+cutting node's own ONNX Runtime (in the run of 18:18 UTC on 2026-12-05 a plain run
+took 23.7 ms, the kernels summed to 23.2) and cuts where the two halves balance: in the runs of this
 feature before node 381, 386, 389, 410, 412, 413 or 415, all within or at the end of
 block 8's attention, which is flat enough that the measurement's noise picks among
 them. Its stages then take about the same time per decode step (12.84 and 12.60 ms
-above; 14.10/14.22, 14.06/14.19, 13.46/13.46, 12.26/12.32, 14.69/14.79, 13.20/13.29,
+in that run; 14.10/14.22, 14.06/14.19, 13.46/13.46, 12.26/12.32, 14.69/14.79, 13.20/13.29,
 15.98/15.96, 13.78/13.97, 13.22/13.56, 13.05/13.51, 15.58/15.01 at cut 415 and
-15.74/15.76 in other runs) and the same CPU per token (13.9 and 13.9 ms above), and
+15.74/15.76 in other runs) and the same CPU per token (13.9 and 13.9 ms in that run), and
 the Go side of a stage (its RPC, sessions, metrics) stays within 1 ms of CPU per token
 of its ONNX Runtime time. A perf record of every process over a run (16:59 UTC, the
 build before decode batching held its state; the split path is the same) found each
@@ -438,7 +443,7 @@ each node's time (which moves the cut by a few nodes at most), 1.584 (1.712) at
 15:41, 1.548 (1.483) at 15:44 and 1.682 (1.540) at 15:48; on the builds of the
 evening (decode batching and session pinning changed, the split's path did not),
 1.608 (1.831) at 17:01 under perf record, 1.807 (1.783) at 18:08, 1.879 (1.967) at
-18:11, 1.858 (1.918) at 18:14 and 1.783 (1.951) at 18:18 (the run above). Over the
+18:11, 1.858 (1.918) at 18:14 and 1.783 (1.951) at 18:18 (this page's run until 2026-12-06). Over the
 19: 1.55 to 1.91 x, mean 1.75, at least 1.6 x in 16. The three below came in
 phases when the host gave the two cores less memory bandwidth: the split's stages took
 15.0 to 16.0 ms a decode step against 12.3 to 14.8 in the other runs, and in one of
@@ -452,14 +457,47 @@ Three more runs late that evening, on the build that changed only tests and the
 measured costs' rounding (which left these cuts where they were: 389, 415 and 381), came
 in such a phase from start to end: 1.437 (1.861) at 22:55 UTC, 1.623 (1.866) at 22:58
 and 1.525 (1.903) at 23:01. The split's stages took 17.5 ms of ONNX Runtime time a
-decode step against 27.4 for the one node's whole model (12.8 and 23.5 in the run
-above), and BenchmarkDecodeStageCuts, run right after (23:05), showed why: alone, the
+decode step against 27.4 for the one node's whole model (12.8 and 23.5 in the 18:18
+run), and BenchmarkDecodeStageCuts, run right after (23:05), showed why: alone, the
 whole model took 24.9 to 27.2 ms a step and each stage 13.3 to 13.8; on both cores at
 once the whole model took 31.2 to 40.3 ms (24.4 in its recorded run) and the two
 stages side by side 16.1 + 12.1 to 21.2 + 17.5. A pipeline waits for its slower stage
 at every step, so that jitter costs the split more than the replicas, whose two
 processes never wait for each other. Over all 22 runs: 1.44 to 1.91 x, mean 1.72,
 at least 1.6 x in 17.
+
+All of those ran 6 segments (split, whole, replicas, replicas, whole, split), 3
+generations per session each. So did 14 runs on 2026-12-06, with the replicas side in
+brackets: 1.500 (1.575) at 00:21 UTC; six at 00:26 to 00:39 alternating glibc's
+huge-page tunable for every node (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which put 210
+to 400 MB of each node sampled in huge pages), off 1.852 (1.965), on 1.893 (1.516), on
+1.605 (1.824), off 1.618 (1.734), off 1.676 (1.976), on 1.645 (1.855), no difference
+beyond the noise; then with the bandwidth probe, 1.688 (2.253) at 00:53, 1.422
+(1.561) at 00:56, 1.654 (1.650) at 00:59, 1.673 (1.893) at 01:02, 1.691 (1.512) at
+01:05, 1.500 (1.756) at 01:10 and 1.520 (1.822) at 01:14. Over the 14: 1.42 to 1.89 x,
+mean 1.64, at least 1.6 x in 10.
+
+The probe shows what moves. Two cores copying at once got 1.12 to 2.02 times the
+bandwidth of one core alone (one core: 20 to 43 GB/s), changing from one probe to the
+next within a run, and most often about 1.15 to 1.3 times: other tenants of the host
+take the rest. A one-core node never feels it; two cores busy with decode steps do,
+pipeline or not. In the 01:14 run the probes before the split's first and after its
+last segment read 1.26 and 1.14 and the one in the middle, before the replicas' second,
+1.93: the split's stages took 16.8 and 16.2 ms of ONNX Runtime time a decode step
+(11.9 and 11.8 as the plan timed them alone) and the replicas' whole model 27.8 (25.5
+on the one node). The split ran first and last in each run and the replicas in the
+middle, so a host phase at either end fell on the split. Since then the benchmark runs
+12 segments in which each side is as often first, in the middle and last, 2
+generations per session each. Its first run is this page's: the split and the replicas
+came out equal (1.599 and 1.602 x), the split's stages summing to what each replica's
+whole model took (15.7 + 15.8 against 32.5 and 32.0 ms a step), the probes reading 1.13
+to 1.26 but once. The two after it (01:21 and 01:25 UTC) gave 1.593 (1.695), stages
+15.3 + 15.7 against 30.2 and 30.0 ms, and 1.500 (1.495), stages 16.4 + 15.7 against
+33.8 and 33.6, the one node's whole model 25.4 and 24.6 ms; their probes read 1.10 to
+1.38 but for 1.91, 1.73 and 1.79. The split is as fast as these two cores run the
+model with no pipeline at all (0.94 to 1.00 of the replicas' tokens/s), and in these
+phases the two cores give only 1.5 to 1.7 times one core, pipeline or not. Over all
+39 runs: 1.42 to 1.91 x, mean 1.68, at least 1.6 x in 27.
 
 The first run of the measured plan (14:21, before the cutting node kept the timed
 runs' outputs in ONNX Runtime) gave 1.47: copying each run's KV outputs into fresh Go
