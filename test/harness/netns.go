@@ -337,8 +337,10 @@ func (nw *Network) Do(i int, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		// The thread is locked for the switch; if switching back fails, it stays locked
-		// and the runtime destroys it when this goroutine ends, so no other goroutine
-		// ever runs in the wrong namespace.
+		// and this goroutine parks on it for good, so no other goroutine ever runs in
+		// the wrong namespace. It must not end either: the runtime would destroy the
+		// thread, and a node started from it gets SIGKILL then (ProcSpec's Pdeathsig
+		// follows the thread that forked, not the process).
 		runtime.LockOSThread()
 		orig, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
@@ -362,7 +364,7 @@ func (nw *Network) Do(i int, fn func() error) error {
 		ferr := fn()
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("%w: setns back: %w", ErrNetns, err)
-			return
+			select {}
 		}
 		runtime.UnlockOSThread()
 		errc <- ferr

@@ -129,7 +129,9 @@ func (p *Proc) Start() error {
 		// Its own process group, so a signal reaches any child it forks too.
 		Setpgid: true,
 		// Should the test binary die without running its cleanups (SIGKILL, a timeout
-		// panic), the kernel kills the node rather than leaving it running.
+		// panic), the kernel kills the node rather than leaving it running. The kernel
+		// sends it when the thread that forked ends, so no goroutine of a test may end
+		// while locked to its thread (which ends the thread): unlock it first.
 		Pdeathsig: syscall.SIGKILL,
 	}
 	if err := cmd.Start(); err != nil {

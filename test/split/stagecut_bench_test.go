@@ -73,14 +73,25 @@ func decodeStepInputs(infos []accel.TensorInfo, cfg modelgen.GPTConfig, past int
 // returns each session's mean time per step.
 func timedChain(b *testing.B, core int, chain []accel.Session, cfg modelgen.GPTConfig, steps int, stage0Out map[int]map[string]tensor.Tensor) []time.Duration {
 	if core >= 0 {
+		// The thread gets its cores back before it goes back to the runtime, or any
+		// goroutine, and any process it starts, would run on core alone.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		var set unix.CPUSet
+		var was, set unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &was); err != nil {
+			b.Error(err)
+			return nil
+		}
 		set.Set(core)
 		if err := unix.SchedSetaffinity(0, &set); err != nil {
 			b.Error(err)
 			return nil
 		}
+		defer func() {
+			if err := unix.SchedSetaffinity(0, &was); err != nil {
+				b.Error(err)
+			}
+		}()
 	}
 	ctx := context.Background()
 	total := make([]time.Duration, len(chain))
