@@ -114,6 +114,8 @@ type Store struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	kick   chan struct{} // wakes the voter manager early
+	// waiting counts the goroutines blocked on a raft future (waitFuture).
+	waiting atomic.Int64
 
 	watchMu  sync.Mutex
 	watchers map[int]chan struct{}
@@ -395,11 +397,18 @@ func (s *Store) applyLocal(ctx context.Context, data []byte) (Result, error) {
 }
 
 // waitFuture waits for a raft future and maps raft's errors onto the outcome
-// classes. The future keeps running if ctx ends first; raft resolves it on
-// commit, step-down or shutdown.
+// classes. The future keeps running if ctx ends first, and so does the goroutine
+// waiting on it, until raft resolves it on commit, step-down or as it leaves a
+// state. Raft never resolves a future still queued when it shuts down (a
+// configuration change queued behind one that cannot commit, say), so shutdown
+// lets raft resolve them first (settleFutures).
 func (s *Store) waitFuture(ctx context.Context, f raft.Future) error {
 	done := make(chan error, 1)
-	go func() { done <- f.Error() }()
+	s.waiting.Add(1)
+	go func() {
+		defer s.waiting.Add(-1)
+		done <- f.Error()
+	}()
 	select {
 	case err := <-done:
 		return mapRaftError(err)
@@ -709,10 +718,25 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
+// settleFutures gives raft up to limit to resolve the futures this node still
+// waits on, polling, before it shuts down: any state resolves what it dequeues,
+// and a leader that cannot commit steps down within its lease and answers the
+// rest as a follower. What is left after limit stays blocked for good, and says so.
+func (s *Store) settleFutures(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for s.waiting.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := s.waiting.Load(); n > 0 {
+		s.logger.Warn("raft futures unresolved at shutdown; their waiters stay blocked", "futures", n, "waited", limit)
+	}
+}
+
 // shutdown stops everything without handing leadership over.
 func (s *Store) shutdown() error {
 	s.cancel()
 	s.cfg.Host.RemoveStreamHandler(ApplyProtocol)
+	s.settleFutures(s.cfg.LeaderLeaseTimeout + 2*s.cfg.ElectionTimeout)
 	var errs []error
 	if err := s.raft.Shutdown().Error(); err != nil {
 		errs = append(errs, fmt.Errorf("consensus: raft shutdown: %w", err))

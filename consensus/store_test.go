@@ -392,3 +392,57 @@ func TestOpenConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// heldFuture is a raft.Future that resolves when released: what raft does with a
+// future it still holds, except that raft never resolves one still queued when it
+// shuts down (hashicorp/raft#498), which is what settleFutures works around.
+type heldFuture struct{ release chan struct{} }
+
+func (f heldFuture) Error() error { <-f.release; return nil }
+
+// TestCloseSettlesFutures: Close lets raft resolve the futures this node still
+// waits on (a write whose caller gave up) before raft shuts down, so no waiter is
+// left blocked, and gives up on one that is not resolved within its limit, saying so.
+func TestCloseSettlesFutures(t *testing.T) {
+	c := startCluster(t, 1, nil)
+	s := c.nodes[0].store
+	late := heldFuture{release: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if err := s.waitFuture(ctx, late); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("waitFuture past its context: %v, want ErrTimeout", err)
+	}
+	if n := s.waiting.Load(); n != 1 {
+		t.Fatalf("%d waiters after the caller gave up, want 1", n)
+	}
+	resolve := 300 * time.Millisecond
+	time.AfterFunc(resolve, func() { close(late.release) })
+	start := time.Now()
+	c.closeAll()
+	if took := time.Since(start); took < resolve/2 {
+		t.Errorf("Close returned after %v, before the future it waited on resolved", took)
+	}
+	if n := s.waiting.Load(); n != 0 {
+		t.Errorf("%d waiters left blocked after Close", n)
+	}
+
+	// A future that nothing resolves: shutdown waits its limit, then goes on.
+	c = startCluster(t, 1, nil)
+	s = c.nodes[0].store
+	never := heldFuture{release: make(chan struct{})}
+	defer close(never.release) // the test's own cleanup: no goroutine outlives it
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel2()
+	if err := s.waitFuture(ctx2, never); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("waitFuture past its context: %v, want ErrTimeout", err)
+	}
+	limit := s.cfg.LeaderLeaseTimeout + 2*s.cfg.ElectionTimeout
+	start = time.Now()
+	c.closeAll()
+	if took := time.Since(start); took < limit {
+		t.Errorf("Close returned after %v, before its %v limit for an unresolved future", took, limit)
+	}
+	if n := s.waiting.Load(); n != 1 {
+		t.Errorf("%d waiters after Close gave up on an unresolved future, want 1", n)
+	}
+}
