@@ -75,10 +75,11 @@ func (c *splitCluster) powerCut() {
 	}
 }
 
-// powerBack restarts the nodes in back at once with the command lines they were first
-// started with (the joiners' --join names the founder, which may stay down), then checks that
-// they elect a leader within powerLeaderWithin and that the model answers through
-// each of them, like the whole model in one session, within powerAnswerWithin.
+// powerBack restarts the nodes in back at once with the command lines they were
+// first started with (the joiners' --join names the founder, which may stay down),
+// then checks that they elect a leader within powerLeaderWithin and that the model
+// answers through each of them, like the whole model in one session, within
+// powerAnswerWithin.
 func (c *splitCluster) powerBack(ref *reference, back []int) (leader, answer time.Duration) {
 	c.t.Helper()
 	start := time.Now()
